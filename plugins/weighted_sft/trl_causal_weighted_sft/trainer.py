@@ -1,0 +1,37 @@
+"""SFT with per-example loss weights: L = sum_i w_i sum_t l_it / N, N = loss tokens in the accumulated batch."""
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig, SFTTrainer
+
+from trl_causal.trainer import CausalLossMixin, ExtraColumnsMixin, causal_lm_token_losses
+
+
+@dataclass
+class WeightedSFTConfig(SFTConfig):
+    """SFTConfig plus the name of the column that holds each row's loss weight."""
+
+    weight_column: str = field(
+        default="weight",
+        metadata={"help": "Dataset column with a non-negative number per row; that row's token losses are scaled by it."},
+    )
+
+
+class WeightedSFTTrainer(CausalLossMixin, ExtraColumnsMixin, SFTTrainer):
+    """``trl.SFTTrainer`` whose loss weights every row by its ``weight_column`` value."""
+
+    @staticmethod
+    def required_columns(args: WeightedSFTConfig) -> tuple[str, ...]:
+        return (args.weight_column,)
+
+    def extra_columns(self) -> list[str]:
+        return [self.args.weight_column]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = self.pop_extra_columns(inputs)[self.args.weight_column].float()
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)
+        token_losses, mask = causal_lm_token_losses(outputs.logits, labels)
+        loss_sum = (token_losses.sum(dim=1) * weights.to(token_losses.device)).sum()
+        loss = self.token_mean(loss_sum, mask.sum(), num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss

@@ -1,0 +1,144 @@
+"""Fixtures: a tiny Llama and a tokenizer built locally (nothing is downloaded), and small datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] }}<|im_end|>{% endgeneration %}"
+    "{% else %}{{ message['content'] }}<|im_end|>{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "Every cat is a mammal. Every mammal is an animal. Sally is a cat. True or false: Sally is an animal.",
+    "The weather is nice on Monday. Happy Monday! Great deals today.",
+    "positive negative review: the food was good, the service was bad. amazon.xxx yelp.yyy",
+    "Let X = ability to speak english; V2 = wife; Y = alarm clock. yes no True False",
+]
+
+
+def build_tiny_model(directory: Path) -> Path:
+    """Save a 2-layer Llama (hidden size 32) and a byte-level BPE tokenizer trained on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def sft_rows(n: int = 16) -> list[dict]:
+    return [
+        {"prompt": f"Every cat is a mammal. Sally is a cat. Question {i}: is Sally a mammal?", "completion": " True" if i % 2 else " False"}
+        for i in range(n)
+    ]
+
+
+def reward_rows(n: int = 16) -> list[dict]:
+    return [{"chosen": f"The food was good {i}.", "rejected": f"The food was bad {i}."} for i in range(n)]
+
+
+@pytest.fixture
+def sft_data(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+
+
+@pytest.fixture
+def reward_data(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "reward.jsonl", reward_rows())
+
+
+def base_config(model: Path, data: Path, output_dir: Path, **overrides) -> dict:
+    """Training settings for a few fast CPU steps."""
+    config = {
+        "model_name_or_path": str(model),
+        "dataset_name": str(data),
+        "output_dir": str(output_dir),
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1.0e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "bf16": False,
+        "use_cpu": True,
+        "gradient_checkpointing": False,
+        "dataloader_num_workers": 0,
+        "seed": 0,
+    }
+    config.update(overrides)
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``trl-causal`` as a user would, in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "trl_causal.cli", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

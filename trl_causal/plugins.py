@@ -1,0 +1,222 @@
+"""Plugin manager and registries of trainers and event estimators.
+
+Built-in trainers and third-party ones come through the ``trl_causal`` entry-point group. Set
+``TRL_CAUSAL_DISABLE_PLUGIN_AUTOLOAD=1`` to load only the entry points of ``trl-causal`` itself.
+Nothing here imports torch: classes are resolved from their ``"module:Attr"`` paths on demand.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import RegistryError
+
+ENTRY_POINT_GROUP = "trl_causal"
+DISABLE_AUTOLOAD_ENV = "TRL_CAUSAL_DISABLE_PLUGIN_AUTOLOAD"
+OWN_DISTRIBUTION = "trl-causal"
+TRAINER_KINDS = ("sft", "reward")
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that could not be loaded: its distribution, entry point and the error."""
+
+    distribution: str
+    entry_point: str
+    error: str
+
+
+@dataclass
+class Registered:
+    """One registered name with the distribution that provides it and lazily imported objects."""
+
+    name: str
+    distribution: str
+    description: str
+    targets: dict[str, Any] = field(default_factory=dict)
+    _resolved: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def resolve(self, role: str) -> Any:
+        """Import ``targets[role]`` if it is a ``"module:Attr"`` string, and cache it."""
+        if role not in self._resolved:
+            target = self.targets[role]
+            if isinstance(target, str):
+                module_name, _, attr = target.partition(":")
+                try:
+                    target = getattr(importlib.import_module(module_name), attr)
+                except (ImportError, AttributeError) as error:
+                    raise RegistryError(
+                        f"{self.name!r} (from distribution {self.distribution!r}) registers {role} {self.targets[role]!r}, "
+                        f"which cannot be imported: {type(error).__name__}: {error}"
+                    ) from error
+            self._resolved[role] = target
+        return self._resolved[role]
+
+
+@dataclass
+class TrainerSpec(Registered):
+    """A registered trainer: ``kind`` is ``"sft"`` or ``"reward"``."""
+
+    kind: str = "sft"
+
+    @property
+    def trainer_class(self) -> type:
+        """The trainer class, checked to be a ``transformers.Trainer`` subclass."""
+        from transformers import Trainer
+
+        cls = self.resolve("trainer")
+        if not (isinstance(cls, type) and issubclass(cls, Trainer)):
+            raise RegistryError(
+                f"Trainer {self.name!r} from distribution {self.distribution!r} registers {cls!r}, which is not a "
+                "subclass of transformers.Trainer. Register a Trainer subclass (e.g. of trl.SFTTrainer)."
+            )
+        return cls
+
+    @property
+    def config_class(self) -> type:
+        """The config class, checked to be a ``transformers.TrainingArguments`` subclass."""
+        from transformers import TrainingArguments
+
+        cls = self.resolve("config")
+        if not (isinstance(cls, type) and issubclass(cls, TrainingArguments)):
+            raise RegistryError(
+                f"Trainer {self.name!r} from distribution {self.distribution!r} registers config {cls!r}, which is not "
+                "a subclass of transformers.TrainingArguments (e.g. trl.SFTConfig)."
+            )
+        return cls
+
+
+class Registry:
+    """Names -> registered things of one kind, with errors that suggest close names."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.entries: dict[str, Registered] = {}
+
+    def add(self, entry: Registered) -> None:
+        if entry.name in self.entries:
+            other = self.entries[entry.name]
+            raise RegistryError(
+                f"Two plugins register the {self.what} {entry.name!r}: distribution {other.distribution!r} and "
+                f"distribution {entry.distribution!r}. Uninstall one of them, or block one with "
+                f"{DISABLE_AUTOLOAD_ENV}=1."
+            )
+        self.entries[entry.name] = entry
+
+    def get(self, name: str, failures: list[PluginFailure] = ()) -> Registered:
+        if name in self.entries:
+            return self.entries[name]
+        close = difflib.get_close_matches(name, list(self.entries), n=3, cutoff=0.5)
+        message = f"Unknown {self.what} {name!r}."
+        if close:
+            message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+        message += f" Registered: {', '.join(sorted(self.entries))}."
+        for failure in failures:
+            message += (
+                f" Note: plugin distribution {failure.distribution!r} failed to load ({failure.error}) and may "
+                "provide it."
+            )
+        raise RegistryError(message)
+
+    def __iter__(self):
+        return iter(self.entries.values())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+
+class PluginManager:
+    """Loads plugins from the entry-point group and collects what their hooks register."""
+
+    def __init__(self, autoload: bool | None = None):
+        if autoload is None:
+            autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").lower() not in ("1", "true", "yes")
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.distributions: dict[str, str] = {}  # plugin name -> distribution
+        self.failures: list[PluginFailure] = []
+        self._load_entry_points(autoload)
+        self.pm.check_pending()
+        self.trainers = self._collect_trainers()
+        self.event_estimators = self._collect_event_estimators()
+
+    def _load_entry_points(self, autoload: bool) -> None:
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            distribution = entry_point.dist.name if entry_point.dist else "<unknown>"
+            if not autoload and distribution != OWN_DISTRIBUTION:
+                continue
+            if self.pm.get_plugin(entry_point.name) is not None:
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as error:  # a broken plugin must not break the others
+                failure = PluginFailure(distribution, entry_point.name, f"{type(error).__name__}: {error}")
+                self.failures.append(failure)
+                warnings.warn(
+                    f"trl_causal plugin {entry_point.name!r} from distribution {distribution!r} failed to load: "
+                    f"{failure.error}",
+                    stacklevel=2,
+                )
+                continue
+            self.pm.register(plugin, name=entry_point.name)
+            self.distributions[entry_point.name] = distribution
+        if self.pm.get_plugin("builtin") is None:  # running from a source tree without installed metadata
+            from . import builtin
+
+            self.pm.register(builtin, name="builtin")
+            self.distributions["builtin"] = OWN_DISTRIBUTION
+
+    def _call_registrar(self, hook_name: str, make_entry) -> Registry:
+        registry = Registry(hook_name.removeprefix("register_").rstrip("s").replace("_", " "))
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            distribution = self.distributions.get(self.pm.get_name(impl.plugin), "<unknown>")
+
+            def register(name: str, **kwargs: Any) -> None:
+                registry.add(make_entry(name, distribution, **kwargs))
+
+            impl.function(register=register)
+        return registry
+
+    def _collect_trainers(self) -> Registry:
+        def make(name: str, distribution: str, *, trainer, config, kind: str = "sft", description: str = ""):
+            if kind not in TRAINER_KINDS:
+                raise RegistryError(
+                    f"Trainer {name!r} from distribution {distribution!r} has kind {kind!r}; use one of {TRAINER_KINDS}."
+                )
+            return TrainerSpec(name, distribution, description, {"trainer": trainer, "config": config}, kind=kind)
+
+        return self._call_registrar("register_trainers", make)
+
+    def _collect_event_estimators(self) -> Registry:
+        def make(name: str, distribution: str, *, estimator, description: str = ""):
+            return Registered(name, distribution, description, {"estimator": estimator})
+
+        return self._call_registrar("register_event_estimators", make)
+
+    def get_trainer(self, name: str) -> TrainerSpec:
+        return self.trainers.get(name, self.failures)
+
+    def get_event_estimator(self, name: str):
+        """The estimator class registered as ``name``."""
+        return self.event_estimators.get(name, self.failures).resolve("estimator")
+
+
+_manager: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, loaded on first use."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager

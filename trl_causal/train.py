@@ -1,0 +1,118 @@
+"""The training script that ``trl-causal train`` launches through accelerate.
+
+Also usable directly: ``accelerate launch [--config_file ...] -m trl_causal.train --config cfg.yaml``.
+Accelerate keys in the YAML are ignored here (the launcher consumed them).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import time
+
+from .configuration import RunConfig, parse_run_config
+from .data import check_columns, load_run_datasets
+from .errors import TrlCausalError
+
+SUMMARY_FILE = "trl_causal_run.json"
+
+
+def build_trainer(run: RunConfig, train_dataset, eval_dataset):
+    """Instantiate the registered trainer with the same keyword arguments TRL's scripts pass."""
+    from trl import get_peft_config, get_quantization_config
+
+    from .embedded import resolve_model_name_or_path
+
+    model_args, training_args = run.model_args, run.training_args
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=getattr(training_args, "trust_remote_code", False),
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    if getattr(training_args, "model_init_kwargs", None):
+        model_init_kwargs.update(training_args.model_init_kwargs)
+    training_args.model_init_kwargs = model_init_kwargs
+    trainer_cls = run.trainer.trainer_class
+    accepted = inspect.signature(trainer_cls.__init__).parameters
+    kwargs = dict(
+        model=resolve_model_name_or_path(model_args.model_name_or_path),
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+    )
+    return trainer_cls(**{k: v for k, v in kwargs.items() if k in accepted or "kwargs" in accepted})
+
+
+def required_columns(run: RunConfig) -> tuple[str, ...]:
+    """Columns the trainer needs beyond its kind's text columns (``trainer_cls.required_columns(args)``)."""
+    trainer_cls = run.trainer.trainer_class
+    hook = getattr(trainer_cls, "required_columns", None)
+    return tuple(hook(run.training_args)) if hook else ()
+
+
+def main(run: RunConfig) -> dict:
+    """Load data, check it, train, save, and print a short summary; returns the summary."""
+    start = time.time()
+    training_args = run.training_args
+    need_eval = training_args.eval_strategy != "no"
+    train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, need_eval)
+    needed = required_columns(run)
+    check_columns(train_dataset, run.trainer.kind, needed, "training split")
+    if eval_dataset is not None:
+        check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split")
+
+    trainer = build_trainer(run, train_dataset, eval_dataset)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    summary = {
+        "trainer": run.trainer.name,
+        "model": run.model_args.model_name_or_path,
+        "train_rows": len(train_dataset) if hasattr(train_dataset, "__len__") else None,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "world_size": trainer.accelerator.num_processes,
+        "seconds": round(time.time() - start, 1),
+        "output_dir": os.path.abspath(training_args.output_dir),
+    }
+    if eval_dataset is not None:
+        summary["eval"] = trainer.evaluate()
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(training_args.output_dir, SUMMARY_FILE), "w") as f:
+            json.dump(summary, f, indent=2)
+        trainer.accelerator.print(
+            f"\ntrl-causal: trained {summary['trainer']!r} on {summary['train_rows']} rows for {summary['steps']} steps "
+            f"(world size {summary['world_size']}) in {summary['seconds']} s; final train loss "
+            f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"
+        )
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return summary
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    if "--config" not in argv:
+        return None, argv
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        raise TrlCausalError("--config needs a path to a YAML file.")
+    return argv[at + 1], argv[:at] + argv[at + 2 :]
+
+
+def cli(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config_path, rest = _split_config_flag(argv)
+        main(parse_run_config(rest, config_path))
+    except TrlCausalError as error:
+        print(f"trl-causal: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -1,0 +1,171 @@
+"""Mixins for ``transformers.Trainer`` subclasses (TRL's, Axolotl's, or plain ones).
+
+- ``ExtraColumnsMixin`` carries dataset columns (environment, confounders, labels, ...) past the
+  column removal and the collator into ``compute_loss``.
+- ``CausalLossMixin`` reduces our own losses so that gradient accumulation and DDP give the same
+  gradients as one large batch.
+- ``HeadsMixin`` attaches extra trainable modules to the model (so the optimizer, DDP and DeepSpeed
+  see them) and saves / restores them with every checkpoint, separately from the model weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+HEADS_ATTR = "trl_causal_heads"
+HEADS_FILE = "trl_causal_heads.safetensors"
+
+
+class CarryColumnsCollator:
+    """Wraps a collator: takes ``columns`` out of each example, collates the rest, puts them back batched.
+
+    Numbers become tensors (so they move to the device with the batch); anything else stays a list.
+    """
+
+    def __init__(self, collator: Callable, columns: Sequence[str]):
+        self.collator = collator
+        self.columns = list(columns)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        carried = {c: [example.pop(c) for example in examples] for c in self.columns if c in examples[0]}
+        batch = self.collator(examples)
+        for column, values in carried.items():
+            is_number = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            batch[column] = torch.tensor(values) if is_number else values
+        return batch
+
+
+class ExtraColumnsMixin:
+    """Keeps ``self.extra_columns()`` through TRL's column removal and collator to ``compute_loss``.
+
+    Subclasses define ``extra_columns`` (from their config) and call ``self.pop_extra_columns(inputs)``
+    in ``compute_loss`` before the model forward.
+    """
+
+    def extra_columns(self) -> list[str]:
+        return []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        columns = self.extra_columns()
+        if columns:
+            if getattr(self.args, "packing", False):
+                raise ValueError(
+                    f"packing=True merges rows, so the per-row columns {columns} cannot be carried; set `packing: false`."
+                )
+            self.data_collator = CarryColumnsCollator(self.data_collator, columns)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(self._signature_columns) + [
+            c for c in self.extra_columns() if c not in self._signature_columns
+        ]
+
+    def pop_extra_columns(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Remove the carried columns from ``inputs`` (so the model never sees them) and return them."""
+        return {c: inputs.pop(c) for c in self.extra_columns() if c in inputs}
+
+
+def causal_lm_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token losses ``l_t = -log p(y_{t+1} | y_<=t)`` ([B, T-1]) and their mask (labels != -100)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels.ne(-100)
+    losses = nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.clamp(min=0).reshape(-1), reduction="none"
+    ).view_as(shift_labels)
+    return losses * mask, mask
+
+
+class CausalLossMixin:
+    """Loss reductions that are exact under gradient accumulation and DDP.
+
+    The trainer says its loss is already scaled (``loss_is_scaled_for_ga = True``), so:
+
+    - ``token_mean``: ``sum_t l_t / N`` with ``N`` the loss tokens of the whole accumulated batch over
+      all ranks (``num_items_in_batch``), times the number of processes (DDP averages gradients);
+    - ``example_mean``: ``mean_i l_i / G`` over the ``G`` accumulation steps (exact when every
+      micro-batch has the same number of rows, which the Trainer's samplers give).
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def _training(self) -> bool:
+        return self.model.training
+
+    def token_mean(self, loss_sum: torch.Tensor, local_count: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        if num_items_in_batch is None or not self._training():
+            return self.example_mean(loss_sum / local_count.clamp(min=1))
+        loss = loss_sum / torch.as_tensor(num_items_in_batch, device=loss_sum.device).clamp(min=1)
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return loss
+
+    def example_mean(self, loss: torch.Tensor) -> torch.Tensor:
+        loss = loss.mean()
+        return loss / self.current_gradient_accumulation_steps if self._training() else loss
+
+
+class HeadsMixin:
+    """Extra trainable modules attached to the model as ``model.trl_causal_heads``.
+
+    Attaching (rather than keeping them on the trainer) puts them in the optimizer and under
+    DDP / DeepSpeed with the model. They are saved as ``trl_causal_heads.safetensors`` beside the
+    model weights, left out of the model's own files, and restored on ``resume_from_checkpoint``.
+    """
+
+    def attach_heads(self, heads: nn.Module) -> None:
+        parameter = next(self.model.parameters())
+        self.model.add_module(HEADS_ATTR, heads.to(device=parameter.device))
+
+    @property
+    def heads(self) -> nn.Module | None:
+        return getattr(self.accelerator.unwrap_model(self.model), HEADS_ATTR, None)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        from safetensors.torch import save_file
+
+        output_dir = output_dir or self.args.output_dir
+        heads = self.heads
+        if heads is None:
+            return super()._save(output_dir, state_dict=state_dict)
+        if state_dict is not None:  # e.g. gathered by DeepSpeed: split our keys off
+            prefix = f"{HEADS_ATTR}."
+            heads_state = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
+            state_dict = {k: v for k, v in state_dict.items() if prefix not in k}
+        else:
+            heads_state = heads.state_dict()
+        owner = self.accelerator.unwrap_model(self.model)
+        del owner._modules[HEADS_ATTR]  # keep the model's own checkpoint standard
+        try:
+            super()._save(output_dir, state_dict=state_dict)
+        finally:
+            owner.add_module(HEADS_ATTR, heads)
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in heads_state.items()}, os.path.join(output_dir, HEADS_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        self.load_heads(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        super()._load_best_model()
+        self.load_heads(self.state.best_model_checkpoint)
+
+    def load_heads(self, checkpoint_dir: str) -> None:
+        """Restore the heads saved in ``checkpoint_dir``; a checkpoint without them is an error."""
+        from safetensors.torch import load_file
+
+        heads = self.heads
+        if heads is None:
+            return
+        path = os.path.join(checkpoint_dir, HEADS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{checkpoint_dir} holds no {HEADS_FILE}: it was not saved by this trainer.")
+        heads.load_state_dict(load_file(path, device=str(next(heads.parameters()).device)))
