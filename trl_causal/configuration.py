@@ -102,7 +102,11 @@ def _conforms(value: Any, annotation: Any) -> bool:
         return True
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, arg) for arg in typing.get_args(annotation))
+        args = typing.get_args(annotation)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):  # `SomeEnum | str` fields take the enum's values as strings
+            return any(_conforms(value, e) for e in enums)
+        return any(_conforms(value, arg) for arg in args)
     if origin is typing.Literal:
         return value in typing.get_args(annotation)
     if annotation is type(None):
@@ -256,7 +260,10 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
 
     parser = TrlParser(classes, prog=f"trl-causal train --trainer {spec.name}")
     parser.set_defaults_with_config(**{k: v for k, v in yaml_values.items() if k in field_types})
-    script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=script_argv)
+    try:
+        script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=script_argv)
+    except ValueError as error:  # raised by a config's __post_init__ on a combination of values
+        raise ConfigError(f"Invalid settings in {source}: {error}") from error
     if model_args.model_name_or_path is None:
         raise ConfigError(f"No model: set `model_name_or_path` in {source} (a hub id, a local directory, or an embedded model name such as 'smollm2-135m-instruct').")
     if not dataset_args.datasets and not script_args.dataset_name:

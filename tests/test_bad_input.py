@@ -1,0 +1,97 @@
+"""Bad input gets one clear error line (exit code 2), before any model loads, never a library traceback."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from conftest import base_config, reward_rows, write_config, write_jsonl
+from plugin_helpers import make_distribution, pip_install_target
+from test_registry import REGISTERS_TRAINER
+from trl_causal import cli, plugins
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugin_manager(monkeypatch):
+    monkeypatch.setattr(plugins, "_manager", None)
+
+
+@pytest.fixture
+def config_for(tmp_path, sft_data):
+    """Write a config for a model path that does not exist: any error must come before a model loads."""
+
+    def make(**overrides):
+        config = {"trainer": "sft", **base_config(tmp_path / "no-model-here", sft_data, tmp_path / "out")}
+        config.update(overrides)
+        return write_config(tmp_path / "cfg.yaml", config)
+
+    return make
+
+
+def fails_with(capsys, argv, *fragments):
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_unknown_trainer_suggests_closest(capsys, config_for):
+    fails_with(capsys, ["train", "--config", str(config_for(trainer="capt_sft"))], "Unknown trainer 'capt_sft'", "Registered:")
+    fails_with(capsys, ["train", "--config", str(config_for(trainer="sfft"))], "Did you mean 'sft'")
+
+
+def test_unknown_yaml_key_suggests_closest_field_and_is_not_passed_to_accelerate(capsys, config_for):
+    fails_with(capsys, ["train", "--config", str(config_for(learning_rat=0.1))], "Unknown key 'learning_rat'", "Did you mean 'learning_rate'")
+
+
+def test_unknown_command_line_key(capsys, config_for):
+    fails_with(capsys, ["train", "--config", str(config_for()), "--num_train_epoch", "2"], "'num_train_epoch'", "'num_train_epochs'")
+
+
+def test_malformed_yaml_names_file_and_line(capsys, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("trainer: sft\nlearning_rate: 1e-4\n  max_steps: [3\n")
+    fails_with(capsys, ["train", "--config", str(path)], f"Malformed YAML at {path}:3:")
+
+
+def test_missing_config_file(capsys, tmp_path):
+    fails_with(capsys, ["train", "--config", str(tmp_path / "nope.yaml")], "Config file not found")
+
+
+def test_missing_dataset_file(capsys, config_for, tmp_path):
+    missing = tmp_path / "data" / "train.jsonl"
+    fails_with(capsys, ["train", "--config", str(config_for(dataset_name=str(missing)))], "does not exist", str(missing))
+
+
+def test_dataset_without_needed_columns_says_which_exist(capsys, config_for, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", reward_rows())
+    fails_with(
+        capsys,
+        ["train", "--config", str(config_for(dataset_name=str(data)))],
+        "lacks the columns",
+        "prompt+completion",
+        "It has: chosen, rejected",
+    )
+
+
+def test_missing_split_lists_the_splits(capsys, config_for):
+    fails_with(capsys, ["train", "--config", str(config_for(dataset_train_split="training"))], "no split 'training'", "it has: train")
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [("max_steps", "many", "expects int"), ("learning_rate", [1, 2], "expects float"), ("lr_scheduler_type", "zigzag", "Choose one of")],
+)
+def test_value_of_the_wrong_type(capsys, config_for, key, value, expected):
+    fails_with(capsys, ["train", "--config", str(config_for(**{key: value}))], f"Key {key!r}", expected)
+
+
+def test_plugin_registering_a_non_trainer_class(capsys, config_for, tmp_path, monkeypatch):
+    source = make_distribution(tmp_path / "src", "odd-plugin", "odd_plugin_mod", REGISTERS_TRAINER.format(name="odd", trainer="collections:OrderedDict"))
+    monkeypatch.syspath_prepend(str(pip_install_target(source, tmp_path / "site")))
+    importlib.invalidate_caches()
+    fails_with(capsys, ["train", "--config", str(config_for(trainer="odd"))], "odd-plugin", "not a subclass of transformers.Trainer")

@@ -1,0 +1,47 @@
+"""`dataset_name` as a local file of each format, a saved `datasets` directory, or a directory of files."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from conftest import sft_rows, write_jsonl
+from trl_causal.data import check_columns, load_any_dataset
+from trl_causal.errors import DataError
+
+ROWS = sft_rows(6)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_a_single_file_becomes_the_train_split(tmp_path, suffix):
+    path = tmp_path / f"rows{suffix}"
+    dataset = Dataset.from_list(ROWS)
+    {".jsonl": dataset.to_json, ".json": dataset.to_json, ".csv": dataset.to_csv, ".parquet": dataset.to_parquet}[suffix](str(path))
+    loaded = load_any_dataset(str(path))
+    assert list(loaded) == ["train"] and loaded["train"]["prompt"] == [r["prompt"] for r in ROWS]
+
+
+def test_a_directory_saved_by_datasets_keeps_its_splits(tmp_path):
+    DatasetDict({"train": Dataset.from_list(ROWS[:4]), "test": Dataset.from_list(ROWS[4:])}).save_to_disk(tmp_path / "saved")
+    loaded = load_any_dataset(str(tmp_path / "saved"))
+    assert set(loaded) == {"train", "test"} and len(loaded["test"]) == 2
+
+
+def test_a_directory_of_split_files(tmp_path):
+    (tmp_path / "d").mkdir()
+    write_jsonl(tmp_path / "d" / "train.jsonl", ROWS[:4])
+    write_jsonl(tmp_path / "d" / "test.jsonl", ROWS[4:])
+    loaded = load_any_dataset(str(tmp_path / "d"))
+    assert len(loaded["train"]) == 4 and len(loaded["test"]) == 2
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "rows.txt"
+    path.write_text("hello")
+    with pytest.raises(DataError, match="unsupported suffix"):
+        load_any_dataset(str(path))
+
+
+def test_extra_required_columns_are_named(tmp_path):
+    with pytest.raises(DataError, match=r"lacks the columns this trainer needs: environment\. It has: completion, prompt"):
+        check_columns(Dataset.from_list(ROWS), "sft", ("environment",))

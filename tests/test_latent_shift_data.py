@@ -1,0 +1,131 @@
+"""The shift benchmark generator: agreement levels, balance, spurious footprints, SFT rows."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from trl_causal.errors import ConfigError, DataError
+from trl_causal.latent_shift import SPURIOUS_VALUES, generate_shift_dataset, make_splits, to_prompt_completion
+from trl_causal.latent_shift.data import DOMAINS, GENERAL_ADJECTIVES, main
+
+KINDS = ("platform", "stopword")
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def splits(request):
+    return request.param, make_splits(1000, 1000, request.param, seed=0)
+
+
+def test_splits_hit_their_agreement_levels_with_balanced_labels(splits):
+    _, named = splits
+    assert list(named) == ["train", "test_90", "test_70", "test_50", "test_30", "test_10"]
+    targets = {"train": 0.9, "test_90": 0.9, "test_70": 0.7, "test_50": 0.5, "test_30": 0.3, "test_10": 0.1}
+    for name, rows in named.items():
+        assert len(rows) == 1000
+        realised = sum(row["agrees"] for row in rows) / len(rows)
+        assert abs(realised - targets[name]) <= 0.03, (name, realised)
+        assert Counter(row["label"] for row in rows) == {"positive": 500, "negative": 500}
+        for value in SPURIOUS_VALUES[splits[0]].values():  # both spurious values occur in both labels
+            assert sum(row["spurious"] == value for row in rows) > 0
+
+
+def test_agreement_is_the_label_link_of_the_spurious_value(splits):
+    kind, named = splits
+    aligned = {"positive": SPURIOUS_VALUES[kind]["env_a"], "negative": SPURIOUS_VALUES[kind]["env_b"]}
+    for rows in named.values():
+        for row in rows:
+            assert row["agrees"] == (row["spurious"] == aligned[row["label"]])
+            assert row["spurious"] == SPURIOUS_VALUES[kind][row["environment"]]
+
+
+def test_the_spurious_value_is_visible_in_the_text(splits):
+    kind, named = splits
+    for row in named["train"]:
+        words = row["text"].split()
+        if kind == "platform":
+            assert words[-1] == row["spurious"]
+            assert "amazon.xxx" not in words[:-1] and "yelp.yyy" not in words[:-1]
+        elif row["spurious"] == "so":
+            assert words.count("so") in (2, 3)
+        else:
+            assert "so" not in words
+
+
+def test_test_splits_share_reviews_and_differ_only_in_the_spurious_feature():
+    named = make_splits(50, 200, "platform", seed=3)
+    bodies = {name: [row["text"].rsplit(" ", 1)[0] for row in rows] for name, rows in named.items()}
+    assert bodies["test_90"] == bodies["test_10"] == bodies["test_50"]
+    assert not set(bodies["train"]) & set(bodies["test_90"])
+    assert [row["label"] for row in named["test_90"]] == [row["label"] for row in named["test_10"]]
+
+
+def test_reviews_are_varied(splits):
+    _, named = splits
+    texts = [row["text"] for row in named["train"]]
+    lengths = [len(text.split()) for text in texts]
+    assert min(lengths) <= 8 and max(lengths) >= 25
+    assert len(set(texts)) >= 990
+    vocabulary = {word.strip(".,!").lower() for text in texts for word in text.split()}
+    assert len(vocabulary) >= 300
+    negations = [text for text in texts if any(f" {cue} " in f" {text.lower()} " for cue in ("not", "never", "far from"))]
+    assert len(negations) > 100
+
+
+def test_each_sentence_carries_the_label_and_negation_flips_the_adjective():
+    positive = set(GENERAL_ADJECTIVES["positive"]) | {word for domain in DOMAINS.values() for word in domain["positive"]}
+    negative = set(GENERAL_ADJECTIVES["negative"]) | {word for domain in DOMAINS.values() for word in domain["negative"]}
+    assert not positive & negative
+    flipped = {"positive": "negative", "negative": "positive"}
+    n_affirmed = n_negated = 0
+    for row in generate_shift_dataset(400, 0.5, "platform", seed=1):
+        for sentence in re.split(r"(?<=\.)\s+", row["text"]):
+            words = [word.strip(".,").lower() for word in sentence.split()]
+            found = {"positive" for w in words if w in positive} | {"negative" for w in words if w in negative}
+            if not found:
+                continue
+            negated = bool({"not", "never", "nobody"} & set(words)) or "far from" in sentence
+            assert found == {flipped[row["label"]] if negated else row["label"]}, (row["label"], sentence)
+            n_negated += negated
+            n_affirmed += not negated
+    assert n_negated > 50 and n_affirmed > 200
+
+
+def test_generation_is_deterministic_in_the_seed():
+    assert make_splits(100, 100, "stopword", seed=5) == make_splits(100, 100, "stopword", seed=5)
+    assert generate_shift_dataset(100, 0.9, "platform", seed=5) != generate_shift_dataset(100, 0.9, "platform", seed=6)
+
+
+def test_bad_generator_arguments_say_how_to_fix_them():
+    with pytest.raises(ConfigError, match="fraction"):
+        generate_shift_dataset(10, 90, "platform")
+    with pytest.raises(ConfigError, match="'platform', 'stopword'"):
+        generate_shift_dataset(10, 0.9, "emoji")
+
+
+def test_prompt_completion_rows_use_the_verbalizer():
+    rows = generate_shift_dataset(4, 0.9, "platform", seed=0)
+    plain = to_prompt_completion(rows)
+    assert plain[0]["completion"] == f" {rows[0]['label']}"
+    assert rows[0]["text"] in plain[0]["prompt"] and plain[0]["prompt"].endswith("Sentiment:")
+    assert plain[0]["label"] == rows[0]["label"] and "text" not in plain[0]
+
+    chat = to_prompt_completion(rows, verbalizer={"positive": "Good", "negative": "Bad"}, conversational=True)
+    assert chat[0]["prompt"] == [{"role": "user", "content": plain[0]["prompt"]}]
+    assert chat[0]["completion"] == [{"role": "assistant", "content": {"positive": "Good", "negative": "Bad"}[rows[0]["label"]]}]
+
+    with pytest.raises(DataError, match="label 'negative' is not in the verbalizer"):
+        to_prompt_completion([{"text": "x", "label": "negative"}], verbalizer={"positive": "yes"})
+    with pytest.raises(ConfigError, match="must contain"):
+        to_prompt_completion(rows, instruction="Classify this review.")
+
+
+def test_command_line_writes_every_split(tmp_path):
+    main(["--out", str(tmp_path), "--kind", "stopword", "--n-train", "20", "--n-test", "10"])
+    files = sorted(path.name for path in tmp_path.iterdir())
+    assert files == ["test_10.jsonl", "test_30.jsonl", "test_50.jsonl", "test_70.jsonl", "test_90.jsonl", "train.jsonl"]
+    first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
+    assert {"prompt", "completion", "label", "spurious", "environment", "agrees"} <= set(first)

@@ -1,0 +1,95 @@
+"""The trainer registry: built-ins, a really installed third-party plugin, autoload off, broken and clashing plugins."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from plugin_helpers import make_distribution, pip_install_target
+from trl_causal.errors import RegistryError
+from trl_causal.plugins import DISABLE_AUTOLOAD_ENV, PluginManager
+
+REGISTERS_TRAINER = """
+from trl_causal.hookspecs import hookimpl
+
+@hookimpl
+def register_trainers(register):
+    register("{name}", trainer="{trainer}", config="trl:SFTConfig", kind="sft", description="test plugin")
+"""
+
+
+@pytest.fixture(scope="module")
+def weighted_sft_site(tmp_path_factory):
+    """The example plugin under plugins/weighted_sft, installed by pip into its own site directory."""
+    return pip_install_target(REPO / "plugins" / "weighted_sft", tmp_path_factory.mktemp("site-weighted"))
+
+
+def install(tmp_path, monkeypatch, dist_name, module_name, source):
+    site = pip_install_target(make_distribution(tmp_path / "src", dist_name, module_name, source), tmp_path / "site")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    return site
+
+
+def test_builtins_are_registered_through_the_entry_point_group():
+    manager = PluginManager()
+    names = {spec.name: spec for spec in manager.trainers}
+    assert {"sft", "reward"} <= set(names)
+    assert names["sft"].distribution == "trl-causal" and names["reward"].kind == "reward"
+    from trl import RewardTrainer, SFTTrainer
+
+    assert names["sft"].trainer_class is SFTTrainer and names["reward"].trainer_class is RewardTrainer
+
+
+def test_listing_does_not_import_torch():
+    code = "import sys; from trl_causal.plugins import PluginManager; PluginManager(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_installed_plugin_is_listed_with_its_distribution(weighted_sft_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(weighted_sft_site))
+    importlib.invalidate_caches()
+    spec = PluginManager().get_trainer("weighted_sft")
+    assert spec.distribution == "trl-causal-weighted-sft"
+    assert spec.trainer_class.__name__ == "WeightedSFTTrainer"
+
+
+def test_autoload_off_keeps_builtins_and_drops_third_party(weighted_sft_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(weighted_sft_site))
+    importlib.invalidate_caches()
+    monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
+    manager = PluginManager()
+    assert "weighted_sft" not in manager.trainers and "sft" in manager.trainers
+
+
+def test_broken_plugin_warns_with_its_distribution_and_breaks_nothing_else(tmp_path, monkeypatch):
+    install(tmp_path, monkeypatch, "broken-plugin", "broken_plugin_mod", "import a_module_that_does_not_exist\n")
+    with pytest.warns(UserWarning, match=r"broken-plugin.*ModuleNotFoundError.*a_module_that_does_not_exist"):
+        manager = PluginManager()
+    assert manager.get_trainer("sft").name == "sft"
+    with pytest.raises(RegistryError, match="broken-plugin"):
+        manager.get_trainer("broken_trainer")
+
+
+def test_two_providers_of_one_name_is_an_error_naming_both(tmp_path, monkeypatch):
+    install(tmp_path, monkeypatch, "clash-plugin", "clash_plugin_mod", REGISTERS_TRAINER.format(name="sft", trainer="trl:SFTTrainer"))
+    with pytest.raises(RegistryError, match=r"'sft'.*'trl-causal'.*'clash-plugin'"):
+        PluginManager()
+
+
+def test_registering_a_class_that_is_not_a_trainer_fails_when_selected(tmp_path, monkeypatch):
+    install(tmp_path, monkeypatch, "odd-plugin", "odd_plugin_mod", REGISTERS_TRAINER.format(name="odd", trainer="collections:OrderedDict"))
+    manager = PluginManager()
+    assert "odd" in manager.trainers  # listing works
+    with pytest.raises(RegistryError, match=r"'odd'.*'odd-plugin'.*not a subclass of transformers.Trainer"):
+        manager.get_trainer("odd").trainer_class
+
+
+def test_unknown_trainer_suggests_close_names():
+    with pytest.raises(RegistryError, match=r"Unknown trainer 'sfft'\. Did you mean 'sft'"):
+        PluginManager().get_trainer("sfft")
