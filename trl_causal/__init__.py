@@ -11,6 +11,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "get_plugin_manager": "trl_causal.plugins",
     "hookimpl": "trl_causal.hookspecs",
+    "ExtraColumnsMixin": "trl_causal.trainer",
+    "CausalLossMixin": "trl_causal.trainer",
+    "HeadsMixin": "trl_causal.trainer",
 }
 
 
