@@ -20,7 +20,7 @@ def test_yaml_accelerate_keys_launch_two_processes(tmp_path, tiny_model, sft_dat
     config = base_config(tiny_model, sft_data, tmp_path / "out", num_processes=2, multi_gpu=True, main_process_port=29517)
     path = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **config})
     result = subprocess.run(
-        [sys.executable, "-m", "trl_causal.cli", "train", "--config", str(path)], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "trl_causal.cli", "train", "--config", str(path)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
@@ -34,7 +34,7 @@ def test_accelerate_launch_module_with_an_accelerate_config_file(tmp_path, tiny_
     result = subprocess.run(
         [accelerate, "launch", "--config_file", str(REPO / "example_configs" / "accelerate" / "ddp.yaml"),
          "--main_process_port", "29518", "-m", "trl_causal.train", "--config", str(path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())

@@ -89,6 +89,7 @@ def main(run: RunConfig) -> dict:
             f"(world size {summary['world_size']}) in {summary['seconds']} s; final train loss "
             f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"
         )
+    trainer.accelerator.wait_for_everyone()  # no rank tears the process group down while another still uses it
     if hasattr(trainer, "end"):
         trainer.end()
     return summary
