@@ -1,4 +1,7 @@
-"""The trainers that ship with trl-causal, registered through the same hooks as third-party ones."""
+"""The trainers and event estimators that ship with trl-causal, registered through the same hooks as third-party ones.
+
+Classes are given as import paths, so listing them imports neither torch nor the method modules.
+"""
 
 from .hookspecs import hookimpl
 
@@ -18,4 +21,28 @@ def register_trainers(register):
         config="trl:RewardConfig",
         kind="reward",
         description="Plain TRL reward modelling on chosen/rejected pairs (the naive baseline).",
+    )
+
+
+@hookimpl
+def register_event_estimators(register):
+    register(
+        "template",
+        estimator="trl_causal.capt.events:TemplateEstimator",
+        description="The row already holds placeholders {e1}, {e2}, ... and a name table column.",
+    )
+    register(
+        "vocabulary",
+        estimator="trl_causal.capt.events:VocabularyEstimator",
+        description="Event terms from a list, a file or a regex: whole words, longest first, case-aware, plurals.",
+    )
+    register(
+        "prontoqa",
+        estimator="trl_causal.capt.events:ProntoQAEstimator",
+        description="PrOntoQA rows: concepts, properties and the individual, read from the row's own sentences.",
+    )
+    register(
+        "cladder",
+        estimator="trl_causal.capt.events:CLadderEstimator",
+        description="CLadder rows: the causal variables of reasoning.step0 / meta.variable_mapping.",
     )

@@ -1,0 +1,263 @@
+"""Event estimation for CAPT: templates, term matching, the built-in estimators and their registration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from trl_causal.capt import (
+    BUILTIN_ESTIMATORS,
+    CLadderEstimator,
+    EventTemplate,
+    NoEventsFound,
+    ProntoQAEstimator,
+    TemplateError,
+    TemplateEstimator,
+    TermMatcher,
+    VocabularyEstimator,
+    estimate_rows,
+    generate_prontoqa,
+    placeholders_in,
+    prontoqa_event_terms,
+    surviving_names,
+)
+from trl_causal.errors import ConfigError, DataError
+from trl_causal.plugins import PluginManager
+
+CLADDER_ROW = {
+    "given_info": "For husbands that don't set the alarm, the probability of ringing alarm is 8%. Wives matter.",
+    "question": "Will alarm set by husband increase the chance of ringing alarm?",
+    "answer": "yes",
+    "meta": {
+        "story_id": "alarm",
+        "variable_mapping": {
+            "Xname": "husband", "X1": "alarm set by husband", "X0": "alarm not set by husband",
+            "Yname": "alarm clock", "Y1": "ringing alarm", "Y0": "silent alarm",
+        },
+    },
+    "reasoning": {"step0": "Let V2 = wife; X = husband; Y = alarm clock.", "end": "yes"},
+}
+
+
+# --- templates ------------------------------------------------------------------------------------------------
+
+
+def test_render_uses_one_mapping_for_prompt_and_completion():
+    names = {"e1": "cat", "e2": "feline", "e3": "Sally"}
+    template = EventTemplate("Every {e1} is a {e2}. {e3} is an {e1}.", "{e3} is a {e2}.", names)
+    prompt, completion = template.render({"e1": "ovi", "e2": "bako", "e3": "zet"})
+    assert prompt == "Every ovi is a bako. Zet is an ovi."  # article agrees; proper noun stays capitalised
+    assert completion == "Zet is a bako."
+
+
+def test_render_capitalises_symbols_that_open_a_sentence_and_keeps_plural_suffix():
+    template = EventTemplate("{e1}s are {e2}. Wow.\n{e1} is {e2}.", None, {"e1": "wumpus", "e2": "bony"})
+    prompt, completion = template.render({"e1": "tap", "e2": "ruk"})
+    assert prompt == "Taps are ruk. Wow.\nTap is ruk."
+    assert completion is None
+
+
+def test_render_without_symbol_for_a_placeholder_names_it():
+    with pytest.raises(TemplateError, match=r"\{e2\}"):
+        EventTemplate("{e1} and {e2}", None, {"e1": "a", "e2": "b"}).render({"e1": "X"})
+
+
+def test_validate_rejects_completion_placeholders_the_prompt_lacks():
+    template = EventTemplate("Every {e1} is bony.", "{e2} is bony.", {"e1": "cat", "e2": "Sally"})
+    with pytest.raises(TemplateError, match=r"completion uses \{e2\}, which the prompt lacks"):
+        template.validate()
+
+
+def test_validate_rejects_unnamed_placeholders_and_surviving_names():
+    with pytest.raises(TemplateError, match=r"\{e2\} have no name"):
+        EventTemplate("{e1} {e2}", None, {"e1": "cat"}).validate()
+    leaky = EventTemplate("Every {e1} is bony. Cats purr.", None, {"e1": "cat"})
+    assert surviving_names(leaky) == ["cat"]
+    with pytest.raises(TemplateError, match="original names still in the text: 'cat'"):
+        leaky.validate()
+
+
+# --- term matching ---------------------------------------------------------------------------------------------
+
+
+def test_vocabulary_matches_whole_words_only():
+    template = VocabularyEstimator(terms=["cat"]).estimate("The cat sat on a catalog; concat cat-like cats.")
+    assert template.prompt == "The {e1} sat on a catalog; concat cat-like {e1}s."
+
+
+def test_vocabulary_longest_term_first_and_same_term_same_placeholder():
+    estimator = VocabularyEstimator(terms=["number", "prime number"])
+    template = estimator.estimate("Every prime number is a number. Prime numbers are numbers.", "A prime number.")
+    assert template.prompt == "Every {e1} is a {e2}. {e1}s are {e2}s."
+    assert template.completion == "A {e1}."
+    assert template.names == {"e1": "prime number", "e2": "number"}
+
+
+@pytest.mark.parametrize(
+    ("term", "text"),
+    [("lepidopteran", "lepidopterans"), ("wumpus", "wumpuses"), ("butterfly", "butterflies"), ("wife", "wives")],
+)
+def test_vocabulary_plurals(term, text):
+    template = VocabularyEstimator(terms=[term]).estimate(f"Some {text} here.")
+    assert template.prompt == "Some {e1}s here."
+    assert template.names == {"e1": term}
+
+
+def test_plurals_can_be_switched_off():
+    with pytest.raises(NoEventsFound):
+        VocabularyEstimator(terms=["cat"], plurals=False).estimate("Cats purr.")
+
+
+def test_vocabulary_is_case_aware():
+    template = VocabularyEstimator(terms=["wumpus", "Will"]).estimate("Wumpuses are big. WUMPUS! Will will go.")
+    assert template.prompt == "{e1}s are big. {e1}! {e2} will go."
+    assert template.names == {"e1": "wumpus", "e2": "Will"}
+    insensitive = VocabularyEstimator(terms=["Will"], ignore_case=True).estimate("Will will go.")
+    assert insensitive.prompt == "{e1} {e1} go."
+
+
+def test_vocabulary_terms_file_and_pattern(tmp_path):
+    terms_file = tmp_path / "terms.txt"
+    terms_file.write_text("# animals\ncat\n\nfeline\n")
+    template = VocabularyEstimator(terms_file=terms_file, pattern=r"\bZ[a-z]+").estimate(
+        "Every cat is a feline. Zorp is a cat.", "Zorp is a feline."
+    )
+    assert template.names == {"e1": "cat", "e2": "feline", "e3": "Zorp"}
+    assert template.completion == "{e3} is a {e2}."
+
+
+def test_vocabulary_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(ConfigError, match=f"{missing}.*does not exist"):
+        VocabularyEstimator(terms_file=missing)
+
+
+def test_vocabulary_needs_some_terms_and_valid_ones():
+    with pytest.raises(ConfigError, match="terms_file"):
+        VocabularyEstimator()
+    with pytest.raises(ConfigError, match="C\\+\\+"):
+        VocabularyEstimator(terms=["C++"])
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        VocabularyEstimator(pattern="(")
+
+
+def test_no_events_found_is_a_value_error():
+    with pytest.raises(ValueError, match="No event term"):
+        VocabularyEstimator(terms=["dog"]).estimate("A cat.")
+    assert issubclass(NoEventsFound, ValueError)
+
+
+def test_term_matcher_spans_line_breaks_in_multiword_terms():
+    [match] = TermMatcher(["alarm clock"]).find("the alarm\n clock rang")
+    assert (match.term, match.plural) == ("alarm clock", False)
+
+
+# --- template estimator ----------------------------------------------------------------------------------------
+
+
+def test_template_estimator_reads_the_name_table():
+    names = json.dumps({"e1": "cat", "e2": "furry"})
+    row = {"prompt": "Every {e1} is {e2}.", "completion": "True", "event_names": names}
+    template = TemplateEstimator().estimate(row["prompt"], row["completion"], row=row)
+    assert template.names == {"e1": "cat", "e2": "furry"}
+    listed = {"text": "{e1} is {e2}.", "names": ["Sally", "furry"]}
+    template = TemplateEstimator(names_column="names", prompt_column="text").estimate("ignored", None, row=listed)
+    assert template.prompt == "{e1} is {e2}." and template.names == {"e1": "Sally", "e2": "furry"}
+
+
+def test_template_estimator_errors():
+    with pytest.raises(DataError, match="needs the column 'event_names'"):
+        TemplateEstimator().estimate("{e1}", None, row={"prompt": "{e1}"})
+    row = {"event_names": {"e1": "cat", "e2": "Sally"}}
+    with pytest.raises(TemplateError, match="which the prompt lacks"):
+        TemplateEstimator().estimate("Every {e1} is bony.", "{e2} is bony.", row=row)
+    with pytest.raises(NoEventsFound):
+        TemplateEstimator().estimate("No placeholders.", None, row=row)
+
+
+# --- PrOntoQA estimator -----------------------------------------------------------------------------------------
+
+
+def test_prontoqa_terms_follow_the_sentence_patterns():
+    text = (
+        "Every wumpus is a yumpus. Each yumpus is not bony. Zumpuses are yumpuses. Lepidopterans are luminous. "
+        "Tabbies are not legless. Every prime number is a natural number. Sally is a wumpus. Max is not hot.\n"
+        "True or false: Sally is not bony."
+    )
+    assert prontoqa_event_terms(text) == [
+        "wumpus", "yumpus", "bony", "zumpus", "lepidopteran", "luminous", "tabby", "legless",
+        "prime number", "natural number", "Sally", "Max", "hot",
+    ]
+
+
+@pytest.mark.parametrize("split", ["id", "anti", "nonsense"])
+def test_prontoqa_estimator_finds_exactly_the_generated_events(split):
+    for row in generate_prontoqa(12, split, hops=(1, 3, 5), seed=3, target="reasoning", distractors=3):
+        template = ProntoQAEstimator().estimate(row["prompt"], row["completion"])
+        assert set(template.names.values()) == set(row["events"])
+        assert surviving_names(template) == []
+        assert set(placeholders_in(template.completion)) <= set(placeholders_in(template.prompt))
+
+
+def test_prontoqa_estimator_on_the_prompt_alone_matches_training():
+    row = generate_prontoqa(1, "nonsense", hops=2, seed=0)[0]
+    assert ProntoQAEstimator().estimate(row["prompt"]).prompt == ProntoQAEstimator().estimate(
+        row["prompt"], row["completion"]
+    ).prompt
+
+
+# --- CLadder estimator ------------------------------------------------------------------------------------------
+
+
+def test_cladder_estimator_uses_variables_and_values_longest_first():
+    prompt = CLADDER_ROW["given_info"] + "\n" + CLADDER_ROW["question"]
+    template = CLadderEstimator().estimate(prompt, "Yes", row=CLADDER_ROW)
+    assert template.prompt == (
+        "For {e1}s that don't set the alarm, the probability of {e2} is 8%. {e3}s matter.\n"
+        "Will {e4} increase the chance of {e2}?"
+    )
+    assert template.names == {"e1": "husband", "e2": "ringing alarm", "e3": "wife", "e4": "alarm set by husband"}
+
+
+def test_cladder_estimator_from_step0_only_and_missing_variables():
+    row = {"reasoning": json.dumps({"step0": "Let X = Ability to speak English; Y = recovery."})}
+    template = CLadderEstimator(include_values=False).estimate("Does ability to speak english cause Recovery?", row=row)
+    assert template.prompt == "Does {e1} cause {e2}?"
+    with pytest.raises(DataError, match="names no causal variable"):
+        CLadderEstimator().estimate("text", row={"meta": {"story_id": "x"}})
+    with pytest.raises(DataError, match="pass the row"):
+        CLadderEstimator().estimate("text")
+
+
+# --- many rows, registration ------------------------------------------------------------------------------------
+
+
+def test_estimate_rows_policies():
+    rows = [{"prompt": "A cat.", "completion": "x"}, {"prompt": "A dog.", "completion": "y"}]
+    estimator = VocabularyEstimator(terms=["cat"])
+    kept = estimate_rows(estimator, rows)
+    assert kept.row_indices == [0, 1] and kept.no_events == [1]
+    assert kept.templates[1] == EventTemplate("A dog.", "y", {})
+    dropped = estimate_rows(estimator, rows, on_no_events="drop")
+    assert dropped.row_indices == [0] and dropped.no_events == [1]
+    with pytest.raises(NoEventsFound, match="Row 1"):
+        estimate_rows(estimator, rows, on_no_events="error")
+    with pytest.raises(ConfigError, match="on_no_events"):
+        estimate_rows(estimator, rows, on_no_events="skip")
+
+
+def test_plugin_manager_registers_every_builtin_estimator():
+    manager = PluginManager(autoload=False)
+    assert {e.name for e in manager.event_estimators} == set(BUILTIN_ESTIMATORS) == {"template", "vocabulary", "prontoqa", "cladder"}
+    for name, cls in BUILTIN_ESTIMATORS.items():
+        assert manager.get_event_estimator(name) is cls
+        assert manager.event_estimators.get(name).distribution == "trl-causal"
+
+
+def test_capt_modules_import_no_torch_or_trl():
+    code = "import sys, trl_causal.capt; print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

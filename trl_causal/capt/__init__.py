@@ -1,0 +1,93 @@
+"""CAPT-SFT building blocks without torch (METHODS.md section 1): event estimation, event intervention, and
+PrOntoQA / CLadder data.
+
+Pipeline per row: ``estimator.estimate(prompt, completion, row=row)`` -> ``EventTemplate`` (once, before
+training); then ``RowInterventions(templates, pool, seed).intervene(row_index, draw)`` -> the row's text with
+fresh symbols for that draw (e.g. the epoch). At inference: estimate the prompt alone, intervene, decode.
+"""
+
+from .cladder import (
+    CLADDER_HUB_ID,
+    CLadderVariable,
+    cladder_variables,
+    convert_cladder_rows,
+    load_cladder_file,
+    parse_step0,
+)
+from .events import (
+    BUILTIN_ESTIMATORS,
+    CLadderEstimator,
+    EstimatedRows,
+    EventEstimator,
+    EventTemplate,
+    NoEventsFound,
+    ProntoQAEstimator,
+    TemplateError,
+    TemplateEstimator,
+    TermMatcher,
+    VocabularyEstimator,
+    estimate_rows,
+    placeholders_in,
+    render_text,
+    surviving_names,
+)
+from .intervention import (
+    LETTERS,
+    SYMBOL_POOLS,
+    InterventionResult,
+    ListPool,
+    NonsensePool,
+    PoolExhaustedError,
+    RowInterventions,
+    SymbolPool,
+    build_symbol_pool,
+    intervene,
+)
+from .prontoqa import (
+    SPLITS,
+    answer_from_claims,
+    convert_prontoqa_rows,
+    generate_prontoqa,
+    load_prontoqa_file,
+    prontoqa_event_terms,
+)
+
+__all__ = [
+    "BUILTIN_ESTIMATORS",
+    "CLADDER_HUB_ID",
+    "LETTERS",
+    "SPLITS",
+    "SYMBOL_POOLS",
+    "CLadderEstimator",
+    "CLadderVariable",
+    "EstimatedRows",
+    "EventEstimator",
+    "EventTemplate",
+    "InterventionResult",
+    "ListPool",
+    "NoEventsFound",
+    "NonsensePool",
+    "PoolExhaustedError",
+    "ProntoQAEstimator",
+    "RowInterventions",
+    "SymbolPool",
+    "TemplateError",
+    "TemplateEstimator",
+    "TermMatcher",
+    "VocabularyEstimator",
+    "answer_from_claims",
+    "build_symbol_pool",
+    "cladder_variables",
+    "convert_cladder_rows",
+    "convert_prontoqa_rows",
+    "estimate_rows",
+    "generate_prontoqa",
+    "intervene",
+    "load_cladder_file",
+    "load_prontoqa_file",
+    "parse_step0",
+    "placeholders_in",
+    "prontoqa_event_terms",
+    "render_text",
+    "surviving_names",
+]

@@ -1,0 +1,476 @@
+"""Event estimation for CAPT (METHODS.md section 1, step 1): rows -> templates with placeholders.
+
+An ``EventTemplate`` is a row whose events (entities, properties, causal variables) are replaced by
+placeholders ``{e1}``, ``{e2}``, ... numbered in order of first appearance, plus the table
+``names`` = {"e1": original name, ...}. A plural occurrence becomes ``{eN}s``. The prompt and the
+completion of one row share one table, so both are rendered with one mapping.
+
+Estimators are small classes with one method, ``estimate(prompt, completion=None, *, row=None)``;
+their options are constructor keyword arguments, so a YAML block ``{name: ..., **options}`` builds
+one. Nothing here imports torch, transformers or TRL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from ..errors import ConfigError, DataError
+from .cladder import cladder_variables
+from .morphology import plural_forms
+from .prontoqa import prontoqa_event_terms
+from .rows import decode_json
+
+PLACEHOLDER_PATTERN = re.compile(r"\{(e[1-9][0-9]*)\}")
+# A placeholder with the indefinite article before it, if any, which rendering makes agree with the symbol.
+_RENDER_PATTERN = re.compile(r"(?:\b(?P<article>[Aa]n?)(?P<gap>[ \t]+))?\{(?P<key>e[1-9][0-9]*)\}")
+PLACEHOLDER_KEY = re.compile(r"e[1-9][0-9]*")
+# A word: letters, digits and underscores, hyphenated compounds kept whole ("cold-blooded").
+WORD_PATTERN = re.compile(r"\w+(?:-\w+)*")
+_MATCHABLE = re.compile(r"\w(?:.*\w)?", re.DOTALL)
+_EDGE_PUNCTUATION = re.compile(r"^\W+|\W+$")
+_SENTENCE_END = ".!?"
+
+
+class NoEventsFound(DataError):
+    """The estimator found no event in the row."""
+
+
+class TemplateError(DataError):
+    """A template is inconsistent: unknown placeholders, completion placeholders the prompt lacks, or an
+    original name left in the text."""
+
+
+def placeholder_index(key: str) -> int:
+    """The number N of placeholder key ``"eN"``."""
+    return int(key[1:])
+
+
+def placeholders_in(text: str) -> list[str]:
+    """The placeholder keys used in ``text``, in order of first appearance, without repeats."""
+    return list(dict.fromkeys(PLACEHOLDER_PATTERN.findall(text)))
+
+
+def _starts_sentence(text: str, position: int) -> bool:
+    """Whether ``position`` opens a sentence: the text before it is empty, ends with . ! or ?, or ends with a
+    line break (spaces ignored)."""
+    before = text[:position]
+    stripped = before.rstrip()
+    return not stripped or stripped[-1] in _SENTENCE_END or "\n" in before[len(stripped) :]
+
+
+def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] | None = None) -> str:
+    """Replace every ``{eN}`` in ``text`` by ``mapping["eN"]``.
+
+    A symbol gets a capital first letter where it opens a sentence, or where the original name was
+    capitalised (a proper noun such as "Sally"); otherwise it is written as drawn. An article "a"/"an" just
+    before a placeholder is made to agree with the symbol: "an" before a vowel letter, else "a".
+    """
+    names = names or {}
+
+    def replace(match: re.Match[str]) -> str:
+        key, article = match["key"], match["article"]
+        symbol = mapping[key]
+        if (article is None and _starts_sentence(text, match.start())) or names.get(key, "")[:1].isupper():
+            symbol = symbol[:1].upper() + symbol[1:]
+        if article is None:
+            return symbol
+        agreeing = "an" if symbol[:1].lower() in "aeiou" else "a"
+        return (agreeing.capitalize() if article[0].isupper() else agreeing) + match["gap"] + symbol
+
+    return _RENDER_PATTERN.sub(replace, text)
+
+
+@dataclass(frozen=True)
+class EventTemplate:
+    """A row with its events abstracted.
+
+    ``prompt`` and ``completion`` hold placeholders ``{e1}``, ``{e2}``, ... (``{e1}s`` for a plural);
+    ``names`` maps each placeholder key ("e1", without braces) to the original name. ``completion`` is
+    None at inference, where only the prompt is estimated. A template with empty ``names`` renders the
+    row unchanged.
+    """
+
+    prompt: str
+    completion: str | None = None
+    names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def placeholders(self) -> list[str]:
+        """The keys of ``names`` in numeric order: e1, e2, ..., e10."""
+        return sorted(self.names, key=placeholder_index)
+
+    def render(self, mapping: Mapping[str, str]) -> tuple[str, str | None]:
+        """Prompt and completion with every placeholder replaced by ``mapping[key]`` (one mapping for both)."""
+        used = placeholders_in(self.prompt + "\n" + (self.completion or ""))
+        missing = [key for key in used if key not in mapping]
+        if missing:
+            raise TemplateError(
+                f"The mapping gives no symbol for {', '.join('{' + key + '}' for key in missing)}; it covers "
+                f"{', '.join(sorted(mapping, key=placeholder_index)) or 'nothing'}. Map every placeholder of the "
+                "template."
+            )
+        completion = None if self.completion is None else render_text(self.completion, mapping, self.names)
+        return render_text(self.prompt, mapping, self.names), completion
+
+    def validate(self) -> None:
+        """Raise ``TemplateError`` listing every problem: a key of ``names`` that is not ``eN``; a placeholder
+        without a name; a placeholder in the completion that the prompt lacks; an original name still in the
+        text (whole words, plurals included; a lowercase name also in capitalised or upper case)."""
+        problems = []
+        bad_keys = [key for key in self.names if not PLACEHOLDER_KEY.fullmatch(key)]
+        if bad_keys:
+            problems.append(f"name-table keys {bad_keys} are not of the form e1, e2, ...")
+        in_prompt = placeholders_in(self.prompt)
+        in_completion = placeholders_in(self.completion or "")
+        unnamed = [key for key in dict.fromkeys(in_prompt + in_completion) if key not in self.names]
+        if unnamed:
+            problems.append(f"placeholders {', '.join('{' + key + '}' for key in unnamed)} have no name in the table")
+        prompt_lacks = [key for key in in_completion if key not in in_prompt]
+        if prompt_lacks:
+            problems.append(
+                f"the completion uses {', '.join('{' + key + '}' for key in prompt_lacks)}, which the prompt lacks "
+                "(the model could not know their symbols)"
+            )
+        survivors = surviving_names(self)
+        if survivors:
+            problems.append(f"original names still in the text: {', '.join(repr(name) for name in survivors)}")
+        if problems:
+            raise TemplateError(f"Invalid event template: {'; '.join(problems)}. Prompt template: {self.prompt!r}")
+
+
+def surviving_names(template: EventTemplate) -> list[str]:
+    """The names of ``template`` that still occur in its text outside placeholders."""
+    text = PLACEHOLDER_PATTERN.sub(" ", template.prompt + "\n" + (template.completion or ""))
+    names = list(dict.fromkeys(template.names.values()))
+    matchable = [name for name in names if is_matchable(name)]
+    found = {match.term for match in TermMatcher(matchable).find(text)} if matchable else set()
+    return [name for name in names if name in found or (not is_matchable(name) and name.strip() and name in text)]
+
+
+def is_matchable(term: str) -> bool:
+    """Whether ``term`` can be found as whole words: it starts and ends with a letter, digit or underscore."""
+    return bool(_MATCHABLE.fullmatch(term.strip()))
+
+
+@dataclass(frozen=True)
+class TermMatch:
+    """One occurrence of ``term`` at ``text[start:end]``; ``plural`` if it was a plural form."""
+
+    start: int
+    end: int
+    term: str
+    plural: bool
+
+
+class TermMatcher:
+    """Finds terms in text as whole words, the longest term first.
+
+    Rules: text is split into words (``WORD_PATTERN``); at each word the longest run of words that spells
+    a term wins, then the scan continues after it. With ``plurals`` a run may also spell a plural of a
+    term (``plural_forms``). Case: with ``ignore_case`` case never matters; otherwise a term written in
+    lowercase also matches its capitalised and upper-case forms ("wumpus" matches "Wumpuses"), while a
+    term with a capital matches only itself and its upper case ("Will" does not match "will").
+    """
+
+    def __init__(self, terms: Iterable[str], *, ignore_case: bool = False, plurals: bool = True):
+        self.ignore_case = ignore_case
+        cleaned = list(dict.fromkeys(" ".join(term.split()) for term in terms if term.strip()))
+        unmatchable = [term for term in cleaned if not is_matchable(term)]
+        if unmatchable:
+            raise ConfigError(
+                f"Event terms {unmatchable} cannot be matched as whole words: a term must start and end with a "
+                "letter, digit or underscore. Remove the surrounding punctuation."
+            )
+        self._forms: dict[str, tuple[str, bool]] = {}
+        for term in cleaned:  # a term itself wins over another term's plural spelled the same
+            for variant in self._case_variants(term):
+                self._forms.setdefault(self._key(variant), (term, False))
+        if plurals:
+            for term in cleaned:
+                for form in plural_forms(term):
+                    for variant in self._case_variants(form):
+                        self._forms.setdefault(self._key(variant), (term, True))
+        self._max_words = max((len(WORD_PATTERN.findall(term)) for term in cleaned), default=0)
+
+    def _key(self, text: str) -> str:
+        text = " ".join(text.split())
+        return text.casefold() if self.ignore_case else text
+
+    def _case_variants(self, form: str) -> set[str]:
+        if self.ignore_case:
+            return {form}
+        variants = {form, form.upper()}
+        if form[:1].islower():
+            variants.add(form[0].upper() + form[1:])
+        return variants
+
+    def find(self, text: str) -> list[TermMatch]:
+        """All non-overlapping occurrences, left to right."""
+        words = [(match.start(), match.end()) for match in WORD_PATTERN.finditer(text)]
+        matches: list[TermMatch] = []
+        i = 0
+        while i < len(words):
+            for j in range(min(len(words), i + self._max_words) - 1, i - 1, -1):
+                found = self._forms.get(self._key(text[words[i][0] : words[j][1]]))
+                if found is not None:
+                    matches.append(TermMatch(words[i][0], words[j][1], *found))
+                    i = j + 1
+                    break
+            else:
+                i += 1
+        return matches
+
+
+def template_from_matcher(prompt: str, completion: str | None, matcher: TermMatcher) -> EventTemplate:
+    """Replace every term occurrence by its placeholder (``{eN}``, or ``{eN}s`` for a plural). One term keeps one
+    placeholder across prompt and completion; numbers follow first appearance, prompt first. The result is
+    validated; ``NoEventsFound`` if no term occurs."""
+    placeholder_of: dict[str, str] = {}
+
+    def substitute(text: str) -> str:
+        pieces, last = [], 0
+        for match in matcher.find(text):
+            key = placeholder_of.setdefault(match.term, f"e{len(placeholder_of) + 1}")
+            pieces += [text[last : match.start], "{" + key + "}" + ("s" if match.plural else "")]
+            last = match.end
+        pieces.append(text[last:])
+        return "".join(pieces)
+
+    prompt_template = substitute(prompt)
+    completion_template = None if completion is None else substitute(completion)
+    if not placeholder_of:
+        raise NoEventsFound(f"No event term occurs in the row. Prompt: {prompt[:200]!r}")
+    template = EventTemplate(prompt_template, completion_template, {key: term for term, key in placeholder_of.items()})
+    template.validate()
+    return template
+
+
+class EventEstimator(ABC):
+    """Turns a row into an ``EventTemplate``. Options are constructor keyword arguments."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def estimate(
+        self, prompt: str, completion: str | None = None, *, row: Mapping[str, Any] | None = None
+    ) -> EventTemplate:
+        """The validated template of one row; ``completion`` is None at inference. ``row`` is the full dataset
+        row, for estimators that read other columns. Raises ``NoEventsFound`` when the row has no event."""
+
+
+def _row_field(row: Mapping[str, Any] | None, column: str, estimator: str) -> Any:
+    if row is None:
+        raise DataError(f"The {estimator!r} event estimator reads the column {column!r}; pass the dataset row as row=.")
+    if row.get(column) is None:
+        raise DataError(
+            f"The {estimator!r} event estimator needs the column {column!r}, which the row lacks; the row has: "
+            f"{', '.join(sorted(row))}. Set the estimator's column option to the column that holds it."
+        )
+    return row[column]
+
+
+def parse_name_table(value: Any) -> dict[str, str]:
+    """A name table from a dict (keys "e1" or "{e1}"), a JSON object string, or a list (item i -> e{i+1}).
+    Null values are dropped (Arrow stores dicts with differing keys as one struct)."""
+    value = decode_json(value, "The event name table")
+    if isinstance(value, Mapping):
+        return {str(key).strip("{}"): str(name) for key, name in value.items() if name is not None}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return {f"e{index + 1}": str(name) for index, name in enumerate(value)}
+    raise DataError(f"The event name table must be a dict, a JSON object or a list, not {type(value).__name__}.")
+
+
+class TemplateEstimator(EventEstimator):
+    """The row already holds the template: placeholders in its texts and a name table in ``names_column``.
+
+    By default the template texts are the prompt and completion handed to ``estimate``; set
+    ``prompt_column`` / ``completion_column`` when they live in other columns (the completion column is
+    read only when a completion is being estimated, i.e. not at inference).
+    """
+
+    name = "template"
+
+    def __init__(
+        self, names_column: str = "event_names", prompt_column: str | None = None, completion_column: str | None = None
+    ):
+        self.names_column = names_column
+        self.prompt_column = prompt_column
+        self.completion_column = completion_column
+
+    def estimate(
+        self, prompt: str, completion: str | None = None, *, row: Mapping[str, Any] | None = None
+    ) -> EventTemplate:
+        names = parse_name_table(_row_field(row, self.names_column, self.name))
+        if self.prompt_column is not None:
+            prompt = str(_row_field(row, self.prompt_column, self.name))
+        if completion is not None and self.completion_column is not None:
+            completion = str(_row_field(row, self.completion_column, self.name))
+        if not placeholders_in(prompt):
+            raise NoEventsFound(f"The template prompt holds no placeholder {{e1}}, {{e2}}, ...: {prompt[:200]!r}")
+        template = EventTemplate(prompt, completion, names)
+        template.validate()
+        return template
+
+
+def read_terms_file(path: str | os.PathLike[str]) -> list[str]:
+    """Terms from a text file, one per line; blank lines and lines starting with # are skipped."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(
+            f"The vocabulary terms file {str(path)!r} does not exist (resolved to {file.resolve()}). Give an existing "
+            "file with one event term per line, or list the terms inline with `terms: [...]`."
+        )
+    lines = (line.strip() for line in file.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+class VocabularyEstimator(EventEstimator):
+    """Events are given terms: a list (``terms``), a file with one per line (``terms_file``), and/or every match
+    of a regular expression (``pattern``; each distinct matched string, without punctuation at its ends, is a
+    term). Matching follows
+    ``TermMatcher``: whole words, longest first, case-aware (or ``ignore_case``), plurals (``plurals``).
+    Names in the table are the terms as given."""
+
+    name = "vocabulary"
+
+    def __init__(
+        self,
+        terms: Sequence[str] | str | None = None,
+        terms_file: str | os.PathLike[str] | None = None,
+        pattern: str | None = None,
+        ignore_case: bool = False,
+        plurals: bool = True,
+    ):
+        listed = [terms] if isinstance(terms, str) else list(terms or [])
+        if terms_file is not None:
+            listed += read_terms_file(terms_file)
+        if not listed and pattern is None:
+            raise ConfigError(
+                "The 'vocabulary' event estimator needs its events: set `terms` (a list), `terms_file` (one term per "
+                "line) or `pattern` (a regular expression)."
+            )
+        try:
+            self.pattern = None if pattern is None else re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(
+                f"The vocabulary pattern {pattern!r} is not a valid regular expression: {error}."
+            ) from error
+        self.terms = listed
+        self.ignore_case = ignore_case
+        self.plurals = plurals
+        self._matcher = TermMatcher(listed, ignore_case=ignore_case, plurals=plurals)
+
+    def estimate(
+        self, prompt: str, completion: str | None = None, *, row: Mapping[str, Any] | None = None
+    ) -> EventTemplate:
+        matcher = self._matcher
+        if self.pattern is not None:
+            matches = (match.group(0) for text in (prompt, completion or "") for match in self.pattern.finditer(text))
+            found = [stripped for match in matches if (stripped := _EDGE_PUNCTUATION.sub("", match))]
+            matcher = TermMatcher(self.terms + found, ignore_case=self.ignore_case, plurals=self.plurals)
+        return template_from_matcher(prompt, completion, matcher)
+
+
+class ProntoQAEstimator(EventEstimator):
+    """PrOntoQA rows: events are the ontology's entity and property terms and the named individual, read from
+    the row's own sentences by PrOntoQA's fixed patterns (``prontoqa_event_terms``), so any closed ontology
+    works, real, false or invented."""
+
+    name = "prontoqa"
+
+    def estimate(
+        self, prompt: str, completion: str | None = None, *, row: Mapping[str, Any] | None = None
+    ) -> EventTemplate:
+        terms = prontoqa_event_terms(prompt + "\n" + (completion or ""))
+        if not terms:
+            raise NoEventsFound(f"No PrOntoQA sentence ('Every X is a Y.', 'Sally is a X.', ...) in: {prompt[:200]!r}")
+        return template_from_matcher(prompt, completion, TermMatcher(terms))
+
+
+class CLadderEstimator(EventEstimator):
+    """CLadder rows: events are the story's causal variables, read from ``meta.variable_mapping`` and/or
+    ``reasoning.step0`` ("Let X = husband; V2 = wife; Y = alarm clock."), matched case-insensitively, longest
+    first. With ``include_values`` the value phrases of meta ("alarm set by husband") are events too, which
+    is what the question text mostly uses."""
+
+    name = "cladder"
+
+    def __init__(self, include_values: bool = True, reasoning_column: str = "reasoning", meta_column: str = "meta"):
+        self.include_values = include_values
+        self.reasoning_column = reasoning_column
+        self.meta_column = meta_column
+
+    def estimate(
+        self, prompt: str, completion: str | None = None, *, row: Mapping[str, Any] | None = None
+    ) -> EventTemplate:
+        if row is None:
+            raise DataError(
+                "The 'cladder' event estimator reads the causal variables from the row's "
+                f"{self.reasoning_column!r}.step0 or {self.meta_column!r}.variable_mapping; pass the row as row=."
+            )
+        variables = cladder_variables(row, reasoning_column=self.reasoning_column, meta_column=self.meta_column)
+        terms = [variable.name for variable in variables]
+        if self.include_values:
+            terms += [value for variable in variables for value in variable.values]
+        return template_from_matcher(prompt, completion, TermMatcher(terms, ignore_case=True))
+
+
+BUILTIN_ESTIMATORS: dict[str, type[EventEstimator]] = {
+    estimator.name: estimator
+    for estimator in (TemplateEstimator, VocabularyEstimator, ProntoQAEstimator, CLadderEstimator)
+}
+
+NoEventsPolicy = Literal["error", "keep", "drop"]
+
+
+@dataclass
+class EstimatedRows:
+    """Templates of the rows that are kept, with ``row_indices[k]`` the input index of ``templates[k]``;
+    ``no_events`` lists the input indices where no event was found (kept unchanged or dropped)."""
+
+    templates: list[EventTemplate]
+    row_indices: list[int]
+    no_events: list[int]
+
+
+def estimate_rows(
+    estimator: EventEstimator,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    prompt_column: str = "prompt",
+    completion_column: str | None = "completion",
+    on_no_events: NoEventsPolicy = "keep",
+) -> EstimatedRows:
+    """Estimate every row once (before training). A row without events is, by ``on_no_events``: ``keep``-ed
+    as an empty template (rendered unchanged), ``drop``-ped, or an ``error`` naming the row index."""
+    if on_no_events not in ("error", "keep", "drop"):
+        raise ConfigError(f"on_no_events is {on_no_events!r}; use 'error', 'keep' or 'drop'.")
+    result = EstimatedRows([], [], [])
+    for index, row in enumerate(rows):
+        if prompt_column not in row:
+            raise DataError(f"Row {index} has no column {prompt_column!r}; it has: {', '.join(sorted(row))}.")
+        prompt = row[prompt_column]
+        completion = row.get(completion_column) if completion_column is not None else None
+        try:
+            template = estimator.estimate(prompt, completion, row=row)
+        except NoEventsFound as error:
+            if on_no_events == "error":
+                raise NoEventsFound(
+                    f"Row {index}: {error} Set on_no_events to 'keep' or 'drop' to train on such rows unchanged or "
+                    "skip them."
+                ) from error
+            result.no_events.append(index)
+            if on_no_events == "drop":
+                continue
+            template = EventTemplate(prompt, completion, {})
+        except DataError as error:
+            raise type(error)(f"Row {index}: {error}") from error
+        result.templates.append(template)
+        result.row_indices.append(index)
+    return result

@@ -1,0 +1,50 @@
+"""Regular English noun plurals, for matching event terms in text and writing generated problems."""
+
+from __future__ import annotations
+
+VOWELS = "aeiou"
+SIBILANT_ENDINGS = ("s", "x", "z", "ch", "sh")
+
+
+def _consonant_y(word: str) -> bool:
+    return len(word) > 1 and word.endswith("y") and word[-2] not in VOWELS
+
+
+def pluralize(noun: str) -> str:
+    """The regular plural of ``noun`` (its last word): +es after s/x/z/ch/sh, consonant+y -> ies, else +s."""
+    if noun.endswith(SIBILANT_ENDINGS):
+        return noun + "es"
+    if _consonant_y(noun):
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def plural_forms(term: str) -> list[str]:
+    """Every plural spelling accepted for ``term``: +s, +es, consonant+y -> ies, f -> ves, fe -> ves."""
+    forms = [term + "s", term + "es"]
+    if _consonant_y(term):
+        forms.append(term[:-1] + "ies")
+    if term.endswith("fe"):
+        forms.append(term[:-2] + "ves")
+    elif term.endswith("f"):
+        forms.append(term[:-1] + "ves")
+    return forms
+
+
+def singular_candidates(word: str) -> list[str]:
+    """Singular nouns that ``word`` may be the plural of, the most likely first (inverse of ``plural_forms``)."""
+    if word.endswith("ies") and len(word) > 3:
+        return [word[:-3] + "y", word[:-1]]
+    if word.endswith("ves") and len(word) > 3:
+        return [word[:-1], word[:-3] + "fe", word[:-3] + "f"]
+    if word.endswith("es") and word[:-2].endswith(SIBILANT_ENDINGS):
+        return [word[:-2], word[:-1]]
+    if word.endswith("s") and len(word) > 1:
+        return [word[:-1]]
+    return []
+
+
+def looks_plural(word: str) -> bool:
+    """Whether a word of unknown class reads as a plural noun: it ends in s, but not in ss, us or is
+    (``legless``, ``luminous`` and ``nervous`` are adjectives)."""
+    return word.endswith("s") and not word.endswith(("ss", "us", "is"))

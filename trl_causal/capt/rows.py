@@ -1,0 +1,43 @@
+"""Helpers shared by the data converters and estimators: the completion target, JSON values and row files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ConfigError, DataError
+
+Target = Literal["answer", "reasoning"]
+TARGETS: tuple[str, ...] = ("answer", "reasoning")
+
+
+def check_target(target: str) -> None:
+    """``target`` must be "answer" (answer-only completion) or "reasoning" (the chain, then the answer)."""
+    if target not in TARGETS:
+        raise ConfigError(f"target is {target!r}; use 'answer' (answer only) or 'reasoning' (chain, then answer).")
+
+
+def read_json_file(path: str | os.PathLike[str], what: str) -> Any:
+    """The content of a ``.json`` file, or the list of rows of a ``.jsonl`` file (one JSON object per line)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{what} file {str(path)!r} does not exist (resolved to {file.resolve()}).")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{what} file {str(path)!r} is not valid JSON: {error}.") from error
+
+
+def decode_json(value: Any, what: str) -> Any:
+    """``value`` decoded if it is a JSON string (datasets often store dicts that way), else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{what} is a string but not valid JSON ({error}): {value[:200]!r}.") from error
