@@ -14,6 +14,12 @@ _LAZY = {
     "ExtraColumnsMixin": "trl_causal.trainer",
     "CausalLossMixin": "trl_causal.trainer",
     "HeadsMixin": "trl_causal.trainer",
+    "CAPTConfig": "trl_causal.trainer.capt_config",
+    "CAPTTrainer": "trl_causal.trainer.capt_trainer",
+    "DeconfoundedRewardConfig": "trl_causal.trainer.deconfounded_reward_config",
+    "DeconfoundedRewardTrainer": "trl_causal.trainer.deconfounded_reward_trainer",
+    "LatentShiftConfig": "trl_causal.trainer.latent_shift_config",
+    "LatentShiftTrainer": "trl_causal.trainer.latent_shift_trainer",
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``trl-causal`` command: ``train``, ``list``, ``download-model``."""
+"""The ``trl-causal`` command: ``train``, ``eval``, ``list``, ``download-model``."""
 
 from __future__ import annotations
 
@@ -67,6 +67,70 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
+    """Rows of a split of the config's dataset, or of a file given as ``NAME=FILE``."""
+    from .data import load_any_dataset
+
+    name, _, path = split.partition("=")
+    dataset = load_any_dataset(path) if path else load_any_dataset(run.script_args.dataset_name, run.script_args.dataset_config)
+    key = "train" if path else name
+    if key not in dataset:
+        raise TrlCausalError(f"Dataset {run.script_args.dataset_name!r} has no split {key!r}; it has: {', '.join(dataset)}. Or pass --split NAME=FILE.")
+    rows = dataset[key]
+    if max_rows:
+        rows = rows.select(range(min(max_rows, len(rows))))
+    return name, rows.to_list()
+
+
+def _checkpoint_trainer(checkpoint: str, default: str) -> str:
+    import json
+    from pathlib import Path
+
+    from .train import SUMMARY_FILE
+
+    summary = Path(checkpoint) / SUMMARY_FILE
+    return json.loads(summary.read_text())["trainer"] if summary.is_file() else default
+
+
+def _command_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .configuration import parse_run_config
+    from .evaluation import accuracy_report, build_predictor, gold_answers, load_checkpoint
+
+    run = parse_run_config([], args.config)
+    splits = [_eval_rows(run, split, args.max_rows) for split in (args.split or [run.script_args.dataset_test_split])]
+    gold = {name: gold_answers(rows, args.answer_column, name) for name, rows in splits}
+    answers = args.answers.split(",") if args.answers else sorted({a for values in gold.values() for a in values})
+    checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
+    results = {}
+    for checkpoint in checkpoints:
+        trainer_name = _checkpoint_trainer(checkpoint, run.trainer.name)
+        checkpoint_run = run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
+        model, tokenizer = load_checkpoint(checkpoint, checkpoint_run.trainer.kind)
+        predictor = build_predictor(
+            checkpoint_run.trainer.trainer_class, checkpoint_run.training_args, model, tokenizer, answers, args.mode, checkpoint
+        )
+        predictor.batch_size = args.batch_size
+        label = trainer_name if trainer_name not in results else f"{trainer_name}:{Path(checkpoint).name}"
+        results[label] = {"trainer": trainer_name, "checkpoint": str(Path(checkpoint).resolve()), "splits": {}}
+        for name, rows in splits:
+            results[label]["splits"][name] = accuracy_report(predictor.predict(rows), gold[name])
+
+    labels = list(results)
+    print("\n" + "split".ljust(16) + "".join(label[:22].rjust(24) for label in labels) + "rows".rjust(8))
+    for name, rows in splits:
+        cells = "".join(f"{results[label]['splits'][name]['accuracy']:.1%}".rjust(24) for label in labels)
+        print(name[:16].ljust(16) + cells + str(len(rows)).rjust(8))
+    output = Path(args.output or Path(checkpoints[0]) / "eval_results.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report = {"answers": answers, "mode": args.mode, "results": results}
+    output.write_text(json.dumps(report, indent=2))
+    print(f"\ntrl-causal: wrote {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trl-causal", description="Causal fine-tuning trainers for TRL.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -81,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list the registered trainers")
     listing.add_argument("--estimators", action="store_true", help="also list the event estimators")
     parser.train_parser = train
+    evaluate = commands.add_parser("eval", help="accuracy per evaluation split, optionally for two checkpoints side by side")
+    evaluate.add_argument("--config", required=True, help="the YAML the model was trained with")
+    evaluate.add_argument("--checkpoint", help="checkpoint directory (default: the config's output_dir)")
+    evaluate.add_argument("--compare", action="append", metavar="DIR", help="another checkpoint to evaluate side by side (repeatable)")
+    evaluate.add_argument("--split", action="append", metavar="NAME[=FILE]", help="split of the config's dataset, or NAME=FILE (repeatable; default: dataset_test_split)")
+    evaluate.add_argument("--answers", help="comma-separated answer set (default: the distinct gold answers)")
+    evaluate.add_argument("--answer_column", default="answer", help="column with the gold answer (default: answer)")
+    evaluate.add_argument("--mode", choices=("score", "generate"), default="score", help="score the answer set by log-likelihood, or generate and parse")
+    evaluate.add_argument("--max_rows", type=int, help="evaluate at most this many rows per split")
+    evaluate.add_argument("--batch_size", type=int, default=16)
+    evaluate.add_argument("--output", help="JSON results file (default: CHECKPOINT/eval_results.json)")
     download = commands.add_parser("download-model", help="fetch and convert an embedded model; prints its path")
     download.add_argument("name", help="embedded model name, e.g. smollm2-135m-instruct")
     download.add_argument("--cache-dir", help="where to keep converted models (default: $TRL_CAUSAL_CACHE or ~/.cache/trl_causal/models)")
@@ -101,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "list":
             return _command_list(args)
+        if args.command == "eval":
+            return _command_eval(args)
         if args.command == "download-model":
             return _command_download_model(args)
         parser.print_help()

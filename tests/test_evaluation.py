@@ -1,0 +1,85 @@
+"""Answer parsing, log-likelihood scoring and the `trl-causal eval` command on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import base_config, write_config, write_jsonl
+from trl_causal import cli
+from trl_causal.evaluation import LMPredictor, parse_answer
+from trl_causal.train import SUMMARY_FILE
+
+ROWS = [
+    {"prompt": "Every cat is a mammal. Sally is a cat. True or false: Sally is a mammal.", "answer": "True"},
+    {"prompt": [{"role": "user", "content": "Happy Monday! True or false: it is Monday."}], "answer": "True"},
+    {"prompt": "The food was bad. True or false: the food was good.", "answer": "False"},
+]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is True.", "True"),
+        ("false, because ... so the answer is TRUE", "True"),
+        ("<answer>False</answer> though True appears later", "False"),
+        ("Sally is a mammal.", None),
+        ("Truest of all", None),
+    ],
+)
+def test_parse_answer(text, expected):
+    assert parse_answer(text, ["True", "False"]) == expected
+
+
+def test_score_is_the_answer_log_likelihood_and_batching_does_not_change_it(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    predictor = LMPredictor(model, tokenizer, ["True", "False"], batch_size=16)
+    scores = predictor.score([row["prompt"] for row in ROWS])
+
+    prompt_ids = tokenizer(ROWS[2]["prompt"], add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer("False", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logprobs = model(torch.tensor([prompt_ids + answer_ids])).logits.log_softmax(-1)[0]
+    manual = sum(logprobs[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(answer_ids))
+    assert scores[2, 1].item() == pytest.approx(manual, abs=1e-4)
+
+    predictor.batch_size = 1
+    torch.testing.assert_close(predictor.score([row["prompt"] for row in ROWS]), scores, atol=1e-4, rtol=1e-4)
+    assert predictor.predict(ROWS) == [["True", "False"][i] for i in scores.argmax(dim=1).tolist()]
+
+
+def test_generate_mode_parses_or_reports_none(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    predictor = LMPredictor(model, tokenizer, ["True", "False"], mode="generate", max_new_tokens=4)
+    generated = predictor.generate([row["prompt"] for row in ROWS])
+    assert len(generated) == 3 and all(isinstance(text, str) for text in generated)
+    assert predictor.predict(ROWS) == [parse_answer(text, ["True", "False"]) for text in generated]
+
+
+def test_eval_command_compares_two_checkpoints_per_split(tiny_model, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", ROWS)
+    write_jsonl(data / "test.jsonl", ROWS)
+    anti = write_jsonl(tmp_path / "anti.jsonl", [dict(row, answer={"True": "False", "False": "True"}[row["answer"]]) for row in ROWS])
+    first, second = tmp_path / "a", tmp_path / "b"
+    for checkpoint in (first, second):
+        shutil.copytree(tiny_model, checkpoint)
+        (checkpoint / SUMMARY_FILE).write_text(json.dumps({"trainer": "sft"}))
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, first)})
+
+    code = cli.main(["eval", "--config", str(config), "--compare", str(second), "--split", "test", "--split", f"anti={anti}"])
+    assert code == 0
+    report = json.loads((first / "eval_results.json").read_text())
+    assert set(report["results"]) == {"sft", "sft:b"} and report["answers"] == ["False", "True"]
+    test, flipped = (report["results"]["sft"]["splits"][s] for s in ("test", "anti"))
+    assert test["n"] == flipped["n"] == 3
+    assert test["accuracy"] + flipped["accuracy"] == pytest.approx(1.0)  # gold answers are complementary
+    assert report["results"]["sft:b"]["splits"] == report["results"]["sft"]["splits"]  # identical weights
+    assert "anti" in capsys.readouterr().out
