@@ -168,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         if args.command == "train":
-            if ("--help" in rest or "-h" in rest) and "--trainer" not in rest and not args.config:
+            if not args.config and "--trainer" not in rest:
                 print(parser.train_parser.format_help())
-                return 0
+                return 0 if ("--help" in rest or "-h" in rest) else 2
             return _command_train(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

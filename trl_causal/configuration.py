@@ -263,7 +263,8 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     try:
         script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=script_argv)
     except ValueError as error:  # raised by a config's __post_init__ on a combination of values
-        raise ConfigError(f"Invalid settings in {source}: {error}") from error
+        hint = " TRL turns bf16 on by default: on a CPU-only machine set `bf16: false`." if "bf16" in str(error) else ""
+        raise ConfigError(f"Invalid settings in {source}: {error}{hint}") from error
     if model_args.model_name_or_path is None:
         raise ConfigError(f"No model: set `model_name_or_path` in {source} (a hub id, a local directory, or an embedded model name such as 'smollm2-135m-instruct').")
     if not dataset_args.datasets and not script_args.dataset_name:

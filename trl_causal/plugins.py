@@ -68,31 +68,28 @@ class TrainerSpec(Registered):
 
     kind: str = "sft"
 
+    def _resolve_subclass(self, role: str, base: type, example: str) -> type:
+        cls = self.resolve(role)
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise RegistryError(
+                f"Trainer {self.name!r} from distribution {self.distribution!r} registers {role} {cls!r}, which is "
+                f"not a subclass of {base.__module__.split('.')[0]}.{base.__name__}. Register a subclass (e.g. of {example})."
+            )
+        return cls
+
     @property
     def trainer_class(self) -> type:
         """The trainer class, checked to be a ``transformers.Trainer`` subclass."""
         from transformers import Trainer
 
-        cls = self.resolve("trainer")
-        if not (isinstance(cls, type) and issubclass(cls, Trainer)):
-            raise RegistryError(
-                f"Trainer {self.name!r} from distribution {self.distribution!r} registers {cls!r}, which is not a "
-                "subclass of transformers.Trainer. Register a Trainer subclass (e.g. of trl.SFTTrainer)."
-            )
-        return cls
+        return self._resolve_subclass("trainer", Trainer, "trl.SFTTrainer")
 
     @property
     def config_class(self) -> type:
         """The config class, checked to be a ``transformers.TrainingArguments`` subclass."""
         from transformers import TrainingArguments
 
-        cls = self.resolve("config")
-        if not (isinstance(cls, type) and issubclass(cls, TrainingArguments)):
-            raise RegistryError(
-                f"Trainer {self.name!r} from distribution {self.distribution!r} registers config {cls!r}, which is not "
-                "a subclass of transformers.TrainingArguments (e.g. trl.SFTConfig)."
-            )
-        return cls
+        return self._resolve_subclass("config", TrainingArguments, "trl.SFTConfig")
 
 
 class Registry:
