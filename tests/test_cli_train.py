@@ -48,3 +48,15 @@ def test_installed_third_party_plugin_trains_by_name(tmp_path, tiny_model):
     rows = [dict(row, weight=1.0 + i % 2) for i, row in enumerate(sft_rows())]
     summary, _ = train(tmp_path, tiny_model, "weighted_sft", rows, env=env)
     assert summary["trainer"] == "weighted_sft" and summary["steps"] == 2
+
+
+def test_keys_of_another_trainer_are_set_aside_so_one_yaml_serves_both(tmp_path, tiny_model, capsys):
+    """`weight_column` configures weighted_sft; the same YAML still runs as `trainer: sft`."""
+    from trl_causal.configuration import parse_run_config
+
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", "weight_column": "w", **base_config(tiny_model, tmp_path / "d.jsonl", tmp_path / "out")})
+    run = parse_run_config([], str(config))
+    assert run.trainer.name == "sft" and not hasattr(run.training_args, "weight_column")
+    assert "ignoring 'weight_column'" in capsys.readouterr().err
+    weighted = parse_run_config(["--trainer", "weighted_sft"], str(config))
+    assert weighted.training_args.weight_column == "w"

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import enum
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -157,6 +158,33 @@ def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], sour
             )
 
 
+def _fields_of_other_trainers(selected: TrainerSpec) -> dict[str, str]:
+    """Config fields of the other registered trainers -> the trainer they belong to."""
+    owners: dict[str, str] = {}
+    for spec in get_plugin_manager().trainers:
+        if spec.name == selected.name:
+            continue
+        try:
+            config_class = spec.config_class
+        except Exception:  # a broken plugin must not break another trainer's run
+            continue
+        for f in dataclasses.fields(config_class):
+            owners.setdefault(f.name, spec.name)
+    return owners
+
+
+def _drop_keys_of_other_trainers(values: dict[str, Any], known: set[str], spec: TrainerSpec, source: str) -> dict[str, Any]:
+    """So one YAML serves `trainer: sft` and `trainer: capt`: the other trainer's keys are set aside, with a notice."""
+    owners = _fields_of_other_trainers(spec) if any(key not in known for key in values) else {}
+    kept = {}
+    for key, value in values.items():
+        if key not in known and key in owners:
+            print(f"trl-causal: note: ignoring {key!r} from {source}: it configures trainer {owners[key]!r}, not {spec.name!r}.", file=sys.stderr)
+        else:
+            kept[key] = value
+    return kept
+
+
 def _unknown_key_error(key: str, source: str, spec: TrainerSpec, known: set[str]) -> ConfigError:
     close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -235,6 +263,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     launch_keys = accelerate_launch_keys() - set(field_types)
     known = set(field_types) | launch_keys | {TRAINER_KEY, ENV_KEY}
 
+    yaml_values = _drop_keys_of_other_trainers(yaml_values, known, spec, source)
     for key in yaml_values:
         if key not in known:
             raise _unknown_key_error(key, source, spec, known)
