@@ -1,0 +1,202 @@
+"""partial_out on simulated observational text data with a known gamma, and its input errors."""
+
+import json
+from functools import lru_cache
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.linear_model import LinearRegression
+
+from trl_causal.deconfound import WeakInstrumentWarning, partial_out, simulate_observational_texts
+from trl_causal.errors import ConfigError, DataError
+
+GAMMA = 1.0
+N_ROWS = 3000
+
+
+def word_features(texts):
+    """Binary bag of words: the causal score f is linear in these features."""
+    return CountVectorizer(binary=True).fit_transform(texts)
+
+
+@lru_cache(maxsize=None)
+def simulated_fit(seed: int):
+    data = simulate_observational_texts(n=N_ROWS, gamma=GAMMA, seed=seed)
+    features = word_features(data["text"])
+    result = partial_out(data["outcome"], np.array(data["confounder"]), features, seed=seed, progress=False)
+    return data, result
+
+
+def test_theta_close_to_gamma_and_ci_covers_it_over_seeds():
+    results = [simulated_fit(seed)[1] for seed in range(10)]
+    covered = sum(result.ci_low[0] <= GAMMA <= result.ci_high[0] for result in results)
+    errors = np.array([result.theta[0] - GAMMA for result in results])
+    assert covered >= 8, f"95% CI covered gamma in only {covered}/10 seeds; errors {errors.round(3)}"
+    assert np.median(np.abs(errors)) < 0.05
+
+
+def test_naive_regression_is_biased_and_double_ml_is_not():
+    data, result = simulated_fit(0)
+    naive_slope = np.polyfit(data["confounder"], data["outcome"], 1)[0]
+    # text quality rises with the context behind C, so the naive slope also picks up the text's effect
+    assert naive_slope - GAMMA > 0.5
+    assert abs(result.theta[0] - GAMMA) < 0.1 < abs(naive_slope - GAMMA)
+
+
+def test_deconfounded_outcome_drops_the_confounder_effect_and_keeps_the_text_effect():
+    data, result = simulated_fit(0)
+    f, confounder, outcome = (np.array(data[column]) for column in ("f", "confounder", "outcome"))
+    deconfounded = result.deconfounded_outcome
+    # Y - f = gamma C + noise; r~ - f = (gamma - theta) C + noise
+    assert np.corrcoef(outcome - f, confounder)[0, 1] > 0.5
+    assert abs(np.corrcoef(deconfounded - f, confounder)[0, 1]) < 0.05
+    coefficients = np.linalg.lstsq(np.column_stack([np.ones_like(f), f, confounder]), deconfounded, rcond=None)[0]
+    assert abs(coefficients[1] - 1) < 0.1 and abs(coefficients[2]) < 0.1
+    assert np.corrcoef(deconfounded, f)[0, 1] > 0.7
+    np.testing.assert_allclose(result.deconfound(outcome, confounder), deconfounded)
+    assert abs(deconfounded.mean() - outcome.mean()) < 1e-9
+
+
+def test_report_is_json_and_has_no_per_row_arrays():
+    _, result = simulated_fit(0)
+    report = json.loads(json.dumps(result.to_report()))
+    effect = report["effects"]["confounder_0"]
+    assert report["method"] == "partialling_out" and report["n"] == N_ROWS and report["n_folds"] == 5
+    assert effect["ci_low"] < effect["theta"] < effect["ci_high"] and effect["se"] > 0
+    assert 0 < effect["residual_r2"] < 1 and 0 < report["outcome_residual_r2"] < 1
+    assert "first_stage_f" not in effect
+    assert len(json.dumps(report)) < 2000
+
+
+def test_iv_recovers_gamma_when_a_hidden_shock_moves_confounder_and_outcome():
+    data = simulate_observational_texts(n=2000, gamma=GAMMA, instrument_strength=1.0, hidden_confounding=1.0, seed=1)
+    features = word_features(data["text"])
+    confounder = np.array(data["confounder"])
+    plain = partial_out(data["outcome"], confounder, features, progress=False)
+    iv = partial_out(
+        data["outcome"], confounder, features, instrument=data["instrument"], instrument_names=["z"], progress=False
+    )
+    assert plain.ci_low[0] > GAMMA + 0.2  # partialling out the text cannot remove the hidden shock
+    assert iv.ci_low[0] <= GAMMA <= iv.ci_high[0] and abs(iv.theta[0] - GAMMA) < 0.1
+    assert iv.first_stage_f[0] > 100
+    report = iv.to_report()
+    assert report["method"] == "partialling_out_iv" and report["effects"]["confounder_0"]["first_stage_f"] > 100
+
+
+def test_iv_with_an_exogenous_confounder_as_its_own_instrument():
+    data = simulate_observational_texts(n=1500, gamma=GAMMA, instrument_strength=1.0, hidden_confounding=1.0, seed=2)
+    price = np.random.default_rng(0).normal(size=1500)
+    outcome = np.array(data["outcome"]) + 0.5 * price
+    confounders = np.column_stack([data["confounder"], price])
+    instruments = np.column_stack([data["instrument"], price])
+    result = partial_out(outcome, confounders, word_features(data["text"]), instrument=instruments, progress=False)
+    np.testing.assert_allclose(result.theta, [GAMMA, 0.5], atol=0.15)
+    assert (result.first_stage_f > 10).all()
+
+
+def test_weak_instrument_warns_with_the_f_value():
+    data = simulate_observational_texts(n=1500, instrument_strength=0.02, hidden_confounding=1.0, seed=3)
+    features = word_features(data["text"])
+    with pytest.warns(WeakInstrumentWarning, match=r"first-stage F = \d+\.\d\d < 10"):
+        result = partial_out(data["outcome"], data["confounder"], features, instrument=data["instrument"], progress=False)
+    assert result.first_stage_f[0] < 10
+
+
+def test_groups_give_cluster_robust_errors_and_tf_idf_features_work():
+    data = simulate_observational_texts(n=1200, gamma=GAMMA, group_size=4, seed=4)
+    features = TfidfVectorizer().fit_transform(data["text"])
+    result = partial_out(data["outcome"], data["confounder"], features, groups=data["group"], progress=False)
+    assert result.n_groups == 300
+    assert result.to_report()["standard_errors"] == "cluster_robust_CR1"
+    assert abs(result.theta[0] - GAMMA) < 4 * result.se[0]
+
+
+def test_learner_instances_and_names():
+    data = simulate_observational_texts(n=600, seed=5)
+    features = word_features(data["text"]).toarray()
+    result = partial_out(
+        data["outcome"], data["confounder"], features, outcome_learner=LinearRegression(), confounder_learner="linear",
+        progress=False,
+    )
+    assert result.to_report()["outcome_learner"] == "LinearRegression"
+    with pytest.raises(ConfigError, match="Unknown learner 'svm'"):
+        partial_out(data["outcome"], data["confounder"], features, outcome_learner="svm", progress=False)
+    with pytest.raises(ConfigError, match=r"\['gradient_boosting'\] need dense features"):
+        partial_out(
+            data["outcome"], data["confounder"], word_features(data["text"]), confounder_learner="gradient_boosting",
+            progress=False,
+        )
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 5))
+    confounder = rng.normal(size=200)
+    outcome = features[:, 0] + confounder + rng.normal(size=200)
+    return outcome, confounder, features
+
+
+def test_fewer_rows_than_folds(small):
+    outcome, confounder, features = small
+    with pytest.raises(DataError, match=r"Only 3 rows for n_folds=5"):
+        partial_out(outcome[:3], confounder[:3], features[:3], progress=False)
+
+
+def test_fewer_groups_than_folds(small):
+    outcome, confounder, features = small
+    with pytest.raises(DataError, match=r"Only 2 groups for n_folds=5"):
+        partial_out(outcome, confounder, features, groups=np.arange(200) % 2, progress=False)
+
+
+def test_confounder_that_is_a_function_of_the_text_is_an_error_suggesting_an_instrument(small):
+    outcome, _, features = small
+    text_made_confounder = features @ [1.0, -2.0, 0.5, 0.0, 1.0] + 1e-3 * np.random.default_rng(1).normal(size=200)
+    with pytest.raises(DataError, match=r"'price' \(0\.\d\d% left\) is \(almost\) a function of the text.*instrument"):
+        partial_out(outcome, text_made_confounder, features, feature_names=["price"], progress=False)
+
+
+def test_nan_in_outcome_is_counted(small):
+    outcome, confounder, features = small
+    outcome = outcome.copy()
+    outcome[[4, 9, 30]] = [np.nan, np.inf, np.nan]
+    with pytest.raises(DataError, match=r"outcome has NaN/inf in 3 of 200 rows \(rows \[4, 9, 30\]"):
+        partial_out(outcome, confounder, features, progress=False)
+
+
+def test_nan_in_features_is_counted_dense_and_sparse(small):
+    import scipy.sparse as sp
+
+    outcome, confounder, features = small
+    features = features.copy()
+    features[[7, 7, 12], [0, 1, 3]] = np.nan
+    for matrix in (features, sp.csr_matrix(features)):
+        with pytest.raises(DataError, match=r"text feature matrix has NaN/inf in 2 of 200 rows \(rows \[7, 12\]"):
+            partial_out(outcome, confounder, matrix, progress=False)
+
+
+def test_non_numeric_outcome(small):
+    _, confounder, features = small
+    with pytest.raises(DataError, match="outcome must be numeric"):
+        partial_out(["good"] * 200, confounder, features, progress=False)
+
+
+def test_constant_and_collinear_confounders(small):
+    outcome, confounder, features = small
+    constant = np.column_stack([confounder, np.ones(200)])
+    with pytest.raises(DataError, match=r"\['season'\] have the same value in every row"):
+        partial_out(outcome, constant, features, feature_names=["c", "season"], progress=False)
+    collinear = np.column_stack([confounder, 2 * confounder])
+    with pytest.raises(DataError, match=r"columns \['c2'\] are .*linear combinations"):
+        partial_out(outcome, collinear, features, feature_names=["c", "c2"], progress=False)
+
+
+def test_too_few_instruments(small):
+    outcome, confounder, features = small
+    with pytest.raises(DataError, match="1 instrument column\\(s\\) for 2 confounders"):
+        two_confounders = np.column_stack([confounder, features[:, 1] ** 2])
+        partial_out(outcome, two_confounders, features, instrument=confounder, progress=False)

@@ -1,0 +1,41 @@
+"""Deconfounding of observational outcomes (DeconfoundLM, METHODS.md section 2), on plain arrays.
+
+``build_confounder_matrix`` turns confounder columns into C, ``partial_out`` estimates the confounders' causal
+effect theta by cross-fitted partialling out (or partialling-out IV) and returns the deconfounded outcome
+r~ = Y - theta'(C - mean C); ``simulate_observational_texts`` makes data with a known truth.
+No torch / transformers / TRL imports here.
+"""
+
+from .confounders import build_confounder_matrix
+from .partial_out import (
+    LEARNER_NAMES,
+    DeconfoundResult,
+    WeakInstrumentWarning,
+    make_learner,
+    partial_out,
+    remove_confounder_effect,
+)
+from .simulate import (
+    MARKER,
+    add_marker,
+    causal_score,
+    has_marker,
+    remove_marker,
+    simulate_observational_texts,
+)
+
+__all__ = [
+    "LEARNER_NAMES",
+    "MARKER",
+    "DeconfoundResult",
+    "WeakInstrumentWarning",
+    "add_marker",
+    "build_confounder_matrix",
+    "causal_score",
+    "has_marker",
+    "make_learner",
+    "partial_out",
+    "remove_confounder_effect",
+    "remove_marker",
+    "simulate_observational_texts",
+]

@@ -1,0 +1,280 @@
+"""Turning confounder columns (numeric, categorical, timestamps) into a numeric matrix C [n, k]."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timezone
+from typing import Any, Literal, overload
+
+import numpy as np
+
+from ..errors import DataError
+
+TIMESTAMP_FEATURES = ("weekday", "month", "trend")
+WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+SECONDS_PER_DAY = 86_400.0
+# calendar feature -> (level code of a datetime, level names)
+CALENDAR_FEATURES = {
+    "weekday": (datetime.weekday, dict(enumerate(WEEKDAY_NAMES))),
+    "month": (lambda moment: moment.month, dict(enumerate(MONTH_NAMES, start=1))),
+}
+
+
+def describe_rows(rows: Sequence[int] | np.ndarray, shown: int = 5) -> str:
+    """'rows [3, 8, 11]' or 'rows [3, 8, 11, 14, 20] and 7 more', for error messages."""
+    rows = [int(row) for row in rows]
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    return f"rows {rows[:shown]}{more}"
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN, inf or NaT."""
+    if isinstance(value, np.datetime64):
+        return bool(np.isnat(value))
+    return value is None or (isinstance(value, numbers.Real) and not math.isfinite(value))
+
+
+def _sorted_levels(values: Sequence[Any]) -> list[Any]:
+    levels = set(values)
+    try:
+        return sorted(levels)
+    except TypeError:  # mixed types such as 1 and "a"
+        return sorted(levels, key=repr)
+
+
+def _numeric_column(name: str, values: Sequence[Any]) -> np.ndarray:
+    """Floats; None/NaN/inf stay NaN/inf (counted later); anything non-numeric is an error."""
+    out = np.empty(len(values), dtype=float)
+    bad_rows = []
+    for row, value in enumerate(values):
+        if value is None:
+            out[row] = np.nan
+            continue
+        try:
+            out[row] = float(value)
+        except (TypeError, ValueError):
+            bad_rows.append(row)
+    if bad_rows:
+        example = values[bad_rows[0]]
+        raise DataError(
+            f"Numeric confounder column {name!r} has non-numeric values at {describe_rows(bad_rows)} "
+            f"(e.g. {example!r}). Convert them to numbers, or list {name!r} under `categorical`."
+        )
+    return out
+
+
+def _parse_timestamp(value: Any) -> datetime:
+    """A datetime from an ISO string, a datetime/date, a numpy datetime64, or epoch seconds (UTC)."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    if isinstance(value, np.datetime64):
+        return _parse_timestamp(value.astype("datetime64[us]").item())
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.strip())
+    raise TypeError(f"unsupported timestamp type {type(value).__name__}")
+
+
+def _timestamp_column(name: str, values: Sequence[Any]) -> list[datetime | None]:
+    parsed: list[datetime | None] = []
+    bad_rows = []
+    for row, value in enumerate(values):
+        if _is_missing(value):
+            parsed.append(None)
+            continue
+        try:
+            parsed.append(_parse_timestamp(value))
+        except (TypeError, ValueError, OverflowError, OSError):
+            parsed.append(None)
+            bad_rows.append(row)
+    if bad_rows:
+        example = values[bad_rows[0]]
+        raise DataError(
+            f"Timestamp confounder column {name!r} has values that are not timestamps at {describe_rows(bad_rows)} "
+            f"(e.g. {example!r}). Use ISO 8601 strings ('2024-05-06T09:30:00'), datetimes or epoch seconds."
+        )
+    return parsed
+
+
+def _epoch_seconds(moment: datetime) -> float:
+    """Seconds since the epoch; naive datetimes are read as UTC."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _one_hot(
+    name: str, codes: Sequence[Any], level_names: Mapping[Any, str], subject: str, fix: str
+) -> tuple[np.ndarray, list[str]]:
+    """One-hot columns of all levels present but the first (the reference level, absorbed by the intercept)."""
+    levels = _sorted_levels(codes)
+    if len(levels) < 2:
+        raise DataError(
+            f"{subject} has a single value ({level_names[levels[0]]!r}) in all used rows, "
+            f"so it has no variance and its effect cannot be estimated; {fix}."
+        )
+    index = {level: position for position, level in enumerate(levels)}
+    positions = np.fromiter((index[code] for code in codes), dtype=int, count=len(codes))
+    matrix = (positions[:, None] == np.arange(1, len(levels))[None, :]).astype(float)
+    return matrix, [f"{name}={level_names[level]}" for level in levels[1:]]
+
+
+def _timestamp_features(
+    name: str, moments: Sequence[datetime], features: Sequence[str]
+) -> tuple[list[np.ndarray], list[str]]:
+    """Weekday one-hot (Mon..Sun), month one-hot (Jan..Dec), trend = days since the earliest row."""
+    blocks, names = [], []
+    for feature in features:
+        if feature == "trend":
+            seconds = np.array([_epoch_seconds(moment) for moment in moments])
+            block, block_names = ((seconds - seconds.min()) / SECONDS_PER_DAY)[:, None], [f"{name}_trend_days"]
+        else:
+            code_of, level_names = CALENDAR_FEATURES[feature]
+            codes = [code_of(moment) for moment in moments]
+            subject = f"The {feature!r} feature of timestamp column {name!r}"
+            block, block_names = _one_hot(name, codes, level_names, subject, "remove it from `timestamp_features`")
+        blocks.append(block)
+        names.extend(block_names)
+    return blocks, names
+
+
+@overload
+def build_confounder_matrix(
+    columns: Mapping[str, Sequence[Any]],
+    numeric: Sequence[str] = ...,
+    categorical: Sequence[str] = ...,
+    timestamps: Sequence[str] = ...,
+    timestamp_features: Sequence[str] = ...,
+    drop_invalid: Literal[False] = ...,
+) -> tuple[np.ndarray, list[str]]: ...
+
+
+@overload
+def build_confounder_matrix(
+    columns: Mapping[str, Sequence[Any]],
+    numeric: Sequence[str] = ...,
+    categorical: Sequence[str] = ...,
+    timestamps: Sequence[str] = ...,
+    timestamp_features: Sequence[str] = ...,
+    *,
+    drop_invalid: Literal[True],
+) -> tuple[np.ndarray, list[str], np.ndarray, int]: ...
+
+
+def build_confounder_matrix(
+    columns: Mapping[str, Sequence[Any]],
+    numeric: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    timestamps: Sequence[str] = (),
+    timestamp_features: Sequence[str] = TIMESTAMP_FEATURES,
+    drop_invalid: bool = False,
+) -> tuple[np.ndarray, list[str]] | tuple[np.ndarray, list[str], np.ndarray, int]:
+    """The confounder matrix C [n, k] and its column names, built from named data columns.
+
+    - numeric column ``x``: one float column ``x``;
+    - categorical column ``x`` with levels l0 < l1 < ...: one-hot columns ``x=l1``, ``x=l2``, ... (l0 dropped,
+      since sum_l 1[x=l] = 1 is collinear with the intercept);
+    - timestamp column ``t`` (ISO string, datetime or epoch seconds): for each of ``timestamp_features``,
+      ``weekday`` -> one-hot ``t=Tue`` ..., ``month`` -> one-hot ``t=Feb`` ..., ``trend`` -> ``t_trend_days``
+      (days since the earliest row).
+
+    A row with a missing or non-finite value (None, NaN, inf) in any confounder column is invalid. By default
+    invalid rows raise a ``DataError`` that counts them per column. With ``drop_invalid=True`` they are dropped
+    instead and the result is ``(C, names, kept_rows, n_dropped)``, ``kept_rows`` a boolean mask over the input
+    rows to apply to the outcome and texts as well. A confounder with no variance in the kept rows is an error.
+    """
+    kinds = {"numeric": list(numeric), "categorical": list(categorical), "timestamps": list(timestamps)}
+    _check_column_names(columns, kinds, timestamp_features)
+    names_in_order = [name for kind in kinds.values() for name in kind]
+    n_rows = len(columns[names_in_order[0]])
+
+    numeric_values = {name: _numeric_column(name, columns[name]) for name in kinds["numeric"]}
+    timestamp_values = {name: _timestamp_column(name, columns[name]) for name in kinds["timestamps"]}
+    invalid_by_column = {name: ~np.isfinite(values) for name, values in numeric_values.items()}
+    for name in kinds["categorical"]:
+        invalid_by_column[name] = np.array([_is_missing(value) for value in columns[name]])
+    for name, moments in timestamp_values.items():
+        invalid_by_column[name] = np.array([moment is None for moment in moments])
+    invalid = np.zeros(n_rows, dtype=bool)
+    for column_invalid in invalid_by_column.values():
+        invalid |= column_invalid
+    if invalid.any() and not drop_invalid:
+        per_column = "; ".join(
+            f"{name!r}: {int(mask.sum())} ({describe_rows(np.flatnonzero(mask))})"
+            for name, mask in invalid_by_column.items()
+            if mask.any()
+        )
+        raise DataError(
+            f"{int(invalid.sum())} of {n_rows} rows have missing or non-finite (None/NaN/inf) confounder values — "
+            f"{per_column}. Fix the data, or pass drop_invalid=True to drop these rows (you get the row mask back)."
+        )
+    kept_rows = ~invalid
+    if not kept_rows.any():
+        raise DataError(f"All {n_rows} rows have missing or non-finite confounder values; nothing is left.")
+    kept_indices = np.flatnonzero(kept_rows)
+
+    blocks: list[np.ndarray] = []
+    feature_names: list[str] = []
+    for name in kinds["numeric"]:
+        values = numeric_values[name][kept_rows]
+        if np.ptp(values) == 0:
+            raise DataError(
+                f"Numeric confounder column {name!r} has the same value ({values[0]:g}) in all used rows, so it has "
+                "no variance and its effect cannot be estimated; remove it from the confounders."
+            )
+        blocks.append(values[:, None])
+        feature_names.append(name)
+    for name in kinds["categorical"]:
+        values = [columns[name][row] for row in kept_indices]
+        block, block_names = _one_hot(
+            name,
+            values,
+            {value: str(value) for value in values},
+            f"Categorical confounder column {name!r}",
+            "remove it from the confounders",
+        )
+        blocks.append(block)
+        feature_names.extend(block_names)
+    for name in kinds["timestamps"]:
+        moments = [timestamp_values[name][row] for row in kept_indices]
+        if len({_epoch_seconds(moment) for moment in moments}) < 2:
+            raise DataError(
+                f"Timestamp confounder column {name!r} holds the same moment in all used rows, so it has no "
+                "variance; remove it from the confounders."
+            )
+        time_blocks, time_names = _timestamp_features(name, moments, timestamp_features)
+        blocks.extend(time_blocks)
+        feature_names.extend(time_names)
+    matrix = np.hstack(blocks)
+    if drop_invalid:
+        return matrix, feature_names, kept_rows, int(invalid.sum())
+    return matrix, feature_names
+
+
+def _check_column_names(
+    columns: Mapping[str, Sequence[Any]], kinds: Mapping[str, list[str]], timestamp_features: Sequence[str]
+) -> None:
+    names = [name for kind in kinds.values() for name in kind]
+    if not names:
+        raise DataError(
+            "No confounder columns given: name at least one under `numeric`, `categorical` or `timestamps`."
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"Confounder columns {repeated} are listed more than once; list each under one kind only.")
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise DataError(f"Confounder columns {missing} are not in the data; available columns: {sorted(columns)}.")
+    lengths = {name: len(columns[name]) for name in names}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"Confounder columns have different lengths: {lengths}.")
+    unknown = [feature for feature in timestamp_features if feature not in TIMESTAMP_FEATURES]
+    if unknown or (kinds["timestamps"] and not timestamp_features):
+        raise DataError(
+            f"timestamp_features must be a non-empty subset of {list(TIMESTAMP_FEATURES)}; "
+            f"got {list(timestamp_features)}."
+        )

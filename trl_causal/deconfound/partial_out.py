@@ -1,0 +1,467 @@
+"""Cross-fitted partialling out (double machine learning) of the confounders' causal effect on an outcome.
+
+Partially linear model: Y = theta'C + l(phi) + e, with phi the text features and C the confounders.
+With r_Y = Y - E[Y|phi] and r_C = C - E[C|phi] (nuisances fitted on the other folds), theta is the OLS
+coefficient of r_Y on r_C (Robinson 1988; Chernozhukov et al. 2018). With an instrument Z that moves C but not
+Y directly, theta is the 2SLS coefficient of r_Y on r_C instrumented by r_Z = Z - E[Z|phi].
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import RegressorMixin, clone
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.linear_model import LassoCV, LinearRegression, RidgeCV
+from sklearn.model_selection import GroupKFold, KFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import get_tags
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, DataError
+from .confounders import describe_rows
+
+LEARNER_NAMES = ("ridge", "lasso", "random_forest", "gradient_boosting", "linear")
+RIDGE_ALPHAS = np.logspace(-2, 5, 8)
+MIN_RESIDUAL_SHARE = 0.01
+WEAK_INSTRUMENT_F = 10.0
+
+
+class WeakInstrumentWarning(UserWarning):
+    """The first-stage F statistic of an instrument is below 10 (Staiger & Stock rule of thumb)."""
+
+
+def make_learner(learner: str | RegressorMixin, seed: int = 0) -> RegressorMixin:
+    """A fresh scikit-learn regressor for a nuisance function E[target | phi].
+
+    ``ridge``: RidgeCV (alpha by leave-one-out over 1e-2..1e5, one per target) on standardised features;
+    ``lasso``: LassoCV (3-fold) on standardised features; ``random_forest``: RandomForestRegressor (200 trees,
+    leaves >= 5 rows); ``gradient_boosting``: HistGradientBoostingRegressor (dense features only);
+    ``linear``: LinearRegression. An estimator instance is cloned (unfitted copy), never modified.
+    """
+    if not isinstance(learner, str):
+        if not (hasattr(learner, "fit") and hasattr(learner, "predict")):
+            raise ConfigError(
+                f"Learner {learner!r} is neither a name in {list(LEARNER_NAMES)} nor a scikit-learn regressor."
+            )
+        return clone(learner)
+    if learner == "ridge":
+        return make_pipeline(StandardScaler(with_mean=False), RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True))
+    if learner == "lasso":
+        return make_pipeline(StandardScaler(with_mean=False), LassoCV(cv=3))
+    if learner == "random_forest":
+        return RandomForestRegressor(n_estimators=200, min_samples_leaf=5, random_state=seed)
+    if learner == "gradient_boosting":
+        return HistGradientBoostingRegressor(random_state=seed)
+    if learner == "linear":
+        return LinearRegression()
+    raise ConfigError(
+        f"Unknown learner {learner!r}; use one of {list(LEARNER_NAMES)} or a scikit-learn regressor instance."
+    )
+
+
+def _learner_label(learner: str | RegressorMixin) -> str:
+    return learner if isinstance(learner, str) else type(learner).__name__
+
+
+def remove_confounder_effect(
+    y: Sequence[float] | np.ndarray, confounders: np.ndarray, theta: np.ndarray, confounder_mean: np.ndarray
+) -> np.ndarray:
+    """r~ = y - theta'(C - mean C): the confounders' causal effect removed, the outcome's mean kept."""
+    confounders = np.asarray(confounders, dtype=float).reshape(len(y), -1)
+    return np.asarray(y, dtype=float) - (confounders - confounder_mean) @ theta
+
+
+@dataclass
+class DeconfoundResult:
+    """Estimated causal effects theta of the confounders on the outcome, and the deconfounded outcome.
+
+    Arrays indexed by confounder have length k = len(feature_names). ``residual_r2[j]`` is the share of the
+    variance of confounder j left after partialling out the text, sum (C_j - E[C_j|phi])^2 / sum (C_j - mean C_j)^2;
+    ``outcome_residual_r2`` the same share for the outcome. ``first_stage_f`` (IV only) is the first-stage F
+    statistic of each confounder (Sanderson-Windmeijer conditional F when k > 1).
+    """
+
+    theta: np.ndarray
+    se: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    feature_names: list[str]
+    n: int
+    n_folds: int
+    residual_r2: np.ndarray
+    outcome_residual_r2: float
+    confounder_mean: np.ndarray
+    deconfounded_outcome: np.ndarray
+    first_stage_f: np.ndarray | None
+    ci_level: float
+    outcome_learner: str
+    confounder_learner: str
+    n_groups: int | None
+
+    @property
+    def p_value(self) -> np.ndarray:
+        """Two-sided p-value of theta_j = 0, 2 * (1 - Phi(|theta_j / se_j|))."""
+        normal = NormalDist()
+        return np.array([2.0 * (1.0 - normal.cdf(abs(t / s))) for t, s in zip(self.theta, self.se)])
+
+    def deconfound(self, y: Sequence[float] | np.ndarray, confounders: np.ndarray) -> np.ndarray:
+        """r~ = y - theta'(C - mean C) for new rows, mean C taken over the rows theta was estimated on."""
+        return remove_confounder_effect(y, confounders, self.theta, self.confounder_mean)
+
+    def to_report(self) -> dict[str, Any]:
+        """JSON-serialisable summary (numbers and strings, one entry per confounder; nothing of length n)."""
+        p_values = self.p_value
+        effects = {
+            name: {
+                "theta": float(self.theta[j]),
+                "se": float(self.se[j]),
+                "ci_low": float(self.ci_low[j]),
+                "ci_high": float(self.ci_high[j]),
+                "p_value": float(p_values[j]),
+                "residual_r2": float(self.residual_r2[j]),
+                "mean": float(self.confounder_mean[j]),
+                **({"first_stage_f": float(self.first_stage_f[j])} if self.first_stage_f is not None else {}),
+            }
+            for j, name in enumerate(self.feature_names)
+        }
+        return {
+            "method": "partialling_out_iv" if self.first_stage_f is not None else "partialling_out",
+            "n": self.n,
+            "n_folds": self.n_folds,
+            "n_groups": self.n_groups,
+            "ci_level": self.ci_level,
+            "standard_errors": "cluster_robust_CR1" if self.n_groups is not None else "heteroskedasticity_robust_HC1",
+            "outcome_learner": self.outcome_learner,
+            "confounder_learner": self.confounder_learner,
+            "outcome_residual_r2": float(self.outcome_residual_r2),
+            "effects": effects,
+        }
+
+
+def _as_float_matrix(values: Any, what: str, n_rows: int | None) -> np.ndarray:
+    try:
+        matrix = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"The {what} must be numeric: {error}.") from None
+    if matrix.ndim == 1:
+        matrix = matrix[:, None]
+    if matrix.ndim != 2:
+        raise DataError(f"The {what} must be a vector or an [n, k] matrix; got shape {matrix.shape}.")
+    if n_rows is not None and len(matrix) != n_rows:
+        raise DataError(f"The {what} has {len(matrix)} rows but the outcome has {n_rows}.")
+    return matrix
+
+
+def _check_finite(matrix: np.ndarray, what: str, column_names: Sequence[str]) -> None:
+    bad = ~np.isfinite(matrix)
+    if not bad.any():
+        return
+    bad_rows = np.flatnonzero(bad.any(axis=1))
+    by_column = ", ".join(f"{column_names[j]!r}: {int(bad[:, j].sum())}" for j in np.flatnonzero(bad.any(axis=0)))
+    raise DataError(
+        f"The {what} has NaN/inf in {len(bad_rows)} of {len(matrix)} rows ({describe_rows(bad_rows)}; "
+        f"per column {by_column}). Drop or fix those rows (in the outcome, confounders, instrument and texts alike) "
+        "before deconfounding."
+    )
+
+
+def _check_features(features: Any, n_rows: int) -> Any:
+    """Dense float array or scipy sparse matrix [n, d] without NaN/inf."""
+    if sp.issparse(features):
+        features = sp.csr_matrix(features, dtype=float)
+        row_of_entry = np.repeat(np.arange(features.shape[0]), np.diff(features.indptr))
+        bad_rows = np.unique(row_of_entry[~np.isfinite(features.data)])
+        if len(bad_rows):
+            raise DataError(
+                f"The text feature matrix has NaN/inf in {len(bad_rows)} of {features.shape[0]} rows "
+                f"({describe_rows(bad_rows)}). Recompute the features for those rows or drop them."
+            )
+    else:
+        features = _as_float_matrix(features, "text feature matrix", None)
+        _check_finite(features, "text feature matrix", [f"feature {j}" for j in range(features.shape[1])])
+    if features.shape[0] != n_rows:
+        raise DataError(f"The text feature matrix has {features.shape[0]} rows but the outcome has {n_rows}.")
+    return features
+
+
+def _check_learners(learners: Sequence[str | RegressorMixin], features: Any, seed: int) -> None:
+    """Fail before any fitting on an unknown learner name, or a dense-only learner given sparse features."""
+    models = [make_learner(learner, seed) for learner in learners]
+    if sp.issparse(features):
+        dense_only = [
+            _learner_label(learner) for learner, model in zip(learners, models) if not get_tags(model).input_tags.sparse
+        ]
+        if dense_only:
+            raise ConfigError(f"Learners {dense_only} need dense features; pass features.toarray() or use 'ridge'.")
+
+
+def _check_instrument(
+    instrument: Any, instrument_names: Sequence[str] | None, n_rows: int, n_confounders: int
+) -> tuple[np.ndarray, list[str]]:
+    matrix = _as_float_matrix(instrument, "instrument", n_rows)
+    m = matrix.shape[1]
+    names = list(instrument_names) if instrument_names is not None else [f"instrument_{j}" for j in range(m)]
+    if len(names) != m:
+        raise DataError(f"instrument_names has {len(names)} names but the instrument has {m} columns.")
+    _check_finite(matrix, "instrument", names)
+    if m < n_confounders:
+        raise DataError(
+            f"{m} instrument column(s) for {n_confounders} confounders: 2SLS needs at least one instrument per "
+            "confounder. Confounders that are not endogenous can be their own instruments: add their columns to the "
+            "instrument matrix."
+        )
+    return matrix, names
+
+
+def _warn_weak_instruments(first_stage_f: np.ndarray, names: Sequence[str]) -> None:
+    for name, statistic in zip(names, first_stage_f):
+        if statistic < WEAK_INSTRUMENT_F:
+            warnings.warn(
+                f"Weak instrument for confounder {name!r}: first-stage F = {statistic:.2f} < {WEAK_INSTRUMENT_F:g}. "
+                "The IV estimate is biased towards OLS and its confidence interval is unreliable; use a stronger "
+                "instrument or more rows.",
+                WeakInstrumentWarning,
+                stacklevel=3,
+            )
+
+
+def _fits_targets_jointly(learner: RegressorMixin) -> bool:
+    """True for multi-output linear models, where one joint fit equals separate per-target fits (and is cheaper)."""
+    final_step = learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
+    return type(final_step).__module__.startswith("sklearn.linear_model") and get_tags(learner).target_tags.multi_output
+
+
+def _fit_predict(learner: RegressorMixin, x_train: Any, targets_train: np.ndarray, x_test: Any) -> np.ndarray:
+    """Predictions [n_test, t] of E[target|phi] for each target column."""
+    if _fits_targets_jointly(learner):
+        model = clone(learner).fit(x_train, targets_train if targets_train.shape[1] > 1 else targets_train[:, 0])
+        return np.asarray(model.predict(x_test), dtype=float).reshape(x_test.shape[0], -1)
+    return np.column_stack([clone(learner).fit(x_train, column).predict(x_test) for column in targets_train.T])
+
+
+def _cross_fit_residuals(
+    blocks: Sequence[tuple[np.ndarray, str | RegressorMixin]], features: Any, folds: list, seed: int, progress: bool
+) -> list[np.ndarray]:
+    """target - E^(-k)[target|phi] for each (target [n, t], learner) block, nuisances fitted on the folds but k.
+
+    Blocks with the same learner are stacked into one target matrix, so a linear learner fits once per fold.
+    """
+    by_learner: dict[Any, list[int]] = {}
+    for index, (_, learner) in enumerate(blocks):
+        by_learner.setdefault(learner if isinstance(learner, str) else id(learner), []).append(index)
+    stacked = [
+        (np.hstack([blocks[index][0] for index in indices]), make_learner(blocks[indices[0]][1], seed))
+        for indices in by_learner.values()
+    ]
+    stacked_residuals = [np.empty_like(target) for target, _ in stacked]
+    for train, test in tqdm(folds, desc="deconfound: cross-fitting folds", disable=not progress):
+        for residual, (target, model) in zip(stacked_residuals, stacked):
+            residual[test] = target[test] - _fit_predict(model, features[train], target[train], features[test])
+    residuals: list[np.ndarray] = [np.empty(0)] * len(blocks)
+    for indices, residual in zip(by_learner.values(), stacked_residuals):
+        widths = [blocks[index][0].shape[1] for index in indices]
+        for index, part in zip(indices, np.split(residual, np.cumsum(widths)[:-1], axis=1)):
+            residuals[index] = part
+    return residuals
+
+
+def _residual_share(residual: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """sum r^2 / sum (x - mean x)^2 per column: the variance share left after partialling out phi."""
+    return (residual**2).sum(axis=0) / ((original - original.mean(axis=0)) ** 2).sum(axis=0)
+
+
+def _check_not_text_function(share: np.ndarray, names: Sequence[str], what: str, minimum: float) -> None:
+    too_small = [(name, value) for name, value in zip(names, share) if value < minimum]
+    if too_small:
+        listed = ", ".join(f"{name!r} ({value:.2%} left)" for name, value in too_small)
+        raise DataError(
+            f"The {what} {listed} {'is' if len(too_small) == 1 else 'are'} (almost) a function of the text "
+            "features: partialling out the text leaves "
+            f"less than {minimum:.0%} of its variance, so its effect on the outcome cannot be told apart from the "
+            "text's. Drop it, or pass an instrument column that moves it independently of the text."
+        )
+
+
+def _check_full_rank(matrix: np.ndarray, names: Sequence[str], what: str) -> None:
+    redundant, kept = [], []
+    for j in range(matrix.shape[1]):
+        if np.linalg.matrix_rank(matrix[:, kept + [j]]) == len(kept) + 1:
+            kept.append(j)
+        else:
+            redundant.append(names[j])
+    if redundant:
+        raise DataError(
+            f"The {what} columns {redundant} are (after partialling out the text) linear combinations of the other "
+            "columns, so their effects are not identified. Drop them (e.g. a derived feature already implied by "
+            "another column, or all levels of a one-hot group)."
+        )
+
+
+def _first_stage_f(c_res: np.ndarray, z_res: np.ndarray) -> np.ndarray:
+    """Sanderson-Windmeijer conditional first-stage F per confounder (the usual F of r_Cj on r_Z when k = 1).
+
+    For confounder j: delta = 2SLS of r_Cj on the other confounders r_C-j (instruments r_Z);
+    F_j = [(TSS - RSS) / (m - k + 1)] / [RSS / (n - m)] of the regression of r_Cj - r_C-j delta on r_Z.
+    """
+    n, m = z_res.shape
+    k = c_res.shape[1]
+    statistics = []
+    for j in range(k):
+        target = c_res[:, j]
+        if k > 1:
+            others = np.delete(c_res, j, axis=1)
+            others_fitted = z_res @ np.linalg.lstsq(z_res, others, rcond=None)[0]
+            target = target - others @ np.linalg.lstsq(others_fitted, target, rcond=None)[0]
+        fitted = z_res @ np.linalg.lstsq(z_res, target, rcond=None)[0]
+        rss = float(((target - fitted) ** 2).sum())
+        tss = float((target**2).sum())
+        statistics.append(((tss - rss) / (m - k + 1)) / (rss / (n - m)))
+    return np.array(statistics)
+
+
+def _robust_fit(
+    design: np.ndarray, regressors: np.ndarray, target: np.ndarray, groups: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """theta = (D'D)^-1 D'y with sandwich covariance (D'D)^-1 [sum_g s_g s_g'] (D'D)^-1 * small-sample factor.
+
+    D = regressors for OLS, D = r_Z (r_Z'r_Z)^-1 r_Z'r_C (first-stage fit) for 2SLS; e = y - regressors theta;
+    s_g = sum over rows i of cluster g of D_i e_i (each row its own cluster without groups: HC1, factor n/(n-k);
+    with groups: CR1, factor G/(G-1) (n-1)/(n-k)).
+    """
+    n, k = design.shape
+    theta = np.linalg.lstsq(design, target, rcond=None)[0]
+    scores = design * (target - regressors @ theta)[:, None]
+    if groups is None:
+        factor = n / (n - k)
+    else:
+        _, cluster = np.unique(groups, return_inverse=True)
+        cluster_scores = np.zeros((cluster.max() + 1, k))
+        np.add.at(cluster_scores, cluster, scores)
+        n_clusters = len(cluster_scores)
+        scores, factor = cluster_scores, n_clusters / (n_clusters - 1) * (n - 1) / (n - k)
+    bread = np.linalg.inv(design.T @ design)
+    return theta, factor * bread @ (scores.T @ scores) @ bread
+
+
+def partial_out(
+    y: Sequence[float] | np.ndarray,
+    confounders: np.ndarray,
+    features: Any,
+    n_folds: int = 5,
+    outcome_learner: str | RegressorMixin = "ridge",
+    confounder_learner: str | RegressorMixin = "ridge",
+    instrument: np.ndarray | None = None,
+    seed: int = 0,
+    feature_names: Sequence[str] | None = None,
+    progress: bool = True,
+    *,
+    instrument_names: Sequence[str] | None = None,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    ci_level: float = 0.95,
+    min_residual_share: float = MIN_RESIDUAL_SHARE,
+) -> DeconfoundResult:
+    """Estimate theta in Y = theta'C + l(phi) + e by cross-fitted partialling out and deconfound Y.
+
+    Args:
+        y: outcome [n] (float, or 0/1: then theta is a linear-probability effect).
+        confounders: C [n] or [n, k], e.g. from ``build_confounder_matrix``.
+        features: text features phi [n, d], dense or scipy sparse (e.g. TF-IDF, pooled hidden states).
+        n_folds: K cross-fitting folds; E[Y|phi], E[C|phi] (and E[Z|phi]) for rows in fold k are fitted on the
+            other K-1 folds.
+        outcome_learner, confounder_learner: nuisance regressors, a name in ``LEARNER_NAMES`` or an instance.
+        instrument: Z [n] or [n, m], m >= k, moving C but not Y directly: theta by 2SLS of r_Y on r_C with
+            instruments r_Z. Exogenous confounders can serve as their own instruments (stack them into Z).
+        groups: cluster ids (rows sharing a prompt): folds keep clusters whole, standard errors are
+            cluster-robust (CR1) instead of HC1.
+        min_residual_share: a confounder (or instrument) with less than this share of its variance left after
+            partialling out the text is an error.
+
+    Returns:
+        ``DeconfoundResult`` with theta, robust se, normal CIs at ``ci_level`` and the deconfounded outcome
+        r~ = Y - theta'(C - mean C).
+    """
+    outcome = _as_float_matrix(y, "outcome", None)
+    if outcome.shape[1] != 1:
+        raise DataError(f"The outcome must be one value per row; got shape {np.shape(y)}.")
+    n = len(outcome)
+    _check_finite(outcome, "outcome", ["outcome"])
+    confounder_matrix = _as_float_matrix(confounders, "confounder matrix", n)
+    k = confounder_matrix.shape[1]
+    names = list(feature_names) if feature_names is not None else [f"confounder_{j}" for j in range(k)]
+    if len(names) != k:
+        raise DataError(f"feature_names has {len(names)} names but the confounder matrix has {k} columns.")
+    _check_finite(confounder_matrix, "confounder matrix", names)
+    constant = [name for name, spread in zip(names, np.ptp(confounder_matrix, axis=0)) if spread == 0]
+    if constant:
+        raise DataError(f"Confounders {constant} have the same value in every row (no variance); remove them.")
+    features = _check_features(features, n)
+    group_ids = None if groups is None else np.asarray(groups)
+    if group_ids is not None and group_ids.shape != (n,):
+        raise DataError(f"groups must hold one id per row ({n}); got shape {group_ids.shape}.")
+    n_units = n if group_ids is None else len(np.unique(group_ids))
+    if n_folds < 2:
+        raise ConfigError(f"n_folds must be at least 2 for cross-fitting; got {n_folds}.")
+    if n_units < n_folds:
+        unit = "rows" if group_ids is None else "groups"
+        raise DataError(
+            f"Only {n_units} {unit} for n_folds={n_folds} cross-fitting folds; need at least one per fold. "
+            "Lower n_folds or add data."
+        )
+    if n <= k:
+        raise DataError(f"Only {n} rows for {k} confounder columns; need more rows than confounder columns.")
+
+    _check_learners((outcome_learner, confounder_learner), features, seed)
+    blocks = [(outcome, outcome_learner), (confounder_matrix, confounder_learner)]
+    if instrument is not None:
+        instrument_matrix, z_names = _check_instrument(instrument, instrument_names, n, k)
+        blocks.append((instrument_matrix, confounder_learner))
+
+    if group_ids is None:
+        folds = list(KFold(n_folds, shuffle=True, random_state=seed).split(outcome))
+    else:
+        folds = list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(outcome, groups=group_ids))
+    residuals = _cross_fit_residuals(blocks, features, folds, seed, progress)
+    y_res, c_res = residuals[0][:, 0], residuals[1]
+    residual_share = _residual_share(c_res, confounder_matrix)
+    _check_not_text_function(residual_share, names, "confounder", min_residual_share)
+    _check_full_rank(c_res, names, "confounder")
+
+    first_stage_f = None
+    design = c_res
+    if instrument is not None:
+        z_res = residuals[2]
+        _check_not_text_function(_residual_share(z_res, instrument_matrix), z_names, "instrument", min_residual_share)
+        _check_full_rank(z_res, z_names, "instrument")
+        first_stage_f = _first_stage_f(c_res, z_res)
+        _warn_weak_instruments(first_stage_f, names)
+        design = z_res @ np.linalg.lstsq(z_res, c_res, rcond=None)[0]
+    theta, covariance = _robust_fit(design, c_res, y_res, group_ids)
+    se = np.sqrt(np.diag(covariance))
+    z_value = NormalDist().inv_cdf(0.5 + ci_level / 2)
+    confounder_mean = confounder_matrix.mean(axis=0)
+    return DeconfoundResult(
+        theta=theta,
+        se=se,
+        ci_low=theta - z_value * se,
+        ci_high=theta + z_value * se,
+        feature_names=names,
+        n=n,
+        n_folds=n_folds,
+        residual_r2=residual_share,
+        outcome_residual_r2=float(_residual_share(y_res[:, None], outcome)[0]),
+        confounder_mean=confounder_mean,
+        deconfounded_outcome=remove_confounder_effect(outcome[:, 0], confounder_matrix, theta, confounder_mean),
+        first_stage_f=first_stage_f,
+        ci_level=ci_level,
+        outcome_learner=_learner_label(outcome_learner),
+        confounder_learner=_learner_label(confounder_learner),
+        n_groups=None if group_ids is None else n_units,
+    )
