@@ -83,3 +83,17 @@ def test_eval_command_compares_two_checkpoints_per_split(tiny_model, tmp_path, c
     assert test["accuracy"] + flipped["accuracy"] == pytest.approx(1.0)  # gold answers are complementary
     assert report["results"]["sft:b"]["splits"] == report["results"]["sft"]["splits"]  # identical weights
     assert "anti" in capsys.readouterr().out
+
+
+def test_multi_token_answers_are_scored_in_full(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    answers = ["Sally is a mammal", "no"]
+    assert len(tokenizer(answers[0], add_special_tokens=False)["input_ids"]) > 1
+    scores = LMPredictor(model, tokenizer, answers).score([ROWS[0]["prompt"]])
+    ids = tokenizer(ROWS[0]["prompt"] + answers[0], add_special_tokens=False)["input_ids"]
+    prompt_len = len(tokenizer(ROWS[0]["prompt"], add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logprobs = model(torch.tensor([ids])).logits.log_softmax(-1)[0]
+    manual = sum(logprobs[t - 1, ids[t]].item() for t in range(prompt_len, len(ids)))
+    assert scores[0, 0].item() == pytest.approx(manual, abs=1e-4)

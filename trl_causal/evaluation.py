@@ -79,31 +79,43 @@ class LMPredictor:
             yield items[start : start + self.batch_size]
 
     def score(self, prompts: Sequence[Prompt]):
-        """Log-likelihood of every answer after every prompt: a [rows, answers] tensor."""
+        """Log-likelihood of every answer after every prompt: a [rows, answers] tensor.
+
+        Single-token answer sets (True/False, yes/no) take one forward per prompt; longer answers
+        one forward per (prompt, answer) pair.
+        """
+        import torch
+
+        answer_ids = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in self.answers]
+        prompt_ids = [self.tokenizer(self.prompt_text(p), add_special_tokens=False)["input_ids"] for p in prompts]
+        if all(len(ids) == 1 for ids in answer_ids):
+            first_tokens = torch.tensor([ids[0] for ids in answer_ids])
+            last = [logprobs[-1, first_tokens] for logprobs in self._logprobs(prompt_ids, "scoring")]
+            return torch.stack(last).cpu()
+        pairs = [(p, a) for p in prompt_ids for a in answer_ids]
+        scores = [
+            logprobs[torch.arange(len(p) - 1, len(p) + len(a) - 1), torch.tensor(a)].sum()
+            for (p, a), logprobs in zip(pairs, self._logprobs([p + a for p, a in pairs], "scoring"))
+        ]
+        return torch.stack(scores).view(len(prompts), len(self.answers)).cpu()
+
+    def _logprobs(self, sequences: list[list[int]], desc: str):
+        """Yield each sequence's next-token log-probabilities [length, vocab], batched with right padding."""
         import torch
 
         device = next(self.model.parameters()).device
-        answer_ids = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in self.answers]
-        pairs = [
-            (self.tokenizer(self.prompt_text(p), add_special_tokens=False)["input_ids"], ids)
-            for p in prompts
-            for ids in answer_ids
-        ]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        scores = []
         with torch.no_grad():
-            for batch in self._batches(pairs, "scoring"):
-                length = max(len(p) + len(a) for p, a in batch)
+            for batch in self._batches(sequences, desc):
+                length = max(len(ids) for ids in batch)
                 input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
                 attention = torch.zeros_like(input_ids)
-                for i, (p, a) in enumerate(batch):
-                    input_ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-                    attention[i, : len(p) + len(a)] = 1
-                logprobs = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float().log_softmax(-1)
-                for i, (p, a) in enumerate(batch):
-                    positions = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=device)
-                    scores.append(logprobs[i, positions, torch.tensor(a, device=device)].sum().item())
-        return torch.tensor(scores).view(len(prompts), len(self.answers))
+                for i, ids in enumerate(batch):
+                    input_ids[i, : len(ids)] = torch.tensor(ids)
+                    attention[i, : len(ids)] = 1
+                logits = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+                for i, ids in enumerate(batch):
+                    yield logits[i, : len(ids)].float().log_softmax(-1).cpu()
 
     def generate(self, prompts: Sequence[Prompt]) -> list[str]:
         """Greedy continuations (new text only)."""
