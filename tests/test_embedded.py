@@ -35,7 +35,7 @@ def no_pip(monkeypatch):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRL_CAUSAL_CACHE", str(tmp_path))
-    return tmp_path
+    return tmp_path / "models"
 
 
 def make_complete(path):
@@ -63,7 +63,7 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / ".cache" / "trl_causal" / "models"
     monkeypatch.setenv("TRL_CAUSAL_CACHE", str(tmp_path / "elsewhere"))
-    assert default_cache_dir() == tmp_path / "elsewhere"
+    assert default_cache_dir() == tmp_path / "elsewhere" / "models"
 
 
 @pytest.mark.parametrize("value", ["HuggingFaceTB/SmolLM2-135M-Instruct", "gpt2", "smollm2"])
@@ -91,7 +91,7 @@ def test_explicit_cache_dir(tmp_path, no_pip):
 
 
 def test_incomplete_checkpoint_is_not_trusted(no_pip, cache):
-    (cache / NAME).mkdir()
+    (cache / NAME).mkdir(parents=True)
     (cache / NAME / "config.json").write_text("{}")  # e.g. an interrupted copy, no marker
     with pytest.raises(PipCalled):
         ensure_embedded_model(NAME)

@@ -46,3 +46,9 @@ def register_event_estimators(register):
         estimator="trl_causal.capt.events:CLadderEstimator",
         description="CLadder rows: the causal variables of reasoning.step0 / meta.variable_mapping.",
     )
+    register(
+        "llm",
+        estimator="trl_causal.capt.llm_estimator:LLMEstimator",
+        description="An LLM writes the template: a local transformers model or an OpenAI-compatible endpoint; "
+        "validated, retried, cached on disk.",
+    )

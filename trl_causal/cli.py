@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="JSON results file (default: CHECKPOINT/eval_results.json)")
     download = commands.add_parser("download-model", help="fetch and convert an embedded model; prints its path")
     download.add_argument("name", help="embedded model name, e.g. smollm2-135m-instruct")
-    download.add_argument("--cache-dir", help="where to keep converted models (default: $TRL_CAUSAL_CACHE or ~/.cache/trl_causal/models)")
+    download.add_argument("--cache-dir", help="where to keep converted models (default: $TRL_CAUSAL_CACHE/models, else ~/.cache/trl_causal/models)")
     return parser
 
 

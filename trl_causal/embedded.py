@@ -16,6 +16,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .paths import cache_root
+
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
@@ -42,9 +44,8 @@ EMBEDDED_MODELS = {
 
 
 def default_cache_dir() -> Path:
-    """``$TRL_CAUSAL_CACHE`` if set, else ``~/.cache/trl_causal/models``."""
-    env = os.environ.get("TRL_CAUSAL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "trl_causal" / "models"
+    """``<cache root>/models``: ``$TRL_CAUSAL_CACHE/models``, else ``~/.cache/trl_causal/models``."""
+    return cache_root() / "models"
 
 
 def _lookup(name: str) -> EmbeddedModel:

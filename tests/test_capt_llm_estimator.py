@@ -1,0 +1,286 @@
+"""The ``llm`` event estimator: answer parsing and validation, the HTTP backend against a loopback stand-in
+server, the on-disk cache, retries, and the local transformers backend on the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from trl_causal.capt import EventTemplate, NoEventsFound, TemplateError, estimate_rows
+from trl_causal.capt import llm_estimator
+from trl_causal.capt.llm_estimator import (
+    EndpointError,
+    EventEstimationFailed,
+    FewShotPrompt,
+    LLMEstimator,
+    default_cache_dir,
+    parse_answer,
+    template_from_answer,
+)
+from trl_causal.errors import ConfigError
+from trl_causal.plugins import PluginManager
+
+API_KEY = "sk-test-secret-4f9c2"
+PROMPT = "Every wumpus is a yumpus. Sally is a wumpus.\nTrue or false: Sally is a yumpus."
+COMPLETION = "True"
+VALID_ANSWER = {
+    "prompt_template": "Every {e1} is a {e2}. {e3} is a {e1}.\nTrue or false: {e3} is a {e2}.",
+    "completion_template": "True",
+    "events": {"e1": "wumpus", "e2": "yumpus", "e3": "Sally"},
+}
+LEAKY_ANSWER = {  # "Sally" left in the text
+    **VALID_ANSWER,
+    "prompt_template": "Every {e1} is a {e2}. Sally is a {e1}.\nTrue or false: {e3} is a {e2}.",
+}
+EXPECTED = EventTemplate(VALID_ANSWER["prompt_template"], "True", VALID_ANSWER["events"])
+
+
+class StandInEndpoint(ThreadingHTTPServer):
+    """PROTOCOL-LEVEL STAND-IN for a remote OpenAI-compatible endpoint (vLLM, llama.cpp, a hosted API): it speaks
+    the wire protocol (GET /v1/models, POST /v1/chat/completions) on loopback and replies from a script, so the
+    client's requests, headers, retries and error handling are tested without a model or the network."""
+
+    def __init__(self, replies: list[str] | None = None, status: list[int] | None = None):
+        super().__init__(("127.0.0.1", 0), StandInHandler)
+        self.replies = replies or []  # chat replies, in order; the last one repeats
+        self.statuses = status or []  # HTTP statuses to answer chat requests with first (then 200)
+        self.chat_requests: list[dict] = []
+        self.headers_seen: list[dict] = []
+        self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class StandInHandler(BaseHTTPRequestHandler):
+    server: StandInEndpoint
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.server.headers_seen.append(dict(self.headers))
+        if self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self):
+        self.server.headers_seen.append(dict(self.headers))
+        if self.path != "/v1/chat/completions":
+            return self._send(404, {"error": "not found"})
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.server.statuses:
+            return self._send(self.server.statuses.pop(0), {"error": f"echo {self.headers.get('Authorization')}"})
+        self.server.chat_requests.append(request)
+        index = min(len(self.server.chat_requests), len(self.server.replies)) - 1
+        message = {"role": "assistant", "content": self.server.replies[index]}
+        self._send(200, {"choices": [{"index": 0, "message": message}]})
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    """Start a stand-in endpoint with given replies; the API key is in OPENAI_API_KEY."""
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    servers = []
+
+    def start(replies=None, status=None) -> StandInEndpoint:
+        server = StandInEndpoint(replies, status)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fenced(answer: dict) -> str:
+    return "Here is the template:\n```json\n" + json.dumps(answer) + "\n```\nHope this helps!"
+
+
+# --- parsing and validation ------------------------------------------------------------------------------------
+
+
+def test_parse_answer_finds_the_json_in_fences_and_prose():
+    assert parse_answer(fenced(VALID_ANSWER)) == VALID_ANSWER
+    assert parse_answer("Sure! " + json.dumps(VALID_ANSWER) + " {trailing} text") == VALID_ANSWER
+    assert parse_answer('{"note": 1} then ' + json.dumps(VALID_ANSWER)) == VALID_ANSWER
+    for garbage in ("", "no json here", '{"prompt_template": "cut off', '{"other": 1}'):
+        with pytest.raises(TemplateError, match="no JSON object"):
+            parse_answer(garbage)
+
+
+def test_shipped_few_shot_examples_are_valid_answers():
+    prompt = FewShotPrompt.load()
+    assert len(prompt.examples) >= 3 and len(prompt.version) == 16
+    for example in prompt.examples:
+        template = template_from_answer(example["answer"], example["prompt"], example["completion"])
+        assert template.names
+    messages = prompt.messages(PROMPT, None)
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * len(prompt.examples) + ["user"]
+    assert json.loads(messages[-1]["content"]) == {"prompt": PROMPT, "completion": None}
+
+
+def test_template_from_answer_checks_names_consistency_and_faithfulness():
+    assert template_from_answer(VALID_ANSWER, PROMPT, COMPLETION) == EXPECTED
+    assert template_from_answer(VALID_ANSWER, PROMPT, None) == EventTemplate(EXPECTED.prompt, None, EXPECTED.names)
+    with pytest.raises(TemplateError, match="original names still in the text: 'Sally'"):
+        template_from_answer(LEAKY_ANSWER, PROMPT, COMPLETION)
+    with pytest.raises(TemplateError, match="which the prompt lacks"):
+        extra_event = {**VALID_ANSWER["events"], "e4": "x"}
+        template_from_answer({**VALID_ANSWER, "completion_template": "{e4}", "events": extra_event}, PROMPT, COMPLETION)
+    with pytest.raises(TemplateError, match="have no name"):
+        template_from_answer({**VALID_ANSWER, "events": {"e1": "wumpus", "e2": "yumpus"}}, PROMPT, COMPLETION)
+    rewritten = {**VALID_ANSWER, "prompt_template": "All {e1}s are {e2}s. {e3} is a {e1}.\nIs {e3} a {e2}?"}
+    with pytest.raises(TemplateError, match="is not the row's prompt"):
+        template_from_answer(rewritten, PROMPT, COMPLETION)
+    with pytest.raises(TemplateError, match="completion_template"):
+        template_from_answer({**VALID_ANSWER, "completion_template": None}, PROMPT, COMPLETION)
+    plural = {"prompt_template": "{e1}s are {e2}.", "events": {"e1": "wumpus", "e2": "bony"}}
+    assert template_from_answer(plural, "Wumpuses  are\nbony.", None).names == {"e1": "wumpus", "e2": "bony"}
+    article = {"prompt_template": "Max is a {e1}.", "completion_template": None, "events": {"e1": "apple"}}
+    assert template_from_answer(article, "Max is an apple.", None).prompt == "Max is a {e1}."
+    with pytest.raises(NoEventsFound, match="no event"):
+        template_from_answer({"prompt_template": PROMPT, "completion_template": None, "events": {}}, PROMPT, None)
+
+
+# --- HTTP backend ------------------------------------------------------------------------------------------------
+
+
+def test_unreachable_endpoint_fails_naming_the_url_without_the_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    base_url = f"http://127.0.0.1:{closed_port()}/v1"
+    estimator = LLMEstimator(model="any", base_url=base_url, cache_dir=tmp_path, timeout=5)
+    with pytest.raises(EndpointError, match=f"Cannot reach the LLM endpoint {base_url}/models") as error:
+        estimator.check_available()
+    assert API_KEY not in str(error.value)
+    with pytest.raises(EndpointError, match=f"{base_url}/chat/completions") as error:
+        estimator.estimate(PROMPT, COMPLETION)
+    assert API_KEY not in str(error.value)
+    assert isinstance(error.value, ConfigError)  # not a row problem: estimate_rows lets it through
+
+
+def test_endpoint_template_is_cached_and_key_stays_out_of_the_cache(endpoint, tmp_path):
+    server = endpoint([fenced(VALID_ANSWER)])
+    LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path).check_available()
+    assert server.headers_seen[-1]["Authorization"] == f"Bearer {API_KEY}"
+    first = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path)
+    assert first.estimate(PROMPT, COMPLETION) == EXPECTED
+    again = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path)
+    assert again.estimate(PROMPT, COMPLETION) == EXPECTED
+    assert len(server.chat_requests) == 1
+    request = server.chat_requests[0]
+    assert request["model"] == "stand-in" and request["temperature"] == 0
+    assert json.loads(request["messages"][-1]["content"]) == {"prompt": PROMPT, "completion": COMPLETION}
+    assert server.headers_seen[-1]["Authorization"] == f"Bearer {API_KEY}"
+    [cached] = tmp_path.iterdir()
+    assert cached.name == again.cache_key(PROMPT, COMPLETION) + ".json"
+    assert API_KEY not in cached.read_text() and json.loads(cached.read_text())["answer"] == VALID_ANSWER
+    # another model, prompt-only (inference) rows and a disabled cache each ask again
+    LLMEstimator(model="other", base_url=server.base_url, cache_dir=tmp_path).estimate(PROMPT, COMPLETION)
+    LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path).estimate(PROMPT)
+    LLMEstimator(model="stand-in", base_url=server.base_url, use_cache=False).estimate(PROMPT, COMPLETION)
+    assert len(server.chat_requests) == 4 and len(list(tmp_path.iterdir())) == 3
+
+
+def test_invalid_answer_is_retried_with_the_problem_then_counted(endpoint, tmp_path):
+    server = endpoint([json.dumps(LEAKY_ANSWER), "not json at all", json.dumps(LEAKY_ANSWER)])
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, max_retries=2)
+    rows = [{"prompt": PROMPT, "completion": COMPLETION}]
+    result = estimate_rows(estimator, rows, on_no_events="keep")
+    assert result.no_events == [0] and result.templates == [EventTemplate(PROMPT, COMPLETION, {})]
+    assert len(server.chat_requests) == 3
+    feedback = server.chat_requests[1]["messages"]
+    assert feedback[-2] == {"role": "assistant", "content": json.dumps(LEAKY_ANSWER)}
+    assert "original names still in the text: 'Sally'" in feedback[-1]["content"]
+    assert "no JSON object" in server.chat_requests[2]["messages"][-1]["content"]
+    assert list(tmp_path.iterdir()) == []  # failures are not cached
+    assert estimate_rows(estimator, rows, on_no_events="drop").templates == []
+    with pytest.raises(NoEventsFound, match=r"Row 0: The LLM gave no valid event template in 3 attempts; .*'Sally'"):
+        estimate_rows(estimator, rows, on_no_events="error")
+    with pytest.raises(EventEstimationFailed):
+        LLMEstimator(model="stand-in", base_url=server.base_url, use_cache=False, max_retries=0).estimate(PROMPT)
+
+
+def test_retry_recovers_and_batch_reports_each_row(endpoint, tmp_path):
+    server = endpoint([json.dumps(LEAKY_ANSWER), fenced(VALID_ANSWER)])
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, max_retries=1)
+    assert estimator.estimate_batch([PROMPT], [COMPLETION]) == [EXPECTED]
+    assert len(server.chat_requests) == 2
+
+
+def test_http_errors_are_clear_redacted_and_transient_ones_retried(endpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(llm_estimator, "TRANSIENT_RETRY_DELAYS", (0.0, 0.0))
+    server = endpoint([fenced(VALID_ANSWER)], status=[503, 429])
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path)
+    assert estimator.estimate(PROMPT, COMPLETION) == EXPECTED
+    server.statuses = [401]
+    with pytest.raises(EndpointError, match="HTTP 401.*environment variable OPENAI_API_KEY, which is set") as error:
+        estimator.estimate("Another row.", None)
+    assert API_KEY not in str(error.value) and "Bearer ***" in str(error.value)
+
+
+# --- local transformers backend --------------------------------------------------------------------------------
+
+
+def test_missing_local_model_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ConfigError, match=f"model directory '{missing}' does not exist"):
+        LLMEstimator(model=str(missing)).check_available()
+    with pytest.raises(ConfigError, match="needs `model`"):
+        LLMEstimator(model="")
+    with pytest.raises(ConfigError, match="max_retries"):
+        LLMEstimator(model="x", max_retries=-1)
+
+
+def test_local_model_garbage_is_reported_not_kept(tiny_model, tmp_path):
+    estimator = LLMEstimator(model=str(tiny_model), max_new_tokens=8, max_retries=1, batch_size=2, cache_dir=tmp_path)
+    estimator.check_available()
+    rows = [{"prompt": PROMPT, "completion": COMPLETION}, {"prompt": "Sally is a cat.", "completion": "Yes"}]
+    result = estimate_rows(estimator, rows, on_no_events="keep")
+    assert result.no_events == [0, 1]
+    assert result.templates == [EventTemplate(row["prompt"], row["completion"], {}) for row in rows]
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- configuration and registration ----------------------------------------------------------------------------
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRL_CAUSAL_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "events"
+    monkeypatch.delenv("TRL_CAUSAL_CACHE")
+    assert default_cache_dir().parts[-3:] == (".cache", "trl_causal", "events")
+
+
+def test_custom_prompt_file_changes_the_cache_key(tmp_path):
+    custom = tmp_path / "prompt.json"
+    custom.write_text(json.dumps({"system": "Abstract the events.", "examples": []}))
+    shipped = LLMEstimator(model="m", base_url="http://127.0.0.1:1/v1", use_cache=False)
+    own = LLMEstimator(model="m", base_url="http://127.0.0.1:1/v1", use_cache=False, prompt_file=custom)
+    assert shipped.cache_key(PROMPT, None) != own.cache_key(PROMPT, None)
+    with pytest.raises(ConfigError, match="prompt_file"):
+        LLMEstimator(model="m", base_url="http://127.0.0.1:1/v1", prompt_file=tmp_path / "missing.json")
+
+
+def test_llm_estimator_is_registered():
+    manager = PluginManager(autoload=False)
+    assert manager.get_event_estimator("llm") is LLMEstimator
+    assert manager.event_estimators.get("llm").distribution == "trl-causal"

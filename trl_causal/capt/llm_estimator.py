@@ -1,0 +1,489 @@
+"""The ``llm`` event estimator: an LLM rewrites each row into an event template (METHODS.md section 1, step 1).
+
+Backends: a local transformers causal LM (``model`` = a directory or hub id, greedy decoding, batched) or an
+OpenAI-compatible HTTP endpoint (``base_url`` + ``model``; the API key is read from the environment variable
+named by ``api_key_env`` and never logged, cached or put in an error message). The few-shot prompt ships in
+``prompts/event_estimation.json``. Every answer is parsed, validated (``EventTemplate.validate`` plus: the
+template, filled with its names, must give back the row's text) and, if invalid, asked again with the problem
+fed back, at most ``max_retries`` times. A row that still fails raises ``EventEstimationFailed``, a
+``NoEventsFound``, so ``estimate_rows`` counts it under ``on_no_events``. Valid answers are cached on disk.
+
+Importing this module imports neither torch nor transformers; the local backend loads them on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+from ..paths import cache_root
+from .events import EventEstimator, EventTemplate, NoEventsFound, TemplateError, parse_name_table
+from .morphology import plural_forms
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_PROMPT_FILE = "event_estimation.json"
+# Waits (seconds) before re-sending a chat request that got HTTP 429 or a 5xx answer.
+TRANSIENT_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0)
+_TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+_PLACEHOLDER_USE = re.compile(r"\{(e[1-9][0-9]*)\}(s\b)?")
+_CODE_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+
+Conversation = list[dict[str, str]]
+
+
+class EndpointError(ConfigError):
+    """The LLM endpoint cannot be reached, rejects the request, or answers something that is not a chat reply.
+    ``status`` is the HTTP status of an error answer, None when there was none."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class EventEstimationFailed(NoEventsFound, TemplateError):
+    """The LLM gave no valid template for a row within its retries. A ``NoEventsFound``, so ``estimate_rows``
+    counts the row (``on_no_events``) instead of keeping a wrong template."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Few-shot prompt, answers and their validation
+
+
+@dataclass(frozen=True)
+class FewShotPrompt:
+    """Instructions and worked examples (rows with their answers); ``version`` is a hash of the file's text."""
+
+    system: str
+    examples: list[dict[str, Any]]
+    version: str
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> FewShotPrompt:
+        """The shipped prompt, or a JSON file of the same shape: {"system": ..., "examples": [{"prompt",
+        "completion", "answer": {"prompt_template", "completion_template", "events"}}, ...]}."""
+        if path is None:
+            text = (resources.files(__package__) / "prompts" / DEFAULT_PROMPT_FILE).read_text(encoding="utf-8")
+        else:
+            file = Path(path).expanduser()
+            if not file.is_file():
+                raise ConfigError(f"The llm estimator's prompt_file {str(path)!r} does not exist.")
+            text = file.read_text(encoding="utf-8")
+        try:
+            content = json.loads(text)
+            system, examples = content["system"], content["examples"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ConfigError(
+                f"The llm estimator's prompt file must be a JSON object with 'system' and 'examples' ({error})."
+            ) from error
+        return cls(system, examples, hashlib.sha256(text.encode()).hexdigest()[:16])
+
+    def messages(self, prompt: str, completion: str | None) -> Conversation:
+        """The chat that asks for the template of one row."""
+        messages = [{"role": "system", "content": self.system}]
+        for example in self.examples:
+            messages.append({"role": "user", "content": row_message(example["prompt"], example["completion"])})
+            messages.append({"role": "assistant", "content": json.dumps(example["answer"], ensure_ascii=False)})
+        messages.append({"role": "user", "content": row_message(prompt, completion)})
+        return messages
+
+
+def row_message(prompt: str, completion: str | None) -> str:
+    """A row as the LLM sees it: a JSON object with its prompt and completion."""
+    return json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False)
+
+
+def parse_answer(text: str) -> dict[str, Any]:
+    """The first JSON object with a "prompt_template" key in an answer, inside a code fence or not, with any
+    text around it. ``TemplateError`` if there is none."""
+    decoder = json.JSONDecoder()
+    for candidate in [*_CODE_FENCE.findall(text), text]:
+        for start in (index for index, char in enumerate(candidate) if char == "{"):
+            try:
+                value, _ = decoder.raw_decode(candidate, start)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict) and "prompt_template" in value:
+                return value
+    raise TemplateError(
+        'the answer holds no JSON object {"prompt_template": ..., "completion_template": ..., "events": {...}}'
+    )
+
+
+def _text_pattern(template_text: str, names: Mapping[str, str]) -> re.Pattern[str]:
+    """A pattern of the texts that ``template_text`` stands for: each placeholder is its name (``{eN}s`` a plural
+    of it); case, runs of whitespace and the article a/an are free."""
+    pieces, last = [], 0
+
+    def literal(text: str) -> str:
+        tokens = re.split(r"(\s+)", text)
+        return "".join(r"\s+" if token.isspace() else "an?" if token.lower() in ("a", "an") else re.escape(token)
+                       for token in tokens if token)
+
+    for match in _PLACEHOLDER_USE.finditer(template_text):
+        name = names[match[1]]
+        forms = sorted(plural_forms(name) if match[2] else [name], key=len, reverse=True)
+        pieces += [literal(template_text[last : match.start()]), "(?:" + "|".join(map(re.escape, forms)) + ")"]
+        last = match.end()
+    pieces.append(literal(template_text[last:]))
+    return re.compile("".join(pieces), re.IGNORECASE)
+
+
+def template_from_answer(answer: Mapping[str, Any], prompt: str, completion: str | None) -> EventTemplate:
+    """The validated template of an answer for the row (``prompt``, ``completion``). Raises ``TemplateError``
+    (the reason is what the LLM is told on a retry), or ``NoEventsFound`` for a valid answer without events."""
+    prompt_template, completion_template = answer.get("prompt_template"), answer.get("completion_template")
+    if not isinstance(prompt_template, str):
+        raise TemplateError('"prompt_template" must be a string')
+    if completion is None:
+        completion_template = None
+    elif not isinstance(completion_template, str):
+        raise TemplateError('the row has a completion, so "completion_template" must be a string')
+    try:
+        names = parse_name_table(answer.get("events") or {})
+    except ValueError as error:
+        raise TemplateError(f'"events" must map e1, e2, ... to the original names ({error})') from error
+    template = EventTemplate(prompt_template, completion_template, names)
+    template.validate()
+    for field, text, original in (("prompt", prompt_template, prompt), ("completion", completion_template, completion)):
+        if text is not None and not _text_pattern(text.strip(), names).fullmatch(original.strip()):
+            raise TemplateError(
+                f"the {field} template, with each placeholder replaced by its name, is not the row's {field}: keep "
+                "every other word and sign of the row unchanged"
+            )
+    if not names:
+        raise NoEventsFound(f"The LLM found no event in the row. Prompt: {prompt[:200]!r}")
+    return template
+
+
+def _outcome(answer: Mapping[str, Any], prompt: str, completion: str | None) -> EventTemplate | NoEventsFound:
+    """``template_from_answer``, with a valid answer without events returned as its ``NoEventsFound``."""
+    try:
+        return template_from_answer(answer, prompt, completion)
+    except NoEventsFound as error:
+        return error
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backends
+
+
+class ChatBackend(Protocol):
+    """What the estimator needs of a model: a cache identity, an availability check, greedy chat replies."""
+
+    identity: str
+
+    def check_available(self) -> None: ...
+
+    def complete(self, conversations: Sequence[Conversation]) -> list[str]: ...
+
+
+class OpenAIChatBackend:
+    """An OpenAI-compatible server: POST ``{base_url}/chat/completions`` at temperature 0."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str, timeout: float, max_tokens: int):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.max_tokens = max_tokens
+        self.identity = f"openai-compatible {self.base_url} {model}"
+
+    def _api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+    def _redact(self, text: str) -> str:
+        key = self._api_key()
+        return text.replace(key, "***") if key else text
+
+    def _request(self, path: str, payload: dict[str, Any] | None, timeout: float) -> Any:
+        """The decoded JSON answer of a GET (no payload) or POST to ``{base_url}{path}``."""
+        url = self.base_url + path
+        headers = {"Accept": "application/json"}
+        if key := self._api_key():
+            headers["Authorization"] = f"Bearer {key}"
+        data = None
+        if payload is not None:
+            data = json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body = response.read()
+        except urllib.error.HTTPError as error:
+            detail = self._redact(error.read()[:300].decode(errors="replace"))
+            hint = ""
+            if error.code in (401, 403):
+                state = "is set" if self._api_key() else "is not set"
+                hint = f" The API key is read from the environment variable {self.api_key_env}, which {state}."
+            message = f"The LLM endpoint {url} answered HTTP {error.code}: {detail!r}.{hint}"
+            raise EndpointError(message, error.code) from None
+        except OSError as error:  # URLError (refused, unknown host), timeouts, resets
+            reason = getattr(error, "reason", error)
+            raise EndpointError(
+                f"Cannot reach the LLM endpoint {url}: {self._redact(str(reason))}. Check the llm estimator's base_url "
+                "and that the server is running."
+            ) from None
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError:
+            snippet = self._redact(body[:200].decode(errors="replace"))
+            raise EndpointError(f"The LLM endpoint {url} answered something that is not JSON: {snippet!r}.") from None
+
+    def check_available(self) -> None:
+        """GET ``{base_url}/models`` with a short timeout; warns if the model is not among those listed."""
+        try:
+            listing = self._request("/models", None, timeout=min(self.timeout, 10.0))
+        except EndpointError as error:
+            if error.status == 404:  # reachable; this server just lists no models
+                return
+            raise
+        served = [entry.get("id") for entry in listing.get("data", [])] if isinstance(listing, dict) else []
+        if served and self.model not in served:
+            logger.warning("The LLM endpoint %s does not list the model %r; it lists: %s", self.base_url, self.model,
+                           ", ".join(map(str, served[:20])))
+
+    def complete(self, conversations: Sequence[Conversation]) -> list[str]:
+        return [self._chat(conversation) for conversation in conversations]
+
+    def _chat(self, conversation: Conversation) -> str:
+        payload = {"model": self.model, "messages": conversation, "temperature": 0, "max_tokens": self.max_tokens}
+        for delay in (*TRANSIENT_RETRY_DELAYS, None):
+            try:
+                reply = self._request("/chat/completions", payload, timeout=self.timeout)
+                break
+            except EndpointError as error:
+                if delay is None or error.status not in _TRANSIENT_STATUSES:
+                    raise
+                time.sleep(delay)
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise EndpointError(
+                f"The LLM endpoint {self.base_url}/chat/completions answered without choices[0].message.content: "
+                f"{self._redact(json.dumps(reply)[:200])!r}."
+            ) from None
+
+
+class TransformersChatBackend:
+    """A local causal LM with a chat template: greedy decoding, left-padded batches, loaded on first use."""
+
+    def __init__(self, model: str, device: str | None, batch_size: int, max_new_tokens: int):
+        path = Path(model).expanduser()
+        self.model_id = str(path.resolve()) if path.is_dir() else model
+        self.device = device
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.identity = f"transformers {self.model_id}"
+        self._loaded: tuple[Any, Any] | None = None
+
+    def check_available(self) -> None:
+        """The model resolves: an existing directory, or a hub id in the local cache (or downloadable)."""
+        if self.model_id.startswith(("/", "./", "../", "~")) and not Path(self.model_id).expanduser().is_dir():
+            raise ConfigError(f"The llm estimator's model directory {self.model_id!r} does not exist.")
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(self.model_id)
+        except (OSError, ValueError) as error:
+            raise ConfigError(
+                f"The llm estimator's model {self.model_id!r} is neither a model directory nor a loadable hub id: "
+                f"{error}"
+            ) from error
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            self.check_available()
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.model_id, padding_side="left")
+            if not tokenizer.chat_template:
+                raise ConfigError(
+                    f"The llm estimator's model {self.model_id!r} has no chat template; use an instruction-tuned model."
+                )
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = AutoModelForCausalLM.from_pretrained(self.model_id, dtype="auto").to(device).eval()
+            self._loaded = (tokenizer, model)
+        return self._loaded
+
+    def complete(self, conversations: Sequence[Conversation]) -> list[str]:
+        import torch
+
+        tokenizer, model = self._load()
+        replies = []
+        for start in range(0, len(conversations), self.batch_size):
+            chunk = conversations[start : start + self.batch_size]
+            texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chunk]
+            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.inference_mode():
+                output = model.generate(
+                    **inputs, do_sample=False, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id
+                )
+            replies += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return replies
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Cache
+
+
+def default_cache_dir() -> Path:
+    """``<cache root>/events``: ``$TRL_CAUSAL_CACHE/events``, else ``~/.cache/trl_causal/events``."""
+    return cache_root() / "events"
+
+
+class AnswerCache:
+    """Valid answers as JSON files ``<directory>/<key>.json``; written atomically, so processes may share it."""
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self.directory = Path(directory).expanduser()
+
+    @staticmethod
+    def key(backend: str, prompt_version: str, prompt: str, completion: str | None) -> str:
+        """Hash of the backend's model identity, the few-shot prompt's version and the row."""
+        parts = {"backend": backend, "prompt_version": prompt_version, "prompt": prompt, "completion": completion}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The cached answer, or None if there is none (or the file is unreadable)."""
+        try:
+            answer = json.loads((self.directory / f"{key}.json").read_text(encoding="utf-8"))["answer"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return answer if isinstance(answer, dict) else None
+
+    def put(self, key: str, answer: Mapping[str, Any], backend: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=self.directory, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
+            json.dump({"backend": backend, "answer": answer}, tmp, ensure_ascii=False)
+        os.replace(tmp.name, self.directory / f"{key}.json")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The estimator
+
+
+class LLMEstimator(EventEstimator):
+    """Event templates written by an LLM, validated, retried with the problem fed back, cached on disk.
+
+    ``model``: a local directory or hub id (transformers backend), or the model name served at ``base_url``
+    (an OpenAI-compatible endpoint such as ``http://localhost:8000/v1``; the API key comes from the
+    environment variable named ``api_key_env``). ``max_retries``: extra attempts after an invalid answer.
+    ``batch_size`` and ``device``: local backend only; ``timeout`` (seconds): HTTP backend only.
+    ``cache_dir``: default ``default_cache_dir()``; ``use_cache=False`` turns the cache off. ``prompt_file``:
+    few-shot prompt of your own (shape of ``prompts/event_estimation.json``).
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        max_retries: int = 2,
+        max_new_tokens: int = 1024,
+        timeout: float = 60.0,
+        batch_size: int = 8,
+        device: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        use_cache: bool = True,
+        prompt_file: str | os.PathLike[str] | None = None,
+    ):
+        if not model:
+            raise ConfigError("The 'llm' event estimator needs `model`: a local model directory, a hub id, or the "
+                              "model name served at base_url.")
+        if max_retries < 0:
+            raise ConfigError(f"The llm estimator's max_retries is {max_retries}; use 0 or more.")
+        self.max_retries = max_retries
+        self.backend: ChatBackend = (
+            OpenAIChatBackend(base_url, model, api_key_env, timeout, max_new_tokens)
+            if base_url
+            else TransformersChatBackend(model, device, batch_size, max_new_tokens)
+        )
+        self.few_shot = FewShotPrompt.load(prompt_file)
+        self.cache = AnswerCache(cache_dir or default_cache_dir()) if use_cache else None
+
+    def check_available(self) -> None:
+        """Fail now, with the URL or path in the message, if the model cannot be used (call before training)."""
+        self.backend.check_available()
+
+    def estimate(
+        self, prompt: str, completion: str | None = None, *, row: Mapping[str, Any] | None = None
+    ) -> EventTemplate:
+        [outcome] = self.estimate_batch([prompt], [completion])
+        if isinstance(outcome, NoEventsFound):
+            raise outcome
+        return outcome
+
+    def estimate_batch(
+        self, prompts: Sequence[str], completions: Sequence[str | None] | None = None
+    ) -> list[EventTemplate | NoEventsFound]:
+        """Per row, its template or the ``NoEventsFound`` it fails with (``EventEstimationFailed`` when no
+        valid answer came within the retries). The rows still to answer go to the model together each round."""
+        completions = list(completions) if completions is not None else [None] * len(prompts)
+        keys = [self.cache_key(prompt, completion) for prompt, completion in zip(prompts, completions)]
+        outcomes: list[EventTemplate | NoEventsFound | None] = [None] * len(prompts)
+        pending = []
+        for index, key in enumerate(keys):
+            cached = self.cache.get(key) if self.cache is not None else None
+            if cached is not None:
+                try:
+                    outcomes[index] = _outcome(cached, prompts[index], completions[index])
+                    continue
+                except TemplateError:  # an entry that no longer validates is asked again
+                    pass
+            pending.append(index)
+        chats = {index: self.few_shot.messages(prompts[index], completions[index]) for index in pending}
+        problems: dict[int, tuple[str, str]] = {}  # row -> (last problem, last answer)
+        for _ in range(1 + self.max_retries):
+            if not pending:
+                break
+            replies = self.backend.complete([chats[index] for index in pending])
+            retry = []
+            for index, reply in zip(pending, replies):
+                try:
+                    answer = parse_answer(reply)
+                    outcomes[index] = _outcome(answer, prompts[index], completions[index])
+                except TemplateError as error:
+                    problems[index] = (str(error), reply)
+                    chats[index] = self.few_shot.messages(prompts[index], completions[index]) + [
+                        {"role": "assistant", "content": reply},
+                        {"role": "user", "content": f"That answer is invalid: {error}.\nAnswer again with the "
+                                                    "corrected JSON object only."},
+                    ]
+                    retry.append(index)
+                    continue
+                if self.cache is not None:
+                    self.cache.put(keys[index], answer, self.backend.identity)
+            pending = retry
+        for index in pending:
+            attempts = 1 + self.max_retries
+            problem, reply = problems[index]
+            outcomes[index] = EventEstimationFailed(
+                f"The LLM gave no valid event template in {attempts} attempt{'s' * (attempts > 1)}; last problem: "
+                f"{problem}. Prompt: {prompts[index][:200]!r}. Last answer: {reply[:200]!r}"
+            )
+            logger.warning("%s", outcomes[index])
+        return outcomes
+
+    def cache_key(self, prompt: str, completion: str | None) -> str:
+        """The cache key of a row for this backend and few-shot prompt."""
+        return AnswerCache.key(self.backend.identity, self.few_shot.version, prompt, completion)
