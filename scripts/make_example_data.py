@@ -6,27 +6,14 @@
 import json
 from pathlib import Path
 
-from trl_causal.capt.prontoqa import generate_prontoqa
+from trl_causal.capt.prontoqa import generate_prontoqa, to_chat_rows
 
 OUT = Path(__file__).resolve().parents[1] / "example_configs" / "data"
-INSTRUCTION = "\nAnswer with True or False."
-
-
-def conversational(row: dict) -> dict:
-    """Prompt/completion as chat messages, so the instruct model's chat template applies."""
-    return {
-        "prompt": [{"role": "user", "content": row["prompt"] + INSTRUCTION}],
-        "completion": [{"role": "assistant", "content": row["completion"]}],
-        "answer": row["answer"],
-        "split": row["split"],
-        "hops": row["hops"],
-        "events": row["events"],
-    }
 
 
 def write(name: str, rows: list[dict]) -> None:
     path = OUT / name
-    path.write_text("".join(json.dumps(conversational(row)) + "\n" for row in rows))
+    path.write_text("".join(json.dumps(row) + "\n" for row in to_chat_rows(rows)))
     print(f"wrote {len(rows)} rows to {path}")
 
 

@@ -22,6 +22,13 @@ def register_trainers(register):
         kind="reward",
         description="Plain TRL reward modelling on chosen/rejected pairs (the naive baseline).",
     )
+    register(
+        "capt",
+        trainer="trl_causal.trainer.capt_trainer:CAPTTrainer",
+        config="trl_causal.trainer.capt_config:CAPTConfig",
+        kind="sft",
+        description="CAPT-SFT: events estimated once, replaced by fresh random symbols every epoch (Gui & Ji 2025).",
+    )
 
 
 @hookimpl

@@ -48,6 +48,7 @@ from .prontoqa import (
     answer_from_claims,
     convert_prontoqa_rows,
     generate_prontoqa,
+    to_chat_rows,
     load_prontoqa_file,
     prontoqa_event_terms,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "convert_prontoqa_rows",
     "estimate_rows",
     "generate_prontoqa",
+    "to_chat_rows",
     "intervene",
     "load_cladder_file",
     "load_prontoqa_file",

@@ -456,3 +456,19 @@ def generate_prontoqa(
         )
         for index in range(n)
     ]
+
+
+CHAT_INSTRUCTION = "\nAnswer with True or False."
+
+
+def to_chat_rows(rows: Sequence[Mapping[str, Any]], instruction: str = CHAT_INSTRUCTION) -> list[dict[str, Any]]:
+    """Prompt/completion as chat messages (user: prompt + instruction; assistant: completion), so an
+    instruct model's chat template applies; keeps ``answer``, ``split``, ``hops`` and ``events``."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": row["prompt"] + instruction}],
+            "completion": [{"role": "assistant", "content": row["completion"]}],
+            **{key: row[key] for key in ("answer", "split", "hops", "events") if key in row},
+        }
+        for row in rows
+    ]

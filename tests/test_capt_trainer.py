@@ -1,0 +1,244 @@
+"""The capt trainer on the tiny model: fresh symbols per epoch through the real dataloader, one mapping per row,
+completion-only loss, row formats, exact gradient accumulation, LoRA through the CLI, inference, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState
+from trl import SFTConfig, SFTTrainer
+
+from conftest import base_config, run_cli, write_config, write_jsonl
+from trl_causal import CAPTConfig, CAPTTrainer, cli
+from trl_causal.capt import NoEventsFound, PoolExhaustedError, generate_prontoqa
+from trl_causal.errors import ConfigError
+from trl_causal.train import SUMMARY_FILE
+from trl_causal.trainer.capt_trainer import InterventionEpochCallback, RowTokenizer, part_text
+
+PROBLEM_ID = re.compile(r"Problem (\d+)\.")
+
+
+def prontoqa_rows(n: int = 4, fmt: str = "text") -> list[dict]:
+    """PrOntoQA rows with reasoning completions (which repeat the prompt's events), numbered "Problem i."."""
+    rows = []
+    for i, row in enumerate(generate_prontoqa(n, "id", hops=[1, 2, 3], target="reasoning", seed=3)):
+        prompt, completion = f"Problem {i}.\n{row['prompt']}", row["completion"]
+        user, assistant = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
+        if fmt == "messages":
+            rows.append({"messages": user + assistant})
+        elif fmt == "conversational":
+            rows.append({"prompt": user, "completion": assistant, "answer": row["answer"], "events": row["events"]})
+        else:
+            rows.append({"prompt": prompt, "completion": "\n" + completion, "answer": row["answer"], "events": row["events"]})
+    return rows
+
+
+def capt_args(tmp_path, **overrides) -> CAPTConfig:
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        max_steps=1,
+        learning_rate=1.0e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=0,
+    )
+    values.update(overrides)
+    return CAPTConfig(**values)
+
+
+def make_trainer(tiny_model, tmp_path, rows, **overrides) -> CAPTTrainer:
+    args = capt_args(tmp_path, **overrides)
+    return CAPTTrainer(model=str(tiny_model), args=args, train_dataset=datasets.Dataset.from_list(rows))
+
+
+def names_in(text: str, names: list[str]) -> list[str]:
+    return [name for name in names if re.search(rf"\b{re.escape(name)}s?\b", text)]
+
+
+def test_direct_use_trains_and_each_epoch_draws_fresh_symbols_that_the_seed_reproduces(tiny_model, tmp_path):
+    rows = prontoqa_rows(4)
+    trainer = make_trainer(tiny_model, tmp_path, rows, per_device_train_batch_size=4, max_steps=-1, num_train_epochs=3)
+    tokenizer = trainer.processing_class
+    collate, seen = trainer.data_collator, []  # what the collator produced, batch by batch (one batch per epoch)
+
+    def recording_collator(examples):
+        batch = collate(examples)
+        texts = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        seen.append({int(PROBLEM_ID.search(text)[1]): text for text in texts})
+        return batch
+
+    trainer.data_collator = recording_collator
+    assert trainer.train().global_step == 3 and len(seen) == 3
+    for problem, row in enumerate(rows):
+        texts = [epoch[problem] for epoch in seen]
+        assert len(set(texts)) == 3, texts  # new symbols every epoch
+        assert not any(names_in(text, row["events"]) for text in texts)
+
+    again = make_trainer(tiny_model, tmp_path, rows)  # same seed: the same symbols, epoch by epoch
+    for epoch, texts in enumerate(seen):
+        again.train_dataset.set_epoch(epoch)
+        for index in range(len(rows)):
+            text = tokenizer.decode(again.train_dataset[index]["input_ids"], skip_special_tokens=True)
+            assert text == texts[int(PROBLEM_ID.search(text)[1])]
+
+    other_seed = make_trainer(tiny_model, tmp_path, rows, intervention_seed=1)
+    assert other_seed.train_dataset.render(0) != again.train_dataset.render(0)
+
+    # A run resumed in the middle of epoch 2 draws the symbols of epoch 2.
+    InterventionEpochCallback(again.train_dataset).on_epoch_begin(again.args, TrainerState(epoch=2.5), TrainerControl())
+    assert again.train_dataset.draw == 2
+
+
+@pytest.mark.parametrize("fmt", ["text", "conversational", "messages"])
+def test_prompt_and_completion_of_a_row_share_one_mapping(tiny_model, tmp_path, fmt):
+    dataset = make_trainer(tiny_model, tmp_path, prontoqa_rows(4, fmt)).train_dataset
+    for index in range(len(dataset)):
+        template = dataset.interventions.templates[index]
+        mapping = dataset.interventions.intervene(index, dataset.draw).mapping
+        prompt, completion = (part_text(part) for part in dataset.render(index))
+        used_in_completion = re.findall(r"\{(e\d+)\}", template.completion)
+        assert used_in_completion, template.completion
+        for key in used_in_completion:
+            assert re.search(rf"\b{mapping[key]}\b", prompt) and re.search(rf"\b{mapping[key]}\b", completion)
+        assert not names_in(prompt + completion, list(template.names.values()))
+
+
+@pytest.mark.parametrize("fmt", ["text", "conversational", "messages"])
+def test_loss_covers_the_completion_only_unless_capt_prompt_loss(tiny_model, tmp_path, fmt):
+    rows = prontoqa_rows(2, fmt)
+    default = make_trainer(tiny_model, tmp_path, rows).train_dataset
+    item = default[0]
+    _, completion = default.render(0)
+    start = next(i for i, label in enumerate(item["labels"]) if label != -100)
+    assert start > 0 and set(item["labels"][:start]) == {-100}
+    assert item["labels"][start:] == item["input_ids"][start:]
+    learned = default.tokenize.tokenizer.decode(item["labels"][start:], skip_special_tokens=True)
+    assert learned.strip() == part_text(completion).strip()
+
+    with_prompt = make_trainer(tiny_model, tmp_path, rows, capt_prompt_loss=True).train_dataset[0]
+    assert with_prompt["labels"] == with_prompt["input_ids"] == item["input_ids"]
+
+
+@pytest.mark.parametrize("fmt", ["text", "conversational"])
+@pytest.mark.parametrize("max_length", [None, 200])  # 200 truncates the longer row
+def test_rows_are_tokenized_as_sft_trainer_does(tiny_model, tmp_path, fmt, max_length):
+    rows = prontoqa_rows(2, fmt)
+    sft = SFTTrainer(
+        model=str(tiny_model),
+        args=SFTConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to="none", max_length=max_length),
+        train_dataset=datasets.Dataset.from_list(rows),
+    )
+    tokenize = RowTokenizer(sft.processing_class, max_length=max_length)
+    assert len(sft.train_dataset) == len(rows)
+    for row, prepared in zip(rows, sft.train_dataset):
+        expected = {"input_ids": prepared["input_ids"], "labels": prepared["labels"]}
+        assert tokenize(row["prompt"], row["completion"]) == expected
+
+
+def test_loss_is_exact_under_gradient_accumulation(tiny_model, tmp_path):
+    rows = prontoqa_rows(2)  # completions of different lengths
+
+    def trained_weights(**overrides):
+        trainer = make_trainer(tiny_model, tmp_path, rows, optim="sgd", learning_rate=1.0, **overrides)
+        trainer.train()
+        return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+    one_batch = trained_weights(per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    accumulated = trained_weights(per_device_train_batch_size=1, gradient_accumulation_steps=2)
+    for name, weight in one_batch.items():
+        torch.testing.assert_close(accumulated[name], weight, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pipeline(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", prontoqa_rows(4, "conversational"))
+    test = write_jsonl(tmp_path / "test.jsonl", prontoqa_rows(4, "conversational"))
+    config = {"trainer": "capt", **base_config(tiny_model, data, tmp_path / "out")}
+    config.update(use_peft=True, lora_r=4, lora_alpha=8, symbol_pool="nonsense", event_estimator="prontoqa")
+    path = write_config(tmp_path / "cfg.yaml", config)
+
+    result = run_cli("train", "--config", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trl-causal capt: events estimated with 'prontoqa' on 4 training rows, 0 without events" in result.stdout
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["trainer"] == "capt" and summary["steps"] == 2
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+    assert cli.main(["eval", "--config", str(path), "--split", f"test={test}"]) == 0  # reloads the adapter
+    report = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert report["results"]["capt"]["splits"]["test"]["n"] == 4
+
+
+def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model, tmp_path):
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    rows = prontoqa_rows(2, "text") + prontoqa_rows(2, "conversational")
+    predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), model, tokenizer, ["True", "False"])
+    prompts = predictor.prepare_prompts(rows)
+    assert prompts == predictor.prepare_prompts(rows)
+    assert isinstance(prompts[0], str) and prompts[2][0]["role"] == "user"
+    for row, prompt in zip(rows, prompts):
+        assert not names_in(part_text(prompt), row["events"])
+        assert PROBLEM_ID.search(part_text(prompt))  # the rest of the text is kept
+    assert set(predictor.predict(rows)) <= {"True", "False"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: one clear error each
+
+
+def test_unknown_estimator_suggests_the_closest_registered_one(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"event_estimator: Unknown event estimator 'prontoq'\. Did you mean 'prontoqa'"):
+        capt_args(tmp_path, event_estimator="prontoq")
+    values = {"trainer": "capt", **base_config(tmp_path, tmp_path / "d.jsonl", tmp_path), "event_estimator": "vocabluary"}
+    config = write_config(tmp_path / "cfg.yaml", values)
+    assert cli.main(["train", "--config", str(config)]) == 2
+    assert "Did you mean 'vocabulary'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"event_estimator": "vocabulary", "event_estimator_kwargs": {"term": ["cat"]}}, "it takes: terms, terms_file"),
+        ({"event_estimator_kwargs": '["not", "a", "mapping"]'}, "event_estimator_kwargs must be a mapping"),
+        ({"symbol_pool": "leters"}, "symbol_pool: Unknown symbol pool 'leters'. Did you mean 'letters'"),
+        ({"on_no_events": "skip"}, "on_no_events is 'skip'"),
+        ({"completion_only_loss": False}, "contradicts capt_prompt_loss=False"),
+        ({"packing": True}, "packing=True is not supported"),
+    ],
+)
+def test_invalid_settings_name_the_field(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        capt_args(tmp_path, **overrides)
+
+
+def test_missing_vocabulary_terms_file_fails_before_the_model_loads(tmp_path):
+    options = {"terms_file": str(tmp_path / "terms.txt")}
+    with pytest.raises(ConfigError, match=r"terms file .*terms\.txt' does not exist"):
+        make_trainer(tmp_path / "no-model", tmp_path, prontoqa_rows(2), event_estimator="vocabulary", event_estimator_kwargs=options)
+
+
+def test_row_with_more_events_than_the_pool_names_the_row(tmp_path):
+    with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'user' symbol pool has 3 symbols"):
+        make_trainer(tmp_path / "no-model", tmp_path, prontoqa_rows(2), symbol_pool=["X", "Y", "Z"])
+
+
+def test_rows_without_events_fail_keep_or_drop_by_on_no_events(tiny_model, tmp_path, capsys):
+    rows = prontoqa_rows(3)
+    rows.insert(1, {"prompt": "Hello there.", "completion": " Hi.", "answer": "True", "events": []})
+    with pytest.raises(NoEventsFound, match=r"Row 1: No PrOntoQA sentence"):
+        make_trainer(tmp_path / "no-model", tmp_path, rows, on_no_events="error")
+
+    kept = make_trainer(tiny_model, tmp_path, rows).train_dataset
+    assert len(kept) == 4 and kept.no_events == [1] and kept.render(1) == ("Hello there.", " Hi.")
+    assert "1 without events (kept unchanged)" in capsys.readouterr().out
+    dropped = make_trainer(tiny_model, tmp_path, rows, on_no_events="drop").train_dataset
+    assert len(dropped) == 3 and dropped.row_indices == [0, 2, 3]

@@ -1,0 +1,394 @@
+"""CAPT-SFT (METHODS.md section 1): SFT on rows whose events get fresh random symbols at every draw.
+
+Before training every row is estimated once into an ``EventTemplate`` (``trl_causal.capt``). The training set
+becomes an ``InterventionDataset``: row ``i`` read during epoch ``d`` is rendered with the symbols of
+``RowInterventions(seed).intervene(i, d)`` and tokenized right then, so every epoch sees new symbols, the same seed
+gives the same symbols, and nothing but the templates is stored. The epoch comes from the trainer state
+(``InterventionEpochCallback``), so a resumed run draws what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import torch
+from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers.utils import logging
+from trl import SFTTrainer
+from trl.data_utils import common_prefix_length
+
+from ..capt import (
+    EstimatedRows,
+    EventEstimator,
+    PoolExhaustedError,
+    RowInterventions,
+    build_symbol_pool,
+    estimate_rows,
+)
+from ..errors import ConfigError, DataError
+from ..evaluation import LMPredictor, Prompt
+from .capt_config import CAPTConfig
+
+logger = logging.get_logger(__name__)
+
+# Joins the contents of a message list into one text for estimation; splits the rendered text back.
+MESSAGE_SEPARATOR = "\n\x1e\n"
+
+
+def split_row(row: dict[str, Any], text_field: str = "text") -> tuple[Prompt, Prompt | None]:
+    """(prompt, completion) of a TRL SFT row: ``prompt``/``completion`` (texts or message lists); ``messages``
+    (the messages before the last one, and the last one, which must be the assistant's); or ``text_field``
+    (completion None: the loss covers the whole text)."""
+    if row.get("prompt") is not None:
+        return row["prompt"], row.get("completion")
+    if row.get("messages") is not None:
+        messages = row["messages"]
+        if not messages or messages[-1].get("role") != "assistant":
+            raise DataError(
+                "A `messages` row must end with an assistant message (the completion); this one ends with "
+                f"{messages[-1].get('role') if messages else 'nothing'!r}."
+            )
+        return messages[:-1], messages[-1:]
+    if row.get(text_field) is not None:
+        return row[text_field], None
+    raise DataError(
+        f"The row has none of prompt+completion, messages or {text_field!r}; it has: {', '.join(sorted(row))}."
+    )
+
+
+def part_text(part: Prompt) -> str:
+    """A prompt or completion as one text: a message list's contents joined by ``MESSAGE_SEPARATOR``."""
+    if isinstance(part, str):
+        return part
+    contents = [message.get("content") for message in part]
+    if not all(isinstance(content, str) for content in contents):
+        raise DataError("The capt trainer reads messages whose content is text; this row has non-text message content.")
+    return MESSAGE_SEPARATOR.join(contents)
+
+
+def with_text(part: Prompt, text: str) -> Prompt:
+    """``part`` with its text replaced by ``text`` (the inverse of ``part_text``)."""
+    if isinstance(part, str):
+        return text
+    contents = text.split(MESSAGE_SEPARATOR)
+    if len(contents) != len(part):
+        raise DataError(
+            f"A rendered template has {len(contents)} message parts for {len(part)} messages: the event estimator must "
+            "keep the separator between messages (and no message may contain it)."
+        )
+    return [{**message, "content": content} for message, content in zip(part, contents)]
+
+
+@dataclass
+class RowTokenizer:
+    """Tokenizes a rendered row as ``SFTTrainer`` prepares one: the chat template for message lists, EOS after a
+    text completion, labels -100 on the prompt unless ``prompt_loss``, truncation to ``max_length``."""
+
+    tokenizer: PreTrainedTokenizerBase
+    prompt_loss: bool = False
+    max_length: int | None = None
+    truncation_mode: str = "keep_start"
+
+    def ids(self, part: Prompt, **chat_kwargs) -> list[int]:
+        if isinstance(part, str):
+            return self.tokenizer(text=part)["input_ids"]
+        encoded = self.tokenizer.apply_chat_template(part, tokenize=True, return_dict=True, **chat_kwargs)
+        return encoded["input_ids"]
+
+    def with_eos(self, text: str) -> str:
+        eos = self.tokenizer.eos_token
+        return text if text.endswith(eos) else text + eos
+
+    def __call__(self, prompt: Prompt, completion: Prompt | None) -> dict[str, list[int]]:
+        if completion is None:  # language modeling: loss on every token
+            input_ids = self.ids(prompt if isinstance(prompt, list) else self.with_eos(prompt))
+            labels = list(input_ids)
+        else:
+            if isinstance(completion, str):
+                completion = self.with_eos(completion)
+            prompt_ids = self.ids(prompt, add_generation_prompt=True)
+            input_ids = self.ids(prompt + completion)
+            start = common_prefix_length(prompt_ids, input_ids)  # where the completion starts, as in TRL
+            labels = list(input_ids) if self.prompt_loss else [-100] * start + input_ids[start:]
+        if self.max_length is not None:
+            kept = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
+            input_ids, labels = input_ids[kept], labels[kept]
+        return {"input_ids": input_ids, "labels": labels}
+
+
+class InterventionDataset(torch.utils.data.Dataset):
+    """SFT rows whose events get the symbols of draw ``draw``, tokenized on access.
+
+    Item ``k`` is row ``estimated.row_indices[k]`` of ``rows`` rendered with ``interventions.intervene(k, draw)``:
+    one mapping for its prompt and completion. Memory: the rows and their templates, O(rows).
+    """
+
+    column_names = ("input_ids", "labels")  # what an item holds (read by TRL's dataset checks)
+
+    def __init__(
+        self,
+        rows: datasets.Dataset,
+        estimated: EstimatedRows,
+        interventions: RowInterventions,
+        tokenize: RowTokenizer,
+        text_field: str = "text",
+        draw: int = 0,
+    ):
+        self.rows = rows
+        self.row_indices = estimated.row_indices
+        self.no_events = estimated.no_events
+        self.interventions = interventions
+        self.tokenize = tokenize
+        self.text_field = text_field
+        self.draw = draw
+
+    def __len__(self) -> int:
+        return len(self.row_indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the symbols of draw ``epoch`` from now on."""
+        self.draw = int(epoch)
+
+    def render(self, index: int) -> tuple[Prompt, Prompt | None]:
+        """Item ``index``'s prompt and completion, in the row's own format, with the symbols of the current draw."""
+        prompt, completion = split_row(self.rows[self.row_indices[index]], self.text_field)
+        result = self.interventions.intervene(index, self.draw)
+        completion = None if completion is None else with_text(completion, result.completion)
+        return with_text(prompt, result.prompt), completion
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.tokenize(*self.render(index))
+
+
+class InterventionEpochCallback(TrainerCallback):
+    """Gives the training rows the symbols of the current epoch, read from the trainer state (so a resumed run
+    continues with the draws an uninterrupted one would use)."""
+
+    def __init__(self, dataset: InterventionDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch))
+
+
+def estimate_dataset(
+    estimator: EventEstimator,
+    rows: datasets.Dataset,
+    *,
+    on_no_events: str = "keep",
+    text_field: str = "text",
+    desc: str = "Estimating events",
+    disable_progress: bool = False,
+) -> EstimatedRows:
+    """Estimate every row once: prompt and completion texts (message contents joined) into one template."""
+    from tqdm.auto import tqdm
+
+    def texts():
+        for index, row in enumerate(rows):
+            try:
+                prompt, completion = split_row(row, text_field)
+                completion_text = None if completion is None else part_text(completion)
+                yield {**row, "prompt": part_text(prompt), "completion": completion_text}
+            except DataError as error:
+                raise DataError(f"Row {index}: {error}") from error
+
+    progress = tqdm(texts(), total=len(rows), desc=desc, disable=disable_progress)
+    return estimate_rows(estimator, progress, on_no_events=on_no_events)
+
+
+def check_interventions(interventions: RowInterventions, row_indices: Sequence[int]) -> None:
+    """Intervene every row once, so that a row the symbol pool cannot serve fails now, naming the row, not in the
+    middle of training. (A list pool's usable symbols do not depend on the draw, so one draw tells.)"""
+    for index, row_index in enumerate(row_indices):
+        try:
+            interventions.intervene(index, 0)
+        except PoolExhaustedError as error:
+            raise PoolExhaustedError(f"Row {row_index}: {error}") from error
+
+
+class CAPTTrainer(SFTTrainer):
+    """``trl.SFTTrainer`` for causality-aware post-training (CAPT-SFT).
+
+    Takes the same keyword arguments as ``SFTTrainer`` and a ``CAPTConfig``. Training rows (prompt/completion texts
+    or message lists, ``messages``, or ``text``; a map-style ``datasets.Dataset``) are estimated once, then rendered
+    with fresh symbols every epoch and tokenized when drawn. Evaluation rows are intervened with the fixed draw 0.
+    The loss is TRL's, divided by the loss tokens of the whole accumulated batch (exact under gradient accumulation).
+    """
+
+    _tag_names = ["trl", "sft", "trl-causal", "capt"]
+    _name = "CAPT"
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model, args: CAPTConfig | None = None, *, train_dataset=None, eval_dataset=None, **kwargs):
+        args = self._capt_config(model, args)
+        if kwargs.get("formatting_func") is not None:
+            raise ConfigError(
+                "The capt trainer renders rows itself and takes no formatting_func; pass prompt/completion, messages "
+                "or text rows."
+            )
+        if eval_dataset is None:
+            eval_datasets = {}
+        else:
+            eval_datasets = dict(eval_dataset) if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        for name, dataset in {"train": train_dataset, **eval_datasets}.items():
+            if not isinstance(dataset, datasets.Dataset):
+                raise DataError(
+                    f"The capt trainer needs the {name} rows as a map-style datasets.Dataset (it estimates every row "
+                    f"before training), not {type(dataset).__name__}."
+                )
+        # Everything about the data is settled before the model loads, so bad rows fail fast.
+        self.event_estimator = args.build_event_estimator()
+        show_progress = args.process_index == 0 and not args.disable_tqdm
+        train_estimated = self._estimate(args, train_dataset, "training", show_progress)
+        self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
+        train_interventions = self._interventions(args, train_estimated)
+        eval_plans = {key: self._plan_eval(args, rows, f"evaluation {key!r}") for key, rows in eval_datasets.items()}
+
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        # TRL's compute_loss divides by `num_items_in_batch`: have the Trainer always count it.
+        self.model_accepts_loss_kwargs = True
+        if not isinstance(self.processing_class, PreTrainedTokenizerBase):
+            raise ConfigError("The capt trainer supports text models: processing_class must be a tokenizer.")
+        self.row_tokenizer = RowTokenizer(
+            self.processing_class, args.capt_prompt_loss, args.max_length, args.truncation_mode
+        )
+        self.train_dataset = self._intervention_dataset(train_dataset, train_estimated, train_interventions)
+        if eval_plans:
+            wrapped = {key: self._intervention_dataset(eval_datasets[key], *plan) for key, plan in eval_plans.items()}
+            self.eval_dataset = wrapped if isinstance(eval_dataset, dict) else wrapped["eval"]
+        self.add_callback(InterventionEpochCallback(self.train_dataset))
+        if self.accelerator.is_main_process:
+            self._report(self.train_dataset, len(train_dataset))
+
+    @staticmethod
+    def _capt_config(model, args) -> CAPTConfig:
+        if isinstance(args, CAPTConfig):
+            return args
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            return CAPTConfig(f"{str(name).split('/')[-1]}-CAPT")
+        accepted = {f.name for f in dataclasses.fields(CAPTConfig) if f.init}
+        return CAPTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name in accepted})
+
+    def _estimate(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
+        return estimate_dataset(
+            self.event_estimator,
+            rows,
+            on_no_events=args.on_no_events,
+            text_field=args.dataset_text_field,
+            desc=f"Estimating events ({split} rows, {args.event_estimator!r})",
+            disable_progress=not progress,
+        )
+
+    def _interventions(self, args: CAPTConfig, estimated: EstimatedRows) -> RowInterventions:
+        interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed)
+        check_interventions(interventions, estimated.row_indices)
+        return interventions
+
+    def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str):
+        """Estimate the rows of an evaluation split and check that the (training rows') pool serves them."""
+        estimated = self._estimate(args, rows, split)
+        return estimated, self._interventions(args, estimated)
+
+    def _intervention_dataset(self, rows, estimated: EstimatedRows, interventions: RowInterventions):
+        return InterventionDataset(rows, estimated, interventions, self.row_tokenizer, self.args.dataset_text_field)
+
+    def _intervene_eval(self, eval_dataset):
+        """Raw evaluation rows (a dataset or a dict of them) as intervention datasets with the fixed draw 0."""
+        if isinstance(eval_dataset, dict):
+            return {key: self._intervene_eval(dataset) for key, dataset in eval_dataset.items()}
+        if not isinstance(eval_dataset, datasets.Dataset):  # None, a name, or already intervened
+            return eval_dataset
+        return self._intervention_dataset(eval_dataset, *self._plan_eval(self.args, eval_dataset, "evaluation"))
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """``SFTTrainer.evaluate``; raw rows passed here are intervened like the evaluation rows given at init."""
+        return super().evaluate(self._intervene_eval(eval_dataset), ignore_keys, metric_key_prefix)
+
+    def _report(self, dataset: InterventionDataset, rows: int, examples: int = 2) -> None:
+        """Print the rows without events and a few intervened rows (main process)."""
+        args = self.args
+        fate = "dropped" if args.on_no_events == "drop" else "kept unchanged"
+        self.accelerator.print(
+            f"trl-causal capt: events estimated with {args.event_estimator!r} on {rows} training rows, "
+            f"{len(dataset.no_events)} without events ({fate}); symbol pool {self.symbol_pool.name!r}, "
+            f"intervention seed {args.intervention_seed}."
+        )
+        if dataset.no_events:
+            shown = ", ".join(map(str, dataset.no_events[:10])) + (", ..." if len(dataset.no_events) > 10 else "")
+            logger.warning(
+                f"{len(dataset.no_events)} of {rows} training rows have no event that the {args.event_estimator!r} "
+                f"estimator recognises (rows {shown}); they are {fate}. Check event_estimator and "
+                "event_estimator_kwargs."
+            )
+        for index in range(min(examples, len(dataset))):
+            prompt, completion = dataset.render(index)
+            text = part_text(prompt) + ("" if completion is None else " => " + part_text(completion))
+            shown = text.replace(MESSAGE_SEPARATOR, " | ")[:400]
+            self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {shown!r}")
+
+    @classmethod
+    def build_predictor(
+        cls, args: CAPTConfig, model, tokenizer, answers: Sequence[str], mode: str = "score", checkpoint_dir=None, **kwargs
+    ) -> CAPTPredictor:
+        """The ``CAPTPredictor`` configured like ``args``; ``checkpoint_dir`` is not read (the pipeline is the
+        config's). ``kwargs`` go to ``CAPTPredictor`` (batch_size, max_new_tokens, prompt_column)."""
+        return CAPTPredictor(
+            model,
+            tokenizer,
+            answers,
+            mode=mode,
+            estimator=args.build_event_estimator(),
+            symbol_pool=args.symbol_pool,
+            seed=args.intervention_seed,
+            on_no_events=args.on_no_events,
+            **kwargs,
+        )
+
+
+class CAPTPredictor(LMPredictor):
+    """``LMPredictor`` with CAPT's inference pipeline: events are estimated on each prompt alone and replaced by
+    symbols (seeded: row ``k`` of a ``predict`` call uses draw 0 of ``RowInterventions(seed)``), then decoded.
+
+    ``symbol_pool="pool"`` takes the names of the other rows of the same call. A prompt without events is kept
+    unchanged unless ``on_no_events="error"``.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        answers: Sequence[str],
+        mode: str = "score",
+        batch_size: int = 16,
+        max_new_tokens: int = 128,
+        prompt_column: str = "prompt",
+        *,
+        estimator: EventEstimator,
+        symbol_pool: str | Sequence[str] = "letters",
+        seed: int = 0,
+        on_no_events: str = "keep",
+    ):
+        super().__init__(model, tokenizer, answers, mode, batch_size, max_new_tokens, prompt_column)
+        self.estimator = estimator
+        self.symbol_pool = symbol_pool
+        self.seed = seed
+        self.on_no_events = on_no_events
+
+    def prepare_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
+        """Each row's prompt, in its own format, with its events (estimated on the prompt alone) replaced by symbols."""
+        prompts = [row[self.prompt_column] for row in rows]
+        estimated = estimate_rows(
+            self.estimator,
+            ({**row, "prompt": part_text(prompt)} for row, prompt in zip(rows, prompts)),
+            completion_column=None,
+            on_no_events="error" if self.on_no_events == "error" else "keep",  # a test row is never dropped
+        )
+        pool = build_symbol_pool(self.symbol_pool, estimated.templates)
+        interventions = RowInterventions(estimated.templates, pool, self.seed)
+        return [with_text(prompt, interventions.intervene(index, 0).prompt) for index, prompt in enumerate(prompts)]
+
