@@ -112,6 +112,12 @@ def cli(argv: list[str] | None = None) -> int:
     except TrlCausalError as error:
         print(f"trl-causal: error: {error}", file=sys.stderr)
         return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every rank has passed the final barrier and saved. Exit now: tearing down DDP's reducer can block
+        # forever in ProcessGroupGloo's destructor once a peer process has already exited (seen with torch 2.13).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
