@@ -12,6 +12,19 @@ from trl_causal.plugins import PluginManager
 from trl_causal.train import SUMMARY_FILE
 
 ROWS_BY_KIND = {"sft": sft_rows, "reward": reward_rows}
+
+
+def observational_rows():
+    from trl_causal.deconfound import simulate_observational_texts
+
+    columns = simulate_observational_texts(n=40, group_size=4, seed=0)
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+# Trainers whose rows or settings differ from their kind's defaults: (rows, extra config).
+TRAINER_SETUPS = {
+    "deconfounded_reward": (observational_rows, {"numeric_confounders": ["confounder"], "feature_source": "tfidf", "n_folds": 3}),
+}
 AUTO_CLASS_BY_KIND = {"sft": "AutoModelForCausalLM", "reward": "AutoModelForSequenceClassification"}
 BUILTIN_TRAINERS = [spec for spec in PluginManager(autoload=False).trainers]
 
@@ -28,7 +41,8 @@ def train(tmp_path, tiny_model, trainer, rows, *cli_args, env=None, **overrides)
 def test_every_builtin_trainer_trains_and_saves_a_reloadable_checkpoint(spec, tmp_path, tiny_model):
     import transformers
 
-    summary, result = train(tmp_path, tiny_model, spec.name, ROWS_BY_KIND[spec.kind]())
+    rows, extra = TRAINER_SETUPS.get(spec.name, (ROWS_BY_KIND[spec.kind], {}))
+    summary, result = train(tmp_path, tiny_model, spec.name, rows(), **extra)
     assert summary["trainer"] == spec.name and summary["steps"] == 2
     assert "checkpoint saved to" in result.stdout
     model = getattr(transformers, AUTO_CLASS_BY_KIND[spec.kind]).from_pretrained(tmp_path / "out")

@@ -16,10 +16,13 @@ _LAZY = {
     "HeadsMixin": "trl_causal.trainer",
     "CAPTConfig": "trl_causal.trainer.capt_config",
     "CAPTTrainer": "trl_causal.trainer.capt_trainer",
+    "CAPTPredictor": "trl_causal.trainer.capt_trainer",
     "DeconfoundedRewardConfig": "trl_causal.trainer.deconfounded_reward_config",
     "DeconfoundedRewardTrainer": "trl_causal.trainer.deconfounded_reward_trainer",
     "LatentShiftConfig": "trl_causal.trainer.latent_shift_config",
     "LatentShiftTrainer": "trl_causal.trainer.latent_shift_trainer",
+    "LatentShiftPredictor": "trl_causal.trainer.latent_shift_trainer",
+    "LMPredictor": "trl_causal.evaluation",
 }
 
 

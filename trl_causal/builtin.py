@@ -23,6 +23,21 @@ def register_trainers(register):
         description="Plain TRL reward modelling on chosen/rejected pairs (the naive baseline).",
     )
     register(
+        "deconfounded_reward",
+        trainer="trl_causal.trainer.deconfounded_reward_trainer:DeconfoundedRewardTrainer",
+        config="trl_causal.trainer.deconfounded_reward_config:DeconfoundedRewardConfig",
+        kind="reward",
+        description="DeconfoundLM: reward model on observational outcomes with the confounders' causal effect "
+        "partialled out (Loghmani 2025).",
+    )
+    register(
+        "latent_shift",
+        trainer="trl_causal.trainer.latent_shift_trainer:LatentShiftTrainer",
+        config="trl_causal.trainer.latent_shift_config:LatentShiftConfig",
+        kind="sft",
+        description="Latent-shift adjusted SFT: causal + adjusted heads, prediction mixes in other inputs' low-level features.",
+    )
+    register(
         "capt",
         trainer="trl_causal.trainer.capt_trainer:CAPTTrainer",
         config="trl_causal.trainer.capt_config:CAPTConfig",

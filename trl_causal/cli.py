@@ -1,4 +1,4 @@
-"""The ``trl-causal`` command: ``train``, ``eval``, ``list``, ``download-model``."""
+"""The ``trl-causal`` command: ``train``, ``eval``, ``list``, ``dpo-pairs``, ``download-model``."""
 
 from __future__ import annotations
 
@@ -48,15 +48,15 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
 
     from .configuration import parse_run_config
     from .data import check_columns, load_run_datasets
-    from .train import required_columns
+    from .train import column_sets, required_columns
 
     run = parse_run_config(rest, args.config)
     # Check the data here, before any process starts or any model loads.
     train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, run.training_args.eval_strategy != "no")
-    needed = required_columns(run)
-    check_columns(train_dataset, run.trainer.kind, needed, "training split")
+    needed, text_columns = required_columns(run), column_sets(run)
+    check_columns(train_dataset, run.trainer.kind, needed, "training split", text_columns)
     if eval_dataset is not None:
-        check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split")
+        check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split", text_columns)
 
     script_args = ["--trainer", run.trainer.name] + (["--config", args.config] if args.config else []) + run.script_argv
     launch_args = launch_command_parser().parse_args(run.launch_args + ["--module", "trl_causal.train"] + script_args)
@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max_rows", type=int, help="evaluate at most this many rows per split")
     evaluate.add_argument("--batch_size", type=int, default=16)
     evaluate.add_argument("--output", help="JSON results file (default: CHECKPOINT/eval_results.json)")
+    pairs = commands.add_parser(
+        "dpo-pairs",
+        help="DPO preference pairs (prompt/chosen/rejected) ranked by the deconfounded outcome, within groups",
+        epilog="Further `--key value` settings of the deconfounded_reward trainer win over the YAML, e.g. `--mode naive` "
+        "ranks by the raw outcome.",
+    )
+    pairs.add_argument("--config", required=True, help="YAML of the deconfounded_reward trainer (data, columns, group_column)")
+    pairs.add_argument("--output", required=True, help="JSON lines file to write")
     download = commands.add_parser("download-model", help="fetch and convert an embedded model; prints its path")
     download.add_argument("name", help="embedded model name, e.g. smollm2-135m-instruct")
     download.add_argument("--cache-dir", help="where to keep converted models (default: $TRL_CAUSAL_CACHE/models, else ~/.cache/trl_causal/models)")
@@ -172,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(parser.train_parser.format_help())
                 return 0 if ("--help" in rest or "-h" in rest) else 2
             return _command_train(args, rest)
+        if args.command == "dpo-pairs":
+            from .deconfound.pairs import write_dpo_pairs
+
+            write_dpo_pairs(args.config, args.output, rest)
+            return 0
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "list":

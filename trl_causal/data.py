@@ -67,11 +67,16 @@ def load_run_datasets(script_args: Any, dataset_args: Any, need_eval: bool):
     return train, test
 
 
-def check_columns(dataset, kind: str, required: tuple[str, ...] = (), source: str = "dataset") -> None:
-    """Fail early when a split lacks the columns a trainer needs, saying which ones exist."""
+def check_columns(
+    dataset, kind: str, required: tuple[str, ...] = (), source: str = "dataset", column_sets: tuple[tuple[str, ...], ...] | None = None
+) -> None:
+    """Fail early when a split lacks the columns a trainer needs, saying which ones exist.
+
+    One of ``column_sets`` (default: the text columns of the trainer's kind) must be present, and all of ``required``.
+    """
     columns = set(dataset.column_names or [])
     missing = [c for c in required if c not in columns]
-    candidates = KIND_COLUMN_SETS[kind]
+    candidates = column_sets if column_sets is not None else KIND_COLUMN_SETS[kind]
     if not any(set(option) <= columns for option in candidates):
         wanted = " or ".join("+".join(option) for option in candidates)
         missing.insert(0, wanted)

@@ -55,16 +55,22 @@ def required_columns(run: RunConfig) -> tuple[str, ...]:
     return tuple(hook(run.training_args)) if hook else ()
 
 
+def column_sets(run: RunConfig) -> tuple[tuple[str, ...], ...] | None:
+    """Text columns the trainer reads instead of its kind's (``trainer_cls.column_sets(args)``: one set must be present)."""
+    hook = getattr(run.trainer.trainer_class, "column_sets", None)
+    return tuple(tuple(option) for option in hook(run.training_args)) if hook else None
+
+
 def main(run: RunConfig) -> dict:
     """Load data, check it, train, save, and print a short summary; returns the summary."""
     start = time.time()
     training_args = run.training_args
     need_eval = training_args.eval_strategy != "no"
     train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, need_eval)
-    needed = required_columns(run)
-    check_columns(train_dataset, run.trainer.kind, needed, "training split")
+    needed, text_columns = required_columns(run), column_sets(run)
+    check_columns(train_dataset, run.trainer.kind, needed, "training split", text_columns)
     if eval_dataset is not None:
-        check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split")
+        check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split", text_columns)
 
     trainer = build_trainer(run, train_dataset, eval_dataset)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -1,0 +1,336 @@
+"""The deconfounded_reward trainer on the tiny model: CLI run, theta on simulated data, objectives and modes, exact
+gradient accumulation, DPO pairs, loading as a reward model in GRPO, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from conftest import base_config, run_cli, write_config, write_jsonl
+from trl_causal import DeconfoundedRewardConfig, DeconfoundedRewardTrainer, cli, train
+from trl_causal.deconfound import WeakInstrumentWarning, partial_out, simulate_observational_texts
+from trl_causal.deconfound.features import hidden_state_features, tfidf_features
+from trl_causal.errors import ConfigError
+from trl_causal.trainer.deconfounded_reward_trainer import REPORT_FILE
+
+DECONFOUND = {"numeric_confounders": ["confounder"], "group_column": "group", "feature_source": "tfidf", "n_folds": 3}
+
+
+def observational_rows(n: int = 120, prompt_completion: bool = False, **simulation) -> list[dict]:
+    """Simulated rows (groups of 4 sharing a prompt); as prompt + completion rows when asked."""
+    data = simulate_observational_texts(n=n, group_size=4, **simulation)
+    rows = [dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)]
+    if prompt_completion:
+        rows = [{**{k: v for k, v in row.items() if k != "text"}, "completion": " " + row["text"]} for row in rows]
+    return rows
+
+
+def reward_args(tmp_path: Path, **overrides) -> DeconfoundedRewardConfig:
+    settings = base_config(Path("unused"), Path("unused"), tmp_path / "out")
+    del settings["model_name_or_path"], settings["dataset_name"]
+    return DeconfoundedRewardConfig(**{**settings, **DECONFOUND, **overrides})
+
+
+def build_trainer(tiny_model, tmp_path, rows, **overrides) -> DeconfoundedRewardTrainer:
+    return DeconfoundedRewardTrainer(
+        model=str(tiny_model), args=reward_args(tmp_path, **overrides), train_dataset=Dataset.from_list(rows)
+    )
+
+
+def cli_config(tmp_path, tiny_model, rows, **overrides) -> Path:
+    data = write_jsonl(tmp_path / "observational.jsonl", rows)
+    config = {
+        "trainer": "deconfounded_reward",
+        **base_config(tiny_model, data, tmp_path / "out"),
+        **DECONFOUND,
+        **overrides,
+    }
+    return write_config(tmp_path / "cfg.yaml", config)
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, tiny_model) -> Path:
+    """`trl-causal train` with LoRA: the final checkpoint holds merged weights."""
+    tmp_path = tmp_path_factory.mktemp("deconfounded")
+    config = cli_config(
+        tmp_path, tiny_model, observational_rows(), use_peft=True, lora_r=4, lora_target_modules=["q_proj", "v_proj"]
+    )
+    result = run_cli("train", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "theta[confounder]" in result.stdout
+    return tmp_path / "out"
+
+
+def test_cli_writes_a_single_logit_classifier_and_the_report(trained_checkpoint):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model, info = AutoModelForSequenceClassification.from_pretrained(trained_checkpoint, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.num_labels == 1 and not (trained_checkpoint / "adapter_config.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(trained_checkpoint)
+    assert model(**tokenizer(["Good food.", "Bad food."], return_tensors="pt", padding=True)).logits.shape == (2, 1)
+    report = json.loads((trained_checkpoint / REPORT_FILE).read_text())
+    effect = report["deconfounding"]["effects"]["confounder"]
+    assert effect["ci_low"] < effect["theta"] < effect["ci_high"] and effect["se"] > 0
+    assert report["mode"] == "deconfounded" and report["rows"]["used"] == 120
+
+
+def test_checkpoint_is_the_reward_model_of_a_grpo_run(trained_checkpoint, tiny_model, tmp_path):
+    from trl import GRPOConfig, GRPOTrainer
+
+    prompts = Dataset.from_dict({"prompt": ["Write a headline about coffee.", "Write a headline about cats."] * 2})
+    args = GRPOConfig(
+        tmp_path / "grpo",
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+    )
+    trainer = GRPOTrainer(model=str(tiny_model), reward_funcs=str(trained_checkpoint), args=args, train_dataset=prompts)
+    trainer.train()
+    assert f"rewards/{trained_checkpoint.name}/mean" in trainer.state.log_history[0]
+
+
+def test_theta_close_to_gamma_with_tfidf_features_and_targets_lose_the_confounder(tiny_model, tmp_path):
+    rows = observational_rows(n=1200, gamma=1.0, seed=0)
+    trainer = build_trainer(tiny_model, tmp_path, rows, n_folds=5)
+    effect = trainer.report["deconfounding"]["effects"]["confounder"]
+    assert abs(effect["theta"] - 1.0) < 0.1 and effect["ci_low"] <= 1.0 <= effect["ci_high"]
+    target = np.array(trainer.train_dataset["target"])
+    assert abs(target.mean()) < 1e-6 and abs(target.std() - 1) < 1e-6
+    f, confounder, outcome = (np.array([row[key] for row in rows]) for key in ("f", "confounder", "outcome"))
+    deconfounded = (
+        target * trainer.report["target"]["std"] + trainer.report["target"]["mean"]
+    )  # r~ - f = (gamma - theta) C + e
+    assert abs(np.corrcoef(deconfounded - f, confounder)[0, 1]) < 0.1 < 0.5 < np.corrcoef(outcome - f, confounder)[0, 1]
+    assert (tmp_path / "out" / REPORT_FILE).is_file()
+
+
+@pytest.mark.parametrize(
+    "mode, objective",
+    [("deconfounded", "pairwise"), ("naive", "regression"), ("covariate", "pairwise"), ("invariance", "regression")],
+)
+def test_modes_and_objectives_train_and_save_a_plain_checkpoint(mode, objective, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    trainer = build_trainer(
+        tiny_model,
+        tmp_path,
+        observational_rows(),
+        mode=mode,
+        objective=objective,
+        feature_source="model",  # used by mode deconfounded only
+        feature_cache_dir=str(tmp_path / "features"),
+        gradient_accumulation_steps=2,
+        **({"margin_scale": 0.5} if objective == "pairwise" else {}),
+    )
+    columns = trainer.train_dataset.column_names
+    assert ("chosen_ids" in columns and "margin" in columns) if objective == "pairwise" else ("target" in columns)
+    if objective == "pairwise":
+        assert len(trainer.train_dataset) <= 30 * 6  # within-group pairs only: 30 groups of 4
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    assert np.isfinite(logs["loss"]) and ("accuracy" in logs) == (objective == "pairwise")
+    assert ("confounder_corr2" in logs) == (mode == "invariance")
+    assert (trainer.report["deconfounding"] is None) == (mode != "deconfounded")
+    trainer.save_model(str(tmp_path / "saved"))
+    assert not any("trl_causal_heads" in key for key in load_file(tmp_path / "saved" / "model.safetensors"))
+    report = json.loads((tmp_path / "saved" / REPORT_FILE).read_text())
+    if mode == "covariate":  # the head on C is trained, reported, and not part of the reward model
+        assert report["covariate_head"]["confounder"] != 0.0
+
+
+def test_model_features_are_masked_means_cached_by_backbone_and_tokens(tiny_model, tmp_path):
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    backbone = AutoModel.from_pretrained(tiny_model)
+    sequences = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    phi = hidden_state_features(backbone, sequences, pad_token_id=0, batch_size=2, cache_dir=tmp_path, progress=False)
+    with torch.no_grad():
+        expected = backbone(input_ids=torch.tensor([sequences[1]])).last_hidden_state.mean(dim=1)[0].numpy()
+    np.testing.assert_allclose(phi[1], expected, atol=1e-5)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)  # same backbone
+    np.testing.assert_array_equal(
+        hidden_state_features(classifier, sequences, 0, cache_dir=tmp_path, progress=False), phi
+    )
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_evaluation_rows_get_targets_from_the_training_theta(tiny_model, tmp_path):
+    rows = observational_rows(n=160, seed=2)
+    trainer = DeconfoundedRewardTrainer(
+        model=str(tiny_model),
+        args=reward_args(tmp_path),
+        train_dataset=Dataset.from_list(rows[:120]),
+        eval_dataset=Dataset.from_list(rows[120:]),
+    )
+    outcome, confounder = (np.array([row[key] for row in rows[120:]]) for key in ("outcome", "confounder"))
+    targets = trainer.targets
+    expected = (
+        outcome - targets.result.theta[0] * (confounder - targets.result.confounder_mean[0]) - targets.mean
+    ) / targets.std
+    np.testing.assert_allclose(trainer.eval_dataset["target"], expected, rtol=1e-6)
+    assert np.isfinite(trainer.evaluate()["eval_loss"])
+
+
+def test_gradient_accumulation_gives_the_gradient_of_one_large_batch(tiny_model, tmp_path):
+    """One SGD step on 4 rows equals two accumulated micro-batches of 2 rows (same rows: same sampler seed)."""
+    rows = observational_rows()
+
+    def weights_after_one_step(batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
+        trainer = build_trainer(
+            tiny_model,
+            tmp_path / f"{batch_size}x{accumulation}",
+            rows,
+            optim="sgd",
+            learning_rate=0.5,
+            max_steps=1,
+            lr_scheduler_type="constant",
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+        )
+        trainer.train()
+        return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+    large, accumulated = weights_after_one_step(4, 1), weights_after_one_step(2, 2)
+    for name, value in large.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_dpo_pairs_are_ranked_by_the_deconfounded_outcome_within_groups(tiny_model, tmp_path, capsys):
+    rows = observational_rows(n=200, prompt_completion=True, seed=1)
+    config = cli_config(tmp_path, tiny_model, rows, text_column=None, n_folds=5)
+    for mode in ("deconfounded", "naive"):
+        output = tmp_path / f"pairs_{mode}.jsonl"
+        assert cli.main(["dpo-pairs", "--config", str(config), "--output", str(output), "--mode", mode]) == 0
+        pairs = [json.loads(line) for line in output.read_text().splitlines()]
+        outcome = np.array([row["outcome"] for row in rows])
+        if mode == "deconfounded":  # r~ = Y - theta (C - mean C), theta from the same cross-fitting
+            confounder = np.array([row["confounder"] for row in rows])
+            texts = [row["prompt"] + row["completion"] for row in rows]
+            result = partial_out(
+                outcome,
+                confounder,
+                tfidf_features(texts),
+                n_folds=5,
+                seed=0,
+                groups=[row["group"] for row in rows],
+                progress=False,
+            )
+            score = result.deconfounded_outcome
+        else:
+            score = outcome
+        by_completion = {
+            row["completion"]: (row["group"], row["prompt"], s) for row, s in zip(rows, score, strict=True)
+        }
+        assert len(pairs) == 50 * 6  # every pair of the 4 rows of each of 50 groups
+        for pair in pairs:
+            (group, prompt, chosen), (other_group, _, rejected) = (
+                by_completion[pair["chosen"]],
+                by_completion[pair["rejected"]],
+            )
+            assert group == other_group and pair["prompt"] == prompt
+            assert chosen > rejected and pair["score_chosen"] > pair["score_rejected"]
+    assert "ranked by the raw outcome" in capsys.readouterr().out
+
+
+# --- bad input: one line from the training script, before the model loads where the data alone decides --------
+
+
+def train_fails_with(capsys, config: Path, *fragments: str) -> str:
+    code = train.cli(["--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("trl-causal: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_outcome_column_fails_before_launch(tmp_path, tiny_model, capsys):
+    config = cli_config(tmp_path, tiny_model, observational_rows(), outcome_column="clicks")
+    assert cli.main(["train", "--config", str(config)]) == 2
+    assert "lacks the columns this trainer needs: clicks" in capsys.readouterr().err
+
+
+def test_non_numeric_outcome(tmp_path, tiny_model, capsys):
+    rows = [dict(row, outcome="high" if row["outcome"] > 0 else "low") for row in observational_rows()]
+    train_fails_with(
+        capsys, cli_config(tmp_path, tiny_model, rows), "outcome column 'outcome'", "must be numeric; row 0 holds"
+    )
+
+
+def test_missing_values_through_trl_causal_train_are_counted_in_one_line(tmp_path, tiny_model):
+    rows = observational_rows()
+    for row, column in ((3, "outcome"), (8, "outcome"), (11, "confounder")):
+        rows[row][column] = None
+    result = run_cli("train", "--config", str(cli_config(tmp_path, tiny_model, rows)))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("trl-causal: error:")]
+    assert len(error) == 1, result.stderr[-3000:]
+    for fragment in (
+        "3 of 120 rows",
+        "'outcome': 2 (rows [3, 8])",
+        "'confounder': 1 (rows [11])",
+        "drop_invalid: true",
+    ):
+        assert fragment in error[0]
+
+
+def test_drop_invalid_drops_and_counts_nan_and_inf_rows(tiny_model, tmp_path):
+    rows = observational_rows()
+    rows[2]["outcome"], rows[5]["confounder"] = float("inf"), float("nan")
+    trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
+    assert trainer.report["rows"] == {"used": 118, "dropped_invalid": 2, "dropped_longer_than_max_length": 0}
+
+
+def test_confounder_without_variance(tmp_path, tiny_model, capsys):
+    rows = [dict(row, confounder=1.0) for row in observational_rows()]
+    train_fails_with(capsys, cli_config(tmp_path, tiny_model, rows), "'confounder'", "no variance")
+
+
+def test_confounder_that_the_text_determines_suggests_an_instrument(tmp_path, tiny_model, capsys):
+    rows = observational_rows(n=200)
+    topics = sorted({row["text"].split(":")[0] for row in rows})
+    rows = [dict(row, confounder=float(topics.index(row["text"].split(":")[0]))) for row in rows]  # the topic's number
+    config = cli_config(tmp_path, tiny_model, rows, group_column=None, n_folds=5)
+    train_fails_with(capsys, config, "'confounder'", "function of the text", "instrument")
+
+
+def test_weak_instrument_warns_with_the_first_stage_f(tiny_model, tmp_path):
+    rows = observational_rows(n=400, instrument_strength=0.02, hidden_confounding=1.0, seed=3)
+    with pytest.warns(WeakInstrumentWarning, match=r"first-stage F = \d+\.\d\d < 10"):
+        trainer = build_trainer(tiny_model, tmp_path, rows, instrument_columns="instrument")
+    assert trainer.report["deconfounding"]["method"] == "partialling_out_iv"
+
+
+def test_fewer_rows_than_folds(tmp_path, tiny_model, capsys):
+    train_fails_with(
+        capsys,
+        cli_config(tmp_path, tiny_model, observational_rows()[:3], group_column=None, n_folds=5),
+        "Only 3 rows for n_folds=5",
+    )
+
+
+def test_singleton_groups_under_pairwise(tmp_path, tiny_model, capsys):
+    rows = [dict(row, group=i // 2 if i < 100 else i) for i, row in enumerate(observational_rows())]
+    train_fails_with(
+        capsys, cli_config(tmp_path, tiny_model, rows, objective="pairwise"), "20 of 70 groups have a single row"
+    )
+
+
+def test_pairwise_needs_a_group_column(tmp_path):
+    with pytest.raises(ConfigError, match="set group_column"):
+        reward_args(tmp_path, objective="pairwise", group_column=None)

@@ -1,0 +1,259 @@
+"""The latent_shift trainer on the tiny model: CLI, loss terms, frozen views, resume, bad input, predictor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import base_config, run_cli, write_config, write_jsonl
+from trl_causal import cli
+from trl_causal.configuration import parse_run_config
+from trl_causal.errors import ConfigError, DataError
+from trl_causal.evaluation import LMPredictor
+from trl_causal.latent_shift import generate_shift_dataset, to_prompt_completion
+from trl_causal.train import SUMMARY_FILE
+from trl_causal.trainer.latent_shift_config import LatentShiftConfig
+from trl_causal.trainer.latent_shift_trainer import LATENT_SHIFT_FILE, LatentShiftPredictor, LatentShiftTrainer
+from trl_causal.trainer.mixins import HEADS_FILE
+
+ANSWERS = ["negative", "positive"]
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The tiny model is fastest on one thread when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def shift_rows(n: int = 8, agreement: float = 0.9, seed: int = 0) -> list[dict]:
+    """Prompt/completion rows of the shift benchmark with a short instruction."""
+    return to_prompt_completion(generate_shift_dataset(n, agreement, seed=seed), instruction="{text}\nSentiment:")
+
+
+def make_trainer(tiny_model, output_dir, rows=None, peft_config=None, **overrides) -> LatentShiftTrainer:
+    settings = dict(
+        output_dir=str(output_dir),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        seed=0,
+        n_patches=4,
+        label_column="label",
+    )
+    args = LatentShiftConfig(**{**settings, **overrides})
+    dataset = Dataset.from_list(rows if rows is not None else shift_rows())
+    return LatentShiftTrainer(model=str(tiny_model), args=args, train_dataset=dataset, peft_config=peft_config)
+
+
+def step_logs(trainer) -> list[dict]:
+    return [log for log in trainer.state.log_history if "loss" in log]
+
+
+@pytest.mark.slow
+def test_cli_trains_with_lora_on_two_processes_saves_the_heads_and_evaluates(tiny_model, tmp_path):
+    """`trl-causal train` with 2-process DDP over gloo: the frozen forward (adapters disabled, no grad) and the heads
+    run through the wrapped model; the checkpoints hold the heads; `trl-causal eval` uses the adjusted predictor."""
+    data = write_jsonl(tmp_path / "train.jsonl", shift_rows(16))
+    test = write_jsonl(tmp_path / "test.jsonl", shift_rows(6, agreement=0.1, seed=1))
+    out = tmp_path / "out"
+    settings = base_config(
+        tiny_model, data, out, save_strategy="steps", save_steps=1, num_processes=2, multi_gpu=True, main_process_port=29533
+    )
+    lora = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **settings, **lora, "n_patches": 4})
+    result = run_cli("train", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / SUMMARY_FILE).read_text())["world_size"] == 2
+    for directory in (out / "checkpoint-1", out):
+        assert set(load_file(directory / HEADS_FILE)) >= {"memory_bank.vectors", "adjusted_head.mlp.0.weight"}
+        assert json.loads((directory / LATENT_SHIFT_FILE).read_text())["verbalizer"] == dict(zip(ANSWERS, ANSWERS))
+    assert (out / "adapter_model.safetensors").is_file()
+
+    assert cli.main(["eval", "--config", str(config), "--split", f"shift_10={test}", "--answer_column", "label"]) == 0
+    report = json.loads((out / "eval_results.json").read_text())
+    assert report["results"]["latent_shift"]["splits"]["shift_10"]["n"] == 6
+
+
+def weight_deltas_after_one_sgd_step(tiny_model, output_dir, batch_size, accumulation) -> dict[str, torch.Tensor]:
+    trainer = make_trainer(
+        tiny_model,
+        output_dir,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=1.0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        adjustment="shuffle_test",  # with per-example entropies, every term is a mean over rows
+        entropy_mode="per_example",
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    return {name: before[name] - p.detach() for name, p in trainer.model.named_parameters()}
+
+
+def test_gradient_accumulation_2x2_equals_batch_4(tiny_model, tmp_path):
+    accumulated = weight_deltas_after_one_sgd_step(tiny_model, tmp_path / "ga", batch_size=2, accumulation=2)
+    full = weight_deltas_after_one_sgd_step(tiny_model, tmp_path / "full", batch_size=4, accumulation=1)
+    assert any(delta.abs().max() > 1e-4 for name, delta in full.items() if "trl_causal_heads" in name)
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("view", ["adapters", "reference"])
+def test_frozen_view_stays_the_pretrained_model(tiny_model, tmp_path, view):
+    peft_config = LoraConfig(**LORA) if view == "adapters" else None
+    trainer = make_trainer(tiny_model, tmp_path, peft_config=peft_config, max_steps=2, frozen_view=view)
+    assert (trainer.reference_model is None) == (view == "adapters")
+    frozen = trainer.model if trainer.reference_model is None else trainer.reference_model
+    frozen_weights = {n: p.detach().clone() for n, p in frozen.named_parameters() if "lora_" not in n and "trl_causal_heads" not in n}
+    trainer.train()
+    assert all(torch.equal(frozen_weights[n], p) for n, p in frozen.named_parameters() if n in frozen_weights)
+
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 8, 9]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    pretrained = AutoModelForCausalLM.from_pretrained(tiny_model)(**inputs, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(trainer._frozen_last_hidden(trainer.model, inputs), pretrained.detach())
+    with torch.no_grad():
+        trained = trainer.model(**inputs, output_hidden_states=True).hidden_states[-1]
+    assert not torch.allclose(trained, pretrained), "training changed nothing, so the test proves nothing"
+
+
+def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_path):
+    settings = dict(max_steps=2, gradient_accumulation_steps=2, save_strategy="steps", save_steps=1)
+    rows = shift_rows(16)  # 4 rows per batch: the derangement is a random draw
+    straight = make_trainer(tiny_model, tmp_path / "straight", rows=rows, **settings)
+    straight.train()
+    resumed = make_trainer(tiny_model, tmp_path / "resumed", rows=rows, **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1"))
+    last_straight, last_resumed = step_logs(straight)[-1], step_logs(resumed)[-1]
+    for key in ("loss", "loss_sft", "loss_causal", "loss_adj"):
+        assert last_resumed[key] == pytest.approx(last_straight[key], rel=1e-5), key
+    resumed_state = resumed.heads.state_dict()
+    for name, value in straight.heads.state_dict().items():
+        torch.testing.assert_close(resumed_state[name], value, msg=name)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "label_column, source", [("label", "column 'label'"), (None, "its completion")], ids=["label-column", "completion"]
+)
+def test_label_outside_the_verbalizer_names_the_row(tiny_model, tmp_path, label_column, source):
+    rows = shift_rows()
+    rows[3].update(label="neutral", completion=" neutral")
+    verbalizer = {"pos": "positive", "neg": "negative"} if label_column is None else {"positive": "positive", "negative": "negative"}
+    labels = ", ".join(map(repr, verbalizer))
+    with pytest.raises(DataError, match=rf"Row 3 of the training split has label 'neutral' \({source}\).*{labels}"):
+        make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=verbalizer, label_column=label_column)
+
+
+@pytest.mark.parametrize(
+    "verbalizer, problem",
+    [
+        ({"positive": "True", "negative": "True story"}, r"the tokens of 'True' \[\d+\] are a prefix of those of 'True story'"),
+        ({"positive": "positive", "negative": "possible"}, r"both start with the token 'Ġ'"),
+    ],
+    ids=["prefix", "first-token"],
+)
+def test_colliding_verbalizer_answers_are_rejected(tiny_model, tmp_path, verbalizer, problem):
+    with pytest.raises(ConfigError, match=problem):
+        make_trainer(tiny_model, tmp_path, verbalizer=verbalizer)
+
+
+def test_batch_size_one_is_rejected_from_the_yaml(tiny_model, tmp_path):
+    settings = base_config(tiny_model, tmp_path / "data.jsonl", tmp_path / "out", per_device_train_batch_size=1)
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **settings})
+    with pytest.raises(ConfigError, match=r"per_device_train_batch_size=1: latent_shift needs at least 2 rows.*shuffle"):
+        parse_run_config([], str(config))
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"adjustment": "shuffle"}, "adjustment='shuffle'"),
+        ({"frozen_view": "copy"}, "frozen_view='copy'"),
+        ({"n_patches": 0}, "n_patches=0"),
+        ({"lambda_adj": -1.0}, "lambda_adj=-1.0"),
+        ({"verbalizer": "{not json"}, "verbalizer is not valid JSON"),
+        ({"verbalizer": {"a": "yes", "b": "yes"}}, "the same answer 'yes'"),
+        ({"verbalizer": {"positive": True, "negative": False}}, "holds a boolean: YAML reads unquoted yes/no"),
+        ({"completion_only_loss": False}, "completion_only_loss=False"),
+    ],
+)
+def test_bad_settings_name_the_field(tmp_path, overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        LatentShiftConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **overrides)
+
+
+def test_more_patches_than_prompt_tokens_fall_back_and_are_counted(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, tmp_path, n_patches=10_000, max_steps=2)
+    trainer.train()
+    assert [log["patch_fallback_rows"] for log in step_logs(trainer)] == [4, 8]
+
+
+def test_adapters_view_without_peft_is_rejected(tiny_model, tmp_path):
+    with pytest.raises(ConfigError, match=r"frozen_view='adapters'.*no PEFT adapters.*use_peft"):
+        make_trainer(tiny_model, tmp_path, frozen_view="adapters")
+
+
+# ---------------------------------------------------------------- prediction
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("latent_shift")
+    trainer = make_trainer(tiny_model, out, max_steps=2)
+    trainer.train()
+    trainer.save_model(str(out))
+    return trainer.args, out
+
+
+def test_predictor_is_deterministic_and_predicts_one_row_at_a_time_from_the_bank(trained_checkpoint):
+    args, out = trained_checkpoint
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    predictor = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out))
+    assert isinstance(predictor, LatentShiftPredictor) and isinstance(predictor, LMPredictor)
+    rows = shift_rows(6, agreement=0.1, seed=3)
+
+    probabilities = predictor.adjusted_probabilities(rows)
+    assert probabilities.shape == (6, 2)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(6))
+    assert torch.equal(predictor.adjusted_probabilities(rows), probabilities)
+    predictor.batch_size = 1
+    torch.testing.assert_close(predictor.adjusted_probabilities(rows), probabilities)
+    other_seed = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out), seed=1)
+    assert not torch.equal(other_seed.adjusted_probabilities(rows), probabilities)
+
+    adjusted, plain = predictor.predict_both(rows)
+    assert adjusted == [ANSWERS[i] for i in probabilities.argmax(1).tolist()]
+    assert plain == LMPredictor(model, tokenizer, ANSWERS).predict(rows)
+
+
+def test_batch_source_needs_two_rows_and_the_checkpoint_needs_its_heads(trained_checkpoint, tmp_path):
+    args, out = trained_checkpoint
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    predictor = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out), phi_source="batch")
+    assert predictor.adjusted_probabilities(shift_rows(4)).shape == (4, 2)
+    predictor.batch_size = 1
+    with pytest.raises(DataError, match="memory bank"):
+        predictor.adjusted_probabilities(shift_rows(2))
+    with pytest.raises(ConfigError, match=LATENT_SHIFT_FILE):
+        LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path))

@@ -1,0 +1,152 @@
+"""Preference pairs ranked by an outcome within groups: for pairwise reward training and for DPO data.
+
+``trl-causal dpo-pairs --config cfg.yaml --output pairs.jsonl`` writes, for the rows of the config's training split,
+every pair of rows of one group (``group_column``) whose standardised target t (the deconfounded outcome r~ by
+default; the raw outcome with ``--mode naive``) differs by more than ``min_pair_gap``, as TRL preference rows:
+``chosen`` / ``rejected`` (the texts, or the completions of ``prompt`` + ``completion`` rows), ``prompt`` when the
+rows have one, and ``score_chosen`` / ``score_rejected`` (their t).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+
+
+def check_pair_groups(groups: np.ndarray | None, what: str) -> None:
+    """Every group must have 2 rows or more (a pair compares rows of one group)."""
+    if groups is None:
+        raise ConfigError(f"{what}: pairs compare rows that share a context; set group_column.")
+    _, sizes = np.unique(groups, return_counts=True)
+    singletons = int((sizes == 1).sum())
+    if singletons:
+        raise DataError(
+            f"{what}: {singletons} of {len(sizes)} groups have a single row, and a pair needs 2 rows of one group. "
+            "Drop those rows, or choose a coarser group_column (or, for the reward model, use objective: regression)."
+        )
+
+
+def preference_pairs(
+    scores: Sequence[float] | np.ndarray, groups: np.ndarray | None, min_gap: float = 0.0, what: str = "pairs"
+) -> np.ndarray:
+    """(chosen i, rejected j) [m, 2]: every pair of rows of one group with s_i - s_j > ``min_gap``, group by group."""
+    scores = np.asarray(scores, dtype=float)
+    check_pair_groups(groups, what)
+    pairs = []
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        first, second = np.triu_indices(len(rows), k=1)
+        gap = scores[rows[first]] - scores[rows[second]]
+        pairs.append(np.column_stack([rows[first], rows[second]])[gap > min_gap])
+        pairs.append(np.column_stack([rows[second], rows[first]])[-gap > min_gap])
+    pairs = np.concatenate(pairs)
+    if not len(pairs):
+        raise DataError(f"{what}: no two rows of a group have targets more than min_pair_gap={min_gap} apart.")
+    return pairs
+
+
+def dpo_rows(
+    rows: Sequence[dict[str, Any]],
+    pairs: np.ndarray,
+    scores: np.ndarray,
+    text_column: str | None,
+    row_numbers: Sequence[int],
+) -> list[dict[str, Any]]:
+    """TRL preference rows: ``prompt`` (when the rows have one; both rows of a pair must share it), ``chosen``,
+    ``rejected`` (texts, or completions when ``text_column`` is None) and ``score_chosen`` / ``score_rejected``."""
+    answer = text_column or "completion"
+    out = []
+    for i, j in pairs:
+        chosen, rejected = rows[i], rows[j]
+        pair: dict[str, Any] = {}
+        if "prompt" in chosen:
+            if chosen["prompt"] != rejected["prompt"]:
+                raise DataError(
+                    f"Rows {row_numbers[i]} and {row_numbers[j]} share a group but not a prompt; a DPO pair needs one "
+                    "prompt. Choose a group_column whose groups share their prompt (e.g. `group_column: prompt`)."
+                )
+            pair["prompt"] = chosen["prompt"]
+        pair |= {
+            "chosen": chosen[answer],
+            "rejected": rejected[answer],
+            "score_chosen": float(scores[i]),
+            "score_rejected": float(scores[j]),
+        }
+        out.append(pair)
+    return out
+
+
+def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()) -> int:
+    """Write the DPO pairs of the config's training rows to ``output`` (JSON lines); returns the number of pairs.
+
+    ``overrides`` are ``--key value`` settings of the ``deconfounded_reward`` trainer that win over the YAML (e.g.
+    ``--mode naive`` ranks by the raw outcome). Targets are computed as the trainer computes them.
+    """
+    from ..configuration import parse_run_config
+    from ..data import load_run_datasets
+    from ..trainer.deconfounded_reward_trainer import read_observations, reward_targets, text_features
+
+    run = parse_run_config(["--trainer", "deconfounded_reward", *overrides], config_path)
+    args = run.training_args
+    if args.group_column is None:
+        raise ConfigError(
+            f"dpo-pairs compares rows that share a context: set group_column in {config_path} "
+            "(e.g. `group_column: prompt`)."
+        )
+    train, _ = load_run_datasets(run.script_args, run.dataset_args, need_eval=False)
+    observations = read_observations({"train": train}, args)["train"]
+    check_pair_groups(observations.groups, "dpo-pairs")
+    rows = train.select(observations.rows)
+
+    def features():
+        if args.feature_source == "tfidf":
+            return text_features(args, rows, [])
+        return _model_features(run, rows)
+
+    targets = reward_targets(observations, args, features)
+    scores = targets.of(observations)
+    pairs = preference_pairs(scores, observations.groups, args.min_pair_gap, "dpo-pairs")
+    lines = dpo_rows(rows.to_list(), pairs, scores, args.text_column, observations.rows)
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    effects = (targets.report["deconfounding"] or {}).get("effects", {})
+    ranked_by = (
+        "raw outcome"
+        if targets.result is None
+        else "deconfounded outcome ("
+        + ", ".join(f"theta[{name}] = {e['theta']:.4g}" for name, e in effects.items())
+        + ")"
+    )
+    print(f"trl-causal: wrote {len(lines)} DPO pairs from {len(rows)} rows ranked by the {ranked_by} to {path}")
+    return len(lines)
+
+
+def _model_features(run, rows):
+    """Pooled hidden states of the config's base model, as the trainer computes them (same tokens, same cache)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from ..embedded import resolve_model_name_or_path
+    from ..trainer.deconfounded_reward_trainer import text_features, tokenize_rows
+
+    args = run.training_args
+    path = resolve_model_name_or_path(run.model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=run.model_args.model_revision, trust_remote_code=args.trust_remote_code
+    )
+    if args.eos_token is not None:
+        tokenizer.eos_token = args.eos_token
+    dtype = run.model_args.dtype if run.model_args.dtype not in (None, "auto") else torch.float32
+    model = AutoModel.from_pretrained(
+        path, revision=run.model_args.model_revision, dtype=dtype, trust_remote_code=args.trust_remote_code
+    )
+    sequences = tokenize_rows(rows, args, tokenizer, "train")["input_ids"]
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return text_features(args, rows, sequences, model, pad_token_id)

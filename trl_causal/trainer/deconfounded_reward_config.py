@@ -1,0 +1,197 @@
+"""Configuration of the ``deconfounded_reward`` trainer (DeconfoundLM, METHODS.md section 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import RewardConfig
+
+from ..deconfound.confounders import TIMESTAMP_FEATURES
+from ..deconfound.partial_out import LEARNER_NAMES
+from ..errors import ConfigError
+
+MODES = ("deconfounded", "naive", "covariate", "invariance")
+OBJECTIVES = ("regression", "pairwise")
+FEATURE_SOURCES = ("model", "tfidf")
+_LIST_FIELDS = (
+    "numeric_confounders",
+    "categorical_confounders",
+    "timestamp_confounders",
+    "timestamp_features",
+    "instrument_columns",
+)
+
+
+@dataclass
+class DeconfoundedRewardConfig(RewardConfig):
+    r"""
+    [`~trl.RewardConfig`] plus the settings of a reward model trained on observational outcomes with the causal
+    effect of known confounders removed.
+
+    Rows hold a text (`text_column`, or TRL's `prompt` + `completion`), an outcome Y and confounders C. Before
+    training, theta is estimated by cross-fitted partialling out of the text features phi in
+    Y = theta'C + l(phi) + e (2SLS on the residuals when `instrument_columns` are given), and the reward model learns
+    the deconfounded outcome r~ = Y - theta'(C - mean C), standardised to mean 0 and variance 1.
+    The rows are tokenized by the trainer (the reward model scores `text + eos`, or the chat template of
+    `prompt + completion`); rows longer than `max_length` are dropped, as TRL's `RewardTrainer` drops pairs.
+    """
+
+    outcome_column: str = field(
+        default="outcome",
+        metadata={"help": "Column with the observed outcome Y (a number, or 0/1 such as a click)."},
+    )
+    text_column: str | None = field(
+        default="text",
+        metadata={
+            "help": "Column with the text the reward scores. Set to null to score TRL's `prompt` + `completion` "
+            "columns (plain texts or message lists)."
+        },
+    )
+    numeric_confounders: list[str] = field(
+        default_factory=list, metadata={"help": "Columns of numeric confounders (price, audience size, ...)."}
+    )
+    categorical_confounders: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Columns of categorical confounders (one-hot coded, first level as reference)."},
+    )
+    timestamp_confounders: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Columns of timestamps (ISO strings or epoch seconds), turned into `timestamp_features`."},
+    )
+    timestamp_features: list[str] = field(
+        default_factory=lambda: list(TIMESTAMP_FEATURES),
+        metadata={
+            "help": "Features derived from each timestamp column: weekday (one-hot), month (one-hot), trend (days "
+            "since the earliest row)."
+        },
+    )
+    instrument_columns: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Instrument columns Z that move the confounders but not the outcome directly; theta is then "
+            "estimated by partialling-out IV (at least one instrument per confounder column). A first-stage F below "
+            "10 gives a warning."
+        },
+    )
+    group_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column whose rows share a context (e.g. the prompt). Cross-fitting folds keep groups whole, "
+            "standard errors are cluster-robust, and `objective: pairwise` and DPO pairs compare rows of one group."
+        },
+    )
+    feature_source: str = field(
+        default="model",
+        metadata={
+            "help": "Text features phi for partialling out: model (mean-pooled last hidden states of the frozen base "
+            "model, cached on disk) or tfidf (TF-IDF of the words).",
+            "choices": list(FEATURE_SOURCES),
+        },
+    )
+    feature_batch_size: int = field(
+        default=32, metadata={"help": "Rows per forward pass when computing the model's text features."}
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of cached model features, keyed by model and token ids. Default: "
+            "$TRL_CAUSAL_CACHE/features, else ~/.cache/trl_causal/features."
+        },
+    )
+    n_folds: int = field(default=5, metadata={"help": "Cross-fitting folds K of the partialling out."})
+    outcome_learner: str = field(
+        default="ridge",
+        metadata={"help": "scikit-learn learner of E[Y|phi].", "choices": list(LEARNER_NAMES)},
+    )
+    confounder_learner: str = field(
+        default="ridge",
+        metadata={"help": "scikit-learn learner of E[C|phi] (and E[Z|phi]).", "choices": list(LEARNER_NAMES)},
+    )
+    objective: str = field(
+        default="regression",
+        metadata={
+            "help": "regression: MSE between the reward and the standardised target t. pairwise: Bradley-Terry loss "
+            "-log sigmoid(r_i - r_j - m_ij) on the pairs of rows of one group (`group_column`) with t_i > t_j.",
+            "choices": list(OBJECTIVES),
+        },
+    )
+    margin_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "pairwise: margin m_ij = margin_scale * (t_i - t_j) in the Bradley-Terry loss (TRL's `margin`). "
+            "None: no margin."
+        },
+    )
+    min_pair_gap: float = field(
+        default=0.0,
+        metadata={
+            "help": "pairwise and DPO pairs: only rows whose standardised targets differ by more than this pair."
+        },
+    )
+    mode: str = field(
+        default="deconfounded",
+        metadata={
+            "help": "deconfounded: learn r~ (the method). Baselines: naive (learn raw Y), covariate (learn raw Y with "
+            "a linear head on C added to the reward in training, dropped at inference, which averages it out), "
+            "invariance (learn raw Y plus `invariance_weight` * sum_j corr(reward, C_j)^2 over the batch, ODIN-style).",
+            "choices": list(MODES),
+        },
+    )
+    invariance_weight: float = field(
+        default=1.0, metadata={"help": "mode invariance: weight of the decorrelation penalty."}
+    )
+    drop_invalid: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop rows with a missing or non-finite outcome, confounder or instrument (counted and reported). "
+            "Default: such rows are an error that counts them."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in _LIST_FIELDS:
+            if isinstance(getattr(self, name), str):  # `instrument_columns: z` in a YAML
+                setattr(self, name, [getattr(self, name)])
+        for name, choices in (
+            ("mode", MODES),
+            ("objective", OBJECTIVES),
+            ("feature_source", FEATURE_SOURCES),
+            ("outcome_learner", LEARNER_NAMES),
+            ("confounder_learner", LEARNER_NAMES),
+        ):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}.")
+        if not (self.numeric_confounders or self.categorical_confounders or self.timestamp_confounders):
+            raise ConfigError(
+                "No confounder columns: name at least one under numeric_confounders, categorical_confounders or "
+                "timestamp_confounders."
+            )
+        unknown = [feature for feature in self.timestamp_features if feature not in TIMESTAMP_FEATURES]
+        if unknown or not self.timestamp_features:
+            raise ConfigError(
+                f"timestamp_features={self.timestamp_features} must be a non-empty subset of "
+                f"{list(TIMESTAMP_FEATURES)}."
+            )
+        for name, minimum in (("n_folds", 2), ("feature_batch_size", 1)):
+            if getattr(self, name) < minimum:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least {minimum}.")
+        for name in ("invariance_weight", "min_pair_gap", "margin_scale"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be non-negative.")
+        if self.objective == "pairwise" and self.group_column is None:
+            raise ConfigError(
+                "objective='pairwise' compares rows that share a context: set group_column (e.g. `group_column: "
+                "prompt`), or use objective: regression."
+            )
+        if self.objective == "regression" and self.margin_scale is not None:
+            raise ConfigError("margin_scale applies to objective: pairwise; remove it or set objective: pairwise.")
+        if self.objective == "regression" and self.center_rewards_coefficient is not None:
+            raise ConfigError(
+                "center_rewards_coefficient applies to objective: pairwise; the regression target is already centred."
+            )
+        if self.mode == "invariance" and self.objective == "regression" and self.per_device_train_batch_size < 2:
+            raise ConfigError(
+                "mode='invariance' correlates rewards with the confounders over the batch: set "
+                "per_device_train_batch_size to 2 or more."
+            )

@@ -1,0 +1,634 @@
+"""The ``deconfounded_reward`` trainer (DeconfoundLM, METHODS.md section 2; the math is in ``trl_causal.deconfound``).
+
+Rows are observations (text, outcome Y, confounders C), not preference pairs. Before training:
+
+1. the rows are checked (numeric outcome, finite values, columns present; invalid rows dropped on request);
+2. deconfounded mode: text features phi (``feature_source``), then cross-fitted partialling out gives theta with
+   robust standard errors and r~ = Y - theta'(C - mean C); baselines use Y itself;
+3. the target is t = (s - mean s) / sd s (s = r~ or Y, moments of the training rows); the report
+   (``deconfounding_report.json``) is written beside the model.
+
+The main process computes the targets and broadcasts them, so every rank trains on the same ones. Training is
+TRL's reward modelling on a single-logit ``AutoModelForSequenceClassification``:
+
+- ``regression``: L = sum_i (r_i - t_i)^2 / N;
+- ``pairwise``: L = sum_(i,j) -log sigmoid(r_i - r_j - m_ij) / N over the pairs of one group with t_i > t_j;
+
+with N the rows (pairs) of the whole accumulated batch over all processes, so gradient accumulation gives the
+gradient of one large batch. ``covariate`` adds a linear head on the standardised C to the reward in training
+(dropped at inference: the average over C of a linear term in centred C is zero); ``invariance`` adds
+``invariance_weight * sum_j corr(r, C_j)^2`` over each micro-batch. The final save of a PEFT model writes the
+adapters merged into the base weights, so the checkpoint loads without PEFT (checkpoints taken during training
+keep the adapters, for resuming).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list, is_peft_model
+from torch import nn
+from transformers.data.data_collator import DataCollatorMixin
+from transformers.utils import logging
+from trl import RewardTrainer
+from trl.data_utils import _tokenize, is_conversational
+from trl.trainer.utils import global_then_local_main_first, pad
+
+from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
+from ..deconfound.confounders import _is_missing as is_missing
+from ..deconfound.confounders import describe_rows
+from ..deconfound.features import hidden_state_features, tfidf_features
+from ..deconfound.pairs import check_pair_groups, preference_pairs
+from ..errors import ConfigError, DataError
+from .deconfounded_reward_config import DeconfoundedRewardConfig
+from .mixins import CausalLossMixin, HeadsMixin
+
+logger = logging.get_logger(__name__)
+
+REPORT_FILE = "deconfounding_report.json"
+
+
+def text_column_sets(args: DeconfoundedRewardConfig) -> tuple[tuple[str, ...], ...]:
+    """The columns holding the scored text: ``text_column``, or TRL's ``prompt`` + ``completion``."""
+    return ((args.text_column,),) if args.text_column is not None else (("prompt", "completion"),)
+
+
+def observation_columns(args: DeconfoundedRewardConfig) -> tuple[str, ...]:
+    """Outcome, confounder, instrument and group columns named in the config."""
+    columns = [
+        args.outcome_column,
+        *args.numeric_confounders,
+        *args.categorical_confounders,
+        *args.timestamp_confounders,
+    ]
+    columns += [*args.instrument_columns, *([args.group_column] if args.group_column else [])]
+    return tuple(columns)
+
+
+def scored_input(row: Mapping[str, Any], text_column: str | None, eos_token: str) -> str | list[dict[str, Any]]:
+    """What the reward model reads, as TRL's ``RewardTrainer`` builds it: ``text + eos``, ``prompt + completion + eos``,
+    or the message list ``prompt + completion`` (tokenized with the chat template)."""
+    if text_column is None and is_conversational(row):
+        return row["prompt"] + row["completion"]
+    text = row[text_column] if text_column is not None else row["prompt"] + row["completion"]
+    return text if text.endswith(eos_token) else text + eos_token
+
+
+def scored_text(row: Mapping[str, Any], text_column: str | None) -> str:
+    """The scored text as one string (message contents joined by newlines), for TF-IDF."""
+    if text_column is not None:
+        return row[text_column]
+    if is_conversational(row):
+        return "\n".join(str(message["content"]) for message in row["prompt"] + row["completion"])
+    return row["prompt"] + row["completion"]
+
+
+def _valid_text(row: Mapping[str, Any], text_column: str | None) -> bool:
+    """A string, or a prompt and a completion that are both strings or both message lists."""
+    if text_column is not None:
+        return isinstance(row[text_column], str)
+    return isinstance(row["prompt"], type(row["completion"])) and isinstance(row["prompt"], (str, list))
+
+
+def _numeric_column(dataset: datasets.Dataset, column: str, what: str, split: str) -> np.ndarray:
+    """Floats of a column (None -> NaN); a non-numeric value is an error naming the row."""
+    values = dataset[column]
+    out = np.empty(len(values))
+    for row, value in enumerate(values):
+        try:
+            out[row] = np.nan if value is None else float(value)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"The {what} column {column!r} of the {split} split must be numeric; row {row} holds {value!r}."
+            ) from None
+    return out
+
+
+@dataclass
+class Observations:
+    """Checked columns of one split: ``rows``, the indices of the kept rows in the split; Y [n]; C [n, k] with
+    ``confounder_names``; Z [n, m] or None; group codes [n] or None; ``dropped``, the invalid rows dropped."""
+
+    rows: np.ndarray
+    outcome: np.ndarray
+    confounders: np.ndarray
+    confounder_names: list[str]
+    instrument: np.ndarray | None
+    groups: np.ndarray | None
+    dropped: int = 0
+
+    def select(self, keep: np.ndarray) -> Observations:
+        """The observations of the rows where ``keep`` is true."""
+        return Observations(
+            self.rows[keep],
+            self.outcome[keep],
+            self.confounders[keep],
+            self.confounder_names,
+            None if self.instrument is None else self.instrument[keep],
+            None if self.groups is None else self.groups[keep],
+            self.dropped,
+        )
+
+
+def _invalid_rows(
+    dataset: datasets.Dataset, args: DeconfoundedRewardConfig, outcome: np.ndarray, instrument
+) -> dict[str, np.ndarray]:
+    """Column -> rows with no text, or a missing / non-finite outcome, instrument or confounder value."""
+    text_columns = text_column_sets(args)[0]
+    texts = dataset.select_columns(list(text_columns))
+    problems = {
+        args.outcome_column: ~np.isfinite(outcome),
+        "+".join(text_columns): ~np.array([_valid_text(row, args.text_column) for row in texts], dtype=bool),
+    }
+    for j, column in enumerate(args.instrument_columns):
+        problems[column] = ~np.isfinite(instrument[:, j])
+    for column in (*args.numeric_confounders, *args.categorical_confounders, *args.timestamp_confounders):
+        problems[column] = np.array([is_missing(value) for value in dataset[column]], dtype=bool)
+    return problems
+
+
+def read_observations(
+    splits: Mapping[str, datasets.Dataset], args: DeconfoundedRewardConfig
+) -> dict[str, Observations]:
+    """Observations of each split, checked; C is built over all splits together, so levels and trend agree.
+
+    A row with no text or a missing / non-finite outcome, instrument or confounder is an error that counts such rows
+    per column, or, with ``drop_invalid``, is dropped and counted.
+    """
+    confounder_columns = (*args.numeric_confounders, *args.categorical_confounders, *args.timestamp_confounders)
+    parts = {}
+    for split, dataset in splits.items():
+        missing = [c for c in (*observation_columns(args), *text_column_sets(args)[0]) if c not in dataset.column_names]
+        if missing:
+            raise DataError(
+                f"The {split} split lacks the columns {missing} named in the config; it has: "
+                f"{', '.join(sorted(dataset.column_names))}."
+            )
+        outcome = _numeric_column(dataset, args.outcome_column, "outcome", split)
+        instrument = None
+        if args.instrument_columns:
+            instrument = np.column_stack(
+                [_numeric_column(dataset, c, "instrument", split) for c in args.instrument_columns]
+            )
+        problems = _invalid_rows(dataset, args, outcome, instrument)
+        invalid = np.logical_or.reduce(list(problems.values()))
+        if invalid.any() and not args.drop_invalid:
+            listed = "; ".join(
+                f"{column!r}: {int(mask.sum())} ({describe_rows(np.flatnonzero(mask))})"
+                for column, mask in problems.items()
+                if mask.any()
+            )
+            raise DataError(
+                f"{int(invalid.sum())} of {len(dataset)} rows of the {split} split have a missing or non-finite value "
+                f"(NaN/inf/None, or no text) - {listed}. Fix the data, or set `drop_invalid: true` to drop these rows."
+            )
+        rows = np.flatnonzero(~invalid)
+        if not len(rows):
+            raise DataError(f"All {len(dataset)} rows of the {split} split have a missing or non-finite value.")
+        parts[split] = (
+            dataset.select(rows),
+            rows,
+            outcome[rows],
+            None if instrument is None else instrument[rows],
+            int(invalid.sum()),
+        )
+
+    columns = {column: [value for part in parts.values() for value in part[0][column]] for column in confounder_columns}
+    confounders, names = build_confounder_matrix(
+        columns,
+        args.numeric_confounders,
+        args.categorical_confounders,
+        args.timestamp_confounders,
+        args.timestamp_features,
+    )
+    observations, start = {}, 0
+    for split, (kept, rows, outcome, instrument, dropped) in parts.items():
+        groups = None
+        if args.group_column is not None:
+            codes: dict[str, int] = {}
+            groups = np.array(
+                [codes.setdefault(repr(value), len(codes)) for value in kept[args.group_column]], dtype=int
+            )
+        observations[split] = Observations(
+            rows, outcome, confounders[start : start + len(rows)], names, instrument, groups, dropped
+        )
+        start += len(rows)
+    return observations
+
+
+@dataclass
+class RewardTargets:
+    """t = (s - mean) / std with s = r~ = Y - theta'(C - mean C) (``result`` given) or s = Y (baselines)."""
+
+    result: DeconfoundResult | None
+    mean: float
+    std: float
+    report: dict[str, Any]
+
+    def of(self, observations: Observations) -> np.ndarray:
+        """Targets of any split: its r~ uses theta and mean C of the training rows."""
+        scores = (
+            observations.outcome
+            if self.result is None
+            else self.result.deconfound(observations.outcome, observations.confounders)
+        )
+        return (scores - self.mean) / self.std
+
+
+def reward_targets(
+    observations: Observations, args: DeconfoundedRewardConfig, features: Callable[[], Any], progress: bool = True
+) -> RewardTargets:
+    """Deconfound the training rows (``features()`` is called only in deconfounded mode) and standardise the target."""
+    seconds: dict[str, float] = {}
+    result = None
+    scores = observations.outcome
+    if args.mode == "deconfounded":
+        start = time.perf_counter()
+        phi = features()
+        seconds["features"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        result = partial_out(
+            observations.outcome,
+            observations.confounders,
+            phi,
+            n_folds=args.n_folds,
+            outcome_learner=args.outcome_learner,
+            confounder_learner=args.confounder_learner,
+            instrument=observations.instrument,
+            seed=args.seed,
+            feature_names=observations.confounder_names,
+            progress=progress,
+            instrument_names=args.instrument_columns or None,
+            groups=observations.groups,
+        )
+        seconds["partial_out"] = round(time.perf_counter() - start, 3)
+        scores = result.deconfounded_outcome
+    std = float(scores.std())
+    if not std > 0:
+        raise DataError(
+            f"The outcome column {args.outcome_column!r} has the same value in every training row: nothing to learn."
+        )
+    mean = float(scores.mean())
+    report = {
+        "mode": args.mode,
+        "objective": args.objective,
+        "outcome_column": args.outcome_column,
+        "feature_source": args.feature_source if result is not None else None,
+        "rows": {"used": len(observations.rows), "dropped_invalid": observations.dropped},
+        "target": {"mean": mean, "std": std},  # the reward model learns t = (s - mean) / std
+        "deconfounding": None if result is None else result.to_report(),
+        "seconds": seconds,
+    }
+    return RewardTargets(result, mean, std, report)
+
+
+def text_features(
+    args: DeconfoundedRewardConfig,
+    rows: datasets.Dataset,
+    sequences: list[list[int]],
+    model: Any = None,
+    pad_token_id: int | None = None,
+    progress: bool = True,
+):
+    """phi of the rows: TF-IDF of the scored texts, or the mean-pooled last hidden states of the frozen model (with
+    PEFT: the adapters disabled) on the token ids ``sequences``."""
+    if args.feature_source == "tfidf":
+        return tfidf_features([scored_text(row, args.text_column) for row in rows])
+    with model.disable_adapter() if is_peft_model(model) else nullcontext():
+        return hidden_state_features(
+            model, sequences, pad_token_id, args.feature_batch_size, args.feature_cache_dir, progress
+        )
+
+
+def tokenize_rows(rows: datasets.Dataset, args: DeconfoundedRewardConfig, tokenizer, split: str) -> datasets.Dataset:
+    """``input_ids`` of ``scored_input`` for every row (the other columns are dropped)."""
+    with global_then_local_main_first():
+        return rows.map(
+            lambda row: {
+                "input_ids": _tokenize(tokenizer, scored_input(row, args.text_column, tokenizer.eos_token))["input_ids"]
+            },
+            remove_columns=rows.column_names,
+            num_proc=args.dataset_num_proc,
+            desc=f"Tokenizing {split} rows",
+        )
+
+
+def squared_correlations(rewards: torch.Tensor, confounders: torch.Tensor) -> torch.Tensor:
+    """corr(r, C_j)^2 over the batch for each confounder j [k] (0 for a column that is constant in the batch)."""
+    r = rewards - rewards.mean()
+    c = confounders - confounders.mean(dim=0)
+    covariance = (r[:, None] * c).sum(dim=0)
+    return covariance**2 / ((r**2).sum() * (c**2).sum(dim=0)).clamp(min=1e-12)
+
+
+@dataclass
+class DataCollatorForObservationalRewards(DataCollatorMixin):
+    """Pads rows into ``input_ids`` / ``attention_mask`` (right) and stacks ``confounders`` [B, k] and ``target`` [B].
+
+    Pair rows (``chosen_ids``, ``rejected_ids``) are stacked chosen first, then rejected, as TRL's
+    ``DataCollatorForPreference`` does; their confounders follow the same order, and ``margin`` [B/2] comes along.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if "chosen_ids" in examples[0]:
+            sequences = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+            confounders = [e["chosen_confounders"] for e in examples] + [e["rejected_confounders"] for e in examples]
+        else:
+            sequences = [e["input_ids"] for e in examples]
+            confounders = [e["confounders"] for e in examples]
+        input_ids = [torch.tensor(ids) for ids in sequences]
+        output = {
+            "input_ids": pad(input_ids, self.pad_token_id, "right", self.pad_to_multiple_of),
+            "attention_mask": pad([torch.ones_like(ids) for ids in input_ids], 0, "right", self.pad_to_multiple_of),
+            "confounders": torch.tensor(confounders, dtype=torch.float),
+        }
+        for key in ("target", "margin"):
+            if key in examples[0]:
+                output[key] = torch.tensor([e[key] for e in examples], dtype=torch.float)
+        return output
+
+
+class MergedAdapterSaveMixin:
+    """With ``merge_adapters_on_save`` set, a PEFT model is saved with its adapters merged into the base weights:
+    a plain transformers checkpoint. Place it after ``HeadsMixin`` (which takes the heads out first)."""
+
+    merge_adapters_on_save = False
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        model = self.accelerator.unwrap_model(self.model)
+        if not (self.merge_adapters_on_save and is_peft_model(model) and state_dict is None):
+            return super()._save(output_dir, state_dict=state_dict)
+        adapter = model.active_adapter
+        model.merge_adapter()
+        peft_model, self.model = self.model, model.get_base_model()
+        try:
+            merged = {}
+            for key, value in self.model.state_dict().items():
+                if "lora_" in key or ".original_module." in key:
+                    continue
+                merged[key.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")] = value
+            super()._save(output_dir, state_dict=merged)
+        finally:
+            self.model = peft_model
+            model.unmerge_adapter()
+
+
+class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMixin, RewardTrainer):
+    """``trl.RewardTrainer`` on observational rows, learning the outcome with the confounders' causal effect removed.
+
+    Takes the same keyword arguments as ``RewardTrainer`` and a ``DeconfoundedRewardConfig``. ``train_dataset`` (and
+    ``eval_dataset``) are map-style ``datasets.Dataset`` of rows with the text, outcome and confounder columns named in
+    the config; evaluation targets use theta and the standardisation of the training rows. After ``train()``,
+    ``save_model`` writes a single-logit sequence classifier that TRL's GRPO / RLOO / PPO trainers take as a reward
+    model, and ``deconfounding_report.json``.
+    """
+
+    _tag_names = ["trl", "reward-trainer", "trl-causal", "deconfounded-reward"]
+    _name = "DeconfoundedReward"
+
+    @staticmethod
+    def required_columns(args: DeconfoundedRewardConfig) -> tuple[str, ...]:
+        return observation_columns(args)
+
+    @staticmethod
+    def column_sets(args: DeconfoundedRewardConfig) -> tuple[tuple[str, ...], ...]:
+        return text_column_sets(args)
+
+    def __init__(
+        self,
+        model,
+        args: DeconfoundedRewardConfig | None = None,
+        *,
+        train_dataset=None,
+        eval_dataset=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if not isinstance(args, DeconfoundedRewardConfig):
+            raise ConfigError(
+                "DeconfoundedRewardTrainer needs a DeconfoundedRewardConfig naming the outcome and confounder columns, "
+                f"not {type(args).__name__}."
+            )
+        splits = {"train": train_dataset, **self._named_eval_datasets(eval_dataset)}
+        for name, dataset in splits.items():
+            if not isinstance(dataset, datasets.Dataset):
+                raise DataError(
+                    f"The deconfounded_reward trainer needs {name} as a map-style datasets.Dataset (it deconfounds "
+                    f"all rows before training), not {type(dataset).__name__}."
+                )
+        observations = read_observations(splits, args)  # bad data fails here, before the model loads
+        if args.objective == "pairwise":
+            for split, obs in observations.items():
+                check_pair_groups(
+                    obs.groups, f"objective='pairwise', {split} split, group_column {args.group_column!r}"
+                )
+        if peft_config is not None and peft_config.task_type != "SEQ_CLS":
+            peft_config.task_type = "SEQ_CLS"  # trains the `score` head too (PEFT's modules_to_save for SEQ_CLS)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        if kwargs.get("data_collator") is None:
+            self.data_collator = DataCollatorForObservationalRewards(
+                self.processing_class.pad_token_id, args.pad_to_multiple_of
+            )
+
+        main = self.accelerator.is_main_process
+        rows = {split: splits[split].select(obs.rows) for split, obs in observations.items()}
+        tokenized = {split: tokenize_rows(rows[split], args, self.processing_class, split) for split in rows}
+        targets = [None]
+        if main:  # the other ranks receive the targets: one feature pass, identical targets everywhere
+            progress = not args.disable_tqdm
+            network = self.accelerator.unwrap_model(self.model)
+            pad_token_id = self.processing_class.pad_token_id
+
+            def features():
+                return text_features(
+                    args, rows["train"], tokenized["train"]["input_ids"], network, pad_token_id, progress
+                )
+
+            targets = [reward_targets(observations["train"], args, features, progress)]
+        self.targets: RewardTargets = broadcast_object_list(targets)[0]
+
+        confounders = observations["train"].confounders
+        self.confounder_names = observations["train"].confounder_names
+        self.confounder_scale = (
+            confounders.mean(axis=0),
+            np.where(confounders.std(axis=0) > 0, confounders.std(axis=0), 1.0),
+        )
+        prepared = {split: self._training_rows(tokenized[split], observations[split], split) for split in observations}
+        self.train_dataset, too_long = prepared.pop("train")
+        if eval_dataset is not None:
+            self.eval_dataset = {split: dataset for split, (dataset, _) in prepared.items()}
+            if not isinstance(eval_dataset, dict):
+                self.eval_dataset = self.eval_dataset["eval"]
+        self.report = {
+            **self.targets.report,
+            "rows": {**self.targets.report["rows"], "dropped_longer_than_max_length": too_long},
+        }
+        if args.mode == "covariate":
+            self.attach_heads(nn.Linear(confounders.shape[1], 1, bias=False))
+            nn.init.zeros_(self.heads.weight)
+        if main:
+            self.save_report(args.output_dir)
+            self._print_summary()
+
+    @staticmethod
+    def _named_eval_datasets(eval_dataset) -> dict[str, Any]:
+        if eval_dataset is None:
+            return {}
+        if isinstance(eval_dataset, dict):
+            return dict(eval_dataset)
+        return {"eval": eval_dataset}
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """Rows are prepared after ``RewardTrainer.__init__`` (their targets need the loaded model): unchanged here."""
+        return dataset
+
+    def _training_rows(
+        self, tokenized: datasets.Dataset, observations: Observations, split: str
+    ) -> tuple[datasets.Dataset, int]:
+        """Rows (regression) or within-group pairs (pairwise) with targets and standardised confounders, and the number
+        of rows dropped for being longer than ``max_length`` (as ``RewardTrainer`` drops long pairs)."""
+        args = self.args
+        lengths = np.array([len(ids) for ids in tokenized["input_ids"]])
+        keep = lengths <= args.max_length if args.max_length is not None else np.ones(len(lengths), dtype=bool)
+        too_long = int((~keep).sum())
+        if too_long:
+            logger.warning(
+                f"{too_long} {split} rows are longer than max_length={args.max_length} tokens and are dropped."
+            )
+        observations = observations.select(keep)
+        input_ids = [ids for ids, kept in zip(tokenized["input_ids"], keep, strict=True) if kept]
+        target = self.targets.of(observations)
+        confounders = ((observations.confounders - self.confounder_scale[0]) / self.confounder_scale[1]).tolist()
+        if args.objective == "regression":
+            return datasets.Dataset.from_dict(
+                {"input_ids": input_ids, "target": target.tolist(), "confounders": confounders}
+            ), too_long
+        pairs = preference_pairs(
+            target, observations.groups, args.min_pair_gap, f"{split} split (after dropping long rows)"
+        )
+        columns = {
+            "chosen_ids": [input_ids[i] for i in pairs[:, 0]],
+            "rejected_ids": [input_ids[j] for j in pairs[:, 1]],
+            "chosen_confounders": [confounders[i] for i in pairs[:, 0]],
+            "rejected_confounders": [confounders[j] for j in pairs[:, 1]],
+        }
+        if args.margin_scale is not None:
+            columns["margin"] = (args.margin_scale * (target[pairs[:, 0]] - target[pairs[:, 1]])).tolist()
+        return datasets.Dataset.from_dict(columns), too_long
+
+    def _print_summary(self) -> None:
+        report = self.report
+        rows = report["rows"]
+        line = (
+            f"trl-causal deconfounded_reward: mode {report['mode']!r}, objective {report['objective']!r}, "
+            f"{rows['used']} training rows"
+        )
+        if rows["dropped_invalid"] or rows["dropped_longer_than_max_length"]:
+            line += (
+                f" ({rows['dropped_invalid']} invalid and {rows['dropped_longer_than_max_length']} longer than "
+                "max_length dropped)"
+            )
+        for name, effect in (report["deconfounding"] or {}).get("effects", {}).items():
+            line += (
+                f"\n  theta[{name}] = {effect['theta']:.4g} (se {effect['se']:.3g}, "
+                f"{report['deconfounding']['ci_level']:.0%} CI [{effect['ci_low']:.4g}, {effect['ci_high']:.4g}], "
+                f"text-free variance share {effect['residual_r2']:.2f})"
+            )
+        self.accelerator.print(line + f"\n  report: {os.path.join(self.args.output_dir, REPORT_FILE)}")
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["input_ids", "target", "confounders", "margin"] + [
+                f"{side}_{column}" for side in ("chosen", "rejected") for column in ("ids", "confounders")
+            ]
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
+        """N: rows (regression) or pairs (pairwise) in the accumulated batch, summed over the processes when
+        ``average_tokens_across_devices`` (``CausalLossMixin.token_mean`` then multiplies by their number)."""
+        count = sum(len(batch["input_ids"]) // (1 if "target" in batch else 2) for batch in batch_samples)
+        count = torch.tensor(count, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        confounders = inputs["confounders"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        rewards = outputs.logits.squeeze(-1).float()
+        fitted = rewards + self.heads(confounders).squeeze(-1) if self.args.mode == "covariate" else rewards
+        metrics = self._metrics[mode]
+        if "target" in inputs:
+            losses = (fitted - inputs["target"]) ** 2
+        else:
+            chosen, rejected = fitted.chunk(2)
+            losses = -nn.functional.logsigmoid(chosen - rejected - inputs.get("margin", 0.0))
+            if (
+                self.args.center_rewards_coefficient is not None
+            ):  # as RewardTrainer: coefficient * (r_chosen + r_rejected)^2
+                losses = losses + self.args.center_rewards_coefficient * rewards.view(2, -1).sum(dim=0) ** 2
+            accuracy = (chosen > rejected).float().mean()
+            metrics["accuracy"].append(self.accelerator.gather_for_metrics(accuracy).mean().item())
+        loss_sum = losses.sum()
+        if self.args.mode == "invariance":
+            correlation = squared_correlations(rewards, confounders).sum()
+            loss_sum = loss_sum + self.args.invariance_weight * correlation * len(losses)
+            metrics["confounder_corr2"].append(self.accelerator.gather_for_metrics(correlation.detach()).mean().item())
+        metrics["mean_reward"].append(self.accelerator.gather_for_metrics(rewards.detach()).mean().item())
+        loss = self.token_mean(loss_sum, torch.tensor(float(len(losses)), device=loss_sum.device), num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """``RewardTrainer.evaluate`` on the evaluation rows given at init (raw rows need the training theta: pass them
+        as ``eval_dataset`` when building the trainer)."""
+        if (
+            isinstance(eval_dataset, datasets.Dataset)
+            and "input_ids" not in eval_dataset.column_names
+            and "chosen_ids" not in eval_dataset.column_names
+        ):
+            raise DataError(
+                "Pass evaluation rows as eval_dataset when building the DeconfoundedRewardTrainer: their targets use "
+                "the training rows' theta."
+            )
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """``RewardTrainer.save_model`` plus the report; the final save (not a checkpoint) merges PEFT adapters."""
+        self.merge_adapters_on_save = not _internal_call
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self.merge_adapters_on_save = False
+        if self.args.should_save:
+            self.save_report(output_dir or self.args.output_dir)
+
+    def save_report(self, output_dir: str) -> None:
+        """``deconfounding_report.json``: theta, se, CI per confounder, rows used and dropped, target scale; in
+        covariate mode also the learnt weight of each standardised confounder in the training-time reward."""
+        report = dict(self.report)
+        if self.args.mode == "covariate":
+            weights = self.heads.weight.detach().float().cpu().view(-1).tolist()
+            report["covariate_head"] = dict(zip(self.confounder_names, weights, strict=True))
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
+            json.dump(report, f, indent=2)

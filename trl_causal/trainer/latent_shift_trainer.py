@@ -1,0 +1,418 @@
+"""The ``latent_shift`` trainer and its predictor (METHODS.md section 3; the math is in ``trl_causal.latent_shift``).
+
+Per batch, ``L = L_SFT + lambda_causal * L_C + lambda_adj * L_adj`` from two forwards through the wrapped model:
+
+- the trainable forward (``output_hidden_states=True``): the SFT loss, R1 from the last hidden layer and the
+  patch features from ``hidden_states[low_level_layer]`` (detached: Phi is an input of the heads, not a path
+  for gradients into the model; the default layer 0, the embeddings, is frozen under LoRA anyway);
+- the frozen view under ``no_grad``: R0 from the last hidden layer of the PEFT model with its adapters disabled,
+  or of a frozen copy of the model taken before training.
+
+Pooling runs over the prompt tokens. In TRL 1.16 only ``input_ids``, ``attention_mask`` and ``labels`` reach
+``compute_loss`` (the ``completion_mask`` is folded into ``labels`` when the dataset is prepared), so the prompt of a
+row is its tokens before the first supervised one.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from safetensors.torch import load_file
+from torch import Tensor
+from transformers.utils import logging
+from trl import SFTTrainer
+from trl.models import prepare_deepspeed, prepare_fsdp
+
+from ..errors import ConfigError, DataError
+from ..evaluation import LMPredictor
+from ..latent_shift import LatentShiftHeads, LatentShiftLosses
+from .latent_shift_config import LatentShiftConfig
+from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
+
+logger = logging.get_logger(__name__)
+
+LATENT_SHIFT_FILE = "trl_causal_latent_shift.json"
+COMPLETION_LABEL_COLUMN = "completion_label"  # added when `label_column` is None: the completion text
+
+
+def completion_text(completion: str | list[dict[str, Any]]) -> str:
+    """The answer text of a completion: the stripped string, or the content of its last message."""
+    if isinstance(completion, str):
+        return completion.strip()
+    return str(completion[-1]["content"]).strip()
+
+
+def prompt_token_mask(labels: Tensor, attention_mask: Tensor) -> Tensor:
+    """[B, T] bool: the tokens before each row's first supervised token (label != -100), i.e. its prompt."""
+    return labels.ne(-100).cumsum(1).eq(0) & attention_mask.bool()
+
+
+def verbalizer_from_data(dataset: Dataset, label_column: str) -> dict[str, str]:
+    """{label: completion text} read from the rows, labels sorted; a label with two different completions is an error."""
+    if "completion" not in dataset.column_names:
+        raise ConfigError(
+            f"verbalizer is not set and the data has no `completion` column to read the answers from; set "
+            f"`verbalizer` (label -> answer text). Columns: {', '.join(dataset.column_names)}."
+        )
+    answers: dict[str, str] = {}
+    for row, (label, completion) in enumerate(zip(dataset[label_column], dataset["completion"])):
+        answer = completion_text(completion)
+        if answers.setdefault(str(label), answer) != answer:
+            raise DataError(
+                f"Cannot read the verbalizer from the data: label {label!r} has the completion {answers[str(label)]!r} "
+                f"and, in row {row}, {answer!r}. Set `verbalizer` (label -> answer text)."
+            )
+    if len(answers) < 2:
+        raise DataError(f"The training data holds {len(answers)} label(s) {sorted(answers)}; latent_shift needs 2 or more.")
+    return dict(sorted(answers.items()))
+
+
+def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str], split: str) -> None:
+    """Fail on the first row whose label is not a key of the verbalizer, naming the row and the label."""
+    for row, label in enumerate(dataset[label_column]):
+        if str(label) not in verbalizer:
+            source = "its completion" if label_column == COMPLETION_LABEL_COLUMN else f"column {label_column!r}"
+            raise DataError(
+                f"Row {row} of the {split} split has label {label!r} ({source}), which is not in the verbalizer "
+                f"(labels: {', '.join(map(repr, verbalizer))}). Add it to `verbalizer` or fix the row."
+            )
+
+
+def answer_prefix(completion: str | list[dict[str, Any]]) -> str:
+    """What precedes the answer in a completion: the leading whitespace of a string, nothing in a message."""
+    return completion[: len(completion) - len(completion.lstrip())] if isinstance(completion, str) else ""
+
+
+def check_answer_tokens(tokenizer, verbalizer: dict[str, str], prefix: str = "") -> None:
+    """Fail when two answers' tokens (of ``prefix + answer``, as they follow the prompt) collide: one sequence is a
+    prefix of the other, or both start with the same token."""
+    token_ids = {answer: tokenizer(prefix + answer, add_special_tokens=False)["input_ids"] for answer in verbalizer.values()}
+    for (first, first_ids), (second, second_ids) in itertools.combinations(token_ids.items(), 2):
+        short, long = sorted(((first, first_ids), (second, second_ids)), key=lambda item: len(item[1]))
+        if long[1][: len(short[1])] == short[1]:
+            problem = f"the tokens of {short[0]!r} {short[1]} are a prefix of those of {long[0]!r} {long[1]}"
+        elif first_ids[0] == second_ids[0]:
+            problem = (
+                f"both start with the token {tokenizer.convert_ids_to_tokens(first_ids[0])!r} (id {first_ids[0]}): "
+                f"{first!r} -> {first_ids}, {second!r} -> {second_ids}"
+            )
+        else:
+            continue
+        raise ConfigError(
+            f"verbalizer answers {first!r} and {second!r} collide when tokenized after the prompt (as "
+            f"{prefix + first!r} / {prefix + second!r}): {problem}. Choose answers whose first tokens differ, so that "
+            "the LM head can tell them apart."
+        )
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen, eval-mode deep copy of ``model`` that runs its own weights."""
+    reference = copy.deepcopy(model)
+    base = reference.get_base_model() if is_peft_model(reference) else reference
+    base.__dict__.pop("forward", None)  # TRL's fused-LM-head patch: its closure would call the original model
+    return reference.requires_grad_(False).eval()
+
+
+class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrainer):
+    """``trl.SFTTrainer`` plus the causal head, the low-level encoder and the adjusted head of latent-shift SFT.
+
+    Takes the same arguments as ``SFTTrainer`` with a [`LatentShiftConfig`]. Logs ``loss_sft``, ``loss_causal``,
+    ``loss_adj`` and ``patch_fallback_rows`` (rows with fewer prompt tokens than ``n_patches``, so far). The heads,
+    the memory bank and the verbalizer are saved in every checkpoint and restored on resume.
+    """
+
+    _tag_names = ["trl", "sft", "trl-causal", "latent-shift"]
+
+    def __init__(self, model, args: LatentShiftConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
+        args = LatentShiftConfig() if args is None else args
+        if not isinstance(args, LatentShiftConfig):
+            raise TypeError(f"LatentShiftTrainer needs a LatentShiftConfig, got {type(args).__name__}.")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required")
+        uses_peft = kwargs.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
+        frozen_view = args.frozen_view if args.frozen_view != "auto" else ("adapters" if uses_peft else "reference")
+        if frozen_view == "adapters" and not uses_peft:
+            raise ConfigError(
+                "frozen_view='adapters' takes the frozen view from the PEFT model with its adapters disabled, but this "
+                "model has no PEFT adapters: set `use_peft: true` (or pass peft_config), or use `frozen_view: reference`."
+            )
+        train_dataset, eval_dataset = self._settle_labels(args, train_dataset, eval_dataset)
+        has_completion = "completion" in (train_dataset.column_names or [])
+        prefix = answer_prefix(next(iter(train_dataset))["completion"]) if has_completion else ""
+
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        check_answer_tokens(getattr(self.processing_class, "tokenizer", self.processing_class), self.verbalizer, prefix)
+        self.class_of_label = {label: index for index, label in enumerate(self.verbalizer)}
+        self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
+        self.attach_heads(self._new_heads())
+        self._patch_fallback_rows = {"train": 0, "eval": 0}
+
+    def _settle_labels(self, args: LatentShiftConfig, train_dataset, eval_dataset):
+        """Add the completion-label column if needed, set ``self.verbalizer`` and check every row's label against it."""
+        if args.label_column is None:  # the label whose answer is the completion (read before TRL appends EOS)
+            label_of_answer = {answer: label for label, answer in (args.verbalizer or {}).items()}
+
+            def add_label(row):
+                answer = completion_text(row["completion"])
+                return {COMPLETION_LABEL_COLUMN: label_of_answer.get(answer, answer)}
+
+            train_dataset = train_dataset.map(add_label)
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {name: dataset.map(add_label) for name, dataset in eval_dataset.items()}
+            elif eval_dataset is not None:
+                eval_dataset = eval_dataset.map(add_label)
+        label_column = self.extra_columns(args)[0]
+        if args.verbalizer is None and not isinstance(train_dataset, Dataset):
+            raise ConfigError("verbalizer must be set for streamed (iterable) training data: it cannot be read up front.")
+        self.verbalizer: dict[str, str] = args.verbalizer or verbalizer_from_data(train_dataset, label_column)
+        eval_datasets = eval_dataset if isinstance(eval_dataset, dict) else {"evaluation": eval_dataset}
+        for split, dataset in {"training": train_dataset, **eval_datasets}.items():
+            if isinstance(dataset, Dataset):
+                check_labels(dataset, label_column, self.verbalizer, split)
+        return train_dataset, eval_dataset
+
+    def _frozen_reference(self) -> torch.nn.Module:
+        """A frozen copy of the model as it is before training, placed like DPO's reference model."""
+        reference = frozen_copy(self.model)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
+
+    def _new_heads(self) -> LatentShiftHeads:
+        """The heads, initialised from ``latent_shift_seed`` without touching the global RNG."""
+        args, text_config = self.args, self.model.config.get_text_config()
+        if args.low_level_layer > text_config.num_hidden_layers:
+            raise ConfigError(
+                f"low_level_layer={args.low_level_layer}, but the model's hidden_states run from 0 (embeddings) to "
+                f"{text_config.num_hidden_layers}."
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.latent_shift_seed)
+            return LatentShiftHeads(
+                text_config.hidden_size,
+                args.n_causal,
+                args.d_phi,
+                len(self.verbalizer),
+                n_patches=args.n_patches,
+                bank_size=args.memory_bank_size,
+                causal_hidden_sizes=args.causal_hidden_sizes,
+                encoder_hidden_sizes=args.encoder_hidden_sizes,
+                adjusted_hidden_sizes=args.adjusted_hidden_sizes,
+            )
+
+    @staticmethod
+    def required_columns(args: LatentShiftConfig) -> tuple[str, ...]:
+        return (args.label_column,) if args.label_column else ("completion",)
+
+    def extra_columns(self, args: LatentShiftConfig | None = None) -> list[str]:
+        """The label column, carried to ``compute_loss``."""
+        return [(args or self.args).label_column or COMPLETION_LABEL_COLUMN]
+
+    def _class_indices(self, labels: Tensor | list, device: torch.device) -> Tensor:
+        values = labels.tolist() if isinstance(labels, Tensor) else labels
+        unknown = [value for value in values if str(value) not in self.class_of_label]
+        if unknown:
+            raise DataError(
+                f"A batch holds label {unknown[0]!r}, which is not in the verbalizer (labels: "
+                f"{', '.join(map(repr, self.verbalizer))})."
+            )
+        return torch.tensor([self.class_of_label[str(value)] for value in values], device=device)
+
+    def _frozen_last_hidden(self, model, inputs: dict[str, Any]) -> Tensor:
+        """The last hidden layer of the frozen view, without grad (only the last position's logits are computed)."""
+        with torch.no_grad():
+            if self.reference_model is not None:
+                return self.reference_model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            with self.accelerator.unwrap_model(model).disable_adapter():
+                return model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        labels = inputs.pop("labels")
+        class_index = self._class_indices(self.pop_extra_columns(inputs)[self.extra_columns()[0]], labels.device)
+        inputs["use_cache"] = False
+        prompt_mask = prompt_token_mask(labels, inputs["attention_mask"])
+        no_prompt = (prompt_mask.sum(1) == 0).nonzero().flatten().tolist()
+        if no_prompt:
+            raise DataError(
+                f"Rows {no_prompt} of the batch have no prompt tokens (their first token is already supervised). "
+                "latent_shift pools over the prompt: use prompt/completion data (or messages with "
+                "assistant_only_loss=True)."
+            )
+
+        frozen_last_hidden = self._frozen_last_hidden(model, inputs)
+        outputs = model(**inputs, output_hidden_states=True)
+        token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels)
+        loss_sum, n_tokens = token_losses.sum(), token_mask.sum()
+        auxiliary = self.heads.losses(
+            outputs.hidden_states[-1],
+            frozen_last_hidden,
+            outputs.hidden_states[self.args.low_level_layer].detach(),
+            prompt_mask,
+            class_index,
+            adjustment=self.args.adjustment,
+            entropy_mode=self.args.entropy_mode,
+        )
+        loss = self.token_mean(loss_sum, n_tokens, num_items_in_batch) + self.example_mean(
+            self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted
+        )
+        self._log_losses(mode, loss_sum.detach() / n_tokens.clamp(min=1), auxiliary)
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
+        metrics = self._metrics[mode]
+        for name, value in (("loss_sft", loss_sft), ("loss_causal", auxiliary.causal), ("loss_adj", auxiliary.adjusted)):
+            metrics[name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+        fallback = torch.tensor(auxiliary.n_patch_fallback, device=loss_sft.device)
+        n_fallback = int(self.accelerator.gather_for_metrics(fallback).sum().item())
+        if n_fallback and not any(self._patch_fallback_rows.values()):
+            logger.warning(
+                f"{n_fallback} row(s) have fewer prompt tokens than n_patches={self.args.n_patches}; they use one patch "
+                "per token. The metric `patch_fallback_rows` counts them."
+            )
+        self._patch_fallback_rows[mode] += n_fallback
+        metrics["patch_fallback_rows"] = [self._patch_fallback_rows[mode]]
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            description = {
+                "heads": self.heads.config,
+                "verbalizer": self.verbalizer,
+                "low_level_layer": self.args.low_level_layer,
+            }
+            with open(os.path.join(output_dir or self.args.output_dir, LATENT_SHIFT_FILE), "w") as f:
+                json.dump(description, f, indent=2)
+
+    @classmethod
+    def build_predictor(cls, args, model, tokenizer, answers, mode="score", checkpoint_dir=None, **kwargs):
+        """The [`LatentShiftPredictor`] of ``checkpoint_dir`` (heads, memory bank and verbalizer saved there).
+
+        ``args`` gives ``phi_samples``, ``phi_source`` and ``latent_shift_seed``; ``kwargs`` override them.
+        """
+        if checkpoint_dir is None:
+            raise ConfigError("latent_shift predicts with the heads saved in a checkpoint: pass its directory.")
+        settings = dict(phi_samples=args.phi_samples, phi_source=args.phi_source, seed=args.latent_shift_seed)
+        settings.update(kwargs)
+        return LatentShiftPredictor.from_checkpoint(checkpoint_dir, model, tokenizer, answers, mode=mode, **settings)
+
+
+def _answer_of_label(label: str, answer: str, answers: Sequence[str]) -> str:
+    for candidate in answers:
+        if candidate.strip().lower() in (label.lower(), answer.lower()):
+            return candidate
+    raise ConfigError(
+        f"None of the answers {list(answers)} is the label {label!r} or its verbalizer answer {answer!r}; the adjusted "
+        "head predicts the verbalizer's labels, so the answer set must name each of them."
+    )
+
+
+class LatentShiftPredictor(LMPredictor):
+    """The adjusted prediction argmax_y 1/K sum_k softmax(h([q1(x), Phi'_k]))_y, with the plain LM-head one beside it.
+
+    Phi' is drawn from the memory bank saved with the heads (``phi_source="bank"``, any batch size) or from the
+    other rows of the batch (``"batch"``). The draws restart from ``seed`` on every call, so the same rows in the
+    same batches give the same predictions. ``predict`` returns the adjusted answers; ``predict_both`` returns
+    (adjusted, plain), the plain ones from ``LMPredictor`` (``mode`` "score" or "generate").
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        answers: Sequence[str],
+        heads: LatentShiftHeads,
+        verbalizer: dict[str, str],
+        *,
+        low_level_layer: int = 0,
+        phi_samples: int = 20,
+        phi_source: str = "bank",
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(model, tokenizer, answers, **kwargs)
+        if len(verbalizer) != heads.config["n_labels"]:
+            raise ConfigError(
+                f"The heads predict {heads.config['n_labels']} labels but the verbalizer has {len(verbalizer)}."
+            )
+        self.heads = heads.to(next(model.parameters()).device).eval()
+        self.answer_of_class = [_answer_of_label(label, answer, self.answers) for label, answer in verbalizer.items()]
+        self.low_level_layer = low_level_layer
+        self.phi_samples = phi_samples
+        self.phi_source = phi_source
+        self.seed = seed
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint_dir: str | os.PathLike, model, tokenizer, answers: Sequence[str], **kwargs
+    ) -> LatentShiftPredictor:
+        """Load the heads (``trl_causal_heads.safetensors``) and their description saved by ``LatentShiftTrainer``."""
+        paths = [os.path.join(checkpoint_dir, name) for name in (LATENT_SHIFT_FILE, HEADS_FILE)]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            raise ConfigError(
+                f"{checkpoint_dir} lacks {', '.join(map(os.path.basename, missing))}: it was not saved by the "
+                "latent_shift trainer."
+            )
+        with open(paths[0]) as f:
+            description = json.load(f)
+        heads = LatentShiftHeads.from_config(description["heads"])
+        heads.load_state_dict(load_file(paths[1]))
+        return cls(
+            model,
+            tokenizer,
+            answers,
+            heads,
+            description["verbalizer"],
+            low_level_layer=description["low_level_layer"],
+            **kwargs,
+        )
+
+    def adjusted_probabilities(self, rows: Sequence[dict[str, Any]]) -> Tensor:
+        """p(y | do(x)) per row over the verbalizer's labels: a [rows, labels] tensor."""
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # Tokenized as TRL tokenizes training prompts: plain text with the tokenizer's special tokens, chats by template
+        token_ids = [
+            self.tokenizer(self.prompt_text(prompt), add_special_tokens=isinstance(prompt, str))["input_ids"]
+            for prompt in self.prepare_prompts(rows)
+        ]
+        generator = torch.Generator().manual_seed(self.seed)
+        probabilities = []
+        with torch.no_grad():
+            for batch in self._batches(token_ids, "adjusted prediction"):
+                length = max(map(len, batch))
+                input_ids = torch.tensor([ids + [pad] * (length - len(ids)) for ids in batch], device=device)
+                prompt_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in batch], device=device)
+                hidden_states = self.model(
+                    input_ids=input_ids, attention_mask=prompt_mask, output_hidden_states=True, logits_to_keep=1
+                ).hidden_states
+                probabilities.append(
+                    self.heads.predict(
+                        hidden_states[-1],
+                        prompt_mask,
+                        low_hidden=hidden_states[self.low_level_layer],
+                        k=self.phi_samples,
+                        source=self.phi_source,
+                        generator=generator,
+                    ).cpu()
+                )
+        return torch.cat(probabilities)
+
+    def predict(self, rows: Sequence[dict[str, Any]]) -> list[str | None]:
+        """The adjusted answer per row."""
+        return [self.answer_of_class[i] for i in self.adjusted_probabilities(rows).argmax(dim=1).tolist()]
+
+    def predict_both(self, rows: Sequence[dict[str, Any]]) -> tuple[list[str | None], list[str | None]]:
+        """(adjusted answers, plain LM-head answers)."""
+        return self.predict(rows), super().predict(rows)
