@@ -27,8 +27,10 @@ def _command_list(args: argparse.Namespace) -> int:
         print(f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {distribution:<{widths[2]}}  {description}")
     if args.estimators:
         print("\nevent estimators (for trainer: capt)")
-        for entry in sorted(manager.event_estimators, key=lambda e: e.name):
-            print(f"  {entry.name}  ({entry.distribution})  {entry.description}")
+        estimators = sorted(manager.event_estimators, key=lambda e: e.name)
+        width = max(len(e.name) for e in estimators)
+        for entry in estimators:
+            print(f"  {entry.name:<{width}}  {entry.distribution:<{widths[2]}}  {entry.description}")
     for failure in manager.failures:
         print(f"\nwarning: plugin {failure.entry_point!r} from {failure.distribution!r} failed to load: {failure.error}")
     return 0

@@ -363,17 +363,15 @@ class CAPTPredictor(LMPredictor):
         model,
         tokenizer,
         answers: Sequence[str],
-        mode: str = "score",
-        batch_size: int = 16,
-        max_new_tokens: int = 128,
-        prompt_column: str = "prompt",
         *,
         estimator: EventEstimator,
         symbol_pool: str | Sequence[str] = "letters",
         seed: int = 0,
         on_no_events: str = "keep",
+        **predictor_kwargs,
     ):
-        super().__init__(model, tokenizer, answers, mode, batch_size, max_new_tokens, prompt_column)
+        """``predictor_kwargs`` are ``LMPredictor``'s (mode, batch_size, max_new_tokens, prompt_column)."""
+        super().__init__(model, tokenizer, answers, **predictor_kwargs)
         self.estimator = estimator
         self.symbol_pool = symbol_pool
         self.seed = seed

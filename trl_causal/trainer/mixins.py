@@ -119,6 +119,13 @@ class HeadsMixin:
     model weights, left out of the model's own files, and restored on ``resume_from_checkpoint``.
     """
 
+    def _build_accelerator_args(self, **kwargs):
+        # The heads run after the model's DDP forward. With DDP's unused-parameter search (transformers turns it
+        # on without gradient checkpointing or for PEFT models) they would be marked ready twice in backward.
+        if self.args.ddp_find_unused_parameters is None:
+            self.args.ddp_find_unused_parameters = False
+        return super()._build_accelerator_args(**kwargs)
+
     def attach_heads(self, heads: nn.Module) -> None:
         parameter = next(self.model.parameters())
         self.model.add_module(HEADS_ATTR, heads.to(device=parameter.device))

@@ -1,0 +1,56 @@
+"""Helpers shared by the benchmark scripts: run a registered trainer in-process, time its steps, write results."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step (forward, backward, update)."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._start)
+
+    def median(self, skip: int = 1) -> float:
+        """Median step time, leaving out the first ``skip`` warm-up steps."""
+        return statistics.median(self.seconds[skip:] or self.seconds)
+
+
+def train_in_process(config: str, overrides: list[str], train_dataset):
+    """Train with the trainer a YAML + overrides select, exactly as `trl-causal train` builds it; returns (trainer, timer)."""
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.train import build_trainer
+
+    run = parse_run_config(overrides, config)
+    trainer = build_trainer(run, train_dataset, None)
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    trainer.train()
+    return run, trainer, timer
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write_results(name: str, results: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results["command"] = " ".join([".venv/bin/python", *[a if i else f"benchmarks/{Path(a).name}" for i, a in enumerate(sys.argv)]])
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
