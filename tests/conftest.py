@@ -104,11 +104,9 @@ def reward_data(tmp_path) -> Path:
     return write_jsonl(tmp_path / "reward.jsonl", reward_rows())
 
 
-def base_config(model: Path, data: Path, output_dir: Path, **overrides) -> dict:
-    """Training settings for a few fast CPU steps."""
-    config = {
-        "model_name_or_path": str(model),
-        "dataset_name": str(data),
+def cpu_training_args(output_dir: Path, **overrides) -> dict:
+    """TrainingArguments fields for a few fast, deterministic CPU steps."""
+    settings = {
         "output_dir": str(output_dir),
         "max_steps": 2,
         "per_device_train_batch_size": 2,
@@ -122,8 +120,13 @@ def base_config(model: Path, data: Path, output_dir: Path, **overrides) -> dict:
         "dataloader_num_workers": 0,
         "seed": 0,
     }
-    config.update(overrides)
-    return config
+    settings.update(overrides)
+    return settings
+
+
+def base_config(model: Path, data: Path, output_dir: Path, **overrides) -> dict:
+    """A YAML config for a few fast CPU steps."""
+    return {"model_name_or_path": str(model), "dataset_name": str(data), **cpu_training_args(output_dir, **overrides)}
 
 
 def write_config(path: Path, config: dict) -> Path:

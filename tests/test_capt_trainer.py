@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState
 from trl import SFTConfig, SFTTrainer
 
-from conftest import base_config, run_cli, write_config, write_jsonl
+from conftest import base_config, cpu_training_args, run_cli, write_config, write_jsonl
 from trl_causal import CAPTConfig, CAPTTrainer, cli
 from trl_causal.capt import NoEventsFound, PoolExhaustedError, generate_prontoqa
 from trl_causal.errors import ConfigError
@@ -38,22 +38,7 @@ def prontoqa_rows(n: int = 4, fmt: str = "text") -> list[dict]:
 
 
 def capt_args(tmp_path, **overrides) -> CAPTConfig:
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=1,
-        learning_rate=1.0e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        seed=0,
-    )
-    values.update(overrides)
-    return CAPTConfig(**values)
+    return CAPTConfig(**cpu_training_args(tmp_path / "out", **{"max_steps": 1, "disable_tqdm": True, **overrides}))
 
 
 def make_trainer(tiny_model, tmp_path, rows, **overrides) -> CAPTTrainer:

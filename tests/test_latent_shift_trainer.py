@@ -11,7 +11,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import base_config, run_cli, write_config, write_jsonl
+from conftest import base_config, cpu_training_args, run_cli, write_config, write_jsonl
 from trl_causal import cli
 from trl_causal.configuration import parse_run_config
 from trl_causal.errors import ConfigError, DataError
@@ -41,23 +41,8 @@ def shift_rows(n: int = 8, agreement: float = 0.9, seed: int = 0) -> list[dict]:
 
 
 def make_trainer(tiny_model, output_dir, rows=None, peft_config=None, **overrides) -> LatentShiftTrainer:
-    settings = dict(
-        output_dir=str(output_dir),
-        max_steps=1,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        seed=0,
-        n_patches=4,
-        label_column="label",
-    )
-    args = LatentShiftConfig(**{**settings, **overrides})
+    settings = dict(max_steps=1, per_device_train_batch_size=4, learning_rate=1e-2, lr_scheduler_type="constant", n_patches=4, label_column="label")
+    args = LatentShiftConfig(**cpu_training_args(output_dir, **{**settings, **overrides}))
     dataset = Dataset.from_list(rows if rows is not None else shift_rows())
     return LatentShiftTrainer(model=str(tiny_model), args=args, train_dataset=dataset, peft_config=peft_config)
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 from trl import SFTConfig, SFTTrainer
 
-from conftest import REPO
+from conftest import REPO, cpu_training_args
 from trl_causal.trainer import CausalLossMixin, HeadsMixin
 from trl_causal.trainer.mixins import HEADS_FILE
 
@@ -27,24 +27,9 @@ ROWS = {
 
 
 def sgd_args(tmp_path, cls=SFTConfig, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path),
-        max_steps=1,
-        learning_rate=1.0,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-    )
-    settings.update(overrides)
-    return cls(**settings)
+    """One plain SGD step (lr 1, no clipping, no decay): the weight change is the gradient."""
+    sgd = dict(max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0)
+    return cls(**cpu_training_args(tmp_path, **{**sgd, **overrides}))
 
 
 def weights_after_one_step(tiny_model, tmp_path, batch_size, accumulation):
