@@ -73,6 +73,17 @@ def build_tiny_model(directory: Path) -> Path:
     return directory
 
 
+@pytest.fixture
+def single_thread():
+    """Tiny tensors run far faster on one thread than on several competing for shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

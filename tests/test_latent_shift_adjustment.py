@@ -22,13 +22,7 @@ from trl_causal.latent_shift import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: one thread is far faster than several competing for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def seeded(seed: int) -> torch.Generator:

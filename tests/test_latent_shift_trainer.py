@@ -26,13 +26,7 @@ ANSWERS = ["negative", "positive"]
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The tiny model is fastest on one thread when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def shift_rows(n: int = 8, agreement: float = 0.9, seed: int = 0) -> list[dict]:

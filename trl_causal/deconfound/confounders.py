@@ -30,6 +30,13 @@ def describe_rows(rows: Sequence[int] | np.ndarray, shown: int = 5) -> str:
     return f"rows {rows[:shown]}{more}"
 
 
+def describe_invalid_columns(masks: Mapping[str, np.ndarray]) -> str:
+    """"'a': 2 (rows [1, 4]); 'b': 1 (rows [7])" for the columns whose row mask has any True."""
+    return "; ".join(
+        f"{name!r}: {int(mask.sum())} ({describe_rows(np.flatnonzero(mask))})" for name, mask in masks.items() if mask.any()
+    )
+
+
 def _is_missing(value: Any) -> bool:
     """None, NaN, inf or NaT."""
     if isinstance(value, np.datetime64):
@@ -203,11 +210,7 @@ def build_confounder_matrix(
     for column_invalid in invalid_by_column.values():
         invalid |= column_invalid
     if invalid.any() and not drop_invalid:
-        per_column = "; ".join(
-            f"{name!r}: {int(mask.sum())} ({describe_rows(np.flatnonzero(mask))})"
-            for name, mask in invalid_by_column.items()
-            if mask.any()
-        )
+        per_column = describe_invalid_columns(invalid_by_column)
         raise DataError(
             f"{int(invalid.sum())} of {n_rows} rows have missing or non-finite (None/NaN/inf) confounder values — "
             f"{per_column}. Fix the data, or pass drop_invalid=True to drop these rows (you get the row mask back)."

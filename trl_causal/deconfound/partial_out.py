@@ -203,15 +203,24 @@ def _check_learners(learners: Sequence[str | RegressorMixin], features: Any, see
             raise ConfigError(f"Learners {dense_only} need dense features; pass features.toarray() or use 'ridge'.")
 
 
+def _named_finite_matrix(
+    values: Any, what: str, n_rows: int, names: Sequence[str] | None, names_argument: str
+) -> tuple[np.ndarray, list[str]]:
+    """A float matrix with one name per column (default ``<what's first word>_<j>``), checked for NaN/inf."""
+    matrix = _as_float_matrix(values, what, n_rows)
+    columns = matrix.shape[1]
+    names = list(names) if names is not None else [f"{what.split()[0]}_{j}" for j in range(columns)]
+    if len(names) != columns:
+        raise DataError(f"{names_argument} has {len(names)} names but the {what} has {columns} columns.")
+    _check_finite(matrix, what, names)
+    return matrix, names
+
+
 def _check_instrument(
     instrument: Any, instrument_names: Sequence[str] | None, n_rows: int, n_confounders: int
 ) -> tuple[np.ndarray, list[str]]:
-    matrix = _as_float_matrix(instrument, "instrument", n_rows)
+    matrix, names = _named_finite_matrix(instrument, "instrument", n_rows, instrument_names, "instrument_names")
     m = matrix.shape[1]
-    names = list(instrument_names) if instrument_names is not None else [f"instrument_{j}" for j in range(m)]
-    if len(names) != m:
-        raise DataError(f"instrument_names has {len(names)} names but the instrument has {m} columns.")
-    _check_finite(matrix, "instrument", names)
     if m < n_confounders:
         raise DataError(
             f"{m} instrument column(s) for {n_confounders} confounders: 2SLS needs at least one instrument per "
@@ -393,12 +402,8 @@ def partial_out(
         raise DataError(f"The outcome must be one value per row; got shape {np.shape(y)}.")
     n = len(outcome)
     _check_finite(outcome, "outcome", ["outcome"])
-    confounder_matrix = _as_float_matrix(confounders, "confounder matrix", n)
+    confounder_matrix, names = _named_finite_matrix(confounders, "confounder matrix", n, feature_names, "feature_names")
     k = confounder_matrix.shape[1]
-    names = list(feature_names) if feature_names is not None else [f"confounder_{j}" for j in range(k)]
-    if len(names) != k:
-        raise DataError(f"feature_names has {len(names)} names but the confounder matrix has {k} columns.")
-    _check_finite(confounder_matrix, "confounder matrix", names)
     constant = [name for name, spread in zip(names, np.ptp(confounder_matrix, axis=0)) if spread == 0]
     if constant:
         raise DataError(f"Confounders {constant} have the same value in every row (no variance); remove them.")

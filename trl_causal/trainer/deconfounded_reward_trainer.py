@@ -45,7 +45,7 @@ from trl.trainer.utils import global_then_local_main_first, pad
 
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.confounders import _is_missing as is_missing
-from ..deconfound.confounders import describe_rows
+from ..deconfound.confounders import describe_invalid_columns
 from ..deconfound.features import hidden_state_features, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
 from ..errors import ConfigError, DataError
@@ -182,11 +182,7 @@ def read_observations(
         problems = _invalid_rows(dataset, args, outcome, instrument)
         invalid = np.logical_or.reduce(list(problems.values()))
         if invalid.any() and not args.drop_invalid:
-            listed = "; ".join(
-                f"{column!r}: {int(mask.sum())} ({describe_rows(np.flatnonzero(mask))})"
-                for column, mask in problems.items()
-                if mask.any()
-            )
+            listed = describe_invalid_columns(problems)
             raise DataError(
                 f"{int(invalid.sum())} of {len(dataset)} rows of the {split} split have a missing or non-finite value "
                 f"(NaN/inf/None, or no text) - {listed}. Fix the data, or set `drop_invalid: true` to drop these rows."
