@@ -128,6 +128,21 @@ def test_id_split_is_true_anti_split_is_false_nonsense_split_is_invented():
         assert all(concept.endswith("us") for concept in _concept_chain(row))
 
 
+@pytest.mark.parametrize("split", ["id", "anti", "nonsense"])
+def test_splits_share_one_structure_so_only_content_can_shift(split):
+    """No surface cue answers a row in one split and misleads in another: the query's "not" is independent of
+    the answer, and the queried property is stated twice, once with each truth (the first distractor)."""
+    rows = generate_prontoqa(400, split, hops=(1, 2, 3), seed=4)
+    negated = Counter((" not " in row["query"], row["answer"]) for row in rows)
+    for query_negated in (True, False):
+        true_share = negated[(query_negated, "True")] / (negated[(query_negated, "True")] + negated[(query_negated, "False")])
+        assert 0.4 < true_share < 0.6, (query_negated, negated)
+    for row in rows:
+        prop = row["query"].rstrip(".").split()[-1]
+        about_prop = [s for s in row["question"].split(". ") if s.rstrip(".").split()[-1] == prop]
+        assert {" not " in f" {s} " for s in about_prop} == {True, False}, row["question"]
+
+
 def test_generator_round_trips_through_the_common_schema_converter():
     for target in ("answer", "reasoning"):
         rows = generate_prontoqa(10, "nonsense", hops=(1, 3), seed=5, target=target, distractors=4)

@@ -16,6 +16,7 @@ split over a real ontology (``id``) and two out-of-distribution splits: real wor
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -202,37 +203,41 @@ REAL_IS_A: dict[str, str] = {
     "integer": "rational number", "rational number": "real number", "real number": "number",
     "fraction": "rational number",
 }
-# concept -> (property, holds): true facts; a concept inherits its ancestors' facts (the nearest wins).
+# concept -> (property, holds): true facts; a concept inherits its ancestors' facts (the nearest wins). Most
+# properties have holders of both truths, so a row can state the opposite fact of another concept as a distractor.
 REAL_PROPERTIES: dict[str, tuple[tuple[str, bool], ...]] = {
-    "animal": (("multicellular", True),),
+    "animal": (("multicellular", True), ("abstract", False)),
     "vertebrate": (("bony", True),),
     "invertebrate": (("bony", False),),
-    "mammal": (("warm-blooded", True), ("furry", True), ("cold-blooded", False)),
+    "mammal": (
+        ("warm-blooded", True), ("furry", True), ("cold-blooded", False), ("feathered", False), ("scaly", False),
+        ("slimy", False), ("legless", False),
+    ),
     "carnivore": (("carnivorous", True), ("herbivorous", False)),
     "feline": (("agile", True),),
-    "cat": (("small", True),),
+    "cat": (("small", True), ("large", False)),
     "tabby": (("striped", True),),
     "dog": (("loyal", True),),
-    "poodle": (("curly", True),),
+    "poodle": (("curly", True), ("striped", False)),
     "ruminant": (("herbivorous", True), ("carnivorous", False)),
-    "cow": (("large", True),),
-    "bird": (("feathered", True), ("warm-blooded", True), ("cold-blooded", False)),
-    "songbird": (("small", True),),
+    "cow": (("large", True), ("small", False), ("venomous", False)),
+    "bird": (("feathered", True), ("warm-blooded", True), ("cold-blooded", False), ("furry", False), ("legless", False)),
+    "songbird": (("small", True), ("large", False)),
     "raptor": (("carnivorous", True),),
-    "eagle": (("large", True),),
-    "amphibian": (("cold-blooded", True), ("warm-blooded", False)),
-    "frog": (("slimy", True),),
-    "reptile": (("cold-blooded", True), ("scaly", True), ("warm-blooded", False)),
-    "snake": (("legless", True),),
+    "eagle": (("large", True), ("small", False)),
+    "amphibian": (("cold-blooded", True), ("warm-blooded", False), ("scaly", False), ("feathered", False)),
+    "frog": (("slimy", True), ("hairy", False)),
+    "reptile": (("cold-blooded", True), ("scaly", True), ("warm-blooded", False), ("furry", False), ("feathered", False)),
+    "snake": (("legless", True), ("hairy", False)),
     "cobra": (("venomous", True),),
     "arthropod": (("segmented", True),),
-    "insect": (("six-legged", True),),
+    "insect": (("six-legged", True), ("eight-legged", False)),
     "lepidopteran": (("winged", True),),
     "butterfly": (("colorful", True),),
     "arachnid": (("eight-legged", True), ("six-legged", False)),
-    "spider": (("venomous", True),),
+    "spider": (("venomous", True), ("winged", False)),
     "tarantula": (("hairy", True),),
-    "number": (("abstract", True),),
+    "number": (("abstract", True), ("multicellular", False)),
     "real number": (("imaginary", False),),
     "rational number": (("irrational", False),),
     "integer": (("fractional", False),),
@@ -266,9 +271,16 @@ def real_properties(concept: str) -> dict[str, bool]:
     return facts
 
 
-def _draw_real_fact(rng: np.random.Generator, concept: str) -> tuple[str, bool]:
-    facts = sorted(real_properties(concept).items())
+def _draw_real_fact(rng: np.random.Generator, concept: str, holds: bool | None = None) -> tuple[str, bool]:
+    """A true fact of ``concept`` (of truth ``holds`` when given)."""
+    facts = [(prop, truth) for prop, truth in sorted(real_properties(concept).items()) if holds in (None, truth)]
     return facts[rng.integers(len(facts))]
+
+
+@functools.cache
+def real_holders(prop: str, holds: bool) -> frozenset[str]:
+    """The real concepts of which "``prop``" has truth ``holds`` (own or inherited fact)."""
+    return frozenset(concept for concept in REAL_CONCEPTS if real_properties(concept).get(prop) is holds)
 
 
 def nonsense_noun(rng: np.random.Generator) -> str:
@@ -320,63 +332,66 @@ def _new_nonsense(rng: np.random.Generator, taken: set[str]) -> str:
     return noun
 
 
-def _chain_and_property(rng: np.random.Generator, split: str, hops: int) -> tuple[list[str], str, bool]:
-    """The individual's concepts c0 .. c_{hops-1} (each is-a the next) and the property (and its truth) of the
-    last one. id: a real path and a true property; anti: every is-a false and the property's truth flipped;
-    nonsense: invented nouns and a drawn property."""
+def _chain_and_property(rng: np.random.Generator, split: str, hops: int, holds: bool) -> tuple[list[str], str]:
+    """The individual's concepts c0 .. c_{hops-1} (each is-a the next) and the property that the rule about the
+    last one states with truth ``holds``. ``holds`` is drawn per row in every split, so neither the rule's nor
+    the query's "not" says anything about the answer. id: a real path and a true fact of that truth that some
+    concept outside the path holds the other way (the first distractor states it); anti: a false path and a
+    real fact of the opposite truth, flipped; nonsense: invented nouns and any adjective."""
     if split == "id":
-        starts = [c for c in REAL_CONCEPTS if len(real_ancestors(c)) >= hops - 1]
-        start = starts[rng.integers(len(starts))]
-        chain = [start, *real_ancestors(start)[: hops - 1]]
-        return (chain, *_draw_real_fact(rng, chain[-1]))
+        options = [
+            (chain, prop)
+            for start in REAL_CONCEPTS
+            if len(real_ancestors(start)) >= hops - 1
+            for chain in [[start, *real_ancestors(start)[: hops - 1]]]
+            for prop, truth in sorted(real_properties(chain[-1]).items())
+            if truth is holds and real_holders(prop, not holds) - set(chain)
+        ]
+        return options[rng.integers(len(options))]
     if split == "anti":
         chain = [REAL_CONCEPTS[rng.integers(len(REAL_CONCEPTS))]]
         while len(chain) < hops:
             false_parents = [c for c in REAL_CONCEPTS if c not in real_ancestors(chain[-1])]
             chain.append(_draw_new(rng, false_parents, set(chain)))
-        prop, holds = _draw_real_fact(rng, chain[-1])
-        return chain, prop, not holds
+        return chain, _draw_real_fact(rng, chain[-1], not holds)[0]
     invented: list[str] = []
     for _ in range(hops):
         invented.append(_new_nonsense(rng, set(invented)))
-    return invented, str(rng.choice(ADJECTIVES)), bool(rng.integers(2))
+    return invented, str(rng.choice(ADJECTIVES))
 
 
 def _distractors(
     rng: np.random.Generator, split: str, chain: list[str], prop: str, holds: bool, count: int
 ) -> list[Rule]:
-    """Up to ``count`` rules whose subjects are outside the chain (so they cannot change the answer): first
-    "Every D is (not) <prop>" with the opposite truth, then is-a rules into the chain and other properties.
-    id: true facts only; anti: false ones; nonsense: new invented nouns."""
-    taken = set(chain)
+    """Up to ``count`` rules whose subjects are outside the chain (so they cannot change the answer), in one
+    pattern for every split: first "Every D is (not) <prop>" with the opposite truth, then alternately an is-a
+    rule into the chain and another property. id: true facts only; anti: false ones; nonsense: invented nouns."""
     rules: list[Rule] = []
-    if split == "id":
-        opposite = [c for c in REAL_CONCEPTS if c not in taken and real_properties(c).get(prop) is (not holds)]
-        if opposite and count:
-            rules.append(Rule(_draw_new(rng, opposite, taken), prop, False, not holds))
-        pool = [Rule(c, p, True) for c, p in REAL_IS_A.items() if c not in taken]
-        pool += [Rule(c, p, False, h) for c, facts in REAL_PROPERTIES.items() if c not in taken for p, h in facts]
-        for i in rng.permutation(len(pool)):
-            if len(rules) == count:
-                break
-            if pool[i] not in rules:
-                rules.append(pool[i])
-        return rules
     for index in range(count):
-        used = taken | {rule.subject for rule in rules}
-        subject = _draw_new(rng, REAL_CONCEPTS, used) if split == "anti" else _new_nonsense(rng, used)
-        if subject is None:  # every real concept is already used
-            break
-        parents = [c for c in chain if c not in real_ancestors(subject)]
+        used = set(chain) | {rule.subject for rule in rules}
+        if split == "nonsense":
+            subject = _new_nonsense(rng, used)
+            parents = chain
+        else:
+            if index == 0 and split == "id":
+                candidates = sorted(real_holders(prop, not holds))
+            elif index % 2 and split == "id":  # concepts below a chain concept, when there are any
+                candidates = [c for c in REAL_CONCEPTS if set(real_ancestors(c)) & set(chain)] or REAL_CONCEPTS
+            else:
+                candidates = REAL_CONCEPTS
+            subject = _draw_new(rng, candidates, used)
+            if subject is None:  # every real concept is already used
+                break
+            parents = [c for c in chain if (c in real_ancestors(subject)) is (split == "id")]
         if index == 0:
             rules.append(Rule(subject, prop, False, not holds))
         elif index % 2 and parents:
             rules.append(Rule(subject, parents[rng.integers(len(parents))], True))
-        elif split == "anti":
-            other, other_holds = _draw_real_fact(rng, subject)
-            rules.append(Rule(subject, other, False, not other_holds))
-        else:
+        elif split == "nonsense":
             rules.append(Rule(subject, str(rng.choice(ADJECTIVES)), False, bool(rng.integers(2))))
+        else:
+            other, truth = _draw_real_fact(rng, subject)
+            rules.append(Rule(subject, other, False, truth if split == "id" else not truth))
     return rules
 
 
@@ -389,7 +404,8 @@ def _generate_row(
     target: Target,
     prompt_template: str,
 ) -> dict[str, Any]:
-    chain, prop, holds = _chain_and_property(rng, split, hops)
+    holds = bool(rng.integers(2))
+    chain, prop = _chain_and_property(rng, split, hops, holds)
     name = str(rng.choice(INDIVIDUALS))
     rules = [Rule(chain[i], chain[i + 1], True) for i in range(hops - 1)] + [Rule(chain[-1], prop, False, holds)]
     rules_and_distractors = rules + _distractors(rng, split, chain, prop, holds, distractors)
