@@ -53,6 +53,12 @@ def test_render_uses_one_mapping_for_prompt_and_completion():
     assert completion == "Zet is a bako."
 
 
+def test_article_agrees_with_how_a_letter_symbol_is_said():
+    template = EventTemplate("Sam is a {e1}. Max is an {e2}. Rex is a {e3}.", None, {"e1": "cat", "e2": "owl", "e3": "dog"})
+    prompt, _ = template.render({"e1": "H", "e2": "U", "e3": "ur"})
+    assert prompt == "Sam is an H. Max is a U. Rex is an ur."
+
+
 def test_render_capitalises_symbols_that_open_a_sentence_and_keeps_plural_suffix():
     template = EventTemplate("{e1}s are {e2}. Wow.\n{e1} is {e2}.", None, {"e1": "wumpus", "e2": "bony"})
     prompt, completion = template.render({"e1": "tap", "e2": "ruk"})

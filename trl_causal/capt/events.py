@@ -64,12 +64,22 @@ def _starts_sentence(text: str, position: int) -> bool:
     return not stripped or stripped[-1] in _SENTENCE_END or "\n" in before[len(stripped) :]
 
 
+def _vowel_sound(symbol: str) -> bool:
+    """Whether a symbol is said with a vowel first: a word starting with a vowel letter, or a single capital
+    letter whose name does ("an F", "an S", "a U")."""
+    return symbol in _VOWEL_SOUND_LETTERS if len(symbol) == 1 and symbol.isupper() else symbol[:1].lower() in "aeiou"
+
+
+_VOWEL_SOUND_LETTERS = frozenset("AEFHILMNORSX")
+
+
 def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] | None = None) -> str:
     """Replace every ``{eN}`` in ``text`` by ``mapping["eN"]``.
 
     A symbol gets a capital first letter where it opens a sentence, or where the original name was
     capitalised (a proper noun such as "Sally"); otherwise it is written as drawn. An article "a"/"an" just
-    before a placeholder is made to agree with the symbol: "an" before a vowel letter, else "a".
+    before a placeholder is made to agree with the symbol: "an" before a vowel sound ("an apple", "an H"),
+    else "a".
     """
     names = names or {}
 
@@ -80,7 +90,7 @@ def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] 
             symbol = symbol[:1].upper() + symbol[1:]
         if article is None:
             return symbol
-        agreeing = "an" if symbol[:1].lower() in "aeiou" else "a"
+        agreeing = "an" if _vowel_sound(symbol) else "a"
         return (agreeing.capitalize() if article[0].isupper() else agreeing) + match["gap"] + symbol
 
     return _RENDER_PATTERN.sub(replace, text)
