@@ -163,6 +163,19 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
     assert report["results"]["capt"]["splits"]["test"]["n"] == 4
 
 
+@pytest.mark.slow
+def test_cli_trains_on_two_processes_with_the_main_process_estimating_first(tiny_model, tmp_path):
+    """2-process DDP over gloo: rank 0 estimates before the others (a barrier each way), both ranks train."""
+    data = write_jsonl(tmp_path / "train.jsonl", prontoqa_rows(8, "conversational"))
+    settings = base_config(tiny_model, data, tmp_path / "out", num_processes=2, multi_gpu=True, main_process_port=29541)
+    path = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **settings, "event_estimator": "prontoqa"})
+    result = run_cli("train", "--config", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("events estimated with 'prontoqa' on 8 training rows") == 1  # reported by rank 0
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+
+
 def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model, tmp_path):
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
     rows = prontoqa_rows(2, "text") + prontoqa_rows(2, "conversational")

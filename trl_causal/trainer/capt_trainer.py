@@ -240,13 +240,15 @@ class CAPTTrainer(SFTTrainer):
                     f"The capt trainer needs the {name} rows as a map-style datasets.Dataset (it estimates every row "
                     f"before training), not {type(dataset).__name__}."
                 )
-        # Everything about the data is settled before the model loads, so bad rows fail fast.
+        # Everything about the data is settled before the model loads, so bad rows fail fast. Under DDP the main
+        # process estimates first: an `llm` estimator's disk cache then serves the other ranks.
         self.event_estimator = args.build_event_estimator()
         show_progress = args.process_index == 0 and not args.disable_tqdm
-        train_estimated = self._estimate(args, train_dataset, "training", show_progress)
-        self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
-        train_interventions = self._interventions(args, train_estimated)
-        eval_plans = {key: self._plan_eval(args, rows, f"evaluation {key!r}") for key, rows in eval_datasets.items()}
+        with args.main_process_first(desc="event estimation"):
+            train_estimated = self._estimate(args, train_dataset, "training", show_progress)
+            self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
+            train_interventions = self._interventions(args, train_estimated)
+            eval_plans = {key: self._plan_eval(args, rows, f"evaluation {key!r}") for key, rows in eval_datasets.items()}
 
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         # TRL's compute_loss divides by `num_items_in_batch`: have the Trainer always count it.
