@@ -193,6 +193,25 @@ def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model
 # Bad input: one clear error each
 
 
+def test_pool_symbols_at_inference_are_the_training_rows_names_saved_with_the_model(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, tmp_path, prontoqa_rows(4), symbol_pool="pool")
+    trainer.train()
+    trainer.save_model()
+    training_names = set(trainer.symbol_pool.symbols)
+    model, tokenizer = trainer.model, trainer.processing_class
+    test_rows = [{"prompt": row["prompt"], "completion": row["completion"]} for row in generate_prontoqa(6, "nonsense", seed=9)]
+    test_names = {name for row in generate_prontoqa(6, "nonsense", seed=9) for name in row["events"]}
+
+    saved = CAPTTrainer.build_predictor(trainer.args, model, tokenizer, ["True", "False"], checkpoint_dir=trainer.args.output_dir)
+    assert set(saved.symbol_pool) == training_names
+    prompts = saved.prepare_prompts(test_rows)
+    assert not any(names_in(prompt, sorted(test_names - training_names)) for prompt in prompts)
+    assert all(names_in(prompt, sorted(training_names)) for prompt in prompts)
+
+    unsaved = CAPTTrainer.build_predictor(trainer.args, model, tokenizer, ["True", "False"])  # no checkpoint: the call's rows
+    assert unsaved.symbol_pool == "pool"
+
+
 def test_unknown_estimator_suggests_the_closest_registered_one(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"event_estimator: Unknown event estimator 'prontoq'\. Did you mean 'prontoqa'"):
         capt_args(tmp_path, event_estimator="prontoq")

@@ -48,7 +48,7 @@ class CAPTConfig(SFTConfig):
         default_factory=lambda: "letters",  # a factory: the argument parser reads no plain default of a list field
         metadata={
             "help": "Symbols that replace the events: 'letters' (A-Z, as in the paper), 'nonsense' (random "
-            "pronounceable strings), 'pool' (event names of other training rows), or a list of symbols."
+            "pronounceable strings), 'pool' (event names of other training rows; saved with the model for inference), or a list of symbols."
         },
     )
     intervention_seed: int | None = field(

@@ -10,6 +10,8 @@ gives the same symbols, and nothing but the templates is stored. The epoch comes
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -210,6 +212,9 @@ def check_interventions(interventions: RowInterventions, row_indices: Sequence[i
             raise PoolExhaustedError(f"Row {row_index}: {error}") from error
 
 
+SYMBOL_POOL_FILE = "capt_symbol_pool.json"
+
+
 class CAPTTrainer(SFTTrainer):
     """``trl.SFTTrainer`` for causality-aware post-training (CAPT-SFT).
 
@@ -333,19 +338,32 @@ class CAPTTrainer(SFTTrainer):
             shown = text.replace(MESSAGE_SEPARATOR, " | ")[:400]
             self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {shown!r}")
 
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """The model, and with ``symbol_pool: pool`` the training rows' names, so inference draws from them too."""
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save and self.args.symbol_pool == "pool":
+            with open(os.path.join(output_dir or self.args.output_dir, SYMBOL_POOL_FILE), "w") as f:
+                json.dump({"symbols": self.symbol_pool.symbols}, f, indent=2)
+
     @classmethod
     def build_predictor(
         cls, args: CAPTConfig, model, tokenizer, answers: Sequence[str], mode: str = "score", checkpoint_dir=None, **kwargs
     ) -> CAPTPredictor:
-        """The ``CAPTPredictor`` configured like ``args``; ``checkpoint_dir`` is not read (the pipeline is the
-        config's). ``kwargs`` go to ``CAPTPredictor`` (batch_size, max_new_tokens, prompt_column)."""
+        """The ``CAPTPredictor`` configured like ``args``. With ``symbol_pool: pool``, the names saved in
+        ``checkpoint_dir`` by training are the pool (else the names of the rows of each predict call). ``kwargs`` go
+        to ``CAPTPredictor`` (batch_size, max_new_tokens, prompt_column)."""
+        symbol_pool = args.symbol_pool
+        saved_pool = None if checkpoint_dir is None else os.path.join(checkpoint_dir, SYMBOL_POOL_FILE)
+        if symbol_pool == "pool" and saved_pool and os.path.isfile(saved_pool):
+            with open(saved_pool) as f:
+                symbol_pool = json.load(f)["symbols"]
         return CAPTPredictor(
             model,
             tokenizer,
             answers,
             mode=mode,
             estimator=args.build_event_estimator(),
-            symbol_pool=args.symbol_pool,
+            symbol_pool=symbol_pool,
             seed=args.intervention_seed,
             on_no_events=args.on_no_events,
             **kwargs,
@@ -356,7 +374,8 @@ class CAPTPredictor(LMPredictor):
     """``LMPredictor`` with CAPT's inference pipeline: events are estimated on each prompt alone and replaced by
     symbols (seeded: row ``k`` of a ``predict`` call uses draw 0 of ``RowInterventions(seed)``), then decoded.
 
-    ``symbol_pool="pool"`` takes the names of the other rows of the same call. A prompt without events is kept
+    ``symbol_pool="pool"`` takes the names of the other rows of the same call; ``CAPTTrainer.build_predictor``
+    passes the training rows' names instead when the checkpoint has them. A prompt without events is kept
     unchanged unless ``on_no_events="error"``.
     """
 
