@@ -97,3 +97,56 @@ def test_multi_token_answers_are_scored_in_full(tiny_model):
         logprobs = model(torch.tensor([ids])).logits.log_softmax(-1)[0]
     manual = sum(logprobs[t - 1, ids[t]].item() for t in range(prompt_len, len(ids)))
     assert scores[0, 0].item() == pytest.approx(manual, abs=1e-4)
+
+
+def training_answer_logprob(model, tokenizer, row: dict) -> float:
+    """Sum of log p over the completion tokens of ``row`` exactly as TRL's SFTTrainer tokenizes it for training
+    (its supervised `labels`), leaving out the end-of-sequence/end-of-turn tokens that follow the answer."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(output_dir="unused", report_to="none", use_cpu=True, bf16=False, max_length=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([row]), processing_class=tokenizer)
+    example = trainer.train_dataset[0]
+    ids = example["input_ids"]
+    start = next(t for t, label in enumerate(example["labels"]) if label != -100)
+    answer = row["completion"] if isinstance(row["completion"], str) else row["completion"][-1]["content"]
+    n_answer = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logprobs = model(torch.tensor([ids])).logits.log_softmax(-1)[0]
+    return sum(logprobs[t - 1, ids[t]].item() for t in range(start, start + n_answer))
+
+
+@pytest.mark.parametrize("conversational", [False, True], ids=["prompt-completion", "chat"])
+def test_score_uses_the_answer_tokens_that_training_supervises(tiny_model, conversational):
+    """Plain prompt/completion rows train on " positive" (leading space): scoring must score those tokens, not
+    "positive". Chat rows train on the assistant content right after the generation prompt (no space)."""
+    from trl_causal.latent_shift import generate_shift_dataset, to_prompt_completion
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = to_prompt_completion(generate_shift_dataset(2, 0.9, seed=0), instruction="{text}\nSentiment:", conversational=conversational)
+    if not conversational:
+        assert rows[0]["completion"].startswith(" ")
+        spaced, bare = (tokenizer(a, add_special_tokens=False)["input_ids"] for a in (" positive", "positive"))
+        assert spaced != bare, "the tiny tokenizer must tell the two apart, else the test proves nothing"
+    answers = ["negative", "positive"]
+    predictor = LMPredictor(model, tokenizer, answers)
+    scores = predictor.score([row["prompt"] for row in rows], predictor.answer_prefixes(rows))
+    for i, row in enumerate(rows):
+        gold = answers.index(row["label"])
+        assert scores[i, gold].item() == pytest.approx(training_answer_logprob(model, tokenizer, row), abs=1e-4)
+    assert predictor.predict(rows) == [answers[i] for i in scores.argmax(dim=1).tolist()]
+    if not conversational:  # answers that carry their own space are used as is; an explicit prefix wins over the rows
+        spaced_answers = LMPredictor(model, tokenizer, [" negative", " positive"]).score([row["prompt"] for row in rows])
+        torch.testing.assert_close(spaced_answers, scores)
+        assert LMPredictor(model, tokenizer, answers, answer_prefix="").answer_prefixes(rows) == ["", ""]
+
+
+def test_macro_f1_averages_the_per_class_f1():
+    from trl_causal.evaluation import accuracy_report, macro_f1
+
+    gold = ["pos", "pos", "pos", "neg"]
+    assert macro_f1(["pos", "pos", "pos", "pos"], gold) == pytest.approx((6 / 7 + 0.0) / 2)
+    assert macro_f1(["pos", "neg", None, "neg"], gold) == pytest.approx((2 / 4 + 2 / 3) / 2)
+    assert accuracy_report(gold, gold) == {"accuracy": 1.0, "macro_f1": 1.0, "n": 4, "unparsed": 0}

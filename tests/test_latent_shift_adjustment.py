@@ -396,6 +396,24 @@ def test_heads_predict_from_the_bank_with_batch_size_one():
         heads.predict(last[:1], prompt_mask[:1], low_hidden=low[:1], source="batch")
     with pytest.raises(ConfigError, match="pass low_hidden"):
         heads.predict(last, prompt_mask, source="batch")
+
+
+def test_own_source_is_the_unadjusted_head_on_each_rows_own_phi():
+    """The no-shuffle ablation: h([q1(x), Phi(x)]) with no draws, so any k or seed gives the same answer."""
+    heads = make_heads()
+    last, frozen, low, prompt_mask, labels = make_batch()
+    heads.losses(last, frozen, low, prompt_mask, labels, adjustment="shuffle_test")
+    heads.eval()
+    with torch.no_grad():
+        own = heads.predict(last, prompt_mask, low_hidden=low, source="own", k=3, generator=seeded(1))
+        q1 = heads.causal_probs(last, prompt_mask)
+        phi = heads.low_level_encoder(heads.low_level_features(low, prompt_mask)[0])
+        expected = heads.adjusted_head(q1, phi).softmax(-1)
+        one_row = heads.predict(last[:1], prompt_mask[:1], low_hidden=low[:1], source="own")
+    torch.testing.assert_close(own, expected)
+    torch.testing.assert_close(one_row, expected[:1])
+    with pytest.raises(ConfigError, match="pass low_hidden"):
+        heads.predict(last, prompt_mask, source="own")
     with pytest.raises(DataError, match="empty"):
         make_heads().predict(last, prompt_mask)
 

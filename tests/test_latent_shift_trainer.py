@@ -67,7 +67,7 @@ def test_cli_trains_with_lora_on_two_processes_saves_the_heads_and_evaluates(tin
 
     assert cli.main(["eval", "--config", str(config), "--split", f"shift_10={test}", "--answer_column", "label"]) == 0
     report = json.loads((out / "eval_results.json").read_text())
-    assert report["results"]["latent_shift"]["splits"]["shift_10"]["n"] == 6
+    assert report["results"]["latent_shift:adjusted"]["splits"]["shift_10"]["n"] == 6
 
 
 def weight_deltas_after_one_sgd_step(tiny_model, output_dir, batch_size, accumulation) -> dict[str, torch.Tensor]:
@@ -234,5 +234,32 @@ def test_batch_source_needs_two_rows_and_the_checkpoint_needs_its_heads(trained_
     predictor.batch_size = 1
     with pytest.raises(DataError, match="memory bank"):
         predictor.adjusted_probabilities(shift_rows(2))
+    own = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out), phi_source="own")
+    own_batched = own.adjusted_probabilities(shift_rows(4))
+    own.batch_size = 1  # no draws: the no-shuffle prediction of a row does not depend on its batch
+    torch.testing.assert_close(own.adjusted_probabilities(shift_rows(4)), own_batched)
     with pytest.raises(ConfigError, match=LATENT_SHIFT_FILE):
         LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path))
+
+
+def test_eval_command_reports_the_adjusted_and_the_plain_prediction(trained_checkpoint, tiny_model, tmp_path, capsys):
+    args, out = trained_checkpoint
+    test_rows = shift_rows(6, agreement=0.1, seed=3)
+    test = write_jsonl(tmp_path / "test.jsonl", test_rows)
+    settings = base_config(tiny_model, test, out, n_patches=4, label_column="label")
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **settings})
+    output = tmp_path / "eval.json"
+    assert cli.main(["eval", "--config", str(config), "--split", f"shift_10={test}", "--answer_column", "label", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())["results"]
+    assert set(results) == {"latent_shift:adjusted", "latent_shift:plain"}
+    assert [results[name]["prediction"] for name in sorted(results)] == ["adjusted", "plain"]
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    predictor = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out))
+    gold = [row["label"] for row in test_rows]
+    for name, predicted in zip(("latent_shift:adjusted", "latent_shift:plain"), predictor.predict_both(test_rows)):
+        expected = sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+        assert results[name]["splits"]["shift_10"]["accuracy"] == pytest.approx(expected), name
+        assert set(results[name]["splits"]["shift_10"]) == {"accuracy", "macro_f1", "n", "unparsed"}
+    header = capsys.readouterr().out
+    assert "latent_shift:adjusted" in header and "latent_shift:plain" in header

@@ -115,10 +115,19 @@ def _command_eval(args: argparse.Namespace) -> int:
             checkpoint_run.trainer.trainer_class, checkpoint_run.training_args, model, tokenizer, answers, args.mode, checkpoint
         )
         predictor.batch_size = args.batch_size
-        label = trainer_name if trainer_name not in results else f"{trainer_name}:{Path(checkpoint).name}"
-        results[label] = {"trainer": trainer_name, "checkpoint": str(Path(checkpoint).resolve()), "splits": {}}
+        seen = any(result["trainer"] == trainer_name for result in results.values())
+        label = f"{trainer_name}:{Path(checkpoint).name}" if seen else trainer_name
+        # A predictor with `predict_both` (latent_shift) gives its own prediction and the plain LM head's side by side.
+        kinds = ("adjusted", "plain") if hasattr(predictor, "predict_both") else (None,)
+        labels = {kind: label if kind is None else f"{label}:{kind}" for kind in kinds}
+        for kind, column in labels.items():
+            results[column] = {"trainer": trainer_name, "checkpoint": str(Path(checkpoint).resolve()), "splits": {}}
+            if kind is not None:
+                results[column]["prediction"] = kind
         for name, rows in splits:
-            results[label]["splits"][name] = accuracy_report(predictor.predict(rows), gold[name])
+            predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
+            for column, predicted in zip(labels.values(), predictions):
+                results[column]["splits"][name] = accuracy_report(predicted, gold[name])
 
     labels = list(results)
     print("\n" + "split".ljust(16) + "".join(label[:22].rjust(24) for label in labels) + "rows".rjust(8))

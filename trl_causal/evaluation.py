@@ -35,8 +35,14 @@ def parse_answer(text: str, answers: Sequence[str]) -> str | None:
 class LMPredictor:
     """Predicts one of ``answers`` per row with a causal LM.
 
-    ``mode="score"``: argmax_a sum_t log p(a_t | prompt, a_<t) over the fixed answer set.
+    ``mode="score"``: argmax_a sum_t log p(a_t | prompt, a_<t) over the fixed answer set, with the answer tokenized
+    as training tokenizes the completion after the prompt (see ``answer_tokens``).
     ``mode="generate"``: greedy decoding, then ``parse_answer``.
+
+    ``answer_prefix``: the text between a plain-text prompt and the answer. ``None`` (default) reads it per row from
+    the leading whitespace of the row's string ``completion`` (" positive" -> " "), i.e. from how the data renders
+    the answer for training; rows without a string completion get "". Chat prompts never take a prefix: the answer
+    is the assistant message's content after the template's generation prompt.
     """
 
     def __init__(
@@ -48,6 +54,7 @@ class LMPredictor:
         batch_size: int = 16,
         max_new_tokens: int = 128,
         prompt_column: str = "prompt",
+        answer_prefix: str | None = None,
     ):
         if mode not in ("score", "generate"):
             raise ConfigError(f"Prediction mode {mode!r} is not one of 'score', 'generate'.")
@@ -60,10 +67,47 @@ class LMPredictor:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.prompt_column = prompt_column
+        self.answer_prefix = answer_prefix
 
     def prepare_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
         """The prompts to decode from; subclasses rewrite them here."""
         return [row[self.prompt_column] for row in rows]
+
+    def answer_prefixes(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+        """Per row, the text training puts between a plain-text prompt and the answer: ``answer_prefix`` if set, else
+        the leading whitespace of the row's string ``completion`` ("" without one)."""
+        if self.answer_prefix is not None:
+            return [self.answer_prefix] * len(rows)
+        prefixes = []
+        for row in rows:
+            completion = row.get("completion")
+            prefixes.append(completion[: len(completion) - len(completion.lstrip())] if isinstance(completion, str) else "")
+        return prefixes
+
+    def answer_tokens(self, prompt: Prompt, prefix: str = "") -> list[tuple[list[int], list[int]]]:
+        """Per answer, (context ids, answer ids) as TRL tokenizes a prompt/completion row for training: the prompt alone
+        and prompt + completion are tokenized (plain text with the tokenizer's special tokens, chats through the
+        template), and the completion starts where the two diverge. A plain-text completion is ``prefix + answer``
+        (an answer that already starts with whitespace is used as is); a chat answer follows the generation prompt.
+        The chat's end-of-turn tokens are not scored."""
+        if isinstance(prompt, str):
+            text, special = prompt, True
+            completions = [answer if answer[:1].isspace() else prefix + answer for answer in self.answers]
+        else:
+            text, special = self.prompt_text(prompt), False  # the template writes the special tokens
+            completions = list(self.answers)
+        prompt_ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        pairs = []
+        for answer, completion in zip(self.answers, completions):
+            full = self.tokenizer(text + completion, add_special_tokens=special)["input_ids"]
+            start = _common_prefix_length(prompt_ids, full)
+            if start == 0 or start == len(full):
+                raise DataError(
+                    f"Cannot score the answer {answer!r}: after the prompt it tokenizes to "
+                    + ("no tokens." if start else "tokens that change the prompt's first token.")
+                )
+            pairs.append((full[:start], full[start:]))
+        return pairs
 
     def prompt_text(self, prompt: Prompt) -> str:
         """Conversational prompts go through the chat template with the generation prompt."""
@@ -78,24 +122,30 @@ class LMPredictor:
         for start in tqdm(starts, desc=desc, disable=len(starts) < 2, leave=False):
             yield items[start : start + self.batch_size]
 
-    def score(self, prompts: Sequence[Prompt]):
+    def score(self, prompts: Sequence[Prompt], prefixes: Sequence[str] | None = None):
         """Log-likelihood of every answer after every prompt: a [rows, answers] tensor.
 
-        Single-token answer sets (True/False, yes/no) take one forward per prompt; longer answers
-        one forward per (prompt, answer) pair.
+        ``prefixes`` (one per prompt, default "") go between a plain-text prompt and the answer (``answer_tokens``).
+        A prompt whose answers are single tokens after one shared context takes one forward; otherwise each
+        (prompt, answer) pair takes one.
         """
         import torch
 
-        answer_ids = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in self.answers]
-        prompt_ids = [self.tokenizer(self.prompt_text(p), add_special_tokens=False)["input_ids"] for p in prompts]
-        if all(len(ids) == 1 for ids in answer_ids):
-            first_tokens = torch.tensor([ids[0] for ids in answer_ids])
-            last = [logprobs[-1, first_tokens] for logprobs in self._logprobs(prompt_ids, "scoring")]
-            return torch.stack(last).cpu()
-        pairs = [(p, a) for p in prompt_ids for a in answer_ids]
+        prefixes = [""] * len(prompts) if prefixes is None else list(prefixes)
+        if len(prefixes) != len(prompts):
+            raise DataError(f"{len(prefixes)} answer prefixes for {len(prompts)} prompts.")
+        jobs: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (sequence, [(answer start, answer ids)])
+        for prompt, prefix in zip(prompts, prefixes):
+            pairs = self.answer_tokens(prompt, prefix)
+            context = pairs[0][0]
+            if all(len(ids) == 1 and ctx == context for ctx, ids in pairs):
+                jobs.append((context, [(len(context), ids) for _, ids in pairs]))
+            else:
+                jobs += [(ctx + ids, [(len(ctx), ids)]) for ctx, ids in pairs]
         scores = [
-            logprobs[torch.arange(len(p) - 1, len(p) + len(a) - 1), torch.tensor(a)].sum()
-            for (p, a), logprobs in zip(pairs, self._logprobs([p + a for p, a in pairs], "scoring"))
+            logprobs[torch.arange(start - 1, start - 1 + len(ids)), torch.tensor(ids)].sum()
+            for (_, targets), logprobs in zip(jobs, self._logprobs([sequence for sequence, _ in jobs], "scoring"))
+            for start, ids in targets
         ]
         return torch.stack(scores).view(len(prompts), len(self.answers)).cpu()
 
@@ -143,8 +193,17 @@ class LMPredictor:
         """One answer per row (None when a generation names none of the answers)."""
         prompts = self.prepare_prompts(rows)
         if self.mode == "score":
-            return [self.answers[i] for i in self.score(prompts).argmax(dim=1).tolist()]
+            return [self.answers[i] for i in self.score(prompts, self.answer_prefixes(rows)).argmax(dim=1).tolist()]
         return [parse_answer(text, self.answers) for text in self.generate(prompts)]
+
+
+def _common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+    length = 0
+    for token, other_token in zip(ids, other):
+        if token != other_token:
+            break
+        length += 1
+    return length
 
 
 def load_checkpoint(checkpoint: str | Path, kind: str = "sft"):
@@ -181,6 +240,24 @@ def gold_answers(rows: Sequence[dict[str, Any]], column: str, split: str) -> lis
     return [str(row[column]) for row in rows]
 
 
+def macro_f1(predicted: Sequence[str | None], gold: Sequence[str]) -> float:
+    """Unweighted mean over the gold classes of F1 (case-insensitive; an unparsed prediction counts as wrong)."""
+    predicted_lower = [None if p is None else p.lower() for p in predicted]
+    gold_lower = [g.lower() for g in gold]
+    scores = []
+    for label in sorted(set(gold_lower)):
+        true_positive = sum(p == label and g == label for p, g in zip(predicted_lower, gold_lower))
+        n_predicted, n_gold = predicted_lower.count(label), gold_lower.count(label)
+        scores.append(2 * true_positive / (n_predicted + n_gold) if n_predicted + n_gold else 0.0)
+    return sum(scores) / max(len(scores), 1)
+
+
 def accuracy_report(predicted: Sequence[str | None], gold: Sequence[str]) -> dict[str, float | int]:
+    """Accuracy, macro-F1 over the gold classes, rows and unparsed predictions."""
     correct = sum(p is not None and p.lower() == g.lower() for p, g in zip(predicted, gold))
-    return {"accuracy": correct / max(len(gold), 1), "n": len(gold), "unparsed": sum(p is None for p in predicted)}
+    return {
+        "accuracy": correct / max(len(gold), 1),
+        "macro_f1": macro_f1(predicted, gold),
+        "n": len(gold),
+        "unparsed": sum(p is None for p in predicted),
+    }

@@ -29,11 +29,11 @@ from ..errors import ConfigError, DataError
 
 Adjustment = Literal["shuffle_train", "shuffle_test"]
 EntropyMode = Literal["marginal", "per_example"]
-PhiSource = Literal["bank", "batch"]
+PhiSource = Literal["bank", "batch", "own"]
 
 ADJUSTMENTS: tuple[str, ...] = ("shuffle_train", "shuffle_test")
 ENTROPY_MODES: tuple[str, ...] = ("marginal", "per_example")
-PHI_SOURCES: tuple[str, ...] = ("bank", "batch")
+PHI_SOURCES: tuple[str, ...] = ("bank", "batch", "own")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -410,13 +410,17 @@ class LatentShiftHeads(nn.Module):
 
         Phi' comes from the memory bank (``source="bank"``; any batch size, ``low_hidden`` unused) or
         from the other rows of this batch (``source="batch"``; needs ``low_hidden`` and B >= 2).
+        ``source="own"`` is no adjustment (the no-shuffle ablation): softmax(h([q1, Phi(x)])) with each row's own Phi
+        (needs ``low_hidden``; ``k`` and ``generator`` unused).
         """
         _check_choice("source", source, PHI_SOURCES)
         q1 = self.causal_probs(last_hidden, prompt_mask)
         if source == "bank":
             candidates = self.low_level_encoder(self.memory_bank.stored().to(self.dtype))
         elif low_hidden is None:
-            raise ConfigError('source="batch" draws Phi\' from the batch: pass low_hidden (the low layer\'s hidden states).')
+            raise ConfigError(f'source="{source}" takes Phi from the batch: pass low_hidden (the low layer\'s hidden states).')
+        elif source == "own":
+            return self.adjusted_head(q1, self.low_level_encoder(self.low_level_features(low_hidden, prompt_mask)[0])).softmax(-1)
         else:
             candidates = self.low_level_encoder(self.low_level_features(low_hidden, prompt_mask)[0])
         return adjusted_predict(self.adjusted_head, q1, candidates, k, generator, exclude_self=source == "batch")

@@ -47,7 +47,8 @@ class LatentShiftConfig(SFTConfig):
         phi_samples (`int`, *optional*, defaults to `20`):
             K, the Phi' drawn per input for the adjusted prediction.
         phi_source (`str`, *optional*, defaults to `"bank"`):
-            Where the prediction draws Phi' from: `"bank"` (the memory bank filled in training) or `"batch"`.
+            Where the prediction draws Phi' from: `"bank"` (the memory bank filled in training) or `"batch"`; `"own"`
+            uses each row's own Phi, i.e. no adjustment (the no-shuffle ablation, with `adjustment: shuffle_test`).
         memory_bank_size (`int`, *optional*, defaults to `1024`):
             Number of training rows whose patch features the memory bank keeps (saved with the heads).
         frozen_view (`str`, *optional*, defaults to `"auto"`):
@@ -128,7 +129,8 @@ class LatentShiftConfig(SFTConfig):
         default="bank",
         metadata={
             "help": "Where the adjusted prediction draws Phi' from: bank (the memory bank filled in training; any "
-            "batch size) or batch (the other rows of the test batch; needs 2 rows or more).",
+            "batch size) or batch (the other rows of the test batch; needs 2 rows or more). own: each row's own Phi, i.e. "
+            "no adjustment (the no-shuffle ablation when trained with adjustment=shuffle_test).",
             "choices": list(PHI_SOURCES),
         },
     )
