@@ -15,3 +15,5 @@ echo "setup: installing trl-causal[dev] ..."
 echo "setup: installing the example plugin plugins/weighted_sft ..."
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e ./plugins/weighted_sft
 echo "setup: done ($(.venv/bin/python -c 'import trl, transformers, torch; print(f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}")'))"
+echo "setup: creating .venv-axolotl for the Axolotl integration (scripts/setup_axolotl.sh) ..."
+bash scripts/setup_axolotl.sh

@@ -1,0 +1,116 @@
+"""The YAML keys this plugin declares in Axolotl's schema, generated from trl_causal's config dataclasses.
+
+Axolotl drops every YAML key that no plugin declares, so the plugin declares ``trainer`` and, for every trainer
+registered with trl_causal (built-in or from a trl_causal plugin), the fields its config adds to TRL's
+``SFTConfig`` / ``RewardConfig``. The fields are read from the dataclasses, not copied: one source of truth. Every
+generated key defaults to ``None`` (unset), so the trainer's own default applies and an unset key never reaches the
+trainer. Keys that Axolotl already has are left to Axolotl (they reach our trainers through Axolotl's training
+arguments where TRL has the same name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+import warnings
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+TRAINER_KEY = "trainer"
+
+
+def base_config_class(config_class: type) -> type:
+    """The TRL config that ``config_class`` extends (``SFTConfig`` or ``RewardConfig``; else TrainingArguments)."""
+    from transformers import TrainingArguments
+    from trl import RewardConfig, SFTConfig
+
+    for base in (SFTConfig, RewardConfig):
+        if issubclass(config_class, base):
+            return base
+    return TrainingArguments
+
+
+def added_fields(config_class: type) -> list[dataclasses.Field]:
+    """The dataclass fields ``config_class`` adds to the TRL config it extends (in declaration order)."""
+    inherited = {field.name for field in dataclasses.fields(base_config_class(config_class))}
+    return [field for field in dataclasses.fields(config_class) if field.init and field.name not in inherited]
+
+
+def _field_type(config_class: type, name: str) -> Any:
+    try:
+        return typing.get_type_hints(config_class)[name]
+    except Exception:  # an annotation that cannot be evaluated: accept any value, the config validates it
+        return Any
+
+
+def trainer_fields() -> dict[str, dict[str, Any]]:
+    """``{trainer name: {field name: (type, help)}}`` for every registered trainer whose config adds fields.
+
+    A trainer whose config cannot be imported is skipped with a warning (it fails clearly only when selected), so
+    one broken trl_causal plugin never breaks unrelated Axolotl runs.
+    """
+    from trl_causal.plugins import get_plugin_manager
+
+    result: dict[str, dict[str, Any]] = {}
+    for spec in get_plugin_manager().trainers:
+        try:
+            config_class = spec.config_class
+        except Exception as error:  # noqa: BLE001 - reported, not fatal here
+            warnings.warn(f"trl-causal-axolotl: the keys of trainer {spec.name!r} are not declared: {error}", stacklevel=2)
+            continue
+        fields = {}
+        for field in added_fields(config_class):
+            fields[field.name] = (_field_type(config_class, field.name), field.metadata.get("help", ""))
+        if fields:
+            result[spec.name] = fields
+    return result
+
+
+def axolotl_keys() -> set[str]:
+    """Top-level keys of Axolotl's own schema."""
+    from axolotl.utils.schemas.config import AxolotlInputConfig
+
+    return set(AxolotlInputConfig.model_fields)
+
+
+def build_input_model() -> tuple[type[BaseModel], dict[str, list[str]]]:
+    """The pydantic model Axolotl merges into its config schema: ``trainer`` plus every trainer's added fields."""
+    definitions: dict[str, Any] = {
+        TRAINER_KEY: (
+            Optional[str],
+            Field(
+                default=None,
+                json_schema_extra={
+                    "description": "trl-causal trainer to train with (e.g. capt); `trl-causal list` shows them. "
+                    "Unset: Axolotl's own trainer."
+                },
+            ),
+        )
+    }
+    owners: dict[str, list[str]] = {}
+    taken = axolotl_keys()
+    for trainer, fields in trainer_fields().items():
+        for name, (annotation, help_text) in fields.items():
+            if name in taken:
+                continue
+            owners.setdefault(name, []).append(trainer)
+            if name in definitions:  # two trainers share a key: keep it, accept either type
+                if definitions[name][0] != Optional[annotation]:
+                    definitions[name] = (Optional[Any], definitions[name][1])
+                continue
+            definitions[name] = (
+                Optional[annotation],
+                Field(default=None, json_schema_extra={"description": f"[trl-causal {trainer}] {help_text}"}),
+            )
+    model = create_model(
+        "TrlCausalArgs",
+        __config__=ConfigDict(arbitrary_types_allowed=True, protected_namespaces=()),
+        **definitions,
+    )
+    model.__doc__ = "YAML keys of the trl-causal trainers (declared by trl_causal_axolotl.CausalTrainerPlugin)."
+    return model, owners
+
+
+# KEY_OWNERS: generated key -> the trainers whose config has it.
+TrlCausalArgs, KEY_OWNERS = build_input_model()

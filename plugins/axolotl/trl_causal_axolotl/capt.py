@@ -1,0 +1,305 @@
+"""CAPT-SFT on Axolotl's SFT path: Axolotl's tokenized rows, decoded, intervened per epoch, re-tokenized.
+
+Axolotl tokenizes every row up front with the dataset's prompt strategy (``type: alpaca``, ``chat_template``,
+``completion``, ...), so the raw text is gone by the time the trainer exists. This keeps every Axolotl dataset
+type working: each tokenized row is cut into pieces (runs of trained / untrained tokens, special tokens on their
+own), the text pieces are decoded, and trl_causal's event estimator reads the untrained pieces as the prompt and
+the trained pieces as the completion (joined by trl_causal's message separator). Every time a row is drawn, its
+events get the symbols of ``RowInterventions(seed).intervene(row, epoch)`` (the same estimator, symbol pools and
+seeding as ``trainer: capt`` in trl-causal), and each piece whose text changed is tokenized again; unchanged
+pieces and special tokens keep Axolotl's token ids and labels. The masking Axolotl chose (train on inputs or not,
+which turns are trained) is kept piece by piece.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from axolotl.core.trainers.base import AxolotlTrainer
+from trl_causal.capt import EstimatedRows, RowInterventions, build_symbol_pool, estimate_rows
+from trl_causal.errors import ConfigError, DataError
+from trl_causal.trainer.capt_config import CAPTConfig
+from trl_causal.trainer.capt_trainer import (
+    MESSAGE_SEPARATOR,
+    SYMBOL_POOL_FILE,
+    InterventionEpochCallback,
+    check_interventions,
+)
+
+RUN_FILE = "trl_causal_axolotl_run.json"
+IGNORE = -100
+
+
+@dataclass
+class Piece:
+    """Tokens ``[start, end)`` of a row: trained (labels kept) or not, and whether it is one special token."""
+
+    start: int
+    end: int
+    trained: bool
+    special: bool
+
+
+def row_pieces(input_ids: list[int], labels: list[int], special_ids: set[int]) -> list[Piece]:
+    """Cut a tokenized row where training switches on or off, and around every special token."""
+    pieces: list[Piece] = []
+    for index, (token, label) in enumerate(zip(input_ids, labels)):
+        trained, special = label != IGNORE, token in special_ids
+        last = pieces[-1] if pieces else None
+        if last and not special and not last.special and last.trained == trained:
+            last.end = index + 1
+        else:
+            pieces.append(Piece(index, index + 1, trained, special))
+    return pieces
+
+
+class TokenRowCodec:
+    """Decodes a tokenized row into (prompt, completion) texts for estimation and builds it again from them."""
+
+    def __init__(self, tokenizer, max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.special_ids = set(tokenizer.all_special_ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def texts(self, row: dict[str, Any]) -> tuple[list[Piece], list[str]]:
+        input_ids, labels = list(row["input_ids"]), list(row["labels"])
+        pieces = [p for p in row_pieces(input_ids, labels, self.special_ids)]
+        return pieces, [self.decode(input_ids[p.start : p.end]) for p in pieces]
+
+    def estimation_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``{"prompt", "completion"}``: the untrained text pieces, and the trained ones (None when there are none)."""
+        pieces, texts = self.texts(row)
+        prompt = [t for p, t in zip(pieces, texts) if not p.special and not p.trained]
+        completion = [t for p, t in zip(pieces, texts) if not p.special and p.trained]
+        return {
+            "prompt": MESSAGE_SEPARATOR.join(prompt),
+            "completion": MESSAGE_SEPARATOR.join(completion) if completion else None,
+        }
+
+    def rebuild(self, row: dict[str, Any], prompt: str, completion: str | None) -> dict[str, list[int]]:
+        """The row with its text pieces replaced by the rendered ``prompt`` / ``completion`` pieces."""
+        pieces, texts = self.texts(row)
+        rendered = {False: prompt.split(MESSAGE_SEPARATOR), True: (completion or "").split(MESSAGE_SEPARATOR)}
+        expected = {flag: sum(1 for p in pieces if not p.special and p.trained == flag) for flag in (False, True)}
+        for flag in (False, True):
+            if expected[flag] and len(rendered[flag]) != expected[flag]:
+                raise DataError(
+                    f"A rendered row has {len(rendered[flag])} {'trained' if flag else 'prompt'} text pieces for "
+                    f"{expected[flag]}: the event estimator must keep trl_causal's separator between pieces."
+                )
+        input_ids, labels = list(row["input_ids"]), list(row["labels"])
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        position = {False: 0, True: 0}
+        for piece, text in zip(pieces, texts):
+            if piece.special:
+                new_text = text
+            else:
+                new_text = rendered[piece.trained][position[piece.trained]]
+                position[piece.trained] += 1
+            if new_text == text:
+                out_ids += input_ids[piece.start : piece.end]
+                out_labels += labels[piece.start : piece.end]
+            else:
+                ids = self.tokenizer(new_text, add_special_tokens=False)["input_ids"]
+                out_ids += ids
+                out_labels += list(ids) if piece.trained else [IGNORE] * len(ids)
+        if self.max_length is not None:
+            out_ids, out_labels = out_ids[: self.max_length], out_labels[: self.max_length]
+        item = {"input_ids": out_ids, "attention_mask": [1] * len(out_ids), "labels": out_labels}
+        if "position_ids" in row:
+            item["position_ids"] = list(range(len(out_ids)))
+        return item
+
+
+class TokenInterventionDataset(torch.utils.data.Dataset):
+    """Axolotl's tokenized rows whose events get the symbols of draw ``draw``, re-tokenized on access.
+
+    Item ``k`` is row ``estimated.row_indices[k]`` rendered with ``interventions.intervene(k, draw)``. Stores the
+    rows (Axolotl's dataset, not copied) and one template per row. ``intervened`` counts the items drawn with
+    changed text (counted across DataLoader workers).
+    """
+
+    def __init__(self, rows, estimated: EstimatedRows, interventions: RowInterventions, codec: TokenRowCodec, draw=0):
+        self.rows = rows
+        self.row_indices = estimated.row_indices
+        self.no_events = estimated.no_events
+        self.interventions = interventions
+        self.codec = codec
+        self.draw = draw
+        # [drawn, intervened], in shared memory: DataLoader workers (Axolotl starts one by default) count here too.
+        self.counts = torch.zeros(2, dtype=torch.int64).share_memory_()
+        names = ["input_ids", "attention_mask", "labels"]
+        if "position_ids" in rows.column_names:
+            names.append("position_ids")
+        self.column_names = names
+
+    def __len__(self) -> int:
+        return len(self.row_indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.draw = int(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        row = self.rows[self.row_indices[index]]
+        result = self.interventions.intervene(index, self.draw)
+        item = self.codec.rebuild(row, result.prompt, result.completion)
+        self.counts += torch.tensor([1, int(item["input_ids"] != list(row["input_ids"]))])
+        return item
+
+    @property
+    def drawn(self) -> int:
+        return int(self.counts[0])
+
+    @property
+    def intervened(self) -> int:
+        """Items drawn so far whose text the intervention changed (a row without events is drawn unchanged)."""
+        return int(self.counts[1])
+
+
+def capt_config_from(values: dict[str, Any], output_dir: str, seed: int, **training: Any) -> CAPTConfig:
+    """trl_causal's own ``CAPTConfig`` for the keys set in the Axolotl YAML (plus the ``training`` arguments CAPT
+    checks, e.g. the dataloader workers): the same defaults and validation as ``trl-causal train``."""
+    training = {key: value for key, value in training.items() if value is not None}
+    try:
+        return CAPTConfig(
+            output_dir=output_dir, seed=seed, bf16=False, fp16=False, report_to="none", **training, **values
+        )
+    except ConfigError as error:
+        raise ConfigError(f"trainer: capt: {error}") from error
+
+
+def check_axolotl_cfg(cfg) -> None:
+    """Axolotl settings that CAPT cannot honour, named with the fix."""
+    if cfg.get("sample_packing"):
+        raise ConfigError(
+            "trainer: capt does not support `sample_packing: true`: interventions change row lengths every epoch, so "
+            "packed bins computed up front would not hold. Set `sample_packing: false`."
+        )
+    if cfg.get("pretraining_dataset") or cfg.get("streaming"):
+        raise ConfigError(
+            "trainer: capt needs a map-style dataset (it estimates every row before training); remove "
+            "`pretraining_dataset` / `streaming` and use `datasets:`."
+        )
+
+
+class AxolotlCAPTTrainer(AxolotlTrainer):
+    """``AxolotlTrainer`` that trains with CAPT-SFT (METHODS.md section 1) on Axolotl's tokenized rows.
+
+    ``trl_causal_values`` (set by the plugin on a subclass) holds the CAPT keys of the YAML.
+    """
+
+    tag_names = ["axolotl", "trl-causal", "capt"]
+    trl_causal_values: dict[str, Any] = {}
+
+    def __init__(self, *args, **kwargs):
+        training_args = kwargs["args"]
+        tokenizer = kwargs.get("processing_class")
+        train_dataset, eval_dataset = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+        if train_dataset is None or not hasattr(train_dataset, "column_names"):
+            raise DataError("trainer: capt needs Axolotl's tokenized training dataset (a datasets.Dataset).")
+        for name in ("input_ids", "labels"):
+            if name not in train_dataset.column_names:
+                raise DataError(
+                    f"trainer: capt reads the tokenized column {name!r}, which Axolotl's training dataset lacks; it has "
+                    f"{', '.join(train_dataset.column_names)}."
+                )
+        self.capt_args = capt_config_from(
+            self.trl_causal_values,
+            training_args.output_dir,
+            training_args.seed,
+            dataloader_num_workers=training_args.dataloader_num_workers,
+            dataloader_persistent_workers=training_args.dataloader_persistent_workers,
+        )
+        self.codec = TokenRowCodec(tokenizer, getattr(training_args, "max_seq_length", None))
+        self.event_estimator = self.capt_args.build_event_estimator()
+        with training_args.main_process_first(desc="event estimation"):
+            train_estimated = self._estimate(train_dataset)
+            self.symbol_pool = build_symbol_pool(self.capt_args.symbol_pool, train_estimated.templates)
+            train_interventions = self._interventions(train_estimated)
+            eval_plan = None
+            if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
+                eval_estimated = self._estimate(eval_dataset)
+                eval_plan = (eval_estimated, self._interventions(eval_estimated))
+        super().__init__(*args, **kwargs)
+        self.train_dataset = TokenInterventionDataset(train_dataset, train_estimated, train_interventions, self.codec)
+        if eval_plan is not None:
+            self.eval_dataset = TokenInterventionDataset(eval_dataset, *eval_plan, self.codec)
+        self.add_callback(InterventionEpochCallback(self.train_dataset))
+        if self.accelerator.is_main_process:
+            self._report(len(train_dataset))
+
+    def _estimate(self, rows) -> EstimatedRows:
+        args = self.capt_args
+        return estimate_rows(
+            self.event_estimator,
+            (self.codec.estimation_row(row) for row in rows),
+            on_no_events=args.on_no_events,
+        )
+
+    def _interventions(self, estimated: EstimatedRows) -> RowInterventions:
+        interventions = RowInterventions(estimated.templates, self.symbol_pool, self.capt_args.intervention_seed)
+        check_interventions(interventions, estimated.row_indices)
+        return interventions
+
+    def _report(self, rows: int, examples: int = 2) -> None:
+        args, dataset = self.capt_args, self.train_dataset
+        fate = "dropped" if args.on_no_events == "drop" else "kept unchanged"
+        self.accelerator.print(
+            f"trl-causal capt (axolotl): events estimated with {args.event_estimator!r} on {rows} training rows, "
+            f"{len(dataset.no_events)} without events ({fate}); symbol pool {self.symbol_pool.name!r}, "
+            f"intervention seed {args.intervention_seed}."
+        )
+        for index in range(min(examples, len(dataset))):
+            row = dataset.rows[dataset.row_indices[index]]
+            text = self.codec.decode(dataset.codec.rebuild(row, *self._rendered(index))["input_ids"])
+            self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {text[:400]!r}")
+
+    def _rendered(self, index: int) -> tuple[str, str | None]:
+        result = self.train_dataset.interventions.intervene(index, self.train_dataset.draw)
+        return result.prompt, result.completion
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if isinstance(self.train_dataset, TokenInterventionDataset) and "loss" in logs:
+            logs["capt_rows_intervened"] = self.train_dataset.intervened
+        super().log(logs, start_time)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        dataset = self.train_dataset
+        summary = {
+            "trainer": "capt",
+            "host": "axolotl",
+            "event_estimator": self.capt_args.event_estimator,
+            "symbol_pool": self.symbol_pool.name,
+            "intervention_seed": self.capt_args.intervention_seed,
+            "train_rows": len(dataset),
+            "rows_without_events": len(dataset.no_events),
+            "rows_drawn": dataset.drawn,
+            "rows_intervened": dataset.intervened,
+            "last_draw": dataset.draw,
+            "steps": self.state.global_step,
+            "train_loss": result.training_loss,
+        }
+        if self.args.should_save:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, RUN_FILE), "w") as f:
+                json.dump(summary, f, indent=2)
+        self.accelerator.print(
+            f"trl-causal capt (axolotl): {summary['steps']} steps, {summary['rows_intervened']} of "
+            f"{summary['rows_drawn']} drawn rows intervened (draws 0..{summary['last_draw']}); summary in {RUN_FILE}."
+        )
+        return result
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save and self.capt_args.symbol_pool == "pool":
+            with open(os.path.join(output_dir or self.args.output_dir, SYMBOL_POOL_FILE), "w") as f:
+                json.dump({"symbols": self.symbol_pool.symbols}, f, indent=2)

@@ -1,0 +1,176 @@
+"""The Axolotl plugin: ``plugins: [trl_causal_axolotl.CausalTrainerPlugin]`` + ``trainer: capt``.
+
+Axolotl >= 0.21 also loads this class through the ``axolotl.plugins`` entry point on every run, so it is inert
+unless the YAML sets ``trainer:`` or one of the keys it declares; when it does, the plugin must also be listed
+under ``plugins:`` (without the entry point, Axolotl would silently drop the keys and train plainly, so a
+forgotten line is an error here, not a silent fallback).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from axolotl.integrations.base import BasePlugin
+from trl_causal.errors import ConfigError, RegistryError
+
+PLUGIN_PATH = "trl_causal_axolotl.CausalTrainerPlugin"
+PLUGIN_NAMES = {PLUGIN_PATH, "trl_causal_axolotl.plugin.CausalTrainerPlugin"}
+TRAINER_KEY = "trainer"
+
+# trl_causal trainer name -> the Axolotl trainer class that runs it ("module:Class"). The baselines map to None:
+# `trainer: sft` / `trainer: reward` is Axolotl's own trainer, so the same YAML A/B-tests a causal trainer.
+AXOLOTL_TRAINERS: dict[str, str | None] = {
+    "sft": None,
+    "reward": None,
+    "capt": "trl_causal_axolotl.capt:AxolotlCAPTTrainer",
+}
+# Trainers registered with trl_causal that have no Axolotl trainer yet: why, and what to use instead.
+NOT_ON_AXOLOTL = {
+    "deconfounded_reward": "it learns from observational rows (text + outcome + confounder columns), which Axolotl's "
+    "`reward_model: true` path does not load (it tokenizes chosen/rejected pairs)",
+    "latent_shift": "it needs the label column and the prompt/completion split of raw rows, which Axolotl's "
+    "tokenized SFT rows no longer carry",
+}
+# A third-party trl_causal trainer adds its Axolotl class through this entry-point group (name = trainer name).
+ADAPTER_ENTRY_POINTS = "trl_causal_axolotl.trainers"
+
+
+def _normalized(name: str) -> str:
+    module, separator, attr = str(name).partition(":")
+    return f"{module}.{attr}" if separator else str(name)
+
+
+def plugin_listed(cfg) -> bool:
+    return any(_normalized(name) in PLUGIN_NAMES for name in (cfg.get("plugins") or []))
+
+
+def our_keys() -> dict[str, list[str]]:
+    """Generated key -> trainers that own it (``trainer`` itself excluded)."""
+    from .args import KEY_OWNERS
+
+    return KEY_OWNERS
+
+
+def axolotl_trainer_path(name: str) -> str | None:
+    """``module:Class`` of the Axolotl trainer for ``name``; KeyError when there is none."""
+    if name in AXOLOTL_TRAINERS:
+        return AXOLOTL_TRAINERS[name]
+    from importlib import metadata
+
+    for entry_point in metadata.entry_points(group=ADAPTER_ENTRY_POINTS):
+        if entry_point.name == name:
+            return entry_point.value
+    raise KeyError(name)
+
+
+def selected_trainer(cfg):
+    """The trl_causal ``TrainerSpec`` named by ``trainer:``, after every check; None when the plugin is not asked for.
+
+    Raises ``ConfigError`` naming the key and the fix for: our keys without the plugin listed, keys without
+    ``trainer:``, an unknown name (with the closest), Axolotl's ``rl:`` path, a kind that does not match
+    ``reward_model``, keys of another trainer, and trainers that do not run on Axolotl.
+    """
+    from trl_causal.plugins import get_plugin_manager
+
+    name = cfg.get(TRAINER_KEY)
+    owners = our_keys()
+    set_keys = [key for key in owners if cfg.get(key) is not None]
+    if name is None and not set_keys:
+        return None
+    if not plugin_listed(cfg):
+        what = f"`trainer: {name}`" if name is not None else f"the trl-causal key(s) {', '.join(set_keys)}"
+        raise ConfigError(
+            f"{what} is set but the trl-causal Axolotl plugin is not enabled, so Axolotl would ignore it and train "
+            f"without it. Add to the YAML:\n  plugins:\n    - {PLUGIN_PATH}\n(pip install trl-causal-axolotl if it "
+            "is not installed)."
+        )
+    if name is None:
+        trainers = sorted({t for key in set_keys for t in owners[key]})
+        raise ConfigError(
+            f"{', '.join(set_keys)} is set but `trainer:` is not; add `trainer: {trainers[0]}` (the trainer these "
+            f"keys belong to: {', '.join(trainers)})."
+        )
+    if not isinstance(name, str):
+        raise ConfigError(f"trainer: must be a trainer name such as capt, not {name!r}.")
+    manager = get_plugin_manager()
+    try:
+        spec = manager.get_trainer(name)
+    except RegistryError as error:
+        raise ConfigError(f"trainer: {error}") from error
+    if cfg.get("rl"):
+        alternative = (
+            "remove `rl:` to train it on Axolotl's SFT path"
+            if spec.kind == "sft"
+            else "remove `rl:` and set `reward_model: true`"
+        )
+        raise ConfigError(
+            f"`trainer: {name}` cannot run on Axolotl's RL path (`rl: {cfg.get('rl')}`): trl-causal trainers run on "
+            f"the SFT path and the `reward_model: true` path only. Either {alternative}, or drop `trainer:` to run "
+            f"`rl: {cfg.get('rl')}` with Axolotl's own trainer (for preference pairs from observational data, "
+            "`trl-causal dpo-pairs` writes DPO pairs ranked by a deconfounded reward)."
+        )
+    if cfg.get("process_reward_model"):
+        raise ConfigError(f"`trainer: {name}` does not support `process_reward_model: true`; remove one of them.")
+    if spec.kind == "reward" and not cfg.get("reward_model"):
+        raise ConfigError(f"`trainer: {name}` trains a reward model: add `reward_model: true` to the YAML.")
+    if spec.kind == "sft" and cfg.get("reward_model"):
+        raise ConfigError(
+            f"`trainer: {name}` is an SFT trainer but the YAML sets `reward_model: true`; remove `reward_model` or "
+            "pick a reward trainer (trainer: reward)."
+        )
+    foreign = [key for key in set_keys if name not in owners[key]]
+    if foreign:
+        hints = [f"{key} (a key of {', '.join(owners[key])})" for key in foreign]
+        raise ConfigError(f"`trainer: {name}` takes no {', '.join(hints)}; remove it or change `trainer:`.")
+    try:
+        axolotl_trainer_path(name)
+    except KeyError:
+        reason = NOT_ON_AXOLOTL.get(name, f"distribution {spec.distribution!r} provides no Axolotl trainer for it")
+        supported = ", ".join(sorted(n for n in AXOLOTL_TRAINERS if n not in ("sft", "reward")))
+        raise ConfigError(
+            f"`trainer: {name}` is not supported on Axolotl yet: {reason}. Train it with trl-causal's own launcher "
+            f"(`trl-causal train --config cfg.yaml` with `trainer: {name}`), or use a trainer that runs on Axolotl: "
+            f"{supported}."
+        ) from None
+    return spec
+
+
+def trainer_values(cfg, name: str) -> dict[str, Any]:
+    """The YAML keys of trainer ``name`` that are set."""
+    return {key: cfg.get(key) for key, owners in our_keys().items() if name in owners and cfg.get(key) is not None}
+
+
+class CausalTrainerPlugin(BasePlugin):
+    """Runs trl-causal's trainers (``trainer: capt``) inside Axolotl; inert unless ``trainer:`` is set."""
+
+    def get_input_args(self) -> str:
+        return "trl_causal_axolotl.args.TrlCausalArgs"
+
+    def register(self, cfg):
+        """Called with the raw YAML before Axolotl validates it or loads anything: every configuration error of
+        ours surfaces here, before the model or the data load."""
+        spec = selected_trainer(cfg)
+        if spec is not None and spec.name == "capt":
+            from .capt import capt_config_from, check_axolotl_cfg
+
+            check_axolotl_cfg(cfg)
+            capt_config_from(  # trl_causal's own CAPTConfig validates the values (estimator, pool, seed, ...)
+                trainer_values(cfg, "capt"),
+                cfg.get("output_dir") or "./outputs",
+                cfg.get("seed") or 42,
+                dataloader_num_workers=cfg.get("dataloader_num_workers"),
+                dataloader_persistent_workers=cfg.get("dataloader_persistent_workers"),
+            )
+
+    def get_trainer_cls(self, cfg):
+        spec = selected_trainer(cfg)
+        if spec is None:
+            return None
+        path = axolotl_trainer_path(spec.name)
+        if path is None:  # the baselines: Axolotl's own trainer
+            return None
+        import importlib
+
+        module, _, attr = path.partition(":")
+        base = getattr(importlib.import_module(module), attr)
+        return type(base.__name__, (base,), {"trl_causal_values": trainer_values(cfg, spec.name), "__module__": base.__module__})
