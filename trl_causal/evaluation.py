@@ -100,7 +100,7 @@ class LMPredictor:
         pairs = []
         for answer, completion in zip(self.answers, completions):
             full = self.tokenizer(text + completion, add_special_tokens=special)["input_ids"]
-            start = _common_prefix_length(prompt_ids, full)
+            start = common_prefix_length(prompt_ids, full)
             if start == 0 or start == len(full):
                 raise DataError(
                     f"Cannot score the answer {answer!r}: after the prompt it tokenizes to "
@@ -197,7 +197,9 @@ class LMPredictor:
         return [parse_answer(text, self.answers) for text in self.generate(prompts)]
 
 
-def _common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+    """How many leading tokens ``ids`` and ``other`` share (TRL >= 1.16 has it as trl.data_utils.common_prefix_length;
+    axolotl's pin, TRL 1.14.1, does not)."""
     length = 0
     for token, other_token in zip(ids, other):
         if token != other_token:

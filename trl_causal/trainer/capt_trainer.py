@@ -31,22 +31,8 @@ from ..capt import (
     estimate_rows,
 )
 from ..errors import ConfigError, DataError
-from ..evaluation import LMPredictor, Prompt
+from ..evaluation import LMPredictor, Prompt, common_prefix_length
 from .capt_config import CAPTConfig
-
-try:
-    from trl.data_utils import common_prefix_length
-except ImportError:  # trl < 1.16 (e.g. 1.14.1, which axolotl 0.21 pins) lacks it; the same function
-
-    def common_prefix_length(ids: list[int], other_ids: list[int]) -> int:
-        """Number of leading tokens ``ids`` and ``other_ids`` have in common (``trl.data_utils`` in trl >= 1.16)."""
-        length = 0
-        for token, other_token in zip(ids, other_ids):
-            if token != other_token:
-                break
-            length += 1
-        return length
-
 
 logger = logging.get_logger(__name__)
 
