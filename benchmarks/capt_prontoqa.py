@@ -1,6 +1,6 @@
 """CAPT-SFT against plain SFT on PrOntoQA-style deduction: in-distribution and two OOD splits.
 
-    .venv/bin/python benchmarks/capt_prontoqa.py                                     # the committed run
+    .venv/bin/python benchmarks/capt_prontoqa.py --steps 40                          # the issue's run (3 seeds)
     .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run
 
 Model: the embedded SmolLM2-135M-Instruct with LoRA. Both methods train from the same YAML
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--train_rows", type=int, default=100)
     parser.add_argument("--eval_rows", type=int, default=300)
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: the YAML's")
     args = parser.parse_args()
 
     evaluation = {split: to_chat_rows(generate_prontoqa(args.eval_rows, split, hops=[1, 2, 3], seed=10_000)) for split in SPLITS}
@@ -51,6 +52,8 @@ def main() -> None:
         for method in METHODS:
             with tempfile.TemporaryDirectory() as output_dir:
                 overrides = ["--trainer", method, "--seed", str(seed), "--max_steps", str(args.steps), "--output_dir", output_dir]
+                if args.learning_rate is not None:
+                    overrides += ["--learning_rate", str(args.learning_rate)]
                 run, trainer, timer = train_in_process(CONFIG, overrides, train)
                 model = trainer.model.eval()
                 predictor = build_predictor(run.trainer.trainer_class, run.training_args, model, trainer.processing_class, ANSWERS)
