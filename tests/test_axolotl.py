@@ -1,4 +1,5 @@
-"""The Axolotl integration (plugins/axolotl): a real `axolotl train` with `trainer: capt`, and the bad inputs.
+"""The Axolotl integration (plugins/axolotl): real `axolotl train` runs with `trainer: capt` and `trainer:
+latent_shift` (SFT path) and `trainer: deconfounded_reward` (`reward_model: true` path), and the bad inputs.
 
 Runs in .venv-axolotl (Python 3.12, axolotl 0.21.0), made by scripts/setup_axolotl.sh (called by
 scripts/setup.sh). Without that venv the tests skip locally and fail under CI=true, so CI never skips them.
@@ -80,7 +81,53 @@ def workdir(tmp_path_factory) -> Path:
         "output_dir": str(root / "out"),
     }
     (root / "base.yaml").write_text(yaml.safe_dump(base))
+    write_observational_rows(root / "observational.jsonl")
+    write_shift_rows(root / "shift.jsonl")
     return root
+
+
+def write_shift_rows(path: Path) -> None:
+    """16 latent-shift sentiment rows (trl_causal.latent_shift.data) as chat messages; no label column: the plugin
+    reads each label from the trained answer through the verbalizer."""
+    from trl_causal.latent_shift.data import generate_shift_dataset, to_prompt_completion
+
+    rows = to_prompt_completion(generate_shift_dataset(16, 0.9, seed=0), conversational=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps({"messages": row["prompt"] + row["completion"]}) + "\n")
+
+
+VERBALIZER = {"positive": "positive", "negative": "negative"}
+
+
+OBSERVATIONAL_ROWS = 48
+REWARD = {  # the `reward_model: true` path with trl-causal's deconfounded reward on observational rows
+    "reward_model": True,
+    "trainer": "deconfounded_reward",
+    "numeric_confounders": ["confounder"],
+    "group_column": "group",
+    "feature_source": "tfidf",
+    "n_folds": 3,
+}
+
+
+def write_observational_rows(path: Path) -> None:
+    """Simulated observational rows: text, outcome, confounder, group (trl_causal.deconfound.simulate)."""
+    from trl_causal.deconfound import simulate_observational_texts
+
+    data = simulate_observational_texts(n=OBSERVATIONAL_ROWS, group_size=4, seed=0)
+    with open(path, "w") as f:
+        for values in zip(*data.values(), strict=True):
+            f.write(json.dumps(dict(zip(data, values, strict=True))) + "\n")
+
+
+def reward_changes(workdir: Path, **changes) -> dict:
+    return {
+        "plugins": [PLUGIN],
+        **REWARD,
+        "datasets": [{"path": str(workdir / "observational.jsonl"), "ds_type": "json"}],
+        **changes,
+    }
 
 
 def config(workdir: Path, name: str, **changes) -> Path:
@@ -118,9 +165,99 @@ def test_axolotl_train_with_capt(workdir):
     assert summary["rows_drawn"] >= 16 and summary["rows_intervened"] == summary["rows_drawn"]
 
 
+def test_axolotl_train_with_deconfounded_reward(workdir):
+    """`trainer: deconfounded_reward` + `reward_model: true`: the raw observational rows reach trl-causal's trainer,
+    which deconfounds them, writes the report and trains a single-logit classifier that Axolotl saves."""
+    from transformers import AutoModelForSequenceClassification
+
+    out = workdir / "out-reward"
+    path = config(
+        workdir,
+        "reward",
+        **reward_changes(workdir, micro_batch_size=8, num_epochs=1, max_steps=3, output_dir=str(out)),
+    )
+    run = subprocess.run(
+        [str(axolotl_bin()), "train", str(path)],
+        cwd=workdir,
+        env=axolotl_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-6000:]
+    assert f"trl-causal deconfounded_reward: mode 'deconfounded', objective 'regression', {OBSERVATIONAL_ROWS}" in log
+    assert "theta[confounder]" in log and "mean_reward" in log  # our report and our metric in Axolotl's log
+    report = json.loads((out / "deconfounding_report.json").read_text())
+    assert report["rows"] == {"used": OBSERVATIONAL_ROWS, "dropped_invalid": 0, "dropped_longer_than_max_length": 0}
+    effect = report["deconfounding"]["effects"]["confounder"]
+    assert effect["ci_low"] < effect["theta"] < effect["ci_high"] and effect["se"] > 0
+    model, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.num_labels == 1 and not (out / "adapter_config.json").exists()
+
+
+def test_axolotl_train_with_latent_shift(workdir):
+    """`trainer: latent_shift` on Axolotl's chat_template rows: prompt = the untrained tokens, label = the trained
+    answer through the verbalizer; the heads and verbalizer are saved beside the model, as by `trl-causal train`."""
+    from safetensors import safe_open
+
+    out = workdir / "out-latent-shift"
+    path = config(
+        workdir,
+        "latent_shift",
+        plugins=[PLUGIN],
+        trainer="latent_shift",
+        verbalizer=VERBALIZER,
+        n_patches=4,
+        datasets=[{"path": str(workdir / "shift.jsonl"), "ds_type": "json", "type": "chat_template"}],
+        num_epochs=1,
+        max_steps=3,
+        output_dir=str(out),
+    )
+    run = subprocess.run(
+        [str(axolotl_bin()), "train", str(path)],
+        cwd=workdir,
+        env=axolotl_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-6000:]
+    assert "trl-causal latent_shift (axolotl): 16 training rows" in log and "frozen view: reference copy" in log
+    assert "loss_causal" in log and "loss_adj" in log  # our losses in Axolotl's training log
+    assert (out / "model.safetensors").is_file() and (out / "trl_causal_heads.safetensors").is_file()
+    with safe_open(out / "model.safetensors", "pt") as weights:  # the heads live in their own file only
+        assert not [key for key in weights.keys() if "trl_causal_heads" in key]
+    description = json.loads((out / "trl_causal_latent_shift.json").read_text())
+    assert description["verbalizer"] == dict(sorted(VERBALIZER.items()))
+    assert description["heads"]["n_labels"] == 2
+
+
+# A trl-causal trainer (from a third-party distribution) that has no Axolotl trainer class: registered in the
+# checking process only, through trl_causal's plugin manager, before Axolotl loads the plugin and its keys.
+REGISTER_DUMMY = r"""
+import types
+import trl_causal.plugins as registry
+from trl_causal.hookspecs import hookimpl
+
+dummy = types.ModuleType("dummy_trl_causal_plugin")
+
+@hookimpl
+def register_trainers(register):
+    register("dummy_sft", trainer="trl:SFTTrainer", config="trl:SFTConfig", kind="sft", description="test only")
+
+dummy.register_trainers = register_trainers
+manager = registry.get_plugin_manager()
+manager.pm.register(dummy, name="dummy")
+manager.distributions["dummy"] = "dummy-dist"
+manager.trainers = manager._collect_trainers()
+"""
+
 # One Python process loads every config with axolotl's own `load_cfg` (what `axolotl train` runs first, where
 # plugins register and Axolotl validates the YAML) and reports, per config, the trainer class or the error.
-CHECK_CONFIGS = r"""
+CHECK_CONFIGS = REGISTER_DUMMY + r"""
 import json, sys
 from axolotl.cli.config import load_cfg
 from axolotl.integrations.base import PluginManager
@@ -136,7 +273,8 @@ print("RESULTS" + json.dumps(results))
 """
 
 CASES = {
-    # name: (YAML changes, expected: a trainer class name / None, or words the error must contain)
+    # name: (YAML changes, expected: a trainer class name / None, or words the error must contain[, changes]);
+    # "REWARD" as the changes: the `reward_model: true` YAML of `reward_changes`, plus the optional third item.
     "plain": ({}, {"ok": None}),
     "baseline_sft": ({"plugins": [PLUGIN], "trainer": "sft"}, {"ok": None, "trainer": "sft"}),
     "capt": ({"plugins": [PLUGIN], "trainer": "capt", "symbol_pool": "nonsense"}, {"ok": "AxolotlCAPTTrainer"}),
@@ -146,10 +284,50 @@ CASES = {
     ),
     "not_listed": ({"trainer": "capt"}, ["`trainer: capt` is set but the trl-causal Axolotl plugin is not enabled", PLUGIN]),
     "unknown": ({"plugins": [PLUGIN], "trainer": "capd"}, ["Unknown trainer 'capd'", "Did you mean 'capt'"]),
-    "not_supported": (
-        {"plugins": [PLUGIN], "trainer": "latent_shift"},
-        ["`trainer: latent_shift` is not supported on Axolotl yet", "trl-causal train"],
+    "not_supported": (  # a registered trl-causal trainer without an Axolotl class
+        {"plugins": [PLUGIN], "trainer": "dummy_sft"},
+        [
+            "`trainer: dummy_sft` is not supported on Axolotl yet",
+            "'dummy-dist' provides no Axolotl trainer",
+            "trl-causal train",
+        ],
     ),
+    "latent_shift": (
+        {"plugins": [PLUGIN], "trainer": "latent_shift", "verbalizer": VERBALIZER},
+        {"ok": "AxolotlLatentShiftTrainer", "trainer": "latent_shift"},
+    ),
+    "latent_shift_label_column": (
+        {"plugins": [PLUGIN], "trainer": "latent_shift", "label_column": "label"},
+        ["Remove `label_column`", "verbalizer"],
+    ),
+    "latent_shift_batch": (
+        {"plugins": [PLUGIN], "trainer": "latent_shift", "micro_batch_size": 1},
+        ["trainer: latent_shift: micro_batch_size=1", "Set micro_batch_size to 2 or more"],
+    ),
+    "latent_shift_packing": (
+        {"plugins": [PLUGIN], "trainer": "latent_shift", "sample_packing": True},
+        ["sample_packing: false"],
+    ),
+    "deconfounded_reward": (
+        "REWARD",
+        {"ok": "AxolotlDeconfoundedRewardTrainer", "trainer": "deconfounded_reward"},
+    ),
+    "reward_dataset_type": (
+        "REWARD",
+        ["datasets[0].type: 'chat_template' is not used by trainer: deconfounded_reward", "Remove `type:`"],
+        {"datasets": [{"path": "rows.jsonl", "ds_type": "json", "type": "chat_template"}]},
+    ),
+    "reward_bad_value": (
+        "REWARD",
+        ["trainer: deconfounded_reward: mode='deconfound' is not one of"],
+        {"mode": "deconfound"},
+    ),
+    "reward_no_confounders": (
+        "REWARD",
+        ["trainer: deconfounded_reward: No confounder columns", "numeric_confounders"],
+        {"numeric_confounders": None},
+    ),
+    "reward_packing": ("REWARD", ["does not support `sample_packing`"], {"sample_packing": True}),
     "reward_kind": ({"plugins": [PLUGIN], "trainer": "deconfounded_reward"}, ["add `reward_model: true`"]),
     "foreign_key": ({"plugins": [PLUGIN], "trainer": "capt", "lambda_causal": 0.5}, ["lambda_causal (a key of latent_shift)"]),
     "packing": ({"plugins": [PLUGIN], "trainer": "capt", "sample_packing": True}, ["sample_packing: false"]),
@@ -157,9 +335,16 @@ CASES = {
 }
 
 
+def case_changes(workdir: Path, name: str) -> dict:
+    changes, *extra = CASES[name][0], *CASES[name][2:]
+    if changes == "REWARD":  # the reward-path YAML, with the case's own changes
+        changes = reward_changes(workdir, **(extra[0] if extra else {}))
+    return changes
+
+
 @pytest.fixture(scope="module")
 def checked(workdir) -> dict:
-    paths = {name: config(workdir, f"check-{name}", **changes) for name, (changes, _) in CASES.items()}
+    paths = {name: config(workdir, f"check-{name}", **case_changes(workdir, name)) for name in CASES}
     run = subprocess.run(
         [str(VENV / "bin" / "python"), "-c", CHECK_CONFIGS, *map(str, paths.values())],
         cwd=workdir,

@@ -167,6 +167,8 @@ class LatentShiftConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.loss_type is None:  # TRL < 1.16 leaves it unset and would pick "chunked_nll"
+            self.loss_type = "nll"
         super().__post_init__()
         self.verbalizer = parse_verbalizer(self.verbalizer)
         if self.latent_shift_seed is None:

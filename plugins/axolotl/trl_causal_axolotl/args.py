@@ -16,6 +16,7 @@ import warnings
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from trl_causal.errors import ConfigError
 
 TRAINER_KEY = "trainer"
 
@@ -110,6 +111,33 @@ def build_input_model() -> tuple[type[BaseModel], dict[str, list[str]]]:
     )
     model.__doc__ = "YAML keys of the trl-causal trainers (declared by trl_causal_axolotl.CausalTrainerPlugin)."
     return model, owners
+
+
+def build_config(config_class: type, trainer: str, settings: dict[str, Any]) -> Any:
+    """``config_class(**settings)``; its ``ConfigError`` is raised again under ``trainer: <name>:``, with Axolotl's
+    name for the per-device batch size."""
+    try:
+        return config_class(**settings)
+    except ConfigError as error:
+        message = str(error).replace("per_device_train_batch_size", "micro_batch_size")
+        raise ConfigError(f"trainer: {trainer}: {message}") from error
+
+
+def check_values(config_class: type, trainer: str, values: dict[str, Any], output_dir: str, seed: int, **training: Any):
+    """trl_causal's own config for the keys of ``trainer`` set in the YAML (plus the ``training`` arguments it checks,
+    unset ones left out): the same defaults and validation as ``trl-causal train``, before anything loads."""
+    training = {key: value for key, value in training.items() if value is not None}
+    settings = dict(output_dir=output_dir, seed=seed, bf16=False, fp16=False, report_to="none", **training)
+    return build_config(config_class, trainer, {**settings, **values})
+
+
+def rebuilt_args(args, config_class: type, trainer: str, values: dict[str, Any], **overrides: Any):
+    """Axolotl's training ``args`` rebuilt as ``config_class`` (Axolotl's fields plus our config's), with
+    ``overrides`` and then the YAML ``values`` of ``trainer`` on top."""
+    accepted = {field.name for field in dataclasses.fields(config_class) if field.init}
+    settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(args) if field.init}
+    settings = {key: value for key, value in settings.items() if key in accepted}
+    return build_config(config_class, trainer, {**settings, **overrides, **values})
 
 
 # KEY_OWNERS: generated key -> the trainers whose config has it.

@@ -30,6 +30,8 @@ from trl_causal.trainer.capt_trainer import (
     check_interventions,
 )
 
+from .args import check_values
+
 RUN_FILE = "trl_causal_axolotl_run.json"
 IGNORE = -100
 
@@ -164,16 +166,9 @@ class TokenInterventionDataset(torch.utils.data.Dataset):
         return int(self.counts[1])
 
 
-def capt_config_from(values: dict[str, Any], output_dir: str, seed: int, **training: Any) -> CAPTConfig:
-    """trl_causal's own ``CAPTConfig`` for the keys set in the Axolotl YAML (plus the ``training`` arguments CAPT
-    checks, e.g. the dataloader workers): the same defaults and validation as ``trl-causal train``."""
-    training = {key: value for key, value in training.items() if value is not None}
-    try:
-        return CAPTConfig(
-            output_dir=output_dir, seed=seed, bf16=False, fp16=False, report_to="none", **training, **values
-        )
-    except ConfigError as error:
-        raise ConfigError(f"trainer: capt: {error}") from error
+def check_config(values: dict[str, Any], output_dir: str, seed: int, **training: Any) -> CAPTConfig:
+    """trl_causal's own ``CAPTConfig`` for the CAPT keys of the YAML (``args.check_values``)."""
+    return check_values(CAPTConfig, "capt", values, output_dir, seed, **training)
 
 
 def check_axolotl_cfg(cfg) -> None:
@@ -211,7 +206,7 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
                     f"trainer: capt reads the tokenized column {name!r}, which Axolotl's training dataset lacks; it has "
                     f"{', '.join(train_dataset.column_names)}."
                 )
-        self.capt_args = capt_config_from(
+        self.capt_args = check_config(
             self.trl_causal_values,
             training_args.output_dir,
             training_args.seed,

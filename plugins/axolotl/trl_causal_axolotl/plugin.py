@@ -1,4 +1,5 @@
-"""The Axolotl plugin: ``plugins: [trl_causal_axolotl.CausalTrainerPlugin]`` + ``trainer: capt``.
+"""The Axolotl plugin: ``plugins: [trl_causal_axolotl.CausalTrainerPlugin]`` + ``trainer: capt`` (or
+``latent_shift`` on the SFT path, ``deconfounded_reward`` on the ``reward_model: true`` path).
 
 Axolotl >= 0.21 also loads this class through the ``axolotl.plugins`` entry point on every run, so it is inert
 unless the YAML sets ``trainer:`` or one of the keys it declares; when it does, the plugin must also be listed
@@ -23,14 +24,14 @@ AXOLOTL_TRAINERS: dict[str, str | None] = {
     "sft": None,
     "reward": None,
     "capt": "trl_causal_axolotl.capt:AxolotlCAPTTrainer",
+    "deconfounded_reward": "trl_causal_axolotl.reward:AxolotlDeconfoundedRewardTrainer",
+    "latent_shift": "trl_causal_axolotl.latent:AxolotlLatentShiftTrainer",
 }
 # Trainers registered with trl_causal that have no Axolotl trainer yet: why, and what to use instead.
-NOT_ON_AXOLOTL = {
-    "deconfounded_reward": "it learns from observational rows (text + outcome + confounder columns), which Axolotl's "
-    "`reward_model: true` path does not load (it tokenizes chosen/rejected pairs)",
-    "latent_shift": "it needs the label column and the prompt/completion split of raw rows, which Axolotl's "
-    "tokenized SFT rows no longer carry",
-}
+NOT_ON_AXOLOTL: dict[str, str] = {}
+# Built-in trainers' modules, whose check_axolotl_cfg(cfg) and check_config(values, output_dir, seed, **training)
+# run in register().
+CHECKS = {"capt": ".capt", "latent_shift": ".latent", "deconfounded_reward": ".reward"}
 # A third-party trl_causal trainer adds its Axolotl class through this entry-point group (name = trainer name).
 ADAPTER_ENTRY_POINTS = "trl_causal_axolotl.trainers"
 
@@ -141,26 +142,57 @@ def trainer_values(cfg, name: str) -> dict[str, Any]:
 
 
 class CausalTrainerPlugin(BasePlugin):
-    """Runs trl-causal's trainers (``trainer: capt``) inside Axolotl; inert unless ``trainer:`` is set."""
+    """Runs trl-causal's trainers (``trainer: capt`` / ``latent_shift`` / ``deconfounded_reward``) inside Axolotl;
+    inert unless ``trainer:`` is set."""
 
     def get_input_args(self) -> str:
         return "trl_causal_axolotl.args.TrlCausalArgs"
 
     def register(self, cfg):
         """Called with the raw YAML before Axolotl validates it or loads anything: every configuration error of
-        ours surfaces here, before the model or the data load."""
+        ours surfaces here, before the model or the data load (the Axolotl settings a trainer cannot honour, then
+        trl_causal's own config validation of its keys)."""
         spec = selected_trainer(cfg)
-        if spec is not None and spec.name == "capt":
-            from .capt import capt_config_from, check_axolotl_cfg
+        if spec is None or spec.name not in CHECKS:
+            return
+        import importlib
 
-            check_axolotl_cfg(cfg)
-            capt_config_from(  # trl_causal's own CAPTConfig validates the values (estimator, pool, seed, ...)
-                trainer_values(cfg, "capt"),
-                cfg.get("output_dir") or "./outputs",
-                cfg.get("seed") or 42,
-                dataloader_num_workers=cfg.get("dataloader_num_workers"),
-                dataloader_persistent_workers=cfg.get("dataloader_persistent_workers"),
-            )
+        module = importlib.import_module(CHECKS[spec.name], __package__)
+        module.check_axolotl_cfg(cfg)
+        module.check_config(
+            trainer_values(cfg, spec.name),
+            cfg.get("output_dir") or "./outputs",
+            cfg.get("seed") or 42,
+            per_device_train_batch_size=cfg.get("micro_batch_size"),
+            dataloader_num_workers=cfg.get("dataloader_num_workers"),
+            dataloader_persistent_workers=cfg.get("dataloader_persistent_workers"),
+        )
+
+    def load_datasets(self, cfg, preprocess: bool = False):
+        """``trainer: deconfounded_reward``: the raw observational rows of ``datasets:`` (Axolotl would tokenize
+        them as chosen/rejected pairs); None otherwise, so Axolotl loads the data itself."""
+        spec = selected_trainer(cfg)
+        if spec is None or spec.name != "deconfounded_reward":
+            return None
+        from .reward import load_observational_datasets
+
+        return load_observational_datasets(cfg)
+
+    def post_trainer_create(self, cfg, trainer):
+        self._trainer = trainer
+
+    def post_train(self, cfg, model):
+        """Our trainers' final files, once, on the first call: axolotl 0.21 calls this right after
+        ``trainer.train()`` (all processes still up, before its own final save) and again at the very end.
+        ``deconfounded_reward`` saves its report (and, with LoRA, the merged single-logit classifier to
+        ``output_dir/merged``); ``latent_shift`` saves its heads and verbalizer; both then take their heads off the
+        model, so that Axolotl's own final save writes a plain checkpoint."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and hasattr(trainer, "save_final"):
+            merged = trainer.save_final(cfg.output_dir)
+            if merged:
+                trainer.accelerator.print(f"trl-causal deconfounded_reward (axolotl): merged classifier in {merged}")
+        self._trainer = None
 
     def get_trainer_cls(self, cfg):
         spec = selected_trainer(cfg)
