@@ -142,20 +142,21 @@ def config(workdir: Path, name: str, **changes) -> Path:
     return path
 
 
+def axolotl_train(path: Path, workdir: Path) -> str:
+    """``axolotl train path`` in the Axolotl venv; its log (stdout + stderr), after asserting that it succeeded."""
+    run = subprocess.run(
+        [str(axolotl_bin()), "train", str(path)], cwd=workdir, env=axolotl_env(), capture_output=True, text=True, timeout=600
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-6000:]
+    return log
+
+
 def test_axolotl_train_with_capt(workdir):
     """The two added lines make `axolotl train` train with CAPT: events estimated, fresh symbols every epoch."""
     out = workdir / "out-capt"
     path = config(workdir, "capt", plugins=[PLUGIN], trainer="capt", output_dir=str(out))
-    run = subprocess.run(
-        [str(axolotl_bin()), "train", str(path)],
-        cwd=workdir,
-        env=axolotl_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-6000:]
+    log = axolotl_train(path, workdir)
     assert "trl-causal capt (axolotl): events estimated with 'prontoqa' on 8 training rows, 0 without events" in log
     assert "capt_rows_intervened" in log  # our counter in Axolotl's training log
     assert (out / "model.safetensors").is_file()
@@ -176,16 +177,7 @@ def test_axolotl_train_with_deconfounded_reward(workdir):
         "reward",
         **reward_changes(workdir, micro_batch_size=8, num_epochs=1, max_steps=3, output_dir=str(out)),
     )
-    run = subprocess.run(
-        [str(axolotl_bin()), "train", str(path)],
-        cwd=workdir,
-        env=axolotl_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-6000:]
+    log = axolotl_train(path, workdir)
     assert f"trl-causal deconfounded_reward: mode 'deconfounded', objective 'regression', {OBSERVATIONAL_ROWS}" in log
     assert "theta[confounder]" in log and "mean_reward" in log  # our report and our metric in Axolotl's log
     report = json.loads((out / "deconfounding_report.json").read_text())
@@ -215,16 +207,7 @@ def test_axolotl_train_with_latent_shift(workdir):
         max_steps=3,
         output_dir=str(out),
     )
-    run = subprocess.run(
-        [str(axolotl_bin()), "train", str(path)],
-        cwd=workdir,
-        env=axolotl_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-6000:]
+    log = axolotl_train(path, workdir)
     assert "trl-causal latent_shift (axolotl): 16 training rows" in log and "frozen view: reference copy" in log
     assert "loss_causal" in log and "loss_adj" in log  # our losses in Axolotl's training log
     assert (out / "model.safetensors").is_file() and (out / "trl_causal_heads.safetensors").is_file()
