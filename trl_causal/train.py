@@ -62,7 +62,8 @@ def column_sets(run: RunConfig) -> tuple[tuple[str, ...], ...] | None:
 
 
 def main(run: RunConfig) -> dict:
-    """Load data, check it, train, save, and print a short summary; returns the summary."""
+    """Load data, check it, train, save, and print a short summary; returns the summary.
+    Under a distributed launch (WORLD_SIZE > 1) every rank exits the process here instead, once all have saved."""
     start = time.time()
     training_args = run.training_args
     need_eval = training_args.eval_strategy != "no"
@@ -98,7 +99,18 @@ def main(run: RunConfig) -> dict:
     trainer.accelerator.wait_for_everyone()  # no rank tears the process group down while another still uses it
     if hasattr(trainer, "end"):
         trainer.end()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_before_teardown()  # main's frame still holds the trainer (and DDP's reducer with it)
     return summary
+
+
+def _exit_before_teardown() -> None:
+    """Leave the process before the trainer is released: every rank has passed the final barrier and saved.
+    Tearing DDP's reducer down, which happens as soon as the trainer is released (when ``main`` returns), can
+    block forever in ProcessGroupGloo's destructor once a peer process has already exited (seen with torch 2.13)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -118,12 +130,6 @@ def cli(argv: list[str] | None = None) -> int:
     except TrlCausalError as error:
         print(f"trl-causal: error: {error}", file=sys.stderr)
         return 2
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Every rank has passed the final barrier and saved. Exit now: tearing down DDP's reducer can block
-        # forever in ProcessGroupGloo's destructor once a peer process has already exited (seen with torch 2.13).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
     return 0
 
 
