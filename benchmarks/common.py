@@ -48,9 +48,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def command_line() -> str:
+    """The command that runs this benchmark, as typed from the repository root."""
+    return " ".join([".venv/bin/python", *[a if i else f"benchmarks/{Path(a).name}" for i, a in enumerate(sys.argv)]])
+
+
 def write_results(name: str, results: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results["command"] = " ".join([".venv/bin/python", *[a if i else f"benchmarks/{Path(a).name}" for i, a in enumerate(sys.argv)]])
+    results["command"] = command_line()
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(results, indent=2))
     return path

@@ -34,17 +34,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 
 from datasets import Dataset
 
-from common import mean_std, train_in_process, write_results
+from common import RESULTS, command_line, mean_std, train_in_process, write_results
 from trl_causal.evaluation import LMPredictor, accuracy_report, build_predictor
 from trl_causal.latent_shift.data import TEST_AGREEMENTS, make_splits, split_name, to_prompt_completion
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "example_configs" / "latent_shift.yaml")
+RUNS = RESULTS / "latent_shift_runs"  # one file per (kind, seed, settings), reused by a later run with the same ones
 KINDS = ("platform", "stopword")
 LEVELS = tuple(str(round(a * 100)) for a in TEST_AGREEMENTS)  # "90", "70", "50", "30", "10"
 ANSWERS = ["negative", "positive"]
@@ -97,6 +100,46 @@ def predict_levels(predict, tests: dict[str, list[dict]]) -> dict[str, dict]:
     ]
 
 
+def run_one(kind: str, seed: int, args) -> dict:
+    """Train the four models of one (kind, seed) and report every method at every level; plus the step times."""
+    splits = make_splits(args.train_rows, args.eval_rows, kind, seed=seed)
+    train = Dataset.from_list(to_prompt_completion(splits["train"]))
+    tests = {level: to_prompt_completion(splits[split_name(int(level) / 100)]) for level in LEVELS}
+    reports: dict[str, dict] = {}
+    step_seconds: dict[str, float] = {}
+    trainings = {
+        "sft": ["--trainer", "sft"],
+        "shuffle_train": ["--trainer", "latent_shift", "--adjustment", "shuffle_train"],
+        "shuffle_test": ["--trainer", "latent_shift", "--adjustment", "shuffle_test"],
+        "c_only": ["--trainer", "latent_shift", "--lambda_adj", "0"],
+    }
+    for name, overrides in trainings.items():
+        with tempfile.TemporaryDirectory() as output_dir:
+            common = ["--seed", str(seed), "--max_steps", str(args.steps), "--output_dir", output_dir]
+            run, trainer, timer = train_in_process(CONFIG, overrides + common + args.extra, train)
+            model, tokenizer = trainer.model.eval(), trainer.processing_class
+            if name == "sft":
+                step_seconds["sft"] = timer.median()
+                predictor = LMPredictor(model, tokenizer, ANSWERS)
+                (reports["sft"],) = predict_levels(predictor.predict, tests)
+                with scaled_lora(model, 0.5):
+                    (reports["wise_ft"],) = predict_levels(predictor.predict, tests)
+            elif name == "c_only":
+                (reports["c_only"],) = predict_levels(LMPredictor(model, tokenizer, ANSWERS).predict, tests)
+            else:
+                if name == DEFAULT_ADJUSTMENT:
+                    step_seconds["latent_shift"] = timer.median()
+                trainer.save_model(output_dir)  # the predictor loads the heads from the checkpoint
+                predictor = build_predictor(run.trainer.trainer_class, run.training_args, model, tokenizer, ANSWERS, checkpoint_dir=output_dir)
+                adjusted, plain = predict_levels(predictor.predict_both, tests)
+                reports[f"latent_shift_{name}"], reports[f"latent_shift_{name}_plain"] = adjusted, plain
+                if name == "shuffle_test":
+                    predictor.phi_source = "own"
+                    (reports["no_shuffle"],) = predict_levels(predictor.predict, tests)
+    reports["latent_shift"] = reports[f"latent_shift_{DEFAULT_ADJUSTMENT}"]
+    return {"reports": reports, "step_seconds": step_seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
@@ -112,47 +155,26 @@ def main() -> None:
     }
     step_seconds: dict[str, list[float]] = {"sft": [], "latent_shift": []}
     runs = []
+    settings = {"steps": args.steps, "train_rows": args.train_rows, "eval_rows": args.eval_rows, "extra": args.extra}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]  # smoke runs never clobber real ones
     for kind in args.kinds:
         for seed in args.seeds:
-            splits = make_splits(args.train_rows, args.eval_rows, kind, seed=seed)
-            train = Dataset.from_list(to_prompt_completion(splits["train"]))
-            tests = {level: to_prompt_completion(splits[split_name(int(level) / 100)]) for level in LEVELS}
-            reports: dict[str, dict] = {}
-            trainings = {
-                "sft": ["--trainer", "sft"],
-                "shuffle_train": ["--trainer", "latent_shift", "--adjustment", "shuffle_train"],
-                "shuffle_test": ["--trainer", "latent_shift", "--adjustment", "shuffle_test"],
-                "c_only": ["--trainer", "latent_shift", "--lambda_adj", "0"],
-            }
-            for name, overrides in trainings.items():
-                with tempfile.TemporaryDirectory() as output_dir:
-                    common = ["--seed", str(seed), "--max_steps", str(args.steps), "--output_dir", output_dir]
-                    run, trainer, timer = train_in_process(CONFIG, overrides + common + args.extra, train)
-                    model, tokenizer = trainer.model.eval(), trainer.processing_class
-                    if name == "sft":
-                        step_seconds["sft"].append(timer.median())
-                        predictor = LMPredictor(model, tokenizer, ANSWERS)
-                        (reports["sft"],) = predict_levels(predictor.predict, tests)
-                        with scaled_lora(model, 0.5):
-                            (reports["wise_ft"],) = predict_levels(predictor.predict, tests)
-                    elif name == "c_only":
-                        (reports["c_only"],) = predict_levels(LMPredictor(model, tokenizer, ANSWERS).predict, tests)
-                    else:
-                        if name == DEFAULT_ADJUSTMENT:
-                            step_seconds["latent_shift"].append(timer.median())
-                        trainer.save_model(output_dir)  # the predictor loads the heads from the checkpoint
-                        predictor = build_predictor(run.trainer.trainer_class, run.training_args, model, tokenizer, ANSWERS, checkpoint_dir=output_dir)
-                        adjusted, plain = predict_levels(predictor.predict_both, tests)
-                        reports[f"latent_shift_{name}"], reports[f"latent_shift_{name}_plain"] = adjusted, plain
-                        if name == "shuffle_test":
-                            predictor.phi_source = "own"
-                            (reports["no_shuffle"],) = predict_levels(predictor.predict, tests)
-            reports["latent_shift"] = reports[f"latent_shift_{DEFAULT_ADJUSTMENT}"]
+            path = RUNS / f"{kind}-seed{seed}-{digest}.json"
+            saved = json.loads(path.read_text()) if path.exists() else None
+            if saved is not None:
+                print(f"{kind} seed {seed}: reusing {path.relative_to(REPO)} (made by: {saved['command']})", flush=True)
+            else:
+                saved = {"settings": settings, "command": command_line(), **run_one(kind, seed, args)}
+                RUNS.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(saved, indent=2))  # a crash later loses nothing finished
+            reports = saved["reports"]
             for method in METHODS:
                 for level in LEVELS:
                     for metric in per_run:
                         per_run[metric][method][level].append(100 * reports[method][level][metric])
-            runs.append({"kind": kind, "seed": seed})
+            for name in step_seconds:
+                step_seconds[name].append(saved["step_seconds"][name])
+            runs.append({"kind": kind, "seed": seed, "command": saved["command"]})
             print(
                 f"{kind} seed {seed}: "
                 + ", ".join(f"{m} 90/10 {reports[m]['90']['accuracy']:.0%}/{reports[m]['10']['accuracy']:.0%}" for m in PLOTTED)
