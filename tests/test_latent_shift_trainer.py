@@ -171,6 +171,7 @@ def test_batch_size_one_is_rejected_from_the_yaml(tiny_model, tmp_path):
         ({"frozen_view": "copy"}, "frozen_view='copy'"),
         ({"n_patches": 0}, "n_patches=0"),
         ({"lambda_adj": -1.0}, "lambda_adj=-1.0"),
+        ({"heads_learning_rate": 0.0}, "heads_learning_rate=0.0"),
         ({"verbalizer": "{not json"}, "verbalizer is not valid JSON"),
         ({"verbalizer": {"a": "yes", "b": "yes"}}, "the same answer 'yes'"),
         ({"verbalizer": {"positive": True, "negative": False}}, "holds a boolean: YAML reads unquoted yes/no"),
@@ -180,6 +181,19 @@ def test_batch_size_one_is_rejected_from_the_yaml(tiny_model, tmp_path):
 def test_bad_settings_name_the_field(tmp_path, overrides, field):
     with pytest.raises(ConfigError, match=field):
         LatentShiftConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **overrides)
+
+
+@pytest.mark.parametrize("heads_lr", [0.05, None])
+def test_heads_train_at_their_own_learning_rate(tiny_model, tmp_path, heads_lr):
+    trainer = make_trainer(tiny_model, tmp_path, heads_learning_rate=heads_lr, learning_rate=1e-3, weight_decay=0.1)
+    trainer.train()
+    heads = {id(p) for p in trainer.heads.parameters()}
+    model_params = {id(p) for n, p in trainer.model.named_parameters() if p.requires_grad and id(p) not in heads}
+    in_groups = [(id(p), group["lr"], group["weight_decay"]) for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert sorted(i for i, _, _ in in_groups) == sorted(heads | model_params)  # every trainable tensor, once
+    assert {lr for i, lr, _ in in_groups if i in heads} == {heads_lr or 1e-3}
+    assert {lr for i, lr, _ in in_groups if i in model_params} == {1e-3}
+    assert {decay for i, _, decay in in_groups if i in heads} == {0.0, 0.1}  # the decay split survives
 
 
 def test_more_patches_than_prompt_tokens_fall_back_and_are_counted(tiny_model, tmp_path):

@@ -35,6 +35,8 @@ class LatentShiftConfig(SFTConfig):
             Size of the low-level feature vector Phi.
         causal_hidden_sizes, encoder_hidden_sizes, adjusted_hidden_sizes (`list[int]`):
             Hidden layer sizes of g, of the Phi encoder and of the adjusted head h.
+        heads_learning_rate (`float` or `None`, *optional*, defaults to `1e-3`):
+            Learning rate of the randomly initialised heads (g, the Phi encoder, h); `None`: `learning_rate`.
         lambda_causal (`float`, *optional*, defaults to `1.0`):
             Weight of L_C.
         lambda_adj (`float`, *optional*, defaults to `1.0`):
@@ -103,6 +105,13 @@ class LatentShiftConfig(SFTConfig):
     adjusted_hidden_sizes: list[int] = field(
         default_factory=lambda: [64],
         metadata={"help": "Hidden layer sizes of the adjusted head h([q1, Phi])."},
+    )
+    heads_learning_rate: float | None = field(
+        default=1e-3,
+        metadata={
+            "help": "Learning rate of the heads g, the Phi encoder and h, which start from random weights (the model "
+            "keeps `learning_rate`). null: the model's learning rate."
+        },
     )
     lambda_causal: float = field(default=1.0, metadata={"help": "Weight of the causal alignment loss L_C (paper: 1)."})
     lambda_adj: float = field(default=1.0, metadata={"help": "Weight of the adjusted-head loss L_adj (paper: 1)."})
@@ -194,6 +203,8 @@ class LatentShiftConfig(SFTConfig):
         for name in ("lambda_causal", "lambda_adj"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be non-negative.")
+        if self.heads_learning_rate is not None and self.heads_learning_rate <= 0:
+            raise ConfigError(f"heads_learning_rate={self.heads_learning_rate} must be positive, or null for learning_rate.")
         if self.per_device_train_batch_size < 2:
             raise ConfigError(
                 f"per_device_train_batch_size={self.per_device_train_batch_size}: latent_shift needs at least 2 rows "

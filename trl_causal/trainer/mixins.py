@@ -117,6 +117,8 @@ class HeadsMixin:
     Attaching (rather than keeping them on the trainer) puts them in the optimizer and under
     DDP / DeepSpeed with the model. They are saved as ``trl_causal_heads.safetensors`` beside the
     model weights, left out of the model's own files, and restored on ``resume_from_checkpoint``.
+    A config field ``heads_learning_rate`` (if set) gives the heads their own optimizer groups: they start
+    from random weights, while the model's learning rate is sized for pretrained ones.
     """
 
     def _build_accelerator_args(self, **kwargs):
@@ -125,6 +127,20 @@ class HeadsMixin:
         if self.args.ddp_find_unused_parameters is None:
             self.args.ddp_find_unused_parameters = False
         return super()._build_accelerator_args(**kwargs)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        heads_lr = getattr(self.args, "heads_learning_rate", None)
+        if heads_lr is None or self.heads is None:
+            return optimizer
+        head_ids = {id(p) for p in self.heads.parameters()}
+        for group in list(optimizer.param_groups):
+            own = [p for p in group["params"] if id(p) in head_ids]
+            if own:
+                group["params"] = [p for p in group["params"] if id(p) not in head_ids]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": own, "lr": heads_lr})
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
 
     def attach_heads(self, heads: nn.Module) -> None:
         parameter = next(self.model.parameters())
