@@ -10,7 +10,10 @@ same rows for the same --steps with the same seed; only the overrides below diff
 Data: trl_causal.latent_shift.data, both spurious kinds (platform suffix "amazon.xxx"/"yelp.yyy", stop word
 "so"/"the"), --train_rows training rows at 90% agreement between the spurious feature and the label, and --eval_rows
 test reviews rendered at 90/70/50/30/10% agreement (the same reviews at every level; only the spurious feature
-differs). Prompt/completion rows with the default instruction; completion " positive" / " negative".
+differs). A fraction --ambiguous (default 0.3) of the reviews in every split have mixed text, one clause of each
+polarity, so their label is not in the content: without them the sentiment words settle every row, plain SFT
+ignores the spurious feature (it scored 98% at 10% agreement in a first run) and there is no shift to adjust for.
+Prompt/completion rows with the default instruction; completion " positive" / " negative".
 
 Methods (predictions score " positive" vs " negative" after the prompt, as the completion is trained):
 - sft: `trainer: sft`, plain LM head.
@@ -102,7 +105,7 @@ def predict_levels(predict, tests: dict[str, list[dict]]) -> dict[str, dict]:
 
 def run_one(kind: str, seed: int, args) -> dict:
     """Train the four models of one (kind, seed) and report every method at every level; plus the step times."""
-    splits = make_splits(args.train_rows, args.eval_rows, kind, seed=seed)
+    splits = make_splits(args.train_rows, args.eval_rows, kind, seed=seed, ambiguous=args.ambiguous)
     train = Dataset.from_list(to_prompt_completion(splits["train"]))
     tests = {level: to_prompt_completion(splits[split_name(int(level) / 100)]) for level in LEVELS}
     reports: dict[str, dict] = {}
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--train_rows", type=int, default=320, help="default: steps x batch 8, one epoch")
     parser.add_argument("--eval_rows", type=int, default=100, help="test reviews per agreement level")
+    parser.add_argument("--ambiguous", type=float, default=0.3, help="fraction of reviews with mixed text, every split")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="overrides for every training, e.g. --bf16 true")
     args = parser.parse_args()
 
@@ -155,7 +159,7 @@ def main() -> None:
     }
     step_seconds: dict[str, list[float]] = {"sft": [], "latent_shift": []}
     runs = []
-    settings = {"steps": args.steps, "train_rows": args.train_rows, "eval_rows": args.eval_rows, "extra": args.extra}
+    settings = {"steps": args.steps, "train_rows": args.train_rows, "eval_rows": args.eval_rows, "ambiguous": args.ambiguous, "extra": args.extra}
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]  # smoke runs never clobber real ones
     for kind in args.kinds:
         for seed in args.seeds:
@@ -204,6 +208,7 @@ def main() -> None:
         "per_device_train_batch_size": 8,
         "train_rows": args.train_rows,
         "train_agreement": 90,
+        "ambiguous": args.ambiguous,
         "eval_rows_per_level": args.eval_rows,
         "extra_overrides": args.extra,
         "default_adjustment": DEFAULT_ADJUSTMENT,

@@ -94,6 +94,26 @@ def test_each_sentence_carries_the_label_and_negation_flips_the_adjective():
     assert n_negated > 50 and n_affirmed > 200
 
 
+def test_ambiguous_rows_have_mixed_text_and_leave_the_clear_ones_unchanged():
+    clear = generate_shift_dataset(400, 0.9, "stopword", seed=2)
+    rows = generate_shift_dataset(400, 0.9, "stopword", seed=2, ambiguous=0.3)
+    assert Counter((row["label"], row["ambiguous"]) for row in rows) == {
+        ("positive", True): 60, ("positive", False): 140, ("negative", True): 60, ("negative", False): 140
+    }
+    assert [row["agrees"] for row in rows] == [row["agrees"] for row in clear]  # same environments, same agreement
+    polarity = {
+        label: set(GENERAL_ADJECTIVES[label]) | {word for domain in DOMAINS.values() for word in domain[label]}
+        for label in ("positive", "negative")
+    }
+    for row in rows:
+        if row["ambiguous"]:
+            sentences = [s for s in re.split(r"(?<=\.)\s+", row["text"]) if {w.strip(".,").lower() for w in s.split()} & (polarity["positive"] | polarity["negative"])]
+            assert len(sentences) <= 2, row["text"]  # one clause per polarity (a verdict clause names no adjective)
+    assert not any(row["ambiguous"] for row in clear)
+    with pytest.raises(ConfigError, match="ambiguous=1.5"):
+        generate_shift_dataset(10, 0.9, "platform", ambiguous=1.5)
+
+
 def test_generation_is_deterministic_in_the_seed():
     assert make_splits(100, 100, "stopword", seed=5) == make_splits(100, 100, "stopword", seed=5)
     assert generate_shift_dataset(100, 0.9, "platform", seed=5) != generate_shift_dataset(100, 0.9, "platform", seed=6)

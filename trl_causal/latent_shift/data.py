@@ -12,9 +12,12 @@ test 0.9 in distribution, then 0.7, 0.5, 0.3 and 0.1, where the link is reversed
 - ``stopword``: 2-3 extra copies of a stop word, "so" (env_a) or "the" (env_b), are inserted
   between random words ("so" never occurs otherwise).
 
-The label is the sentiment of the review text alone. Counts are stratified, so every split has
-balanced labels and hits its agreement exactly (up to rounding). The test splits hold the same
-reviews and differ only in their spurious features.
+The label is the sentiment of the review text, except in a fraction ``ambiguous`` of the rows (default
+0) whose text is mixed, one clause of each polarity: there the content says nothing about the label,
+as in real reviews whose stars the text does not settle, and only the spurious feature is
+informative, so a fine-tuned model has a reason to use it. Counts are stratified, so every split has
+balanced labels and hits its agreement (and ambiguous fraction) exactly (up to rounding). The test
+splits hold the same reviews and differ only in their spurious features.
 """
 
 from __future__ import annotations
@@ -199,6 +202,23 @@ def review_text(rng: random.Random, label: str) -> str:
     return " ".join(sentences)
 
 
+def mixed_review_text(rng: random.Random) -> str:
+    """A review whose content is balanced: one positive and one negative clause, with 0-1 neutral sentences."""
+    sentences = [_sentiment_clause(rng, label) for label in LABELS]
+    sentences += rng.sample(NEUTRAL_SENTENCES, rng.randint(0, 1))
+    rng.shuffle(sentences)
+    return " ".join(sentences)
+
+
+def _stratified(rng: random.Random, labels: Sequence[str], fraction: float) -> set[int]:
+    """round(fraction * count) row indices of each label, drawn with ``rng``."""
+    chosen: set[int] = set()
+    for label in LABELS:
+        rows_of_label = [i for i, row_label in enumerate(labels) if row_label == label]
+        chosen.update(rng.sample(rows_of_label, round(fraction * len(rows_of_label))))
+    return chosen
+
+
 def inject_spurious(rng: random.Random, text: str, kind: SpuriousKind, value: str) -> str:
     """The text with its environment's footprint: a platform tag at the end, or 2-3 stop words between random words."""
     if kind == "platform":
@@ -214,34 +234,34 @@ def _check_kind(kind: str) -> None:
         raise ConfigError(f"spurious kind {kind!r} is unknown; use one of {', '.join(map(repr, SPURIOUS_VALUES))}.")
 
 
-def generate_shift_dataset(n: int, agreement: float, kind: SpuriousKind = "platform", seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` rows {text, label, spurious, environment, agrees} with P(spurious agrees with label) = ``agreement`` (a fraction).
+def generate_shift_dataset(
+    n: int, agreement: float, kind: SpuriousKind = "platform", seed: int = 0, ambiguous: float = 0.0
+) -> list[dict[str, Any]]:
+    """``n`` rows {text, label, spurious, environment, agrees, ambiguous} with P(spurious agrees with label) = ``agreement``.
 
     Labels are balanced (an odd n gets one extra positive) and, within each label, exactly
-    round(agreement * count) rows come from the label's aligned environment. The labels and review
-    texts depend on (n, seed) only, so splits that differ only in ``agreement`` or ``kind`` hold the
-    same reviews with different spurious features. Deterministic in ``seed``.
+    round(agreement * count) rows come from the label's aligned environment and round(ambiguous * count)
+    rows have mixed text (``mixed_review_text``). The labels and review texts depend on (n, seed,
+    ambiguous) only, so splits that differ only in ``agreement`` or ``kind`` hold the same reviews with
+    different spurious features. Deterministic in ``seed``.
     """
     _check_kind(kind)
-    if not 0.0 <= agreement <= 1.0:
-        raise ConfigError(f"agreement={agreement} must be a fraction in [0, 1], e.g. 0.9 for 90%.")
+    for name, value in (("agreement", agreement), ("ambiguous", ambiguous)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name}={value} must be a fraction in [0, 1], e.g. 0.9 for 90%.")
     if n < 1:
         raise ConfigError(f"n={n} must be at least 1.")
     text_rng = random.Random(f"latent_shift/text/{seed}")
     labels = ["positive"] * (n - n // 2) + ["negative"] * (n // 2)
     text_rng.shuffle(labels)
-    texts = [review_text(text_rng, label) for label in labels]
+    mixed = _stratified(random.Random(f"latent_shift/ambiguous/{seed}"), labels, ambiguous)
+    texts = [mixed_review_text(text_rng) if i in mixed else review_text(text_rng, label) for i, label in enumerate(labels)]
 
     spurious_rng = random.Random(f"latent_shift/{kind}/{seed}/{agreement}")
-    environments = [""] * n
-    for label in LABELS:
-        rows_of_label = [i for i, row_label in enumerate(labels) if row_label == label]
-        aligned = set(spurious_rng.sample(rows_of_label, round(agreement * len(rows_of_label))))
-        other = ENVIRONMENTS[1 - ENVIRONMENTS.index(ALIGNED_ENVIRONMENT[label])]
-        for i in rows_of_label:
-            environments[i] = ALIGNED_ENVIRONMENT[label] if i in aligned else other
+    aligned = _stratified(spurious_rng, labels, agreement)
     rows = []
-    for text, label, environment in zip(texts, labels, environments):
+    for i, (text, label) in enumerate(zip(texts, labels)):
+        environment = ALIGNED_ENVIRONMENT[label] if i in aligned else ENVIRONMENTS[1 - ENVIRONMENTS.index(ALIGNED_ENVIRONMENT[label])]
         value = SPURIOUS_VALUES[kind][environment]
         rows.append(
             {
@@ -249,7 +269,8 @@ def generate_shift_dataset(n: int, agreement: float, kind: SpuriousKind = "platf
                 "label": label,
                 "spurious": value,
                 "environment": environment,
-                "agrees": environment == ALIGNED_ENVIRONMENT[label],
+                "agrees": i in aligned,
+                "ambiguous": i in mixed,
             }
         )
     return rows
@@ -267,15 +288,17 @@ def make_splits(
     seed: int = 0,
     train_agreement: float = TRAIN_AGREEMENT,
     test_agreements: Sequence[float] = TEST_AGREEMENTS,
+    ambiguous: float = 0.0,
 ) -> dict[str, list[dict[str, Any]]]:
     """{"train": agreement 0.9, "test_90": ..., "test_70": ..., "test_50": ..., "test_30": ..., "test_10": ...}.
 
     The test splits share one set of reviews (seeded apart from train) and differ only in their
-    spurious features, so accuracy differences between them come from the shift alone.
+    spurious features, so accuracy differences between them come from the shift alone. ``ambiguous``:
+    the fraction of rows with mixed text, in every split.
     """
-    splits = {"train": generate_shift_dataset(n_train, train_agreement, kind, seed=2 * seed)}
+    splits = {"train": generate_shift_dataset(n_train, train_agreement, kind, 2 * seed, ambiguous)}
     for agreement in test_agreements:
-        splits[split_name(agreement)] = generate_shift_dataset(n_test, agreement, kind, seed=2 * seed + 1)
+        splits[split_name(agreement)] = generate_shift_dataset(n_test, agreement, kind, 2 * seed + 1, ambiguous)
     return splits
 
 
@@ -329,9 +352,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ambiguous", type=float, default=0.0, help="fraction of rows with mixed text (no content signal)")
     parser.add_argument("--conversational", action="store_true", help="chat messages instead of plain strings")
     args = parser.parse_args(argv)
-    for name, rows in make_splits(args.n_train, args.n_test, args.kind, args.seed).items():
+    for name, rows in make_splits(args.n_train, args.n_test, args.kind, args.seed, ambiguous=args.ambiguous).items():
         path = write_jsonl(to_prompt_completion(rows, conversational=args.conversational), args.out / f"{name}.jsonl")
         print(f"{path}: {len(rows)} rows")
 
