@@ -107,12 +107,12 @@ def test_causal_alignment_loss_matches_formula():
     torch.testing.assert_close(
         causal_alignment_loss(q0, q1, "per_example"), alignment - entropy(q0).mean() - entropy(q1).mean()
     )
-    torch.testing.assert_close(
-        causal_alignment_loss(q0, q1, "marginal"), alignment - entropy(q0.mean(0)) - entropy(q1.mean(0))
-    )
+    marginal = alignment - entropy(q0.mean(0)) - entropy(q1.mean(0))
+    torch.testing.assert_close(causal_alignment_loss(q0, q1, "marginal"), marginal)
+    torch.testing.assert_close(causal_alignment_loss(q0, q1), marginal + entropy(q0).mean() + entropy(q1).mean())
 
 
-def test_causal_alignment_loss_is_lowest_for_aligned_high_entropy_views():
+def test_causal_alignment_loss_is_lowest_for_aligned_confident_balanced_views():
     n_causal = 4
     uniform = torch.full((8, n_causal), 1 / n_causal)
     collapsed = torch.nn.functional.one_hot(torch.zeros(8, dtype=torch.long), n_causal).float()
@@ -124,10 +124,17 @@ def test_causal_alignment_loss_is_lowest_for_aligned_high_entropy_views():
     assert per_example(uniform, uniform) < per_example(collapsed, collapsed)
     assert per_example(uniform, uniform) < per_example(collapsed, uniform)
 
-    marginal = lambda a, b: float(causal_alignment_loss(a, b))  # noqa: E731
+    marginal = lambda a, b: float(causal_alignment_loss(a, b, "marginal"))  # noqa: E731
     assert marginal(balanced, balanced) == pytest.approx(-2 * math.log(n_causal))
     assert marginal(balanced, balanced) < marginal(balanced, shifted)  # same marginal, views disagree
     assert marginal(balanced, balanced) < marginal(collapsed, collapsed) == pytest.approx(0.0)
+    assert marginal(uniform, uniform) == pytest.approx(marginal(balanced, balanced))  # blind to the uniform collapse
+
+    information = lambda a, b: float(causal_alignment_loss(a, b))  # noqa: E731
+    assert information(balanced, balanced) == pytest.approx(-2 * math.log(n_causal))
+    assert information(balanced, balanced) < information(uniform, uniform) == pytest.approx(0.0)
+    assert information(balanced, balanced) < information(collapsed, collapsed) == pytest.approx(0.0)
+    assert information(balanced, balanced) < information(balanced, shifted)
 
 
 def test_causal_alignment_loss_rejects_bad_inputs():

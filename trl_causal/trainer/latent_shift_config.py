@@ -44,8 +44,9 @@ class LatentShiftConfig(SFTConfig):
         adjustment (`str`, *optional*, defaults to `"shuffle_train"`):
             `"shuffle_train"`: h is trained on Phi of other rows; `"shuffle_test"`: h is trained on the true pairs
             and only the prediction mixes in other rows' Phi.
-        entropy_mode (`str`, *optional*, defaults to `"marginal"`):
-            Entropy terms of L_C: `"marginal"` (of the batch's mean q) or `"per_example"`.
+        entropy_mode (`str`, *optional*, defaults to `"mutual_information"`):
+            Entropy terms of L_C: `"mutual_information"` (of the batch's mean q minus the rows' mean entropy),
+            `"marginal"` (of the batch's mean q) or `"per_example"`.
         phi_samples (`int`, *optional*, defaults to `20`):
             K, the Phi' drawn per input for the adjusted prediction.
         phi_source (`str`, *optional*, defaults to `"bank"`):
@@ -124,10 +125,11 @@ class LatentShiftConfig(SFTConfig):
         },
     )
     entropy_mode: str = field(
-        default="marginal",
+        default="mutual_information",
         metadata={
-            "help": "Entropy terms of L_C: marginal = entropy of the batch's mean q (stops collapse into one state), "
-            "per_example = mean entropy of each row's q.",
+            "help": "Entropy terms of L_C: mutual_information = entropy of the batch's mean q minus the mean entropy "
+            "of each row's q (confident, balanced causal states); marginal = entropy of the batch's mean q only "
+            "(uniform q for every row also minimises it); per_example = mean entropy of each row's q.",
             "choices": list(ENTROPY_MODES),
         },
     )
