@@ -11,8 +11,9 @@ Data: trl_causal.latent_shift.data, both spurious kinds (platform suffix "amazon
 "so"/"the"), --train_rows training rows at 90% agreement between the spurious feature and the label, and --eval_rows
 test reviews rendered at 90/70/50/30/10% agreement (the same reviews at every level; only the spurious feature
 differs). A fraction --ambiguous (default 0.3) of the reviews in every split have mixed text, one clause of each
-polarity, so their label is not in the content: without them the sentiment words settle every row, plain SFT
-ignores the spurious feature (it scored 98% at 10% agreement in a first run) and there is no shift to adjust for.
+polarity, so their label is not in the content: without them the sentiment words settle every row, and plain SFT
+ignored the spurious feature (98% at both 90% and 10% agreement, platform kind, seed 0, before this option), leaving
+no shift to adjust for.
 Prompt/completion rows with the default instruction; completion " positive" / " negative".
 
 Methods (predictions score " positive" vs " negative" after the prompt, as the completion is trained):
