@@ -34,6 +34,7 @@ SpuriousKind = Literal["platform", "stopword"]
 LABELS: tuple[str, str] = ("positive", "negative")
 ENVIRONMENTS: tuple[str, str] = ("env_a", "env_b")
 ALIGNED_ENVIRONMENT = {"positive": "env_a", "negative": "env_b"}
+UNALIGNED_ENVIRONMENT = {"positive": "env_b", "negative": "env_a"}
 SPURIOUS_VALUES: dict[str, dict[str, str]] = {
     "platform": {"env_a": "amazon.xxx", "env_b": "yelp.yyy"},
     "stopword": {"env_a": "so", "env_b": "the"},
@@ -261,7 +262,7 @@ def generate_shift_dataset(
     aligned = _stratified(spurious_rng, labels, agreement)
     rows = []
     for i, (text, label) in enumerate(zip(texts, labels)):
-        environment = ALIGNED_ENVIRONMENT[label] if i in aligned else ENVIRONMENTS[1 - ENVIRONMENTS.index(ALIGNED_ENVIRONMENT[label])]
+        environment = (ALIGNED_ENVIRONMENT if i in aligned else UNALIGNED_ENVIRONMENT)[label]
         value = SPURIOUS_VALUES[kind][environment]
         rows.append(
             {
