@@ -13,7 +13,8 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    computed by the trainer's own target code (`read_observations` + `reward_targets`, i.e. cross-fitted
    `partial_out`, 5 folds, ridge learners) with `feature_source: tfidf`. TF-IDF, not SmolLM2 features, because
    50 datasets x 2000 rows through SmolLM2 do not fit the CPU budget; theta_hat with the SmolLM2 features of the
-   reward-model training sets is reported too (`theta_model_features`).
+   reward-model training sets is reported too (`theta_training_sets`; with --feature_source tfidf, part 2 partials
+   out on TF-IDF instead and writes results/deconfounded_reward_tfidf.{json,png}).
 2. Reward models: NOT LoRA fine-tuning. On this shared 2-core CPU SmolLM2-135M embeds ~4-8 rows/s, so LoRA
    training of 4 modes x seeds to convergence is out of reach. Each reward model is a linear head on the frozen,
    mean-pooled last hidden states of the embedded SmolLM2-135M-Instruct (the features phi the trainer's
@@ -258,14 +259,15 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
 
         dataset = Dataset.from_dict(data)
         for mode in ROWS:
-            args = reward_config(mode if mode != "oracle" else "naive", seed, output_dir)
+            args = reward_config(mode if mode != "oracle" else "naive", seed, output_dir, feature_source=cli.feature_source)
             observations = read_observations({"train": dataset}, args)["train"]
             if mode == "oracle":
                 f_train = np.array(data["f"])
                 target_scale = float(f_train.std())
                 target = (f_train - f_train.mean()) / target_scale
             else:
-                targets = reward_targets(observations, args, lambda: phi, progress=False)
+                deconfounding_features = (lambda: phi) if cli.feature_source == "model" else (lambda: text_features(args, dataset, []))
+                targets = reward_targets(observations, args, deconfounding_features, progress=False)
                 target, target_scale = targets.of(observations), targets.std
                 if targets.result is not None:
                     effect = targets.report["deconfounding"]["effects"]["confounder"]
@@ -312,7 +314,7 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
         "objective_best_pick": best_pick,
         "objective_gain_over_random": gain,
         "per_seed": {m: dict(per_seed[m]) for m in ROWS},
-        "theta_model_features": theta_model,
+        "theta_training_sets": theta_model,
         "f_eval_mean": float(f_eval.mean()),
         "f_eval_std": float(f_eval.std()),
         "held_out_rows": cli.eval_rows,
@@ -423,6 +425,12 @@ def main() -> None:
     parser.add_argument("--bo_groups", type=int, default=80)
     parser.add_argument("--head_epochs", type=int, default=30)
     parser.add_argument("--head_lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--feature_source",
+        choices=("model", "tfidf"),
+        default="model",
+        help="features the deconfounding stage of part 2 partials out on (the reward heads always read the SmolLM2 features)",
+    )
     parser.add_argument("--speed_rows", type=int, default=96)
     parser.add_argument("--speed_rounds", type=int, default=3)
     parser.add_argument("--speed_steps", type=int, default=4)
@@ -503,6 +511,7 @@ def main() -> None:
             "shared 2-core CPU); targets and loss are the deconfounded_reward trainer's own code (reward_targets, "
             "DeconfoundedRewardTrainer.compute_loss, regression objective); oracle = head fitted to the true f"
         ),
+        "feature_source": f"{cli.feature_source} (the features the deconfounding stage of part 2 partials out on)",
         "simulator": {
             "gamma": GAMMA,
             "entanglement": 1.5,
@@ -543,7 +552,7 @@ def main() -> None:
         "targets": targets,
         "wall_seconds": time.perf_counter() - started,
     }
-    name = "deconfounded_reward_smoke" if cli.smoke else "deconfounded_reward"
+    name = "deconfounded_reward" + ("_smoke" if cli.smoke else "") + ("" if cli.feature_source == "model" else f"_{cli.feature_source}")
     path = write_results(name, results)
     plot(results, path.with_suffix(".png"))
 
