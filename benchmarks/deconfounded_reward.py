@@ -432,8 +432,8 @@ def main() -> None:
         help="features the deconfounding stage of part 2 partials out on (the reward heads always read the SmolLM2 features)",
     )
     parser.add_argument("--speed_rows", type=int, default=96)
-    parser.add_argument("--speed_rounds", type=int, default=3)
-    parser.add_argument("--speed_steps", type=int, default=4)
+    parser.add_argument("--speed_rounds", type=int, default=5)
+    parser.add_argument("--speed_steps", type=int, default=6)
     parser.add_argument(
         "--feature_cache_dir",
         default=None,
