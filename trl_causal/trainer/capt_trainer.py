@@ -25,6 +25,7 @@ from trl import SFTTrainer
 from ..capt import (
     EstimatedRows,
     EventEstimator,
+    InterventionResult,
     PoolExhaustedError,
     RowInterventions,
     build_symbol_pool,
@@ -121,12 +122,33 @@ class RowTokenizer:
         return {"input_ids": input_ids, "labels": labels}
 
 
-class InterventionDataset(torch.utils.data.Dataset):
-    """SFT rows whose events get the symbols of draw ``draw``, tokenized on access.
+class InterventionRows(torch.utils.data.Dataset):
+    """Rows whose events get the symbols of draw ``draw``: item ``k`` is row ``estimated.row_indices[k]`` of ``rows``
+    with ``interventions.intervene(k, draw)``. Subclasses turn that into a training item (``__getitem__``).
+    Memory: the rows and their templates, O(rows)."""
 
-    Item ``k`` is row ``estimated.row_indices[k]`` of ``rows`` rendered with ``interventions.intervene(k, draw)``:
-    one mapping for its prompt and completion. Memory: the rows and their templates, O(rows).
-    """
+    def __init__(self, rows, estimated: EstimatedRows, interventions: RowInterventions, draw: int = 0):
+        self.rows = rows
+        self.row_indices = estimated.row_indices
+        self.no_events = estimated.no_events
+        self.interventions = interventions
+        self.draw = draw
+
+    def __len__(self) -> int:
+        return len(self.row_indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the symbols of draw ``epoch`` from now on."""
+        self.draw = int(epoch)
+
+    def intervention(self, index: int) -> tuple[Any, InterventionResult]:
+        """Item ``index``'s source row and its intervention under the current draw."""
+        return self.rows[self.row_indices[index]], self.interventions.intervene(index, self.draw)
+
+
+class InterventionDataset(InterventionRows):
+    """SFT rows (prompt/completion, messages or text) whose events get the symbols of the current draw, tokenized on
+    access: one mapping for a row's prompt and completion."""
 
     column_names = ("input_ids", "labels")  # what an item holds (read by TRL's dataset checks)
 
@@ -139,25 +161,14 @@ class InterventionDataset(torch.utils.data.Dataset):
         text_field: str = "text",
         draw: int = 0,
     ):
-        self.rows = rows
-        self.row_indices = estimated.row_indices
-        self.no_events = estimated.no_events
-        self.interventions = interventions
+        super().__init__(rows, estimated, interventions, draw)
         self.tokenize = tokenize
         self.text_field = text_field
-        self.draw = draw
-
-    def __len__(self) -> int:
-        return len(self.row_indices)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the symbols of draw ``epoch`` from now on."""
-        self.draw = int(epoch)
 
     def render(self, index: int) -> tuple[Prompt, Prompt | None]:
         """Item ``index``'s prompt and completion, in the row's own format, with the symbols of the current draw."""
-        prompt, completion = split_row(self.rows[self.row_indices[index]], self.text_field)
-        result = self.interventions.intervene(index, self.draw)
+        row, result = self.intervention(index)
+        prompt, completion = split_row(row, self.text_field)
         completion = None if completion is None else with_text(completion, result.completion)
         return with_text(prompt, result.prompt), completion
 
@@ -169,7 +180,7 @@ class InterventionEpochCallback(TrainerCallback):
     """Gives the training rows the symbols of the current epoch, read from the trainer state (so a resumed run
     continues with the draws an uninterrupted one would use)."""
 
-    def __init__(self, dataset: InterventionDataset):
+    def __init__(self, dataset: InterventionRows):
         self.dataset = dataset
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -212,6 +223,12 @@ def check_interventions(interventions: RowInterventions, row_indices: Sequence[i
 
 
 SYMBOL_POOL_FILE = "capt_symbol_pool.json"
+
+
+def save_symbol_pool(symbol_pool, directory: str) -> None:
+    """Write the pool's names to ``directory/SYMBOL_POOL_FILE``, where ``build_predictor`` reads them back."""
+    with open(os.path.join(directory, SYMBOL_POOL_FILE), "w") as f:
+        json.dump({"symbols": symbol_pool.symbols}, f, indent=2)
 
 
 class CAPTTrainer(SFTTrainer):
@@ -341,8 +358,7 @@ class CAPTTrainer(SFTTrainer):
         """The model, and with ``symbol_pool: pool`` the training rows' names, so inference draws from them too."""
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save and self.args.symbol_pool == "pool":
-            with open(os.path.join(output_dir or self.args.output_dir, SYMBOL_POOL_FILE), "w") as f:
-                json.dump({"symbols": self.symbol_pool.symbols}, f, indent=2)
+            save_symbol_pool(self.symbol_pool, output_dir or self.args.output_dir)
 
     @classmethod
     def build_predictor(

@@ -25,9 +25,10 @@ from trl_causal.errors import ConfigError, DataError
 from trl_causal.trainer.capt_config import CAPTConfig
 from trl_causal.trainer.capt_trainer import (
     MESSAGE_SEPARATOR,
-    SYMBOL_POOL_FILE,
     InterventionEpochCallback,
+    InterventionRows,
     check_interventions,
+    save_symbol_pool,
 )
 
 from .args import check_values
@@ -121,21 +122,16 @@ class TokenRowCodec:
         return item
 
 
-class TokenInterventionDataset(torch.utils.data.Dataset):
-    """Axolotl's tokenized rows whose events get the symbols of draw ``draw``, re-tokenized on access.
+class TokenInterventionDataset(InterventionRows):
+    """Axolotl's tokenized rows whose events get the symbols of the current draw, re-tokenized on access.
 
-    Item ``k`` is row ``estimated.row_indices[k]`` rendered with ``interventions.intervene(k, draw)``. Stores the
-    rows (Axolotl's dataset, not copied) and one template per row. ``intervened`` counts the items drawn with
-    changed text (counted across DataLoader workers).
+    Stores the rows (Axolotl's dataset, not copied) and one template per row. ``intervened`` counts the items drawn
+    with changed text (counted across DataLoader workers).
     """
 
     def __init__(self, rows, estimated: EstimatedRows, interventions: RowInterventions, codec: TokenRowCodec, draw=0):
-        self.rows = rows
-        self.row_indices = estimated.row_indices
-        self.no_events = estimated.no_events
-        self.interventions = interventions
+        super().__init__(rows, estimated, interventions, draw)
         self.codec = codec
-        self.draw = draw
         # [drawn, intervened], in shared memory: DataLoader workers (Axolotl starts one by default) count here too.
         self.counts = torch.zeros(2, dtype=torch.int64).share_memory_()
         names = ["input_ids", "attention_mask", "labels"]
@@ -143,16 +139,13 @@ class TokenInterventionDataset(torch.utils.data.Dataset):
             names.append("position_ids")
         self.column_names = names
 
-    def __len__(self) -> int:
-        return len(self.row_indices)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.draw = int(epoch)
+    def rebuilt(self, index: int) -> tuple[dict[str, Any], dict[str, list[int]]]:
+        """Item ``index``'s source row and its tokens with the symbols of the current draw."""
+        row, result = self.intervention(index)
+        return row, self.codec.rebuild(row, result.prompt, result.completion)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        row = self.rows[self.row_indices[index]]
-        result = self.interventions.intervene(index, self.draw)
-        item = self.codec.rebuild(row, result.prompt, result.completion)
+        row, item = self.rebuilt(index)
         self.counts += torch.tensor([1, int(item["input_ids"] != list(row["input_ids"]))])
         return item
 
@@ -253,13 +246,8 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             f"intervention seed {args.intervention_seed}."
         )
         for index in range(min(examples, len(dataset))):
-            row = dataset.rows[dataset.row_indices[index]]
-            text = self.codec.decode(dataset.codec.rebuild(row, *self._rendered(index))["input_ids"])
+            text = self.codec.decode(dataset.rebuilt(index)[1]["input_ids"])
             self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {text[:400]!r}")
-
-    def _rendered(self, index: int) -> tuple[str, str | None]:
-        result = self.train_dataset.interventions.intervene(index, self.train_dataset.draw)
-        return result.prompt, result.completion
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if isinstance(self.train_dataset, TokenInterventionDataset) and "loss" in logs:
@@ -296,5 +284,4 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save and self.capt_args.symbol_pool == "pool":
-            with open(os.path.join(output_dir or self.args.output_dir, SYMBOL_POOL_FILE), "w") as f:
-                json.dump({"symbols": self.symbol_pool.symbols}, f, indent=2)
+            save_symbol_pool(self.symbol_pool, output_dir or self.args.output_dir)
