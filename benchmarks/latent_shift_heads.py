@@ -25,18 +25,21 @@ Results: benchmarks/results/latent_shift_heads.json (+ .png: accuracy against st
 from __future__ import annotations
 
 import argparse
+import statistics
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from common import write_results
 from trl_causal.configuration import parse_run_config
 from trl_causal.embedded import ensure_embedded_model
-from trl_causal.latent_shift.adjustment import LatentShiftHeads, masked_mean_pool, patch_features
+from trl_causal.latent_shift.adjustment import CausalHead, LatentShiftHeads, masked_mean_pool, patch_features
 from trl_causal.latent_shift.data import make_splits, to_prompt_completion
+from trl_causal.trainer.latent_shift_trainer import build_heads
 
+REPO = Path(__file__).resolve().parents[1]
 CONFIG = "example_configs/latent_shift.yaml"
 LEVELS = {"90": "test_90", "10": "test_10"}
 VARIANTS = {  # name -> (adjustment, lambda_causal)
@@ -75,50 +78,64 @@ def adjusted_accuracy(heads: LatentShiftHeads, test: dict, k: int, seed: int, so
     return 100 * (probs.argmax(-1) == test["y"]).float().mean().item()
 
 
-def train_heads(args, data: dict, adjustment: str, lambda_causal: float, seed: int, checkpoints: list[int]) -> dict:
-    """Train the heads for max(checkpoints) steps; accuracy at each checkpoint: {variant: {step: {level: %}}}."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        heads = LatentShiftHeads(
-            data["train"]["R"].shape[1], args.n_causal, args.d_phi, 2, n_patches=args.n_patches,
-            bank_size=args.memory_bank_size, causal_hidden_sizes=args.causal_hidden_sizes,
-            encoder_hidden_sizes=args.encoder_hidden_sizes, adjusted_hidden_sizes=args.adjusted_hidden_sizes,
-        )
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=args.heads_learning_rate, weight_decay=args.weight_decay)
+def fit(args, module: torch.nn.Module, batch_loss, train: dict, seed: int, checkpoints: list[int], evaluate) -> dict:
+    """AdamW at the heads' learning rate on ``batch_loss(index, generator)`` over random batches of the training rows
+    for max(checkpoints) steps; ``{step: evaluate()}`` at every checkpoint."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=args.heads_learning_rate, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    train, curves = data["train"], {"adjusted": {}, "own_phi": {}}
+    results = {}
     for step in range(1, max(checkpoints) + 1):
         index = torch.randint(len(train["y"]), (args.per_device_train_batch_size,), generator=generator)
+        loss = batch_loss(index, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in checkpoints:
+            results[step] = evaluate()
+    return results
+
+
+def train_heads(args, data: dict, adjustment: str, lambda_causal: float, seed: int, checkpoints: list[int]) -> dict:
+    """Train the config's heads; accuracy at each checkpoint: {"adjusted" | "own_phi": {step: {level: %}}}."""
+    train = data["train"]
+    heads = build_heads(args, train["R"].shape[1], 2, seed)
+
+    def batch_loss(index, generator):
         hidden, mask = as_tokens(train["R"][index])
         losses = heads.losses(hidden, hidden, as_tokens(train["f"][index])[0], mask, train["y"][index],
                               adjustment=adjustment, entropy_mode=args.entropy_mode, generator=generator)
-        loss = lambda_causal * losses.causal + args.lambda_adj * losses.adjusted
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step in checkpoints:
-            for curve, source in (("adjusted", "bank"), ("own_phi", "own")):
-                curves[curve][step] = {lv: adjusted_accuracy(heads, data[split], args.phi_samples, seed, source) for lv, split in LEVELS.items()}
-    return curves
+        return lambda_causal * losses.causal + args.lambda_adj * losses.adjusted
+
+    def evaluate():
+        return {
+            curve: {lv: adjusted_accuracy(heads, data[split], args.phi_samples, seed, source) for lv, split in LEVELS.items()}
+            for curve, source in (("adjusted", "bank"), ("own_phi", "own"))
+        }
+
+    by_step = fit(args, heads, batch_loss, train, seed, checkpoints, evaluate)
+    return {curve: {step: accuracies[curve] for step, accuracies in by_step.items()} for curve in ("adjusted", "own_phi")}
 
 
 def train_probe(args, data: dict, seed: int, checkpoints: list[int]) -> dict:
-    """Linear probe on R with the heads' optimizer, batch and steps: {step: {level: %}}."""
-    torch.manual_seed(seed)
-    probe = nn.Sequential(nn.LayerNorm(data["train"]["R"].shape[1]), nn.Linear(data["train"]["R"].shape[1], 2))
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=args.heads_learning_rate, weight_decay=args.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    train, curve = data["train"], {}
-    for step in range(1, max(checkpoints) + 1):
-        index = torch.randint(len(train["y"]), (args.per_device_train_batch_size,), generator=generator)
-        loss = F.cross_entropy(probe(train["R"][index]), train["y"][index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step in checkpoints:
-            with torch.no_grad():
-                curve[step] = {lv: 100 * (probe(data[s]["R"]).argmax(-1) == data[s]["y"]).float().mean().item() for lv, s in LEVELS.items()}
-    return curve
+    """Linear probe on R (the causal head's shape, one output per label) fitted to the labels: {step: {level: %}}."""
+    train = data["train"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = CausalHead(train["R"].shape[1], 2)
+
+    def evaluate():
+        with torch.no_grad():
+            return {lv: 100 * (probe(data[s]["R"]).argmax(-1) == data[s]["y"]).float().mean().item() for lv, s in LEVELS.items()}
+
+    def batch_loss(index, _generator):
+        return F.cross_entropy(probe(train["R"][index]), train["y"][index])
+
+    return fit(args, probe, batch_loss, train, seed, checkpoints, evaluate)
+
+
+def mean_curve(curves: list[dict], checkpoints: list[int]) -> dict[str, dict[str, float]]:
+    """{step: {level: mean accuracy}} over ``curves``, with the steps as strings (JSON keys)."""
+    return {str(step): {lv: statistics.fmean(c[step][lv] for c in curves) for lv in LEVELS} for step in checkpoints}
 
 
 def main() -> None:
@@ -133,7 +150,7 @@ def main() -> None:
     cli = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    args = parse_run_config([], CONFIG).training_args
+    args = parse_run_config([], str(REPO / CONFIG)).training_args
     path = ensure_embedded_model("smollm2-135m-instruct")
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
     checkpoints = sorted(cli.steps)
@@ -150,10 +167,7 @@ def main() -> None:
                     runs["shuffle_test_own_phi"].setdefault(kind, []).append(curves["own_phi"])
             runs["probe"].setdefault(kind, []).append(train_probe(args, data, seed, checkpoints))
 
-    accuracy = {
-        name: {str(step): {lv: sum(c[step][lv] for curves in by_kind.values() for c in curves) / sum(map(len, by_kind.values())) for lv in LEVELS} for step in checkpoints}
-        for name, by_kind in runs.items()
-    }
+    accuracy = {name: mean_curve([c for curves in by_kind.values() for c in curves], checkpoints) for name, by_kind in runs.items()}
     results = {
         "model": "SmolLM2-135M-Instruct (embedded), frozen: no LoRA; R1 = R0 = mean-pooled last layer over the prompt",
         "config": CONFIG,
@@ -166,7 +180,7 @@ def main() -> None:
         "ambiguous": cli.ambiguous,
         "accuracy": accuracy,
         "accuracy_definition": "accuracy (%) at test agreement 90 and 10 after each number of head steps, mean over kinds and head seeds",
-        "per_kind": {name: {kind: {str(s): {lv: sum(c[s][lv] for c in curves) / len(curves) for lv in LEVELS} for s in checkpoints} for kind, curves in by_kind.items()} for name, by_kind in runs.items()},
+        "per_kind": {name: {kind: mean_curve(curves, checkpoints) for kind, curves in by_kind.items()} for name, by_kind in runs.items()},
     }
     out = write_results("latent_shift_heads", results)
     plot(results, checkpoints, out.with_suffix(".png"))

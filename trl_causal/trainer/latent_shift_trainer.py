@@ -113,6 +113,24 @@ def check_answer_tokens(tokenizer, verbalizer: dict[str, str], prefix: str = "")
         )
 
 
+def build_heads(args: LatentShiftConfig, hidden_size: int, n_labels: int, seed: int) -> LatentShiftHeads:
+    """The heads the config describes, for a model of ``hidden_size`` and ``n_labels`` labels, initialised from
+    ``seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LatentShiftHeads(
+            hidden_size,
+            args.n_causal,
+            args.d_phi,
+            n_labels,
+            n_patches=args.n_patches,
+            bank_size=args.memory_bank_size,
+            causal_hidden_sizes=args.causal_hidden_sizes,
+            encoder_hidden_sizes=args.encoder_hidden_sizes,
+            adjusted_hidden_sizes=args.adjusted_hidden_sizes,
+        )
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A frozen, eval-mode deep copy of ``model`` that runs its own weights."""
     reference = copy.deepcopy(model)
@@ -196,19 +214,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 f"low_level_layer={args.low_level_layer}, but the model's hidden_states run from 0 (embeddings) to "
                 f"{text_config.num_hidden_layers}."
             )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.latent_shift_seed)
-            return LatentShiftHeads(
-                text_config.hidden_size,
-                args.n_causal,
-                args.d_phi,
-                len(self.verbalizer),
-                n_patches=args.n_patches,
-                bank_size=args.memory_bank_size,
-                causal_hidden_sizes=args.causal_hidden_sizes,
-                encoder_hidden_sizes=args.encoder_hidden_sizes,
-                adjusted_hidden_sizes=args.adjusted_hidden_sizes,
-            )
+        return build_heads(args, text_config.hidden_size, len(self.verbalizer), args.latent_shift_seed)
 
     @staticmethod
     def required_columns(args: LatentShiftConfig) -> tuple[str, ...]:
