@@ -167,6 +167,56 @@ def test_model_features_are_masked_means_cached_by_backbone_and_tokens(tiny_mode
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
 
+def test_model_features_concatenate_the_pooled_layers(tiny_model, tmp_path):
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(tiny_model)
+    sequences = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    last = hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False)
+    both = hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False, layers=[0, -1])
+    hidden = last.shape[1]
+    embeddings = backbone.get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_allclose(both[1, :hidden], embeddings[sequences[1]].mean(axis=0), atol=1e-6)
+    np.testing.assert_array_equal(both[:, hidden:], last)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[3\] out of range: the model returns 3 hidden states"):
+        hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False, layers=[0, 3])
+
+
+def test_feature_layers_default_to_embeddings_and_last_layer(tmp_path):
+    assert reward_args(tmp_path).feature_layers == [0, -1]
+    assert reward_args(tmp_path, feature_layers=-1).feature_layers == [-1]
+    with pytest.raises(ConfigError, match="feature_layers is empty"):
+        reward_args(tmp_path, feature_layers=[])
+
+
+def test_model_features_under_bf16_autocast_are_close_and_cached_apart(tiny_model, tmp_path):
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(tiny_model)
+    sequences = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    exact = hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False)
+    low = hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False, autocast="bf16")
+    assert low.dtype == np.float32 and not np.array_equal(low, exact)  # a bf16 pass, not the fp32 cache entry
+    np.testing.assert_allclose(low, exact, atol=0.05 * np.abs(exact).max())
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    with pytest.raises(ConfigError, match="autocast='fp8'"):
+        hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False, autocast="fp8")
+
+
+@pytest.mark.parametrize(
+    "setting, flags, expected",
+    [("auto", {}, None), ("auto", {"bf16": True}, "bf16"), ("none", {"bf16": True}, None), ("bf16", {}, "bf16")],
+)
+def test_feature_autocast_follows_the_training_precision_unless_set(tmp_path, setting, flags, expected):
+    assert reward_args(tmp_path, feature_autocast=setting, **flags).feature_autocast_precision() == expected
+
+
+def test_unknown_feature_autocast_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="feature_autocast=False"):  # what YAML makes of `feature_autocast: no`
+        reward_args(tmp_path, feature_autocast=False)
+
+
 def test_evaluation_rows_get_targets_from_the_training_theta(tiny_model, tmp_path):
     rows = observational_rows(n=160, seed=2)
     trainer = DeconfoundedRewardTrainer(

@@ -5,6 +5,7 @@ torch is imported only by ``hidden_state_features``, so the package stays import
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -15,7 +16,11 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..paths import cache_root
+
+# autocast precisions of the model feature pass: None runs the model in its own dtype
+AUTOCAST_DTYPES = {None: None, "bf16": "bfloat16", "fp16": "float16"}
 
 
 def tfidf_features(texts: Sequence[str]) -> sp.csr_matrix:
@@ -64,18 +69,31 @@ def hidden_state_features(
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    autocast: str | None = None,
+    layers: Sequence[int] = (-1,),
 ) -> np.ndarray:
-    """phi_i = sum_t m_it h_it / sum_t m_it [n, d]: last hidden states h of the model, masked mean over the tokens.
+    """phi_i = [sum_t m_it h^l_it / sum_t m_it for l in layers] [n, d * len(layers)]: the masked mean over the tokens
+    of each hidden state h^l the model returns (0: the input embeddings, -1: the last layer), concatenated.
 
     ``model`` is any transformers model that returns ``hidden_states`` (a causal LM, a sequence classifier, a
     PEFT model inside ``disable_adapter()``); it runs in eval mode without gradients, in batches of rows of similar
-    length. The result is cached in ``cache_dir`` (default ``default_feature_cache_dir()``) under a hash of the
-    model (``model_fingerprint``) and the token ids, so the same texts under the same model are computed once.
+    length; ``autocast`` ("bf16" / "fp16") runs the forward under ``torch.autocast`` in that precision, None as the
+    model is. The result is cached in ``cache_dir`` (default ``default_feature_cache_dir()``) under a hash of the
+    model (``model_fingerprint``), the token ids, the layers and the autocast precision, so the same texts under the
+    same model are computed once.
     """
     import torch
 
+    if autocast not in AUTOCAST_DTYPES:
+        raise ConfigError(f"autocast={autocast!r} is not one of {', '.join(map(repr, AUTOCAST_DTYPES))}.")
     cache = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
-    key = hashlib.sha256(f"mean-last|{model_fingerprint(model)}|{_sequences_hash(sequences)}".encode()).hexdigest()
+    layers = [int(layer) for layer in layers]
+    if not layers:
+        raise ConfigError("No hidden-state layers to pool: give at least one index (0 embeddings, -1 last layer).")
+    precision = "" if autocast is None else f"|autocast-{autocast}"
+    pooled_layers = "mean-last" if layers == [-1] else "mean-layers-" + ",".join(map(str, layers))
+    key = f"{pooled_layers}|{model_fingerprint(model)}|{_sequences_hash(sequences)}{precision}"
+    key = hashlib.sha256(key.encode()).hexdigest()
     path = cache / f"{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -85,8 +103,13 @@ def hidden_state_features(
     features: np.ndarray | None = None
     was_training = model.training
     model.eval()
+    precision = (
+        torch.autocast(device.type, dtype=getattr(torch, AUTOCAST_DTYPES[autocast]))
+        if autocast is not None
+        else contextlib.nullcontext()
+    )
     try:
-        with torch.no_grad():
+        with torch.no_grad(), precision:
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc="deconfound: text features", disable=not progress):
                 rows = order[start : start + batch_size]
@@ -97,11 +120,16 @@ def hidden_state_features(
                     input_ids[position, : len(sequences[row])] = torch.as_tensor(sequences[row])
                     mask[position, : len(sequences[row])] = 1
                 input_ids, mask = input_ids.to(device), mask.to(device)
-                hidden = model(
+                states = model(
                     input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False
-                ).hidden_states[-1]
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = ((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)).float().cpu().numpy()
+                ).hidden_states
+                if features is None:
+                    _check_layers(layers, len(states))
+                weights = mask.unsqueeze(-1).float()
+                pooled = torch.cat(
+                    [(states[layer].float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1) for layer in layers],
+                    dim=1,
+                ).cpu().numpy()
                 if features is None:
                     features = np.empty((len(sequences), pooled.shape[1]), dtype=np.float32)
                 features[rows] = pooled
@@ -112,3 +140,12 @@ def hidden_state_features(
     np.save(partial, features)
     os.replace(partial, path)
     return features
+
+
+def _check_layers(layers: Sequence[int], n_states: int) -> None:
+    bad = [layer for layer in layers if not -n_states <= layer < n_states]
+    if bad:
+        raise ConfigError(
+            f"Hidden-state layer(s) {bad} out of range: the model returns {n_states} hidden states (0 = embeddings, "
+            f"{n_states - 1} or -1 = the last layer)."
+        )

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 MODES = ("deconfounded", "naive", "covariate", "invariance")
 OBJECTIVES = ("regression", "pairwise")
 FEATURE_SOURCES = ("model", "tfidf")
+FEATURE_AUTOCAST = ("auto", "none", "bf16", "fp16")
 _LIST_FIELDS = (
     "numeric_confounders",
     "categorical_confounders",
@@ -88,8 +89,26 @@ class DeconfoundedRewardConfig(RewardConfig):
             "choices": list(FEATURE_SOURCES),
         },
     )
+    feature_layers: list[int] = field(
+        default_factory=lambda: [0, -1],
+        metadata={
+            "help": "With feature_source model: the hidden states whose masked means over the tokens are concatenated "
+            "into phi; 0 is the input embeddings (which words occur), -1 the last layer (words in context). Both by "
+            "default, from the one forward pass: what the last layer alone misses of E[C | text] biases theta (see "
+            "the README's deconfounded_reward benchmark)."
+        },
+    )
     feature_batch_size: int = field(
         default=32, metadata={"help": "Rows per forward pass when computing the model's text features."}
+    )
+    feature_autocast: str = field(
+        default="auto",
+        metadata={
+            "help": "Precision of the model feature pass: auto (as training: bf16 when `bf16` is on, fp16 when `fp16` "
+            "is, else the model's own dtype), none (the model's own dtype), bf16 or fp16 (torch.autocast). The "
+            "features only feed the nuisance regressions; on a CPU with bf16 support, bf16 about halves the pass.",
+            "choices": list(FEATURE_AUTOCAST),
+        },
     )
     feature_cache_dir: str | None = field(
         default=None,
@@ -153,10 +172,15 @@ class DeconfoundedRewardConfig(RewardConfig):
         for name in _LIST_FIELDS:
             if isinstance(getattr(self, name), str):  # `instrument_columns: z` in a YAML
                 setattr(self, name, [getattr(self, name)])
+        if isinstance(self.feature_layers, int):  # `feature_layers: -1` in a YAML
+            self.feature_layers = [self.feature_layers]
+        if not self.feature_layers:
+            raise ConfigError("feature_layers is empty: give hidden-state indices to pool, e.g. [0, -1].")
         for name, choices in (
             ("mode", MODES),
             ("objective", OBJECTIVES),
             ("feature_source", FEATURE_SOURCES),
+            ("feature_autocast", FEATURE_AUTOCAST),
             ("outcome_learner", LEARNER_NAMES),
             ("confounder_learner", LEARNER_NAMES),
         ):
@@ -195,3 +219,9 @@ class DeconfoundedRewardConfig(RewardConfig):
                 "mode='invariance' correlates rewards with the confounders over the batch: set "
                 "per_device_train_batch_size to 2 or more."
             )
+
+    def feature_autocast_precision(self) -> str | None:
+        """The autocast precision of the model feature pass: "bf16", "fp16", or None (the model's own dtype)."""
+        if self.feature_autocast == "auto":
+            return "bf16" if self.bf16 else "fp16" if self.fp16 else None
+        return None if self.feature_autocast == "none" else self.feature_autocast

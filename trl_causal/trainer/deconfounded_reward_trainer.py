@@ -295,13 +295,20 @@ def text_features(
     pad_token_id: int | None = None,
     progress: bool = True,
 ):
-    """phi of the rows: TF-IDF of the scored texts, or the mean-pooled last hidden states of the frozen model (with
-    PEFT: the adapters disabled) on the token ids ``sequences``."""
+    """phi of the rows: TF-IDF of the scored texts, or the mean-pooled hidden states ``feature_layers`` of the frozen
+    model (with PEFT: the adapters disabled) on the token ids ``sequences``, in the precision of ``feature_autocast``."""
     if args.feature_source == "tfidf":
         return tfidf_features([scored_text(row, args.text_column) for row in rows])
     with model.disable_adapter() if is_peft_model(model) else nullcontext():
         return hidden_state_features(
-            model, sequences, pad_token_id, args.feature_batch_size, args.feature_cache_dir, progress
+            model,
+            sequences,
+            pad_token_id,
+            args.feature_batch_size,
+            args.feature_cache_dir,
+            progress,
+            autocast=args.feature_autocast_precision(),
+            layers=args.feature_layers,
         )
 
 
