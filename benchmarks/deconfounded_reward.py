@@ -15,12 +15,12 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    50 datasets x 2000 rows through SmolLM2 do not fit the CPU budget; theta_hat with the SmolLM2 features of the
    reward-model training sets is reported too (`theta_training_sets`; with --feature_source tfidf, part 2 partials
    out on TF-IDF instead and writes results/deconfounded_reward_tfidf.{json,png}).
-2. Reward models: NOT LoRA fine-tuning. On this shared 2-core CPU SmolLM2-135M embeds ~4-8 rows/s, so LoRA
-   training of 4 modes x seeds to convergence is out of reach. Each reward model is a linear head on the frozen,
-   mean-pooled last hidden states of the embedded SmolLM2-135M-Instruct (the features phi the trainer's
-   deconfounding stage uses, computed by the trainer's `tokenize_rows` + `text_features`). Everything but the
-   backbone is the trainer's code: targets from `read_observations` + `reward_targets` (deconfounded: cross-fitted
-   partialling out on phi; naive / covariate / invariance: raw Y), standardised as the trainer does, and the loss
+2. Reward models: NOT LoRA fine-tuning. On this 2-core CPU LoRA training of 4 modes x seeds to convergence is
+   out of reach. Each reward model is a linear head on the frozen, mean-pooled last hidden states of the embedded
+   SmolLM2-135M-Instruct (the last-layer block of the features phi the trainer's deconfounding stage uses, which
+   by default, `feature_layers: [0, -1]`, also holds the mean input embeddings; computed by the trainer's
+   `tokenize_rows` + `text_features`). Everything but the backbone is the trainer's code: targets from
+   `read_observations` + `reward_targets` (deconfounded: cross-fitted partialling out on phi; naive / covariate / invariance: raw Y), standardised as the trainer does, and the loss
    is `DeconfoundedRewardTrainer.compute_loss` itself (regression objective; covariate: linear head on the
    standardised C, dropped at inference; invariance: + invariance_weight * corr(r, C)^2 per micro-batch), called
    on the head with a minimal stand-in for the trainer. Same optimiser and budget for every mode (AdamW, batch 32,
@@ -37,15 +37,18 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    deconfounded targets, same seed, so the same batches), alternating in --speed_rounds rounds of --speed_steps
    steps; step_time_ratio = median step of deconfounded_reward / median step of reward (first step of each
    round left out). deconfound_time_share at 10k rows = (feature time + partialling-out time) / time of one
-   training epoch; the feature time is projected from the rows/s the trainer measured on its own speed-run rows,
-   the partialling out is timed on 10k rows resampled from the embedded rows of part 2 (training, held-out and
-   candidate rows, with their own Y and C; groups of 4), and the epoch
-   time is steps per epoch (pairs of 10k simulated rows / 8) x the measured median step time.
+   training epoch; the feature time is projected from the rows/s of the trainer's feature pass (`text_features` on
+   the speed run's model, adapters disabled) over --stage_rows fresh simulated rows, after one warm-up batch, in
+   the config's precision (`feature_autocast: auto`, training in fp32 -> fp32) and, reported beside it, under
+   `feature_autocast: bf16`; the partialling out is timed on 10k rows resampled from the embedded rows of part 2
+   (training, held-out and candidate rows, with their own Y and C; groups of 4), and the epoch time is steps per
+   epoch (pairs of 10k simulated rows / 8) x the measured median step time.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import tempfile
@@ -134,8 +137,8 @@ def estimator_study(n_datasets: int, n_rows: int, output_dir: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ 2. reward heads
 class FeatureExtractor:
-    """phi = mean-pooled last hidden states of the frozen embedded model, by the trainer's own functions; counts the
-    rows and seconds of every uncached extraction."""
+    """phi = the trainer's default features of the frozen embedded model (mean input embeddings and mean last hidden
+    states), by the trainer's own functions; counts the rows and seconds of every uncached extraction."""
 
     def __init__(self, cache_dir: str, output_dir: str):
         from transformers import AutoModel, AutoTokenizer
@@ -146,6 +149,7 @@ class FeatureExtractor:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path, dtype=torch.float32)
         self.args = reward_config("deconfounded", 0, output_dir, feature_cache_dir=cache_dir)
+        assert self.args.feature_layers[-1] == -1, "the reward heads read the last layer's block of phi"
         self.rows, self.seconds = 0, 0.0
 
     def __call__(self, texts: list[str], name: str) -> np.ndarray:
@@ -157,6 +161,11 @@ class FeatureExtractor:
         self.rows, self.seconds = self.rows + len(texts), self.seconds + seconds
         print(f"  features of {len(texts)} {name} rows: {seconds:.0f} s", flush=True)
         return phi
+
+    def last_layer(self, phi: np.ndarray) -> np.ndarray:
+        """The last layer's block of phi (``feature_layers`` ends with -1): what the reward heads read, as a reward
+        model's score head reads the last layer."""
+        return phi[:, -self.model.config.hidden_size :]
 
 
 class FrozenFeatureHead(nn.Module):
@@ -251,11 +260,12 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
         phi = extract(data["text"], f"training (seed {seed})")
         for key, value in (("phi", phi), ("outcome", data["outcome"]), ("confounder", data["confounder"])):
             pool[key].append(value)
-        mean, std = phi.mean(axis=0), phi.std(axis=0)
+        head_phi = extract.last_layer(phi)
+        mean, std = head_phi.mean(axis=0), head_phi.std(axis=0)
         std = np.where(std > 0, std, 1.0)
 
         def standardised(features: np.ndarray) -> np.ndarray:
-            return (features - mean) / std
+            return (extract.last_layer(features) - mean) / std
 
         dataset = Dataset.from_dict(data)
         for mode in ROWS:
@@ -338,14 +348,14 @@ def speed(cli, output_dir: str, cache_dir: str) -> dict:
     rows = Dataset.from_list(observational_rows(simulate(cli.speed_rows, seed=30_000, group_size=4)))
     steps = ["--max_steps", str(cli.speed_steps), "--seed", "0", "--disable_tqdm", "true"]
     seconds: dict[str, list[float]] = {"deconfounded_reward": [], "reward": []}
-    pairs_dataset, stage = None, None
+    pairs_dataset, feature_rates = None, None
     for round_ in range(cli.speed_rounds):
         overrides = [*steps, "--output_dir", f"{output_dir}/d{round_}", "--feature_cache_dir", cache_dir]
         run, trainer, timer = train_in_process(CONFIG, overrides, rows)
         seconds["deconfounded_reward"] += timer.seconds[1:]
-        if stage is None:  # the first build ran the deconfounding stage on uncached features
-            stage = {"rows": trainer.report["rows"]["used"], **trainer.report["seconds"]}
+        if feature_rates is None:
             args = run.training_args
+            feature_rates = feature_pass_rates(trainer, args, cli.stage_rows, f"{output_dir}/stage-features")
             observations = read_observations({"train": rows}, args)["train"]
             ranked = trainer.targets.of(observations)
             pairs = preference_pairs(ranked, observations.groups, args.min_pair_gap)
@@ -365,10 +375,36 @@ def speed(cli, output_dir: str, cache_dir: str) -> dict:
             flush=True,
         )
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    return {"step_seconds": seconds, "median_step_seconds": median, "stage": stage, "pairs": len(pairs_dataset)}
+    return {
+        "step_seconds": seconds,
+        "median_step_seconds": median,
+        "feature_rows_per_second": feature_rates,
+        "pairs": len(pairs_dataset),
+    }
 
 
-def projection(cli, pool: dict, median_step: float, stage: dict, output_dir: str) -> dict:
+def feature_pass_rates(trainer, args, n_rows: int, cache_dir: str) -> dict[str, float]:
+    """Rows/s of the trainer's feature pass on ``n_rows`` fresh simulated rows, per ``feature_autocast`` setting
+    (``auto`` is the config's own); each pass starts from an empty cache after a warm-up batch that is not timed."""
+    rows = Dataset.from_list(observational_rows(simulate(n_rows, seed=50_000, group_size=4)))
+    sequences = tokenize_rows(rows, args, trainer.processing_class, "stage")["input_ids"]
+    network, pad = trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class.pad_token_id
+    rates = {}
+    for autocast in ("auto", "bf16"):
+        settings = copy.copy(args)
+        settings.feature_autocast = autocast
+        warm = args.feature_batch_size
+        settings.feature_cache_dir = f"{cache_dir}/{autocast}-warm-up"
+        text_features(settings, rows.select(range(warm)), sequences[:warm], network, pad, progress=False)
+        settings.feature_cache_dir = f"{cache_dir}/{autocast}"
+        start = time.perf_counter()
+        text_features(settings, rows, sequences, network, pad, progress=False)
+        rates[autocast] = n_rows / (time.perf_counter() - start)
+        print(f"feature pass, feature_autocast {autocast}: {rates[autocast]:.1f} rows/s", flush=True)
+    return rates
+
+
+def projection(cli, pool: dict, median_step: float, feature_rates: dict[str, float], output_dir: str) -> dict:
     """deconfound_time_share at 10k rows (see the module docstring)."""
     n_unique = len(pool["phi"])
     # partial_out timed on 10k rows resampled from the embedded rows (their own Y and C). Resampling needs more unique
@@ -389,17 +425,16 @@ def projection(cli, pool: dict, median_step: float, stage: dict, output_dir: str
     reward_targets(observations, args, lambda: pool["phi"][take], progress=False)
     partial_out_seconds = time.perf_counter() - start
 
-    rows_per_second = stage["rows"] / stage["features"]
-    feature_seconds = PROJECTION_ROWS / rows_per_second
+    feature_seconds = {autocast: PROJECTION_ROWS / rate for autocast, rate in feature_rates.items()}
     simulated = simulate(PROJECTION_ROWS, seed=40_000, group_size=4)
     pairs = len(preference_pairs(simulated["outcome"], np.array(simulated["group"]), cli.min_pair_gap))
     steps_per_epoch = math.ceil(pairs / cli.speed_batch)
     epoch_seconds = steps_per_epoch * median_step
-    stage_seconds = feature_seconds + partial_out_seconds
+    stage_seconds = {autocast: seconds + partial_out_seconds for autocast, seconds in feature_seconds.items()}
     return {
         "rows": PROJECTION_ROWS,
-        "feature_rows_per_second_measured": rows_per_second,
-        "feature_rows_measured": stage["rows"],
+        "feature_rows_per_second_measured": feature_rates,
+        "feature_rows_measured": cli.stage_rows,
         "feature_seconds_projected": feature_seconds,
         "partial_out_rows": n_rows,
         "partial_out_unique_rows": n_unique,
@@ -409,7 +444,8 @@ def projection(cli, pool: dict, median_step: float, stage: dict, output_dir: str
         "steps_per_epoch": steps_per_epoch,
         "median_step_seconds_measured": median_step,
         "epoch_seconds_projected": epoch_seconds,
-        "share": stage_seconds / epoch_seconds,
+        "share_by_feature_autocast": {autocast: seconds / epoch_seconds for autocast, seconds in stage_seconds.items()},
+        "share": stage_seconds["auto"] / epoch_seconds,  # the config's own precision
     }
 
 
@@ -432,6 +468,7 @@ def main() -> None:
         help="features the deconfounding stage of part 2 partials out on (the reward heads always read the SmolLM2 features)",
     )
     parser.add_argument("--speed_rows", type=int, default=96)
+    parser.add_argument("--stage_rows", type=int, default=1000, help="rows the feature pass is timed on")
     parser.add_argument("--speed_rounds", type=int, default=5)
     parser.add_argument("--speed_steps", type=int, default=6)
     parser.add_argument(
@@ -444,7 +481,7 @@ def main() -> None:
     if cli.smoke:
         cli.estimator_datasets, cli.estimator_rows, cli.seeds, cli.train_rows = 3, 500, [0], 100
         cli.eval_rows, cli.bo_groups, cli.head_epochs = 32, 4, 5
-        cli.speed_rows, cli.speed_rounds, cli.speed_steps = 32, 1, 2
+        cli.speed_rows, cli.speed_rounds, cli.speed_steps, cli.stage_rows = 32, 1, 2, 64
     from trl_causal.configuration import parse_run_config
 
     yaml_args = parse_run_config([], CONFIG).training_args
@@ -466,7 +503,7 @@ def main() -> None:
         print("3. speed (LoRA, example_configs/deconfounded_reward.yaml)", flush=True)
         timing = speed(cli, f"{scratch}/speed", f"{scratch}/speed-features")  # fresh cache: features timed
         median_step = timing["median_step_seconds"]["deconfounded_reward"]
-        share = projection(cli, quality.pop("_pool"), median_step, timing["stage"], scratch)
+        share = projection(cli, quality.pop("_pool"), median_step, timing["feature_rows_per_second"], scratch)
     median = timing["median_step_seconds"]
     step_time_ratio = median["deconfounded_reward"] / median["reward"]
     gain = quality["objective_gain_over_random"]
@@ -546,8 +583,10 @@ def main() -> None:
         "deconfound_time_share_details": {
             **share,
             "definition": "(features + partial_out on 10k rows) / (one training epoch over 10k rows); feature time "
-            "projected from the rows/s the trainer measured on its speed-run rows; partial_out timed on 10k rows "
-            "resampled from the embedded rows of part 2; epoch time projected = steps per epoch x measured median step",
+            "projected from the rows/s of the trainer's feature pass on stage_rows fresh rows after a warm-up batch, "
+            "in the config's precision (share; feature_autocast auto = fp32 here) and under feature_autocast bf16 "
+            "(share_by_feature_autocast); partial_out timed on 10k rows resampled from the embedded rows of part 2; "
+            "epoch time projected = steps per epoch x measured median step",
         },
         "targets": targets,
         "wall_seconds": time.perf_counter() - started,
@@ -567,6 +606,7 @@ def main() -> None:
             ", ".join(f"{k} {v:+.3f}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.3f}"
         )
         print(f"{name_}: {shown} (target {target['target']}: {'met' if target['met'] else 'MISSED'})")
+    print(f"deconfound_time_share with feature_autocast bf16: {share['share_by_feature_autocast']['bf16']:.3f}")
     print(f"wrote {path} and {path.with_suffix('.png')} in {results['wall_seconds'] / 60:.1f} min")
 
 
