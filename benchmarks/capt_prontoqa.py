@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/capt_prontoqa.py --steps 40                          # the issue's run (3 seeds)
     .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run
+    .venv/bin/python benchmarks/capt_prontoqa.py --target reasoning                  # -> capt_prontoqa_reasoning.json
 
 Model: the embedded SmolLM2-135M-Instruct with LoRA. Both methods train from the same YAML
 (example_configs/capt.yaml; only `trainer` differs) on 100 generated in-distribution rows, for the
@@ -10,10 +11,11 @@ split (id: real ontology; anti: real words in false relations; nonsense: invente
 the log-likelihood of "True" vs "False" after the chat prompt; `capt` applies its estimation +
 intervention pipeline to test prompts, `sft` does not.
 
-Target style: answer-only completions ("True"/"False"). Scoring a fixed answer set measures the
-decision itself, needs one forward per row (generation of reasoning chains is ~50x slower on this
-CPU) and never loses a row to unparseable output; reasoning targets are supported by the trainer
-(`generate_prontoqa(..., target="reasoning")` + `trl-causal eval --mode generate`).
+Target style (--target): `answer` (default): answer-only completions ("True"/"False"), scored by
+log-likelihood: one forward per row, and no row is lost to unparseable output. `reasoning`: the chain of
+claims, then "Answer: True|False"; evaluated by greedy generation (at most --max_new_tokens) and parsing
+the last answer word, so a row whose generation names no answer counts as wrong (`unparsed` in the
+JSON); results go to results/capt_prontoqa_reasoning.{json,png}.
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ def main() -> None:
     parser.add_argument("--train_rows", type=int, default=100)
     parser.add_argument("--eval_rows", type=int, default=300)
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the YAML's")
+    parser.add_argument("--target", choices=["answer", "reasoning"], default="answer")
+    parser.add_argument("--max_new_tokens", type=int, default=96, help="generation budget for --target reasoning")
     args = parser.parse_args()
 
     evaluation = {split: to_chat_rows(generate_prontoqa(args.eval_rows, split, hops=[1, 2, 3], seed=10_000)) for split in SPLITS}
     per_seed: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SPLITS} for m in METHODS}
+    unparsed: dict[str, dict[str, list[int]]] = {m: {s: [] for s in SPLITS} for m in METHODS}
+    mode = "score" if args.target == "answer" else "generate"
     step_seconds: dict[str, list[float]] = {m: [] for m in METHODS}
     for seed in args.seeds:
-        train = Dataset.from_list(to_chat_rows(generate_prontoqa(args.train_rows, "id", hops=[1, 2, 3], seed=seed)))
+        train = Dataset.from_list(to_chat_rows(generate_prontoqa(args.train_rows, "id", hops=[1, 2, 3], seed=seed, target=args.target)))
         for method in METHODS:
             with tempfile.TemporaryDirectory() as output_dir:
                 overrides = ["--trainer", method, "--seed", str(seed), "--max_steps", str(args.steps), "--output_dir", output_dir]
@@ -56,11 +62,15 @@ def main() -> None:
                     overrides += ["--learning_rate", str(args.learning_rate)]
                 run, trainer, timer = train_in_process(CONFIG, overrides, train)
                 model = trainer.model.eval()
-                predictor = build_predictor(run.trainer.trainer_class, run.training_args, model, trainer.processing_class, ANSWERS)
+                predictor = build_predictor(
+                    run.trainer.trainer_class, run.training_args, model, trainer.processing_class, ANSWERS,
+                    mode=mode, batch_size=32, max_new_tokens=args.max_new_tokens,
+                )
                 for split in SPLITS:
                     rows = evaluation[split]
                     report = accuracy_report(predictor.predict(rows), [row["answer"] for row in rows])
                     per_seed[method][split].append(100 * report["accuracy"])
+                    unparsed[method][split].append(report["unparsed"])
                 step_seconds[method].append(timer.median())
             print(f"seed {seed} {method}: " + ", ".join(f"{s} {per_seed[method][s][-1]:.1f}" for s in SPLITS) + f"; step {step_seconds[method][-1]:.2f} s", flush=True)
 
@@ -76,7 +86,9 @@ def main() -> None:
     results = {
         "model": "SmolLM2-135M-Instruct (embedded, LoRA r=16)",
         "config": "example_configs/capt.yaml",
-        "target_style": "answer-only (True/False), scored by log-likelihood",
+        "target_style": "answer-only (True/False), scored by log-likelihood"
+        if args.target == "answer"
+        else f"reasoning (chain of claims, then Answer: True/False), greedy generation of <= {args.max_new_tokens} tokens, parsed",
         "train_rows": args.train_rows,
         "eval_rows_per_split": args.eval_rows,
         "steps": args.steps,
@@ -84,11 +96,12 @@ def main() -> None:
         "accuracy": accuracy,
         "accuracy_std": spread,
         "accuracy_per_seed": per_seed,
+        "unparsed_per_seed": unparsed,
         "step_seconds_median": step_seconds,
         "step_time_ratio": targets["step_time_ratio"]["measured"],
         "targets": targets,
     }
-    path = write_results("capt_prontoqa", results)
+    path = write_results("capt_prontoqa" if args.target == "answer" else "capt_prontoqa_reasoning", results)
     plot(results, path.with_suffix(".png"))
 
     print(f"\n{'method':<8}" + "".join(f"{s:>16}" for s in SPLITS) + f"{'step s':>10}")

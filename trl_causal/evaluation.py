@@ -229,11 +229,14 @@ def load_checkpoint(checkpoint: str | Path, kind: str = "sft"):
     return model.eval(), tokenizer
 
 
-def build_predictor(trainer_cls, args, model, tokenizer, answers, mode: str = "score", checkpoint_dir=None) -> LMPredictor:
-    """The trainer's own predictor if it defines ``build_predictor``, else the plain ``LMPredictor``."""
+def build_predictor(
+    trainer_cls, args, model, tokenizer, answers, mode: str = "score", checkpoint_dir=None, **kwargs
+) -> LMPredictor:
+    """The trainer's own predictor if it defines ``build_predictor``, else the plain ``LMPredictor``; ``kwargs`` are
+    ``LMPredictor``'s options (batch_size, max_new_tokens, ...)."""
     if hasattr(trainer_cls, "build_predictor"):
-        return trainer_cls.build_predictor(args, model, tokenizer, answers, mode=mode, checkpoint_dir=checkpoint_dir)
-    return LMPredictor(model, tokenizer, answers, mode=mode)
+        return trainer_cls.build_predictor(args, model, tokenizer, answers, mode=mode, checkpoint_dir=checkpoint_dir, **kwargs)
+    return LMPredictor(model, tokenizer, answers, mode=mode, **kwargs)
 
 
 def gold_answers(rows: Sequence[dict[str, Any]], column: str, split: str) -> list[str]:
