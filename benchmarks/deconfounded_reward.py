@@ -40,7 +40,8 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    training epoch; the feature time is projected from the rows/s of the trainer's feature pass (`text_features` on
    the speed run's model, adapters disabled) over --stage_rows fresh simulated rows, after one warm-up batch, in
    the config's precision (`feature_autocast: auto`, training in fp32 -> fp32) and, reported beside it, under
-   `feature_autocast: bf16`; the partialling out is timed on 10k rows resampled from the embedded rows of part 2
+   `feature_autocast: bf16` (with theta_hat partialled out on each pass's features, to show what bf16 costs in
+   accuracy: `stage_rows_theta_by_feature_autocast`); the partialling out is timed on 10k rows resampled from the embedded rows of part 2
    (training, held-out and candidate rows, with their own Y and C; groups of 4), and the epoch time is steps per
    epoch (pairs of 10k simulated rows / 8) x the measured median step time.
 """
@@ -355,7 +356,7 @@ def speed(cli, output_dir: str, cache_dir: str) -> dict:
         seconds["deconfounded_reward"] += timer.seconds[1:]
         if feature_rates is None:
             args = run.training_args
-            feature_rates = feature_pass_rates(trainer, args, cli.stage_rows, f"{output_dir}/stage-features")
+            feature_rates, stage_theta = feature_pass(trainer, args, cli.stage_rows, f"{output_dir}/stage-features")
             observations = read_observations({"train": rows}, args)["train"]
             ranked = trainer.targets.of(observations)
             pairs = preference_pairs(ranked, observations.groups, args.min_pair_gap)
@@ -379,17 +380,20 @@ def speed(cli, output_dir: str, cache_dir: str) -> dict:
         "step_seconds": seconds,
         "median_step_seconds": median,
         "feature_rows_per_second": feature_rates,
+        "stage_rows_theta_by_feature_autocast": stage_theta,
         "pairs": len(pairs_dataset),
     }
 
 
-def feature_pass_rates(trainer, args, n_rows: int, cache_dir: str) -> dict[str, float]:
-    """Rows/s of the trainer's feature pass on ``n_rows`` fresh simulated rows, per ``feature_autocast`` setting
-    (``auto`` is the config's own); each pass starts from an empty cache after a warm-up batch that is not timed."""
+def feature_pass(trainer, args, n_rows: int, cache_dir: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Rows/s of the trainer's feature pass on ``n_rows`` fresh simulated rows, and theta_hat partialled out on its
+    features, per ``feature_autocast`` setting (``auto`` is the config's own); each pass starts from an empty cache
+    after a warm-up batch that is not timed."""
     rows = Dataset.from_list(observational_rows(simulate(n_rows, seed=50_000, group_size=4)))
     sequences = tokenize_rows(rows, args, trainer.processing_class, "stage")["input_ids"]
     network, pad = trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class.pad_token_id
-    rates = {}
+    observations = read_observations({"train": rows}, args)["train"]
+    rates, theta = {}, {}
     for autocast in ("auto", "bf16"):
         settings = copy.copy(args)
         settings.feature_autocast = autocast
@@ -398,10 +402,12 @@ def feature_pass_rates(trainer, args, n_rows: int, cache_dir: str) -> dict[str, 
         text_features(settings, rows.select(range(warm)), sequences[:warm], network, pad, progress=False)
         settings.feature_cache_dir = f"{cache_dir}/{autocast}"
         start = time.perf_counter()
-        text_features(settings, rows, sequences, network, pad, progress=False)
+        phi = text_features(settings, rows, sequences, network, pad, progress=False)
         rates[autocast] = n_rows / (time.perf_counter() - start)
-        print(f"feature pass, feature_autocast {autocast}: {rates[autocast]:.1f} rows/s", flush=True)
-    return rates
+        effect = reward_targets(observations, settings, lambda: phi, progress=False).report["deconfounding"]
+        theta[autocast] = effect["effects"]["confounder"]["theta"]
+        print(f"feature pass, feature_autocast {autocast}: {rates[autocast]:.1f} rows/s, theta {theta[autocast]:.4f}", flush=True)
+    return rates, theta
 
 
 def projection(cli, pool: dict, median_step: float, feature_rates: dict[str, float], output_dir: str) -> dict:
