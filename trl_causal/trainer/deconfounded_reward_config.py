@@ -84,8 +84,8 @@ class DeconfoundedRewardConfig(RewardConfig):
     feature_source: str = field(
         default="model",
         metadata={
-            "help": "Text features phi for partialling out: model (mean-pooled last hidden states of the frozen base "
-            "model, cached on disk) or tfidf (TF-IDF of the words).",
+            "help": "Text features phi for partialling out: model (mean-pooled hidden states of the frozen base model, "
+            "see feature_layers; cached on disk) or tfidf (TF-IDF of the words).",
             "choices": list(FEATURE_SOURCES),
         },
     )
