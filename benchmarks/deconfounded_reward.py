@@ -20,10 +20,10 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    SmolLM2-135M-Instruct (the last-layer block of the features phi the trainer's deconfounding stage uses, which
    by default, `feature_layers: [0, -1]`, also holds the mean input embeddings; computed by the trainer's
    `tokenize_rows` + `text_features`). Everything but the backbone is the trainer's code: targets from
-   `read_observations` + `reward_targets` (deconfounded: cross-fitted partialling out on phi; naive / covariate / invariance: raw Y), standardised as the trainer does, and the loss
-   is `DeconfoundedRewardTrainer.compute_loss` itself (regression objective; covariate: linear head on the
-   standardised C, dropped at inference; invariance: + invariance_weight * corr(r, C)^2 per micro-batch), called
-   on the head with a minimal stand-in for the trainer. Same optimiser and budget for every mode (AdamW, batch 32,
+   `read_observations` + `reward_targets` (deconfounded: cross-fitted partialling out on phi; naive / covariate /
+   invariance: raw Y), standardised as the trainer does, and the loss is `DeconfoundedRewardTrainer.compute_loss`
+   itself (regression objective; covariate: linear head on the standardised C, dropped at inference; invariance:
+   + invariance_weight * corr(r, C)^2 per micro-batch), called on the head with a minimal stand-in for the trainer. Same optimiser and budget for every mode (AdamW, batch 32,
    30 epochs, lr 1e-3 decaying linearly to 0, the Trainer's default schedule).
    `oracle` (benchmark only, a reference row) fits the head to the true f.
    Evaluation on held-out simulated rows (seed 1000): Spearman(reward, f); marker effect = mean over held-out
@@ -41,9 +41,9 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    the speed run's model, adapters disabled) over --stage_rows fresh simulated rows, after one warm-up batch, in
    the config's precision (`feature_autocast: auto`, training in fp32 -> fp32) and, reported beside it, under
    `feature_autocast: bf16` (with theta_hat partialled out on each pass's features, to show what bf16 costs in
-   accuracy: `stage_rows_theta_by_feature_autocast`); the partialling out is timed on 10k rows resampled from the embedded rows of part 2
-   (training, held-out and candidate rows, with their own Y and C; groups of 4), and the epoch time is steps per
-   epoch (pairs of 10k simulated rows / 8) x the measured median step time.
+   accuracy: `stage_rows_theta_by_feature_autocast`); the partialling out is timed on 10k rows resampled from the
+   embedded rows of part 2 (training, held-out and candidate rows, with their own Y and C; groups of 4), and the
+   epoch time is steps per epoch (pairs of 10k simulated rows / 8) x the measured median step time.
 """
 
 from __future__ import annotations

@@ -88,8 +88,7 @@ def hidden_state_features(
         raise ConfigError(f"autocast={autocast!r} is not one of {', '.join(map(repr, AUTOCAST_DTYPES))}.")
     cache = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
     layers = [int(layer) for layer in layers]
-    if not layers:
-        raise ConfigError("No hidden-state layers to pool: give at least one index (0 embeddings, -1 last layer).")
+    _check_layers(layers, model.config.get_text_config().num_hidden_layers + 1)
     precision = "" if autocast is None else f"|autocast-{autocast}"
     pooled_layers = "mean-last" if layers == [-1] else "mean-layers-" + ",".join(map(str, layers))
     key = f"{pooled_layers}|{model_fingerprint(model)}|{_sequences_hash(sequences)}{precision}"
@@ -103,13 +102,13 @@ def hidden_state_features(
     features: np.ndarray | None = None
     was_training = model.training
     model.eval()
-    precision = (
+    autocast_context = (
         torch.autocast(device.type, dtype=getattr(torch, AUTOCAST_DTYPES[autocast]))
         if autocast is not None
         else contextlib.nullcontext()
     )
     try:
-        with torch.no_grad(), precision:
+        with torch.no_grad(), autocast_context:
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc="deconfound: text features", disable=not progress):
                 rows = order[start : start + batch_size]
@@ -123,13 +122,10 @@ def hidden_state_features(
                 states = model(
                     input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False
                 ).hidden_states
-                if features is None:
-                    _check_layers(layers, len(states))
                 weights = mask.unsqueeze(-1).float()
-                pooled = torch.cat(
-                    [(states[layer].float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1) for layer in layers],
-                    dim=1,
-                ).cpu().numpy()
+                counts = weights.sum(dim=1).clamp(min=1)
+                pooled = torch.cat([(states[layer].float() * weights).sum(dim=1) / counts for layer in layers], dim=1)
+                pooled = pooled.cpu().numpy()
                 if features is None:
                     features = np.empty((len(sequences), pooled.shape[1]), dtype=np.float32)
                 features[rows] = pooled
@@ -143,6 +139,9 @@ def hidden_state_features(
 
 
 def _check_layers(layers: Sequence[int], n_states: int) -> None:
+    """``layers`` index the model's ``n_states`` hidden states (embeddings + one per layer), and there is one."""
+    if not layers:
+        raise ConfigError("No hidden-state layers to pool: give at least one index (0 embeddings, -1 last layer).")
     bad = [layer for layer in layers if not -n_states <= layer < n_states]
     if bad:
         raise ConfigError(
