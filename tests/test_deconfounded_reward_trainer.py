@@ -14,7 +14,7 @@ from datasets import Dataset
 from conftest import base_config, run_cli, write_config, write_jsonl
 from trl_causal import DeconfoundedRewardConfig, DeconfoundedRewardTrainer, cli, train
 from trl_causal.deconfound import WeakInstrumentWarning, partial_out, simulate_observational_texts
-from trl_causal.deconfound.features import hidden_state_features, tfidf_features
+from trl_causal.deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from trl_causal.errors import ConfigError
 from trl_causal.trainer.deconfounded_reward_trainer import REPORT_FILE
 
@@ -144,6 +144,10 @@ def test_modes_and_objectives_train_and_save_a_plain_checkpoint(mode, objective,
     assert np.isfinite(logs["loss"]) and ("accuracy" in logs) == (objective == "pairwise")
     assert ("confounder_corr2" in logs) == (mode == "invariance")
     assert (trainer.report["deconfounding"] is None) == (mode != "deconfounded")
+    if mode == "deconfounded":  # feature_autocast auto, training in fp32: bf16 where the CPU has bf16 units
+        assert trainer.report["feature_precision"] == ("bf16" if runs_bf16_natively("cpu") else "float32")
+    else:
+        assert "feature_precision" not in trainer.report
     trainer.save_model(str(tmp_path / "saved"))
     assert not any("trl_causal_heads" in key for key in load_file(tmp_path / "saved" / "model.safetensors"))
     report = json.loads((tmp_path / "saved" / REPORT_FILE).read_text())
@@ -205,11 +209,25 @@ def test_model_features_under_bf16_autocast_are_close_and_cached_apart(tiny_mode
 
 
 @pytest.mark.parametrize(
-    "setting, flags, expected",
-    [("auto", {}, None), ("auto", {"bf16": True}, "bf16"), ("none", {"bf16": True}, None), ("bf16", {}, "bf16")],
+    "setting, flags, native, expected",
+    [
+        ("auto", {}, False, None),
+        ("auto", {}, True, "bf16"),
+        ("auto", {"bf16": True}, False, "bf16"),
+        ("auto", {"fp16": True}, True, "fp16"),
+        ("none", {"bf16": True}, True, None),
+        ("bf16", {}, False, "bf16"),
+    ],
 )
-def test_feature_autocast_follows_the_training_precision_unless_set(tmp_path, setting, flags, expected):
-    assert reward_args(tmp_path, feature_autocast=setting, **flags).feature_autocast_precision() == expected
+def test_feature_autocast_follows_training_then_the_hardware_unless_set(tmp_path, setting, flags, native, expected):
+    args = reward_args(tmp_path, feature_autocast=setting, **flags)
+    assert args.feature_autocast_precision(bf16_native=native) == expected
+
+
+def test_bf16_is_native_only_on_devices_with_bf16_units():
+    cpu_has_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert runs_bf16_natively("cpu") == cpu_has_bf16
+    assert runs_bf16_natively("meta") is False
 
 
 def test_unknown_feature_autocast_is_named(tmp_path):

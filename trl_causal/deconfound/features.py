@@ -31,6 +31,20 @@ def tfidf_features(texts: Sequence[str]) -> sp.csr_matrix:
     return TfidfVectorizer(sublinear_tf=True).fit_transform(texts).tocsr()
 
 
+def runs_bf16_natively(device: Any) -> bool:
+    """Whether ``device`` has bf16 matrix units, so that autocast to bf16 speeds a forward up instead of emulating it:
+    a CUDA GPU with native bf16 (Ampere or newer), or a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence the getattr
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
 def default_feature_cache_dir() -> Path:
     """``<cache root>/features``: ``$TRL_CAUSAL_CACHE/features``, else ``~/.cache/trl_causal/features``."""
     return cache_root() / "features"

@@ -46,7 +46,7 @@ from trl.trainer.utils import global_then_local_main_first, pad
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.confounders import _is_missing as is_missing
 from ..deconfound.confounders import describe_invalid_columns
-from ..deconfound.features import hidden_state_features, tfidf_features
+from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
 from ..errors import ConfigError, DataError
 from .deconfounded_reward_config import DeconfoundedRewardConfig
@@ -307,9 +307,14 @@ def text_features(
             args.feature_batch_size,
             args.feature_cache_dir,
             progress,
-            autocast=args.feature_autocast_precision(),
+            autocast=feature_precision(args, model),
             layers=args.feature_layers,
         )
+
+
+def feature_precision(args: DeconfoundedRewardConfig, model: Any) -> str | None:
+    """The autocast precision of the model feature pass on ``model``'s device (``feature_autocast``)."""
+    return args.feature_autocast_precision(bf16_native=runs_bf16_natively(next(model.parameters()).device))
 
 
 def tokenize_rows(rows: datasets.Dataset, args: DeconfoundedRewardConfig, tokenizer, split: str) -> datasets.Dataset:
@@ -486,6 +491,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             **self.targets.report,
             "rows": {**self.targets.report["rows"], "dropped_longer_than_max_length": too_long},
         }
+        if self.report["feature_source"] == "model":
+            model_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+            self.report["feature_precision"] = feature_precision(args, self.model) or model_dtype
         if args.mode == "covariate":
             self.attach_heads(nn.Linear(confounders.shape[1], 1, bias=False))
             nn.init.zeros_(self.heads.weight)
