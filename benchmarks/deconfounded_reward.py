@@ -25,7 +25,9 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    itself (regression objective; covariate: linear head on the standardised C, dropped at inference; invariance:
    + invariance_weight * corr(r, C)^2 per micro-batch), called on the head with a minimal stand-in for the trainer. Same optimiser and budget for every mode (AdamW, batch 32,
    30 epochs, lr 1e-3 decaying linearly to 0, the Trainer's default schedule).
-   `oracle` (benchmark only, a reference row) fits the head to the true f.
+   `oracle` (benchmark only, a reference row) fits the head to the true f. Each head is trained on --train_rows
+   (10k, the log size of the speed target; on 1500 rows, the earlier setting, the 576-weight heads were limited by
+   the outcome noise, sd 1: see the README), per seed.
    Evaluation on held-out simulated rows (seed 1000): Spearman(reward, f); marker effect = mean over held-out
    texts without the marker of reward(text + marker) - reward(text), rewards mapped back to outcome units
    (reward * target std, the scale on which f enters Y with coefficient 1), divided by std(f); best-of-8 =
@@ -39,9 +41,10 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    round left out). deconfound_time_share at 10k rows = (feature time + partialling-out time) / time of one
    training epoch; the feature time is projected from the rows/s of the trainer's feature pass (`text_features` on
    the speed run's model, adapters disabled) over --stage_rows fresh simulated rows, after one warm-up batch, in
-   the config's precision (`feature_autocast: auto`, training in fp32 -> fp32) and, reported beside it, under
-   `feature_autocast: bf16` (with theta_hat partialled out on each pass's features, to show what bf16 costs in
-   accuracy: `stage_rows_theta_by_feature_autocast`); the partialling out is timed on 10k rows resampled from the
+   the config's precision (`feature_autocast: auto`: training is fp32, so bf16 where the CPU has bf16 units, as this
+   one does, recorded in `feature_autocast_auto_resolved_to`) and, reported beside it, in fp32 (`feature_autocast:
+   none`), with theta_hat partialled out on each pass's features, to show what the precision costs in accuracy
+   (`stage_rows_theta_by_feature_autocast`); the partialling out is timed on 10k rows resampled from the
    embedded rows of part 2 (training, held-out and candidate rows, with their own Y and C; groups of 4), and the
    epoch time is steps per epoch (pairs of 10k simulated rows / 8) x the measured median step time.
 """
@@ -65,12 +68,13 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from common import train_in_process, write_results
-from trl_causal.deconfound import add_marker, has_marker, simulate_observational_texts
+from trl_causal.deconfound import add_marker, has_marker, remove_marker, simulate_observational_texts
 from trl_causal.deconfound.pairs import dpo_rows, preference_pairs
 from trl_causal.trainer.deconfounded_reward_config import DeconfoundedRewardConfig
 from trl_causal.trainer.deconfounded_reward_trainer import (
     DeconfoundedRewardTrainer,
     Observations,
+    feature_precision,
     read_observations,
     reward_targets,
     text_features,
@@ -247,6 +251,14 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
     phi_eval = extract(held_out["text"], "held-out")
     phi_marked = extract([add_marker(held_out["text"][i]) for i in plain], "held-out + marker")
     phi_candidates = extract(candidates["text"], "best-of-8 candidate")
+    # the same candidates with the marker on a random half, whatever their context: as a policy that has learned to
+    # emit it would write them (f does not count the marker, so f_candidates stays the truth)
+    with_marker = np.random.default_rng(20_001).random(len(candidates["text"])) < 0.5
+    decoupled = [
+        add_marker(remove_marker(text)) if marked else remove_marker(text)
+        for text, marked in zip(candidates["text"], with_marker)
+    ]
+    phi_decoupled = extract(decoupled, "best-of-8 candidate, marker decoupled")
 
     pool = {  # embedded rows with their outcome and confounder, for timing partial_out at 10k rows
         "phi": [phi_eval, phi_candidates],
@@ -294,11 +306,16 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
             per_seed[mode]["spearman"].append(float(spearmanr(reward, f_eval).statistic))
             per_seed[mode]["marker_effect"].append(float((marked - reward[plain]).mean() / f_eval.std()))
             per_seed[mode]["objective"].append(float(f_candidates[np.arange(cli.bo_groups), picks].mean()))
+            picks = scores(head, standardised(phi_decoupled)).reshape(cli.bo_groups, 8).argmax(axis=1)
+            per_seed[mode]["objective_marker_decoupled"].append(
+                float(f_candidates[np.arange(cli.bo_groups), picks].mean())
+            )
         print(
             f"seed {seed}: "
             + ", ".join(
                 f"{m} rho {per_seed[m]['spearman'][-1]:.3f} marker {per_seed[m]['marker_effect'][-1]:+.3f} "
-                f"bo8 {per_seed[m]['objective'][-1]:.3f}"
+                f"bo8 {per_seed[m]['objective'][-1]:.3f} "
+                f"(marker decoupled {per_seed[m]['objective_marker_decoupled'][-1]:.3f})"
                 for m in ROWS
             ),
             flush=True,
@@ -314,6 +331,7 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
     random_pick = float(f_candidates.mean())
     best_pick = float(f_candidates.max(axis=1).mean())
     gain = {m: objective[m] - random_pick for m in ROWS}
+    decoupled_objective = mean_of("objective_marker_decoupled")
     return {
         "spearman": mean_of("spearman"),
         "spearman_sd": sd_of("spearman"),
@@ -324,6 +342,9 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
         "objective_random_pick": random_pick,
         "objective_best_pick": best_pick,
         "objective_gain_over_random": gain,
+        "objective_marker_decoupled": decoupled_objective,
+        "objective_marker_decoupled_sd": sd_of("objective_marker_decoupled"),
+        "objective_marker_decoupled_gain_over_random": {m: decoupled_objective[m] - random_pick for m in ROWS},
         "per_seed": {m: dict(per_seed[m]) for m in ROWS},
         "theta_training_sets": theta_model,
         "f_eval_mean": float(f_eval.mean()),
@@ -356,7 +377,9 @@ def speed(cli, output_dir: str, cache_dir: str) -> dict:
         seconds["deconfounded_reward"] += timer.seconds[1:]
         if feature_rates is None:
             args = run.training_args
-            feature_rates, stage_theta = feature_pass(trainer, args, cli.stage_rows, f"{output_dir}/stage-features")
+            feature_rates, stage_theta, auto_precision = feature_pass(
+                trainer, args, cli.stage_rows, f"{output_dir}/stage-features"
+            )
             observations = read_observations({"train": rows}, args)["train"]
             ranked = trainer.targets.of(observations)
             pairs = preference_pairs(ranked, observations.groups, args.min_pair_gap)
@@ -381,20 +404,21 @@ def speed(cli, output_dir: str, cache_dir: str) -> dict:
         "median_step_seconds": median,
         "feature_rows_per_second": feature_rates,
         "stage_rows_theta_by_feature_autocast": stage_theta,
+        "feature_autocast_auto_resolved_to": auto_precision,
         "pairs": len(pairs_dataset),
     }
 
 
-def feature_pass(trainer, args, n_rows: int, cache_dir: str) -> tuple[dict[str, float], dict[str, float]]:
+def feature_pass(trainer, args, n_rows: int, cache_dir: str) -> tuple[dict[str, float], dict[str, float], str]:
     """Rows/s of the trainer's feature pass on ``n_rows`` fresh simulated rows, and theta_hat partialled out on its
-    features, per ``feature_autocast`` setting (``auto`` is the config's own); each pass starts from an empty cache
-    after a warm-up batch that is not timed."""
+    features, per ``feature_autocast`` setting (``auto``, the config's own, and ``none``, the model's fp32); each pass
+    starts from an empty cache after a warm-up batch that is not timed. Also the precision ``auto`` resolved to."""
     rows = Dataset.from_list(observational_rows(simulate(n_rows, seed=50_000, group_size=4)))
     sequences = tokenize_rows(rows, args, trainer.processing_class, "stage")["input_ids"]
     network, pad = trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class.pad_token_id
     observations = read_observations({"train": rows}, args)["train"]
     rates, theta = {}, {}
-    for autocast in ("auto", "bf16"):
+    for autocast in ("auto", "none"):
         settings = copy.copy(args)
         settings.feature_autocast = autocast
         warm = args.feature_batch_size
@@ -407,7 +431,7 @@ def feature_pass(trainer, args, n_rows: int, cache_dir: str) -> tuple[dict[str, 
         effect = reward_targets(observations, settings, lambda: phi, progress=False).report["deconfounding"]
         theta[autocast] = effect["effects"]["confounder"]["theta"]
         print(f"feature pass, feature_autocast {autocast}: {rates[autocast]:.1f} rows/s, theta {theta[autocast]:.4f}", flush=True)
-    return rates, theta
+    return rates, theta, feature_precision(args, network) or "fp32"
 
 
 def projection(cli, pool: dict, median_step: float, feature_rates: dict[str, float], output_dir: str) -> dict:
@@ -462,9 +486,9 @@ def main() -> None:
     parser.add_argument("--estimator_datasets", type=int, default=50)
     parser.add_argument("--estimator_rows", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--train_rows", type=int, default=1500)
+    parser.add_argument("--train_rows", type=int, default=10_000, help="rows each reward head is trained on")
     parser.add_argument("--eval_rows", type=int, default=600)
-    parser.add_argument("--bo_groups", type=int, default=80)
+    parser.add_argument("--bo_groups", type=int, default=250, help="best-of-8 groups of held-out candidates")
     parser.add_argument("--head_epochs", type=int, default=30)
     parser.add_argument("--head_lr", type=float, default=1e-3)
     parser.add_argument(
@@ -590,8 +614,9 @@ def main() -> None:
             **share,
             "definition": "(features + partial_out on 10k rows) / (one training epoch over 10k rows); feature time "
             "projected from the rows/s of the trainer's feature pass on stage_rows fresh rows after a warm-up batch, "
-            "in the config's precision (share; feature_autocast auto = fp32 here) and under feature_autocast bf16 "
-            "(share_by_feature_autocast); partial_out timed on 10k rows resampled from the embedded rows of part 2; "
+            f"in the config's precision (share; feature_autocast auto, which resolved to "
+            f"{timing['feature_autocast_auto_resolved_to']} here) and in the model's fp32 (feature_autocast none; "
+            "share_by_feature_autocast); partial_out timed on 10k rows resampled from the embedded rows of part 2; "
             "epoch time projected = steps per epoch x measured median step",
         },
         "targets": targets,
@@ -612,7 +637,10 @@ def main() -> None:
             ", ".join(f"{k} {v:+.3f}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.3f}"
         )
         print(f"{name_}: {shown} (target {target['target']}: {'met' if target['met'] else 'MISSED'})")
-    print(f"deconfound_time_share with feature_autocast bf16: {share['share_by_feature_autocast']['bf16']:.3f}")
+    print(
+        f"deconfound_time_share: {share['share']:.3f} with feature_autocast auto "
+        f"({timing['feature_autocast_auto_resolved_to']}), {share['share_by_feature_autocast']['none']:.3f} in fp32"
+    )
     print(f"wrote {path} and {path.with_suffix('.png')} in {results['wall_seconds'] / 60:.1f} min")
 
 
