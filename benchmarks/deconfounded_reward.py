@@ -74,7 +74,6 @@ from trl_causal.trainer.deconfounded_reward_config import DeconfoundedRewardConf
 from trl_causal.trainer.deconfounded_reward_trainer import (
     DeconfoundedRewardTrainer,
     Observations,
-    feature_precision,
     read_observations,
     reward_targets,
     text_features,
@@ -260,6 +259,11 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
     ]
     phi_decoupled = extract(decoupled, "best-of-8 candidate, marker decoupled")
 
+    def best_of_8(head: FrozenFeatureHead, features: np.ndarray) -> float:
+        """Mean true f of the argmax-reward candidate of each group of 8."""
+        picks = scores(head, features).reshape(cli.bo_groups, 8).argmax(axis=1)
+        return float(f_candidates[np.arange(cli.bo_groups), picks].mean())
+
     pool = {  # embedded rows with their outcome and confounder, for timing partial_out at 10k rows
         "phi": [phi_eval, phi_candidates],
         "outcome": [held_out["outcome"], candidates["outcome"]],
@@ -302,14 +306,10 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
 
             reward = scores(head, standardised(phi_eval)) * target_scale  # outcome units
             marked = scores(head, standardised(phi_marked)) * target_scale
-            picks = scores(head, standardised(phi_candidates)).reshape(cli.bo_groups, 8).argmax(axis=1)
             per_seed[mode]["spearman"].append(float(spearmanr(reward, f_eval).statistic))
             per_seed[mode]["marker_effect"].append(float((marked - reward[plain]).mean() / f_eval.std()))
-            per_seed[mode]["objective"].append(float(f_candidates[np.arange(cli.bo_groups), picks].mean()))
-            picks = scores(head, standardised(phi_decoupled)).reshape(cli.bo_groups, 8).argmax(axis=1)
-            per_seed[mode]["objective_marker_decoupled"].append(
-                float(f_candidates[np.arange(cli.bo_groups), picks].mean())
-            )
+            per_seed[mode]["objective"].append(best_of_8(head, standardised(phi_candidates)))
+            per_seed[mode]["objective_marker_decoupled"].append(best_of_8(head, standardised(phi_decoupled)))
         print(
             f"seed {seed}: "
             + ", ".join(
@@ -377,9 +377,8 @@ def speed(cli, output_dir: str, cache_dir: str) -> dict:
         seconds["deconfounded_reward"] += timer.seconds[1:]
         if feature_rates is None:
             args = run.training_args
-            feature_rates, stage_theta, auto_precision = feature_pass(
-                trainer, args, cli.stage_rows, f"{output_dir}/stage-features"
-            )
+            feature_rates, stage_theta = feature_pass(trainer, args, cli.stage_rows, f"{output_dir}/stage-features")
+            auto_precision = trainer.report["feature_precision"]  # what the config's auto resolved to
             observations = read_observations({"train": rows}, args)["train"]
             ranked = trainer.targets.of(observations)
             pairs = preference_pairs(ranked, observations.groups, args.min_pair_gap)
@@ -409,10 +408,10 @@ def speed(cli, output_dir: str, cache_dir: str) -> dict:
     }
 
 
-def feature_pass(trainer, args, n_rows: int, cache_dir: str) -> tuple[dict[str, float], dict[str, float], str]:
+def feature_pass(trainer, args, n_rows: int, cache_dir: str) -> tuple[dict[str, float], dict[str, float]]:
     """Rows/s of the trainer's feature pass on ``n_rows`` fresh simulated rows, and theta_hat partialled out on its
     features, per ``feature_autocast`` setting (``auto``, the config's own, and ``none``, the model's fp32); each pass
-    starts from an empty cache after a warm-up batch that is not timed. Also the precision ``auto`` resolved to."""
+    starts from an empty cache after a warm-up batch that is not timed."""
     rows = Dataset.from_list(observational_rows(simulate(n_rows, seed=50_000, group_size=4)))
     sequences = tokenize_rows(rows, args, trainer.processing_class, "stage")["input_ids"]
     network, pad = trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class.pad_token_id
@@ -431,7 +430,7 @@ def feature_pass(trainer, args, n_rows: int, cache_dir: str) -> tuple[dict[str, 
         effect = reward_targets(observations, settings, lambda: phi, progress=False).report["deconfounding"]
         theta[autocast] = effect["effects"]["confounder"]["theta"]
         print(f"feature pass, feature_autocast {autocast}: {rates[autocast]:.1f} rows/s, theta {theta[autocast]:.4f}", flush=True)
-    return rates, theta, feature_precision(args, network) or "fp32"
+    return rates, theta
 
 
 def projection(cli, pool: dict, median_step: float, feature_rates: dict[str, float], output_dir: str) -> dict:
