@@ -57,3 +57,16 @@ def test_logistic_click_model_gives_binary_outcomes_rising_with_the_confounder()
     outcome, confounder = np.array(data["outcome"]), np.array(data["confounder"])
     assert set(np.unique(outcome)) == {0.0, 1.0}
     assert outcome[confounder > 0.5].mean() > outcome[confounder < -0.5].mean() + 0.2
+
+
+def test_shared_context_gives_every_row_of_a_group_the_same_context():
+    shared = simulate_observational_texts(n=4000, group_size=8, shared_context=True, seed=5)
+    confounder = np.array(shared["confounder"])
+    assert (np.ptp(confounder.reshape(500, 8), axis=1) == 0).all()
+    assert len(np.unique(confounder)) == 500
+    # the context still moves the marker and the quality words, across groups
+    marker, f = np.array(shared["marker"]), np.array(shared["f"])
+    assert marker[confounder > 0].mean() > 2 * marker[confounder < 0].mean()
+    assert f[confounder > 0].mean() > f[confounder < 0].mean() + 0.3
+    independent = simulate_observational_texts(n=4000, group_size=8, seed=5)
+    assert (np.ptp(np.array(independent["confounder"]).reshape(500, 8), axis=1) > 0).all()

@@ -1,7 +1,8 @@
 """Observational text data with a known truth, for tests and benchmarks of deconfounded rewards.
 
 Generative model, row i (all noises independent standard normal unless said):
-    W_i                 context the writer sees (season, weekday mood): N(0, 1)
+    W_i                 context the writer sees (season, weekday mood): N(0, 1), one per row, or one per group with
+                        ``shared_context`` (candidates written for one prompt in one context, as best-of-n samples are)
     text_i              topic + filler words; quality word q present w.p. sigmoid(logit p0 + kappa sign(w_q) W_i);
                         spurious marker "Happy Monday!" appended w.p. sigmoid(logit 0.24 + eta W_i)
     f_i = f(text_i)     causal score: (sum of weights w_q of quality words present - mu0) / sd0
@@ -102,6 +103,7 @@ def simulate_observational_texts(
     instrument_strength: float | None = None,
     hidden_confounding: float = 0.0,
     group_size: int = 1,
+    shared_context: bool = False,
     seed: int = 0,
 ) -> dict[str, list[Any]]:
     """Simulated observational log as a dict of equal-length lists (``datasets.Dataset.from_dict`` takes it).
@@ -109,19 +111,20 @@ def simulate_observational_texts(
     Columns: ``text`` (what a reward model scores), ``prompt`` (shared by the rows of a group), ``outcome``,
     ``confounder`` (C), ``instrument`` (Z; only when ``instrument_strength`` is given), ``group`` (id of
     ``group_size`` consecutive rows sharing a prompt), and for evaluation ``f`` (true causal score) and
-    ``marker`` (whether the text carries the spurious marker). See the module docstring for the model.
+    ``marker`` (whether the text carries the spurious marker). ``shared_context`` draws one context W per group
+    instead of one per row. See the module docstring for the model.
     """
     if n < 1 or group_size < 1:
         raise ConfigError(f"n and group_size must be positive; got n={n}, group_size={group_size}.")
     if outcome_model not in ("linear", "logistic"):
         raise ConfigError(f"outcome_model must be 'linear' or 'logistic'; got {outcome_model!r}.")
     rng = np.random.default_rng(seed)
-    context = rng.standard_normal(n)
+    groups = np.arange(n) // group_size
+    context = rng.standard_normal(groups[-1] + 1)[groups] if shared_context else rng.standard_normal(n)
     quality_words = list(QUALITY_WORD_WEIGHTS)
     word_logits = _logit(QUALITY_BASE_RATE) + text_confounding * np.outer(context, np.sign(_WEIGHTS))
     words_present = rng.random((n, len(quality_words))) < _sigmoid(word_logits)
     marker = rng.random(n) < _sigmoid(_logit(MARKER_BASE_RATE) + entanglement * context)
-    groups = np.arange(n) // group_size
     group_topics = rng.choice(len(TOPICS), size=groups[-1] + 1)
 
     texts, prompts = [], []
