@@ -33,7 +33,12 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    (reward * target std, the scale on which f enters Y with coefficient 1), divided by std(f); best-of-8 =
    groups of 8 held-out candidates sharing a topic (seed 20000), pick the argmax reward, mean true f of the picks.
    f is standardised to mean ~0, so a relative gain of two raw objective scores is ill-defined: the relative gain
-   is computed on the gain over a random pick (mean f of all candidates).
+   is computed on the gain over a random pick (mean f of all candidates); its ceiling is that of a perfect reward
+   (the best candidate of every group). Two more candidate sets are scored beside the target's: the same candidates
+   with the marker on a random half whatever the context, and fresh groups whose 8 candidates share one context W
+   (simulator `shared_context`: best-of-n for one prompt).
+2b. The same at each --sweep_text_confounding value (default 1.0 and 2.0) on fresh simulated data, to show where
+   the invariance penalty's cost, and so the best-of-8 margin over it, grows (`text_confounding_sweep`).
 3. Speed (real trainers, LoRA on SmolLM2, example_configs/deconfounded_reward.yaml: pairwise objective, 8 pairs per
    step): `deconfounded_reward` and TRL's `RewardTrainer` (`trainer: reward`) on the same pairs (ranked by the
    deconfounded targets, same seed, so the same batches), alternating in --speed_rounds rounds of --speed_steps
@@ -85,14 +90,26 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "example_configs" / "deconfounded_reward.yaml")
 MODEL = "smollm2-135m-instruct"
 GAMMA = 1.0
+ENTANGLEMENT = 1.5
+TEXT_CONFOUNDING = 0.5  # the simulator's defaults: the entangled setting the targets are judged in
 MODES = ("deconfounded", "naive", "covariate", "invariance")
 ROWS = (*MODES, "oracle")  # oracle: a reference head fitted to the true f (not a trainer mode)
 PROJECTION_ROWS = 10_000
 
 
-def simulate(n: int, seed: int, group_size: int = 1) -> dict:
-    """The simulator in its default, entangled setting."""
-    return simulate_observational_texts(n=n, gamma=GAMMA, group_size=group_size, seed=seed)
+def simulate(
+    n: int, seed: int, group_size: int = 1, text_confounding: float = TEXT_CONFOUNDING, shared_context: bool = False
+) -> dict:
+    """The simulator in its entangled setting (by default the simulator's default one)."""
+    return simulate_observational_texts(
+        n=n,
+        gamma=GAMMA,
+        entanglement=ENTANGLEMENT,
+        text_confounding=text_confounding,
+        group_size=group_size,
+        shared_context=shared_context,
+        seed=seed,
+    )
 
 
 def reward_config(mode: str, seed: int, output_dir: str, **overrides) -> DeconfoundedRewardConfig:
@@ -240,12 +257,13 @@ def scores(head: FrozenFeatureHead, phi: np.ndarray) -> np.ndarray:
         return head(torch.tensor(phi, dtype=torch.float32)).logits.squeeze(-1).numpy().astype(float)
 
 
-def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
-    held_out = simulate(cli.eval_rows, seed=1_000)
+def reward_models(cli, extract: FeatureExtractor, output_dir: str, text_confounding: float = TEXT_CONFOUNDING) -> dict:
+    held_out = simulate(cli.eval_rows, seed=1_000, text_confounding=text_confounding)
     f_eval = np.array(held_out["f"])
     plain = [i for i, text in enumerate(held_out["text"]) if not has_marker(text)]
-    candidates = simulate(8 * cli.bo_groups, seed=20_000, group_size=8)
-    f_candidates = np.array(candidates["f"]).reshape(cli.bo_groups, 8)
+    candidates = simulate(8 * cli.bo_groups, seed=20_000, group_size=8, text_confounding=text_confounding)
+    # best-of-n proper: the 8 candidates of a group written in one context (one W per group)
+    shared = simulate(8 * cli.bo_groups, 20_000, 8, text_confounding=text_confounding, shared_context=True)
 
     phi_eval = extract(held_out["text"], "held-out")
     phi_marked = extract([add_marker(held_out["text"][i]) for i in plain], "held-out + marker")
@@ -258,11 +276,18 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
         for text, marked in zip(candidates["text"], with_marker)
     ]
     phi_decoupled = extract(decoupled, "best-of-8 candidate, marker decoupled")
+    phi_shared = extract(shared["text"], "best-of-8 candidate, shared context")
+    f_candidates = np.array(candidates["f"]).reshape(cli.bo_groups, 8)
+    candidate_sets = {  # objective key -> (features, true f by group)
+        "objective": (phi_candidates, f_candidates),
+        "objective_marker_decoupled": (phi_decoupled, f_candidates),
+        "objective_shared_context": (phi_shared, np.array(shared["f"]).reshape(cli.bo_groups, 8)),
+    }
 
-    def best_of_8(head: FrozenFeatureHead, features: np.ndarray) -> float:
+    def best_of_8(head: FrozenFeatureHead, features: np.ndarray, f_groups: np.ndarray) -> float:
         """Mean true f of the argmax-reward candidate of each group of 8."""
         picks = scores(head, features).reshape(cli.bo_groups, 8).argmax(axis=1)
-        return float(f_candidates[np.arange(cli.bo_groups), picks].mean())
+        return float(f_groups[np.arange(cli.bo_groups), picks].mean())
 
     pool = {  # embedded rows with their outcome and confounder, for timing partial_out at 10k rows
         "phi": [phi_eval, phi_candidates],
@@ -273,7 +298,7 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
     theta_model: list[dict] = []
     partial_out_seconds: list[float] = []
     for seed in cli.seeds:
-        data = simulate(cli.train_rows, seed=seed)
+        data = simulate(cli.train_rows, seed=seed, text_confounding=text_confounding)
         phi = extract(data["text"], f"training (seed {seed})")
         for key, value in (("phi", phi), ("outcome", data["outcome"]), ("confounder", data["confounder"])):
             pool[key].append(value)
@@ -308,14 +333,15 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
             marked = scores(head, standardised(phi_marked)) * target_scale
             per_seed[mode]["spearman"].append(float(spearmanr(reward, f_eval).statistic))
             per_seed[mode]["marker_effect"].append(float((marked - reward[plain]).mean() / f_eval.std()))
-            per_seed[mode]["objective"].append(best_of_8(head, standardised(phi_candidates)))
-            per_seed[mode]["objective_marker_decoupled"].append(best_of_8(head, standardised(phi_decoupled)))
+            for key, (features, f_groups) in candidate_sets.items():
+                per_seed[mode][key].append(best_of_8(head, standardised(features), f_groups))
         print(
-            f"seed {seed}: "
+            f"text confounding {text_confounding}, seed {seed}: "
             + ", ".join(
                 f"{m} rho {per_seed[m]['spearman'][-1]:.3f} marker {per_seed[m]['marker_effect'][-1]:+.3f} "
                 f"bo8 {per_seed[m]['objective'][-1]:.3f} "
-                f"(marker decoupled {per_seed[m]['objective_marker_decoupled'][-1]:.3f})"
+                f"(marker decoupled {per_seed[m]['objective_marker_decoupled'][-1]:.3f}, "
+                f"shared context {per_seed[m]['objective_shared_context'][-1]:.3f})"
                 for m in ROWS
             ),
             flush=True,
@@ -327,24 +353,28 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
     def sd_of(metric: str) -> dict[str, float]:
         return {m: (statistics.stdev(per_seed[m][metric]) if len(cli.seeds) > 1 else 0.0) for m in ROWS}
 
-    objective = mean_of("objective")
-    random_pick = float(f_candidates.mean())
-    best_pick = float(f_candidates.max(axis=1).mean())
-    gain = {m: objective[m] - random_pick for m in ROWS}
-    decoupled_objective = mean_of("objective_marker_decoupled")
-    return {
+    quality = {
+        "text_confounding": text_confounding,
         "spearman": mean_of("spearman"),
         "spearman_sd": sd_of("spearman"),
         "marker_effect": mean_of("marker_effect"),
         "marker_effect_sd": sd_of("marker_effect"),
-        "objective": objective,
-        "objective_sd": sd_of("objective"),
-        "objective_random_pick": random_pick,
-        "objective_best_pick": best_pick,
-        "objective_gain_over_random": gain,
-        "objective_marker_decoupled": decoupled_objective,
-        "objective_marker_decoupled_sd": sd_of("objective_marker_decoupled"),
-        "objective_marker_decoupled_gain_over_random": {m: decoupled_objective[m] - random_pick for m in ROWS},
+    }
+    for key, (_, f_groups) in candidate_sets.items():
+        objective = mean_of(key)
+        random_pick, best_pick = float(f_groups.mean()), float(f_groups.max(axis=1).mean())
+        gain = {m: objective[m] - random_pick for m in ROWS}
+        quality |= {
+            key: objective,
+            f"{key}_sd": sd_of(key),
+            f"{key}_random_pick": random_pick,
+            f"{key}_best_pick": best_pick,
+            f"{key}_gain_over_random": gain,
+            f"{key}_relative_gain_vs_invariance": relative_gain(gain["deconfounded"], gain["invariance"]),
+            # what a perfect reward (always the best candidate) would gain over invariance
+            f"{key}_relative_gain_vs_invariance_ceiling": relative_gain(best_pick - random_pick, gain["invariance"]),
+        }
+    return quality | {
         "per_seed": {m: dict(per_seed[m]) for m in ROWS},
         "theta_training_sets": theta_model,
         "f_eval_mean": float(f_eval.mean()),
@@ -358,6 +388,24 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ 3. speed
+def sweep_row(quality: dict) -> dict:
+    """The quality numbers of one simulator setting that the text-confounding sweep compares."""
+    keys = ["spearman", "marker_effect"]
+    for key in ("objective", "objective_marker_decoupled", "objective_shared_context"):
+        keys += [key, f"{key}_random_pick", f"{key}_best_pick", f"{key}_relative_gain_vs_invariance",
+                 f"{key}_relative_gain_vs_invariance_ceiling"]
+    row = {key: quality[key] for key in keys}
+    for key in ("objective", "objective_marker_decoupled", "objective_shared_context"):
+        row[f"{key}_deconfounded_minus_naive"] = quality[key]["deconfounded"] - quality[key]["naive"]
+    return row | {"theta_training_sets": quality["theta_training_sets"]}
+
+
+def relative_gain(gain: float, baseline_gain: float) -> float:
+    """(gain - baseline_gain) / |baseline_gain|, gains over a random pick (f has mean ~0, so ratios of raw best-of-8
+    scores are ill-defined)."""
+    return (gain - baseline_gain) / abs(baseline_gain)
+
+
 def observational_rows(data: dict) -> list[dict]:
     """Rows as in example_configs/data/observational.jsonl: prompt + completion (" " + text)."""
     keep = ("prompt", "outcome", "confounder", "group", "f", "marker")
@@ -488,6 +536,14 @@ def main() -> None:
     parser.add_argument("--train_rows", type=int, default=10_000, help="rows each reward head is trained on")
     parser.add_argument("--eval_rows", type=int, default=600)
     parser.add_argument("--bo_groups", type=int, default=250, help="best-of-8 groups of held-out candidates")
+    parser.add_argument(
+        "--sweep_text_confounding",
+        type=float,
+        nargs="*",
+        default=[1.0, 2.0],
+        help=f"further text_confounding values (the default setting's is {TEXT_CONFOUNDING}) at which part 2 is rerun "
+        "on fresh simulated data, to show where best-of-8 separates the modes",
+    )
     parser.add_argument("--head_epochs", type=int, default=30)
     parser.add_argument("--head_lr", type=float, default=1e-3)
     parser.add_argument(
@@ -529,14 +585,18 @@ def main() -> None:
         print("2. reward models (frozen SmolLM2 features + linear head)", flush=True)
         extract = FeatureExtractor(cache_dir, f"{scratch}/features-args")
         quality = reward_models(cli, extract, f"{scratch}/heads")
+        sweep = {TEXT_CONFOUNDING: sweep_row(quality)}
+        for text_confounding in cli.sweep_text_confounding:
+            print(f"2b. reward models at text_confounding {text_confounding}", flush=True)
+            swept = reward_models(cli, extract, f"{scratch}/heads-{text_confounding}", text_confounding)
+            sweep[text_confounding] = sweep_row(swept)
         print("3. speed (LoRA, example_configs/deconfounded_reward.yaml)", flush=True)
         timing = speed(cli, f"{scratch}/speed", f"{scratch}/speed-features")  # fresh cache: features timed
         median_step = timing["median_step_seconds"]["deconfounded_reward"]
         share = projection(cli, quality.pop("_pool"), median_step, timing["feature_rows_per_second"], scratch)
     median = timing["median_step_seconds"]
     step_time_ratio = median["deconfounded_reward"] / median["reward"]
-    gain = quality["objective_gain_over_random"]
-    relative_vs_invariance = (gain["deconfounded"] - gain["invariance"]) / abs(gain["invariance"])
+    relative_vs_invariance = quality["objective_relative_gain_vs_invariance"]
     spearman, marker, objective = quality["spearman"], quality["marker_effect"], quality["objective"]
     others = ("naive", "covariate", "invariance")
     targets = {
@@ -550,6 +610,7 @@ def main() -> None:
         "best_of_8_vs_invariance": {
             "target": ">= 0.16 relative (on the gain over a random pick)",
             "measured": relative_vs_invariance,
+            "ceiling": quality["objective_relative_gain_vs_invariance_ceiling"],
         },
         "best_of_8_vs_naive": {
             "target": "deconfounded > naive",
@@ -580,8 +641,8 @@ def main() -> None:
         "feature_source": f"{cli.feature_source} (the features the deconfounding stage of part 2 partials out on)",
         "simulator": {
             "gamma": GAMMA,
-            "entanglement": 1.5,
-            "text_confounding": 0.5,
+            "entanglement": ENTANGLEMENT,
+            "text_confounding": TEXT_CONFOUNDING,
             "noise": 1.0,
             "outcome_model": "linear",
         },
@@ -600,7 +661,17 @@ def main() -> None:
         "candidates sharing a topic (entangled setting)",
         "objective_relative_gain_vs_invariance": relative_vs_invariance,
         "objective_relative_gain_definition": "(gain_deconfounded - gain_invariance) / |gain_invariance|, gain = mean "
-        "f of picks - mean f of all candidates (a random pick); f has mean ~0, so raw ratios are ill-defined",
+        "f of picks - mean f of all candidates (a random pick); f has mean ~0, so raw ratios are ill-defined. "
+        "*_ceiling: the same with a perfect reward (the best candidate of every group) in place of deconfounded",
+        "objective_candidate_sets": {
+            "objective": "each candidate of a group from its own context W (one W per row), as logged; the target "
+            "is judged on these",
+            "objective_marker_decoupled": "the same candidates with the marker on a random half, whatever the context",
+            "objective_shared_context": "fresh candidates, the 8 of a group written in one context (one W per group, "
+            "simulator shared_context): best-of-n for one prompt, where the quality words and the marker no longer "
+            "move together across the candidates",
+        },
+        "text_confounding_sweep": sweep,
         "reward_quality": quality,
         "step_time_ratio": step_time_ratio,
         "speed": {
@@ -630,6 +701,17 @@ def main() -> None:
         print(f"{m:<14}{spearman[m]:>10.3f}{marker[m]:>+10.3f}{objective[m]:>11.3f}")
     print(f"{'random pick':<14}{'':>20}{quality['objective_random_pick']:>11.3f}")
     print(f"{'best pick':<14}{'':>20}{quality['objective_best_pick']:>11.3f}")
+    print("\nbest-of-8, deconfounded vs invariance (relative gain over a random pick; ceiling = perfect reward) and "
+          "deconfounded - naive:")
+    print(f"{'text conf.':<11}{'candidates':<18}{'vs inv.':>9}{'ceiling':>9}{'- naive':>9}{'spearman d/n/i':>20}")
+    for text_confounding, row in sweep.items():
+        for key, label in (("objective", "own context"), ("objective_marker_decoupled", "marker decoupled"),
+                           ("objective_shared_context", "shared context")):
+            rho = row["spearman"]
+            print(f"{text_confounding:<11}{label:<18}{row[f'{key}_relative_gain_vs_invariance']:>+9.3f}"
+                  f"{row[f'{key}_relative_gain_vs_invariance_ceiling']:>+9.3f}"
+                  f"{row[f'{key}_deconfounded_minus_naive']:>+9.3f}"
+                  f"{rho['deconfounded']:>8.3f}/{rho['naive']:.3f}/{rho['invariance']:.3f}")
     for name_, target in targets.items():
         value = target["measured"]
         shown = (
@@ -650,7 +732,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     quality = results["reward_quality"]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
     colors = ["C0", "C1", "C2", "C3", "grey"]
     for ax, (metric, label) in zip(
         axes[:3],
@@ -680,6 +762,22 @@ def plot(results: dict, path: Path) -> None:
     axes[3].axhline(GAMMA, color="k", lw=0.8)
     axes[3].set_title(f"theta_hat, 95% CI ({results['ci_coverage']:.0%} cover gamma)", fontsize=10)
     axes[3].set_xlabel("simulated dataset (sorted)")
+    sweep = results["text_confounding_sweep"]
+    kappas = sorted(sweep, key=float)  # float keys, or their strings when re-plotted from the JSON
+    for (key, label), color in zip(
+        (("objective", "own context"), ("objective_marker_decoupled", "marker decoupled"),
+         ("objective_shared_context", "shared context")),
+        ("C0", "C1", "C2"),
+    ):
+        x = [float(k) for k in kappas]
+        axes[4].plot(x, [sweep[k][f"{key}_relative_gain_vs_invariance"] for k in kappas], "o-", color=color,
+                     label=label)
+        axes[4].plot(x, [sweep[k][f"{key}_relative_gain_vs_invariance_ceiling"] for k in kappas], ":",
+                     color=color, lw=0.8)
+    axes[4].axhline(0.16, color="k", lw=0.8, ls="--", label="target 0.16")
+    axes[4].set_title("best-of-8 vs invariance (dotted: perfect)", fontsize=10)
+    axes[4].set_xlabel("simulator text_confounding")
+    axes[4].legend(fontsize=8)
     fig.suptitle("deconfounded_reward on the simulator (frozen SmolLM2 features + linear head)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
