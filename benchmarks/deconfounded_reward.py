@@ -23,8 +23,9 @@ the spurious marker "Happy Monday!", which has no effect on Y.
    `read_observations` + `reward_targets` (deconfounded: cross-fitted partialling out on phi; naive / covariate /
    invariance: raw Y), standardised as the trainer does, and the loss is `DeconfoundedRewardTrainer.compute_loss`
    itself (regression objective; covariate: linear head on the standardised C, dropped at inference; invariance:
-   + invariance_weight * corr(r, C)^2 per micro-batch), called on the head with a minimal stand-in for the trainer. Same optimiser and budget for every mode (AdamW, batch 32,
-   30 epochs, lr 1e-3 decaying linearly to 0, the Trainer's default schedule).
+   + invariance_weight * corr(r, C)^2 per micro-batch), called on the head with a minimal stand-in for the
+   trainer. Same optimiser and budget for every mode (AdamW, batch 32, 30 epochs, lr 1e-3 decaying linearly to 0,
+   the Trainer's default schedule).
    `oracle` (benchmark only, a reference row) fits the head to the true f. Each head is trained on --train_rows
    (10k, the log size of the speed target; on 1500 rows, the earlier setting, the 576-weight heads were limited by
    the outcome noise, sd 1: see the README), per seed.
@@ -94,6 +95,11 @@ ENTANGLEMENT = 1.5
 TEXT_CONFOUNDING = 0.5  # the simulator's defaults: the entangled setting the targets are judged in
 MODES = ("deconfounded", "naive", "covariate", "invariance")
 ROWS = (*MODES, "oracle")  # oracle: a reference head fitted to the true f (not a trainer mode)
+CANDIDATE_SETS = {  # best-of-8 objective key -> label; the targets are judged on "objective"
+    "objective": "own context",
+    "objective_marker_decoupled": "marker decoupled",
+    "objective_shared_context": "shared context",
+}
 PROJECTION_ROWS = 10_000
 
 
@@ -278,7 +284,7 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str, text_confound
     phi_decoupled = extract(decoupled, "best-of-8 candidate, marker decoupled")
     phi_shared = extract(shared["text"], "best-of-8 candidate, shared context")
     f_candidates = np.array(candidates["f"]).reshape(cli.bo_groups, 8)
-    candidate_sets = {  # objective key -> (features, true f by group)
+    candidate_sets = {  # CANDIDATE_SETS key -> (features, true f by group)
         "objective": (phi_candidates, f_candidates),
         "objective_marker_decoupled": (phi_decoupled, f_candidates),
         "objective_shared_context": (phi_shared, np.array(shared["f"]).reshape(cli.bo_groups, 8)),
@@ -387,15 +393,13 @@ def reward_models(cli, extract: FeatureExtractor, output_dir: str, text_confound
     }
 
 
-# ------------------------------------------------------------------------------------------------ 3. speed
 def sweep_row(quality: dict) -> dict:
     """The quality numbers of one simulator setting that the text-confounding sweep compares."""
-    keys = ["spearman", "marker_effect"]
-    for key in ("objective", "objective_marker_decoupled", "objective_shared_context"):
-        keys += [key, f"{key}_random_pick", f"{key}_best_pick", f"{key}_relative_gain_vs_invariance",
-                 f"{key}_relative_gain_vs_invariance_ceiling"]
-    row = {key: quality[key] for key in keys}
-    for key in ("objective", "objective_marker_decoupled", "objective_shared_context"):
+    row = {key: quality[key] for key in ("spearman", "marker_effect")}
+    for key in CANDIDATE_SETS:
+        for name in (key, f"{key}_random_pick", f"{key}_best_pick", f"{key}_relative_gain_vs_invariance",
+                     f"{key}_relative_gain_vs_invariance_ceiling"):
+            row[name] = quality[name]
         row[f"{key}_deconfounded_minus_naive"] = quality[key]["deconfounded"] - quality[key]["naive"]
     return row | {"theta_training_sets": quality["theta_training_sets"]}
 
@@ -406,6 +410,7 @@ def relative_gain(gain: float, baseline_gain: float) -> float:
     return (gain - baseline_gain) / abs(baseline_gain)
 
 
+# ------------------------------------------------------------------------------------------------ 3. speed
 def observational_rows(data: dict) -> list[dict]:
     """Rows as in example_configs/data/observational.jsonl: prompt + completion (" " + text)."""
     keep = ("prompt", "outcome", "confounder", "group", "f", "marker")
@@ -705,9 +710,8 @@ def main() -> None:
           "deconfounded - naive:")
     print(f"{'text conf.':<11}{'candidates':<18}{'vs inv.':>9}{'ceiling':>9}{'- naive':>9}{'spearman d/n/i':>20}")
     for text_confounding, row in sweep.items():
-        for key, label in (("objective", "own context"), ("objective_marker_decoupled", "marker decoupled"),
-                           ("objective_shared_context", "shared context")):
-            rho = row["spearman"]
+        rho = row["spearman"]
+        for key, label in CANDIDATE_SETS.items():
             print(f"{text_confounding:<11}{label:<18}{row[f'{key}_relative_gain_vs_invariance']:>+9.3f}"
                   f"{row[f'{key}_relative_gain_vs_invariance_ceiling']:>+9.3f}"
                   f"{row[f'{key}_deconfounded_minus_naive']:>+9.3f}"
@@ -764,12 +768,8 @@ def plot(results: dict, path: Path) -> None:
     axes[3].set_xlabel("simulated dataset (sorted)")
     sweep = results["text_confounding_sweep"]
     kappas = sorted(sweep, key=float)  # float keys, or their strings when re-plotted from the JSON
-    for (key, label), color in zip(
-        (("objective", "own context"), ("objective_marker_decoupled", "marker decoupled"),
-         ("objective_shared_context", "shared context")),
-        ("C0", "C1", "C2"),
-    ):
-        x = [float(k) for k in kappas]
+    x = [float(k) for k in kappas]
+    for (key, label), color in zip(CANDIDATE_SETS.items(), ("C0", "C1", "C2")):
         axes[4].plot(x, [sweep[k][f"{key}_relative_gain_vs_invariance"] for k in kappas], "o-", color=color,
                      label=label)
         axes[4].plot(x, [sweep[k][f"{key}_relative_gain_vs_invariance_ceiling"] for k in kappas], ":",
