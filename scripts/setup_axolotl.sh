@@ -35,6 +35,14 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 start=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    # torch 2.13.0 for Python 3.12 on PyPI is the CUDA build: 2.6 GB of wheels are downloaded, then unpacked
+    # to ~6 GB with axolotl, so the install peaks near 9 GB. Say so up front rather than leave pip's bare ENOSPC.
+    free_gb=$(df -Pk "$(dirname "$VENV")" "${TMPDIR:-/tmp}" | awk 'NR > 1 { print int($4 / 1048576) }' | sort -n | head -1)
+    if [ "$free_gb" -lt 9 ]; then
+        echo "setup_axolotl: warning: only $free_gb GB free on the disk of $VENV or ${TMPDIR:-/tmp}; installing torch" \
+            "and axolotl there needs about 9 GB while it runs (6 GB after). If pip stops with 'No space left on" \
+            "device', free some space or set SKIP_AXOLOTL=1 to skip the Axolotl integration." >&2
+    fi
     echo "setup_axolotl: installing $TORCH_SPEC into $VENV (Python $("$PY" -c 'import platform; print(platform.python_version())')) ..."
     # shellcheck disable=SC2086
     "${PIP[@]}" $TORCH_SPEC
