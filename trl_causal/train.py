@@ -61,6 +61,13 @@ def column_sets(run: RunConfig) -> tuple[tuple[str, ...], ...] | None:
     return tuple(tuple(option) for option in hook(run.training_args)) if hook else None
 
 
+def distributed_setup(accelerator) -> str:
+    """How the run was distributed, as accelerate set it up: "NO", "MULTI_CPU" or "MULTI_GPU" (DDP), "DEEPSPEED ZeRO-3", ..."""
+    setup = accelerator.distributed_type.value
+    plugin = accelerator.state.deepspeed_plugin
+    return f"{setup} ZeRO-{plugin.zero_stage}" if plugin is not None else setup
+
+
 def main(run: RunConfig) -> dict:
     """Load data, check it, train, save, and print a short summary; returns the summary.
     Under a distributed launch (WORLD_SIZE > 1) every rank exits the process here instead, once all have saved."""
@@ -83,6 +90,7 @@ def main(run: RunConfig) -> dict:
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "world_size": trainer.accelerator.num_processes,
+        "distributed": distributed_setup(trainer.accelerator),
         "seconds": round(time.time() - start, 1),
         "output_dir": os.path.abspath(training_args.output_dir),
     }
@@ -93,7 +101,7 @@ def main(run: RunConfig) -> dict:
             json.dump(summary, f, indent=2)
         trainer.accelerator.print(
             f"\ntrl-causal: trained {summary['trainer']!r} on {summary['train_rows']} rows for {summary['steps']} steps "
-            f"(world size {summary['world_size']}) in {summary['seconds']} s; final train loss "
+            f"(world size {summary['world_size']}, {summary['distributed']}) in {summary['seconds']} s; final train loss "
             f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"
         )
     trainer.accelerator.wait_for_everyone()  # no rank tears the process group down while another still uses it
