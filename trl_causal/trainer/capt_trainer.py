@@ -34,6 +34,7 @@ from ..capt import (
 from ..errors import ConfigError, DataError
 from ..evaluation import LMPredictor, Prompt, common_prefix_length
 from .capt_config import CAPTConfig
+from .zero3 import whole_model_loading
 
 logger = logging.get_logger(__name__)
 
@@ -265,7 +266,7 @@ class CAPTTrainer(SFTTrainer):
         # process estimates first: an `llm` estimator's disk cache then serves the other ranks.
         self.event_estimator = args.build_event_estimator()
         show_progress = args.process_index == 0 and not args.disable_tqdm
-        with args.main_process_first(desc="event estimation"):
+        with args.main_process_first(desc="event estimation"), whole_model_loading():
             train_estimated = self._estimate(args, train_dataset, "training", show_progress)
             self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
             train_interventions = self._interventions(args, train_estimated)

@@ -51,6 +51,7 @@ from ..deconfound.pairs import check_pair_groups, preference_pairs
 from ..errors import ConfigError, DataError
 from .deconfounded_reward_config import DeconfoundedRewardConfig
 from .mixins import CausalLossMixin, HeadsMixin
+from .zero3 import full_parameters
 
 logger = logging.get_logger(__name__)
 
@@ -462,17 +463,20 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         rows = {split: splits[split].select(obs.rows) for split, obs in observations.items()}
         tokenized = {split: tokenize_rows(rows[split], args, self.processing_class, split) for split in rows}
         targets = [None]
-        if main:  # the other ranks receive the targets: one feature pass, identical targets everywhere
-            progress = not args.disable_tqdm
-            network = self.accelerator.unwrap_model(self.model)
-            pad_token_id = self.processing_class.pad_token_id
+        network = self.accelerator.unwrap_model(self.model)
+        # the other ranks receive the targets: one feature pass, identical targets everywhere (under ZeRO-3 every rank
+        # takes part in gathering the weights the pass needs)
+        with full_parameters(network) if args.feature_source == "model" else nullcontext():
+            if main:
+                progress = not args.disable_tqdm
+                pad_token_id = self.processing_class.pad_token_id
 
-            def features():
-                return text_features(
-                    args, rows["train"], tokenized["train"]["input_ids"], network, pad_token_id, progress
-                )
+                def features():
+                    return text_features(
+                        args, rows["train"], tokenized["train"]["input_ids"], network, pad_token_id, progress
+                    )
 
-            targets = [reward_targets(observations["train"], args, features, progress)]
+                targets = [reward_targets(observations["train"], args, features, progress)]
         self.targets: RewardTargets = broadcast_object_list(targets)[0]
 
         confounders = observations["train"].confounders

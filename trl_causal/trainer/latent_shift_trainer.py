@@ -27,6 +27,7 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset
 from safetensors.torch import load_file
 from torch import Tensor
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
@@ -36,6 +37,7 @@ from ..evaluation import LMPredictor
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
 from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
+from .zero3 import reload_pretrained
 
 logger = logging.get_logger(__name__)
 
@@ -198,8 +200,13 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         return train_dataset, eval_dataset
 
     def _frozen_reference(self) -> torch.nn.Module:
-        """A frozen copy of the model as it is before training, placed like DPO's reference model."""
-        reference = frozen_copy(self.model)
+        """A frozen copy of the model as it is before training, placed like DPO's reference model (under ZeRO-3,
+        where the model is already partitioned, loaded again from its path)."""
+        if is_deepspeed_zero3_enabled():
+            purpose = "frozen reference view (frozen_view: reference)"
+            reference = reload_pretrained(self.model, self.args.model_init_kwargs, purpose)
+        else:
+            reference = frozen_copy(self.model)
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(reference, self.accelerator)
         if self.is_fsdp_enabled:
