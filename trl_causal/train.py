@@ -99,9 +99,10 @@ def main(run: RunConfig) -> dict:
     if trainer.accelerator.is_main_process:
         with open(os.path.join(training_args.output_dir, SUMMARY_FILE), "w") as f:
             json.dump(summary, f, indent=2)
+        setup = "" if summary["distributed"] == "NO" else f", {summary['distributed']}"
         trainer.accelerator.print(
             f"\ntrl-causal: trained {summary['trainer']!r} on {summary['train_rows']} rows for {summary['steps']} steps "
-            f"(world size {summary['world_size']}, {summary['distributed']}) in {summary['seconds']} s; final train loss "
+            f"(world size {summary['world_size']}{setup}) in {summary['seconds']} s; final train loss "
             f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"
         )
     trainer.accelerator.wait_for_everyone()  # no rank tears the process group down while another still uses it
