@@ -38,11 +38,10 @@ def whole_model_loading() -> Iterator[None]:
     For a helper model that only the main rank runs before training (the ``llm`` event estimator): under ZeRO-3
     ``from_pretrained`` partitions every model it loads, a collective that the waiting ranks never join.
     """
-    active = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers holds the ZeRO config only by this weak reference
-    config = active() if active is not None else None
-    if config is None or not config.is_zero3():
+    if not is_deepspeed_zero3_enabled():
         yield
         return
+    config = hf_deepspeed._hf_deepspeed_config_weak_ref()  # transformers holds the ZeRO config only by this weak reference
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
         yield
