@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, base_config, run_cli, write_config, write_jsonl
 from test_capt_trainer import prontoqa_rows
@@ -44,6 +45,32 @@ def test_accelerate_launch_module_with_an_accelerate_config_file(tmp_path, tiny_
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert summary["world_size"] == 2
+
+
+FSDP_ACCELERATE_CONFIG = {
+    "compute_environment": "LOCAL_MACHINE",
+    "distributed_type": "FSDP",
+    "fsdp_config": {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_state_dict_type": "SHARDED_STATE_DICT"},
+    "num_machines": 1,
+    "num_processes": 2,
+    "mixed_precision": "no",
+}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA devices accelerate sets FSDP up and the processes train together")
+def test_fsdp_config_without_cuda_fails_instead_of_each_process_training_alone(tmp_path, tiny_model, sft_data):
+    """Without CUDA, accelerate starts the processes of an FSDP config but sets each up as a lone process (world
+    size 1): every one would train on all the rows and write the same output_dir. The run stops before training,
+    says why and what to launch instead, and the launcher adds one line, not its traceback."""
+    accelerate_config = write_config(tmp_path / "fsdp.yaml", FSDP_ACCELERATE_CONFIG)
+    out = tmp_path / "out"
+    config = base_config(tiny_model, sft_data, out, use_cpu=False, accelerate_config=str(accelerate_config), main_process_port=29557)
+    result = run_cli("train", "--config", str(write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **config})))
+    assert result.returncode == 2
+    assert "the launcher started 2 processes but accelerate set up 1 to train together" in result.stderr
+    assert "FSDP needs CUDA devices" in result.stderr and "Traceback" not in result.stderr
+    assert "trl-causal: 2 training process(es) failed (exit code 2); their errors are above." in result.stderr
+    assert not (out / SUMMARY_FILE).exists() and not (out / "model.safetensors").exists()
 
 
 ZERO3 = {"accelerate_config": str(REPO / "example_configs" / "accelerate" / "deepspeed_zero3.yaml"), "mixed_precision": "no"}

@@ -47,6 +47,7 @@ def _command_download_model(args: argparse.Namespace) -> int:
 
 def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from .configuration import parse_run_config
     from .data import check_columns, load_run_datasets
@@ -66,6 +67,11 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         launch_command(launch_args)
     except subprocess.CalledProcessError as error:  # the training process already printed its error
         return error.returncode or 1
+    except ChildFailedError as error:  # several processes (torchrun): each printed its own error above
+        codes = sorted({failure.exitcode for failure in error.failures.values()})
+        print(f"trl-causal: {len(error.failures)} training process(es) failed (exit code {', '.join(map(str, codes))}); "
+              "their errors are above.", file=sys.stderr)
+        return codes[0] or 1
     return 0
 
 

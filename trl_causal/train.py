@@ -68,6 +68,23 @@ def distributed_setup(accelerator) -> str:
     return f"{setup} ZeRO-{plugin.zero_stage}" if plugin is not None else setup
 
 
+def check_world_size(accelerator, output_dir: str) -> None:
+    """Fail when the launcher started more processes than accelerate set up to train together.
+
+    Then every process would train alone on all the data and write the same ``output_dir``. Seen with an FSDP
+    accelerate config on a machine without CUDA: accelerate sets up FSDP only on GPUs, so each of the processes
+    trained with world size 1.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise TrlCausalError(
+            f"the launcher started {launched} processes but accelerate set up {accelerator.num_processes} to train "
+            f"together (distributed_type {distributed_setup(accelerator)}), so each would train alone and all would "
+            f"write {output_dir}. FSDP needs CUDA devices; on CPUs launch DDP (`multi_gpu: true` with `use_cpu: true`, "
+            "as in example_configs/accelerate/ddp.yaml) or DeepSpeed (example_configs/accelerate/deepspeed_zero3.yaml)."
+        )
+
+
 def main(run: RunConfig) -> dict:
     """Load data, check it, train, save, and print a short summary; returns the summary.
     Under a distributed launch (WORLD_SIZE > 1) every rank exits the process here instead, once all have saved."""
@@ -81,6 +98,7 @@ def main(run: RunConfig) -> dict:
         check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split", text_columns)
 
     trainer = build_trainer(run, train_dataset, eval_dataset)
+    check_world_size(trainer.accelerator, training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     summary = {
