@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -51,7 +52,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
 
     from .configuration import parse_run_config
     from .data import check_columns, load_run_datasets
-    from .train import column_sets, required_columns
+    from .train import REQUESTED_PROCESSES_ENV, column_sets, required_columns
 
     run = parse_run_config(rest, args.config)
     # Check the data here, before any process starts or any model loads.
@@ -63,6 +64,8 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
 
     script_args = ["--trainer", run.trainer.name] + (["--config", args.config] if args.config else []) + run.script_argv
     launch_args = launch_command_parser().parse_args(run.launch_args + ["--module", "trl_causal.train"] + script_args)
+    if launch_args.num_processes:  # the training processes check that they got what was asked for
+        os.environ[REQUESTED_PROCESSES_ENV] = str(launch_args.num_processes)
     try:
         launch_command(launch_args)
     except subprocess.CalledProcessError as error:  # the training process already printed its error
@@ -71,7 +74,9 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         codes = sorted({failure.exitcode for failure in error.failures.values()})
         print(f"trl-causal: {len(error.failures)} training process(es) failed (exit code {', '.join(map(str, codes))}); "
               "their errors are above.", file=sys.stderr)
-        return codes[0] or 1
+        return next((code for code in codes if code > 0), 1)  # -15: a process the launcher stopped
+    finally:
+        os.environ.pop(REQUESTED_PROCESSES_ENV, None)
     return 0
 
 

@@ -17,6 +17,8 @@ from .data import check_columns, load_run_datasets
 from .errors import TrlCausalError
 
 SUMMARY_FILE = "trl_causal_run.json"
+# How many processes `trl-causal train` asked accelerate to launch (set for the launched processes only).
+REQUESTED_PROCESSES_ENV = "TRL_CAUSAL_NUM_PROCESSES"
 
 
 def build_trainer(run: RunConfig, train_dataset, eval_dataset):
@@ -69,19 +71,31 @@ def distributed_setup(accelerator) -> str:
 
 
 def check_world_size(accelerator, output_dir: str) -> None:
-    """Fail when the launcher started more processes than accelerate set up to train together.
+    """Fail before training when the processes would not train together as asked.
 
-    Then every process would train alone on all the data and write the same ``output_dir``. Seen with an FSDP
-    accelerate config on a machine without CUDA: accelerate sets up FSDP only on GPUs, so each of the processes
-    trained with world size 1.
+    - ``trl-causal train`` asked for ``num_processes`` N > 1 but the launcher started one process: accelerate's
+      ``cpu`` flag does that whatever ``num_processes`` says, as does ``num_processes`` without ``multi_gpu`` on a
+      machine without GPUs.
+    - The launcher started N processes but accelerate set each up alone (world size 1): every one would train on
+      all the rows and write the same ``output_dir``. Seen without CUDA with an FSDP config, or a DDP config and
+      no ``use_cpu``.
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    requested = int(os.environ.get(REQUESTED_PROCESSES_ENV, launched))
+    setup = distributed_setup(accelerator)
+    if requested != launched:
+        raise TrlCausalError(
+            f"num_processes {requested} was asked for, but accelerate started {launched} process(es) "
+            f"(distributed_type {setup}). For DDP on CPUs set `multi_gpu: true` and `use_cpu: true` in the YAML; "
+            "accelerate's `cpu: true` (`--cpu`) starts one process whatever num_processes says."
+        )
     if launched != accelerator.num_processes:
         raise TrlCausalError(
             f"the launcher started {launched} processes but accelerate set up {accelerator.num_processes} to train "
-            f"together (distributed_type {distributed_setup(accelerator)}), so each would train alone and all would "
-            f"write {output_dir}. FSDP needs CUDA devices; on CPUs launch DDP (`multi_gpu: true` with `use_cpu: true`, "
-            "as in example_configs/accelerate/ddp.yaml) or DeepSpeed (example_configs/accelerate/deepspeed_zero3.yaml)."
+            f"together (distributed_type {setup}), so each would train alone and all would write {output_dir}. "
+            "Without CUDA devices set `use_cpu: true` in the YAML and launch DDP (`multi_gpu: true`, as "
+            "example_configs/accelerate/ddp.yaml does) or DeepSpeed (example_configs/accelerate/deepspeed_zero3.yaml); "
+            "FSDP needs CUDA devices."
         )
 
 
