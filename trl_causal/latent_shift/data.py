@@ -32,7 +32,6 @@ from ..errors import ConfigError, DataError
 
 SpuriousKind = Literal["platform", "stopword"]
 LABELS: tuple[str, str] = ("positive", "negative")
-ENVIRONMENTS: tuple[str, str] = ("env_a", "env_b")
 ALIGNED_ENVIRONMENT = {"positive": "env_a", "negative": "env_b"}
 UNALIGNED_ENVIRONMENT = {"positive": "env_b", "negative": "env_a"}
 SPURIOUS_VALUES: dict[str, dict[str, str]] = {
