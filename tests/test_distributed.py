@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from conftest import REPO, base_config, run_cli, write_config, write_jsonl
 from test_capt_trainer import prontoqa_rows
@@ -16,6 +18,7 @@ from test_deconfounded_reward_trainer import DECONFOUND, observational_rows
 from test_deconfounded_reward_trainer import build_trainer as build_deconfounded_trainer
 from test_latent_shift_trainer import shift_rows
 from trl_causal.train import SUMMARY_FILE
+from trl_causal.trainer.mixins import HEADS_FILE
 from trl_causal.trainer.deconfounded_reward_trainer import REPORT_FILE
 
 pytestmark = pytest.mark.slow
@@ -115,6 +118,29 @@ def test_deepspeed_zero3_latent_shift_trains_like_ddp(tmp_path, tiny_model):
     assert [set(step) for step in logs["zero3"]] == [{"loss", "loss_sft", "loss_causal", "loss_adj"}] * 2
     for ddp_step, zero3_step in zip(logs["ddp"], logs["zero3"], strict=True):
         assert zero3_step == pytest.approx(ddp_step, rel=1e-5)
+
+
+ZERO3_BF16_SETUPS = {  # the trainers that attach heads: latent_shift always, deconfounded_reward in covariate mode
+    "latent_shift": (lambda: shift_rows(16), {"n_patches": 4, "per_device_train_batch_size": 4}, "loss_adj"),
+    "deconfounded_reward": (observational_rows, {**DECONFOUND, "mode": "covariate"}, "loss"),
+}
+
+
+@pytest.mark.parametrize("trainer", list(ZERO3_BF16_SETUPS))
+def test_deepspeed_zero3_in_bf16_trains_the_heads_with_the_model(tmp_path, tiny_model, trainer):
+    """The shipped ZeRO-3 config as it is (bf16). ZeRO-3 casts the weights to bf16 as they load and casts nothing
+    later, and one partition holds one dtype, so heads attached in fp32 stopped DeepSpeed's set-up (an assertion in
+    its defragment). The heads now take the dtype of the model's trainable weights and train with them."""
+    rows, options, logged = ZERO3_BF16_SETUPS[trainer]
+    data = write_jsonl(tmp_path / "train.jsonl", rows())
+    launch = {"accelerate_config": ZERO3["accelerate_config"], "bf16": True}
+    summary = train_on_two_processes(tmp_path, trainer, tiny_model, data, launch, 29561, **options, save_strategy="steps", save_steps=2)
+    assert summary["distributed"] == "DEEPSPEED ZeRO-3"
+    history = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    losses = [entry[logged] for entry in history if logged in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    with safe_open(tmp_path / "out" / HEADS_FILE, "pt") as heads:
+        assert torch.bfloat16 in {heads.get_tensor(key).dtype for key in heads.keys()}
 
 
 def test_deepspeed_zero3_deconfounded_reward_features_give_the_theta_of_one_process(tmp_path, tiny_model):

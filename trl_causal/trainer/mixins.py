@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 HEADS_ATTR = "trl_causal_heads"
 HEADS_FILE = "trl_causal_heads.safetensors"
@@ -144,7 +145,14 @@ class HeadsMixin:
 
     def attach_heads(self, heads: nn.Module) -> None:
         parameter = next(self.model.parameters())
-        self.model.add_module(HEADS_ATTR, heads.to(device=parameter.device))
+        heads = heads.to(device=parameter.device)
+        if is_deepspeed_zero3_enabled():
+            # ZeRO-3 gives the weights its fp16 / bf16 as they load and casts nothing later, while one partition
+            # holds one dtype: the heads take the dtype of the model's trainable weights (DeepSpeed keeps fp32
+            # master copies of them all).
+            trainable = next((p for p in self.model.parameters() if p.requires_grad), parameter)
+            heads = heads.to(dtype=trainable.dtype)
+        self.model.add_module(HEADS_ATTR, heads)
 
     @property
     def heads(self) -> nn.Module | None:
