@@ -24,18 +24,6 @@ from trl_causal.trainer.deconfounded_reward_trainer import REPORT_FILE
 pytestmark = pytest.mark.slow
 
 
-def test_yaml_accelerate_keys_launch_two_processes(tmp_path, tiny_model, sft_data):
-    """`num_processes` / `multi_gpu` in the YAML go to accelerate's launcher, as with `trl sft`."""
-    config = base_config(tiny_model, sft_data, tmp_path / "out", num_processes=2, multi_gpu=True, main_process_port=29517)
-    path = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **config})
-    result = subprocess.run(
-        [sys.executable, "-m", "trl_causal.cli", "train", "--config", str(path)], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 2
-
-
 def test_accelerate_launch_module_with_an_accelerate_config_file(tmp_path, tiny_model, sft_data):
     """`accelerate launch --config_file ddp.yaml -m trl_causal.train --config cfg.yaml` works unchanged."""
     path = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, sft_data, tmp_path / "out")})
@@ -91,7 +79,9 @@ ZERO3 = {"accelerate_config": str(REPO / "example_configs" / "accelerate" / "dee
 
 
 def train_on_two_processes(run_dir, trainer: str, model, data, launch: dict, port: int, **options) -> dict:
-    """`trl-causal train` for 2 steps on 2 CPU processes, output in ``run_dir / "out"``; returns the run summary."""
+    """`trl-causal train` for 2 steps on 2 CPU processes, output in ``run_dir / "out"``; returns the run summary.
+    `num_processes` (and `multi_gpu` or `accelerate_config` from ``launch``) are keys of the training YAML: they go
+    to accelerate's launcher, as with `trl sft`."""
     out = run_dir / "out"
     config = {"trainer": trainer, **base_config(model, data, out, num_processes=2, main_process_port=port, **launch), **options}
     result = run_cli("train", "--config", str(write_config(run_dir / "cfg.yaml", config)))
