@@ -18,8 +18,8 @@ from test_deconfounded_reward_trainer import DECONFOUND, observational_rows
 from test_deconfounded_reward_trainer import build_trainer as build_deconfounded_trainer
 from test_latent_shift_trainer import shift_rows
 from trl_causal.train import SUMMARY_FILE
-from trl_causal.trainer.mixins import HEADS_FILE
 from trl_causal.trainer.deconfounded_reward_trainer import REPORT_FILE
+from trl_causal.trainer.mixins import HEADS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +38,24 @@ def test_accelerate_launch_module_with_an_accelerate_config_file(tmp_path, tiny_
     assert summary["world_size"] == 2
 
 
+def sft_fails_before_training(tmp_path, model, data, **settings) -> str:
+    """`trl-causal train` of `sft` with these settings: asserts that it exits 2 with no traceback, having written
+    neither the run summary nor a model; returns its stderr."""
+    out = tmp_path / "out"
+    config = {"trainer": "sft", **base_config(model, data, out, **settings)}
+    result = run_cli("train", "--config", str(write_config(tmp_path / "cfg.yaml", config)))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (out / SUMMARY_FILE).exists() and not (out / "model.safetensors").exists()
+    return result.stderr
+
+
 def test_cpu_flag_with_two_processes_fails_instead_of_training_one(tmp_path, tiny_model, sft_data):
     """accelerate's `cpu` flag starts one process whatever num_processes says (`accelerate launch --cpu
     --num_processes 2`): the run stops before training and says how to get DDP on CPUs."""
-    config = base_config(tiny_model, sft_data, tmp_path / "out", num_processes=2, cpu=True, main_process_port=29559)
-    result = run_cli("train", "--config", str(write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **config})))
-    assert result.returncode == 2
-    assert "num_processes 2 was asked for, but accelerate started 1 process(es)" in result.stderr
-    assert "set `multi_gpu: true` and `use_cpu: true`" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "out" / SUMMARY_FILE).exists()
+    stderr = sft_fails_before_training(tmp_path, tiny_model, sft_data, num_processes=2, cpu=True, main_process_port=29559)
+    assert "num_processes 2 was asked for, but accelerate started 1 process(es)" in stderr
+    assert "set `multi_gpu: true` and `use_cpu: true`" in stderr
 
 
 FSDP_ACCELERATE_CONFIG = {
@@ -65,14 +74,12 @@ def test_fsdp_config_without_cuda_fails_instead_of_each_process_training_alone(t
     size 1): every one would train on all the rows and write the same output_dir. The run stops before training,
     says why and what to launch instead, and the launcher adds one line, not its traceback."""
     accelerate_config = write_config(tmp_path / "fsdp.yaml", FSDP_ACCELERATE_CONFIG)
-    out = tmp_path / "out"
-    config = base_config(tiny_model, sft_data, out, use_cpu=False, accelerate_config=str(accelerate_config), main_process_port=29557)
-    result = run_cli("train", "--config", str(write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **config})))
-    assert result.returncode == 2
-    assert "the launcher started 2 processes but accelerate set up 1 to train together" in result.stderr
-    assert "FSDP needs CUDA devices" in result.stderr and "Traceback" not in result.stderr
-    assert "training process(es) failed (exit code" in result.stderr  # the launcher's one line
-    assert not (out / SUMMARY_FILE).exists() and not (out / "model.safetensors").exists()
+    stderr = sft_fails_before_training(
+        tmp_path, tiny_model, sft_data, use_cpu=False, accelerate_config=str(accelerate_config), main_process_port=29557
+    )
+    assert "the launcher started 2 processes but accelerate set up 1 to train together" in stderr
+    assert "FSDP needs CUDA devices" in stderr
+    assert "training process(es) failed (exit code" in stderr  # the launcher's one line
 
 
 ZERO3 = {"accelerate_config": str(REPO / "example_configs" / "accelerate" / "deepspeed_zero3.yaml"), "mixed_precision": "no"}
