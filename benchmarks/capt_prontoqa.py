@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/capt_prontoqa.py --steps 40                          # the run (3 seeds)
     .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run
     .venv/bin/python benchmarks/capt_prontoqa.py --target reasoning                  # -> capt_prontoqa_reasoning.json
+    .venv/bin/python benchmarks/capt_prontoqa.py --hops 1                            # one-hop problems -> capt_prontoqa_hops1.json
 
 Model: the embedded SmolLM2-135M-Instruct with LoRA. Both methods train from the same YAML
 (example_configs/capt.yaml; only `trainer` differs) on 100 generated in-distribution rows, for the
@@ -46,15 +47,16 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the YAML's")
     parser.add_argument("--target", choices=["answer", "reasoning"], default="answer")
     parser.add_argument("--max_new_tokens", type=int, default=96, help="generation budget for --target reasoning")
+    parser.add_argument("--hops", type=int, nargs="+", default=[1, 2, 3], help="rule applications per problem, cycled over the rows of every split")
     args = parser.parse_args()
 
-    evaluation = {split: to_chat_rows(generate_prontoqa(args.eval_rows, split, hops=[1, 2, 3], seed=10_000)) for split in SPLITS}
+    evaluation = {split: to_chat_rows(generate_prontoqa(args.eval_rows, split, hops=args.hops, seed=10_000)) for split in SPLITS}
     per_seed: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SPLITS} for m in METHODS}
     unparsed: dict[str, dict[str, list[int]]] = {m: {s: [] for s in SPLITS} for m in METHODS}
     mode = "score" if args.target == "answer" else "generate"
     step_seconds: dict[str, list[float]] = {m: [] for m in METHODS}
     for seed in args.seeds:
-        train = Dataset.from_list(to_chat_rows(generate_prontoqa(args.train_rows, "id", hops=[1, 2, 3], seed=seed, target=args.target)))
+        train = Dataset.from_list(to_chat_rows(generate_prontoqa(args.train_rows, "id", hops=args.hops, seed=seed, target=args.target)))
         for method in METHODS:
             with tempfile.TemporaryDirectory() as output_dir:
                 overrides = ["--trainer", method, "--seed", str(seed), "--max_steps", str(args.steps), "--output_dir", output_dir]
@@ -89,6 +91,7 @@ def main() -> None:
         "target_style": "answer-only (True/False), scored by log-likelihood"
         if args.target == "answer"
         else f"reasoning (chain of claims, then Answer: True/False), greedy generation of <= {args.max_new_tokens} tokens, parsed",
+        "hops": args.hops,
         "train_rows": args.train_rows,
         "eval_rows_per_split": args.eval_rows,
         "steps": args.steps,
@@ -101,7 +104,10 @@ def main() -> None:
         "step_time_ratio": targets["step_time_ratio"]["measured"],
         "targets": targets,
     }
-    path = write_results("capt_prontoqa" if args.target == "answer" else "capt_prontoqa_reasoning", results)
+    name = "capt_prontoqa" if args.target == "answer" else "capt_prontoqa_reasoning"
+    if args.hops != [1, 2, 3]:
+        name += "_hops" + "".join(map(str, args.hops))
+    path = write_results(name, results)
     plot(results, path.with_suffix(".png"))
 
     print(f"\n{'method':<8}" + "".join(f"{s:>16}" for s in SPLITS) + f"{'step s':>10}")
