@@ -76,6 +76,31 @@ def test_broken_plugin_warns_with_its_distribution_and_breaks_nothing_else(tmp_p
         manager.get_trainer("broken_trainer")
 
 
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("from trl_causal.hookspecs import hookimpl\n@hookimpl\ndef register_trainer(register):\n    pass\n",
+         r"hook 'register_trainer', which trl_causal does not define \(its hooks: register_event_estimators, register_trainers\)"),
+        ("from trl_causal.hookspecs import hookimpl\n@hookimpl\ndef register_trainers(register, extra):\n    pass\n",
+         r"PluginValidationError.*extra"),
+        ("from trl_causal.hookspecs import hookimpl\n@hookimpl\ndef register_trainers(register):\n"
+         "    register('half', trainer='trl:SFTTrainer')\n",
+         r"register_trainers: TypeError: .*config"),
+        (REGISTERS_TRAINER.replace('kind="sft"', 'kind="dpo"').format(name="half", trainer="trl:SFTTrainer"),
+         r"register_trainers: RegistryError: .*kind 'dpo'"),
+    ],
+    ids=["unknown-hook", "bad-signature", "register-without-config", "unknown-kind"],
+)
+def test_plugin_with_a_broken_hook_warns_and_breaks_nothing_else(request, tmp_path, monkeypatch, source, problem):
+    module = "half_plugin_" + request.node.callspec.id.replace("-", "_")  # one module per case: imports are cached
+    install(tmp_path, monkeypatch, "half-plugin", module, source)
+    with pytest.warns(UserWarning, match=rf"(?s)'{module}' from distribution 'half-plugin' failed to load: .*{problem}"):
+        manager = PluginManager()
+    assert {"sft", "capt"} <= {spec.name for spec in manager.trainers} and "half" not in manager.trainers
+    with pytest.raises(RegistryError, match="half-plugin"):
+        manager.get_trainer("half")
+
+
 def test_two_providers_of_one_name_is_an_error_naming_both(tmp_path, monkeypatch):
     install(tmp_path, monkeypatch, "clash-plugin", "clash_plugin_mod", REGISTERS_TRAINER.format(name="sft", trainer="trl:SFTTrainer"))
     with pytest.raises(RegistryError, match=r"'sft'.*'trl-causal'.*'clash-plugin'"):

@@ -142,7 +142,7 @@ class PluginManager:
         self.distributions: dict[str, str] = {}  # plugin name -> distribution
         self.failures: list[PluginFailure] = []
         self._load_entry_points(autoload)
-        self.pm.check_pending()
+        self._unload_unknown_hooks()
         self.trainers = self._collect_trainers()
         self.event_estimators = self._collect_event_estimators()
 
@@ -154,17 +154,10 @@ class PluginManager:
             if self.pm.get_plugin(entry_point.name) is not None:
                 continue
             try:
-                plugin = entry_point.load()
+                self.pm.register(entry_point.load(), name=entry_point.name)  # register checks the hooks' signatures
             except Exception as error:  # a broken plugin must not break the others
-                failure = PluginFailure(distribution, entry_point.name, f"{type(error).__name__}: {error}")
-                self.failures.append(failure)
-                warnings.warn(
-                    f"trl_causal plugin {entry_point.name!r} from distribution {distribution!r} failed to load: "
-                    f"{failure.error}",
-                    stacklevel=2,
-                )
+                self._fail(distribution, entry_point.name, f"{type(error).__name__}: {error}")
                 continue
-            self.pm.register(plugin, name=entry_point.name)
             self.distributions[entry_point.name] = distribution
         if self.pm.get_plugin("builtin") is None:  # running from a source tree without installed metadata
             from . import builtin
@@ -172,16 +165,47 @@ class PluginManager:
             self.pm.register(builtin, name="builtin")
             self.distributions["builtin"] = OWN_DISTRIBUTION
 
+    def _fail(self, distribution: str, plugin_name: str, error: str) -> None:
+        """Record and warn about a plugin that could not be loaded; the others go on."""
+        self.failures.append(PluginFailure(distribution, plugin_name, error))
+        warnings.warn(
+            f"trl_causal plugin {plugin_name!r} from distribution {distribution!r} failed to load: {error}", stacklevel=3
+        )
+
+    def _unload_unknown_hooks(self) -> None:
+        """pluggy's ``check_pending`` per plugin: a plugin implementing a hook trl_causal does not define (a typo such
+        as ``register_trainer``) is unloaded and recorded as failed, instead of failing every command."""
+        known = [name for name in dir(hookspecs) if name.startswith("register_")]
+        for hook_name, caller in list(vars(self.pm.hook).items()):
+            if not isinstance(caller, pluggy.HookCaller) or caller.spec is not None:
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.optionalhook or self.pm.get_plugin(impl.plugin_name) is None:  # None: unloaded for another hook
+                    continue
+                self._fail(
+                    self.distributions.pop(impl.plugin_name, "<unknown>"),
+                    impl.plugin_name,
+                    f"it implements the hook {hook_name!r}, which trl_causal does not define (its hooks: {', '.join(known)})",
+                )
+                self.pm.unregister(name=impl.plugin_name)
+
     def _call_registrar(self, hook_name: str, make_entry) -> Registry:
         registry = Registry(hook_name.removeprefix("register_").rstrip("s").replace("_", " "))
         hook = getattr(self.pm.hook, hook_name)
         for impl in reversed(hook.get_hookimpls()):  # registration order
-            distribution = self.distributions.get(self.pm.get_name(impl.plugin), "<unknown>")
+            distribution = self.distributions.get(impl.plugin_name, "<unknown>")
+            entries: list[Registered] = []
 
             def register(name: str, **kwargs: Any) -> None:
-                registry.add(make_entry(name, distribution, **kwargs))
+                entries.append(make_entry(name, distribution, **kwargs))
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except Exception as error:  # e.g. register() without config=, or an unknown kind: only this plugin is lost
+                self._fail(distribution, impl.plugin_name, f"{hook_name}: {type(error).__name__}: {error}")
+                continue
+            for entry in entries:  # two plugins providing one name stays an error that names both
+                registry.add(entry)
         return registry
 
     def _collect_trainers(self) -> Registry:
