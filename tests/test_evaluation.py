@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import base_config, write_config, write_jsonl
@@ -150,3 +152,64 @@ def test_macro_f1_averages_the_per_class_f1():
     assert macro_f1(["pos", "pos", "pos", "pos"], gold) == pytest.approx((6 / 7 + 0.0) / 2)
     assert macro_f1(["pos", "neg", None, "neg"], gold) == pytest.approx((2 / 4 + 2 / 3) / 2)
     assert accuracy_report(gold, gold) == {"accuracy": 1.0, "macro_f1": 1.0, "n": 4, "unparsed": 0}
+
+
+def test_parse_answer_takes_answers_that_start_or_end_with_punctuation():
+    assert parse_answer("(A) looks right, but the answer is (B).", ["(A)", "(B)"]) == "(B)"
+    assert parse_answer("<answer>-1</answer>", ["-1", "1"]) == "-1"
+    assert parse_answer("see max(A)", ["(A)", "(B)"]) is None  # glued to a word: not the answer
+
+
+def eval_config(tiny_model, tmp_path, rows: list[dict], **config) -> tuple[str, str]:
+    """A config whose `test` split holds ``rows``, and a checkpoint (the tiny model) it evaluates."""
+    data = tmp_path / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "test.jsonl", rows)
+    checkpoint = tmp_path / "checkpoint"
+    if not checkpoint.exists():
+        shutil.copytree(tiny_model, checkpoint)
+    settings = {"trainer": "sft", **base_config(tiny_model, data, checkpoint), **config}
+    return str(write_config(tmp_path / "cfg.yaml", settings)), str(checkpoint)
+
+
+def eval_splits(config: str, split: str = "test", file: str = "", *args: str) -> dict:
+    """The report of `trl-causal eval` on one split (of the config's dataset, or ``file``)."""
+    output = Path(config).parent / "eval.json"
+    split_arg = f"{split}={file}" if file else split
+    assert cli.main(["eval", "--config", config, "--split", split_arg, "--output", str(output), *args]) == 0
+    return json.loads(output.read_text())["results"]["sft"]["splits"][split]
+
+
+CHAT_ROWS = [{"prompt": [{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str) else row["prompt"],
+              "answer": row["answer"]} for row in ROWS]
+
+
+def test_eval_reads_messages_rows_and_a_named_prompt_column_like_prompt_rows(tiny_model, tmp_path, capsys):
+    expected = eval_splits(eval_config(tiny_model, tmp_path / "prompt", CHAT_ROWS)[0])
+    messages = [{"messages": row["prompt"] + [{"role": "assistant", "content": row["answer"]}], "answer": row["answer"]} for row in CHAT_ROWS]
+    assert eval_splits(eval_config(tiny_model, tmp_path / "messages", messages)[0]) == expected
+    questions = [{"question": row["prompt"], "answer": row["answer"]} for row in CHAT_ROWS]
+    config = eval_config(tiny_model, tmp_path / "question", questions)[0]
+    assert eval_splits(config, "test", "", "--prompt_column", "question") == expected
+    assert cli.main(["eval", "--config", config, "--split", "test"]) == 2
+    assert "Row 0 has no prompt column 'prompt' and no `messages`; it has: answer, question. Name the prompt column with --prompt_column." in capsys.readouterr().err
+
+
+def test_eval_of_a_reward_checkpoint_says_why_before_reading_data(tiny_model, tmp_path, capsys):
+    config, checkpoint = eval_config(tiny_model, tmp_path, [{"chosen": "a", "rejected": "b"}], trainer="reward")
+    assert cli.main(["eval", "--config", config]) == 2
+    error = capsys.readouterr().err
+    assert f"{checkpoint} was trained by 'reward', a reward trainer" in error and "AutoModelForSequenceClassification" in error
+
+
+def test_eval_of_a_dataset_mixture_asks_for_split_files(tiny_model, tmp_path, capsys):
+    config, _ = eval_config(tiny_model, tmp_path, ROWS)
+    settings = yaml.safe_load(Path(config).read_text())
+    data = settings.pop("dataset_name")
+    settings["datasets"] = [{"path": "json", "data_files": f"{data}/train.jsonl"}]
+    write_config(Path(config), settings)
+    assert cli.main(["eval", "--config", config]) == 2
+    error = capsys.readouterr().err
+    assert "`datasets:` (a mixture)" in error and "--split NAME=FILE" in error
+    assert eval_splits(config, "test", f"{data}/test.jsonl")["n"] == len(ROWS)

@@ -85,10 +85,23 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     from .data import load_any_dataset
 
     name, _, path = split.partition("=")
-    dataset = load_any_dataset(path) if path else load_any_dataset(run.script_args.dataset_name, run.script_args.dataset_config)
-    key = "train" if path else name
-    if key not in dataset:
-        raise TrlCausalError(f"Dataset {run.script_args.dataset_name!r} has no split {key!r}; it has: {', '.join(dataset)}. Or pass --split NAME=FILE.")
+    if path:  # a file is its own `train` split; a saved DatasetDict may hold NAME
+        dataset = load_any_dataset(path)
+        key = name if name in dataset else "train"
+        if key not in dataset:
+            raise TrlCausalError(f"{path} has no split {name!r} (nor 'train'); it has: {', '.join(dataset)}.")
+    else:
+        if not run.script_args.dataset_name:
+            raise TrlCausalError(
+                "The config takes its data from `datasets:` (a mixture), not one `dataset_name`, so there is no split "
+                f"{name!r} to read; pass the evaluation data as --split NAME=FILE."
+            )
+        dataset, key = load_any_dataset(run.script_args.dataset_name, run.script_args.dataset_config), name
+        if key not in dataset:
+            raise TrlCausalError(
+                f"Dataset {run.script_args.dataset_name!r} has no split {key!r}; it has: {', '.join(dataset)}. "
+                "Name one of those, or pass --split NAME=FILE."
+            )
     rows = dataset[key]
     if max_rows:
         rows = rows.select(range(min(max_rows, len(rows))))
@@ -111,21 +124,30 @@ def _command_eval(args: argparse.Namespace) -> int:
 
     from .configuration import parse_run_config
     from .evaluation import accuracy_report, build_predictor, gold_answers, load_checkpoint
+    from .plugins import get_plugin_manager
 
     run = parse_run_config([], args.config)
+    checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
+    trainer_names = [_checkpoint_trainer(checkpoint, run.trainer.name) for checkpoint in checkpoints]
+    for checkpoint, trainer_name in zip(checkpoints, trainer_names):
+        if get_plugin_manager().get_trainer(trainer_name).kind == "reward":
+            raise TrlCausalError(
+                f"{checkpoint} was trained by {trainer_name!r}, a reward trainer: its model gives one score per text, "
+                "not an answer to a prompt, so it has no accuracy to report here. Load it with "
+                "AutoModelForSequenceClassification (as TRL's GRPO, RLOO and PPO trainers do) to score texts; "
+                "`trl-causal eval` evaluates the answers of sft-kind trainers (sft, capt, latent_shift, ...)."
+            )
     splits = [_eval_rows(run, split, args.max_rows) for split in (args.split or [run.script_args.dataset_test_split])]
     gold = {name: gold_answers(rows, args.answer_column, name) for name, rows in splits}
     answers = args.answers.split(",") if args.answers else sorted({a for values in gold.values() for a in values})
-    checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
     results = {}
-    for checkpoint in checkpoints:
-        trainer_name = _checkpoint_trainer(checkpoint, run.trainer.name)
+    for checkpoint, trainer_name in zip(checkpoints, trainer_names):
         checkpoint_run = run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
-        model, tokenizer = load_checkpoint(checkpoint, checkpoint_run.trainer.kind)
+        model, tokenizer = load_checkpoint(checkpoint)
         predictor = build_predictor(
             checkpoint_run.trainer.trainer_class, checkpoint_run.training_args, model, tokenizer, answers, args.mode, checkpoint
         )
-        predictor.batch_size = args.batch_size
+        predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
         seen = any(result["trainer"] == trainer_name for result in results.values())
         label = f"{trainer_name}:{Path(checkpoint).name}" if seen else trainer_name
         # A predictor with `predict_both` (latent_shift) gives its own prediction and the plain LM head's side by side.
@@ -174,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", action="append", metavar="NAME[=FILE]", help="split of the config's dataset, or NAME=FILE (repeatable; default: dataset_test_split)")
     evaluate.add_argument("--answers", help="comma-separated answer set (default: the distinct gold answers)")
     evaluate.add_argument("--answer_column", default="answer", help="column with the gold answer (default: answer)")
+    evaluate.add_argument(
+        "--prompt_column", default="prompt", help="column with the prompt (default: prompt, else a `messages` row's turns before the answer)"
+    )
     evaluate.add_argument("--mode", choices=("score", "generate"), default="score", help="score the answer set by log-likelihood, or generate and parse")
     evaluate.add_argument("--max_rows", type=int, help="evaluate at most this many rows per split")
     evaluate.add_argument("--batch_size", type=int, default=16)

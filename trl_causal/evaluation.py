@@ -24,7 +24,8 @@ def parse_answer(text: str, answers: Sequence[str]) -> str | None:
     tagged = re.findall(r"<answer>\s*(.*?)\s*</answer>", text, flags=re.IGNORECASE | re.DOTALL)
     if tagged:
         text = tagged[-1]
-    pattern = r"\b(" + "|".join(re.escape(a) for a in sorted(answers, key=len, reverse=True)) + r")\b"
+    # Whole words: no word character on either side (\b would need one at each end of the answer, e.g. not "(A)").
+    pattern = r"(?<!\w)(" + "|".join(re.escape(a) for a in sorted(answers, key=len, reverse=True)) + r")(?!\w)"
     found = re.findall(pattern, text, flags=re.IGNORECASE)
     if not found:
         return None
@@ -69,9 +70,27 @@ class LMPredictor:
         self.prompt_column = prompt_column
         self.answer_prefix = answer_prefix
 
+    def row_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
+        """Each row's prompt as the data holds it: its ``prompt_column``, or, in a conversational ``messages`` row, the
+        messages before the final assistant answer (all of them when the last is not the assistant's)."""
+        prompts = []
+        for index, row in enumerate(rows):
+            if row.get(self.prompt_column) is not None:
+                prompts.append(row[self.prompt_column])
+            elif self.prompt_column == "prompt" and row.get("messages"):
+                messages = row["messages"]
+                prompts.append(messages[:-1] if messages[-1].get("role") == "assistant" else messages)
+            else:
+                raise DataError(
+                    f"Row {index} has no prompt column {self.prompt_column!r}"
+                    + (" and no `messages`" if self.prompt_column == "prompt" else "")
+                    + f"; it has: {', '.join(sorted(row))}. Name the prompt column with --prompt_column."
+                )
+        return prompts
+
     def prepare_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
         """The prompts to decode from; subclasses rewrite them here."""
-        return [row[self.prompt_column] for row in rows]
+        return self.row_prompts(rows)
 
     def answer_prefixes(self, rows: Sequence[dict[str, Any]]) -> list[str]:
         """Per row, the text training puts between a plain-text prompt and the answer: ``answer_prefix`` if set, else
@@ -208,14 +227,15 @@ def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
     return length
 
 
-def load_checkpoint(checkpoint: str | Path, kind: str = "sft"):
-    """Model (in eval mode) and tokenizer from a full checkpoint or a PEFT adapter directory."""
+def load_checkpoint(checkpoint: str | Path):
+    """Model (in eval mode, on the GPU when there is one) and tokenizer from a full checkpoint or a PEFT adapter directory."""
+    import torch
     import transformers
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise ConfigError(f"Checkpoint directory not found: {checkpoint}. Train first, or pass --checkpoint DIR.")
-    auto = transformers.AutoModelForSequenceClassification if kind == "reward" else transformers.AutoModelForCausalLM
+    auto = transformers.AutoModelForCausalLM
     if (checkpoint / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -223,6 +243,8 @@ def load_checkpoint(checkpoint: str | Path, kind: str = "sft"):
         model = PeftModel.from_pretrained(auto.from_pretrained(base), str(checkpoint))
     else:
         model = auto.from_pretrained(str(checkpoint))
+    if torch.cuda.is_available():
+        model.to("cuda")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

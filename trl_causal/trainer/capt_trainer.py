@@ -416,7 +416,7 @@ class CAPTPredictor(LMPredictor):
 
     def prepare_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
         """Each row's prompt, in its own format, with its events (estimated on the prompt alone) replaced by symbols."""
-        prompts = [row[self.prompt_column] for row in rows]
+        prompts = self.row_prompts(rows)
         estimated = estimate_rows(
             self.estimator,
             ({**row, "prompt": part_text(prompt)} for row, prompt in zip(rows, prompts)),
