@@ -213,3 +213,14 @@ def test_eval_of_a_dataset_mixture_asks_for_split_files(tiny_model, tmp_path, ca
     error = capsys.readouterr().err
     assert "`datasets:` (a mixture)" in error and "--split NAME=FILE" in error
     assert eval_splits(config, "test", f"{data}/test.jsonl")["n"] == len(ROWS)
+
+
+def test_eval_split_file_may_be_a_saved_dataset_holding_that_split(tiny_model, tmp_path, capsys):
+    from datasets import Dataset, DatasetDict
+
+    config, _ = eval_config(tiny_model, tmp_path, CHAT_ROWS)
+    saved = tmp_path / "saved"
+    DatasetDict({"validation": Dataset.from_list(CHAT_ROWS)}).save_to_disk(str(saved))
+    assert eval_splits(config, "validation", str(saved))["n"] == len(CHAT_ROWS)
+    assert cli.main(["eval", "--config", config, "--split", f"test={saved}"]) == 2
+    assert f"{saved} has no split 'test' (nor 'train'); it has: validation." in capsys.readouterr().err
