@@ -74,3 +74,25 @@ def test_keys_of_another_trainer_are_set_aside_so_one_yaml_serves_both(tmp_path,
     assert "ignoring 'weight_column'" in capsys.readouterr().err
     weighted = parse_run_config(["--trainer", "weighted_sft"], str(config))
     assert weighted.training_args.weight_column == "w"
+
+
+class TakesWhatItNames:
+    def __init__(self, model, args=None, train_dataset=None, eval_dataset=None):
+        pass
+
+
+class TakesAnything:
+    def __init__(self, model, **trainer_kwargs):
+        pass
+
+
+def test_a_trainer_gets_the_arguments_it_takes_and_never_silently_loses_peft():
+    from trl_causal.errors import TrlCausalError
+    from trl_causal.train import accepted_kwargs
+
+    kwargs = {"model": "m", "args": "a", "train_dataset": [1], "eval_dataset": None, "peft_config": None, "quantization_config": None}
+    assert accepted_kwargs("plain", TakesWhatItNames, kwargs) == {k: kwargs[k] for k in ("model", "args", "train_dataset", "eval_dataset")}
+    with_peft = {**kwargs, "peft_config": "lora"}
+    assert accepted_kwargs("open", TakesAnything, with_peft) == with_peft  # **trainer_kwargs takes everything
+    with pytest.raises(TrlCausalError, match=r"Trainer 'plain' \(.*TakesWhatItNames\) takes no 'peft_config' \(from use_peft and the lora_\* keys\)"):
+        accepted_kwargs("plain", TakesWhatItNames, with_peft)

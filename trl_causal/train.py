@@ -37,8 +37,6 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
     if getattr(training_args, "model_init_kwargs", None):
         model_init_kwargs.update(training_args.model_init_kwargs)
     training_args.model_init_kwargs = model_init_kwargs
-    trainer_cls = run.trainer.trainer_class
-    accepted = inspect.signature(trainer_cls.__init__).parameters
     kwargs = dict(
         model=resolve_model_name_or_path(model_args.model_name_or_path),
         args=training_args,
@@ -47,7 +45,24 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    return trainer_cls(**{k: v for k, v in kwargs.items() if k in accepted or "kwargs" in accepted})
+    return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
+
+
+def accepted_kwargs(name: str, trainer_cls, kwargs: dict) -> dict:
+    """The ``kwargs`` that ``trainer_cls.__init__`` takes (all of them if it has ``**kwargs``). A set one it does not take
+    is an error: dropping ``peft_config`` would quietly turn ``use_peft: true`` into a full fine-tune."""
+    parameters = inspect.signature(trainer_cls.__init__).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return kwargs
+    refused = [key for key, value in kwargs.items() if value is not None and key not in parameters]
+    if refused:
+        settings = {"peft_config": "use_peft and the lora_* keys", "quantization_config": "load_in_4bit / load_in_8bit"}
+        raise TrlCausalError(
+            f"Trainer {name!r} ({trainer_cls.__module__}.{trainer_cls.__qualname__}) takes no "
+            + ", ".join(f"{key!r}" + (f" (from {settings[key]})" if key in settings else "") for key in refused)
+            + "; remove those settings from the config, or let the trainer's __init__ take them."
+        )
+    return {key: value for key, value in kwargs.items() if key in parameters}
 
 
 def required_columns(run: RunConfig) -> tuple[str, ...]:
@@ -70,8 +85,10 @@ def distributed_setup(accelerator) -> str:
     return f"{setup} ZeRO-{plugin.zero_stage}" if plugin is not None else setup
 
 
-def check_world_size(accelerator, output_dir: str) -> None:
-    """Fail before training when the processes would not train together as asked.
+def check_world_size(num_processes: int, setup: str, output_dir: str) -> None:
+    """Fail before the trainer is built (and before any event estimation or feature pass) when the processes would
+    not train together as asked. ``num_processes``: how many accelerate set up to train together; ``setup``: its
+    distributed_type.
 
     - ``trl-causal train`` asked for ``num_processes`` N > 1 but the launcher started one process: accelerate's
       ``cpu`` flag does that whatever ``num_processes`` says, as does ``num_processes`` without ``multi_gpu`` on a
@@ -82,16 +99,15 @@ def check_world_size(accelerator, output_dir: str) -> None:
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     requested = int(os.environ.get(REQUESTED_PROCESSES_ENV, launched))
-    setup = distributed_setup(accelerator)
     if requested != launched:
         raise TrlCausalError(
             f"num_processes {requested} was asked for, but accelerate started {launched} process(es) "
             f"(distributed_type {setup}). For DDP on CPUs set `multi_gpu: true` and `use_cpu: true` in the YAML; "
             "accelerate's `cpu: true` (`--cpu`) starts one process whatever num_processes says."
         )
-    if launched != accelerator.num_processes:
+    if launched != num_processes:
         raise TrlCausalError(
-            f"the launcher started {launched} processes but accelerate set up {accelerator.num_processes} to train "
+            f"the launcher started {launched} processes but accelerate set up {num_processes} to train "
             f"together (distributed_type {setup}), so each would train alone and all would write {output_dir}. "
             "Without CUDA devices set `use_cpu: true` in the YAML and launch DDP (`multi_gpu: true`, as "
             "example_configs/accelerate/ddp.yaml does) or DeepSpeed (example_configs/accelerate/deepspeed_zero3.yaml); "
@@ -111,8 +127,10 @@ def main(run: RunConfig) -> dict:
     if eval_dataset is not None:
         check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split", text_columns)
 
+    training_args.device  # sets up the distributed state that the trainer will use
+    state = training_args.distributed_state
+    check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
     trainer = build_trainer(run, train_dataset, eval_dataset)
-    check_world_size(trainer.accelerator, training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     summary = {
