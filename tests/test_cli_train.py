@@ -96,3 +96,15 @@ def test_a_trainer_gets_the_arguments_it_takes_and_never_silently_loses_peft():
     assert accepted_kwargs("open", TakesAnything, with_peft) == with_peft  # **trainer_kwargs takes everything
     with pytest.raises(TrlCausalError, match=r"Trainer 'plain' \(.*TakesWhatItNames\) takes no 'peft_config' \(from use_peft and the lora_\* keys\)"):
         accepted_kwargs("plain", TakesWhatItNames, with_peft)
+
+
+def test_yaml_scalars_mean_what_they_say_for_accelerate_values_and_list_fields(tmp_path, tiny_model):
+    from trl_causal.configuration import parse_run_config
+
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "deconfounded_reward", **base_config(tiny_model, tmp_path, tmp_path / "out")})
+    # Unquoted `no` is YAML's false; a bare number where a list of layers is expected.
+    config.write_text(config.read_text() + "mixed_precision: no\nfeature_layers: -1\nnumeric_confounders: [c]\n")
+    run = parse_run_config([], str(config))
+    at = run.launch_args.index("--mixed_precision")
+    assert run.launch_args[at + 1] == "no"
+    assert run.training_args.feature_layers == [-1]

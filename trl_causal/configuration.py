@@ -146,6 +146,23 @@ def _enum_values(annotation: Any) -> list[Any]:
     return []
 
 
+def _is_list_type(annotation: Any) -> bool:
+    """``list[...]``, ``list``, or an optional one."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list_type(arg) for arg in typing.get_args(annotation))
+    return annotation is list or typing.get_origin(annotation) is list
+
+
+def _numbers_as_lists(values: dict[str, Any], field_types: dict[str, Any]) -> dict[str, Any]:
+    """A number where a list is expected (``feature_layers: -1``) is a list of one, as ``--feature_layers -1`` is."""
+    return {
+        key: [value]
+        if key in field_types and _is_list_type(field_types[key]) and isinstance(value, (int, float)) and not isinstance(value, bool)
+        else value
+        for key, value in values.items()
+    }
+
+
 def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], source: str) -> None:
     for key, value in values.items():
         annotation = field_types[key]
@@ -210,10 +227,20 @@ def _cli_pairs(argv: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def _launch_arg(key: str, value: Any) -> list[str]:
-    if value is True:
-        return [f"--{key}"]
-    if value is False or value is None:
+    """``accelerate launch`` arguments for one YAML setting. A flag (``multi_gpu: true``) is given or left out; a
+    setting that takes a value gets it, where YAML's booleans mean the value's words: ``mixed_precision: no`` (unquoted,
+    which YAML reads as false) is ``--mixed_precision no``."""
+    from accelerate.commands.launch import launch_command_parser
+
+    action = next((a for a in launch_command_parser()._actions if a.dest == key), None)
+    is_flag = action.nargs == 0 if action is not None else isinstance(value, bool)
+    if is_flag:
+        return [f"--{key}"] if value else []
+    if value is None:
         return []
+    if isinstance(value, bool):
+        words = ("yes", "no") if "no" in (action.choices or ()) else ("true", "false")
+        value = words[0] if value else words[1]
     return [f"--{key}", str(value)]
 
 
@@ -270,6 +297,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     for key, _ in cli:
         if key not in known and key != "help":
             raise _unknown_key_error(key, "the command line", spec, known)
+    yaml_values = _numbers_as_lists(yaml_values, field_types)
     _check_value_types({k: v for k, v in yaml_values.items() if k in field_types}, field_types, source)
 
     launch_args: list[str] = []
