@@ -45,3 +45,13 @@ def test_unsupported_suffix(tmp_path):
 def test_extra_required_columns_are_named(tmp_path):
     with pytest.raises(DataError, match=r"lacks the columns this trainer needs: environment\. It has: completion, prompt"):
         check_columns(Dataset.from_list(ROWS), "sft", ("environment",))
+
+
+def test_columns_of_a_streamed_csv_are_read_from_its_first_row(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("prompt,completion\nIs it?,Yes\n")
+    streamed = load_any_dataset(str(path), streaming=True)["train"]
+    assert streamed.column_names is None  # the CSV builder knows no features up front
+    check_columns(streamed, "sft")
+    with pytest.raises(DataError, match=r"lacks the columns this trainer needs: environment\. It has: completion, prompt"):
+        check_columns(streamed, "sft", ("environment",))

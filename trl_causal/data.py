@@ -74,7 +74,8 @@ def check_columns(
 
     One of ``column_sets`` (default: the text columns of the trainer's kind) must be present, and all of ``required``.
     """
-    columns = set(dataset.column_names or [])
+    names = dataset.column_names  # None for a streamed dataset whose builder knows no features (CSV): read a row
+    columns = set(names) if names is not None else set(next(iter(dataset), {}))
     missing = [c for c in required if c not in columns]
     candidates = column_sets if column_sets is not None else KIND_COLUMN_SETS[kind]
     if not any(set(option) <= columns for option in candidates):

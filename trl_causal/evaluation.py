@@ -33,6 +33,11 @@ def parse_answer(text: str, answers: Sequence[str]) -> str | None:
     return by_lower[found[-1].lower()]
 
 
+def answer_prefix(completion: str | list[dict[str, Any]] | None) -> str:
+    """What precedes the answer in a completion: the leading whitespace of a string, nothing in a message list."""
+    return completion[: len(completion) - len(completion.lstrip())] if isinstance(completion, str) else ""
+
+
 class LMPredictor:
     """Predicts one of ``answers`` per row with a causal LM.
 
@@ -97,11 +102,7 @@ class LMPredictor:
         the leading whitespace of the row's string ``completion`` ("" without one)."""
         if self.answer_prefix is not None:
             return [self.answer_prefix] * len(rows)
-        prefixes = []
-        for row in rows:
-            completion = row.get("completion")
-            prefixes.append(completion[: len(completion) - len(completion.lstrip())] if isinstance(completion, str) else "")
-        return prefixes
+        return [answer_prefix(row.get("completion")) for row in rows]
 
     def answer_tokens(self, prompt: Prompt, prefix: str = "") -> list[tuple[list[int], list[int]]]:
         """Per answer, (context ids, answer ids) as TRL tokenizes a prompt/completion row for training: the prompt alone

@@ -34,7 +34,8 @@ class CAPTConfig(SFTConfig):
         metadata={
             "help": "Registered event estimator that turns each row into a template with placeholders: 'prontoqa' "
             "(PrOntoQA sentences), 'vocabulary' (terms from a list, a file or a regex), 'template' (the row already "
-            "holds placeholders and a name table), 'cladder' (CLadder causal variables), or one a plugin registers."
+            "holds placeholders and a name table), 'cladder' (CLadder causal variables), 'llm' (a local causal LM or an "
+            "OpenAI-compatible endpoint, set in event_estimator_kwargs), or one a plugin registers."
         },
     )
     event_estimator_kwargs: dict[str, Any] | str | None = field(

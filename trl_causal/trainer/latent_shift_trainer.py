@@ -33,7 +33,7 @@ from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ..errors import ConfigError, DataError
-from ..evaluation import LMPredictor
+from ..evaluation import LMPredictor, answer_prefix
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
 from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
@@ -86,11 +86,6 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
                 f"Row {row} of the {split} split has label {label!r} ({source}), which is not in the verbalizer "
                 f"(labels: {', '.join(map(repr, verbalizer))}). Add it to `verbalizer` or fix the row."
             )
-
-
-def answer_prefix(completion: str | list[dict[str, Any]]) -> str:
-    """What precedes the answer in a completion: the leading whitespace of a string, nothing in a message."""
-    return completion[: len(completion) - len(completion.lstrip())] if isinstance(completion, str) else ""
 
 
 def check_answer_tokens(tokenizer, verbalizer: dict[str, str], prefix: str = "") -> None:
