@@ -108,3 +108,19 @@ def test_yaml_scalars_mean_what_they_say_for_accelerate_values_and_list_fields(t
     at = run.launch_args.index("--mixed_precision")
     assert run.launch_args[at + 1] == "no"
     assert run.training_args.feature_layers == [-1]
+
+
+def test_resume_from_checkpoint_true_means_the_last_checkpoint_and_a_bad_one_fails_first(tmp_path):
+    from trl_causal.errors import TrlCausalError
+    from trl_causal.train import resume_checkpoint
+
+    for name in ("checkpoint-2", "checkpoint-10"):
+        (tmp_path / name).mkdir()
+    last = str(tmp_path / "checkpoint-10")
+    assert resume_checkpoint(True, str(tmp_path)) == resume_checkpoint("true", str(tmp_path)) == last  # YAML / command line
+    assert resume_checkpoint(None, str(tmp_path)) is resume_checkpoint("False", str(tmp_path)) is None
+    assert resume_checkpoint(str(tmp_path / "checkpoint-2"), str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    with pytest.raises(TrlCausalError, match=r"resume_from_checkpoint is true, but .*empty holds no checkpoint-N"):
+        resume_checkpoint("true", str(tmp_path / "empty"))
+    with pytest.raises(TrlCausalError, match=r"resume_from_checkpoint: .*checkpoint-3 is not a checkpoint directory"):
+        resume_checkpoint(str(tmp_path / "checkpoint-3"), str(tmp_path))

@@ -115,6 +115,28 @@ def check_world_size(num_processes: int, setup: str, output_dir: str) -> None:
         )
 
 
+def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint directory to resume from, checked before any model loads. ``true`` (also as the string that
+    ``--resume_from_checkpoint true`` gives) means the last ``checkpoint-N`` in ``output_dir``; ``false`` or unset: none."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if not value:
+        return None
+    if value is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise TrlCausalError(
+                f"resume_from_checkpoint is true, but {output_dir} holds no checkpoint-N directory to resume from; "
+                "name a checkpoint directory, or train without it (checkpoints are written every save_steps)."
+            )
+        return last
+    if not os.path.isdir(value):
+        raise TrlCausalError(f"resume_from_checkpoint: {value} is not a checkpoint directory (resolved to {os.path.abspath(value)}).")
+    return value
+
+
 def main(run: RunConfig) -> dict:
     """Load data, check it, train, save, and print a short summary; returns the summary.
     Under a distributed launch (WORLD_SIZE > 1) every rank exits the process here instead, once all have saved."""
@@ -127,11 +149,12 @@ def main(run: RunConfig) -> dict:
     if eval_dataset is not None:
         check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split", text_columns)
 
+    resume_from = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     training_args.device  # sets up the distributed state that the trainer will use
     state = training_args.distributed_state
     check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
     trainer = build_trainer(run, train_dataset, eval_dataset)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(training_args.output_dir)
     summary = {
         "trainer": run.trainer.name,
