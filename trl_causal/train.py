@@ -189,7 +189,11 @@ def main(run: RunConfig) -> dict:
 def _exit_before_teardown() -> None:
     """Leave the process before the trainer is released: every rank has passed the final barrier and saved.
     Tearing DDP's reducer down, which happens as soon as the trainer is released (when ``main`` returns), can
-    block forever in ProcessGroupGloo's destructor once a peer process has already exited (seen with torch 2.13)."""
+    block forever in ProcessGroupGloo's destructor once a peer process has already exited (seen with torch 2.13).
+    ``os._exit`` skips atexit hooks, so trackers that finish in one (wandb: its logged steps and summary) finish first."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
