@@ -112,6 +112,18 @@ def test_vocabulary_plurals(term, text):
     assert template.names == {"e1": term}
 
 
+def test_vocabulary_plurals_need_the_ending_a_plural_has():
+    # "rates" and "planes" are other words, not plurals of "rat" and "plan"; +es follows s, x, z, ch, sh or o.
+    text = "Infection rates among rats rose. The plan grounded all planes, and the foxes watched."
+    template = VocabularyEstimator(terms=["rat", "plan", "fox"]).estimate(text)
+    assert template.prompt == "Infection rates among {e1}s rose. The {e2} grounded all planes, and the {e3}s watched."
+
+
+def test_render_writes_each_symbols_own_plural():
+    template = EventTemplate("{e1}s are {e2}s. A {e3}s.", None, {"e1": "cat", "e2": "dog", "e3": "hen"})
+    assert template.render({"e1": "fox", "e2": "butterfly", "e3": "Q"}) == ("Foxes are butterflies. A Qs.", None)
+
+
 def test_plurals_can_be_switched_off():
     with pytest.raises(NoEventsFound):
         VocabularyEstimator(terms=["cat"], plurals=False).estimate("Cats purr.")

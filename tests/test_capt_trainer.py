@@ -15,7 +15,7 @@ from trl import SFTConfig, SFTTrainer
 from conftest import base_config, cpu_training_args, run_cli, write_config, write_jsonl
 from trl_causal import CAPTConfig, CAPTTrainer, cli
 from trl_causal.capt import NoEventsFound, PoolExhaustedError, generate_prontoqa
-from trl_causal.errors import ConfigError
+from trl_causal.errors import ConfigError, DataError
 from trl_causal.train import SUMMARY_FILE
 from trl_causal.trainer.capt_trainer import InterventionEpochCallback, RowTokenizer, part_text
 
@@ -246,6 +246,20 @@ def test_missing_vocabulary_terms_file_fails_before_the_model_loads(tmp_path):
 def test_row_with_more_events_than_the_pool_names_the_row(tmp_path):
     with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'user' symbol pool has 3 symbols"):
         make_trainer(tmp_path / "no-model", tmp_path, prontoqa_rows(2), symbol_pool=["X", "Y", "Z"])
+
+
+@pytest.mark.parametrize(
+    ("completions", "message"),
+    [
+        ([" True", None], r"Row 1: its 'completion' is empty \(null\): give every prompt its completion, or drop the row\."),
+        ([0, 1], r"Row 0: a prompt or completion must be text or a list of messages; this row has int 0\."),
+    ],
+    ids=["null", "int"],
+)
+def test_a_completion_that_is_not_text_names_the_row_instead_of_training_the_prompt_alone(tmp_path, completions, message):
+    rows = [dict(row, completion=completion) for row, completion in zip(prontoqa_rows(2), completions)]
+    with pytest.raises(DataError, match=message):
+        make_trainer(tmp_path / "no-model", tmp_path, rows)
 
 
 def test_rows_without_events_fail_keep_or_drop_by_on_no_events(tiny_model, tmp_path, capsys):

@@ -22,13 +22,13 @@ from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError, DataError
 from .cladder import cladder_variables
-from .morphology import plural_forms
+from .morphology import plural_forms, pluralize
 from .prontoqa import prontoqa_event_terms
 from .rows import decode_json
 
 PLACEHOLDER_PATTERN = re.compile(r"\{(e[1-9][0-9]*)\}")
 # A placeholder with the indefinite article before it, if any, which rendering makes agree with the symbol.
-_RENDER_PATTERN = re.compile(r"(?:\b(?P<article>[Aa]n?)(?P<gap>[ \t]+))?\{(?P<key>e[1-9][0-9]*)\}")
+_RENDER_PATTERN = re.compile(r"(?:\b(?P<article>[Aa]n?)(?P<gap>[ \t]+))?\{(?P<key>e[1-9][0-9]*)\}(?P<plural>s\b)?")
 PLACEHOLDER_KEY = re.compile(r"e[1-9][0-9]*")
 # A word: letters, digits and underscores, hyphenated compounds kept whole ("cold-blooded").
 WORD_PATTERN = re.compile(r"\w+(?:-\w+)*")
@@ -74,7 +74,8 @@ _VOWEL_SOUND_LETTERS = frozenset("AEFHILMNORSX")
 
 
 def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] | None = None) -> str:
-    """Replace every ``{eN}`` in ``text`` by ``mapping["eN"]``.
+    """Replace every ``{eN}`` in ``text`` by ``mapping["eN"]``, and every plural ``{eN}s`` by its plural
+    (``pluralize``: "foxes", "butterflies"; a letter symbol gets an s).
 
     A symbol gets a capital first letter where it opens a sentence, or where the original name was
     capitalised (a proper noun such as "Sally"); otherwise it is written as drawn. An article "a"/"an" just
@@ -85,7 +86,7 @@ def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] 
 
     def replace(match: re.Match[str]) -> str:
         key, article = match["key"], match["article"]
-        symbol = mapping[key]
+        symbol = pluralize(mapping[key]) if match["plural"] else mapping[key]
         if (article is None and _starts_sentence(text, match.start())) or names.get(key, "")[:1].isupper():
             symbol = symbol[:1].upper() + symbol[1:]
         if article is None:

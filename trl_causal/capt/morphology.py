@@ -20,8 +20,11 @@ def pluralize(noun: str) -> str:
 
 
 def plural_forms(term: str) -> list[str]:
-    """Every plural spelling accepted for ``term``: +s, +es, consonant+y -> ies, f -> ves, fe -> ves."""
-    forms = [term + "s", term + "es"]
+    """Every plural spelling accepted for ``term``: +s; +es after s/x/z/ch/sh or o; consonant+y -> ies; f, fe -> ves.
+    (+es after any other ending would read "rates" as a plural of "rat".)"""
+    forms = [term + "s"]
+    if term.endswith((*SIBILANT_ENDINGS, "o")):
+        forms.append(term + "es")
     if _consonant_y(term):
         forms.append(term[:-1] + "ies")
     if term.endswith("fe"):

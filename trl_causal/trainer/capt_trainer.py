@@ -47,6 +47,8 @@ def split_row(row: dict[str, Any], text_field: str = "text") -> tuple[Prompt, Pr
     (the messages before the last one, and the last one, which must be the assistant's); or ``text_field``
     (completion None: the loss covers the whole text)."""
     if row.get("prompt") is not None:
+        if "completion" in row and row["completion"] is None:
+            raise DataError("its 'completion' is empty (null): give every prompt its completion, or drop the row.")
         return row["prompt"], row.get("completion")
     if row.get("messages") is not None:
         messages = row["messages"]
@@ -67,6 +69,10 @@ def part_text(part: Prompt) -> str:
     """A prompt or completion as one text: a message list's contents joined by ``MESSAGE_SEPARATOR``."""
     if isinstance(part, str):
         return part
+    if not isinstance(part, list) or not all(isinstance(message, dict) for message in part):
+        raise DataError(
+            f"a prompt or completion must be text or a list of messages; this row has {type(part).__name__} {part!r}."
+        )
     contents = [message.get("content") for message in part]
     if not all(isinstance(content, str) for content in contents):
         raise DataError("The capt trainer reads messages whose content is text; this row has non-text message content.")
