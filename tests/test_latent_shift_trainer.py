@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -129,6 +130,15 @@ def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_p
         torch.testing.assert_close(resumed_state[name], value, msg=name)
 
 
+def test_evaluation_keeps_every_row_even_a_last_batch_of_one(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, tmp_path, per_device_eval_batch_size=8)
+    three_rows = Dataset.from_list(shift_rows(3, seed=1))
+    assert math.isfinite(trainer.evaluate(three_rows)["eval_loss"])  # 3 rows < one batch of 8: none may be dropped
+    trainer.args.per_device_eval_batch_size = 2  # batches of 2 and 1: the last is scored by L_SFT alone
+    assert math.isfinite(trainer.evaluate(three_rows)["eval_loss"])
+    assert trainer.args.dataloader_drop_last  # training still drops a last batch of one
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -245,9 +255,10 @@ def test_batch_source_needs_two_rows_and_the_checkpoint_needs_its_heads(trained_
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
     predictor = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out), phi_source="batch")
     assert predictor.adjusted_probabilities(shift_rows(4)).shape == (4, 2)
-    predictor.batch_size = 1
+    predictor.batch_size = 2
+    assert predictor.adjusted_probabilities(shift_rows(3)).shape == (3, 2)  # the last row joins the batch before it
     with pytest.raises(DataError, match="memory bank"):
-        predictor.adjusted_probabilities(shift_rows(2))
+        predictor.adjusted_probabilities(shift_rows(1))
     own = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out), phi_source="own")
     own_batched = own.adjusted_probabilities(shift_rows(4))
     own.batch_size = 1  # no draws: the no-shuffle prediction of a row does not depend on its batch

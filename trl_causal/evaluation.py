@@ -135,12 +135,17 @@ class LMPredictor:
             return prompt
         return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
-    def _batches(self, items: list, desc: str):
+    def _batches(self, items: list, desc: str, min_last: int = 1):
+        """``items`` in batches of ``batch_size``, with a progress bar; a last batch of fewer than ``min_last`` items
+        joins the one before it."""
         from tqdm.auto import tqdm
 
-        starts = range(0, len(items), self.batch_size)
-        for start in tqdm(starts, desc=desc, disable=len(starts) < 2, leave=False):
-            yield items[start : start + self.batch_size]
+        starts = list(range(0, len(items), self.batch_size))
+        if len(starts) > 1 and len(items) - starts[-1] < min_last:
+            starts.pop()
+        ends = starts[1:] + [len(items)]
+        for start, end in tqdm(list(zip(starts, ends)), desc=desc, disable=len(starts) < 2, leave=False):
+            yield items[start:end]
 
     def score(self, prompts: Sequence[Prompt], prefixes: Sequence[str] | None = None):
         """Log-likelihood of every answer after every prompt: a [rows, answers] tensor.

@@ -167,7 +167,10 @@ class LatentShiftConfig(SFTConfig):
     )
     dataloader_drop_last: bool = field(
         default=True,
-        metadata={"help": "Drop the last incomplete batch (default True here: the shuffle needs 2 rows per batch)."},
+        metadata={
+            "help": "Drop the last incomplete training batch (default True here: the shuffle needs 2 rows per batch). "
+            "Evaluation keeps every row; a last evaluation batch of one row adds L_SFT alone."
+        },
     )
     ddp_find_unused_parameters: bool | None = field(
         default=False,

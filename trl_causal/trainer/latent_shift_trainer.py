@@ -258,10 +258,15 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 "assistant_only_loss=True)."
             )
 
-        frozen_last_hidden = self._frozen_last_hidden(model, inputs)
+        # An evaluation batch of one row (the last one) has no other row to shuffle with: L_SFT alone.
+        sft_only = mode == "eval" and labels.shape[0] < 2
+        frozen_last_hidden = None if sft_only else self._frozen_last_hidden(model, inputs)
         outputs = model(**inputs, output_hidden_states=True)
         token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels)
         loss_sum, n_tokens = token_losses.sum(), token_mask.sum()
+        loss = self.token_mean(loss_sum, n_tokens, num_items_in_batch)
+        if sft_only:
+            return (loss, outputs) if return_outputs else loss
         auxiliary = self.heads.losses(
             outputs.hidden_states[-1],
             frozen_last_hidden,
@@ -271,11 +276,20 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             adjustment=self.args.adjustment,
             entropy_mode=self.args.entropy_mode,
         )
-        loss = self.token_mean(loss_sum, n_tokens, num_items_in_batch) + self.example_mean(
-            self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted
-        )
+        loss = loss + self.example_mean(self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted)
         self._log_losses(mode, loss_sum.detach() / n_tokens.clamp(min=1), auxiliary)
         return (loss, outputs) if return_outputs else loss
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
+        """``dataloader_drop_last`` applies to training only (the shuffle needs two rows); evaluation keeps every row."""
+        drop_last = self.args.dataloader_drop_last
+        self.args.dataloader_drop_last = drop_last and is_training
+        try:
+            return super()._get_dataloader(
+                dataset, description, batch_size, sampler_fn=sampler_fn, is_training=is_training, dataloader_key=dataloader_key
+            )
+        finally:
+            self.args.dataloader_drop_last = drop_last
 
     def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
         metrics = self._metrics[mode]
@@ -398,7 +412,8 @@ class LatentShiftPredictor(LMPredictor):
         generator = torch.Generator().manual_seed(self.seed)
         probabilities = []
         with torch.no_grad():
-            for batch in self._batches(token_ids, "adjusted prediction"):
+            # Phi' from the batch needs another row in it: a last batch of one joins the one before.
+            for batch in self._batches(token_ids, "adjusted prediction", min_last=2 if self.phi_source == "batch" else 1):
                 length = max(map(len, batch))
                 input_ids = torch.tensor([ids + [pad] * (length - len(ids)) for ids in batch], device=device)
                 prompt_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in batch], device=device)
