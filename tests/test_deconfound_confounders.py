@@ -89,3 +89,22 @@ def test_bad_column_choices(kinds, message):
 def test_unparsable_timestamp_names_column_and_row():
     with pytest.raises(DataError, match=r"'t' has values that are not timestamps at rows \[1\] \(e.g. 'yesterday'\)"):
         build_confounder_matrix({"t": ["2024-01-01", "yesterday"]}, timestamps=["t"])
+
+
+def test_levels_come_from_the_fit_rows_and_a_level_only_later_rows_hold_counts_as_the_reference():
+    # Training rows: web/mobile, January/February. Evaluation rows bring 'app' (sorting first) and March.
+    columns = {
+        "channel": ["web", "mobile", "web", "mobile", "app", "web"],
+        "posted": ["2026-01-05", "2026-02-03", "2026-01-12", "2026-02-10", "2026-03-02", "2026-03-09"],
+    }
+    with pytest.warns(UserWarning) as caught:
+        matrix, names = build_confounder_matrix(
+            columns, categorical=["channel"], timestamps=["posted"], timestamp_features=["month"], fit_rows=4
+        )
+    messages = [str(warning.message) for warning in caught]
+    assert any("'channel' has values that only rows outside the training rows hold ('app'); their rows count as "
+               "the reference level 'mobile'" in m for m in messages), messages
+    assert any("'month' feature of timestamp column 'posted'" in m and "('Mar')" in m for m in messages), messages
+    assert names == ["channel=web", "posted=Feb"]
+    np.testing.assert_array_equal(matrix, [[1, 0], [0, 1], [1, 0], [0, 1], [0, 0], [1, 0]])
+    assert np.ptp(matrix[:4], axis=0).all()  # every column varies over the training rows

@@ -15,7 +15,7 @@ from conftest import base_config, run_cli, write_config, write_jsonl
 from trl_causal import DeconfoundedRewardConfig, DeconfoundedRewardTrainer, cli, train
 from trl_causal.deconfound import WeakInstrumentWarning, partial_out, simulate_observational_texts
 from trl_causal.deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
-from trl_causal.errors import ConfigError
+from trl_causal.errors import ConfigError, DataError
 from trl_causal.trainer.deconfounded_reward_trainer import REPORT_FILE
 
 DECONFOUND = {"numeric_confounders": ["confounder"], "group_column": "group", "feature_source": "tfidf", "n_folds": 3}
@@ -357,11 +357,13 @@ def test_missing_values_through_trl_causal_train_are_counted_in_one_line(tmp_pat
         assert fragment in error[0]
 
 
-def test_drop_invalid_drops_and_counts_nan_and_inf_rows(tiny_model, tmp_path):
+def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model, tmp_path):
     rows = observational_rows()
-    rows[2]["outcome"], rows[5]["confounder"] = float("inf"), float("nan")
+    rows[2]["outcome"], rows[5]["confounder"], rows[9]["group"] = float("inf"), float("nan"), None
+    with pytest.raises(DataError, match=r"3 of 120 rows .*'group': 1 \(rows \[9\]\)"):
+        build_trainer(tiny_model, tmp_path, rows)  # a missing group id is not a group of its own
     trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
-    assert trainer.report["rows"] == {"used": 118, "dropped_invalid": 2, "dropped_longer_than_max_length": 0}
+    assert trainer.report["rows"] == {"used": 117, "dropped_invalid": 3, "dropped_longer_than_max_length": 0}
 
 
 def test_confounder_without_variance(tmp_path, tiny_model, capsys):
@@ -402,3 +404,22 @@ def test_singleton_groups_under_pairwise(tmp_path, tiny_model, capsys):
 def test_pairwise_needs_a_group_column(tmp_path):
     with pytest.raises(ConfigError, match="set group_column"):
         reward_args(tmp_path, objective="pairwise", group_column=None)
+
+
+def test_evaluation_rows_with_a_level_unseen_in_training_count_as_the_reference_level(tiny_model, tmp_path):
+    rows = [dict(row, channel="web" if i % 2 else "mail") for i, row in enumerate(observational_rows(n=64, seed=3))]
+    evaluation = [dict(row, channel="app") for row in rows[48:]]  # 'app' sorts before both training levels
+    with pytest.warns(UserWarning, match=r"'channel' has values that only rows outside the training rows hold \('app'\)"):
+        trainer = DeconfoundedRewardTrainer(
+            model=str(tiny_model),
+            args=reward_args(tmp_path, categorical_confounders=["channel"]),
+            train_dataset=Dataset.from_list(rows[:48]),
+            eval_dataset={"held_out": Dataset.from_list(evaluation)},
+        )
+    assert trainer.confounder_names == ["confounder", "channel=web"]
+    assert np.isfinite(trainer.evaluate()["eval_held_out_loss"])
+    with pytest.raises(ConfigError, match=r"An evaluation split is named 'train'.*'train_eval'"):
+        DeconfoundedRewardTrainer(
+            model=str(tiny_model), args=reward_args(tmp_path), train_dataset=Dataset.from_list(rows[:48]),
+            eval_dataset={"train": Dataset.from_list(rows[48:])},
+        )

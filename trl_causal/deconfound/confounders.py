@@ -6,6 +6,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
+import warnings
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -115,23 +116,31 @@ def _epoch_seconds(moment: datetime) -> float:
 
 
 def _one_hot(
-    name: str, codes: Sequence[Any], level_names: Mapping[Any, str], subject: str, fix: str
+    name: str, codes: Sequence[Any], level_names: Mapping[Any, str], subject: str, fix: str, fit: np.ndarray
 ) -> tuple[np.ndarray, list[str]]:
-    """One-hot columns of all levels present but the first (the reference level, absorbed by the intercept)."""
-    levels = _sorted_levels(codes)
+    """One-hot columns of the levels present in the ``fit`` rows but the first (the reference level, absorbed by the
+    intercept). A level seen only outside the ``fit`` rows counts as the reference level, with a warning."""
+    levels = _sorted_levels([code for code, in_fit in zip(codes, fit) if in_fit])
+    unseen = sorted({level_names[code] for code in codes} - {level_names[level] for level in levels})
+    if unseen:
+        warnings.warn(
+            f"{subject} has values that only rows outside the training rows hold ({', '.join(map(repr, unseen))}); "
+            f"their rows count as the reference level {level_names[levels[0]]!r}.",
+            stacklevel=4,
+        )
     if len(levels) < 2:
         raise DataError(
             f"{subject} has a single value ({level_names[levels[0]]!r}) in all used rows, "
             f"so it has no variance and its effect cannot be estimated; {fix}."
         )
     index = {level: position for position, level in enumerate(levels)}
-    positions = np.fromiter((index[code] for code in codes), dtype=int, count=len(codes))
+    positions = np.fromiter((index.get(code, 0) for code in codes), dtype=int, count=len(codes))
     matrix = (positions[:, None] == np.arange(1, len(levels))[None, :]).astype(float)
     return matrix, [f"{name}={level_names[level]}" for level in levels[1:]]
 
 
 def _timestamp_features(
-    name: str, moments: Sequence[datetime], features: Sequence[str]
+    name: str, moments: Sequence[datetime], features: Sequence[str], fit: np.ndarray
 ) -> tuple[list[np.ndarray], list[str]]:
     """Weekday one-hot (Mon..Sun), month one-hot (Jan..Dec), trend = days since the earliest row."""
     blocks, names = [], []
@@ -143,7 +152,7 @@ def _timestamp_features(
             code_of, level_names = CALENDAR_FEATURES[feature]
             codes = [code_of(moment) for moment in moments]
             subject = f"The {feature!r} feature of timestamp column {name!r}"
-            block, block_names = _one_hot(name, codes, level_names, subject, "remove it from `timestamp_features`")
+            block, block_names = _one_hot(name, codes, level_names, subject, "remove it from `timestamp_features`", fit)
         blocks.append(block)
         names.extend(block_names)
     return blocks, names
@@ -157,6 +166,7 @@ def build_confounder_matrix(
     timestamps: Sequence[str] = ...,
     timestamp_features: Sequence[str] = ...,
     drop_invalid: Literal[False] = ...,
+    fit_rows: int | None = ...,
 ) -> tuple[np.ndarray, list[str]]: ...
 
 
@@ -169,6 +179,7 @@ def build_confounder_matrix(
     timestamp_features: Sequence[str] = ...,
     *,
     drop_invalid: Literal[True],
+    fit_rows: int | None = ...,
 ) -> tuple[np.ndarray, list[str], np.ndarray, int]: ...
 
 
@@ -179,6 +190,7 @@ def build_confounder_matrix(
     timestamps: Sequence[str] = (),
     timestamp_features: Sequence[str] = TIMESTAMP_FEATURES,
     drop_invalid: bool = False,
+    fit_rows: int | None = None,
 ) -> tuple[np.ndarray, list[str]] | tuple[np.ndarray, list[str], np.ndarray, int]:
     """The confounder matrix C [n, k] and its column names, built from named data columns.
 
@@ -193,6 +205,10 @@ def build_confounder_matrix(
     invalid rows raise a ``DataError`` that counts them per column. With ``drop_invalid=True`` they are dropped
     instead and the result is ``(C, names, kept_rows, n_dropped)``, ``kept_rows`` a boolean mask over the input
     rows to apply to the outcome and texts as well. A confounder with no variance in the kept rows is an error.
+
+    ``fit_rows``: only the first ``fit_rows`` rows (the training rows, when evaluation rows follow them) define the
+    categorical and calendar levels and the reference level; a level the others alone hold counts as the reference
+    level (a warning names it). Default: all rows.
     """
     kinds = {"numeric": list(numeric), "categorical": list(categorical), "timestamps": list(timestamps)}
     _check_column_names(columns, kinds, timestamp_features)
@@ -219,6 +235,7 @@ def build_confounder_matrix(
     if not kept_rows.any():
         raise DataError(f"All {n_rows} rows have missing or non-finite confounder values; nothing is left.")
     kept_indices = np.flatnonzero(kept_rows)
+    fit = kept_indices < (n_rows if fit_rows is None else fit_rows)  # the kept rows that define the levels
 
     blocks: list[np.ndarray] = []
     feature_names: list[str] = []
@@ -239,6 +256,7 @@ def build_confounder_matrix(
             {value: str(value) for value in values},
             f"Categorical confounder column {name!r}",
             "remove it from the confounders",
+            fit,
         )
         blocks.append(block)
         feature_names.extend(block_names)
@@ -249,7 +267,7 @@ def build_confounder_matrix(
                 f"Timestamp confounder column {name!r} holds the same moment in all used rows, so it has no "
                 "variance; remove it from the confounders."
             )
-        time_blocks, time_names = _timestamp_features(name, moments, timestamp_features)
+        time_blocks, time_names = _timestamp_features(name, moments, timestamp_features, fit)
         blocks.extend(time_blocks)
         feature_names.extend(time_names)
     matrix = np.hstack(blocks)

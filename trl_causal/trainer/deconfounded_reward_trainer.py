@@ -143,7 +143,7 @@ class Observations:
 def _invalid_rows(
     dataset: datasets.Dataset, args: DeconfoundedRewardConfig, outcome: np.ndarray, instrument
 ) -> dict[str, np.ndarray]:
-    """Column -> rows with no text, or a missing / non-finite outcome, instrument or confounder value."""
+    """Column -> rows with no text, or a missing / non-finite outcome, instrument, confounder or group value."""
     text_columns = text_column_sets(args)[0]
     texts = dataset.select_columns(list(text_columns))
     problems = {
@@ -154,13 +154,16 @@ def _invalid_rows(
         problems[column] = ~np.isfinite(instrument[:, j])
     for column in (*args.numeric_confounders, *args.categorical_confounders, *args.timestamp_confounders):
         problems[column] = np.array([is_missing(value) for value in dataset[column]], dtype=bool)
+    if args.group_column is not None:  # a missing id would put unrelated rows into one group (and one cluster)
+        problems[args.group_column] = np.array([is_missing(value) for value in dataset[args.group_column]], dtype=bool)
     return problems
 
 
 def read_observations(
     splits: Mapping[str, datasets.Dataset], args: DeconfoundedRewardConfig
 ) -> dict[str, Observations]:
-    """Observations of each split, checked; C is built over all splits together, so levels and trend agree.
+    """Observations of each split, checked; C is built over all splits together, so columns and trend agree, with the
+    levels of the first split (the training rows): a level only the other splits hold counts as the reference level.
 
     A row with no text or a missing / non-finite outcome, instrument or confounder is an error that counts such rows
     per column, or, with ``drop_invalid``, is dropped and counted.
@@ -206,6 +209,7 @@ def read_observations(
         args.categorical_confounders,
         args.timestamp_confounders,
         args.timestamp_features,
+        fit_rows=len(next(iter(parts.values()))[1]),
     )
     observations, start = {}, 0
     for split, (kept, rows, outcome, instrument, dropped) in parts.items():
@@ -510,6 +514,11 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if eval_dataset is None:
             return {}
         if isinstance(eval_dataset, dict):
+            if "train" in eval_dataset:
+                raise ConfigError(
+                    "An evaluation split is named 'train', the name the deconfounded_reward trainer keeps for the "
+                    "training rows; give it another name (e.g. 'train_eval')."
+                )
             return dict(eval_dataset)
         return {"eval": eval_dataset}
 
