@@ -6,7 +6,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-from sklearn.linear_model import LinearRegression
+from sklearn.linear_model import LinearRegression, RidgeCV
 
 from trl_causal.deconfound import WeakInstrumentWarning, partial_out, simulate_observational_texts
 from trl_causal.errors import ConfigError, DataError
@@ -55,6 +55,11 @@ def test_deconfounded_outcome_drops_the_confounder_effect_and_keeps_the_text_eff
     assert abs(coefficients[1] - 1) < 0.1 and abs(coefficients[2]) < 0.1
     assert np.corrcoef(deconfounded, f)[0, 1] > 0.7
     np.testing.assert_allclose(result.deconfound(outcome, confounder), deconfounded)
+    np.testing.assert_allclose(result.deconfound(outcome, confounder, result.feature_names), deconfounded)
+    with pytest.raises(DataError, match=r"not estimated \['channel=web'\], absent \['confounder_0'\]"):
+        result.deconfound(outcome, confounder, ["channel=web"])
+    with pytest.raises(DataError, match=r"The new rows have 2 confounder columns; theta has 1 \(confounder_0\)"):
+        result.deconfound(outcome, np.column_stack([confounder, confounder]))
     assert abs(deconfounded.mean() - outcome.mean()) < 1e-9
 
 
@@ -127,6 +132,27 @@ def test_learner_instances_and_names():
             data["outcome"], data["confounder"], word_features(data["text"]), confounder_learner="gradient_boosting",
             progress=False,
         )
+
+
+def test_one_learner_instance_for_both_nuisances_fits_each_target_on_its_own():
+    # A RidgeCV with one shared alpha must not pick that alpha for the outcome and the confounder together.
+    # The text predicts the outcome closely (small alpha best) and says nothing of the confounder (large alpha best).
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(300, 40))
+    confounder = rng.normal(size=300)
+    outcome = features @ rng.normal(size=40) + 0.5 * confounder + 0.1 * rng.normal(size=300)
+    shared = RidgeCV(alphas=[1e-2, 1e3], alpha_per_target=False)
+    fit = {
+        learners: partial_out(
+            outcome, confounder, features, outcome_learner=outcome_learner, confounder_learner=confounder_learner,
+            progress=False,
+        ).theta
+        for learners, (outcome_learner, confounder_learner) in {
+            "one instance": (shared, shared),
+            "two instances": (RidgeCV(alphas=[1e-2, 1e3], alpha_per_target=False), RidgeCV(alphas=[1e-2, 1e3], alpha_per_target=False)),
+        }.items()
+    }
+    np.testing.assert_allclose(fit["one instance"], fit["two instances"], rtol=1e-10)
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

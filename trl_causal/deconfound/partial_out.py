@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import RegressorMixin, clone
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
-from sklearn.linear_model import LassoCV, LinearRegression, RidgeCV
+from sklearn.linear_model import LassoCV, LinearRegression, Ridge, RidgeCV
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -112,8 +112,30 @@ class DeconfoundResult:
         normal = NormalDist()
         return np.array([2.0 * (1.0 - normal.cdf(abs(t / s))) for t, s in zip(self.theta, self.se)])
 
-    def deconfound(self, y: Sequence[float] | np.ndarray, confounders: np.ndarray) -> np.ndarray:
-        """r~ = y - theta'(C - mean C) for new rows, mean C taken over the rows theta was estimated on."""
+    def deconfound(
+        self, y: Sequence[float] | np.ndarray, confounders: np.ndarray, feature_names: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """r~ = y - theta'(C - mean C) for new rows, mean C taken over the rows theta was estimated on.
+
+        ``feature_names``: the names of the columns of ``confounders``; they must be ``self.feature_names`` (in any
+        order). New rows built alone may one-hot other levels: build C over the estimation rows and the new rows
+        together (``build_confounder_matrix(..., fit_rows=n_estimation_rows)``) so that the columns agree.
+        """
+        confounders = np.asarray(confounders, dtype=float).reshape(len(y), -1)
+        if feature_names is not None:
+            added, missing = sorted(set(feature_names) - set(self.feature_names)), sorted(set(self.feature_names) - set(feature_names))
+            if added or missing or len(feature_names) != confounders.shape[1]:
+                raise DataError(
+                    f"The new rows' confounder columns differ from those theta was estimated on: not estimated {added}, "
+                    f"absent {missing}. Build C over the estimation rows and the new rows together "
+                    "(build_confounder_matrix(..., fit_rows=n_estimation_rows))."
+                )
+            confounders = confounders[:, [list(feature_names).index(name) for name in self.feature_names]]
+        elif confounders.shape[1] != len(self.feature_names):
+            raise DataError(
+                f"The new rows have {confounders.shape[1]} confounder columns; theta has {len(self.feature_names)} "
+                f"({', '.join(self.feature_names)})."
+            )
         return remove_confounder_effect(y, confounders, self.theta, self.confounder_mean)
 
     def to_report(self) -> dict[str, Any]:
@@ -243,9 +265,12 @@ def _warn_weak_instruments(first_stage_f: np.ndarray, names: Sequence[str]) -> N
 
 
 def _fits_targets_jointly(learner: RegressorMixin) -> bool:
-    """True for multi-output linear models, where one joint fit equals separate per-target fits (and is cheaper)."""
+    """True where one multi-output fit equals separate per-target fits (and is cheaper): least squares, ridge with a
+    fixed alpha, RidgeCV choosing an alpha per target. Not a RidgeCV with one shared alpha, nor multi-task models."""
     final_step = learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
-    return type(final_step).__module__.startswith("sklearn.linear_model") and get_tags(learner).target_tags.multi_output
+    if type(final_step) is RidgeCV:
+        return bool(final_step.alpha_per_target)
+    return type(final_step) in (LinearRegression, Ridge)
 
 
 def _fit_predict(learner: RegressorMixin, x_train: Any, targets_train: np.ndarray, x_test: Any) -> np.ndarray:

@@ -240,7 +240,7 @@ class RewardTargets:
         scores = (
             observations.outcome
             if self.result is None
-            else self.result.deconfound(observations.outcome, observations.confounders)
+            else self.result.deconfound(observations.outcome, observations.confounders, observations.confounder_names)
         )
         return (scores - self.mean) / self.std
 
