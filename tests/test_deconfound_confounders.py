@@ -47,6 +47,16 @@ def test_missing_values_are_counted_per_column():
         build_confounder_matrix(columns, numeric=["price"], categorical=["channel"])
 
 
+def test_a_pandas_nat_timestamp_is_missing():
+    import pandas as pd
+
+    columns = {"posted": [pd.Timestamp("2026-01-05"), pd.NaT, pd.Timestamp("2026-02-03"), pd.Timestamp("2026-03-02")]}
+    with pytest.raises(DataError, match=r"1 of 4 rows .*'posted': 1 \(rows \[1\]\)"):
+        build_confounder_matrix(columns, timestamps=["posted"])
+    _, names, kept, dropped = build_confounder_matrix(columns, timestamps=["posted"], drop_invalid=True)
+    assert kept.tolist() == [True, False, True, True] and dropped == 1 and "posted_trend_days" in names
+
+
 def test_drop_invalid_returns_mask_and_count():
     columns = {"price": [1.0, None, 3.0, 4.0], "t": ["2024-01-01", "2024-01-02", None, "2024-01-09"]}
     matrix, names, kept_rows, n_dropped = build_confounder_matrix(

@@ -158,6 +158,12 @@ def test_one_learner_instance_for_both_nuisances_fits_each_target_on_its_own():
 # --- bad input ---------------------------------------------------------------------------------------------
 
 
+def test_ci_level_outside_zero_and_one_fails_before_any_fit(small):
+    outcome, confounder, features = small
+    with pytest.raises(ConfigError, match=r"ci_level=95 must be a probability between 0 and 1, e\.g\. 0\.95"):
+        partial_out(outcome, confounder, features, ci_level=95, progress=False)
+
+
 @pytest.fixture(scope="module")
 def small():
     rng = np.random.default_rng(0)

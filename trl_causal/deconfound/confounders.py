@@ -42,6 +42,8 @@ def _is_missing(value: Any) -> bool:
     """None, NaN, inf or NaT."""
     if isinstance(value, np.datetime64):
         return bool(np.isnat(value))
+    if isinstance(value, datetime) and value != value:  # pandas' NaT, a datetime that equals nothing
+        return True
     return value is None or (isinstance(value, numbers.Real) and not math.isfinite(value))
 
 

@@ -422,6 +422,8 @@ def partial_out(
         ``DeconfoundResult`` with theta, robust se, normal CIs at ``ci_level`` and the deconfounded outcome
         r~ = Y - theta'(C - mean C).
     """
+    if not 0 < ci_level < 1:
+        raise ConfigError(f"ci_level={ci_level!r} must be a probability between 0 and 1, e.g. 0.95 for 95% intervals.")
     outcome = _as_float_matrix(y, "outcome", None)
     if outcome.shape[1] != 1:
         raise DataError(f"The outcome must be one value per row; got shape {np.shape(y)}.")
