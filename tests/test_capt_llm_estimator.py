@@ -161,6 +161,26 @@ def test_template_from_answer_checks_names_consistency_and_faithfulness():
         template_from_answer({"prompt_template": PROMPT, "completion_template": None, "events": {}}, PROMPT, None)
 
 
+def test_template_from_answer_keeps_the_rows_case_its_message_separators_and_no_name_in_another_case():
+    # Only placeholders and a/an may change case; "true" would train another answer than the row's "True".
+    lowered = {**VALID_ANSWER, "prompt_template": VALID_ANSWER["prompt_template"].lower(), "completion_template": "true"}
+    with pytest.raises(TemplateError, match="is not the row's prompt"):
+        template_from_answer(lowered, PROMPT, COMPLETION)
+    with pytest.raises(TemplateError, match="is not the row's completion"):
+        template_from_answer({**VALID_ANSWER, "completion_template": "true"}, PROMPT, COMPLETION)
+    capitalised = {**VALID_ANSWER, "events": {**VALID_ANSWER["events"], "e1": "Wumpus"}}
+    assert template_from_answer(capitalised, PROMPT, COMPLETION).names["e1"] == "Wumpus"  # a name's case is free
+    leaky = {**capitalised, "prompt_template": "Every {e1} is a {e2}. {e3} is a wumpus.\nTrue or false: {e3} is a {e2}."}
+    with pytest.raises(TemplateError, match="original names still in the text: 'wumpus'"):
+        template_from_answer(leaky, PROMPT, COMPLETION)
+    conversation = "Every wumpus is a yumpus.\n\x1e\nIs Sally a wumpus?"  # two messages, as the capt trainer joins them
+    joined = {"prompt_template": "Every {e1} is a {e2}. Is {e3} a {e1}?", "events": VALID_ANSWER["events"]}
+    with pytest.raises(TemplateError, match="is not the row's prompt"):
+        template_from_answer(joined, conversation, None)
+    kept = {**joined, "prompt_template": "Every {e1} is a {e2}.\n\x1e\nIs {e3} a {e1}?"}
+    assert template_from_answer(kept, conversation, None).prompt == kept["prompt_template"]
+
+
 # --- HTTP backend ------------------------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..paths import cache_root
-from .events import EventEstimator, EventTemplate, NoEventsFound, TemplateError, parse_name_table
+from .events import EventEstimator, EventTemplate, NoEventsFound, TemplateError, parse_name_table, surviving_names
 from .morphology import plural_forms
 
 logger = logging.getLogger(__name__)
@@ -125,22 +125,28 @@ def parse_answer(text: str) -> dict[str, Any]:
 
 
 def _text_pattern(template_text: str, names: Mapping[str, str]) -> re.Pattern[str]:
-    """A pattern of the texts that ``template_text`` stands for: each placeholder is its name (``{eN}s`` a plural
-    of it); case, runs of whitespace and the article a/an are free."""
+    """A pattern of the texts that ``template_text`` stands for: each placeholder is its name in any case (``{eN}s`` a
+    plural of it); runs of whitespace and the article a/an are free; all other text is the row's own, case included,
+    and the separator between messages (a run holding \\x1e) stays as it is."""
     pieces, last = [], 0
 
     def literal(text: str) -> str:
         tokens = re.split(r"(\s+)", text)
-        return "".join(r"\s+" if token.isspace() else "an?" if token.lower() in ("a", "an") else re.escape(token)
-                       for token in tokens if token)
+        return "".join(
+            r"[^\S\x1e]+" if token.isspace() and "\x1e" not in token  # whitespace, never across a message boundary
+            else "(?i:an?)" if token.lower() in ("a", "an")
+            else re.escape(token)
+            for token in tokens
+            if token
+        )
 
     for match in _PLACEHOLDER_USE.finditer(template_text):
         name = names[match[1]]
         forms = sorted(plural_forms(name) if match[2] else [name], key=len, reverse=True)
-        pieces += [literal(template_text[last : match.start()]), "(?:" + "|".join(map(re.escape, forms)) + ")"]
+        pieces += [literal(template_text[last : match.start()]), "(?i:" + "|".join(map(re.escape, forms)) + ")"]
         last = match.end()
     pieces.append(literal(template_text[last:]))
-    return re.compile("".join(pieces), re.IGNORECASE)
+    return re.compile("".join(pieces))
 
 
 def template_from_answer(answer: Mapping[str, Any], prompt: str, completion: str | None) -> EventTemplate:
@@ -159,6 +165,10 @@ def template_from_answer(answer: Mapping[str, Any], prompt: str, completion: str
         raise TemplateError(f'"events" must map e1, e2, ... to the original names ({error})') from error
     template = EventTemplate(prompt_template, completion_template, names)
     template.validate()
+    # An LLM may write a name capitalised ("Cat") where the text has it in lower case: look for each in lower case too.
+    lowered = surviving_names(EventTemplate(prompt_template, completion_template, {k: v.lower() for k, v in names.items()}))
+    if lowered:
+        raise TemplateError(f"original names still in the text: {', '.join(map(repr, lowered))}; replace every use by its placeholder")
     for field, text, original in (("prompt", prompt_template, prompt), ("completion", completion_template, completion)):
         if text is not None and not _text_pattern(text.strip(), names).fullmatch(original.strip()):
             raise TemplateError(
