@@ -124,6 +124,13 @@ def test_render_writes_each_symbols_own_plural():
     assert template.render({"e1": "fox", "e2": "butterfly", "e3": "Q"}) == ("Foxes are butterflies. A Qs.", None)
 
 
+def test_a_term_never_spans_two_messages():
+    # The capt trainer joins a conversation's messages with "\n\x1e\n"; a match across it would lose the boundary.
+    template = VocabularyEstimator(terms=["alarm clock", "alarm"]).estimate("Set the alarm\n\x1e\nclock rings. An alarm clock.")
+    assert template.prompt == "Set the {e1}\n\x1e\nclock rings. An {e2}."
+    assert template.names == {"e1": "alarm", "e2": "alarm clock"}
+
+
 def test_plurals_can_be_switched_off():
     with pytest.raises(NoEventsFound):
         VocabularyEstimator(terms=["cat"], plurals=False).estimate("Cats purr.")

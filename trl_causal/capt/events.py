@@ -228,7 +228,10 @@ class TermMatcher:
         i = 0
         while i < len(words):
             for j in range(min(len(words), i + self._max_words) - 1, i - 1, -1):
-                found = self._forms.get(self._key(text[words[i][0] : words[j][1]]))
+                span = text[words[i][0] : words[j][1]]
+                if "\x1e" in span:  # a term never spans two messages of a conversation (joined with \x1e)
+                    continue
+                found = self._forms.get(self._key(span))
                 if found is not None:
                     matches.append(TermMatch(words[i][0], words[j][1], *found))
                     i = j + 1

@@ -431,5 +431,6 @@ class CAPTPredictor(LMPredictor):
         )
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
         interventions = RowInterventions(estimated.templates, pool, self.seed)
+        check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve fails naming the row
         return [with_text(prompt, interventions.intervene(index, 0).prompt) for index, prompt in enumerate(prompts)]
 
