@@ -314,6 +314,7 @@ CASES = {
     "reward_kind": ({"plugins": [PLUGIN], "trainer": "deconfounded_reward"}, ["add `reward_model: true`"]),
     "foreign_key": ({"plugins": [PLUGIN], "trainer": "capt", "lambda_causal": 0.5}, ["lambda_causal (a key of latent_shift)"]),
     "packing": ({"plugins": [PLUGIN], "trainer": "capt", "sample_packing": True}, ["sample_packing: false"]),
+    "capt_prompt_loss": ({"plugins": [PLUGIN], "trainer": "capt", "capt_prompt_loss": True}, ["`train_on_inputs: true`"]),
     "bad_value": ({"plugins": [PLUGIN], "trainer": "capt", "symbol_pool": "emoji"}, ["symbol_pool"]),
 }
 

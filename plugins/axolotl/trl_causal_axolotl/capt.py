@@ -171,6 +171,11 @@ def check_axolotl_cfg(cfg) -> None:
             "trainer: capt does not support `sample_packing: true`: interventions change row lengths every epoch, so "
             "packed bins computed up front would not hold. Set `sample_packing: false`."
         )
+    if cfg.get("capt_prompt_loss") is not None:
+        raise ConfigError(
+            "`capt_prompt_loss` is for `trl-causal train`; under Axolotl the loss mask is Axolotl's own: set "
+            "`train_on_inputs: true` for a loss on the prompt too (default false: the completion only)."
+        )
     if cfg.get("pretraining_dataset") or cfg.get("streaming"):
         raise ConfigError(
             "trainer: capt needs a map-style dataset (it estimates every row before training); remove "

@@ -87,11 +87,10 @@ def _load_split(cfg, entries: list, split: str) -> datasets.Dataset:
         entry = DictDefault(dict(entry))
         dataset = load_dataset_with_config(entry, cfg.hf_use_auth_token)
         if isinstance(dataset, datasets.DatasetDict):
-            name = entry.split if entry.split in dataset else split
+            name = entry.split or split  # a `split:` that is not there is an error, never a fallback to another split
             if name not in dataset:
-                raise DataError(
-                    f"datasets: {entry.path} has the splits {', '.join(dataset)} but no {name!r}; set `split:` on it."
-                )
+                fix = "fix its `split:`" if entry.split else "set `split:` on it"
+                raise DataError(f"datasets: {entry.path} has the splits {', '.join(dataset)} but no {name!r}; {fix}.")
             dataset = dataset[name]
         if not isinstance(dataset, datasets.Dataset):
             raise DataError(f"trainer: {TRAINER} needs map-style datasets; {entry.path} is {type(dataset).__name__}.")
