@@ -85,6 +85,13 @@ def test_load_prontoqa_generator_json_and_jsonl(tmp_path):
     assert [row["answer"] for row in load_prontoqa_file(lines)] == ["True", "False"]
     with pytest.raises(DataError, match="does not exist"):
         load_prontoqa_file(tmp_path / "missing.json")
+    single = tmp_path / "row.json"
+    single.write_text(json.dumps(common))
+    assert [row["answer"] for row in load_prontoqa_file(single)] == ["False"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"name": "x", "rows": 3}))
+    with pytest.raises(DataError, match=r"neither one PrOntoQA row .* its keys: name, rows"):
+        load_prontoqa_file(other)
 
 
 # --- PrOntoQA generator -----------------------------------------------------------------------------------------

