@@ -1,9 +1,13 @@
 """SFT with per-example loss weights: L = sum_i w_i sum_t l_it / N, N = loss tokens in the accumulated batch."""
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
+from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from trl_causal.errors import DataError
 from trl_causal.trainer import CausalLossMixin, ExtraColumnsMixin, causal_lm_token_losses
 
 
@@ -17,8 +21,22 @@ class WeightedSFTConfig(SFTConfig):
     )
 
 
+def check_weights(dataset: Dataset, column: str) -> None:
+    """Every row's weight is a finite number >= 0; the first row that breaks this is named."""
+    for index, value in enumerate(dataset[column]):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise DataError(
+                f"Row {index} has {column}={value!r}: every row needs a finite number >= 0 as its loss weight."
+            )
+
+
 class WeightedSFTTrainer(CausalLossMixin, ExtraColumnsMixin, SFTTrainer):
     """``trl.SFTTrainer`` whose loss weights every row by its ``weight_column`` value."""
+
+    def __init__(self, model, args: WeightedSFTConfig | None = None, train_dataset=None, **kwargs):
+        if isinstance(train_dataset, Dataset):  # before training, not as a collator error mid-run
+            check_weights(train_dataset, getattr(args, "weight_column", "weight"))
+        super().__init__(model, args, train_dataset=train_dataset, **kwargs)
 
     @staticmethod
     def required_columns(args: WeightedSFTConfig) -> tuple[str, ...]:
