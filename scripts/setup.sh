@@ -16,4 +16,10 @@ echo "setup: installing the example plugin plugins/weighted_sft ..."
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e ./plugins/weighted_sft
 echo "setup: done ($(.venv/bin/python -c 'import trl, transformers, torch; print(f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}")'))"
 echo "setup: creating .venv-axolotl for the Axolotl integration (scripts/setup_axolotl.sh) ..."
-bash scripts/setup_axolotl.sh
+status=0
+bash scripts/setup_axolotl.sh || status=$?
+if [ "$status" -eq 3 ]; then  # no Python >= 3.12: .venv works without the Axolotl integration
+    echo "setup: WARNING: .venv-axolotl was not built (no Python >= 3.12); the Axolotl tests skip, or fail under CI=true." >&2
+elif [ "$status" -ne 0 ]; then
+    exit "$status"
+fi

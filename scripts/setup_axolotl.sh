@@ -6,7 +6,8 @@
 # (Python 3.11, trl 1.16). A plain `pip install axolotl==0.21.0` backtracks for minutes over its optional
 # service packages and pulls GPU-only kernels, so axolotl goes in with --no-deps and the packages its training
 # path imports come from plugins/axolotl/requirements-cpu.txt (axolotl's own pins).
-#   AXOLOTL_PYTHON   the Python 3.12 interpreter (default: python3.12 on PATH, else pyenv's 3.12.x)
+#   AXOLOTL_PYTHON   the Python >= 3.12 interpreter (default: python3.12 on PATH, else pyenv's 3.12.x, python3.13,
+#                    python3); without one this script exits 3 and setup.sh carries on without the integration
 #   TORCH_SPEC_AXOLOTL torch requirement (default torch==2.13.0: on PyPI that is the CUDA build, which runs on CPU)
 #   SKIP_AXOLOTL=1   skip this step (tests/test_axolotl.py then skips locally, and fails under CI=true)
 set -euo pipefail
@@ -19,14 +20,15 @@ VENV="${AXOLOTL_VENV:-.venv-axolotl}"
 is_312() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' >/dev/null 2>&1; }
 PY="${AXOLOTL_PYTHON:-}"
 if [ -z "$PY" ]; then  # a pyenv shim may exist and still fail, so each candidate is tried
-    for candidate in python3.12 $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12.*/bin/python 2>/dev/null | sort -Vr); do
+    for candidate in python3.12 $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12.*/bin/python 2>/dev/null | sort -Vr) \
+            python3.13 python3; do  # 3.12 first: axolotl 0.21's pins are built for it
         if is_312 "$candidate"; then PY="$candidate"; break; fi
     done
 fi
 if ! is_312 "$PY"; then
     echo "setup_axolotl: axolotl 0.21 needs Python >= 3.12; none found. Set AXOLOTL_PYTHON=/path/to/python3.12" \
         "(or SKIP_AXOLOTL=1 to skip the Axolotl integration)." >&2
-    exit 1
+    exit 3  # setup.sh carries on without the integration
 fi
 TORCH_SPEC="${TORCH_SPEC_AXOLOTL:-torch==2.13.0}"
 STAMP="$VENV/.trl_causal_setup"
