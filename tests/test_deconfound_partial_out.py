@@ -232,3 +232,9 @@ def test_too_few_instruments(small):
     with pytest.raises(DataError, match="1 instrument column\\(s\\) for 2 confounders"):
         two_confounders = np.column_stack([confounder, features[:, 1] ** 2])
         partial_out(outcome, two_confounders, features, instrument=confounder, progress=False)
+
+
+def test_constant_instrument_is_named(small):
+    outcome, confounder, features = small
+    with pytest.raises(DataError, match=r"Instruments \['instrument_0'\] have the same value in every row"):
+        partial_out(outcome, confounder, features, instrument=np.ones_like(confounder), progress=False)

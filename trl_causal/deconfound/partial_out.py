@@ -243,6 +243,10 @@ def _check_instrument(
 ) -> tuple[np.ndarray, list[str]]:
     matrix, names = _named_finite_matrix(instrument, "instrument", n_rows, instrument_names, "instrument_names")
     m = matrix.shape[1]
+    constant = [name for name, spread in zip(names, np.ptp(matrix, axis=0)) if spread == 0]
+    if constant:
+        raise DataError(f"Instruments {constant} have the same value in every row (no variance), so they cannot move "
+                        "the confounders; remove them or use an instrument that varies.")
     if m < n_confounders:
         raise DataError(
             f"{m} instrument column(s) for {n_confounders} confounders: 2SLS needs at least one instrument per "
