@@ -423,3 +423,20 @@ def test_evaluation_rows_with_a_level_unseen_in_training_count_as_the_reference_
             model=str(tiny_model), args=reward_args(tmp_path), train_dataset=Dataset.from_list(rows[:48]),
             eval_dataset={"train": Dataset.from_list(rows[48:])},
         )
+
+
+def test_feature_cache_tells_apart_backbones_that_share_embeddings_and_precisions(tiny_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from trl_causal.deconfound.features import model_fingerprint
+
+    base = AutoModel.from_pretrained(tiny_model)
+    retrained = AutoModel.from_pretrained(tiny_model)
+    with torch.no_grad():
+        retrained.layers[0].mlp.down_proj.weight.add_(0.1)  # same embeddings, another layer
+    assert model_fingerprint(retrained) != model_fingerprint(base)
+    assert model_fingerprint(AutoModel.from_pretrained(tiny_model, dtype=torch.bfloat16)) != model_fingerprint(base)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    lora = get_peft_model(classifier, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS"))
+    assert model_fingerprint(lora) == model_fingerprint(classifier) == model_fingerprint(base)  # head, adapters: not backbone

@@ -51,11 +51,11 @@ def default_feature_cache_dir() -> Path:
 
 
 def model_fingerprint(model: Any) -> str:
-    """Identifies a backbone whatever head or PEFT wrapper it has: its name or path, type, sizes, and a hash of its
-    input embeddings."""
+    """Identifies a backbone whatever head or PEFT wrapper it has: its name or path, type, sizes, and a hash of every
+    backbone weight with its name and dtype (LoRA adapters left out: the feature pass disables them). Two models
+    that differ in any backbone weight or in precision never share cached features."""
     config = model.config.get_text_config()
-    embeddings = model.get_input_embeddings().weight.detach().float().cpu().numpy()
-    digest = hashlib.sha256()
+    digest = hashlib.blake2b(digest_size=32)
     for value in (
         config._name_or_path,
         config.model_type,
@@ -64,7 +64,14 @@ def model_fingerprint(model: Any) -> str:
         config.vocab_size,
     ):
         digest.update(f"{value}|".encode())
-    digest.update(np.ascontiguousarray(embeddings).tobytes())
+    backbone = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrapper off
+    backbone = getattr(backbone, "base_model", backbone)  # the transformer body: no LM or classification head
+    for name, parameter in backbone.named_parameters():
+        if "lora_" in name:
+            continue
+        name = name.replace(".base_layer", "")  # as named before PEFT wrapped the layer
+        digest.update(f"{name}|{parameter.dtype}|{tuple(parameter.shape)}|".encode())
+        digest.update(np.ascontiguousarray(parameter.detach().float().cpu().numpy()).tobytes())
     return digest.hexdigest()
 
 
