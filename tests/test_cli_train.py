@@ -127,3 +127,13 @@ def test_resume_from_checkpoint_true_means_the_last_checkpoint_and_a_bad_one_fai
         resume_checkpoint("true", str(tmp_path / "empty"))
     with pytest.raises(TrlCausalError, match=r"resume_from_checkpoint: .*checkpoint-3 is not a checkpoint directory"):
         resume_checkpoint(str(tmp_path / "checkpoint-3"), str(tmp_path))
+
+
+@pytest.mark.parametrize("spec", BUILTIN_TRAINERS, ids=lambda spec: spec.name)
+def test_every_trainer_prints_its_help(spec, capsys):
+    from trl_causal import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "--trainer", spec.name, "--help"])
+    assert exited.value.code == 0
+    assert "--output_dir" in capsys.readouterr().out

@@ -107,7 +107,7 @@ class DeconfoundedRewardConfig(RewardConfig):
             "help": "Precision of the model feature pass: auto (bf16 when `bf16` is on, fp16 when `fp16` is; else "
             "bf16 where the device has bf16 matrix units (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), otherwise the "
             "model's own dtype), none (the model's own dtype), bf16 or fp16 (torch.autocast). The features only "
-            "feed the nuisance regressions: bf16 moved theta by 1e-5 in the benchmark and cut the pass by 40% on CPU.",
+            "feed the nuisance regressions: bf16 moved theta by 1e-5 in the benchmark and cut the time of the pass by 40 percent on CPU.",
             "choices": list(FEATURE_AUTOCAST),
         },
     )
