@@ -533,7 +533,7 @@ def projection(cli, pool: dict, median_step: float, feature_rates: dict[str, flo
 
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; results go to *_smoke.{json,png}")
     parser.add_argument("--estimator_datasets", type=int, default=50)
     parser.add_argument("--estimator_rows", type=int, default=2000)

@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--train_rows", type=int, default=320, help="default: steps x batch 8, one epoch")
+    parser.add_argument("--train_rows", type=int, default=320, help="default 320: one epoch of 40 steps x batch 8 (not recomputed from --steps)")
     parser.add_argument("--eval_rows", type=int, default=100, help="test reviews per agreement level")
     parser.add_argument("--ambiguous", type=float, default=0.3, help="fraction of reviews with mixed text, every split")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="overrides for every training, e.g. --bf16 true")

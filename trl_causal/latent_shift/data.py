@@ -308,7 +308,7 @@ def to_prompt_completion(
     instruction: str = DEFAULT_INSTRUCTION,
     conversational: bool = False,
 ) -> list[dict[str, Any]]:
-    """SFT rows {prompt, completion, label, spurious, environment, agrees}: prompt = instruction with the text, completion = verbalizer[label].
+    """SFT rows {prompt, completion, label, spurious, environment, agrees, ambiguous}: prompt = instruction with the text, completion = verbalizer[label].
 
     ``conversational=False``: plain strings, the completion with a leading space (" positive").
     ``conversational=True``: a user message and an assistant message, for chat templates.
