@@ -14,7 +14,8 @@ from trl import SFTConfig, SFTTrainer
 
 from conftest import REPO, cpu_training_args
 from trl_causal.trainer import CausalLossMixin, HeadsMixin
-from trl_causal.trainer.mixins import HEADS_FILE
+from trl_causal.errors import ConfigError
+from trl_causal.trainer.mixins import HEADS_FILE, CarryColumnsCollator
 
 sys.path.insert(0, str(REPO / "plugins" / "weighted_sft"))
 from trl_causal_weighted_sft.trainer import WeightedSFTConfig, WeightedSFTTrainer  # noqa: E402
@@ -81,6 +82,22 @@ class HeadSFTTrainer(HeadsMixin, CausalLossMixin, SFTTrainer):
         target = (inputs["input_ids"].sum(dim=1) % 2).long()
         loss = outputs.loss + self.example_mean(nn.functional.cross_entropy(logits, target, reduction="none"))
         return (loss, outputs) if return_outputs else loss
+
+
+@pytest.mark.parametrize(("setting", "extra"), [("packing", {}), ("padding_free", {"max_length": None})])
+def test_settings_that_merge_rows_are_refused_when_columns_are_carried(tiny_model, tmp_path, setting, extra):
+    args = sgd_args(tmp_path, WeightedSFTConfig, **{setting: True, **extra})
+    with pytest.raises(ConfigError, match=rf"{setting}=True merges rows .* \['weight'\] .* `{setting}: false`"):
+        WeightedSFTTrainer(model=str(tiny_model), args=args, train_dataset=Dataset.from_dict(ROWS))
+
+
+def test_carried_columns_leave_the_examples_as_they_were():
+    examples = [{"input_ids": [1, 2], "weight": 0.5}, {"input_ids": [3], "weight": 2.0}]
+    collator = CarryColumnsCollator(lambda rows: {"n": len(rows), "keys": sorted(rows[0])}, ["weight"])
+    for _ in range(2):  # a dataset may hand out the same dicts again next epoch
+        batch = collator(examples)
+        assert batch["keys"] == ["input_ids"] and batch["weight"].tolist() == [0.5, 2.0]
+    assert examples[0] == {"input_ids": [1, 2], "weight": 0.5}
 
 
 def head_trainer(tiny_model, output_dir, **overrides):

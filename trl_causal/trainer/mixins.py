@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from ..errors import ConfigError
+
 HEADS_ATTR = "trl_causal_heads"
 HEADS_FILE = "trl_causal_heads.safetensors"
 
@@ -33,8 +35,9 @@ class CarryColumnsCollator:
         self.columns = list(columns)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        carried = {c: [example.pop(c) for example in examples] for c in self.columns if c in examples[0]}
-        batch = self.collator(examples)
+        carried = {c: [example[c] for example in examples] for c in self.columns if c in examples[0]}
+        # the examples themselves stay untouched: a dataset may hand out the same dicts again next epoch
+        batch = self.collator([{k: v for k, v in example.items() if k not in carried} for example in examples])
         for column, values in carried.items():
             is_number = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
             batch[column] = torch.tensor(values) if is_number else values
@@ -55,9 +58,11 @@ class ExtraColumnsMixin:
         super().__init__(*args, **kwargs)
         columns = self.extra_columns()
         if columns:
-            if getattr(self.args, "packing", False):
-                raise ValueError(
-                    f"packing=True merges rows, so the per-row columns {columns} cannot be carried; set `packing: false`."
+            merging = [name for name in ("packing", "padding_free", "eval_packing") if getattr(self.args, name, False)]
+            if merging:
+                raise ConfigError(
+                    f"{' and '.join(f'{name}=True' for name in merging)} merges rows into one sequence, so the per-row "
+                    f"columns {columns} cannot be carried; set {' and '.join(f'`{name}: false`' for name in merging)}."
                 )
             self.data_collator = CarryColumnsCollator(self.data_collator, columns)
 
