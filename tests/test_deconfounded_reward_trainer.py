@@ -440,3 +440,21 @@ def test_feature_cache_tells_apart_backbones_that_share_embeddings_and_precision
     classifier = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
     lora = get_peft_model(classifier, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS"))
     assert model_fingerprint(lora) == model_fingerprint(classifier) == model_fingerprint(base)  # head, adapters: not backbone
+
+
+def test_an_unwritable_feature_cache_warns_and_keeps_the_features(tiny_model, tmp_path):
+    from transformers import AutoModel
+
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("a file where the cache directory should be")
+    with pytest.warns(UserWarning, match=r"Could not cache the text features in .*cache"):
+        phi = hidden_state_features(AutoModel.from_pretrained(tiny_model), [[5, 6], [7]], 0, cache_dir=not_a_directory, progress=False)
+    assert phi.shape[0] == 2 and np.isfinite(phi).all()
+    assert not list(tmp_path.glob("**/*.tmp.npy"))
+
+
+def test_tfidf_without_words_names_the_fix():
+    from trl_causal.deconfound.features import tfidf_features
+
+    with pytest.raises(DataError, match=r"TF-IDF found no words in the 3 texts .*`feature_source: model`"):
+        tfidf_features(["A", "B", "5"])

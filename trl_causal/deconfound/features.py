@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..paths import cache_root
 
 # autocast precisions of the model feature pass: None runs the model in its own dtype
@@ -28,7 +29,13 @@ def tfidf_features(texts: Sequence[str]) -> sp.csr_matrix:
     columns: on the simulator they bias theta by +0.3 at 1000 rows; words alone by about 0.01.)"""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(sublinear_tf=True).fit_transform(texts).tocsr()
+    try:
+        return TfidfVectorizer(sublinear_tf=True).fit_transform(texts).tocsr()
+    except ValueError as error:  # "empty vocabulary": no word of two or more letters or digits in any text
+        raise DataError(
+            f"TF-IDF found no words in the {len(texts)} texts ({error}); words of two or more letters or digits are "
+            "needed. Use `feature_source: model` for texts such as single letters or numbers."
+        ) from error
 
 
 def runs_bf16_natively(device: Any) -> bool:
@@ -152,10 +159,16 @@ def hidden_state_features(
                 features[rows] = pooled
     finally:
         model.train(was_training)
-    cache.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(partial, features)
-    os.replace(partial, path)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(partial, features)
+        os.replace(partial, path)
+    except OSError as error:  # a read-only or full cache costs the cache, never the computed features
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        warnings.warn(f"Could not cache the text features in {cache} ({error}); set feature_cache_dir to a writable "
+                      "directory to reuse them.", stacklevel=2)
     return features
 
 
