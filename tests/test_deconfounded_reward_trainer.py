@@ -313,6 +313,26 @@ def test_dpo_pairs_are_ranked_by_the_deconfounded_outcome_within_groups(tiny_mod
     assert "ranked by the raw outcome" in capsys.readouterr().out
 
 
+def test_dpo_pairs_count_a_repeated_answer_once_with_its_mean_outcome(tiny_model, tmp_path):
+    rows = observational_rows(n=40, prompt_completion=True, seed=1)  # 10 groups of 4
+    rows[1]["completion"] = rows[0]["completion"]  # group 0 samples one answer twice, with two outcomes
+    config = cli_config(tmp_path, tiny_model, rows, text_column=None, n_folds=5)
+    output = tmp_path / "pairs.jsonl"
+    assert cli.main(["dpo-pairs", "--config", str(config), "--output", str(output), "--mode", "naive"]) == 0
+    pairs = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(pairs) == 9 * 6 + 3  # group 0 has 3 distinct answers
+    assert all(pair["chosen"] != pair["rejected"] for pair in pairs)
+    ordered = {(pair["chosen"], pair["rejected"]) for pair in pairs}
+    assert not any((rejected, chosen) in ordered for chosen, rejected in ordered)
+    repeated = [pair for pair in pairs if rows[0]["completion"] in (pair["chosen"], pair["rejected"])]
+    mean = np.mean([rows[0]["outcome"], rows[1]["outcome"]])
+    outcomes = np.array([row["outcome"] for row in rows])
+    standardised = (mean - outcomes.mean()) / outcomes.std()
+    for pair in repeated:
+        score = pair["score_chosen"] if pair["chosen"] == rows[0]["completion"] else pair["score_rejected"]
+        assert score == pytest.approx(standardised, rel=1e-6)
+
+
 # --- bad input: one line from the training script, before the model loads where the data alone decides --------
 
 

@@ -4,7 +4,8 @@
 every pair of rows of one group (``group_column``) whose standardised target t (the deconfounded outcome r~ by
 default; the raw outcome with ``--mode naive``) differs by more than ``min_pair_gap``, as TRL preference rows:
 ``chosen`` / ``rejected`` (the texts, or the completions of ``prompt`` + ``completion`` rows), ``prompt`` when the
-rows have one, and ``score_chosen`` / ``score_rejected`` (their t).
+rows have one, and ``score_chosen`` / ``score_rejected`` (their t). An answer repeated within a group counts once,
+with the mean t of its copies.
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ def check_pair_groups(groups: np.ndarray | None, what: str) -> None:
 
 
 def preference_pairs(
-    scores: Sequence[float] | np.ndarray, groups: np.ndarray | None, min_gap: float = 0.0, what: str = "pairs"
+    scores: Sequence[float] | np.ndarray,
+    groups: np.ndarray | None,
+    min_gap: float = 0.0,
+    what: str = "pairs",
+    single_row_groups: bool = False,
 ) -> np.ndarray:
-    """(chosen i, rejected j) [m, 2]: every pair of rows of one group with s_i - s_j > ``min_gap``, group by group."""
+    """(chosen i, rejected j) [m, 2]: every pair of rows of one group with s_i - s_j > ``min_gap``, group by group.
+    A group of one row is an error unless ``single_row_groups`` (it then gives no pair)."""
     scores = np.asarray(scores, dtype=float)
-    check_pair_groups(groups, what)
+    if groups is None or not single_row_groups:
+        check_pair_groups(groups, what)
     pairs = []
     for group in np.unique(groups):
         rows = np.flatnonzero(groups == group)
@@ -49,6 +56,19 @@ def preference_pairs(
     if not len(pairs):
         raise DataError(f"{what}: no two rows of a group have targets more than min_pair_gap={min_gap} apart.")
     return pairs
+
+
+def merge_repeated_answers(
+    rows: Sequence[dict[str, Any]], groups: np.ndarray, scores: np.ndarray, answer: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One row per distinct answer of a group (the first), scored by the mean target of its copies: ``(rows kept,
+    their scores)``. Repeated answers, as best-of-n sampling gives, would otherwise pair with themselves
+    (chosen = rejected) or both ways round."""
+    members: dict[tuple[Any, str], list[int]] = {}
+    for index, row in enumerate(rows):
+        members.setdefault((groups[index].item(), json.dumps(row[answer], sort_keys=True)), []).append(index)
+    kept = np.array([indices[0] for indices in members.values()])
+    return kept, np.array([np.mean(scores[indices]) for indices in members.values()])
 
 
 def dpo_rows(
@@ -110,9 +130,10 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
         return _model_features(run, rows)
 
     targets = reward_targets(observations, args, features)
-    scores = targets.of(observations)
-    pairs = preference_pairs(scores, observations.groups, args.min_pair_gap, "dpo-pairs")
-    lines = dpo_rows(rows.to_list(), pairs, scores, args.text_column, observations.rows)
+    all_rows = rows.to_list()
+    kept, scores = merge_repeated_answers(all_rows, observations.groups, targets.of(observations), args.text_column or "completion")
+    pairs = preference_pairs(scores, observations.groups[kept], args.min_pair_gap, "dpo-pairs", single_row_groups=True)
+    lines = dpo_rows([all_rows[i] for i in kept], pairs, scores, args.text_column, observations.rows[kept])
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
