@@ -132,3 +132,12 @@ def test_resume_from_a_checkpoint_without_heads_fails_clearly(tiny_model, tmp_pa
     os.remove(tmp_path / "a" / "checkpoint-1" / HEADS_FILE)
     with pytest.raises(FileNotFoundError, match=HEADS_FILE):
         head_trainer(tiny_model, tmp_path / "b").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))
+
+
+def test_a_save_without_gathered_weights_writes_no_empty_heads_file(tiny_model, tmp_path):
+    # DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save calls _save with an empty state_dict.
+    trainer = head_trainer(tiny_model, tmp_path / "out", max_steps=1)
+    trainer._save(str(tmp_path / "ungathered"), state_dict={})
+    assert not (tmp_path / "ungathered" / HEADS_FILE).exists()
+    trainer._save(str(tmp_path / "gathered"))
+    assert set(load_file(tmp_path / "gathered" / HEADS_FILE)) == {"linear.weight", "linear.bias"}

@@ -182,7 +182,8 @@ class HeadsMixin:
             super()._save(output_dir, state_dict=state_dict)
         finally:
             owner.add_module(HEADS_ATTR, heads)
-        if self.args.should_save:
+        # An empty state_dict is DeepSpeed's without gathered weights: the heads live in its checkpoint, as the model does.
+        if self.args.should_save and heads_state:
             os.makedirs(output_dir, exist_ok=True)
             save_file({k: v.detach().contiguous().cpu() for k, v in heads_state.items()}, os.path.join(output_dir, HEADS_FILE))
 
@@ -202,6 +203,8 @@ class HeadsMixin:
         if heads is None:
             return
         path = os.path.join(checkpoint_dir, HEADS_FILE)
+        if not os.path.isfile(path) and self.is_deepspeed_enabled:
+            return  # saved without gathered weights: DeepSpeed's engine restored the heads with the model
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{checkpoint_dir} holds no {HEADS_FILE}: it was not saved by this trainer.")
         heads.load_state_dict(load_file(path, device=str(next(heads.parameters()).device)))
