@@ -417,7 +417,9 @@ def test_fewer_rows_than_folds(tmp_path, tiny_model, capsys):
 def test_singleton_groups_under_pairwise(tmp_path, tiny_model, capsys):
     rows = [dict(row, group=i // 2 if i < 100 else i) for i, row in enumerate(observational_rows())]
     train_fails_with(
-        capsys, cli_config(tmp_path, tiny_model, rows, objective="pairwise"), "20 of 70 groups have a single row"
+        capsys,
+        cli_config(tmp_path, tiny_model, rows, objective="pairwise"),
+        "20 of 70 groups have a single row (rows [100, 101, 102, 103, 104] and 15 more)",
     )
 
 

@@ -18,18 +18,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .confounders import describe_rows
 
 
-def check_pair_groups(groups: np.ndarray | None, what: str) -> None:
-    """Every group must have 2 rows or more (a pair compares rows of one group)."""
+def check_pair_groups(groups: np.ndarray | None, what: str, row_numbers: Sequence[int] | None = None) -> None:
+    """Every group must have 2 rows or more (a pair compares rows of one group). ``row_numbers``: the rows' numbers in
+    the data, to name the lone rows."""
     if groups is None:
         raise ConfigError(f"{what}: pairs compare rows that share a context; set group_column.")
-    _, sizes = np.unique(groups, return_counts=True)
+    codes, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     singletons = int((sizes == 1).sum())
     if singletons:
+        lone = np.flatnonzero(sizes[inverse] == 1)
+        where = f" ({describe_rows(np.asarray(row_numbers)[lone])})" if row_numbers is not None else ""
         raise DataError(
-            f"{what}: {singletons} of {len(sizes)} groups have a single row, and a pair needs 2 rows of one group. "
-            "Drop those rows, or choose a coarser group_column (or, for the reward model, use objective: regression)."
+            f"{what}: {singletons} of {len(codes)} groups have a single row{where}, and a pair needs 2 rows of one "
+            "group. Drop those rows, or choose a coarser group_column (or, for the reward model, use objective: regression)."
         )
 
 
@@ -121,7 +125,7 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
         )
     train, _ = load_run_datasets(run.script_args, run.dataset_args, need_eval=False)
     observations = read_observations({"train": train}, args)["train"]
-    check_pair_groups(observations.groups, "dpo-pairs")
+    check_pair_groups(observations.groups, "dpo-pairs", observations.rows)
     rows = train.select(observations.rows)
 
     def features():

@@ -446,7 +446,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if args.objective == "pairwise":
             for split, obs in observations.items():
                 check_pair_groups(
-                    obs.groups, f"objective='pairwise', {split} split, group_column {args.group_column!r}"
+                    obs.groups, f"objective='pairwise', {split} split, group_column {args.group_column!r}", obs.rows
                 )
         if peft_config is not None and peft_config.task_type != "SEQ_CLS":
             peft_config.task_type = "SEQ_CLS"  # trains the `score` head too (PEFT's modules_to_save for SEQ_CLS)
