@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +143,29 @@ def test_every_trainer_prints_its_help(spec, capsys):
         cli.main(["train", "--trainer", spec.name, "--help"])
     assert exited.value.code == 0
     assert "--output_dir" in capsys.readouterr().out
+
+
+def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, out, max_steps=100_000)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trl_causal.cli", "train", "--config", str(config)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    seen = []
+    for line in process.stdout:  # wait for a logged step
+        seen.append(line)
+        if "'loss'" in line:
+            break
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: it reaches every process of the group
+    output = "".join(seen) + process.stdout.read()
+    assert process.wait(timeout=120) == 130, output[-3000:]
+    saved = re.search(r"interrupted after step (\d+); saved (\S+checkpoint-\d+)\. Continue with", output)
+    assert saved, output[-3000:]
+    step, checkpoint = int(saved[1]), Path(saved[2])
+    assert (checkpoint / "optimizer.pt").is_file()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    resumed = run_cli("train", "--config", str(config), "--max_steps", str(step + 2), "--resume_from_checkpoint", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / SUMMARY_FILE).read_text())["steps"] == step + 2

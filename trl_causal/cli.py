@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
 
     from .configuration import parse_run_config
     from .data import check_columns, load_run_datasets
-    from .train import REQUESTED_PROCESSES_ENV, column_sets, required_columns
+    from .train import INTERRUPTED_EXIT_CODE, REQUESTED_PROCESSES_ENV, column_sets, required_columns
 
     run = parse_run_config(rest, args.config)
     # Check the data here, before any process starts or any model loads.
@@ -68,6 +69,11 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         os.environ[REQUESTED_PROCESSES_ENV] = str(launch_args.num_processes)
     try:
         launch_command(launch_args)
+    except KeyboardInterrupt:  # Ctrl-C reached the training process too: let it save and stop before returning
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                os.waitpid(-1, 0)
+        return INTERRUPTED_EXIT_CODE
     except subprocess.CalledProcessError as error:  # the training process already printed its error
         return error.returncode or 1
     except ChildFailedError as error:  # several processes (torchrun): each printed its own error above

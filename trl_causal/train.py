@@ -17,6 +17,7 @@ from .data import check_columns, load_run_datasets
 from .errors import TrlCausalError
 
 SUMMARY_FILE = "trl_causal_run.json"
+INTERRUPTED_EXIT_CODE = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
 # How many processes `trl-causal train` asked accelerate to launch (set for the launched processes only).
 REQUESTED_PROCESSES_ENV = "TRL_CAUSAL_NUM_PROCESSES"
 
@@ -115,6 +116,29 @@ def check_world_size(num_processes: int, setup: str, output_dir: str) -> None:
         )
 
 
+class TrainingInterrupted(TrlCausalError):
+    """Training was stopped by Ctrl-C; the message says what was saved."""
+
+
+def train_or_save_on_interrupt(trainer, resume_from: str | None):
+    """``trainer.train()``. Ctrl-C in a one-process run first saves the completed steps as ``checkpoint-N`` in
+    ``output_dir`` (model, optimizer, scheduler, RNG and trainer state), so ``resume_from_checkpoint: true`` goes on
+    from there. A multi-process run keeps what ``save_steps`` saved (saving would need every process)."""
+    try:
+        return trainer.train(resume_from_checkpoint=resume_from)
+    except KeyboardInterrupt:
+        step, output_dir = trainer.state.global_step, trainer.args.output_dir
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or step == 0:
+            raise TrainingInterrupted(
+                f"interrupted at step {step}; nothing was saved since the last checkpoint in {output_dir}."
+            ) from None
+        trainer._save_checkpoint(trainer.model, trial=None)
+        raise TrainingInterrupted(
+            f"interrupted after step {step}; saved {os.path.join(output_dir, f'checkpoint-{step}')}. Continue with "
+            "`--resume_from_checkpoint true`."
+        ) from None
+
+
 def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
     """The checkpoint directory to resume from, checked before any model loads. ``true`` (also as the string that
     ``--resume_from_checkpoint true`` gives) means the last ``checkpoint-N`` in ``output_dir``; ``false`` or unset: none."""
@@ -154,7 +178,7 @@ def main(run: RunConfig) -> dict:
     state = training_args.distributed_state
     check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
     trainer = build_trainer(run, train_dataset, eval_dataset)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)
     summary = {
         "trainer": run.trainer.name,
@@ -213,6 +237,9 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         config_path, rest = _split_config_flag(argv)
         main(parse_run_config(rest, config_path))
+    except TrainingInterrupted as error:
+        print(f"trl-causal: {error}", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     except TrlCausalError as error:
         print(f"trl-causal: error: {error}", file=sys.stderr)
         return 2
