@@ -156,3 +156,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+def interrupt_after_first_step(*args: str) -> tuple[int, str]:
+    """Run ``trl-causal`` as a user would, press Ctrl-C once a training step is logged (SIGINT to the whole process
+    group, as a terminal does), and return its exit code and output (stdout and stderr)."""
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trl_causal.cli", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "'loss'" in line:
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    output = "".join(seen) + process.stdout.read()
+    return process.wait(timeout=120), output

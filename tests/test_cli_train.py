@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, base_config, reward_rows, run_cli, sft_rows, write_config, write_jsonl
+from conftest import REPO, base_config, interrupt_after_first_step, reward_rows, run_cli, sft_rows, write_config, write_jsonl
 from plugin_helpers import pip_install_target
 from trl_causal.plugins import PluginManager
 from trl_causal.train import SUMMARY_FILE
@@ -149,18 +145,8 @@ def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path,
     data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
     out = tmp_path / "out"
     config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, out, max_steps=100_000)})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trl_causal.cli", "train", "--config", str(config)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    seen = []
-    for line in process.stdout:  # wait for a logged step
-        seen.append(line)
-        if "'loss'" in line:
-            break
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: it reaches every process of the group
-    output = "".join(seen) + process.stdout.read()
-    assert process.wait(timeout=120) == 130, output[-3000:]
+    code, output = interrupt_after_first_step("train", "--config", str(config))
+    assert code == 130 and "Traceback" not in output, output[-3000:]
     saved = re.search(r"interrupted after step (\d+); saved (\S+checkpoint-\d+)\. Continue with", output)
     assert saved, output[-3000:]
     step, checkpoint = int(saved[1]), Path(saved[2])

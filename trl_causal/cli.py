@@ -49,6 +49,7 @@ def _command_download_model(args: argparse.Namespace) -> int:
 
 def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from .configuration import parse_run_config
@@ -73,6 +74,8 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         with contextlib.suppress(ChildProcessError):
             while True:
                 os.waitpid(-1, 0)
+        return INTERRUPTED_EXIT_CODE
+    except SignalException:  # Ctrl-C under torchrun: its agent stopped the training processes, which said what was saved
         return INTERRUPTED_EXIT_CODE
     except subprocess.CalledProcessError as error:  # the training process already printed its error
         return error.returncode or 1
