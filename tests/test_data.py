@@ -55,3 +55,15 @@ def test_columns_of_a_streamed_csv_are_read_from_its_first_row(tmp_path):
     check_columns(streamed, "sft")
     with pytest.raises(DataError, match=r"lacks the columns this trainer needs: environment\. It has: completion, prompt"):
         check_columns(streamed, "sft", ("environment",))
+
+
+def test_named_splits_name_one_evaluation_dataset_eval_and_refuse_one_named_train():
+    from trl_causal.data import named_splits
+    from trl_causal.errors import ConfigError
+
+    train, held_out = Dataset.from_list(ROWS), Dataset.from_list(ROWS[:1])
+    assert named_splits(train, None) == {"train": train}
+    assert named_splits(train, held_out) == {"train": train, "eval": held_out}
+    assert list(named_splits(train, {"a": held_out, "b": held_out})) == ["train", "a", "b"]
+    with pytest.raises(ConfigError, match=r"An evaluation split is named 'train'.*'train_eval'"):
+        named_splits(train, {"train": held_out})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # Columns a trainer kind can train on: any one of these sets must be present.
@@ -65,6 +65,19 @@ def load_run_datasets(script_args: Any, dataset_args: Any, need_eval: bool):
     train = split(script_args.dataset_train_split, "dataset_train_split")
     test = split(script_args.dataset_test_split, "dataset_test_split") if need_eval else None
     return train, test
+
+
+def named_splits(train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
+    """The training rows as "train", then the evaluation rows by name: the keys of a dict of datasets, or "eval" for
+    one dataset (as ``Trainer.evaluate`` names its metrics); none when ``eval_dataset`` is None. An evaluation split
+    named "train" is an error, since it would stand in for the training rows."""
+    evaluation = {} if eval_dataset is None else dict(eval_dataset) if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+    if "train" in evaluation:
+        raise ConfigError(
+            "An evaluation split is named 'train', the name kept for the training rows; give it another name (e.g. "
+            "'train_eval')."
+        )
+    return {"train": train_dataset, **evaluation}
 
 
 def check_columns(

@@ -31,6 +31,7 @@ from ..capt import (
     build_symbol_pool,
     estimate_rows,
 )
+from ..data import named_splits
 from ..errors import ConfigError, DataError
 from ..evaluation import LMPredictor, Prompt, common_prefix_length
 from .capt_config import CAPTConfig
@@ -258,11 +259,8 @@ class CAPTTrainer(SFTTrainer):
                 "The capt trainer renders rows itself and takes no formatting_func; pass prompt/completion, messages "
                 "or text rows."
             )
-        if eval_dataset is None:
-            eval_datasets = {}
-        else:
-            eval_datasets = dict(eval_dataset) if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
-        for name, dataset in {"train": train_dataset, **eval_datasets}.items():
+        splits = named_splits(train_dataset, eval_dataset)
+        for name, dataset in splits.items():
             if not isinstance(dataset, datasets.Dataset):
                 raise DataError(
                     f"The capt trainer needs the {name} rows as a map-style datasets.Dataset (it estimates every row "
@@ -276,7 +274,7 @@ class CAPTTrainer(SFTTrainer):
             train_estimated = self._estimate(args, train_dataset, "training", show_progress)
             self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
             train_interventions = self._interventions(args, train_estimated)
-            eval_plans = {key: self._plan_eval(args, rows, f"evaluation {key!r}") for key, rows in eval_datasets.items()}
+            eval_plans = {key: self._plan_eval(args, rows, f"evaluation {key!r}") for key, rows in splits.items() if key != "train"}
 
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         # TRL's compute_loss divides by `num_items_in_batch`: have the Trainer always count it.
@@ -288,7 +286,7 @@ class CAPTTrainer(SFTTrainer):
         )
         self.train_dataset = self._intervention_dataset(train_dataset, train_estimated, train_interventions)
         if eval_plans:
-            wrapped = {key: self._intervention_dataset(eval_datasets[key], *plan) for key, plan in eval_plans.items()}
+            wrapped = {key: self._intervention_dataset(splits[key], *plan) for key, plan in eval_plans.items()}
             self.eval_dataset = wrapped if isinstance(eval_dataset, dict) else wrapped["eval"]
         self.add_callback(InterventionEpochCallback(self.train_dataset))
         if self.accelerator.is_main_process:

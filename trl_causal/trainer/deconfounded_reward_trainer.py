@@ -43,6 +43,7 @@ from trl import RewardTrainer
 from trl.data_utils import _tokenize, is_conversational
 from trl.trainer.utils import global_then_local_main_first, pad
 
+from ..data import named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.confounders import _is_missing as is_missing
 from ..deconfound.confounders import describe_invalid_columns
@@ -435,7 +436,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 "DeconfoundedRewardTrainer needs a DeconfoundedRewardConfig naming the outcome and confounder columns, "
                 f"not {type(args).__name__}."
             )
-        splits = {"train": train_dataset, **self._named_eval_datasets(eval_dataset)}
+        splits = named_splits(train_dataset, eval_dataset)
         for name, dataset in splits.items():
             if not isinstance(dataset, datasets.Dataset):
                 raise DataError(
@@ -508,19 +509,6 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if main:
             self.save_report(args.output_dir)
             self._print_summary()
-
-    @staticmethod
-    def _named_eval_datasets(eval_dataset) -> dict[str, Any]:
-        if eval_dataset is None:
-            return {}
-        if isinstance(eval_dataset, dict):
-            if "train" in eval_dataset:
-                raise ConfigError(
-                    "An evaluation split is named 'train', the name the deconfounded_reward trainer keeps for the "
-                    "training rows; give it another name (e.g. 'train_eval')."
-                )
-            return dict(eval_dataset)
-        return {"eval": eval_dataset}
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Rows are prepared after ``RewardTrainer.__init__`` (their targets need the loaded model): unchanged here."""

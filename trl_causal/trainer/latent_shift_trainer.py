@@ -32,6 +32,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
+from ..data import named_splits
 from ..errors import ConfigError, DataError
 from ..evaluation import LMPredictor, answer_prefix
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
@@ -188,10 +189,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         if args.verbalizer is None and not isinstance(train_dataset, Dataset):
             raise ConfigError("verbalizer must be set for streamed (iterable) training data: it cannot be read up front.")
         self.verbalizer: dict[str, str] = args.verbalizer or verbalizer_from_data(train_dataset, label_column)
-        eval_datasets = eval_dataset if isinstance(eval_dataset, dict) else {"evaluation": eval_dataset}
-        for split, dataset in {"training": train_dataset, **eval_datasets}.items():
+        for split, dataset in named_splits(train_dataset, eval_dataset).items():
             if isinstance(dataset, Dataset):
-                check_labels(dataset, label_column, self.verbalizer, split)
+                check_labels(dataset, label_column, self.verbalizer, "training" if split == "train" else f"evaluation {split!r}")
         return train_dataset, eval_dataset
 
     def _frozen_reference(self) -> torch.nn.Module:
