@@ -76,6 +76,21 @@ def test_symbols_avoid_words_of_the_row_and_event_names():
         assert set(intervene(template, pool, np.random.default_rng(draw)).mapping.values()) == {"X", "Y"}
 
 
+def test_symbols_avoid_words_their_written_forms_would_be():
+    # "I" would be written "Is" in the plural, and "let" as "Let" at a sentence start: both words of this row.
+    template = EventTemplate("{e1}s help. Is it {e2}? Let us see.", None, {"e1": "cat", "e2": "dog"})
+    pool = ListPool(["I", "let", "X", "zup"])
+    for draw in range(30):
+        assert set(intervene(template, pool, np.random.default_rng(draw)).mapping.values()) == {"X", "zup"}
+
+
+def test_a_multi_word_symbol_holding_an_event_name_of_the_row_is_not_drawn():
+    template = EventTemplate("{e1} has an effect on {e2}.", "Yes", {"e1": "husband", "e2": "wife"})
+    pool = ListPool(["alarm set by husband", "ringing alarm", "sunny day"])
+    for draw in range(30):
+        assert set(intervene(template, pool, np.random.default_rng(draw)).mapping.values()) == {"ringing alarm", "sunny day"}
+
+
 def test_pool_of_names_from_other_rows_never_gives_a_row_its_own_names():
     rows = generate_prontoqa(6, "id", hops=2, seed=0)
     templates = estimate_rows(ProntoQAEstimator(), rows).templates

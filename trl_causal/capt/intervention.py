@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .events import PLACEHOLDER_PATTERN, WORD_PATTERN, EventTemplate
+from .events import PLACEHOLDER_PATTERN, WORD_PATTERN, EventTemplate, TermMatcher, is_matchable
+from .morphology import pluralize
 
 SYMBOL_POOLS = ("letters", "nonsense", "pool")
 LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase)
@@ -142,15 +143,24 @@ class InterventionResult:
 def intervene(template: EventTemplate, pool: SymbolPool, rng: np.random.Generator) -> InterventionResult:
     """Draw one distinct symbol per event and render prompt and completion with that single mapping.
 
-    A symbol is never one of the row's event names (ignoring case), nor a word that the template text
-    already contains (exact case: "A" is allowed beside the article "a", not beside a sentence-initial "A").
+    A symbol never holds one of the row's event names (ignoring case: a ``pool`` name "alarm set by husband" may
+    not stand in a row whose event is "husband"), and no form it can be written in (as drawn, capitalised at a
+    sentence start, plural) is a word the template text already contains, in exact case: "A" is allowed beside the
+    article "a", but "I" not where the text has "Is", which its plural would read as.
     """
     text = PLACEHOLDER_PATTERN.sub(" ", template.prompt + "\n" + (template.completion or ""))
     words = set(WORD_PATTERN.findall(text))
-    names = {name.casefold() for name in template.names.values()}
+    matchable = [name for name in template.names.values() if is_matchable(name)]
+    names = TermMatcher(matchable, ignore_case=True) if matchable else None
+
+    def written_forms(symbol: str) -> set[str]:
+        forms = {symbol, pluralize(symbol)}
+        return forms | {form[:1].upper() + form[1:] for form in forms}
 
     def allowed(symbol: str) -> bool:
-        return symbol not in words and symbol.casefold() not in names
+        if names is not None and names.find(symbol):
+            return False
+        return not written_forms(symbol) & words
 
     keys = template.placeholders
     mapping = dict(zip(keys, pool.draw(len(keys), rng, allowed))) if keys else {}
