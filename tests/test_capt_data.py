@@ -9,10 +9,12 @@ import pytest
 
 from trl_causal.capt import (
     CLADDER_HUB_ID,
+    CLadderEstimator,
     answer_from_claims,
     cladder_variables,
     convert_cladder_rows,
     convert_prontoqa_rows,
+    estimate_rows,
     generate_prontoqa,
     load_cladder_file,
     load_prontoqa_file,
@@ -211,6 +213,20 @@ def test_cladder_columns_are_mapped_by_name_and_bad_rows_name_row_and_field():
         convert_cladder_rows([dict(CLADDER_ROW, answer="perhaps")])
     with pytest.raises(ConfigError, match="Unknown CLadder fields \\['prompt'\\]"):
         convert_cladder_rows([CLADDER_ROW], columns={"prompt": "text"})
+
+
+def test_malformed_cladder_input_names_the_row_or_line(tmp_path):
+    with pytest.raises(DataError, match=r"CLadder row 1 is NoneType None, not an object of fields"):
+        convert_cladder_rows([CLADDER_ROW, None])
+    with pytest.raises(DataError, match=r"reasoning\.step0 must be text .*not \['Let X = a'\]"):
+        cladder_variables({"reasoning": {"step0": ["Let X = a"]}})
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(CLADDER_ROW) + "\n\n" + json.dumps(CLADDER_ROW) + "\n" + '{"question": "Q?",' + "\n")
+    with pytest.raises(DataError, match=r"rows\.jsonl', line 4, is not valid JSON"):
+        load_cladder_file(path)
+    rows = [{"prompt": "Does C++ pay?", "completion": "Yes", "reasoning": {"step0": "Let X = C++; Y = salary."}}] * 2
+    with pytest.raises(ConfigError, match=r"Row 0: Event terms \['C\+\+'\] cannot be matched as whole words"):
+        estimate_rows(CLadderEstimator(include_values=False), rows)
 
 
 def test_load_cladder_file(tmp_path):

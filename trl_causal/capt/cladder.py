@@ -68,6 +68,8 @@ def cladder_variables(
     """The row's causal variables: names from ``reasoning.step0`` and from ``meta.variable_mapping``
     ("<symbol>name" keys), value phrases from the mapping ("<symbol>0" / "<symbol>1"); step0 order first."""
     step0 = _as_dict(row.get(reasoning_column), f"Column {reasoning_column!r}").get("step0")
+    if step0 is not None and not isinstance(step0, str):
+        raise DataError(f"{reasoning_column}.step0 must be text such as 'Let X = husband; Y = alarm.', not {step0!r}.")
     names = parse_step0(step0) if step0 else {}
     meta = _as_dict(row.get(meta_column), f"Column {meta_column!r}")
     mapping = _as_dict(meta.get("variable_mapping"), f"{meta_column}.variable_mapping")
@@ -122,6 +124,8 @@ def convert_cladder_rows(
     column = _resolve_columns(columns)
     converted = []
     for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise DataError(f"CLadder row {index} is {type(row).__name__} {row!r}, not an object of fields.")
         needed = list(REQUIRED_FIELDS) + (["reasoning"] if target == "reasoning" else [])
         for name in needed:
             if row.get(column[name]) in (None, ""):

@@ -483,7 +483,7 @@ def estimate_rows(
             if on_no_events == "drop":
                 continue
             template = EventTemplate(prompt, completion, {})
-        except DataError as error:
+        except (DataError, ConfigError) as error:  # e.g. a CLadder variable name that cannot be matched as words
             raise type(error)(f"Row {index}: {error}") from error
         result.templates.append(template)
         result.row_indices.append(index)

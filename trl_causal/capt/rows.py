@@ -25,12 +25,20 @@ def read_json_file(path: str | os.PathLike[str], what: str) -> Any:
     if not file.is_file():
         raise DataError(f"{what} file {str(path)!r} does not exist (resolved to {file.resolve()}).")
     text = file.read_text(encoding="utf-8")
-    try:
-        if file.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{what} file {str(path)!r} is not valid JSON: {error}.") from error
+    if file.suffix != ".jsonl":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{what} file {str(path)!r} is not valid JSON: {error}.") from error
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{what} file {str(path)!r}, line {number}, is not valid JSON: {error.msg} (column {error.colno}).") from error
+    return rows
 
 
 def decode_json(value: Any, what: str) -> Any:
