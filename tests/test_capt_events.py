@@ -59,6 +59,14 @@ def test_article_agrees_with_how_a_letter_symbol_is_said():
     assert prompt == "Sam is an H. Max is a U. Rex is an ur."
 
 
+@pytest.mark.parametrize(
+    ("symbol", "article"),
+    [("apple", "an"), ("unicorn", "a"), ("user", "a"), ("European", "a"), ("one", "a"), ("hour", "an"), ("honest", "an"), ("hat", "a")],
+)
+def test_render_article_follows_the_sound_of_the_symbol(symbol, article):
+    assert EventTemplate("Max is a {e1}.", None, {"e1": "cat"}).render({"e1": symbol})[0] == f"Max is {article} {symbol}."
+
+
 def test_render_capitalises_symbols_that_open_a_sentence_and_keeps_plural_suffix():
     template = EventTemplate("{e1}s are {e2}. Wow.\n{e1} is {e2}.", None, {"e1": "wumpus", "e2": "bony"})
     prompt, completion = template.render({"e1": "tap", "e2": "ruk"})

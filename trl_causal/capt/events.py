@@ -65,12 +65,19 @@ def _starts_sentence(text: str, position: int) -> bool:
 
 
 def _vowel_sound(symbol: str) -> bool:
-    """Whether a symbol is said with a vowel first: a word starting with a vowel letter, or a single capital
-    letter whose name does ("an F", "an S", "a U")."""
-    return symbol in _VOWEL_SOUND_LETTERS if len(symbol) == 1 and symbol.isupper() else symbol[:1].lower() in "aeiou"
+    """Whether a symbol is said with a vowel first: a single capital letter whose name does ("an F", "an S", "a U"),
+    else a word starting with a vowel letter, save the common exceptions ("a unicorn", "a European", "an hour")."""
+    if len(symbol) == 1 and symbol.isupper():
+        return symbol in _VOWEL_SOUND_LETTERS
+    word = symbol.lower()
+    if word.startswith(_SILENT_H):
+        return True
+    return word[:1] in "aeiou" and not word.startswith(_CONSONANT_SOUND_VOWELS)
 
 
 _VOWEL_SOUND_LETTERS = frozenset("AEFHILMNORSX")
+_CONSONANT_SOUND_VOWELS = ("uni", "use", "usu", "uti", "eu", "one", "once")  # "a unicorn", "a user", "a one"
+_SILENT_H = ("hour", "honest", "honor", "honour", "heir")  # "an hour"
 
 
 def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] | None = None) -> str:
