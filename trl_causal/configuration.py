@@ -13,9 +13,11 @@ Anything else is an error that suggests the closest valid key, never passed on s
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
+import functools
 import os
 import sys
 import types
@@ -69,11 +71,17 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def accelerate_launch_keys() -> set[str]:
-    """Names of the settings ``accelerate launch`` accepts."""
+@functools.cache
+def _launch_actions() -> dict[str, argparse.Action]:
+    """``accelerate launch``'s arguments by setting name (its parser, built once)."""
     from accelerate.commands.launch import launch_command_parser
 
-    return {action.dest for action in launch_command_parser()._actions} - _NOT_LAUNCH_SETTINGS | {ACCELERATE_CONFIG_KEY}
+    return {action.dest: action for action in launch_command_parser()._actions}
+
+
+def accelerate_launch_keys() -> set[str]:
+    """Names of the settings ``accelerate launch`` accepts."""
+    return set(_launch_actions()) - _NOT_LAUNCH_SETTINGS | {ACCELERATE_CONFIG_KEY}
 
 
 def dataclass_types(spec: TrainerSpec) -> tuple[type, ...]:
@@ -230,9 +238,7 @@ def _launch_arg(key: str, value: Any) -> list[str]:
     """``accelerate launch`` arguments for one YAML setting. A flag (``multi_gpu: true``) is given or left out; a
     setting that takes a value gets it, where YAML's booleans mean the value's words: ``mixed_precision: no`` (unquoted,
     which YAML reads as false) is ``--mixed_precision no``."""
-    from accelerate.commands.launch import launch_command_parser
-
-    action = next((a for a in launch_command_parser()._actions if a.dest == key), None)
+    action = _launch_actions().get(key)
     is_flag = action.nargs == 0 if action is not None else isinstance(value, bool)
     if is_flag:
         return [f"--{key}"] if value else []

@@ -61,6 +61,8 @@ def model_fingerprint(model: Any) -> str:
     """Identifies a backbone whatever head or PEFT wrapper it has: its name or path, type, sizes, and a hash of every
     backbone weight with its name and dtype (LoRA adapters left out: the feature pass disables them). Two models
     that differ in any backbone weight or in precision never share cached features."""
+    import torch
+
     config = model.config.get_text_config()
     digest = hashlib.blake2b(digest_size=32)
     for value in (
@@ -78,7 +80,7 @@ def model_fingerprint(model: Any) -> str:
             continue
         name = name.replace(".base_layer", "")  # as named before PEFT wrapped the layer
         digest.update(f"{name}|{parameter.dtype}|{tuple(parameter.shape)}|".encode())
-        digest.update(np.ascontiguousarray(parameter.detach().float().cpu().numpy()).tobytes())
+        digest.update(parameter.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # its bytes, as stored
     return digest.hexdigest()
 
 

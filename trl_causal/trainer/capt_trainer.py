@@ -220,14 +220,16 @@ def estimate_dataset(
     return estimate_rows(estimator, progress, on_no_events=on_no_events)
 
 
-def check_interventions(interventions: RowInterventions, row_indices: Sequence[int]) -> None:
-    """Intervene every row once, so that a row the symbol pool cannot serve fails now, naming the row, not in the
-    middle of training. (A list pool's usable symbols do not depend on the draw, so one draw tells.)"""
+def check_interventions(interventions: RowInterventions, row_indices: Sequence[int]) -> list[InterventionResult]:
+    """Every row with the symbols of draw 0, so that a row the symbol pool cannot serve fails now, naming the row, not
+    in the middle of training. (A list pool's usable symbols do not depend on the draw, so one draw tells.)"""
+    results = []
     for index, row_index in enumerate(row_indices):
         try:
-            interventions.intervene(index, 0)
+            results.append(interventions.intervene(index, 0))
         except PoolExhaustedError as error:
             raise PoolExhaustedError(f"Row {row_index}: {error}") from error
+    return results
 
 
 SYMBOL_POOL_FILE = "capt_symbol_pool.json"
@@ -429,6 +431,6 @@ class CAPTPredictor(LMPredictor):
         )
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
         interventions = RowInterventions(estimated.templates, pool, self.seed)
-        check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve fails naming the row
-        return [with_text(prompt, interventions.intervene(index, 0).prompt) for index, prompt in enumerate(prompts)]
+        results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
+        return [with_text(prompt, result.prompt) for prompt, result in zip(prompts, results)]
 
