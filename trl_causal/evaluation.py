@@ -241,14 +241,13 @@ def load_checkpoint(checkpoint: str | Path):
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise ConfigError(f"Checkpoint directory not found: {checkpoint}. Train first, or pass --checkpoint DIR.")
-    auto = transformers.AutoModelForCausalLM
     if (checkpoint / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(auto.from_pretrained(base), str(checkpoint))
+        model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base), str(checkpoint))
     else:
-        model = auto.from_pretrained(str(checkpoint))
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint))
     if torch.cuda.is_available():
         model.to("cuda")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))

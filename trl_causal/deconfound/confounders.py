@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
-import warnings
 from typing import Any, Literal, overload
 
 import numpy as np

@@ -153,10 +153,10 @@ def _invalid_rows(
     }
     for j, column in enumerate(args.instrument_columns):
         problems[column] = ~np.isfinite(instrument[:, j])
-    for column in (*args.numeric_confounders, *args.categorical_confounders, *args.timestamp_confounders):
+    # a missing group id would put unrelated rows into one group (and one cluster)
+    groups = [args.group_column] if args.group_column is not None else []
+    for column in (*args.numeric_confounders, *args.categorical_confounders, *args.timestamp_confounders, *groups):
         problems[column] = np.array([is_missing(value) for value in dataset[column]], dtype=bool)
-    if args.group_column is not None:  # a missing id would put unrelated rows into one group (and one cluster)
-        problems[args.group_column] = np.array([is_missing(value) for value in dataset[args.group_column]], dtype=bool)
     return problems
 
 

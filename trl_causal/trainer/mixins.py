@@ -203,8 +203,8 @@ class HeadsMixin:
         if heads is None:
             return
         path = os.path.join(checkpoint_dir, HEADS_FILE)
-        if not os.path.isfile(path) and self.is_deepspeed_enabled:
-            return  # saved without gathered weights: DeepSpeed's engine restored the heads with the model
         if not os.path.isfile(path):
+            if self.is_deepspeed_enabled:
+                return  # saved without gathered weights: DeepSpeed's engine restored the heads with the model
             raise FileNotFoundError(f"{checkpoint_dir} holds no {HEADS_FILE}: it was not saved by this trainer.")
         heads.load_state_dict(load_file(path, device=str(next(heads.parameters()).device)))
