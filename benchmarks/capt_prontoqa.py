@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run
     .venv/bin/python benchmarks/capt_prontoqa.py --target reasoning                  # -> capt_prontoqa_reasoning.json
     .venv/bin/python benchmarks/capt_prontoqa.py --hops 1                            # one-hop problems -> capt_prontoqa_hops1.json
+    .venv/bin/python benchmarks/capt_prontoqa.py --lora_target_modules all-linear    # -> capt_prontoqa_lora-all-linear.json
 
 Model: the embedded SmolLM2-135M-Instruct with LoRA. Both methods train from the same YAML
 (example_configs/capt.yaml; only `trainer` differs) on 100 generated in-distribution rows, for the
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--train_rows", type=int, default=100)
     parser.add_argument("--eval_rows", type=int, default=300)
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the YAML's")
+    parser.add_argument("--lora_target_modules", nargs="+", default=None, help="default: PEFT's for Llama (q_proj, v_proj); e.g. all-linear")
     parser.add_argument("--target", choices=["answer", "reasoning"], default="answer")
     parser.add_argument("--max_new_tokens", type=int, default=96, help="generation budget for --target reasoning")
     parser.add_argument("--hops", type=int, nargs="+", default=[1, 2, 3], help="rule applications per problem, cycled over the rows of every split")
@@ -62,6 +64,8 @@ def main() -> None:
                 overrides = ["--trainer", method, "--seed", str(seed), "--max_steps", str(args.steps), "--output_dir", output_dir]
                 if args.learning_rate is not None:
                     overrides += ["--learning_rate", str(args.learning_rate)]
+                if args.lora_target_modules:
+                    overrides += ["--lora_target_modules", *args.lora_target_modules]
                 run, trainer, timer = train_in_process(CONFIG, overrides, train)
                 model = trainer.model.eval()
                 predictor = build_predictor(
@@ -87,6 +91,7 @@ def main() -> None:
     }
     results = {
         "model": "SmolLM2-135M-Instruct (embedded, LoRA r=16)",
+        "lora_target_modules": args.lora_target_modules or "PEFT's default for Llama (q_proj, v_proj)",
         "config": "example_configs/capt.yaml",
         "target_style": "answer-only (True/False), scored by log-likelihood"
         if args.target == "answer"
@@ -107,6 +112,10 @@ def main() -> None:
     name = "capt_prontoqa" if args.target == "answer" else "capt_prontoqa_reasoning"
     if args.hops != [1, 2, 3]:
         name += "_hops" + "".join(map(str, args.hops))
+    if args.learning_rate is not None:
+        name += f"_lr{args.learning_rate:g}"
+    if args.lora_target_modules:
+        name += "_lora-" + "-".join(args.lora_target_modules)
     path = write_results(name, results)
     plot(results, path.with_suffix(".png"))
 
