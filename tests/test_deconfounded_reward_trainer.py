@@ -42,6 +42,18 @@ def build_trainer(tiny_model, tmp_path, rows, **overrides) -> DeconfoundedReward
     )
 
 
+def test_a_causal_lm_peft_config_trains_the_classifier_and_stays_as_the_caller_made_it(tiny_model, tmp_path):
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")  # e.g. shared with a policy
+    trainer = DeconfoundedRewardTrainer(
+        model=str(tiny_model), args=reward_args(tmp_path), train_dataset=Dataset.from_list(observational_rows()), peft_config=lora
+    )
+    assert trainer.model.peft_config["default"].task_type == "SEQ_CLS"  # the score head trains with the adapters
+    assert any("score" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
+    assert lora.task_type == "CAUSAL_LM"
+
+
 def cli_config(tmp_path, tiny_model, rows, **overrides) -> Path:
     data = write_jsonl(tmp_path / "observational.jsonl", rows)
     config = {

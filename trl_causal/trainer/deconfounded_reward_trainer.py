@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import datasets
@@ -450,7 +450,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                     obs.groups, f"objective='pairwise', {split} split, group_column {args.group_column!r}", obs.rows
                 )
         if peft_config is not None and peft_config.task_type != "SEQ_CLS":
-            peft_config.task_type = "SEQ_CLS"  # trains the `score` head too (PEFT's modules_to_save for SEQ_CLS)
+            # SEQ_CLS trains the `score` head too (PEFT's modules_to_save); a copy leaves the caller's config as it was
+            peft_config = replace(peft_config, task_type="SEQ_CLS")
         super().__init__(
             model=model,
             args=args,
