@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,11 +35,11 @@ def shift_rows(n: int = 8, agreement: float = 0.9, seed: int = 0) -> list[dict]:
     return to_prompt_completion(generate_shift_dataset(n, agreement, seed=seed), instruction="{text}\nSentiment:")
 
 
-def make_trainer(tiny_model, output_dir, rows=None, peft_config=None, **overrides) -> LatentShiftTrainer:
+def make_trainer(tiny_model, output_dir, rows=None, peft_config=None, trainer_kwargs=None, **overrides) -> LatentShiftTrainer:
     settings = dict(max_steps=1, per_device_train_batch_size=4, learning_rate=1e-2, lr_scheduler_type="constant", n_patches=4, label_column="label")
     args = LatentShiftConfig(**cpu_training_args(output_dir, **{**settings, **overrides}))
-    dataset = Dataset.from_list(rows if rows is not None else shift_rows())
-    return LatentShiftTrainer(model=str(tiny_model), args=args, train_dataset=dataset, peft_config=peft_config)
+    dataset = rows if isinstance(rows, IterableDataset) else Dataset.from_list(rows if rows is not None else shift_rows())
+    return LatentShiftTrainer(model=str(tiny_model), args=args, train_dataset=dataset, peft_config=peft_config, **(trainer_kwargs or {}))
 
 
 def step_logs(trainer) -> list[dict]:
@@ -139,7 +139,65 @@ def test_evaluation_keeps_every_row_even_a_last_batch_of_one(tiny_model, tmp_pat
     assert trainer.args.dataloader_drop_last  # training still drops a last batch of one
 
 
+def test_evaluate_takes_raw_rows_and_reads_their_labels_from_the_completions(tiny_model, tmp_path):
+    """As SFTTrainer.evaluate prepares raw rows passed to it, latent_shift adds their labels (label_column unset)."""
+    trainer = make_trainer(tiny_model, tmp_path, label_column=None)
+    test_rows = Dataset.from_list(shift_rows(4, seed=1))
+    assert math.isfinite(trainer.evaluate(test_rows)["eval_loss_adj"])
+    metrics = trainer.evaluate({"shift_10": Dataset.from_list(shift_rows(4, agreement=0.1, seed=2)), "shift_90": test_rows})
+    assert math.isfinite(metrics["eval_shift_10_loss"]) and math.isfinite(metrics["eval_shift_90_loss"])
+    bad = shift_rows(4, seed=1)
+    bad[2]["completion"] = " neutral"
+    with pytest.raises(DataError, match=r"Row 2 of the evaluation 'eval' split has label 'neutral'"):
+        trainer.evaluate(Dataset.from_list(bad))
+
+
+def test_compute_metrics_gets_the_labels(tiny_model, tmp_path):
+    seen = []
+
+    def compute_metrics(prediction):
+        seen.append(prediction.label_ids)
+        return {"rows": float(len(prediction.label_ids))}
+
+    eval_rows = Dataset.from_list(shift_rows(4, seed=1))
+    trainer = make_trainer(tiny_model, tmp_path, trainer_kwargs={"eval_dataset": eval_rows, "compute_metrics": compute_metrics})
+    assert trainer.evaluate()["eval_rows"] == 4.0
+    assert seen and seen[0].shape[0] == 4 and (seen[0] != -100).any()  # the LM labels, completion tokens unmasked
+
+
+def test_a_streamed_training_set_ending_in_one_row_trains_that_batch_by_sft_alone(tiny_model, tmp_path):
+    rows = shift_rows(5)  # batches of 4 and 1: a stream's last batch cannot be dropped by a sampler
+    stream = IterableDataset.from_generator(lambda: iter(rows))
+    trainer = make_trainer(tiny_model, tmp_path, rows=stream, max_steps=3, verbalizer=dict(zip(ANSWERS, ANSWERS)))
+    trainer.train()
+    losses = step_logs(trainer)
+    assert len(losses) == 3 and all(math.isfinite(log["loss"]) for log in losses)
+
+
 # ---------------------------------------------------------------- bad input
+
+
+def test_an_optimizer_passed_in_is_refused_since_the_heads_would_not_train(tiny_model, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(ConfigError, match=r"LatentShiftTrainer trains heads.*optimizer_cls_and_kwargs"):
+        LatentShiftTrainer(
+            model=model,
+            args=LatentShiftConfig(**cpu_training_args(tmp_path, per_device_train_batch_size=4, n_patches=4, label_column="label")),
+            train_dataset=Dataset.from_list(shift_rows()),
+            optimizers=(optimizer, None),
+        )
+    trainer = make_trainer(tiny_model, tmp_path, trainer_kwargs={"optimizer_cls_and_kwargs": (torch.optim.AdamW, {"lr": 1e-2})})
+    before = {name: value.clone() for name, value in trainer.heads.named_parameters()}
+    trainer.train()
+    assert all(not torch.equal(before[name], value) for name, value in trainer.heads.named_parameters())
+
+
+def test_messages_rows_without_a_label_column_name_the_setting(tiny_model, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]} for row in shift_rows()]
+    with pytest.raises(ConfigError, match=r"training rows have no 'completion' column \(columns: messages\).*set label_column"):
+        make_trainer(tiny_model, tmp_path, rows=rows, label_column=None, assistant_only_loss=True)
+
 
 
 @pytest.mark.parametrize(

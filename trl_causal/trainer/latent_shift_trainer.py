@@ -53,6 +53,27 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
     return str(completion[-1]["content"]).strip()
 
 
+def with_completion_labels(dataset, args: LatentShiftConfig, split: str):
+    """The rows with a ``completion_label`` column, the label whose verbalizer answer is the row's completion (read
+    before TRL appends EOS), when ``label_column`` is None; otherwise the rows unchanged."""
+    if args.label_column is not None:
+        return dataset
+    columns = dataset.column_names
+    if columns is not None and "completion" not in columns:
+        raise ConfigError(
+            f"The {split} rows have no 'completion' column (columns: {', '.join(columns)}), and latent_shift reads "
+            "each row's label from its completion unless `label_column` names the column that holds it: set "
+            "label_column (messages rows need one)."
+        )
+    label_of_answer = {answer: label for label, answer in (args.verbalizer or {}).items()}
+
+    def add_label(row):
+        answer = completion_text(row["completion"])
+        return {COMPLETION_LABEL_COLUMN: label_of_answer.get(answer, answer)}
+
+    return dataset.map(add_label)
+
+
 def prompt_token_mask(labels: Tensor, attention_mask: Tensor) -> Tensor:
     """[B, T] bool: the tokens before each row's first supervised token (label != -100), i.e. its prompt."""
     return labels.ne(-100).cumsum(1).eq(0) & attention_mask.bool()
@@ -170,29 +191,36 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
         self.attach_heads(self._new_heads())
         self._patch_fallback_rows = {"train": 0, "eval": 0}
+        self._warned_one_row_batch = False
 
     def _settle_labels(self, args: LatentShiftConfig, train_dataset, eval_dataset):
         """Add the completion-label column if needed, set ``self.verbalizer`` and check every row's label against it."""
-        if args.label_column is None:  # the label whose answer is the completion (read before TRL appends EOS)
-            label_of_answer = {answer: label for label, answer in (args.verbalizer or {}).items()}
-
-            def add_label(row):
-                answer = completion_text(row["completion"])
-                return {COMPLETION_LABEL_COLUMN: label_of_answer.get(answer, answer)}
-
-            train_dataset = train_dataset.map(add_label)
-            if isinstance(eval_dataset, dict):
-                eval_dataset = {name: dataset.map(add_label) for name, dataset in eval_dataset.items()}
-            elif eval_dataset is not None:
-                eval_dataset = eval_dataset.map(add_label)
+        train_dataset = with_completion_labels(train_dataset, args, "training")
         label_column = self.extra_columns(args)[0]
         if args.verbalizer is None and not isinstance(train_dataset, Dataset):
             raise ConfigError("verbalizer must be set for streamed (iterable) training data: it cannot be read up front.")
         self.verbalizer: dict[str, str] = args.verbalizer or verbalizer_from_data(train_dataset, label_column)
-        for split, dataset in named_splits(train_dataset, eval_dataset).items():
-            if isinstance(dataset, Dataset):
-                check_labels(dataset, label_column, self.verbalizer, "training" if split == "train" else f"evaluation {split!r}")
-        return train_dataset, eval_dataset
+        if isinstance(train_dataset, Dataset):
+            check_labels(train_dataset, label_column, self.verbalizer, "training")
+        return train_dataset, self._labelled_eval(eval_dataset, args)
+
+    def _labelled_eval(self, eval_dataset, args: LatentShiftConfig | None = None, name: str = "eval"):
+        """Raw evaluation rows (a dataset or a dict of them) with their labels added and checked against the
+        verbalizer; prepared (tokenized) ones and split names unchanged."""
+        args = args or self.args
+        if isinstance(eval_dataset, dict):
+            named_splits(None, eval_dataset)  # refuses an evaluation split named 'train'
+            return {key: self._labelled_eval(dataset, args, key) for key, dataset in eval_dataset.items()}
+        if eval_dataset is None or isinstance(eval_dataset, str) or "input_ids" in (eval_dataset.column_names or []):
+            return eval_dataset
+        eval_dataset = with_completion_labels(eval_dataset, args, f"evaluation {name!r}")
+        if isinstance(eval_dataset, Dataset):
+            check_labels(eval_dataset, self.extra_columns(args)[0], self.verbalizer, f"evaluation {name!r}")
+        return eval_dataset
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """``SFTTrainer.evaluate``; raw rows passed here get their labels like the evaluation rows given at init."""
+        return super().evaluate(self._labelled_eval(eval_dataset), ignore_keys, metric_key_prefix)
 
     def _frozen_reference(self) -> torch.nn.Module:
         """A frozen copy of the model as it is before training, placed like DPO's reference model (under ZeRO-3,
@@ -246,9 +274,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        labels = inputs.pop("labels")
+        labels = inputs["labels"]  # left in `inputs`: prediction_step hands them to compute_metrics
         class_index = self._class_indices(self.pop_extra_columns(inputs)[self.extra_columns()[0]], labels.device)
-        inputs["use_cache"] = False
+        model_inputs = {key: value for key, value in inputs.items() if key != "labels"} | {"use_cache": False}
         prompt_mask = prompt_token_mask(labels, inputs["attention_mask"])
         no_prompt = (prompt_mask.sum(1) == 0).nonzero().flatten().tolist()
         if no_prompt:
@@ -258,14 +286,18 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 "assistant_only_loss=True)."
             )
 
-        # An evaluation batch of one row (the last one) has no other row to shuffle with: L_SFT alone.
-        sft_only = mode == "eval" and labels.shape[0] < 2
-        frozen_last_hidden = None if sft_only else self._frozen_last_hidden(model, inputs)
-        outputs = model(**inputs, output_hidden_states=True)
+        # A batch of one row has no other row to shuffle with: L_SFT alone. In evaluation that is a last batch; in
+        # training (where a last batch of one is dropped) the end of a one-process stream, which no sampler can drop
+        # (accelerate fills the last batches of a stream shared by several processes).
+        sft_only = labels.shape[0] < 2
+        frozen_last_hidden = None if sft_only else self._frozen_last_hidden(model, model_inputs)
+        outputs = model(**model_inputs, output_hidden_states=True)
         token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels)
         loss_sum, n_tokens = token_losses.sum(), token_mask.sum()
         loss = self.token_mean(loss_sum, n_tokens, num_items_in_batch)
         if sft_only:
+            if mode == "train":
+                self._warn_one_row_batch()
             return (loss, outputs) if return_outputs else loss
         auxiliary = self.heads.losses(
             outputs.hidden_states[-1],
@@ -279,6 +311,15 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         loss = loss + self.example_mean(self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted)
         self._log_losses(mode, loss_sum.detach() / n_tokens.clamp(min=1), auxiliary)
         return (loss, outputs) if return_outputs else loss
+
+    def _warn_one_row_batch(self) -> None:
+        if not self._warned_one_row_batch:
+            self._warned_one_row_batch = True
+            logger.warning(
+                "latent_shift: a training batch of one row (the end of a streamed dataset) trains L_SFT alone: the "
+                "shuffle of Phi needs another row. Said once per run; a stream whose length is a multiple of "
+                "per_device_train_batch_size avoids it."
+            )
 
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
         """``dataloader_drop_last`` applies to training only (the shuffle needs two rows); evaluation keeps every row."""

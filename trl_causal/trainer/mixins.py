@@ -149,6 +149,13 @@ class HeadsMixin:
         return optimizer
 
     def attach_heads(self, heads: nn.Module) -> None:
+        if self.optimizer is not None:  # `optimizers=(optimizer, scheduler)`: built before the heads existed
+            raise ConfigError(
+                f"{type(self).__name__} trains heads that it builds after the model, so an optimizer passed in "
+                "`optimizers` would leave them untrained. Pass `optimizer_cls_and_kwargs=(torch.optim.AdamW, "
+                "{...})` instead (or set `optim` in the config): the trainer then builds the optimizer over the model "
+                "and its heads."
+            )
         parameter = next(self.model.parameters())
         heads = heads.to(device=parameter.device)
         if is_deepspeed_zero3_enabled():
