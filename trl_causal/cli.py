@@ -47,6 +47,38 @@ def _command_download_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_training_process(launch_args: argparse.Namespace) -> None:
+    """accelerate's one-process launcher (``simple_launcher``), except on Ctrl-C: the training process gets it too
+    and saves a checkpoint, so wait for it before passing the KeyboardInterrupt on. accelerate >= 1.16 terminates it
+    instead (after 5 s, kills it), which lost the checkpoint and the message saying where it is."""
+    from accelerate.commands.launch import prepare_simple_launcher_cmd_env
+
+    command, env = prepare_simple_launcher_cmd_env(launch_args)
+    process = subprocess.Popen(command, env=env)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        while process.poll() is None:
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C reaches the training process as well
+                process.wait()
+        raise
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+
+
+@contextlib.contextmanager
+def _one_process_launcher():
+    """``accelerate launch`` with ``_run_training_process`` as its launcher for one-process runs."""
+    import accelerate.commands.launch as accelerate_launch
+
+    simple_launcher = accelerate_launch.simple_launcher
+    accelerate_launch.simple_launcher = _run_training_process
+    try:
+        yield
+    finally:
+        accelerate_launch.simple_launcher = simple_launcher
+
+
 def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -69,11 +101,9 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     if launch_args.num_processes:  # the training processes check that they got what was asked for
         os.environ[REQUESTED_PROCESSES_ENV] = str(launch_args.num_processes)
     try:
-        launch_command(launch_args)
-    except KeyboardInterrupt:  # Ctrl-C reached the training process too: let it save and stop before returning
-        with contextlib.suppress(ChildProcessError):
-            while True:
-                os.waitpid(-1, 0)
+        with _one_process_launcher():
+            launch_command(launch_args)
+    except KeyboardInterrupt:  # one process: it saved and stopped (see _run_training_process)
         return INTERRUPTED_EXIT_CODE
     except SignalException:  # Ctrl-C under torchrun: its agent stopped the training processes, which said what was saved
         return INTERRUPTED_EXIT_CODE
