@@ -152,6 +152,12 @@ def test_vocabulary_is_case_aware():
     assert insensitive.prompt == "{e1} {e1} go."
 
 
+def test_a_lowercase_term_of_several_words_matches_as_a_title():
+    template = VocabularyEstimator(terms=["new york", "york", "san francisco"]).estimate("Is New York bigger than San Francisco?")
+    assert template.prompt == "Is {e1} bigger than {e2}?"  # not "Is New {e1} ...", which kept "New" and matched "york"
+    assert template.names == {"e1": "new york", "e2": "san francisco"}
+
+
 def test_vocabulary_terms_file_and_pattern(tmp_path):
     terms_file = tmp_path / "terms.txt"
     terms_file.write_text("# animals\ncat\n\nfeline\n")

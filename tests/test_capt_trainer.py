@@ -192,6 +192,24 @@ def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model
         small_pool.prepare_prompts(rows)
 
 
+def test_an_answer_that_names_an_event_is_written_with_the_rows_symbol(tiny_model, tmp_path):
+    """Training writes the completion " Alice" with Alice's symbol; scoring and parsing at inference must too."""
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    names = ["Alice", "Bob", "Carol"]
+    rows = [{"prompt": f"Who came first, {a} or {b}? Answer:", "completion": f" {a}"} for a, b in [("Alice", "Bob"), ("Bob", "Carol")]]
+    args = capt_args(tmp_path, event_estimator="vocabulary", event_estimator_kwargs={"terms": names})
+    predictor = CAPTTrainer.build_predictor(args, model, tokenizer, names, mode="generate")
+    prompts, written = predictor.prepare(rows)
+    for prompt, answers, (first, second) in zip(prompts, written, [("Alice", "Bob"), ("Bob", "Carol")]):
+        symbols = re.fullmatch(r"Who came first, (\w+) or (\w+)\? Answer:", prompt).groups()
+        assert [answers[names.index(first)], answers[names.index(second)]] == list(symbols)
+        absent = next(name for name in names if name not in (first, second))
+        assert answers[names.index(absent)] == absent  # not an event of this row: written as given
+    # A generation that names the symbol of an event is that event's answer.
+    predictor.generate = lambda prompts: [f" {answers[names.index(row['completion'].strip())]}" for answers, row in zip(written, rows)]
+    assert predictor.predict(rows) == ["Alice", "Bob"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: one clear error each
 

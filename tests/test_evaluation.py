@@ -64,6 +64,22 @@ def test_generate_mode_parses_or_reports_none(tiny_model):
     assert predictor.predict(ROWS) == [parse_answer(text, ["True", "False"]) for text in generated]
 
 
+def test_generate_mode_starts_a_plain_text_prompt_with_the_bos_that_training_puts_there(tiny_model):
+    from tokenizers.processors import TemplateProcessing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.bos_token = "<|im_start|>"  # a Llama-style tokenizer: BOS before every text
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    predictor = LMPredictor(model, tokenizer, ["True", "False"], mode="generate", max_new_tokens=1)
+    inputs = []
+    generate = model.generate
+    model.generate = lambda **kwargs: inputs.append(kwargs["input_ids"][0].tolist()) or generate(**kwargs)
+    predictor.generate([ROWS[0]["prompt"]])
+    assert inputs[0][0] == bos and inputs[0] == predictor.answer_tokens(ROWS[0]["prompt"])[0][0]  # as scored and trained
+
+
 def test_eval_command_compares_two_checkpoints_per_split(tiny_model, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

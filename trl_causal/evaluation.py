@@ -97,6 +97,11 @@ class LMPredictor:
         """The prompts to decode from; subclasses rewrite them here."""
         return self.row_prompts(rows)
 
+    def prepare(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Prompt], list[list[str]] | None]:
+        """The prompts to decode from and, per row, how each of ``answers`` is written after its prompt (None: as
+        given). A subclass that rewrites the prompts rewrites the answers with them."""
+        return self.prepare_prompts(rows), None
+
     def answer_prefixes(self, rows: Sequence[dict[str, Any]]) -> list[str]:
         """Per row, the text training puts between a plain-text prompt and the answer: ``answer_prefix`` if set, else
         the leading whitespace of the row's string ``completion`` ("" without one)."""
@@ -104,21 +109,22 @@ class LMPredictor:
             return [self.answer_prefix] * len(rows)
         return [answer_prefix(row.get("completion")) for row in rows]
 
-    def answer_tokens(self, prompt: Prompt, prefix: str = "") -> list[tuple[list[int], list[int]]]:
+    def answer_tokens(self, prompt: Prompt, prefix: str = "", answers: Sequence[str] | None = None) -> list[tuple[list[int], list[int]]]:
         """Per answer, (context ids, answer ids) as TRL tokenizes a prompt/completion row for training: the prompt alone
         and prompt + completion are tokenized (plain text with the tokenizer's special tokens, chats through the
         template), and the completion starts where the two diverge. A plain-text completion is ``prefix + answer``
         (an answer that already starts with whitespace is used as is); a chat answer follows the generation prompt.
-        The chat's end-of-turn tokens are not scored."""
+        The chat's end-of-turn tokens are not scored. ``answers``: how this row writes the answers (default: as given)."""
+        answers = self.answers if answers is None else list(answers)
         if isinstance(prompt, str):
             text, special = prompt, True
-            completions = [answer if answer[:1].isspace() else prefix + answer for answer in self.answers]
+            completions = [answer if answer[:1].isspace() else prefix + answer for answer in answers]
         else:
             text, special = self.prompt_text(prompt), False  # the template writes the special tokens
-            completions = list(self.answers)
+            completions = list(answers)
         prompt_ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         pairs = []
-        for answer, completion in zip(self.answers, completions):
+        for answer, completion in zip(answers, completions):
             full = self.tokenizer(text + completion, add_special_tokens=special)["input_ids"]
             start = common_prefix_length(prompt_ids, full)
             if start == 0 or start == len(full):
@@ -147,21 +153,23 @@ class LMPredictor:
         for start, end in tqdm(list(zip(starts, ends)), desc=desc, disable=len(starts) < 2, leave=False):
             yield items[start:end]
 
-    def score(self, prompts: Sequence[Prompt], prefixes: Sequence[str] | None = None):
+    def score(self, prompts: Sequence[Prompt], prefixes: Sequence[str] | None = None, written: Sequence[Sequence[str]] | None = None):
         """Log-likelihood of every answer after every prompt: a [rows, answers] tensor.
 
-        ``prefixes`` (one per prompt, default "") go between a plain-text prompt and the answer (``answer_tokens``).
+        ``prefixes`` (one per prompt, default "") go between a plain-text prompt and the answer (``answer_tokens``);
+        ``written`` (one list per prompt, default: the answers as given) is how each prompt's row writes the answers.
         A prompt whose answers are single tokens after one shared context takes one forward; otherwise each
         (prompt, answer) pair takes one.
         """
         import torch
 
         prefixes = [""] * len(prompts) if prefixes is None else list(prefixes)
-        if len(prefixes) != len(prompts):
-            raise DataError(f"{len(prefixes)} answer prefixes for {len(prompts)} prompts.")
+        written = [self.answers] * len(prompts) if written is None else list(written)
+        if not len(prefixes) == len(written) == len(prompts):
+            raise DataError(f"{len(prefixes)} answer prefixes and {len(written)} answer lists for {len(prompts)} prompts.")
         jobs: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (sequence, [(answer start, answer ids)])
-        for prompt, prefix in zip(prompts, prefixes):
-            pairs = self.answer_tokens(prompt, prefix)
+        for prompt, prefix, answers in zip(prompts, prefixes, written):
+            pairs = self.answer_tokens(prompt, prefix, answers)
             context = pairs[0][0]
             if all(len(ids) == 1 and ctx == context for ctx, ids in pairs):
                 jobs.append((context, [(len(context), ids) for _, ids in pairs]))
@@ -198,13 +206,16 @@ class LMPredictor:
 
         device = next(self.model.parameters()).device
         texts = [self.prompt_text(p) for p in prompts]
+        # Plain text takes the tokenizer's special tokens (a BOS), as training and score() tokenize it; a chat
+        # template writes its own.
+        special = all(isinstance(p, str) for p in prompts)
         outputs: list[str] = []
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
             with torch.no_grad():
                 for batch in self._batches(texts, "generating"):
-                    encoded = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                    encoded = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=special).to(device)
                     generated = self.model.generate(
                         **encoded, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
                     )
@@ -216,10 +227,13 @@ class LMPredictor:
 
     def predict(self, rows: Sequence[dict[str, Any]]) -> list[str | None]:
         """One answer per row (None when a generation names none of the answers)."""
-        prompts = self.prepare_prompts(rows)
+        prompts, written = self.prepare(rows)
+        written = [self.answers] * len(prompts) if written is None else written
         if self.mode == "score":
-            return [self.answers[i] for i in self.score(prompts, self.answer_prefixes(rows)).argmax(dim=1).tolist()]
-        return [parse_answer(text, self.answers) for text in self.generate(prompts)]
+            scores = self.score(prompts, self.answer_prefixes(rows), written)
+            return [self.answers[i] for i in scores.argmax(dim=1).tolist()]
+        parsed = [parse_answer(text, answers) for text, answers in zip(self.generate(prompts), written)]
+        return [None if found is None else self.answers[answers.index(found)] for found, answers in zip(parsed, written)]
 
 
 def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:

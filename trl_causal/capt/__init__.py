@@ -28,6 +28,7 @@ from .events import (
     VocabularyEstimator,
     estimate_rows,
     placeholders_in,
+    render_names,
     render_text,
     surviving_names,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "parse_step0",
     "placeholders_in",
     "prontoqa_event_terms",
+    "render_names",
     "render_text",
     "surviving_names",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -193,7 +193,8 @@ class TermMatcher:
     a term wins, then the scan continues after it. With ``plurals`` a run may also spell a plural of a
     term (``plural_forms``). Case: with ``ignore_case`` case never matters; otherwise a term written in
     lowercase also matches its capitalised and upper-case forms ("wumpus" matches "Wumpuses"), while a
-    term with a capital matches only itself and its upper case ("Will" does not match "will").
+    term with a capital matches only itself and its upper case ("Will" does not match "will"); a lowercase term of
+    several words also matches with every word capitalised ("new york" matches "New York").
     """
 
     def __init__(self, terms: Iterable[str], *, ignore_case: bool = False, plurals: bool = True):
@@ -221,11 +222,14 @@ class TermMatcher:
         return text.casefold() if self.ignore_case else text
 
     def _case_variants(self, form: str) -> set[str]:
+        """The spellings a form matches: itself and its upper case; a lowercase form also capitalised at its first
+        word ("new york" -> "New york") and at every word ("New York", as names and titles write it)."""
         if self.ignore_case:
             return {form}
         variants = {form, form.upper()}
         if form[:1].islower():
             variants.add(form[0].upper() + form[1:])
+            variants.add(re.sub(r"(?<![\w'])[a-z]", lambda letter: letter[0].upper(), form))
         return variants
 
     def find(self, text: str) -> list[TermMatch]:
@@ -248,23 +252,36 @@ class TermMatcher:
         return matches
 
 
+def substitute_terms(text: str, matcher: TermMatcher, key_of: Callable[[str], str]) -> str:
+    """``text`` with every occurrence of a term replaced by ``{key}`` (``{key}s`` for a plural), key = key_of(term)."""
+    pieces, last = [], 0
+    for match in matcher.find(text):
+        pieces += [text[last : match.start], "{" + key_of(match.term) + "}" + ("s" if match.plural else "")]
+        last = match.end
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+def render_names(text: str, names: Mapping[str, str], mapping: Mapping[str, str]) -> str:
+    """``text`` (an answer) written as a row's intervention writes its completion: each event name of the row
+    (``names``: key -> name) replaced by the key's symbol in ``mapping``, e.g. "Alice" -> "V"; other text unchanged."""
+    key_of = {name: key for key, name in names.items() if is_matchable(name)}
+    if not key_of:
+        return text
+    return render_text(substitute_terms(text, TermMatcher(key_of), key_of.__getitem__), mapping, names)
+
+
 def template_from_matcher(prompt: str, completion: str | None, matcher: TermMatcher) -> EventTemplate:
     """Replace every term occurrence by its placeholder (``{eN}``, or ``{eN}s`` for a plural). One term keeps one
     placeholder across prompt and completion; numbers follow first appearance, prompt first. The result is
     validated; ``NoEventsFound`` if no term occurs."""
     placeholder_of: dict[str, str] = {}
 
-    def substitute(text: str) -> str:
-        pieces, last = [], 0
-        for match in matcher.find(text):
-            key = placeholder_of.setdefault(match.term, f"e{len(placeholder_of) + 1}")
-            pieces += [text[last : match.start], "{" + key + "}" + ("s" if match.plural else "")]
-            last = match.end
-        pieces.append(text[last:])
-        return "".join(pieces)
+    def key_of(term: str) -> str:
+        return placeholder_of.setdefault(term, f"e{len(placeholder_of) + 1}")
 
-    prompt_template = substitute(prompt)
-    completion_template = None if completion is None else substitute(completion)
+    prompt_template = substitute_terms(prompt, matcher, key_of)
+    completion_template = None if completion is None else substitute_terms(completion, matcher, key_of)
     if not placeholder_of:
         raise NoEventsFound(f"No event term occurs in the row. Prompt: {prompt[:200]!r}")
     template = EventTemplate(prompt_template, completion_template, {key: term for term, key in placeholder_of.items()})

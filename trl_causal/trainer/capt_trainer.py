@@ -30,6 +30,7 @@ from ..capt import (
     RowInterventions,
     build_symbol_pool,
     estimate_rows,
+    render_names,
 )
 from ..data import named_splits
 from ..errors import ConfigError, DataError
@@ -422,6 +423,11 @@ class CAPTPredictor(LMPredictor):
 
     def prepare_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
         """Each row's prompt, in its own format, with its events (estimated on the prompt alone) replaced by symbols."""
+        return self.prepare(rows)[0]
+
+    def prepare(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Prompt], list[list[str]]]:
+        """The intervened prompts, and per row the answers written with the row's symbols: an answer that names an
+        event of the prompt ("Alice") is written as training writes it in a completion ("V")."""
         prompts = self.row_prompts(rows)
         estimated = estimate_rows(
             self.estimator,
@@ -432,5 +438,9 @@ class CAPTPredictor(LMPredictor):
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
         interventions = RowInterventions(estimated.templates, pool, self.seed)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
-        return [with_text(prompt, result.prompt) for prompt, result in zip(prompts, results)]
+        written = [
+            [render_names(answer, template.names, result.mapping) for answer in self.answers]
+            for template, result in zip(estimated.templates, results)
+        ]
+        return [with_text(prompt, result.prompt) for prompt, result in zip(prompts, results)], written
 
