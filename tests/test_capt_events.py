@@ -152,6 +152,16 @@ def test_vocabulary_is_case_aware():
     assert insensitive.prompt == "{e1} {e1} go."
 
 
+def test_a_term_only_in_the_completion_stays_as_written():
+    """The prompt decides the events (inference estimates it alone): a completion-only term is no event."""
+    template = VocabularyEstimator(terms=["Paris", "France", "Louvre"]).estimate("Where is the Louvre?", " The Louvre is in Paris.")
+    assert (template.prompt, template.completion, template.names) == ("Where is the {e1}?", " The {e1} is in Paris.", {"e1": "Louvre"})
+    by_pattern = VocabularyEstimator(pattern=r"\b[A-Z][a-z]+\b").estimate("Is Sally a cat?", " Yes, Tom.")
+    assert by_pattern.completion == " Yes, Tom."
+    with pytest.raises(NoEventsFound, match="No event term occurs in the row's prompt"):
+        VocabularyEstimator(terms=["Paris"]).estimate("Where is it?", " Paris")
+
+
 def test_a_lowercase_term_of_several_words_matches_as_a_title():
     template = VocabularyEstimator(terms=["new york", "york", "san francisco"]).estimate("Is New York bigger than San Francisco?")
     assert template.prompt == "Is {e1} bigger than {e2}?"  # not "Is New {e1} ...", which kept "New" and matched "york"

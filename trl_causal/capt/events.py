@@ -252,11 +252,15 @@ class TermMatcher:
         return matches
 
 
-def substitute_terms(text: str, matcher: TermMatcher, key_of: Callable[[str], str]) -> str:
-    """``text`` with every occurrence of a term replaced by ``{key}`` (``{key}s`` for a plural), key = key_of(term)."""
+def substitute_terms(text: str, matcher: TermMatcher, key_of: Callable[[str], str | None]) -> str:
+    """``text`` with every occurrence of a term replaced by ``{key}`` (``{key}s`` for a plural), key = key_of(term);
+    a term whose key is None stays as written."""
     pieces, last = [], 0
     for match in matcher.find(text):
-        pieces += [text[last : match.start], "{" + key_of(match.term) + "}" + ("s" if match.plural else "")]
+        key = key_of(match.term)
+        if key is None:
+            continue
+        pieces += [text[last : match.start], "{" + key + "}" + ("s" if match.plural else "")]
         last = match.end
     pieces.append(text[last:])
     return "".join(pieces)
@@ -272,18 +276,19 @@ def render_names(text: str, names: Mapping[str, str], mapping: Mapping[str, str]
 
 
 def template_from_matcher(prompt: str, completion: str | None, matcher: TermMatcher) -> EventTemplate:
-    """Replace every term occurrence by its placeholder (``{eN}``, or ``{eN}s`` for a plural). One term keeps one
-    placeholder across prompt and completion; numbers follow first appearance, prompt first. The result is
-    validated; ``NoEventsFound`` if no term occurs."""
+    """Replace every term occurrence by its placeholder (``{eN}``, or ``{eN}s`` for a plural), numbered by first
+    appearance in the prompt. The prompt decides the events, as at inference, where it is estimated alone: a term
+    keeps its placeholder in the completion, and one that occurs only in the completion stays as written ("Where is
+    the Louvre?" -> " In Paris."). The result is validated; ``NoEventsFound`` if no term occurs in the prompt."""
     placeholder_of: dict[str, str] = {}
 
     def key_of(term: str) -> str:
         return placeholder_of.setdefault(term, f"e{len(placeholder_of) + 1}")
 
     prompt_template = substitute_terms(prompt, matcher, key_of)
-    completion_template = None if completion is None else substitute_terms(completion, matcher, key_of)
+    completion_template = None if completion is None else substitute_terms(completion, matcher, placeholder_of.get)
     if not placeholder_of:
-        raise NoEventsFound(f"No event term occurs in the row. Prompt: {prompt[:200]!r}")
+        raise NoEventsFound(f"No event term occurs in the row's prompt: {prompt[:200]!r}")
     template = EventTemplate(prompt_template, completion_template, {key: term for term, key in placeholder_of.items()})
     template.validate()
     return template
@@ -409,7 +414,7 @@ class VocabularyEstimator(EventEstimator):
     ) -> EventTemplate:
         matcher = self._matcher
         if self.pattern is not None:
-            matches = (match.group(0) for text in (prompt, completion or "") for match in self.pattern.finditer(text))
+            matches = (match.group(0) for match in self.pattern.finditer(prompt))  # the prompt decides the events
             found = [stripped for match in matches if (stripped := _EDGE_PUNCTUATION.sub("", match))]
             matcher = TermMatcher(self.terms + found, ignore_case=self.ignore_case, plurals=self.plurals)
         return template_from_matcher(prompt, completion, matcher)
