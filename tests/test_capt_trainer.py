@@ -258,6 +258,16 @@ def test_invalid_settings_name_the_field(tmp_path, overrides, message):
         capt_args(tmp_path, **overrides)
 
 
+def test_a_template_without_a_part_per_message_names_the_row_before_training(tiny_model, tmp_path):
+    def row(system: bool) -> dict:
+        turns = [{"role": "user", "content": "Does smoking cause cancer?"}, {"role": "assistant", "content": "yes"}]
+        messages = ([{"role": "system", "content": "Be brief."}] if system else []) + turns
+        return {"messages": messages, "tmpl": "Does {e1} cause {e2}?", "event_names": {"e1": "smoking", "e2": "cancer"}}
+
+    with pytest.raises(DataError, match=r"Row 1: the 'template' estimator's template of the prompt has 1 part\(s\) for its 2 messages \(system, user\)"):
+        make_trainer(tiny_model, tmp_path, [row(False), row(True)], event_estimator="template", event_estimator_kwargs={"prompt_column": "tmpl"})
+
+
 def test_missing_vocabulary_terms_file_fails_before_the_model_loads(tmp_path):
     options = {"terms_file": str(tmp_path / "terms.txt")}
     with pytest.raises(ConfigError, match=r"terms file .*terms\.txt' does not exist"):

@@ -25,9 +25,11 @@ from trl import SFTTrainer
 from ..capt import (
     EstimatedRows,
     EventEstimator,
+    EventTemplate,
     InterventionResult,
     PoolExhaustedError,
     RowInterventions,
+    TemplateError,
     build_symbol_pool,
     estimate_rows,
     render_names,
@@ -218,7 +220,22 @@ def estimate_dataset(
                 raise DataError(f"Row {index}: {error}") from error
 
     progress = tqdm(texts(), total=len(rows), desc=desc, disable=disable_progress)
-    return estimate_rows(estimator, progress, on_no_events=on_no_events)
+    estimated = estimate_rows(estimator, progress, on_no_events=on_no_events)
+    for template, row_index in zip(estimated.templates, estimated.row_indices):
+        check_message_parts(template, split_row(rows[row_index], text_field), row_index, estimator.name)
+    return estimated
+
+
+def check_message_parts(template: EventTemplate, parts: tuple[Prompt, Prompt | None], row_index: int, estimator: str) -> None:
+    """A template of a conversational prompt or completion must hold one part per message (joined by
+    ``MESSAGE_SEPARATOR``), or rendering it back into the messages fails mid-training; fail now, naming the row."""
+    for part, text, what in zip(parts, (template.prompt, template.completion), ("prompt", "completion")):
+        if isinstance(part, list) and text is not None and text.count(MESSAGE_SEPARATOR) != len(part) - 1:
+            raise TemplateError(
+                f"Row {row_index}: the {estimator!r} estimator's template of the {what} has "
+                f"{text.count(MESSAGE_SEPARATOR) + 1} part(s) for its {len(part)} messages ({', '.join(str(m.get('role')) for m in part)}). "
+                f"A template of message rows holds one part per message content, joined by {MESSAGE_SEPARATOR!r}."
+            )
 
 
 def check_interventions(interventions: RowInterventions, row_indices: Sequence[int]) -> list[InterventionResult]:
@@ -435,6 +452,8 @@ class CAPTPredictor(LMPredictor):
             completion_column=None,
             on_no_events="error" if self.on_no_events == "error" else "keep",  # a test row is never dropped
         )
+        for row_index, (template, prompt) in enumerate(zip(estimated.templates, prompts)):
+            check_message_parts(template, (prompt, None), row_index, self.estimator.name)
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
         interventions = RowInterventions(estimated.templates, pool, self.seed)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
