@@ -20,7 +20,7 @@ from trl_causal.evaluation import LMPredictor
 from trl_causal.latent_shift import generate_shift_dataset, to_prompt_completion
 from trl_causal.train import SUMMARY_FILE
 from trl_causal.trainer.latent_shift_config import LatentShiftConfig
-from trl_causal.trainer.latent_shift_trainer import LATENT_SHIFT_FILE, LatentShiftPredictor, LatentShiftTrainer
+from trl_causal.trainer.latent_shift_trainer import LATENT_SHIFT_FILE, LatentShiftPredictor, LatentShiftTrainer, answers_of_classes
 from trl_causal.trainer.mixins import HEADS_FILE
 
 ANSWERS = ["negative", "positive"]
@@ -221,8 +221,35 @@ def test_label_outside_the_verbalizer_names_the_row(tiny_model, tmp_path, label_
     ids=["prefix", "first-token"],
 )
 def test_colliding_verbalizer_answers_are_rejected(tiny_model, tmp_path, verbalizer, problem):
+    rows = [{**row, "completion": " " + verbalizer[row["label"]]} for row in shift_rows()]
     with pytest.raises(ConfigError, match=problem):
-        make_trainer(tiny_model, tmp_path, verbalizer=verbalizer)
+        make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=verbalizer)
+
+
+def test_a_completion_that_is_not_its_labels_verbalizer_answer_names_the_row(tiny_model, tmp_path):
+    rows = shift_rows()
+    rows[5]["completion"] = " positive" if rows[5]["label"] == "negative" else " negative"
+    with pytest.raises(DataError, match=rf"Row 5 of the training split has label '{rows[5]['label']}' \(column 'label'\) and the completion"):
+        make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=dict(zip(ANSWERS, ANSWERS)))
+
+
+def test_a_class_column_named_like_a_trl_input_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"label_column='labels' is a column TRL reads.*class_label"):
+        LatentShiftConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, label_column="labels")
+
+
+@pytest.mark.parametrize(
+    "answers, expected",
+    [
+        (["1", "2", "3"], ["1", "2", "3"]),  # the verbalizer's answers (e.g. --answer_column completion)
+        (["2", "0", "1"], ["0", "1", "2"]),  # the labels (--answer_column label): not class 1 -> "1" of the answers
+    ],
+)
+def test_each_class_is_named_in_one_answer_space(answers, expected):
+    verbalizer = {"0": "1", "1": "2", "2": "3"}  # star ratings: labels 0-2 answered "1"-"3"
+    assert answers_of_classes(verbalizer, answers) == expected
+    with pytest.raises(ConfigError, match=r"neither every verbalizer answer.*--answers 1,2,3"):
+        answers_of_classes(verbalizer, ["1", "3"])
 
 
 def test_batch_size_one_is_rejected_from_the_yaml(tiny_model, tmp_path):

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..latent_shift import ADJUSTMENTS, ENTROPY_MODES, PHI_SOURCES
 
 FROZEN_VIEWS = ("auto", "adapters", "reference")
+TRL_COLUMNS = ("labels", "input_ids", "attention_mask", "completion_mask", "assistant_masks", "position_ids")  # TRL's own
 
 
 @dataclass
@@ -185,6 +186,11 @@ class LatentShiftConfig(SFTConfig):
             self.loss_type = "nll"
         super().__post_init__()
         self.verbalizer = parse_verbalizer(self.verbalizer)
+        if self.label_column in TRL_COLUMNS:
+            raise ConfigError(
+                f"label_column={self.label_column!r} is a column TRL reads as model input ({self.label_column!r} "
+                "would be taken as token labels): rename the class column, e.g. to 'class_label'."
+            )
         if self.latent_shift_seed is None:
             self.latent_shift_seed = self.seed
         for name, choices in (

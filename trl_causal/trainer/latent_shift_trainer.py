@@ -100,13 +100,21 @@ def verbalizer_from_data(dataset: Dataset, label_column: str) -> dict[str, str]:
 
 
 def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str], split: str) -> None:
-    """Fail on the first row whose label is not a key of the verbalizer, naming the row and the label."""
+    """Fail on the first row whose label is not a key of the verbalizer, or whose completion is not its label's
+    verbalizer answer (SFT would learn one answer, L_adj another class), naming the row and the label."""
+    completions = dataset["completion"] if "completion" in dataset.column_names else None
     for row, label in enumerate(dataset[label_column]):
         if str(label) not in verbalizer:
             source = "its completion" if label_column == COMPLETION_LABEL_COLUMN else f"column {label_column!r}"
             raise DataError(
                 f"Row {row} of the {split} split has label {label!r} ({source}), which is not in the verbalizer "
                 f"(labels: {', '.join(map(repr, verbalizer))}). Add it to `verbalizer` or fix the row."
+            )
+        if completions is not None and completion_text(completions[row]) != verbalizer[str(label)]:
+            raise DataError(
+                f"Row {row} of the {split} split has label {label!r} (column {label_column!r}) and the completion "
+                f"{completion_text(completions[row])!r}, but the verbalizer answers {str(label)!r} with "
+                f"{verbalizer[str(label)]!r}. Fix the row or the verbalizer."
             )
 
 
@@ -370,13 +378,18 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         return LatentShiftPredictor.from_checkpoint(checkpoint_dir, model, tokenizer, answers, mode=mode, **settings)
 
 
-def _answer_of_label(label: str, answer: str, answers: Sequence[str]) -> str:
-    for candidate in answers:
-        if candidate.strip().lower() in (label.lower(), answer.lower()):
-            return candidate
+def answers_of_classes(verbalizer: dict[str, str], answers: Sequence[str]) -> list[str]:
+    """Per class of the heads, the answer of ``answers`` that names it: its verbalizer answer when ``answers`` holds
+    all of them, else its label when ``answers`` holds all the labels (e.g. eval's ``--answer_column label``).
+    One space for all classes: with labels 0-4 answered "1"-"5", a per-class match would read class 1 as "1"."""
+    by_text = {answer.strip().lower(): answer for answer in answers}
+    for names in (list(verbalizer.values()), list(verbalizer)):
+        if all(name.strip().lower() in by_text for name in names):
+            return [by_text[name.strip().lower()] for name in names]
     raise ConfigError(
-        f"None of the answers {list(answers)} is the label {label!r} or its verbalizer answer {answer!r}; the adjusted "
-        "head predicts the verbalizer's labels, so the answer set must name each of them."
+        f"The answers {list(answers)} hold neither every verbalizer answer {list(verbalizer.values())} nor every label "
+        f"{list(verbalizer)}; the adjusted head predicts each of them. Name them all (trl-causal eval: "
+        f"--answers {','.join(verbalizer.values())})."
     )
 
 
@@ -409,7 +422,7 @@ class LatentShiftPredictor(LMPredictor):
                 f"The heads predict {heads.config['n_labels']} labels but the verbalizer has {len(verbalizer)}."
             )
         self.heads = heads.to(next(model.parameters()).device).eval()
-        self.answer_of_class = [_answer_of_label(label, answer, self.answers) for label, answer in verbalizer.items()]
+        self.answer_of_class = answers_of_classes(verbalizer, self.answers)
         self.low_level_layer = low_level_layer
         self.phi_samples = phi_samples
         self.phi_source = phi_source
