@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import base_config, write_config, write_jsonl
 from trl_causal import cli
-from trl_causal.evaluation import LMPredictor, parse_answer
+from trl_causal.evaluation import LMPredictor, gold_answers, parse_answer
 from trl_causal.train import SUMMARY_FILE
 
 ROWS = [
@@ -159,6 +159,12 @@ def test_score_uses_the_answer_tokens_that_training_supervises(tiny_model, conve
         spaced_answers = LMPredictor(model, tokenizer, [" negative", " positive"]).score([row["prompt"] for row in rows])
         torch.testing.assert_close(spaced_answers, scores)
         assert LMPredictor(model, tokenizer, answers, answer_prefix="").answer_prefixes(rows) == ["", ""]
+
+
+def test_a_conversational_answer_column_gives_the_answer_texts():
+    rows = [{"completion": [{"role": "assistant", "content": "yes"}]}, {"completion": [{"role": "assistant", "content": " no"}]}]
+    assert gold_answers(rows, "completion", "test") == ["yes", "no"]  # not the repr of the message list
+    assert gold_answers([{"label": 1}, {"label": True}], "label", "test") == ["1", "True"]
 
 
 def test_macro_f1_averages_the_per_class_f1():

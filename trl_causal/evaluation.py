@@ -33,6 +33,13 @@ def parse_answer(text: str, answers: Sequence[str]) -> str | None:
     return by_lower[found[-1].lower()]
 
 
+def completion_text(completion: str | list[dict[str, Any]]) -> str:
+    """The answer text of a completion: the stripped string, or the content of its last message."""
+    if isinstance(completion, str):
+        return completion.strip()
+    return str(completion[-1]["content"]).strip()
+
+
 def answer_prefix(completion: str | list[dict[str, Any]] | None) -> str:
     """What precedes the answer in a completion: the leading whitespace of a string, nothing in a message list."""
     return completion[: len(completion) - len(completion.lstrip())] if isinstance(completion, str) else ""
@@ -283,7 +290,8 @@ def build_predictor(
 def gold_answers(rows: Sequence[dict[str, Any]], column: str, split: str) -> list[str]:
     if rows and column not in rows[0]:
         raise DataError(f"Split {split!r} has no gold answer column {column!r}; it has: {', '.join(sorted(rows[0]))}.")
-    return [str(row[column]) for row in rows]
+    # A conversational completion column holds messages: its answer is the last message's content.
+    return [completion_text(row[column]) if isinstance(row[column], list) else str(row[column]) for row in rows]
 
 
 def macro_f1(predicted: Sequence[str | None], gold: Sequence[str]) -> float:

@@ -34,7 +34,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ..data import named_splits
 from ..errors import ConfigError, DataError
-from ..evaluation import LMPredictor, answer_prefix
+from ..evaluation import LMPredictor, answer_prefix, completion_text
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
 from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
@@ -44,13 +44,6 @@ logger = logging.get_logger(__name__)
 
 LATENT_SHIFT_FILE = "trl_causal_latent_shift.json"
 COMPLETION_LABEL_COLUMN = "completion_label"  # added when `label_column` is None: the completion text
-
-
-def completion_text(completion: str | list[dict[str, Any]]) -> str:
-    """The answer text of a completion: the stripped string, or the content of its last message."""
-    if isinstance(completion, str):
-        return completion.strip()
-    return str(completion[-1]["content"]).strip()
 
 
 def with_completion_labels(dataset, args: LatentShiftConfig, split: str):
