@@ -210,10 +210,13 @@ def estimate_dataset(
     """Estimate every row once: prompt and completion texts (message contents joined) into one template."""
     from tqdm.auto import tqdm
 
+    roles = []  # per row, the roles of its prompt and completion messages (None for text), for check_message_parts
+
     def texts():
         for index, row in enumerate(rows):
             try:
                 prompt, completion = split_row(row, text_field)
+                roles.append((message_roles(prompt), message_roles(completion)))
                 completion_text = None if completion is None else part_text(completion)
                 yield {**row, "prompt": part_text(prompt), "completion": completion_text}
             except DataError as error:
@@ -222,18 +225,24 @@ def estimate_dataset(
     progress = tqdm(texts(), total=len(rows), desc=desc, disable=disable_progress)
     estimated = estimate_rows(estimator, progress, on_no_events=on_no_events)
     for template, row_index in zip(estimated.templates, estimated.row_indices):
-        check_message_parts(template, split_row(rows[row_index], text_field), row_index, estimator.name)
+        check_message_parts(template, roles[row_index], row_index, estimator.name)
     return estimated
 
 
-def check_message_parts(template: EventTemplate, parts: tuple[Prompt, Prompt | None], row_index: int, estimator: str) -> None:
-    """A template of a conversational prompt or completion must hold one part per message (joined by
-    ``MESSAGE_SEPARATOR``), or rendering it back into the messages fails mid-training; fail now, naming the row."""
-    for part, text, what in zip(parts, (template.prompt, template.completion), ("prompt", "completion")):
-        if isinstance(part, list) and text is not None and text.count(MESSAGE_SEPARATOR) != len(part) - 1:
+def message_roles(part: Prompt | None) -> tuple[str, ...] | None:
+    """The roles of a message list's messages; None for text."""
+    return tuple(str(message.get("role")) for message in part) if isinstance(part, list) else None
+
+
+def check_message_parts(template: EventTemplate, roles: tuple[tuple[str, ...] | None, ...], row_index: int, estimator: str) -> None:
+    """A template of a conversational prompt or completion (``roles``: its messages' roles, None for text) must hold
+    one part per message (joined by ``MESSAGE_SEPARATOR``), or rendering it back into the messages fails
+    mid-training; fail now, naming the row."""
+    for part_roles, text, what in zip(roles, (template.prompt, template.completion), ("prompt", "completion")):
+        if part_roles is not None and text is not None and text.count(MESSAGE_SEPARATOR) != len(part_roles) - 1:
             raise TemplateError(
                 f"Row {row_index}: the {estimator!r} estimator's template of the {what} has "
-                f"{text.count(MESSAGE_SEPARATOR) + 1} part(s) for its {len(part)} messages ({', '.join(str(m.get('role')) for m in part)}). "
+                f"{text.count(MESSAGE_SEPARATOR) + 1} part(s) for its {len(part_roles)} messages ({', '.join(part_roles)}). "
                 f"A template of message rows holds one part per message content, joined by {MESSAGE_SEPARATOR!r}."
             )
 
@@ -453,7 +462,7 @@ class CAPTPredictor(LMPredictor):
             on_no_events="error" if self.on_no_events == "error" else "keep",  # a test row is never dropped
         )
         for row_index, (template, prompt) in enumerate(zip(estimated.templates, prompts)):
-            check_message_parts(template, (prompt, None), row_index, self.estimator.name)
+            check_message_parts(template, (message_roles(prompt), None), row_index, self.estimator.name)
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
         interventions = RowInterventions(estimated.templates, pool, self.seed)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
