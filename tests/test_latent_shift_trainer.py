@@ -212,18 +212,24 @@ def test_label_outside_the_verbalizer_names_the_row(tiny_model, tmp_path, label_
         make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=verbalizer, label_column=label_column)
 
 
-@pytest.mark.parametrize(
-    "verbalizer, problem",
-    [
-        ({"positive": "True", "negative": "True story"}, r"the tokens of 'True' \[\d+\] are a prefix of those of 'True story'"),
-        ({"positive": "positive", "negative": "possible"}, r"both start with the token 'Ġ'"),
-    ],
-    ids=["prefix", "first-token"],
-)
-def test_colliding_verbalizer_answers_are_rejected(tiny_model, tmp_path, verbalizer, problem):
+def test_colliding_verbalizer_answers_are_rejected(tiny_model, tmp_path):
+    verbalizer = {"positive": "True", "negative": "True story"}
     rows = [{**row, "completion": " " + verbalizer[row["label"]]} for row in shift_rows()]
-    with pytest.raises(ConfigError, match=problem):
+    with pytest.raises(ConfigError, match=r"the tokens of 'True' \[\d+(, \d+)*\] are a prefix of those of 'True story'"):
         make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=verbalizer)
+
+
+def test_answers_that_share_only_their_first_tokens_train_and_are_told_apart(tiny_model, tmp_path):
+    verbalizer = {"positive": "very positive", "negative": "very negative"}
+    rows = [{**row, "completion": " " + verbalizer[row["label"]]} for row in shift_rows()]
+    trainer = make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=verbalizer)
+    trainer.train()
+    trainer.save_model(str(tmp_path))
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tmp_path).eval(), AutoTokenizer.from_pretrained(tmp_path)
+    predictor = LatentShiftTrainer.build_predictor(trainer.args, model, tokenizer, list(verbalizer.values()), checkpoint_dir=str(tmp_path))
+    test_rows = [{**row, "completion": " " + verbalizer[row["label"]]} for row in shift_rows(6, seed=3)]
+    scores = predictor.score(predictor.prepare_prompts(test_rows), predictor.answer_prefixes(test_rows))
+    assert not torch.equal(scores[:, 0], scores[:, 1])  # the answers' last tokens separate them
 
 
 def test_a_completion_that_is_not_its_labels_verbalizer_answer_names_the_row(tiny_model, tmp_path):
@@ -333,6 +339,18 @@ def test_predictor_is_deterministic_and_predicts_one_row_at_a_time_from_the_bank
     adjusted, plain = predictor.predict_both(rows)
     assert adjusted == [ANSWERS[i] for i in probabilities.argmax(1).tolist()]
     assert plain == LMPredictor(model, tokenizer, ANSWERS).predict(rows)
+
+
+def test_answers_given_as_labels_are_scored_as_the_texts_the_lm_head_learned(tiny_model, tmp_path):
+    rows = [{**row, "label": ANSWERS.index(row["label"])} for row in shift_rows()]  # labels 0/1 answered " negative"/" positive"
+    trainer = make_trainer(tiny_model, tmp_path, rows=rows, max_steps=2)
+    trainer.train()
+    trainer.save_model(str(tmp_path))
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tmp_path).eval(), AutoTokenizer.from_pretrained(tmp_path)
+    test_rows = shift_rows(12, agreement=0.1, seed=3)
+    by_label = LatentShiftTrainer.build_predictor(trainer.args, model, tokenizer, ["0", "1"], checkpoint_dir=str(tmp_path))
+    by_text = LMPredictor(model, tokenizer, ANSWERS).score(by_label.prepare_prompts(test_rows), by_label.answer_prefixes(test_rows))
+    assert by_label.predict_both(test_rows)[1] == [str(i) for i in by_text.argmax(1).tolist()]
 
 
 def test_batch_source_needs_two_rows_and_the_checkpoint_needs_its_heads(trained_checkpoint, tmp_path):

@@ -34,7 +34,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ..data import named_splits
 from ..errors import ConfigError, DataError
-from ..evaluation import LMPredictor, answer_prefix, completion_text
+from ..evaluation import LMPredictor, Prompt, answer_prefix, completion_text
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
 from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
@@ -113,24 +113,18 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
 
 def check_answer_tokens(tokenizer, verbalizer: dict[str, str], prefix: str = "") -> None:
     """Fail when two answers' tokens (of ``prefix + answer``, as they follow the prompt) collide: one sequence is a
-    prefix of the other, or both start with the same token."""
+    prefix of the other (or equal to it). Answers that only share their first tokens ("very positive" / "very
+    negative") are fine: the LM head's prediction sums log-probabilities over all of an answer's tokens."""
     token_ids = {answer: tokenizer(prefix + answer, add_special_tokens=False)["input_ids"] for answer in verbalizer.values()}
     for (first, first_ids), (second, second_ids) in itertools.combinations(token_ids.items(), 2):
-        short, long = sorted(((first, first_ids), (second, second_ids)), key=lambda item: len(item[1]))
-        if long[1][: len(short[1])] == short[1]:
-            problem = f"the tokens of {short[0]!r} {short[1]} are a prefix of those of {long[0]!r} {long[1]}"
-        elif first_ids[0] == second_ids[0]:
-            problem = (
-                f"both start with the token {tokenizer.convert_ids_to_tokens(first_ids[0])!r} (id {first_ids[0]}): "
-                f"{first!r} -> {first_ids}, {second!r} -> {second_ids}"
+        (short, short_ids), (long, long_ids) = sorted(((first, first_ids), (second, second_ids)), key=lambda item: len(item[1]))
+        if long_ids[: len(short_ids)] == short_ids:
+            raise ConfigError(
+                f"verbalizer answers {first!r} and {second!r} collide when tokenized after the prompt (as "
+                f"{prefix + first!r} / {prefix + second!r}): the tokens of {short!r} {short_ids} are a prefix of those "
+                f"of {long!r} {long_ids}, so the LM head cannot tell them apart (every sequence that says {long!r} "
+                f"starts by saying {short!r}). Choose answers where neither is the other's start."
             )
-        else:
-            continue
-        raise ConfigError(
-            f"verbalizer answers {first!r} and {second!r} collide when tokenized after the prompt (as "
-            f"{prefix + first!r} / {prefix + second!r}): {problem}. Choose answers whose first tokens differ, so that "
-            "the LM head can tell them apart."
-        )
 
 
 def build_heads(args: LatentShiftConfig, hidden_size: int, n_labels: int, seed: int) -> LatentShiftHeads:
@@ -416,6 +410,9 @@ class LatentShiftPredictor(LMPredictor):
             )
         self.heads = heads.to(next(model.parameters()).device).eval()
         self.answer_of_class = answers_of_classes(verbalizer, self.answers)
+        # The LM head learned the verbalizer's texts: score (or parse) those, also when the answers are the labels.
+        text_of = dict(zip(self.answer_of_class, verbalizer.values()))
+        self.written_answers = [text_of.get(answer, answer) for answer in self.answers]
         self.low_level_layer = low_level_layer
         self.phi_samples = phi_samples
         self.phi_source = phi_source
@@ -446,6 +443,10 @@ class LatentShiftPredictor(LMPredictor):
             low_level_layer=description["low_level_layer"],
             **kwargs,
         )
+
+    def prepare(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Prompt], list[list[str]]]:
+        """The prompts, and the answers as the LM head writes them: each class's verbalizer answer."""
+        return self.prepare_prompts(rows), [self.written_answers] * len(rows)
 
     def adjusted_probabilities(self, rows: Sequence[dict[str, Any]]) -> Tensor:
         """p(y | do(x)) per row over the verbalizer's labels: a [rows, labels] tensor."""
