@@ -56,6 +56,17 @@ def test_command_line_overrides_win_over_the_yaml(tmp_path, tiny_model):
     assert summary["steps"] == 1
 
 
+def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
+    from trl_causal.configuration import parse_run_config
+
+    settings = {"trainer": "deconfounded_reward", "outcome_column": "y", "numeric_confounders": ["c"], "text_column": "headline"}
+    config = write_config(tmp_path / "cfg.yaml", {**settings, **base_config(tiny_model, tmp_path / "d.jsonl", tmp_path / "out")})
+    assert parse_run_config(["--text_column", "null"], str(config)).training_args.text_column is None
+    assert parse_run_config(["--text_column=None", "--group_column", "~"], str(config)).training_args.text_column is None
+    assert parse_run_config(["--text_column", "null", "--text_column", "body"], str(config)).training_args.text_column == "body"
+    assert parse_run_config(["--outcome_column", "null"], str(config)).training_args.outcome_column == "null"  # not optional
+
+
 def test_installed_third_party_plugin_trains_by_name(tmp_path, tiny_model):
     site = pip_install_target(REPO / "plugins" / "weighted_sft", tmp_path / "site")
     env = {"PYTHONPATH": str(site)}

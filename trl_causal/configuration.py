@@ -161,6 +161,14 @@ def _is_list_type(annotation: Any) -> bool:
     return annotation is list or typing.get_origin(annotation) is list
 
 
+def _admits_none(annotation: Any) -> bool:
+    """Whether a field annotation takes None (``str | None``, ``Optional[list[str]]``)."""
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+
+
+NULL_WORDS = ("null", "none", "~")  # a command-line value that means None, as YAML's null does
+
+
 def _numbers_as_lists(values: dict[str, Any], field_types: dict[str, Any]) -> dict[str, Any]:
     """A number where a list is expected (``feature_layers: -1``) is a list of one, as ``--feature_layers -1`` is."""
     return {
@@ -232,6 +240,17 @@ def _cli_pairs(argv: list[str]) -> list[tuple[str, list[str]]]:
         else:
             raise ConfigError(f"Unexpected command-line argument {item!r}: arguments are given as `--key value`.")
     return pairs
+
+
+def _without_option(argv: list[str], key: str) -> list[str]:
+    """``argv`` without the option ``--key`` and its values (a later setting of the key replaces it)."""
+    kept, skipping = [], False
+    for item in argv:
+        if item.startswith("--"):
+            skipping = item[2:].partition("=")[0] == key
+        if not skipping:
+            kept.append(item)
+    return kept
 
 
 def _launch_arg(key: str, value: Any) -> list[str]:
@@ -316,15 +335,25 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
             launch_args += [f"--{key}", *values]
         elif key != TRAINER_KEY:
             script_argv += [f"--{key}", *values]
+    # `--text_column null` unsets a field as `text_column: null` does, which argparse cannot: the last setting counts
+    last = dict(cli)
+    nulls = {
+        key: None
+        for key, values in last.items()
+        if len(values) == 1 and values[0].lower() in NULL_WORDS and key in field_types and _admits_none(field_types[key])
+    }
+    parsed_argv = script_argv
+    for key in nulls:
+        parsed_argv = _without_option(parsed_argv, key)
     if f"--{ACCELERATE_CONFIG_KEY}" in launch_args:
         at = launch_args.index(f"--{ACCELERATE_CONFIG_KEY}")
         resolved = resolve_accelerate_config(launch_args[at + 1])
         launch_args = ["--config_file", resolved] + launch_args[:at] + launch_args[at + 2 :]
 
     parser = TrlParser(classes, prog=f"trl-causal train --trainer {spec.name}")
-    parser.set_defaults_with_config(**{k: v for k, v in yaml_values.items() if k in field_types})
+    parser.set_defaults_with_config(**{**{k: v for k, v in yaml_values.items() if k in field_types}, **nulls})
     try:
-        script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=script_argv)
+        script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=parsed_argv)
     except ValueError as error:  # raised by a config's __post_init__ on a combination of values
         hint = " TRL turns bf16 on by default: on a CPU-only machine set `bf16: false`." if "bf16" in str(error) else ""
         raise ConfigError(f"Invalid settings in {source}: {error}{hint}") from error
