@@ -368,7 +368,7 @@ def test_missing_outcome_column_fails_before_launch(tmp_path, tiny_model, capsys
 def test_non_numeric_outcome(tmp_path, tiny_model, capsys):
     rows = [dict(row, outcome="high" if row["outcome"] > 0 else "low") for row in observational_rows()]
     train_fails_with(
-        capsys, cli_config(tmp_path, tiny_model, rows), "outcome column 'outcome'", "must be numeric; row 0 holds"
+        capsys, cli_config(tmp_path, tiny_model, rows), "outcome column 'outcome'", "must be numeric; rows [0, 1, 2, 3, 4] and 115 more hold non-numbers (e.g. row 0:"
     )
 
 
@@ -396,6 +396,41 @@ def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model
         build_trainer(tiny_model, tmp_path, rows)  # a missing group id is not a group of its own
     trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
     assert trainer.report["rows"] == {"used": 117, "dropped_invalid": 3, "dropped_longer_than_max_length": 0}
+
+
+def test_drop_invalid_drops_nan_and_inf_written_as_strings_in_a_numeric_confounder(tiny_model, tmp_path):
+    rows = [dict(row, confounder=str(row["confounder"])) for row in observational_rows()]  # quoted, as some exports write them
+    rows[4]["confounder"], rows[7]["confounder"] = "NaN", "-inf"
+    with pytest.raises(DataError, match=r"2 of 120 rows .*'confounder': 2 \(rows \[4, 7\]\).*drop_invalid: true"):
+        build_trainer(tiny_model, tmp_path, rows)
+    trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
+    assert trainer.report["rows"]["dropped_invalid"] == 2
+    rows[4]["confounder"] = "cheap"
+    with pytest.raises(DataError, match=r"numeric confounder column 'confounder' of the train split must be numeric; rows \[4\]"):
+        build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
+
+
+def test_every_row_longer_than_max_length_fails_before_the_feature_pass(tiny_model, tmp_path):
+    with pytest.raises(DataError, match=r"All 120 rows of the train split are longer than max_length=3 tokens \(the shortest has \d+\)"):
+        build_trainer(tiny_model, tmp_path, observational_rows(), max_length=3)
+
+
+def test_the_outcome_listed_as_a_confounder_or_instrument_is_refused(tmp_path):
+    for role in ("numeric_confounders", "instrument_columns"):
+        with pytest.raises(ConfigError, match=rf"{role} lists the outcome column 'outcome'"):
+            reward_args(tmp_path, **{role: ["confounder", "outcome"]})
+
+
+def test_confounders_that_explain_all_of_the_outcome_leave_nothing_to_learn(tiny_model, tmp_path):
+    rows = [dict(row, clicks=2 * row["outcome"] + 1) for row in observational_rows()]  # the outcome under another name
+    with pytest.raises(DataError, match=r"The confounders explain all of the outcome 'outcome'.*sd\(Y\)"):
+        build_trainer(tiny_model, tmp_path, rows, numeric_confounders=["confounder", "clicks"])
+
+
+def test_a_messages_column_as_text_column_points_to_prompt_and_completion(tiny_model, tmp_path):
+    rows = [dict(row, messages=[{"role": "user", "content": row["text"]}]) for row in observational_rows()]
+    with pytest.raises(DataError, match=r"text_column 'messages' of the train split holds message lists \(e.g. row 0\).*text_column: null"):
+        build_trainer(tiny_model, tmp_path, rows, text_column="messages")
 
 
 def test_confounder_without_variance(tmp_path, tiny_model, capsys):

@@ -38,7 +38,7 @@ def describe_invalid_columns(masks: Mapping[str, np.ndarray]) -> str:
     )
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     """None, NaN, inf or NaT."""
     if isinstance(value, np.datetime64):
         return bool(np.isnat(value))
@@ -55,23 +55,30 @@ def _sorted_levels(values: Sequence[Any]) -> list[Any]:
         return sorted(levels, key=repr)
 
 
-def _numeric_column(name: str, values: Sequence[Any]) -> np.ndarray:
-    """Floats; None/NaN/inf stay NaN/inf (counted later); anything non-numeric is an error."""
-    out = np.empty(len(values), dtype=float)
+def parse_numbers(values: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
+    """Floats of ``values`` (None -> NaN; NaN and inf, also written as strings such as "NaN", stay NaN / inf, to be
+    counted as invalid) and the rows whose value is not a number."""
+    out = np.full(len(values), np.nan)
     bad_rows = []
     for row, value in enumerate(values):
         if value is None:
-            out[row] = np.nan
             continue
         try:
             out[row] = float(value)
         except (TypeError, ValueError):
             bad_rows.append(row)
+    return out, bad_rows
+
+
+def _numeric_column(name: str, values: Sequence[Any]) -> np.ndarray:
+    """Floats (``parse_numbers``); anything non-numeric is an error."""
+    out, bad_rows = parse_numbers(values)
     if bad_rows:
         example = values[bad_rows[0]]
         raise DataError(
             f"Numeric confounder column {name!r} has non-numeric values at {describe_rows(bad_rows)} "
-            f"(e.g. {example!r}). Convert them to numbers, or list {name!r} under `categorical`."
+            f"(e.g. {example!r}). Convert them to numbers, or make {name!r} a categorical confounder "
+            "(`categorical_confounders` in the trainer's config)."
         )
     return out
 
@@ -95,7 +102,7 @@ def _timestamp_column(name: str, values: Sequence[Any]) -> list[datetime | None]
     parsed: list[datetime | None] = []
     bad_rows = []
     for row, value in enumerate(values):
-        if _is_missing(value):
+        if is_missing(value):
             parsed.append(None)
             continue
         try:
@@ -221,7 +228,7 @@ def build_confounder_matrix(
     timestamp_values = {name: _timestamp_column(name, columns[name]) for name in kinds["timestamps"]}
     invalid_by_column = {name: ~np.isfinite(values) for name, values in numeric_values.items()}
     for name in kinds["categorical"]:
-        invalid_by_column[name] = np.array([_is_missing(value) for value in columns[name]])
+        invalid_by_column[name] = np.array([is_missing(value) for value in columns[name]])
     for name, moments in timestamp_values.items():
         invalid_by_column[name] = np.array([moment is None for moment in moments])
     invalid = np.zeros(n_rows, dtype=bool)

@@ -329,6 +329,10 @@ def _check_not_text_function(share: np.ndarray, names: Sequence[str], what: str,
 
 
 def _check_full_rank(matrix: np.ndarray, names: Sequence[str], what: str) -> None:
+    """Fail when the columns of ``matrix`` are linearly dependent, naming each column that the ones before it span.
+    One rank computation when they are independent; column by column only to name the culprits."""
+    if np.linalg.matrix_rank(matrix) == matrix.shape[1]:
+        return
     redundant, kept = [], []
     for j in range(matrix.shape[1]):
         if np.linalg.matrix_rank(matrix[:, kept + [j]]) == len(kept) + 1:

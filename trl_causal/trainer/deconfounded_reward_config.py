@@ -192,6 +192,18 @@ class DeconfoundedRewardConfig(RewardConfig):
                 "No confounder columns: name at least one under numeric_confounders, categorical_confounders or "
                 "timestamp_confounders."
             )
+        roles = {
+            "numeric_confounders": self.numeric_confounders,
+            "categorical_confounders": self.categorical_confounders,
+            "timestamp_confounders": self.timestamp_confounders,
+            "instrument_columns": self.instrument_columns,
+        }
+        for role, columns in roles.items():
+            if self.outcome_column in columns:
+                raise ConfigError(
+                    f"{role} lists the outcome column {self.outcome_column!r}: the outcome cannot explain itself "
+                    f"(partialling it out leaves nothing to learn). Remove it from {role}."
+                )
         unknown = [feature for feature in self.timestamp_features if feature not in TIMESTAMP_FEATURES]
         if unknown or not self.timestamp_features:
             raise ConfigError(

@@ -45,8 +45,7 @@ from trl.trainer.utils import global_then_local_main_first, pad
 
 from ..data import named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
-from ..deconfound.confounders import _is_missing as is_missing
-from ..deconfound.confounders import describe_invalid_columns
+from ..deconfound.confounders import describe_invalid_columns, describe_rows, is_missing, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
 from ..errors import ConfigError, DataError
@@ -102,16 +101,14 @@ def _valid_text(row: Mapping[str, Any], text_column: str | None) -> bool:
 
 
 def _numeric_column(dataset: datasets.Dataset, column: str, what: str, split: str) -> np.ndarray:
-    """Floats of a column (None -> NaN); a non-numeric value is an error naming the row."""
+    """Floats of a column (``parse_numbers``: None -> NaN); a non-numeric value is an error naming the rows."""
     values = dataset[column]
-    out = np.empty(len(values))
-    for row, value in enumerate(values):
-        try:
-            out[row] = np.nan if value is None else float(value)
-        except (TypeError, ValueError):
-            raise DataError(
-                f"The {what} column {column!r} of the {split} split must be numeric; row {row} holds {value!r}."
-            ) from None
+    out, bad_rows = parse_numbers(values)
+    if bad_rows:
+        raise DataError(
+            f"The {what} column {column!r} of the {split} split must be numeric; {describe_rows(bad_rows)} hold "
+            f"non-numbers (e.g. row {bad_rows[0]}: {values[bad_rows[0]]!r})."
+        )
     return out
 
 
@@ -142,9 +139,10 @@ class Observations:
 
 
 def _invalid_rows(
-    dataset: datasets.Dataset, args: DeconfoundedRewardConfig, outcome: np.ndarray, instrument
+    dataset: datasets.Dataset, args: DeconfoundedRewardConfig, outcome: np.ndarray, instrument, split: str
 ) -> dict[str, np.ndarray]:
-    """Column -> rows with no text, or a missing / non-finite outcome, instrument, confounder or group value."""
+    """Column -> rows with no text, or a missing / non-finite outcome, instrument, confounder or group value (a
+    numeric confounder's "NaN" string included)."""
     text_columns = text_column_sets(args)[0]
     texts = dataset.select_columns(list(text_columns))
     problems = {
@@ -155,7 +153,9 @@ def _invalid_rows(
         problems[column] = ~np.isfinite(instrument[:, j])
     # a missing group id would put unrelated rows into one group (and one cluster)
     groups = [args.group_column] if args.group_column is not None else []
-    for column in (*args.numeric_confounders, *args.categorical_confounders, *args.timestamp_confounders, *groups):
+    for column in args.numeric_confounders:
+        problems[column] = ~np.isfinite(_numeric_column(dataset, column, "numeric confounder", split))
+    for column in (*args.categorical_confounders, *args.timestamp_confounders, *groups):
         problems[column] = np.array([is_missing(value) for value in dataset[column]], dtype=bool)
     return problems
 
@@ -178,13 +178,21 @@ def read_observations(
                 f"The {split} split lacks the columns {missing} named in the config; it has: "
                 f"{', '.join(sorted(dataset.column_names))}."
             )
+        if args.text_column is not None:
+            lists = [row for row, value in enumerate(dataset[args.text_column]) if isinstance(value, list)]
+            if lists:
+                raise DataError(
+                    f"text_column {args.text_column!r} of the {split} split holds message lists (e.g. row {lists[0]}), "
+                    "not strings. For chat data, give the prompt and the answer as message lists in `prompt` and "
+                    "`completion` and set `text_column: null`; they are then scored through the chat template."
+                )
         outcome = _numeric_column(dataset, args.outcome_column, "outcome", split)
         instrument = None
         if args.instrument_columns:
             instrument = np.column_stack(
                 [_numeric_column(dataset, c, "instrument", split) for c in args.instrument_columns]
             )
-        problems = _invalid_rows(dataset, args, outcome, instrument)
+        problems = _invalid_rows(dataset, args, outcome, instrument, split)
         invalid = np.logical_or.reduce(list(problems.values()))
         if invalid.any() and not args.drop_invalid:
             listed = describe_invalid_columns(problems)
@@ -275,9 +283,16 @@ def reward_targets(
         seconds["partial_out"] = round(time.perf_counter() - start, 3)
         scores = result.deconfounded_outcome
     std = float(scores.std())
-    if not std > 0:
+    if not std > 1e-9 * float(np.abs(observations.outcome).max()):  # zero up to rounding
+        if result is None or not observations.outcome.std() > 0:
+            raise DataError(
+                f"The outcome column {args.outcome_column!r} has the same value in every training row: nothing to learn."
+            )
         raise DataError(
-            f"The outcome column {args.outcome_column!r} has the same value in every training row: nothing to learn."
+            f"The confounders explain all of the outcome {args.outcome_column!r}: after partialling them out "
+            f"r~ = Y - theta'(C - mean C) is the same in every training row (sd {std:.2g}, against sd(Y) = "
+            f"{observations.outcome.std():.3g}), so nothing is left to learn. Check that no confounder is the outcome "
+            "or a function of it."
         )
     mean = float(scores.mean())
     report = {
@@ -334,6 +349,20 @@ def tokenize_rows(rows: datasets.Dataset, args: DeconfoundedRewardConfig, tokeni
             num_proc=args.dataset_num_proc,
             desc=f"Tokenizing {split} rows",
         )
+
+
+def check_lengths(tokenized: Mapping[str, datasets.Dataset], max_length: int | None) -> None:
+    """Fail on a split whose every row is longer than ``max_length`` tokens: training drops such rows."""
+    if max_length is None:
+        return
+    for split, rows in tokenized.items():
+        shortest = min(len(ids) for ids in rows["input_ids"])
+        if shortest > max_length:
+            raise DataError(
+                f"All {len(rows)} rows of the {split} split are longer than max_length={max_length} tokens (the "
+                f"shortest has {shortest}), and rows over max_length are dropped: nothing would be left. Raise "
+                "`max_length` or shorten the texts."
+            )
 
 
 def squared_correlations(rewards: torch.Tensor, confounders: torch.Tensor) -> torch.Tensor:
@@ -468,6 +497,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         main = self.accelerator.is_main_process
         rows = {split: splits[split].select(obs.rows) for split, obs in observations.items()}
         tokenized = {split: tokenize_rows(rows[split], args, self.processing_class, split) for split in rows}
+        check_lengths(tokenized, args.max_length)  # before the feature pass and the partialling out
         targets = [None]
         network = self.accelerator.unwrap_model(self.model)
         # the other ranks receive the targets: one feature pass, identical targets everywhere (under ZeRO-3 every rank
