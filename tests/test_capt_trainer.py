@@ -16,6 +16,7 @@ from conftest import base_config, cpu_training_args, run_cli, write_config, writ
 from trl_causal import CAPTConfig, CAPTTrainer, cli
 from trl_causal.capt import NoEventsFound, PoolExhaustedError, generate_prontoqa
 from trl_causal.errors import ConfigError, DataError
+from trl_causal.configuration import parse_run_config
 from trl_causal.train import SUMMARY_FILE
 from trl_causal.trainer.capt_trainer import InterventionEpochCallback, RowTokenizer, part_text
 
@@ -149,6 +150,7 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
     test = write_jsonl(tmp_path / "test.jsonl", prontoqa_rows(4, "conversational"))
     config = {"trainer": "capt", **base_config(tiny_model, data, tmp_path / "out")}
     config.update(use_peft=True, lora_r=4, lora_alpha=8, symbol_pool="nonsense", event_estimator="prontoqa")
+    config.update(save_strategy="steps", save_steps=2)
     path = write_config(tmp_path / "cfg.yaml", config)
 
     result = run_cli("train", "--config", str(path))
@@ -161,6 +163,14 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
     assert cli.main(["eval", "--config", str(path), "--split", f"test={test}"]) == 0  # reloads the adapter
     report = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert report["results"]["capt"]["splits"]["test"]["n"] == 4
+
+    # Another YAML (trainer sft, CAPT's default pool) evaluates the checkpoint as trained: capt, nonsense symbols
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert json.loads((checkpoint / SUMMARY_FILE).read_text())["settings"]["symbol_pool"] == "nonsense"
+    other = write_config(tmp_path / "other.yaml", {**config, "trainer": "sft", "symbol_pool": "letters"})
+    assert cli._checkpoint_args(parse_run_config(["--trainer", "capt"], str(other)), cli._checkpoint_record(str(checkpoint))).symbol_pool == "nonsense"
+    assert cli.main(["eval", "--config", str(other), "--checkpoint", str(checkpoint), "--split", f"test={test}", "--output", str(tmp_path / "e.json")]) == 0
+    assert set(json.loads((tmp_path / "e.json").read_text())["results"]) == {"capt"}
 
 
 @pytest.mark.slow

@@ -67,6 +67,20 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
     assert parse_run_config(["--outcome_column", "null"], str(config)).training_args.outcome_column == "null"  # not optional
 
 
+def test_full_weights_saved_over_an_earlier_lora_run_remove_its_adapter(tmp_path, tiny_model):
+    from peft import PeftModel
+
+    from trl_causal.evaluation import load_checkpoint
+
+    train(tmp_path, tiny_model, "sft", sft_rows(), use_peft=True, lora_r=4, lora_alpha=8)
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+    _, result = train(tmp_path, tiny_model, "sft", sft_rows())  # the same output_dir, full fine-tuning
+    assert "removed the LoRA adapter an earlier run left" in result.stderr
+    assert not any((tmp_path / "out" / name).exists() for name in ("adapter_config.json", "adapter_model.safetensors"))
+    model, _ = load_checkpoint(tmp_path / "out")
+    assert not isinstance(model, PeftModel)
+
+
 def test_installed_third_party_plugin_trains_by_name(tmp_path, tiny_model):
     site = pip_install_target(REPO / "plugins" / "weighted_sft", tmp_path / "site")
     env = {"PYTHONPATH": str(site)}

@@ -245,4 +245,31 @@ def test_eval_split_file_may_be_a_saved_dataset_holding_that_split(tiny_model, t
     DatasetDict({"validation": Dataset.from_list(CHAT_ROWS)}).save_to_disk(str(saved))
     assert eval_splits(config, "validation", str(saved))["n"] == len(CHAT_ROWS)
     assert cli.main(["eval", "--config", config, "--split", f"test={saved}"]) == 2
-    assert f"{saved} has no split 'test' (nor 'train'); it has: validation." in capsys.readouterr().err
+    assert f"{saved} has no split 'test'; it has: validation." in capsys.readouterr().err
+    DatasetDict({"train": Dataset.from_list(CHAT_ROWS), "test": Dataset.from_list(CHAT_ROWS[:1])}).save_to_disk(str(saved / "dd"))
+    assert cli.main(["eval", "--config", config, "--split", f"tset={saved / 'dd'}"]) == 2  # a typo is not the train split
+    assert "has no split 'tset'; it has: train, test." in capsys.readouterr().err
+    assert eval_splits(config, "rows", str(tmp_path / "data" / "test.jsonl"))["n"] == len(ROWS)  # one file: its rows
+
+
+def test_answers_and_gold_answers_are_compared_as_written_without_surrounding_spaces(tiny_model, tmp_path, capsys):
+    rows = [dict(row, completion=" " + row["answer"]) for row in CHAT_ROWS]  # as plain-text completions are written
+    config, _ = eval_config(tiny_model, tmp_path, rows)
+    expected = eval_splits(config, "test", "", "--answers", "True,False")
+    assert eval_splits(config, "test", "", "--answers", "True, False") == expected
+    assert eval_splits(config, "test", "", "--answer_column", "completion", "--answers", "True,False") == expected
+    assert cli.main(["eval", "--config", config, "--split", "test", "--answers", "Yes,No"]) == 2
+    assert "Split 'test' has gold answers ['False', 'True'] (column 'answer', rows [0, 1, 2]) outside the answer set ['Yes', 'No']" in capsys.readouterr().err
+
+
+def test_checkpoints_of_one_name_and_repeated_split_names_keep_every_result(tiny_model, tmp_path, capsys):
+    config, checkpoint = eval_config(tiny_model, tmp_path, CHAT_ROWS)
+    others = [tmp_path / run / "final" for run in ("a", "b")]
+    for other in others:
+        shutil.copytree(tiny_model, other)
+    output = tmp_path / "compare.json"
+    args = ["eval", "--config", config, "--split", "test", "--output", str(output)]
+    assert cli.main(args + [arg for other in others for arg in ("--compare", str(other))]) == 0
+    assert list(json.loads(output.read_text())["results"]) == ["sft", "sft:final", f"sft:{others[1]}"]
+    assert cli.main(args + ["--split", "test=" + str(tmp_path / "data" / "test.jsonl")]) == 2
+    assert "--split names ['test'] are given more than once" in capsys.readouterr().err

@@ -124,11 +124,13 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     from .data import load_any_dataset
 
     name, _, path = split.partition("=")
-    if path:  # a file is its own `train` split; a saved DatasetDict may hold NAME
+    if path:  # data of one split (a file, or a folder of files) is NAME; a saved DatasetDict or split folder must hold NAME
         dataset = load_any_dataset(path)
-        key = name if name in dataset else "train"
+        key = name if name in dataset or list(dataset) != ["train"] else "train"
         if key not in dataset:
-            raise TrlCausalError(f"{path} has no split {name!r} (nor 'train'); it has: {', '.join(dataset)}.")
+            raise TrlCausalError(
+                f"{path} has no split {name!r}; it has: {', '.join(dataset)}. Name one of those (--split SPLIT={path})."
+            )
     else:
         if not run.script_args.dataset_name:
             raise TrlCausalError(
@@ -147,14 +149,29 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     return name, rows.to_list()
 
 
-def _checkpoint_trainer(checkpoint: str, default: str) -> str:
+def _checkpoint_record(checkpoint: str) -> dict:
+    """What training recorded in the checkpoint (``trl_causal_run.json``): its trainer and method settings; {} if none."""
     import json
     from pathlib import Path
 
     from .train import SUMMARY_FILE
 
-    summary = Path(checkpoint) / SUMMARY_FILE
-    return json.loads(summary.read_text())["trainer"] if summary.is_file() else default
+    record = Path(checkpoint) / SUMMARY_FILE
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def _checkpoint_args(run, record: dict):
+    """The config's training arguments with the checkpoint's recorded method settings in place of the YAML's: a capt
+    checkpoint intervenes with the estimator and pool it was trained with, whatever the YAML of this eval says."""
+    import copy
+
+    settings = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
+    if not settings:
+        return run.training_args
+    args = copy.copy(run.training_args)
+    for key, value in settings.items():
+        setattr(args, key, value)
+    return args
 
 
 def _command_eval(args: argparse.Namespace) -> int:
@@ -162,12 +179,13 @@ def _command_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .configuration import parse_run_config
-    from .evaluation import accuracy_report, build_predictor, gold_answers, load_checkpoint
+    from .evaluation import accuracy_report, build_predictor, check_gold_in_answers, gold_answers, load_checkpoint
     from .plugins import get_plugin_manager
 
     run = parse_run_config([], args.config)
     checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
-    trainer_names = [_checkpoint_trainer(checkpoint, run.trainer.name) for checkpoint in checkpoints]
+    records = [_checkpoint_record(checkpoint) for checkpoint in checkpoints]
+    trainer_names = [record.get("trainer", run.trainer.name) for record in records]
     for checkpoint, trainer_name in zip(checkpoints, trainer_names):
         if get_plugin_manager().get_trainer(trainer_name).kind == "reward":
             raise TrlCausalError(
@@ -176,19 +194,26 @@ def _command_eval(args: argparse.Namespace) -> int:
                 "AutoModelForSequenceClassification (as TRL's GRPO, RLOO and PPO trainers do) to score texts; "
                 "`trl-causal eval` evaluates the answers of sft-kind trainers (sft, capt, latent_shift, ...)."
             )
-    splits = [_eval_rows(run, split, args.max_rows) for split in (args.split or [run.script_args.dataset_test_split])]
+    requested = args.split or [run.script_args.dataset_test_split]
+    names = [split.partition("=")[0] for split in requested]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TrlCausalError(f"--split names {repeated} are given more than once; name each split differently (--split NAME=FILE).")
+    splits = [_eval_rows(run, split, args.max_rows) for split in requested]
     gold = {name: gold_answers(rows, args.answer_column, name) for name, rows in splits}
-    answers = args.answers.split(",") if args.answers else sorted({a for values in gold.values() for a in values})
+    answers = [a.strip() for a in args.answers.split(",") if a.strip()] if args.answers else sorted({a for values in gold.values() for a in values})
+    check_gold_in_answers(gold, answers, args.answer_column)
     results = {}
-    for checkpoint, trainer_name in zip(checkpoints, trainer_names):
+    for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
         checkpoint_run = run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
         model, tokenizer = load_checkpoint(checkpoint)
         predictor = build_predictor(
-            checkpoint_run.trainer.trainer_class, checkpoint_run.training_args, model, tokenizer, answers, args.mode, checkpoint
+            checkpoint_run.trainer.trainer_class, _checkpoint_args(checkpoint_run, record), model, tokenizer, answers, args.mode, checkpoint
         )
         predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
-        seen = any(result["trainer"] == trainer_name for result in results.values())
-        label = f"{trainer_name}:{Path(checkpoint).name}" if seen else trainer_name
+        candidates = (trainer_name, f"{trainer_name}:{Path(checkpoint).name}", f"{trainer_name}:{checkpoint}")
+        taken = {result_label.removesuffix(":adjusted").removesuffix(":plain") for result_label in results}
+        label = next((candidate for candidate in candidates if candidate not in taken), f"{trainer_name}:{checkpoint}#{len(results)}")
         # A predictor with `predict_both` (latent_shift) gives its own prediction and the plain LM head's side by side.
         kinds = ("adjusted", "plain") if hasattr(predictor, "predict_both") else (None,)
         labels = {kind: label if kind is None else f"{label}:{kind}" for kind in kinds}

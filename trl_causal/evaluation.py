@@ -290,8 +290,23 @@ def build_predictor(
 def gold_answers(rows: Sequence[dict[str, Any]], column: str, split: str) -> list[str]:
     if rows and column not in rows[0]:
         raise DataError(f"Split {split!r} has no gold answer column {column!r}; it has: {', '.join(sorted(rows[0]))}.")
-    # A conversational completion column holds messages: its answer is the last message's content.
-    return [completion_text(row[column]) if isinstance(row[column], list) else str(row[column]) for row in rows]
+    # A conversational completion column holds messages: its answer is the last message's content; " True" is "True".
+    return [completion_text(row[column]) if isinstance(row[column], (list, str)) else str(row[column]) for row in rows]
+
+
+def check_gold_in_answers(gold: dict[str, list[str]], answers: Sequence[str], column: str) -> None:
+    """Fail when a split's gold answers hold a value outside the answer set (case-insensitive): no prediction could
+    match it, and accuracy would count it wrong without saying why."""
+    known = {answer.lower() for answer in answers}
+    for split, values in gold.items():
+        outside = sorted({value for value in values if value.lower() not in known})
+        if outside:
+            rows = [row for row, value in enumerate(values) if value.lower() not in known]
+            raise DataError(
+                f"Split {split!r} has gold answers {outside[:5]} (column {column!r}, rows {rows[:5]}"
+                f"{' ...' if len(rows) > 5 else ''}) outside the answer set {list(answers)}: no prediction can match "
+                "them. Add them to --answers, or name the column that holds the answers with --answer_column."
+            )
 
 
 def macro_f1(predicted: Sequence[str | None], gold: Sequence[str]) -> float:

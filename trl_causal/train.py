@@ -79,6 +79,46 @@ def column_sets(run: RunConfig) -> tuple[tuple[str, ...], ...] | None:
     return tuple(tuple(option) for option in hook(run.training_args)) if hook else None
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def remove_stale_adapter(output_dir: str, since: float) -> None:
+    """Remove the LoRA adapter files that an earlier run left in ``output_dir`` when this run saved full weights
+    there (files older than ``since``): eval, like PEFT, loads an adapter wherever ``adapter_config.json`` is."""
+    stale = [name for name in ADAPTER_FILES if os.path.isfile(path := os.path.join(output_dir, name)) and os.path.getmtime(path) < since]
+    if "adapter_config.json" in stale:
+        for name in stale:
+            os.remove(os.path.join(output_dir, name))
+        print(f"trl-causal: removed the LoRA adapter an earlier run left in {output_dir} ({', '.join(stale)}): "
+              "this run saved full weights there.", file=sys.stderr)
+
+
+def method_settings(args) -> dict:
+    """The fields that a trainer's config adds to the TRL config it extends (CAPT's estimator and symbol pool,
+    latent_shift's draws, ...), as JSON values: with the trainer's name they tell eval how the checkpoint predicts."""
+    import dataclasses
+
+    base = next(cls for cls in type(args).__mro__ if cls.__module__.split(".")[0] == "trl")
+    added = {f.name for f in dataclasses.fields(args) if f.init} - {f.name for f in dataclasses.fields(base)}
+    values = args.to_dict()
+    return {name: values[name] for name in sorted(added)}
+
+
+def run_record_callback(trainer_name: str, settings: dict):
+    """A callback that writes ``{"trainer", "settings"}`` as ``SUMMARY_FILE`` into every ``checkpoint-N`` the run saves,
+    so that eval tells a checkpoint's trainer and settings without the final summary."""
+    from transformers import TrainerCallback
+
+    class RunRecord(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if state.is_world_process_zero and os.path.isdir(folder):
+                with open(os.path.join(folder, SUMMARY_FILE), "w") as f:
+                    json.dump({"trainer": trainer_name, "settings": settings}, f, indent=2)
+
+    return RunRecord()
+
+
 def distributed_setup(accelerator) -> str:
     """How the run was distributed, as accelerate set it up: "NO", "MULTI_CPU" or "MULTI_GPU" (DDP), "DEEPSPEED ZeRO-3", ..."""
     setup = accelerator.distributed_type.value
@@ -178,8 +218,12 @@ def main(run: RunConfig) -> dict:
     state = training_args.distributed_state
     check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
     trainer = build_trainer(run, train_dataset, eval_dataset)
+    settings = method_settings(training_args)
+    trainer.add_callback(run_record_callback(run.trainer.name, settings))
     result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        remove_stale_adapter(training_args.output_dir, start)
     summary = {
         "trainer": run.trainer.name,
         "model": run.model_args.model_name_or_path,
@@ -190,6 +234,7 @@ def main(run: RunConfig) -> dict:
         "distributed": distributed_setup(trainer.accelerator),
         "seconds": round(time.time() - start, 1),
         "output_dir": os.path.abspath(training_args.output_dir),
+        "settings": settings,
     }
     if eval_dataset is not None:
         summary["eval"] = trainer.evaluate()
