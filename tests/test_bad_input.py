@@ -90,6 +90,31 @@ def test_value_of_the_wrong_type(capsys, config_for, key, value, expected):
     fails_with(capsys, ["train", "--config", str(config_for(**{key: value}))], f"Key {key!r}", expected)
 
 
+def test_whole_numbers_written_as_floats_or_exponents_are_read_as_ints(config_for, tmp_path):
+    from trl_causal.configuration import parse_run_config
+
+    config = config_for(max_steps=2.0, lora_r=8.0, save_steps="1e2", learning_rate="1e-4")
+    run = parse_run_config([], str(config))
+    assert (run.training_args.max_steps, run.model_args.lora_r, run.training_args.save_steps) == (2, 8, 100)
+    assert all(type(value) is int for value in (run.training_args.max_steps, run.model_args.lora_r))
+    assert run.training_args.learning_rate == 1e-4
+    with pytest.raises(Exception, match="Key 'max_steps'.*expects int, got 2.5"):
+        parse_run_config([], str(config_for(max_steps=2.5)))
+
+
+def test_a_model_that_is_nowhere_fails_before_launch_with_a_suggestion(capsys, config_for, tmp_path):
+    fails_with(capsys, ["train", "--config", str(config_for(model_name_or_path="smollm2-135m"))], "'smollm2-135m' is neither a local directory", "Did you mean 'smollm2-135m-instruct'?")
+    fails_with(capsys, ["train", "--config", str(config_for())], "no-model-here' is neither a local directory")
+    fails_with(capsys, ["train", "--config", str(config_for(model_name_or_path="someone/model"))], "the Hugging Face Hub (or its cache) does not give it")
+    fails_with(capsys, ["download-model", "smollm2"], "Unknown embedded model 'smollm2'. Did you mean 'smollm2-135m-instruct'?")
+
+
+def test_a_dataset_that_is_nowhere_and_a_mixture_entry_with_an_unknown_key(capsys, config_for, sft_data):
+    fails_with(capsys, ["train", "--config", str(config_for(dataset_name="data/mytrain"))], "Dataset 'data/mytrain' is not a local file or directory", "Hub")
+    mixture = config_for(dataset_name=None, datasets=[{"path": "json", "data_files": str(sft_data), "type": "chat_template"}])
+    fails_with(capsys, ["train", "--config", str(mixture)], "Invalid settings", "'type'")
+
+
 def test_plugin_registering_a_non_trainer_class(capsys, config_for, tmp_path, monkeypatch):
     source = make_distribution(tmp_path / "src", "odd-plugin", "odd_plugin_mod", REGISTERS_TRAINER.format(name="odd", trainer="collections:OrderedDict"))
     monkeypatch.syspath_prepend(str(pip_install_target(source, tmp_path / "site")))

@@ -75,7 +75,7 @@ def test_resolve_prefers_existing_local_path(tmp_path, monkeypatch, no_pip, cach
     local = tmp_path / "work"
     (local / NAME).mkdir(parents=True)
     monkeypatch.chdir(local)
-    assert resolve_model_name_or_path(NAME) == NAME
+    assert resolve_model_name_or_path(NAME) == str(local / NAME)  # absolute, so a LoRA adapter records a base found from anywhere
     assert resolve_model_name_or_path(str(local)) == str(local)
 
 

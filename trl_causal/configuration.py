@@ -179,6 +179,29 @@ def _numbers_as_lists(values: dict[str, Any], field_types: dict[str, Any]) -> di
     }
 
 
+def _number_type(annotation: Any) -> type | None:
+    """int or float for a (possibly optional) number field, else None."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    numbers = [option for option in options if option in (int, float)]
+    return numbers[0] if len(numbers) == 1 else None
+
+
+def _numbers_as_their_type(values: dict[str, Any], field_types: dict[str, Any]) -> dict[str, Any]:
+    """Numbers of a checked YAML as their field's type: ``max_steps: 2.0`` or ``1e2`` (a string to YAML) as an int,
+    ``learning_rate: 1e-4`` as a float. argparse would pass the float on to crash inside torch, or fail on the string."""
+    converted = dict(values)
+    for key, value in values.items():
+        kind = _number_type(field_types.get(key))
+        if kind is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        converted[key] = int(number) if kind is int and number.is_integer() else number if kind is float else value
+    return converted
+
+
 def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], source: str) -> None:
     for key, value in values.items():
         annotation = field_types[key]
@@ -324,6 +347,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
             raise _unknown_key_error(key, "the command line", spec, known)
     yaml_values = _numbers_as_lists(yaml_values, field_types)
     _check_value_types({k: v for k, v in yaml_values.items() if k in field_types}, field_types, source)
+    yaml_values = _numbers_as_their_type(yaml_values, field_types)
 
     launch_args: list[str] = []
     for key, value in yaml_values.items():
@@ -354,7 +378,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     parser.set_defaults_with_config(**{**{k: v for k, v in yaml_values.items() if k in field_types}, **nulls})
     try:
         script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=parsed_argv)
-    except ValueError as error:  # raised by a config's __post_init__ on a combination of values
+    except (ValueError, TypeError) as error:  # a config's __post_init__ on a combination of values; a `datasets:` entry's unknown key
         hint = " TRL turns bf16 on by default: on a CPU-only machine set `bf16: false`." if "bf16" in str(error) else ""
         raise ConfigError(f"Invalid settings in {source}: {error}{hint}") from error
     if model_args.model_name_or_path is None:

@@ -42,7 +42,14 @@ def load_any_dataset(name: str, config: str | None = None, streaming: bool = Fal
             f"Dataset {name!r} looks like a local path but does not exist (resolved to {path.resolve()}); paths in a "
             "config are relative to the directory you run from."
         )
-    return datasets.load_dataset(name, name=config, streaming=streaming)
+    try:
+        return datasets.load_dataset(name, name=config, streaming=streaming)
+    except OSError as error:  # no connection, or the hub's DatasetNotFoundError (a FileNotFoundError)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(
+            f"Dataset {name!r} is not a local file or directory (resolved to {path.resolve()}), and the Hugging Face "
+            f"Hub (or its cache) does not give it: {reason}"
+        ) from None
 
 
 def load_run_datasets(script_args: Any, dataset_args: Any, need_eval: bool):

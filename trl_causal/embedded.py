@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
 from .paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,7 @@ def _lookup(name: str) -> EmbeddedModel:
         return EMBEDDED_MODELS[name]
     close = difflib.get_close_matches(name, EMBEDDED_MODELS, n=1, cutoff=0.4)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(
-        f"Unknown embedded model {name!r}.{hint} Known: {', '.join(sorted(EMBEDDED_MODELS))}."
-    )
+    raise ConfigError(f"Unknown embedded model {name!r}.{hint} Known: {', '.join(sorted(EMBEDDED_MODELS))}.")
 
 
 def ensure_embedded_model(name: str, cache_dir: Path | None = None) -> Path:
@@ -156,7 +155,32 @@ def _convert(spec: EmbeddedModel, workdir: Path, out: Path) -> None:
 
 
 def resolve_model_name_or_path(value: str) -> str:
-    """Map an embedded model name to its converted checkpoint; return anything else unchanged."""
+    """Map an embedded model name to its converted checkpoint, and a local directory to its absolute path (which
+    a LoRA adapter then records as its base, so eval finds the base from any directory); return a hub id unchanged."""
     if value in EMBEDDED_MODELS and not os.path.exists(value):
         return str(ensure_embedded_model(value))
+    if os.path.isdir(os.path.expanduser(value)):
+        return os.path.abspath(os.path.expanduser(value))
     return value
+
+
+def check_model_source(value: str, revision: str | None = None) -> None:
+    """Fail before training starts when ``model_name_or_path`` is neither an embedded model, a local directory, nor a
+    model whose config the hub (or its cache) gives; a near miss of an embedded name gets a suggestion."""
+    if value in EMBEDDED_MODELS or os.path.isdir(os.path.expanduser(value)):
+        return
+    where = f"neither a local directory (resolved to {os.path.abspath(os.path.expanduser(value))}) nor an embedded model"
+    close = difflib.get_close_matches(value, EMBEDDED_MODELS, n=1, cutoff=0.6)
+    if close or value.startswith((".", "/", "~")) or value.count("/") > 1:  # a hub id is NAME or ORG/NAME
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"model_name_or_path {value!r} is {where}.{hint} Embedded: {', '.join(sorted(EMBEDDED_MODELS))}.")
+    import transformers
+
+    try:
+        transformers.AutoConfig.from_pretrained(value, revision=revision)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"model_name_or_path {value!r} is {where}, and the Hugging Face Hub (or its cache) does not give it: "
+            f"{reason}"
+        ) from None
