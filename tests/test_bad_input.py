@@ -115,6 +115,14 @@ def test_a_dataset_that_is_nowhere_and_a_mixture_entry_with_an_unknown_key(capsy
     fails_with(capsys, ["train", "--config", str(mixture)], "Invalid settings", "'type'")
 
 
+def test_command_line_values_argparse_rejects_give_one_line_and_no_flags_are_known(capsys, config_for):
+    err = fails_with(capsys, ["train", "--config", str(config_for()), "--learning_rate", "abc"], "--learning_rate", "invalid float value: 'abc'", "--help")
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err
+    from trl_causal.configuration import parse_run_config
+
+    assert parse_run_config(["--no_remove_unused_columns"], str(config_for())).training_args.remove_unused_columns is False
+
+
 def test_plugin_registering_a_non_trainer_class(capsys, config_for, tmp_path, monkeypatch):
     source = make_distribution(tmp_path / "src", "odd-plugin", "odd_plugin_mod", REGISTERS_TRAINER.format(name="odd", trainer="collections:OrderedDict"))
     monkeypatch.syspath_prepend(str(pip_install_target(source, tmp_path / "site")))

@@ -160,10 +160,11 @@ def test_resume_from_checkpoint_true_means_the_last_checkpoint_and_a_bad_one_fai
 def test_every_trainer_prints_its_help(spec, capsys):
     from trl_causal import cli
 
-    with pytest.raises(SystemExit) as exited:
-        cli.main(["train", "--trainer", spec.name, "--help"])
-    assert exited.value.code == 0
-    assert "--output_dir" in capsys.readouterr().out
+    for flag in ("--help", "-h"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["train", "--trainer", spec.name, flag])
+        assert exited.value.code == 0
+        assert "--output_dir" in capsys.readouterr().out
 
 
 def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path, tiny_model):

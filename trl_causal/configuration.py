@@ -255,7 +255,9 @@ def _cli_pairs(argv: list[str]) -> list[tuple[str, list[str]]]:
     """Split ``--key value ...`` command-line arguments into (key, values) pairs."""
     pairs: list[tuple[str, list[str]]] = []
     for item in argv:
-        if item.startswith("--"):
+        if item == "-h":
+            pairs.append(("help", []))
+        elif item.startswith("--"):
             key, eq, value = item[2:].partition("=")
             pairs.append((key.replace("-", "_"), [value] if eq else []))
         elif pairs:
@@ -343,7 +345,8 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
         if key not in known:
             raise _unknown_key_error(key, source, spec, known)
     for key, _ in cli:
-        if key not in known and key != "help":
+        negated = key.removeprefix("no_")  # `--no_KEY` sets a boolean field that defaults to true to false, as in --help
+        if key not in known and key != "help" and not (negated != key and field_types.get(negated) is bool):
             raise _unknown_key_error(key, "the command line", spec, known)
     yaml_values = _numbers_as_lists(yaml_values, field_types)
     _check_value_types({k: v for k, v in yaml_values.items() if k in field_types}, field_types, source)
@@ -375,9 +378,16 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
         launch_args = ["--config_file", resolved] + launch_args[:at] + launch_args[at + 2 :]
 
     parser = TrlParser(classes, prog=f"trl-causal train --trainer {spec.name}")
+
+    def one_line_error(message: str):  # argparse would print the whole usage (hundreds of lines) and exit
+        raise ConfigError(f"{message} (on the command line). Run `trl-causal train --trainer {spec.name} --help` for the fields.")
+
+    parser.error = one_line_error
     parser.set_defaults_with_config(**{**{k: v for k, v in yaml_values.items() if k in field_types}, **nulls})
     try:
         script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=parsed_argv)
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as error:  # a config's __post_init__ on a combination of values; a `datasets:` entry's unknown key
         hint = " TRL turns bf16 on by default: on a CPU-only machine set `bf16: false`." if "bf16" in str(error) else ""
         raise ConfigError(f"Invalid settings in {source}: {error}{hint}") from error
