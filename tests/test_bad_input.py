@@ -123,6 +123,11 @@ def test_command_line_values_argparse_rejects_give_one_line_and_no_flags_are_kno
     assert parse_run_config(["--no_remove_unused_columns"], str(config_for())).training_args.remove_unused_columns is False
 
 
+def test_unknown_keys_of_another_trainer_or_of_axolotl_say_where_they_belong(capsys, config_for):
+    fails_with(capsys, ["train", "--config", str(config_for()), "--event_estimator", "vocabulary"], "It configures trainer 'capt': add `--trainer capt`")
+    fails_with(capsys, ["train", "--config", str(config_for(base_model="x"))], "'base_model' is Axolotl's name: here it is 'model_name_or_path'")
+
+
 def test_plugin_registering_a_non_trainer_class(capsys, config_for, tmp_path, monkeypatch):
     source = make_distribution(tmp_path / "src", "odd-plugin", "odd_plugin_mod", REGISTERS_TRAINER.format(name="odd", trainer="collections:OrderedDict"))
     monkeypatch.syspath_prepend(str(pip_install_target(source, tmp_path / "site")))

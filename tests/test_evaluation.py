@@ -270,6 +270,10 @@ def test_checkpoints_of_one_name_and_repeated_split_names_keep_every_result(tiny
     output = tmp_path / "compare.json"
     args = ["eval", "--config", config, "--split", "test", "--output", str(output)]
     assert cli.main(args + [arg for other in others for arg in ("--compare", str(other))]) == 0
-    assert list(json.loads(output.read_text())["results"]) == ["sft", "sft:final", f"sft:{others[1]}"]
+    report = json.loads(output.read_text())
+    assert list(report["results"]) == ["sft", "sft:final", f"sft:{others[1]}"]
+    assert report["splits"] == {"test": str(tmp_path / "data")}  # where each split's rows came from
+    assert cli.main(args + ["--compare", str(tmp_path / "nowhere")]) == 2
+    assert f"Checkpoint directory not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
     assert cli.main(args + ["--split", "test=" + str(tmp_path / "data" / "test.jsonl")]) == 2
     assert "--split names ['test'] are given more than once" in capsys.readouterr().err

@@ -186,6 +186,9 @@ def _command_eval(args: argparse.Namespace) -> int:
 
     run = parse_run_config([], args.config)
     checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
+    for checkpoint in checkpoints:
+        if not Path(checkpoint).is_dir():
+            raise TrlCausalError(f"Checkpoint directory not found: {checkpoint}. Train first, or pass --checkpoint DIR.")
     records = [_checkpoint_record(checkpoint) for checkpoint in checkpoints]
     trainer_names = [record.get("trainer", run.trainer.name) for record in records]
     for checkpoint, trainer_name in zip(checkpoints, trainer_names):
@@ -231,14 +234,20 @@ def _command_eval(args: argparse.Namespace) -> int:
     labels = list(results)
     print("\n" + "split".ljust(16) + "".join(label[:22].rjust(24) for label in labels) + "rows".rjust(8))
     for name, rows in splits:
-        cells = "".join(f"{results[label]['splits'][name]['accuracy']:.1%}".rjust(24) for label in labels)
+        cells = "".join(_accuracy_cell(results[label]["splits"][name]).rjust(24) for label in labels)
         print(name[:16].ljust(16) + cells + str(len(rows)).rjust(8))
     output = Path(args.output or Path(checkpoints[0]) / "eval_results.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"answers": answers, "mode": args.mode, "results": results}
+    sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
+    report = {"answers": answers, "mode": args.mode, "splits": sources, "results": results}
     output.write_text(json.dumps(report, indent=2))
     print(f"\ntrl-causal: wrote {output}")
     return 0
+
+
+def _accuracy_cell(report: dict) -> str:
+    """"62.5%", or "0.0% (3 unparsed)" when generations named no answer."""
+    return f"{report['accuracy']:.1%}" + (f" ({report['unparsed']} unparsed)" if report["unparsed"] else "")
 
 
 def build_parser() -> argparse.ArgumentParser:

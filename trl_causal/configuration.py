@@ -241,9 +241,28 @@ def _drop_keys_of_other_trainers(values: dict[str, Any], known: set[str], spec: 
     return kept
 
 
+# Axolotl's names for settings that have another name here (an Axolotl YAML runs through the Axolotl plugin)
+AXOLOTL_KEYS = {
+    "base_model": "model_name_or_path",
+    "micro_batch_size": "per_device_train_batch_size",
+    "num_epochs": "num_train_epochs",
+    "sequence_len": "max_length",
+    "adapter": "use_peft",
+}
+
+
 def _unknown_key_error(key: str, source: str, spec: TrainerSpec, known: set[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    owner = _fields_of_other_trainers(spec).get(key)
+    if owner is not None:
+        hint = f" It configures trainer {owner!r}: add `--trainer {owner}` (or `trainer: {owner}`)."
+    elif key in AXOLOTL_KEYS:
+        hint = (
+            f" {key!r} is Axolotl's name: here it is {AXOLOTL_KEYS[key]!r}. For an Axolotl YAML, run Axolotl with "
+            "the trl_causal plugin (plugins/axolotl)."
+        )
+    else:
+        close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return ConfigError(
         f"Unknown key {key!r} in {source}: it is not a field of {spec.config_class.__name__} (trainer "
         f"{spec.name!r}), ModelConfig, ScriptArguments or DatasetMixtureConfig, nor an accelerate launch "
