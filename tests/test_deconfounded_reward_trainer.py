@@ -363,6 +363,11 @@ def test_missing_outcome_column_fails_before_launch(tmp_path, tiny_model, capsys
     config = cli_config(tmp_path, tiny_model, observational_rows(), outcome_column="clicks")
     assert cli.main(["train", "--config", str(config)]) == 2
     assert "lacks the columns this trainer needs: clicks" in capsys.readouterr().err
+    split = [dict(row, prompt=row["text"][:10], completion=row["text"][10:]) for row in observational_rows()]
+    config = cli_config(tmp_path, tiny_model, [{k: v for k, v in row.items() if k != "text"} for row in split])
+    assert cli.main(["train", "--config", str(config)]) == 2
+    assert "lacks the columns this trainer needs: text. It has: completion" in (err := capsys.readouterr().err)
+    assert "for prompt + completion rows set `text_column: null`" in err
 
 
 def test_non_numeric_outcome(tmp_path, tiny_model, capsys):

@@ -85,17 +85,14 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from .configuration import parse_run_config
-    from .data import check_columns, load_run_datasets
+    from .data import load_run_datasets
     from .embedded import check_model_source
-    from .train import INTERRUPTED_EXIT_CODE, REQUESTED_PROCESSES_ENV, column_sets, required_columns
+    from .train import INTERRUPTED_EXIT_CODE, REQUESTED_PROCESSES_ENV, check_run_columns
 
     run = parse_run_config(rest, args.config)
     # Check the data and the model source here, before any process starts or any model loads.
     train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, run.training_args.eval_strategy != "no")
-    needed, text_columns = required_columns(run), column_sets(run)
-    check_columns(train_dataset, run.trainer.kind, needed, "training split", text_columns)
-    if eval_dataset is not None:
-        check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split", text_columns)
+    check_run_columns(run, train_dataset, eval_dataset)
     check_model_source(run.model_args.model_name_or_path, run.model_args.model_revision)
 
     script_args = ["--trainer", run.trainer.name] + (["--config", args.config] if args.config else []) + run.script_argv

@@ -88,7 +88,12 @@ def named_splits(train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
 
 
 def check_columns(
-    dataset, kind: str, required: tuple[str, ...] = (), source: str = "dataset", column_sets: tuple[tuple[str, ...], ...] | None = None
+    dataset,
+    kind: str,
+    required: tuple[str, ...] = (),
+    source: str = "dataset",
+    column_sets: tuple[tuple[str, ...], ...] | None = None,
+    hint: str = "",
 ) -> None:
     """Fail early when a split lacks the columns a trainer needs, saying which ones exist.
 
@@ -104,5 +109,5 @@ def check_columns(
     if missing:
         raise DataError(
             f"The {source} lacks the columns this trainer needs: {', '.join(missing)}. It has: "
-            f"{', '.join(sorted(columns)) or 'no columns'}."
+            f"{', '.join(sorted(columns)) or 'no columns'}." + (f" {hint}" if hint else "")
         )

@@ -66,17 +66,17 @@ def accepted_kwargs(name: str, trainer_cls, kwargs: dict) -> dict:
     return {key: value for key, value in kwargs.items() if key in parameters}
 
 
-def required_columns(run: RunConfig) -> tuple[str, ...]:
-    """Columns the trainer needs beyond its kind's text columns (``trainer_cls.required_columns(args)``)."""
-    trainer_cls = run.trainer.trainer_class
-    hook = getattr(trainer_cls, "required_columns", None)
-    return tuple(hook(run.training_args)) if hook else ()
-
-
-def column_sets(run: RunConfig) -> tuple[tuple[str, ...], ...] | None:
-    """Text columns the trainer reads instead of its kind's (``trainer_cls.column_sets(args)``: one set must be present)."""
-    hook = getattr(run.trainer.trainer_class, "column_sets", None)
-    return tuple(tuple(option) for option in hook(run.training_args)) if hook else None
+def check_run_columns(run: RunConfig, train_dataset, eval_dataset) -> None:
+    """Fail when a split lacks the trainer's columns: its kind's text columns, or the sets ``trainer_cls.column_sets(args)``
+    gives (one must be present), and all of ``trainer_cls.required_columns(args)``; ``trainer_cls.columns_hint(args)``
+    adds how to fix it."""
+    trainer_cls, args = run.trainer.trainer_class, run.training_args
+    needed = tuple(trainer_cls.required_columns(args)) if hasattr(trainer_cls, "required_columns") else ()
+    text_columns = tuple(map(tuple, trainer_cls.column_sets(args))) if hasattr(trainer_cls, "column_sets") else None
+    hint = trainer_cls.columns_hint(args) if hasattr(trainer_cls, "columns_hint") else ""
+    for dataset, source in ((train_dataset, "training split"), (eval_dataset, "evaluation split")):
+        if dataset is not None:
+            check_columns(dataset, run.trainer.kind, needed, source, text_columns, hint)
 
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -208,10 +208,7 @@ def main(run: RunConfig) -> dict:
     training_args = run.training_args
     need_eval = training_args.eval_strategy != "no"
     train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, need_eval)
-    needed, text_columns = required_columns(run), column_sets(run)
-    check_columns(train_dataset, run.trainer.kind, needed, "training split", text_columns)
-    if eval_dataset is not None:
-        check_columns(eval_dataset, run.trainer.kind, needed, "evaluation split", text_columns)
+    check_run_columns(run, train_dataset, eval_dataset)
 
     resume_from = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     training_args.device  # sets up the distributed state that the trainer will use

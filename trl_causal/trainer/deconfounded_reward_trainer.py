@@ -450,6 +450,13 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
     def column_sets(args: DeconfoundedRewardConfig) -> tuple[tuple[str, ...], ...]:
         return text_column_sets(args)
 
+    @staticmethod
+    def columns_hint(args: DeconfoundedRewardConfig) -> str:
+        return (
+            f"The scored text is read from text_column {args.text_column!r}; for prompt + completion rows set "
+            "`text_column: null`." if args.text_column is not None else ""
+        )
+
     def __init__(
         self,
         model,
