@@ -218,6 +218,68 @@ def test_axolotl_train_with_latent_shift(workdir):
     assert description["heads"]["n_labels"] == 2
 
 
+def test_axolotl_latent_shift_evaluates(workdir):
+    """`trainer: latent_shift` with an evaluation split: the evaluation rows get their labels too, so Axolotl's
+    evaluation runs and logs eval_loss (it used to fail with KeyError 'completion_label')."""
+    path = config(
+        workdir,
+        "latent_shift_eval",
+        plugins=[PLUGIN],
+        trainer="latent_shift",
+        verbalizer=VERBALIZER,
+        n_patches=4,
+        datasets=[{"path": str(workdir / "shift.jsonl"), "ds_type": "json", "type": "chat_template"}],
+        dataset_prepared_path=str(workdir / "prepared-eval"),
+        val_set_size=0.25,
+        eval_steps=1,
+        num_epochs=1,
+        max_steps=2,
+        output_dir=str(workdir / "out-latent-shift-eval"),
+    )
+    log = axolotl_train(path, workdir)
+    assert "trl-causal latent_shift (axolotl): 12 training rows" in log
+    assert "'eval_loss'" in log and "'eval_loss_causal'" in log
+
+
+NO_EVENT_ROW = {"messages": [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello."}]}
+
+
+@pytest.fixture(scope="module")
+def capt_pool_run(workdir) -> tuple[str, Path]:
+    """`trainer: capt` with `symbol_pool: pool` on the PrOntoQA rows plus one row without events: (log, output_dir)."""
+    data = workdir / "train_with_chat.jsonl"
+    data.write_text((workdir / "train.jsonl").read_text() + json.dumps(NO_EVENT_ROW) + "\n")
+    out = workdir / "out-capt-pool"
+    path = config(
+        workdir,
+        "capt_pool",
+        plugins=[PLUGIN],
+        trainer="capt",
+        symbol_pool="pool",
+        datasets=[{"path": str(data), "ds_type": "json", "type": "chat_template"}],
+        dataset_prepared_path=str(workdir / "prepared-pool"),
+        num_epochs=1,
+        max_steps=1,
+        output_dir=str(out),
+    )
+    return axolotl_train(path, workdir), out
+
+
+def test_axolotl_capt_saves_symbol_pool(capt_pool_run):
+    """`symbol_pool: pool`: the training rows' names are saved in output_dir beside the final model, where
+    `trl-causal eval` reads them (not only in checkpoint-N folders)."""
+    _, out = capt_pool_run
+    assert (out / "model.safetensors").is_file()
+    assert json.loads((out / "capt_symbol_pool.json").read_text())["symbols"]
+
+
+def test_axolotl_capt_warns_rows_without_events(capt_pool_run):
+    """Rows in which the estimator finds no event are counted and named in a warning, as by `trl-causal train`."""
+    log, _ = capt_pool_run
+    assert "on 9 training rows, 1 without events (kept unchanged)" in log
+    assert "1 of 9 training rows have no event that the 'prontoqa' estimator recognises (rows " in log  # shuffled
+
+
 # A trl-causal trainer (from a third-party distribution) that has no Axolotl trainer class: registered in the
 # checking process only, through trl_causal's plugin manager, before Axolotl loads the plugin and its keys.
 REGISTER_DUMMY = r"""
@@ -314,7 +376,51 @@ CASES = {
     "reward_kind": ({"plugins": [PLUGIN], "trainer": "deconfounded_reward"}, ["add `reward_model: true`"]),
     "foreign_key": ({"plugins": [PLUGIN], "trainer": "capt", "lambda_causal": 0.5}, ["lambda_causal (a key of latent_shift)"]),
     "packing": ({"plugins": [PLUGIN], "trainer": "capt", "sample_packing": True}, ["sample_packing: false"]),
-    "capt_prompt_loss": ({"plugins": [PLUGIN], "trainer": "capt", "capt_prompt_loss": True}, ["`train_on_inputs: true`"]),
+    "capt_prompt_loss": (
+        {"plugins": [PLUGIN], "trainer": "capt", "capt_prompt_loss": True},
+        ["Remove `capt_prompt_loss`", "trl-causal train"],
+    ),
+    # CAPT and latent_shift read the prompt from Axolotl's loss mask: settings that train the prompt too are refused.
+    "capt_train_on_inputs": (
+        {"plugins": [PLUGIN], "trainer": "capt", "train_on_inputs": True},
+        ["trainer: capt does not support `train_on_inputs: true`", "no events are found"],
+    ),
+    "capt_completion_type": (
+        {
+            "plugins": [PLUGIN],
+            "trainer": "capt",
+            "datasets": [{"path": "rows.jsonl", "ds_type": "json", "type": "completion"}],
+        },
+        ["trainer: capt does not support `datasets[0].type: completion`"],
+    ),
+    "latent_shift_train_on_inputs": (
+        {"plugins": [PLUGIN], "trainer": "latent_shift", "verbalizer": VERBALIZER, "train_on_inputs": True},
+        ["trainer: latent_shift does not support `train_on_inputs: true`", "no row has a prompt"],
+    ),
+    "latent_shift_completion_type": (
+        {
+            "plugins": [PLUGIN],
+            "trainer": "latent_shift",
+            "datasets": [{"path": "rows.jsonl", "ds_type": "json", "type": "completion"}],
+        },
+        ["trainer: latent_shift does not support `datasets[0].type: completion`"],
+    ),
+    # A misspelt trl-causal key is an error naming the closest key; Axolotl's own keys (learning_rate, close to
+    # heads_learning_rate, is in every YAML here) are left alone.
+    "typo": (
+        {"plugins": [PLUGIN], "trainer": "capt", "symbol_pol": "nonsense"},
+        ["Unknown key `symbol_pol`", "did you mean `symbol_pool` (a key of trainer capt)"],
+    ),
+    "typo_trainer": ({"plugins": [PLUGIN], "trainr": "capt"}, ["Unknown key `trainr`", "did you mean `trainer`"]),
+    # The baselines run on the YAML of a causal trainer: its keys are set aside (with a note).
+    "baseline_sft_latent_shift_keys": (
+        {"plugins": [PLUGIN], "trainer": "sft", "verbalizer": VERBALIZER, "n_patches": 4, "lambda_causal": 0.5},
+        {"ok": None, "trainer": "sft"},
+    ),
+    "baseline_sft_capt_keys": (
+        {"plugins": [PLUGIN], "trainer": "sft", "symbol_pool": "pool"},
+        {"ok": None, "trainer": "sft"},
+    ),
     "bad_value": ({"plugins": [PLUGIN], "trainer": "capt", "symbol_pool": "emoji"}, ["symbol_pool"]),
 }
 

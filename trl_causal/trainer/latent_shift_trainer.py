@@ -200,13 +200,17 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         return train_dataset, self._labelled_eval(eval_dataset, args)
 
     def _labelled_eval(self, eval_dataset, args: LatentShiftConfig | None = None, name: str = "eval"):
-        """Raw evaluation rows (a dataset or a dict of them) with their labels added and checked against the
-        verbalizer; prepared (tokenized) ones and split names unchanged."""
+        """Evaluation rows (a dataset or a dict of them) with their labels added and checked against the verbalizer,
+        tokenized ones too (e.g. Axolotl's, with a ``completion`` column); split names and tokenized rows that
+        already carry the label column unchanged."""
         args = args or self.args
         if isinstance(eval_dataset, dict):
             named_splits(None, eval_dataset)  # refuses an evaluation split named 'train'
             return {key: self._labelled_eval(dataset, args, key) for key, dataset in eval_dataset.items()}
-        if eval_dataset is None or isinstance(eval_dataset, str) or "input_ids" in (eval_dataset.column_names or []):
+        if eval_dataset is None or isinstance(eval_dataset, str):
+            return eval_dataset
+        columns = eval_dataset.column_names or []
+        if "input_ids" in columns and self.extra_columns(args)[0] in columns:
             return eval_dataset
         eval_dataset = with_completion_labels(eval_dataset, args, f"evaluation {name!r}")
         if isinstance(eval_dataset, Dataset):

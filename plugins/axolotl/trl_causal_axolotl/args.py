@@ -69,10 +69,27 @@ def trainer_fields() -> dict[str, dict[str, Any]]:
 
 
 def axolotl_keys() -> set[str]:
-    """Top-level keys of Axolotl's own schema."""
+    """Top-level keys of Axolotl's own schema (field names and their aliases, such as ``model_type``)."""
     from axolotl.utils.schemas.config import AxolotlInputConfig
 
-    return set(AxolotlInputConfig.model_fields)
+    fields = AxolotlInputConfig.model_fields
+    return set(fields) | {field.alias for field in fields.values() if field.alias}
+
+
+# Axolotl dataset types that train every token of a row (no untrained prompt part).
+FULLY_TRAINED_TYPES = ("completion",)
+
+
+def prompt_trained_setting(cfg) -> str | None:
+    """The YAML setting under which Axolotl trains the prompt tokens too (``train_on_inputs: true``, or a dataset of
+    ``type: completion``), so that its loss mask no longer tells the prompt from the completion; None otherwise."""
+    if cfg.get("train_on_inputs"):
+        return "`train_on_inputs: true`"
+    for index, dataset in enumerate(cfg.get("datasets") or []):
+        kind = dataset.get("type") if isinstance(dataset, dict) else None
+        if isinstance(kind, str) and kind.split(":")[0].split(".")[0] in FULLY_TRAINED_TYPES:
+            return f"`datasets[{index}].type: {kind}`"
+    return None
 
 
 def build_input_model() -> tuple[type[BaseModel], dict[str, list[str]]]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
+from transformers.utils import logging
 from trl_causal.capt import EstimatedRows, RowInterventions, build_symbol_pool, estimate_rows
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.trainer.capt_config import CAPTConfig
@@ -31,7 +32,9 @@ from trl_causal.trainer.capt_trainer import (
     save_symbol_pool,
 )
 
-from .args import check_values
+from .args import check_values, prompt_trained_setting
+
+logger = logging.get_logger(__name__)
 
 RUN_FILE = "trl_causal_axolotl_run.json"
 IGNORE = -100
@@ -173,8 +176,17 @@ def check_axolotl_cfg(cfg) -> None:
         )
     if cfg.get("capt_prompt_loss") is not None:
         raise ConfigError(
-            "`capt_prompt_loss` is for `trl-causal train`; under Axolotl the loss mask is Axolotl's own: set "
-            "`train_on_inputs: true` for a loss on the prompt too (default false: the completion only)."
+            "`capt_prompt_loss` is for `trl-causal train`; under Axolotl, CAPT reads the prompt / completion boundary "
+            "from Axolotl's loss mask, so the loss covers the completion only. Remove `capt_prompt_loss` (for a loss "
+            "on the prompt too, train with `trl-causal train` and `capt_prompt_loss: true`)."
+        )
+    setting = prompt_trained_setting(cfg)
+    if setting:
+        raise ConfigError(
+            f"trainer: capt does not support {setting}: CAPT reads the prompt / completion boundary from Axolotl's "
+            "loss mask, and with the prompt trained too no row has a prompt, so no events are found and nothing is "
+            "intervened. Remove it (train on the completion only, e.g. `type: chat_template` or `alpaca`), or train "
+            "with `trl-causal train` and `capt_prompt_loss: true` for a loss on the prompt too."
         )
     if cfg.get("pretraining_dataset") or cfg.get("streaming"):
         raise ConfigError(
@@ -250,6 +262,14 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             f"{len(dataset.no_events)} without events ({fate}); symbol pool {self.symbol_pool.name!r}, "
             f"intervention seed {args.intervention_seed}."
         )
+        if dataset.no_events:
+            shown = ", ".join(map(str, dataset.no_events[:10])) + (", ..." if len(dataset.no_events) > 10 else "")
+            logger.warning(
+                f"trl-causal capt (axolotl): {len(dataset.no_events)} of {rows} training rows have no event that the "
+                f"{args.event_estimator!r} estimator recognises (rows {shown}); they are {fate}. Check event_estimator "
+                "and event_estimator_kwargs, and that Axolotl leaves each row's prompt untrained (the estimator reads "
+                "the untrained tokens as the prompt)."
+            )
         for index in range(min(examples, len(dataset))):
             text = self.codec.decode(dataset.rebuilt(index)[1]["input_ids"])
             self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {text[:400]!r}")
@@ -285,6 +305,13 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             f"{summary['rows_drawn']} drawn rows intervened (draws 0..{summary['last_draw']}); summary in {RUN_FILE}."
         )
         return result
+
+    def save_final(self, output_dir: str) -> None:
+        """Right after training (the plugin's ``post_train``): with ``symbol_pool: pool``, the training rows' names
+        (``capt_symbol_pool.json``) in ``output_dir``, beside the model Axolotl saves there next."""
+        if self.args.should_save and self.capt_args.symbol_pool == "pool":
+            os.makedirs(output_dir, exist_ok=True)
+            save_symbol_pool(self.symbol_pool, output_dir)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict=state_dict)

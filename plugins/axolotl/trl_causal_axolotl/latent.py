@@ -29,7 +29,7 @@ from trl_causal.trainer.latent_shift_config import LatentShiftConfig
 from trl_causal.trainer.latent_shift_trainer import LATENT_SHIFT_FILE, LatentShiftTrainer
 from trl_causal.trainer.mixins import HEADS_ATTR
 
-from .args import check_values, rebuilt_args
+from .args import check_values, prompt_trained_setting, rebuilt_args
 
 TRAINER = "latent_shift"
 IGNORE = -100
@@ -64,6 +64,13 @@ def check_axolotl_cfg(cfg) -> None:
         raise ConfigError(
             f"trainer: {TRAINER} needs a map-style dataset (it reads every row's label before training); remove "
             "`pretraining_dataset` / `streaming` and use `datasets:`."
+        )
+    setting = prompt_trained_setting(cfg)
+    if setting:
+        raise ConfigError(
+            f"trainer: {TRAINER} does not support {setting}: it takes each row's prompt (which it pools) and its "
+            "answer (which gives the label) from Axolotl's loss mask, and with the prompt trained too no row has a "
+            "prompt. Remove it (train on the answer only, e.g. `type: chat_template` or `alpaca`)."
         )
     for key in ("use_dft", "use_eaft"):
         if cfg.get(key):

@@ -9,6 +9,8 @@ forgotten line is an error here, not a silent fallback).
 
 from __future__ import annotations
 
+import difflib
+import sys
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
@@ -69,7 +71,8 @@ def selected_trainer(cfg):
 
     Raises ``ConfigError`` naming the key and the fix for: our keys without the plugin listed, keys without
     ``trainer:``, an unknown name (with the closest), Axolotl's ``rl:`` path, a kind that does not match
-    ``reward_model``, keys of another trainer, and trainers that do not run on Axolotl.
+    ``reward_model``, keys of another trainer (the baselines ``sft`` / ``reward`` set them aside: see
+    ``foreign_keys``), and trainers that do not run on Axolotl.
     """
     from trl_causal.plugins import get_plugin_manager
 
@@ -119,8 +122,8 @@ def selected_trainer(cfg):
             f"`trainer: {name}` is an SFT trainer but the YAML sets `reward_model: true`; remove `reward_model` or "
             "pick a reward trainer (trainer: reward)."
         )
-    foreign = [key for key in set_keys if name not in owners[key]]
-    if foreign:
+    foreign = foreign_keys(cfg, name)
+    if foreign and not is_baseline(name):
         hints = [f"{key} (a key of {', '.join(owners[key])})" for key in foreign]
         raise ConfigError(f"`trainer: {name}` takes no {', '.join(hints)}; remove it or change `trainer:`.")
     try:
@@ -134,6 +137,56 @@ def selected_trainer(cfg):
             f"{supported}."
         ) from None
     return spec
+
+
+def is_baseline(name: str) -> bool:
+    """``sft`` / ``reward``: Axolotl's own trainer, run on the YAML of a causal trainer for an A/B test."""
+    return name in AXOLOTL_TRAINERS and AXOLOTL_TRAINERS[name] is None
+
+
+def foreign_keys(cfg, name: str) -> list[str]:
+    """The trl-causal keys set in the YAML that trainer ``name`` does not take."""
+    owners = our_keys()
+    return [key for key, trainers in owners.items() if cfg.get(key) is not None and name not in trainers]
+
+
+def other_plugins_keys() -> set[str]:
+    """Keys declared by the other Axolotl plugins loaded for this run (all are loaded before any registers)."""
+    import importlib
+
+    from axolotl.integrations.base import PluginManager
+
+    keys: set[str] = set()
+    for path in PluginManager.get_instance().get_input_args():
+        module, _, attr = str(path).rpartition(".")
+        try:
+            keys |= set(getattr(importlib.import_module(module), attr).model_fields)
+        except Exception:  # noqa: BLE001 - a plugin whose keys cannot be read only weakens this typo check
+            continue
+    return keys
+
+
+def check_key_spelling(cfg) -> None:
+    """A top-level key that neither Axolotl nor a loaded plugin knows but is close to a trl-causal key: a typo that
+    Axolotl would drop silently. ``ConfigError`` naming it and the key it is close to."""
+    from .args import axolotl_keys
+
+    ours = sorted({TRAINER_KEY, *our_keys()})
+    known = axolotl_keys() | set(ours)
+    unknown = [key for key in cfg if isinstance(key, str) and key not in known]
+    if unknown:
+        known |= other_plugins_keys()
+    for key in unknown:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.8)
+        if close:
+            owners = our_keys().get(close[0])
+            whose = f" (a key of trainer {', '.join(owners)})" if owners else ""
+            raise ConfigError(
+                f"Unknown key `{key}` in the Axolotl YAML; did you mean `{close[0]}`{whose}? Fix the spelling: "
+                "Axolotl would silently ignore it."
+            )
 
 
 def trainer_values(cfg, name: str) -> dict[str, Any]:
@@ -151,8 +204,19 @@ class CausalTrainerPlugin(BasePlugin):
     def register(self, cfg):
         """Called with the raw YAML before Axolotl validates it or loads anything: every configuration error of
         ours surfaces here, before the model or the data load (the Axolotl settings a trainer cannot honour, then
-        trl_causal's own config validation of its keys)."""
+        trl_causal's own config validation of its keys). A baseline (``sft`` / ``reward``) sets the other trainer's
+        keys aside with a note, as ``trl-causal train`` does on its YAML."""
+        if plugin_listed(cfg):
+            check_key_spelling(cfg)
         spec = selected_trainer(cfg)
+        foreign = foreign_keys(cfg, spec.name) if spec is not None and is_baseline(spec.name) else []
+        if foreign:
+            trainers = ", ".join(sorted({t for key in foreign for t in our_keys()[key]}))
+            print(
+                f"trl-causal: note: ignoring {', '.join(foreign)} from the Axolotl YAML: keys of trainer {trainers}, "
+                f"not of `trainer: {spec.name}` (Axolotl's own trainer).",
+                file=sys.stderr,
+            )
         if spec is None or spec.name not in CHECKS:
             return
         import importlib
@@ -184,9 +248,10 @@ class CausalTrainerPlugin(BasePlugin):
     def post_train(self, cfg, model):
         """Our trainers' final files, once, on the first call: axolotl 0.21 calls this right after
         ``trainer.train()`` (all processes still up, before its own final save) and again at the very end.
-        ``deconfounded_reward`` saves its report (and, with LoRA, the merged single-logit classifier to
-        ``output_dir/merged``); ``latent_shift`` saves its heads and verbalizer; both then take their heads off the
-        model, so that Axolotl's own final save writes a plain checkpoint."""
+        ``capt`` saves its symbol pool (``symbol_pool: pool``); ``deconfounded_reward`` saves its report (and, with
+        LoRA, the merged single-logit classifier to ``output_dir/merged``); ``latent_shift`` saves its heads and
+        verbalizer; both then take their heads off the model, so that Axolotl's own final save writes a plain
+        checkpoint."""
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and hasattr(trainer, "save_final"):
             merged = trainer.save_final(cfg.output_dir)
