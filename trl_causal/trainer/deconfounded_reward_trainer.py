@@ -429,6 +429,16 @@ class MergedAdapterSaveMixin:
             model.unmerge_adapter()
 
 
+def refuse_raw_rows(dataset, method: str) -> None:
+    """Raw observational rows have no targets until deconfounded with the training theta: say how to pass them."""
+    if isinstance(dataset, datasets.Dataset) and not {"input_ids", "chosen_ids"} & set(dataset.column_names):
+        raise DataError(
+            f"{method}() takes rows this trainer prepared: pass evaluation rows as eval_dataset when building the "
+            "DeconfoundedRewardTrainer (their targets use the training rows' theta), then use trainer.eval_dataset. "
+            "To score new texts, tokenize them and call the saved model (AutoModelForSequenceClassification)."
+        )
+
+
 class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMixin, RewardTrainer):
     """``trl.RewardTrainer`` on observational rows, learning the outcome with the confounders' causal effect removed.
 
@@ -651,16 +661,13 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """``RewardTrainer.evaluate`` on the evaluation rows given at init (raw rows need the training theta: pass them
         as ``eval_dataset`` when building the trainer)."""
-        if (
-            isinstance(eval_dataset, datasets.Dataset)
-            and "input_ids" not in eval_dataset.column_names
-            and "chosen_ids" not in eval_dataset.column_names
-        ):
-            raise DataError(
-                "Pass evaluation rows as eval_dataset when building the DeconfoundedRewardTrainer: their targets use "
-                "the training rows' theta."
-            )
+        refuse_raw_rows(eval_dataset, "evaluate")
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test"):
+        """``RewardTrainer.predict`` on rows this trainer prepared (e.g. ``trainer.eval_dataset``)."""
+        refuse_raw_rows(test_dataset, "predict")
+        return super().predict(test_dataset, ignore_keys, metric_key_prefix)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """``RewardTrainer.save_model`` plus the report; the final save (not a checkpoint) merges PEFT adapters."""
