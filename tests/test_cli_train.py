@@ -62,7 +62,8 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
     settings = {"trainer": "deconfounded_reward", "outcome_column": "y", "numeric_confounders": ["c"], "text_column": "headline"}
     config = write_config(tmp_path / "cfg.yaml", {**settings, **base_config(tiny_model, tmp_path / "d.jsonl", tmp_path / "out")})
     assert parse_run_config(["--text_column", "null"], str(config)).training_args.text_column is None
-    assert parse_run_config(["--text_column=None", "--group_column", "~"], str(config)).training_args.text_column is None
+    assert parse_run_config(["--text_column=NULL", "--group_column", "~"], str(config)).training_args.text_column is None
+    assert parse_run_config(["--report_to", "none"], str(config)).training_args.report_to == []  # TRL's "none", not None
     assert parse_run_config(["--text_column", "null", "--text_column", "body"], str(config)).training_args.text_column == "body"
     assert parse_run_config(["--outcome_column", "null"], str(config)).training_args.outcome_column == "null"  # not optional
 

@@ -166,7 +166,8 @@ def _admits_none(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
 
-NULL_WORDS = ("null", "none", "~")  # a command-line value that means None, as YAML's null does
+# A command-line value that means None, as YAML's null does. Not "none": `--report_to none` is the string TRL knows.
+NULL_WORDS = ("null", "Null", "NULL", "~")
 
 
 def _numbers_as_lists(values: dict[str, Any], field_types: dict[str, Any]) -> dict[str, Any]:
@@ -386,7 +387,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     nulls = {
         key: None
         for key, values in last.items()
-        if len(values) == 1 and values[0].lower() in NULL_WORDS and key in field_types and _admits_none(field_types[key])
+        if len(values) == 1 and values[0] in NULL_WORDS and key in field_types and _admits_none(field_types[key])
     }
     parsed_argv = script_argv
     for key in nulls:
