@@ -93,7 +93,11 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     # Check the data and the model source here, before any process starts or any model loads.
     train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, run.training_args.eval_strategy != "no")
     check_run_columns(run, train_dataset, eval_dataset)
-    check_model_source(run.model_args.model_name_or_path, run.model_args.model_revision)
+    check_model_source(
+        run.model_args.model_name_or_path,
+        run.model_args.model_revision,
+        getattr(run.training_args, "trust_remote_code", False),  # as train.build_trainer loads it
+    )
 
     script_args = ["--trainer", run.trainer.name] + (["--config", args.config] if args.config else []) + run.script_argv
     launch_args = launch_command_parser().parse_args(run.launch_args + ["--module", "trl_causal.train"] + script_args)

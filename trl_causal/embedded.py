@@ -164,7 +164,7 @@ def resolve_model_name_or_path(value: str) -> str:
     return value
 
 
-def check_model_source(value: str, revision: str | None = None) -> None:
+def check_model_source(value: str, revision: str | None = None, trust_remote_code: bool = False) -> None:
     """Fail before training starts when ``model_name_or_path`` is neither an embedded model, a local directory, nor a
     model whose config the hub (or its cache) gives; a near miss of an embedded name gets a suggestion."""
     if value in EMBEDDED_MODELS or os.path.isdir(os.path.expanduser(value)):
@@ -177,7 +177,7 @@ def check_model_source(value: str, revision: str | None = None) -> None:
     import transformers
 
     try:
-        transformers.AutoConfig.from_pretrained(value, revision=revision)
+        transformers.AutoConfig.from_pretrained(value, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
