@@ -184,3 +184,5 @@ def check_model_source(value: str, revision: str | None = None, trust_remote_cod
             f"model_name_or_path {value!r} is {where}, and the Hugging Face Hub (or its cache) does not give it: "
             f"{reason}"
         ) from None
+    except ValueError as error:  # e.g. a model with custom code, without trust_remote_code
+        raise ConfigError(f"model_name_or_path {value!r}: {error}") from None
