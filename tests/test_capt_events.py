@@ -127,6 +127,12 @@ def test_vocabulary_plurals_need_the_ending_a_plural_has():
     assert template.prompt == "Infection rates among {e1}s rose. The {e2} grounded all planes, and the {e3}s watched."
 
 
+def test_single_letters_and_capitalised_names_take_no_plurals():
+    # causal variables A and I are common; their "plurals" would be the words "As" and "Is", and "Jame"'s "James"
+    template = VocabularyEstimator(terms=["A", "I", "Jame", "DNA"]).estimate("As A rises, Is I the cause? James met Jame. DNAs.")
+    assert template.prompt == "As {e1} rises, Is {e2} the cause? James met {e3}. {e4}s."
+
+
 def test_render_writes_each_symbols_own_plural():
     template = EventTemplate("{e1}s are {e2}s. A {e3}s.", None, {"e1": "cat", "e2": "dog", "e3": "hen"})
     assert template.render({"e1": "fox", "e2": "butterfly", "e3": "Q"}) == ("Foxes are butterflies. A Qs.", None)
@@ -311,3 +317,9 @@ def test_capt_modules_import_no_torch_or_trl():
     code = "import sys, trl_causal.capt; print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_malformed_placeholders_and_unused_names_are_named():
+    template = EventTemplate("Is {e1} taller than {E2}? {e 3} {e0} {e02}", None, {"e1": "Alice", "e2": "Bob", "e5": "Carol"})
+    with pytest.raises(TemplateError, match=r"\{E2\}, \{e 3\}, \{e0\}, \{e02\} are not placeholders.*entries e2, e5 are used nowhere"):
+        template.validate()

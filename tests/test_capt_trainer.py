@@ -258,6 +258,7 @@ def test_unknown_estimator_suggests_the_closest_registered_one(tmp_path, capsys)
         ({"event_estimator": "vocabulary", "event_estimator_kwargs": {"term": ["cat"]}}, "it takes: terms, terms_file"),
         ({"event_estimator_kwargs": '["not", "a", "mapping"]'}, "event_estimator_kwargs must be a mapping"),
         ({"symbol_pool": "leters"}, "symbol_pool: Unknown symbol pool 'leters'. Did you mean 'letters'"),
+        ({"symbol_pool": ["nonsens"]}, "Unknown symbol pool 'nonsens'. Did you mean 'nonsense'"),  # --symbol_pool nonsens
         ({"on_no_events": "skip"}, "on_no_events is 'skip'"),
         ({"completion_only_loss": False}, "contradicts capt_prompt_loss=False"),
         ({"packing": True}, "packing=True is not supported"),
@@ -314,3 +315,5 @@ def test_rows_without_events_fail_keep_or_drop_by_on_no_events(tiny_model, tmp_p
     assert "1 without events (kept unchanged)" in capsys.readouterr().out
     dropped = make_trainer(tiny_model, tmp_path, rows, on_no_events="drop").train_dataset
     assert len(dropped) == 3 and dropped.row_indices == [0, 2, 3]
+    with pytest.raises(NoEventsFound, match=r"None of the 2 rows has an event that the 'prontoqa' estimator recognises"):
+        make_trainer(tmp_path / "no-model", tmp_path, [rows[1], rows[1]], on_no_events="drop")  # before the model loads

@@ -176,6 +176,12 @@ def test_macro_f1_averages_the_per_class_f1():
     assert accuracy_report(gold, gold) == {"accuracy": 1.0, "macro_f1": 1.0, "n": 4, "unparsed": 0}
 
 
+def test_a_one_letter_answer_is_matched_in_its_own_case_only():
+    assert parse_answer(" S is taller. It is a fact.", ["S", "A"]) == "S"  # the article "a" is not the symbol "A"
+    assert parse_answer("So the answer is A", ["S", "A"]) == "A"
+    assert parse_answer("the answer is true", ["True", "False"]) == "True"
+
+
 def test_parse_answer_takes_answers_that_start_or_end_with_punctuation():
     assert parse_answer("(A) looks right, but the answer is (B).", ["(A)", "(B)"]) == "(B)"
     assert parse_answer("<answer>-1</answer>", ["-1", "1"]) == "-1"

@@ -30,6 +30,8 @@ PLACEHOLDER_PATTERN = re.compile(r"\{(e[1-9][0-9]*)\}")
 # A placeholder with the indefinite article before it, if any, which rendering makes agree with the symbol.
 _RENDER_PATTERN = re.compile(r"(?:\b(?P<article>[Aa]n?)(?P<gap>[ \t]+))?\{(?P<key>e[1-9][0-9]*)\}(?P<plural>s\b)?")
 PLACEHOLDER_KEY = re.compile(r"e[1-9][0-9]*")
+# Braces that look meant as a placeholder: {E2}, {e 3}, {e0}, {e02} (validate names those that are not {eN})
+_PLACEHOLDER_LIKE = re.compile(r"\{\s*[eE]\s*[0-9]+\s*\}")
 # A word: letters, digits and underscores, hyphenated compounds kept whole ("cold-blooded").
 WORD_PATTERN = re.compile(r"\w+(?:-\w+)*")
 _MATCHABLE = re.compile(r"\w(?:.*\w)?", re.DOTALL)
@@ -138,7 +140,8 @@ class EventTemplate:
 
     def validate(self) -> None:
         """Raise ``TemplateError`` listing every problem: a key of ``names`` that is not ``eN``; a placeholder
-        without a name; a placeholder in the completion that the prompt lacks; an original name still in the
+        without a name; braces meant as one but malformed ({E2}, {e 3}, {e0}); a name the text never uses; a
+        placeholder in the completion that the prompt lacks; an original name still in the
         text (whole words, plurals included; a lowercase name also in capitalised or upper case)."""
         problems = []
         bad_keys = [key for key in self.names if not PLACEHOLDER_KEY.fullmatch(key)]
@@ -149,6 +152,13 @@ class EventTemplate:
         unnamed = [key for key in dict.fromkeys(in_prompt + in_completion) if key not in self.names]
         if unnamed:
             problems.append(f"placeholders {', '.join('{' + key + '}' for key in unnamed)} have no name in the table")
+        text = self.prompt + "\n" + (self.completion or "")
+        malformed = [m for m in dict.fromkeys(_PLACEHOLDER_LIKE.findall(text)) if not PLACEHOLDER_PATTERN.fullmatch(m)]
+        if malformed:
+            problems.append(f"{', '.join(malformed)} are not placeholders (write {{e1}}, {{e2}}, ...: lowercase e, no space or leading 0)")
+        unused = [key for key in self.names if PLACEHOLDER_KEY.fullmatch(key) and key not in in_prompt + in_completion]
+        if unused:
+            problems.append(f"name-table entries {', '.join(unused)} are used nowhere in the text")
         prompt_lacks = [key for key in in_completion if key not in in_prompt]
         if prompt_lacks:
             problems.append(
@@ -186,12 +196,18 @@ class TermMatch:
     plural: bool
 
 
+def takes_plurals(term: str) -> bool:
+    """Whether a term's plurals are matched: not for a single character (variables A and I would take the words "As"
+    and "Is") nor for a capitalised name ("Jame" would take "James"); acronyms ("DNA" -> "DNAs") and lowercase terms do."""
+    return len(term) > 1 and not (term[0].isupper() and not term.isupper())
+
+
 class TermMatcher:
     """Finds terms in text as whole words, the longest term first.
 
     Rules: text is split into words (``WORD_PATTERN``); at each word the longest run of words that spells
     a term wins, then the scan continues after it. With ``plurals`` a run may also spell a plural of a
-    term (``plural_forms``). Case: with ``ignore_case`` case never matters; otherwise a term written in
+    term (``plural_forms``; ``takes_plurals`` says which terms have them). Case: with ``ignore_case`` case never matters; otherwise a term written in
     lowercase also matches its capitalised and upper-case forms ("wumpus" matches "Wumpuses"), while a
     term with a capital matches only itself and its upper case ("Will" does not match "will"); a lowercase term of
     several words also matches with every word capitalised ("new york" matches "New York").
@@ -211,7 +227,7 @@ class TermMatcher:
             for variant in self._case_variants(term):
                 self._forms.setdefault(self._key(variant), (term, False))
         if plurals:
-            for term in cleaned:
+            for term in filter(takes_plurals, cleaned):
                 for form in plural_forms(term):
                     for variant in self._case_variants(form):
                         self._forms.setdefault(self._key(variant), (term, True))
@@ -516,4 +532,10 @@ def estimate_rows(
             raise type(error)(f"Row {index}: {error}") from error
         result.templates.append(template)
         result.row_indices.append(index)
+    if on_no_events == "drop" and result.no_events and not result.templates:
+        raise NoEventsFound(
+            f"None of the {len(result.no_events)} rows has an event that the {estimator.name!r} estimator recognises, "
+            "and on_no_events is 'drop': no row is left. Check the estimator and its options, or set on_no_events "
+            "to 'keep'."
+        )
     return result

@@ -8,7 +8,7 @@ from typing import Any
 
 from trl import SFTConfig
 
-from ..capt import SYMBOL_POOLS, EventEstimator, build_symbol_pool
+from ..capt import EventEstimator, build_symbol_pool
 from ..errors import ConfigError, RegistryError
 from ..plugins import get_plugin_manager
 
@@ -92,8 +92,10 @@ class CAPTConfig(SFTConfig):
                 f"event_estimator_kwargs {options} do not fit the {self.event_estimator!r} estimator ({error}); it "
                 f"takes: {', '.join(signature.parameters) or 'no options'}."
             ) from error
-        if isinstance(self.symbol_pool, list) and len(self.symbol_pool) == 1 and self.symbol_pool[0] in SYMBOL_POOLS:
-            self.symbol_pool = self.symbol_pool[0]  # the command line gives `--symbol_pool nonsense` as a list
+        if isinstance(self.symbol_pool, list) and len(self.symbol_pool) == 1:
+            # the command line gives `--symbol_pool nonsense` as a list; one symbol is no pool (every event the same
+            # symbol), so a single item is a pool's name, and a misspelt one gets its suggestion
+            self.symbol_pool = self.symbol_pool[0]
         if self.symbol_pool != "pool":  # 'pool' needs the training rows; the others are checked now
             try:
                 build_symbol_pool(self.symbol_pool)
