@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from trl_causal.capt import (
+    render_names,
     BUILTIN_ESTIMATORS,
     CLadderEstimator,
     EventTemplate,
@@ -323,3 +324,27 @@ def test_malformed_placeholders_and_unused_names_are_named():
     template = EventTemplate("Is {e1} taller than {E2}? {e 3} {e0} {e02}", None, {"e1": "Alice", "e2": "Bob", "e5": "Carol"})
     with pytest.raises(TemplateError, match=r"\{E2\}, \{e 3\}, \{e0\}, \{e02\} are not placeholders.*entries e2, e5 are used nowhere"):
         template.validate()
+
+
+def test_a_completion_continues_its_prompt_so_only_a_sentence_start_capitalises_its_first_symbol():
+    names, mapping = {"e1": "elephant", "e2": "mouse"}, {"e1": "ozaf", "e2": "kib"}
+    mid_sentence = EventTemplate("Which is bigger, the {e1} or the {e2}? The", " {e1}.", names)
+    assert mid_sentence.render(mapping) == ("Which is bigger, the ozaf or the kib? The", " ozaf.")
+    new_sentence = EventTemplate("Which is bigger, the {e1} or the {e2}?", " {e1}.", names)
+    assert new_sentence.render(mapping)[1] == " Ozaf."
+    # eval writes an answer as training writes the completion after that prompt
+    assert render_names("elephant", names, mapping, mid_sentence.prompt) == "ozaf"
+    assert render_names("elephant", names, mapping, new_sentence.prompt) == "Ozaf"
+
+
+def test_the_prontoqa_prompt_decides_the_events_as_at_inference():
+    # "fish" is a rule term only in the reasoning chain: training must leave it as inference (prompt alone) does
+    prompt, completion = "Sally likes fish. Every cat is a mammal. Sally is a cat.\nTrue or false: Sally is a mammal.", " Every fish is an animal. True"
+    training = ProntoQAEstimator().estimate(prompt, completion)
+    assert training.prompt == ProntoQAEstimator().estimate(prompt).prompt
+    assert "likes fish" in training.prompt and "Every fish" in training.completion
+
+
+@pytest.mark.parametrize("symbol, article", [("X1", "an"), ("FBI", "an"), ("U2", "a"), ("Q", "a"), ("Ozaf", "an"), ("Kib", "a")])
+def test_the_article_agrees_with_how_a_symbol_is_said(symbol, article):
+    assert EventTemplate("It is a {e1}.", None, {"e1": "cat"}).render({"e1": symbol})[0] == f"It is {article} {symbol}."

@@ -197,6 +197,8 @@ def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model
         assert not names_in(part_text(prompt), row["events"])
         assert PROBLEM_ID.search(part_text(prompt))  # the rest of the text is kept
     assert set(predictor.predict(rows)) <= {"True", "False"}
+    raw_prompts = [row["prompt"] for row in rows]  # strings and message lists, as a user holds them
+    assert predictor.prepare_prompts(raw_prompts) == prompts and predictor.predict(raw_prompts) == predictor.predict(rows)
     small_pool = CAPTTrainer.build_predictor(capt_args(tmp_path, symbol_pool=["X", "Y", "Z"]), model, tokenizer, ["True", "False"])
     with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'user' symbol pool has 3 symbols"):
         small_pool.prepare_prompts(rows)

@@ -83,11 +83,16 @@ class LMPredictor:
         self.prompt_column = prompt_column
         self.answer_prefix = answer_prefix
 
-    def row_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
+    def as_rows(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[dict[str, Any]]:
+        """Rows as mappings: a raw prompt (a string, or a list of messages) is the row ``{prompt_column: prompt}``."""
+        return [row if isinstance(row, dict) else {self.prompt_column: row} for row in rows]
+
+    def row_prompts(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[Prompt]:
         """Each row's prompt as the data holds it: its ``prompt_column``, or, in a conversational ``messages`` row, the
-        messages before the final assistant answer (all of them when the last is not the assistant's)."""
+        messages before the final assistant answer (all of them when the last is not the assistant's); a raw prompt
+        as it is."""
         prompts = []
-        for index, row in enumerate(rows):
+        for index, row in enumerate(self.as_rows(rows)):
             if row.get(self.prompt_column) is not None:
                 prompts.append(row[self.prompt_column])
             elif self.prompt_column == "prompt" and row.get("messages"):
@@ -115,7 +120,7 @@ class LMPredictor:
         the leading whitespace of the row's string ``completion`` ("" without one)."""
         if self.answer_prefix is not None:
             return [self.answer_prefix] * len(rows)
-        return [answer_prefix(row.get("completion")) for row in rows]
+        return [answer_prefix(row.get("completion")) for row in self.as_rows(rows)]
 
     def answer_tokens(self, prompt: Prompt, prefix: str = "", answers: Sequence[str] | None = None) -> list[tuple[list[int], list[int]]]:
         """Per answer, (context ids, answer ids) as TRL tokenizes a prompt/completion row for training: the prompt alone
@@ -233,8 +238,9 @@ class LMPredictor:
             self.tokenizer.padding_side = side
         return outputs
 
-    def predict(self, rows: Sequence[dict[str, Any]]) -> list[str | None]:
-        """One answer per row (None when a generation names none of the answers)."""
+    def predict(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[str | None]:
+        """One answer per row (a data row, or a raw prompt: a string or a list of messages); None when a generation
+        names none of the answers."""
         prompts, written = self.prepare(rows)
         written = [self.answers] * len(prompts) if written is None else written
         if self.mode == "score":

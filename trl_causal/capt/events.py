@@ -67,10 +67,11 @@ def _starts_sentence(text: str, position: int) -> bool:
 
 
 def _vowel_sound(symbol: str) -> bool:
-    """Whether a symbol is said with a vowel first: a single capital letter whose name does ("an F", "an S", "a U"),
-    else a word starting with a vowel letter, save the common exceptions ("a unicorn", "a European", "an hour")."""
-    if len(symbol) == 1 and symbol.isupper():
-        return symbol in _VOWEL_SOUND_LETTERS
+    """Whether a symbol is said with a vowel first: a capital letter said by its name, alone or opening an acronym
+    or a letter-digit code ("an F", "an FBI", "an X1", "a U2"), whose name does; else a word starting with a vowel
+    letter, save the common exceptions ("a unicorn", "a European", "an hour")."""
+    if symbol[:1].isupper() and (len(symbol) == 1 or symbol[1].isupper() or symbol[1].isdigit()):
+        return symbol[0] in _VOWEL_SOUND_LETTERS
     word = symbol.lower()
     if word.startswith(_SILENT_H):
         return True
@@ -82,12 +83,13 @@ _CONSONANT_SOUND_VOWELS = ("uni", "use", "usu", "uti", "eu", "one", "once")  # "
 _SILENT_H = ("hour", "honest", "honor", "honour", "heir")  # "an hour"
 
 
-def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] | None = None) -> str:
+def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] | None = None, before: str = "") -> str:
     """Replace every ``{eN}`` in ``text`` by ``mapping["eN"]``, and every plural ``{eN}s`` by its plural
     (``pluralize``: "foxes", "butterflies"; a letter symbol gets an s).
 
     A symbol gets a capital first letter where it opens a sentence, or where the original name was
-    capitalised (a proper noun such as "Sally"); otherwise it is written as drawn. An article "a"/"an" just
+    capitalised (a proper noun such as "Sally"); otherwise it is written as drawn. ``before``: the text that ``text``
+    continues (a completion continues its prompt), which decides whether the start of ``text`` opens a sentence. An article "a"/"an" just
     before a placeholder is made to agree with the symbol: "an" before a vowel sound ("an apple", "an H"),
     else "a".
     """
@@ -96,7 +98,7 @@ def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] 
     def replace(match: re.Match[str]) -> str:
         key, article = match["key"], match["article"]
         symbol = pluralize(mapping[key]) if match["plural"] else mapping[key]
-        if (article is None and _starts_sentence(text, match.start())) or names.get(key, "")[:1].isupper():
+        if (article is None and _starts_sentence(before + text, len(before) + match.start())) or names.get(key, "")[:1].isupper():
             symbol = symbol[:1].upper() + symbol[1:]
         if article is None:
             return symbol
@@ -135,7 +137,7 @@ class EventTemplate:
                 f"{', '.join(sorted(mapping, key=placeholder_index)) or 'nothing'}. Map every placeholder of the "
                 "template."
             )
-        completion = None if self.completion is None else render_text(self.completion, mapping, self.names)
+        completion = None if self.completion is None else render_text(self.completion, mapping, self.names, self.prompt)
         return render_text(self.prompt, mapping, self.names), completion
 
     def validate(self) -> None:
@@ -282,13 +284,14 @@ def substitute_terms(text: str, matcher: TermMatcher, key_of: Callable[[str], st
     return "".join(pieces)
 
 
-def render_names(text: str, names: Mapping[str, str], mapping: Mapping[str, str]) -> str:
+def render_names(text: str, names: Mapping[str, str], mapping: Mapping[str, str], before: str = "") -> str:
     """``text`` (an answer) written as a row's intervention writes its completion: each event name of the row
-    (``names``: key -> name) replaced by the key's symbol in ``mapping``, e.g. "Alice" -> "V"; other text unchanged."""
+    (``names``: key -> name) replaced by the key's symbol in ``mapping``, e.g. "Alice" -> "V"; other text unchanged.
+    ``before``: the row's prompt template, which the answer continues (``render_text``)."""
     key_of = {name: key for key, name in names.items() if is_matchable(name)}
     if not key_of:
         return text
-    return render_text(substitute_terms(text, TermMatcher(key_of), key_of.__getitem__), mapping, names)
+    return render_text(substitute_terms(text, TermMatcher(key_of), key_of.__getitem__), mapping, names, before)
 
 
 def template_from_matcher(prompt: str, completion: str | None, matcher: TermMatcher) -> EventTemplate:
@@ -438,7 +441,7 @@ class VocabularyEstimator(EventEstimator):
 
 class ProntoQAEstimator(EventEstimator):
     """PrOntoQA rows: events are the ontology's entity and property terms and the named individual, read from
-    the row's own sentences by PrOntoQA's fixed patterns (``prontoqa_event_terms``), so any closed ontology
+    the prompt's own sentences by PrOntoQA's fixed patterns (``prontoqa_event_terms``), so any closed ontology
     works, real, false or invented."""
 
     name = "prontoqa"
@@ -446,7 +449,7 @@ class ProntoQAEstimator(EventEstimator):
     def estimate(
         self, prompt: str, completion: str | None = None, *, row: Mapping[str, Any] | None = None
     ) -> EventTemplate:
-        terms = prontoqa_event_terms(prompt + "\n" + (completion or ""))
+        terms = prontoqa_event_terms(prompt)  # the prompt decides the events, as at inference, where it is all there is
         if not terms:
             raise NoEventsFound(f"No PrOntoQA sentence ('Every X is a Y.', 'Sally is a X.', ...) in: {prompt[:200]!r}")
         return template_from_matcher(prompt, completion, TermMatcher(terms))

@@ -457,7 +457,7 @@ class CAPTPredictor(LMPredictor):
         prompts = self.row_prompts(rows)
         estimated = estimate_rows(
             self.estimator,
-            ({**row, "prompt": part_text(prompt)} for row, prompt in zip(rows, prompts)),
+            ({**row, "prompt": part_text(prompt)} for row, prompt in zip(self.as_rows(rows), prompts)),
             completion_column=None,
             on_no_events="error" if self.on_no_events == "error" else "keep",  # a test row is never dropped
         )
@@ -467,7 +467,7 @@ class CAPTPredictor(LMPredictor):
         interventions = RowInterventions(estimated.templates, pool, self.seed)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
         written = [
-            [render_names(answer, template.names, result.mapping) for answer in self.answers]
+            [render_names(answer, template.names, result.mapping, template.prompt) for answer in self.answers]
             for template, result in zip(estimated.templates, results)
         ]
         return [with_text(prompt, result.prompt) for prompt, result in zip(prompts, results)], written
