@@ -348,3 +348,10 @@ def test_the_prontoqa_prompt_decides_the_events_as_at_inference():
 @pytest.mark.parametrize("symbol, article", [("X1", "an"), ("FBI", "an"), ("U2", "a"), ("Q", "a"), ("Ozaf", "an"), ("Kib", "a")])
 def test_the_article_agrees_with_how_a_symbol_is_said(symbol, article):
     assert EventTemplate("It is a {e1}.", None, {"e1": "cat"}).render({"e1": symbol})[0] == f"It is {article} {symbol}."
+
+
+def test_a_placeholder_inside_a_word_and_one_name_under_two_placeholders_are_named():
+    template = EventTemplate("The {e1}egory of pre{e2}: {e2}s and {e3}.", None, {"e1": "cat", "e2": "dog", "e3": "Cat"})
+    with pytest.raises(TemplateError, match=r"inside a word: '\{e1\}egory', 'pre\{e2\}'.*e1, e3 all name 'cat'"):
+        template.validate()
+    EventTemplate("{e1}s, {e1}'s and {e1}-like.", None, {"e1": "cat"}).validate()  # plural, possessive, compound

@@ -232,7 +232,8 @@ def test_invalid_answer_is_retried_with_the_problem_then_counted(endpoint, tmp_p
     assert "original names still in the text: 'Sally'" in feedback[-1]["content"]
     assert "no JSON object" in server.chat_requests[2]["messages"][-1]["content"]
     assert list(tmp_path.iterdir()) == []  # failures are not cached
-    assert estimate_rows(estimator, rows, on_no_events="drop").templates == []
+    with pytest.raises(NoEventsFound, match="on_no_events is 'drop': no row is left"):
+        estimate_rows(estimator, rows, on_no_events="drop")
     with pytest.raises(NoEventsFound, match=r"Row 0: The LLM gave no valid event template in 3 attempts; .*'Sally'"):
         estimate_rows(estimator, rows, on_no_events="error")
     with pytest.raises(EventEstimationFailed):

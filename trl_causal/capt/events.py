@@ -32,6 +32,8 @@ _RENDER_PATTERN = re.compile(r"(?:\b(?P<article>[Aa]n?)(?P<gap>[ \t]+))?\{(?P<ke
 PLACEHOLDER_KEY = re.compile(r"e[1-9][0-9]*")
 # Braces that look meant as a placeholder: {E2}, {e 3}, {e0}, {e02} (validate names those that are not {eN})
 _PLACEHOLDER_LIKE = re.compile(r"\{\s*[eE]\s*[0-9]+\s*\}")
+# A placeholder glued to letters or digits ("{e1}egory", "pre{e1}"); "{e1}s" is its plural
+_PLACEHOLDER_IN_WORD = re.compile(r"\w+\{e[1-9][0-9]*\}\w*|\{e[1-9][0-9]*\}(?!s\b)\w+")
 # A word: letters, digits and underscores, hyphenated compounds kept whole ("cold-blooded").
 WORD_PATTERN = re.compile(r"\w+(?:-\w+)*")
 _MATCHABLE = re.compile(r"\w(?:.*\w)?", re.DOTALL)
@@ -142,7 +144,8 @@ class EventTemplate:
 
     def validate(self) -> None:
         """Raise ``TemplateError`` listing every problem: a key of ``names`` that is not ``eN``; a placeholder
-        without a name; braces meant as one but malformed ({E2}, {e 3}, {e0}); a name the text never uses; a
+        without a name; braces meant as one but malformed ({E2}, {e 3}, {e0}); a placeholder inside a word; one name
+        under two placeholders; a name the text never uses; a
         placeholder in the completion that the prompt lacks; an original name still in the
         text (whole words, plurals included; a lowercase name also in capitalised or upper case)."""
         problems = []
@@ -158,6 +161,18 @@ class EventTemplate:
         malformed = [m for m in dict.fromkeys(_PLACEHOLDER_LIKE.findall(text)) if not PLACEHOLDER_PATTERN.fullmatch(m)]
         if malformed:
             problems.append(f"{', '.join(malformed)} are not placeholders (write {{e1}}, {{e2}}, ...: lowercase e, no space or leading 0)")
+        inside = list(dict.fromkeys(_PLACEHOLDER_IN_WORD.findall(text)))
+        if inside:
+            problems.append(f"placeholders inside a word: {', '.join(map(repr, inside))} (a placeholder stands for a whole word)")
+        by_name: dict[str, list[str]] = {}
+        for key, name in self.names.items():
+            by_name.setdefault(name.strip().lower(), []).append(key)
+        shared = [keys for keys in by_name.values() if len(keys) > 1]
+        if shared:
+            problems.append(
+                "one name under several placeholders: " + "; ".join(f"{', '.join(keys)} all name {self.names[keys[0]]!r}" for keys in shared)
+                + " (one placeholder per event, or it gets several symbols)"
+            )
         unused = [key for key in self.names if PLACEHOLDER_KEY.fullmatch(key) and key not in in_prompt + in_completion]
         if unused:
             problems.append(f"name-table entries {', '.join(unused)} are used nowhere in the text")

@@ -379,8 +379,8 @@ class CAPTTrainer(SFTTrainer):
             shown = ", ".join(map(str, dataset.no_events[:10])) + (", ..." if len(dataset.no_events) > 10 else "")
             logger.warning(
                 f"{len(dataset.no_events)} of {rows} training rows have no event that the {args.event_estimator!r} "
-                f"estimator recognises (rows {shown}); they are {fate}. Check event_estimator and "
-                "event_estimator_kwargs."
+                f"estimator recognises, or gave no valid template for (rows {shown}); they are {fate}. Check "
+                "event_estimator and event_estimator_kwargs (the llm estimator logs each row it failed on)."
             )
         for index in range(min(examples, len(dataset))):
             prompt, completion = dataset.render(index)
