@@ -275,7 +275,10 @@ def test_local_model_garbage_is_reported_not_kept(tiny_model, tmp_path):
     estimator = LLMEstimator(model=str(tiny_model), max_new_tokens=8, max_retries=1, batch_size=2, cache_dir=tmp_path)
     estimator.check_available()
     rows = [{"prompt": PROMPT, "completion": COMPLETION}, {"prompt": "Sally is a cat.", "completion": "Yes"}]
+    complete, asked = estimator.backend.complete, []
+    estimator.backend.complete = lambda conversations: asked.append(len(conversations)) or complete(conversations)
     result = estimate_rows(estimator, rows, on_no_events="keep")
+    assert asked == [2, 2]  # batch_size rows answered together, each round (first try, one retry)
     assert result.no_events == [0, 1]
     assert result.templates == [EventTemplate(row["prompt"], row["completion"], {}) for row in rows]
     assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ one. Nothing here imports torch, transformers or TRL.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from abc import ABC, abstractmethod
@@ -340,6 +341,22 @@ class EventEstimator(ABC):
         """The validated template of one row; ``completion`` is None at inference. ``row`` is the full dataset
         row, for estimators that read other columns. Raises ``NoEventsFound`` when the row has no event."""
 
+    #: how many rows ``estimate_rows`` hands to ``estimate_many`` at once
+    batch_size: int = 1
+
+    def estimate_many(
+        self, items: Sequence[tuple[str, str | None, Mapping[str, Any]]]
+    ) -> list[EventTemplate | NoEventsFound]:
+        """Per (prompt, completion, row), its template or the ``NoEventsFound`` it fails with. One row at a time
+        here; an estimator that answers rows together (``llm``) overrides it and sets ``batch_size``."""
+        outcomes: list[EventTemplate | NoEventsFound] = []
+        for prompt, completion, row in items:
+            try:
+                outcomes.append(self.estimate(prompt, completion, row=row))
+            except NoEventsFound as error:
+                outcomes.append(error)
+        return outcomes
+
 
 def _row_field(row: Mapping[str, Any] | None, column: str, estimator: str) -> Any:
     if row is None:
@@ -529,27 +546,31 @@ def estimate_rows(
     if on_no_events not in ("error", "keep", "drop"):
         raise ConfigError(f"on_no_events is {on_no_events!r}; use 'error', 'keep' or 'drop'.")
     result = EstimatedRows([], [], [])
-    for index, row in enumerate(rows):
-        if prompt_column not in row:
-            raise DataError(f"Row {index} has no column {prompt_column!r}; it has: {', '.join(sorted(row))}.")
-        prompt = row[prompt_column]
-        completion = row.get(completion_column) if completion_column is not None else None
+    numbered = enumerate(rows)
+    while chunk := list(itertools.islice(numbered, estimator.batch_size)):
+        items = []
+        for index, row in chunk:
+            if prompt_column not in row:
+                raise DataError(f"Row {index} has no column {prompt_column!r}; it has: {', '.join(sorted(row))}.")
+            items.append((row[prompt_column], row.get(completion_column) if completion_column is not None else None, row))
         try:
-            template = estimator.estimate(prompt, completion, row=row)
-        except NoEventsFound as error:
-            if on_no_events == "error":
-                raise NoEventsFound(
-                    f"Row {index}: {error} Set on_no_events to 'keep' or 'drop' to train on such rows unchanged or "
-                    "skip them."
-                ) from error
-            result.no_events.append(index)
-            if on_no_events == "drop":
-                continue
-            template = EventTemplate(prompt, completion, {})
+            outcomes = estimator.estimate_many(items)
         except (DataError, ConfigError) as error:  # e.g. a CLadder variable name that cannot be matched as words
-            raise type(error)(f"Row {index}: {error}") from error
-        result.templates.append(template)
-        result.row_indices.append(index)
+            where = f"Row {chunk[0][0]}" if len(chunk) == 1 else f"Rows {chunk[0][0]}-{chunk[-1][0]}"
+            raise type(error)(f"{where}: {error}") from error
+        for (index, _), (prompt, completion, _), outcome in zip(chunk, items, outcomes):
+            if isinstance(outcome, NoEventsFound):
+                if on_no_events == "error":
+                    raise NoEventsFound(
+                        f"Row {index}: {outcome} Set on_no_events to 'keep' or 'drop' to train on such rows unchanged "
+                        "or skip them."
+                    ) from outcome
+                result.no_events.append(index)
+                if on_no_events == "drop":
+                    continue
+                outcome = EventTemplate(prompt, completion, {})
+            result.templates.append(outcome)
+            result.row_indices.append(index)
     if on_no_events == "drop" and result.no_events and not result.templates:
         raise NoEventsFound(
             f"None of the {len(result.no_events)} rows has an event that the {estimator.name!r} estimator recognises, "

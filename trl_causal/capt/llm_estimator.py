@@ -422,7 +422,10 @@ class LLMEstimator(EventEstimator):
                               "model name served at base_url.")
         if max_retries < 0:
             raise ConfigError(f"The llm estimator's max_retries is {max_retries}; use 0 or more.")
+        if batch_size < 1:
+            raise ConfigError(f"The llm estimator's batch_size is {batch_size}; use 1 or more.")
         self.max_retries = max_retries
+        self.batch_size = batch_size  # rows estimate_rows hands over at once (the local backend answers them together)
         self.backend: ChatBackend = (
             OpenAIChatBackend(base_url, model, api_key_env, timeout, max_new_tokens)
             if base_url
@@ -442,6 +445,11 @@ class LLMEstimator(EventEstimator):
         if isinstance(outcome, NoEventsFound):
             raise outcome
         return outcome
+
+    def estimate_many(self, items):
+        """``estimate_batch`` of the items' prompts and completions: ``estimate_rows`` hands over ``batch_size`` rows
+        at a time, which the local backend answers together."""
+        return self.estimate_batch([prompt for prompt, _, _ in items], [completion for _, completion, _ in items])
 
     def estimate_batch(
         self, prompts: Sequence[str], completions: Sequence[str | None] | None = None
