@@ -1,7 +1,7 @@
 """Latent-shift adjusted SFT against SFT and WiSE-FT under a shifting spurious feature (issue 5, METHODS.md section 3).
 
     .venv/bin/python benchmarks/latent_shift.py                                              # the issue's run
-    .venv/bin/python benchmarks/latent_shift.py --kinds platform --seeds 0 --steps 2 --eval_rows 8   # smoke run
+    .venv/bin/python benchmarks/latent_shift.py --kinds platform --seeds 0 --steps 2 --eval_rows 8   # smoke run (-> *_smoke)
 
 Model: the embedded SmolLM2-135M-Instruct with LoRA; every method trains from example_configs/latent_shift.yaml
 (its LoRA, learning rate, batch size 8, ...), built as `trl-causal train` builds it (common.train_in_process), on the
@@ -31,7 +31,8 @@ Step time: median optimizer-step time of latent_shift (shuffle_train) over that 
 seed, in the same run; `step_time_ratio` is its mean over kinds and seeds (the first step is left out).
 
 Test prompts that repeat across agreement levels (platform kind: a review has one of two suffixes) are predicted
-once. Results: benchmarks/results/latent_shift.json (+ .png: accuracy against agreement, one line per method).
+once. Results: benchmarks/results/latent_shift.json (+ .png: accuracy against agreement, one line per method); runs
+with other sizes than the issue's (--steps, --train_rows, --eval_rows, --ambiguous, --extra) write latent_shift_smoke.*.
 """
 
 from __future__ import annotations
@@ -160,17 +161,23 @@ def main() -> None:
     }
     step_seconds: dict[str, list[float]] = {"sft": [], "latent_shift": []}
     runs = []
-    settings = {"steps": args.steps, "train_rows": args.train_rows, "eval_rows": args.eval_rows, "ambiguous": args.ambiguous, "extra": args.extra}
+    def sizes(values) -> dict:
+        return {"steps": values.steps, "train_rows": values.train_rows, "eval_rows": values.eval_rows, "ambiguous": values.ambiguous, "extra": values.extra}
+
+    settings = sizes(args)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]  # smoke runs never clobber real ones
+    # Other sizes than the issue's (a smoke run) write beside the committed results, never over them (.gitignore'd)
+    issue_sizes = settings == sizes(parser.parse_args([]))
+    runs_dir, results_name = (RUNS, "latent_shift") if issue_sizes else (RESULTS / "latent_shift_runs_smoke", "latent_shift_smoke")
     for kind in args.kinds:
         for seed in args.seeds:
-            path = RUNS / f"{kind}-seed{seed}-{digest}.json"
+            path = runs_dir / f"{kind}-seed{seed}-{digest}.json"
             saved = json.loads(path.read_text()) if path.exists() else None
             if saved is not None:
                 print(f"{kind} seed {seed}: reusing {path.relative_to(REPO)} (made by: {saved['command']})", flush=True)
             else:
                 saved = {"settings": settings, "command": command_line(), **run_one(kind, seed, args)}
-                RUNS.mkdir(parents=True, exist_ok=True)
+                runs_dir.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(saved, indent=2))  # a crash later loses nothing finished
             reports = saved["reports"]
             for method in METHODS:
@@ -232,7 +239,7 @@ def main() -> None:
         "step_time_ratio": targets["step_time_ratio"]["measured"],
         "targets": targets,
     }
-    path = write_results("latent_shift", results)
+    path = write_results(results_name, results)
     plot(results, path.with_suffix(".png"))
 
     print(f"\naccuracy / macro-F1 (%), mean over {len(args.kinds)} kind(s) x {len(args.seeds)} seed(s); test agreement level:")

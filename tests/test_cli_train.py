@@ -179,6 +179,7 @@ def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path,
     step, checkpoint = int(saved[1]), Path(saved[2])
     assert (checkpoint / "optimizer.pt").is_file()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    assert json.loads((checkpoint / SUMMARY_FILE).read_text())["trainer"] == "sft"  # eval tells its trainer
     resumed = run_cli("train", "--config", str(config), "--max_steps", str(step + 2), "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / SUMMARY_FILE).read_text())["steps"] == step + 2

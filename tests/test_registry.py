@@ -107,6 +107,14 @@ def test_two_providers_of_one_name_is_an_error_naming_both(tmp_path, monkeypatch
         PluginManager()
 
 
+def test_an_entry_point_named_like_another_distributions_is_loaded_too(tmp_path, monkeypatch):
+    # a third-party entry point named "builtin" once hid every built-in trainer (the name was taken as loaded)
+    install(tmp_path, monkeypatch, "namesake-plugin", "builtin", REGISTERS_TRAINER.format(name="namesake", trainer="trl:SFTTrainer"))
+    manager = PluginManager()
+    assert {"namesake", "sft", "capt", "latent_shift"} <= {spec.name for spec in manager.trainers}
+    assert manager.get_trainer("namesake").distribution == "namesake-plugin"
+
+
 def test_registering_a_class_that_is_not_a_trainer_fails_when_selected(tmp_path, monkeypatch):
     install(tmp_path, monkeypatch, "odd-plugin", "odd_plugin_mod", REGISTERS_TRAINER.format(name="odd", trainer="collections:OrderedDict"))
     manager = PluginManager()

@@ -151,15 +151,18 @@ class PluginManager:
             distribution = entry_point.dist.name if entry_point.dist else "<unknown>"
             if not autoload and distribution != OWN_DISTRIBUTION:
                 continue
-            if self.pm.get_plugin(entry_point.name) is not None:
-                continue
+            name = entry_point.name
+            if self.pm.get_plugin(name) is not None:
+                if self.distributions.get(name) == distribution:  # the same entry point listed twice (metadata copies)
+                    continue
+                name = f"{distribution}:{name}"  # another distribution's entry point of that name is a plugin too
             try:
-                self.pm.register(entry_point.load(), name=entry_point.name)  # register checks the hooks' signatures
+                self.pm.register(entry_point.load(), name=name)  # register checks the hooks' signatures
             except Exception as error:  # a broken plugin must not break the others
-                self._fail(distribution, entry_point.name, f"{type(error).__name__}: {error}")
+                self._fail(distribution, name, f"{type(error).__name__}: {error}")
                 continue
-            self.distributions[entry_point.name] = distribution
-        if self.pm.get_plugin("builtin") is None:  # running from a source tree without installed metadata
+            self.distributions[name] = distribution
+        if OWN_DISTRIBUTION not in self.distributions.values():  # running from a source tree without installed metadata
             from . import builtin
 
             self.pm.register(builtin, name="builtin")

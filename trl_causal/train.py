@@ -173,6 +173,7 @@ def train_or_save_on_interrupt(trainer, resume_from: str | None):
                 f"interrupted at step {step}; nothing was saved since the last checkpoint in {output_dir}."
             ) from None
         trainer._save_checkpoint(trainer.model, trial=None)
+        trainer.control = trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)  # as a save_steps save
         raise TrainingInterrupted(
             f"interrupted after step {step}; saved {os.path.join(output_dir, f'checkpoint-{step}')}. Continue with "
             "`--resume_from_checkpoint true`."
