@@ -283,3 +283,21 @@ def test_checkpoints_of_one_name_and_repeated_split_names_keep_every_result(tiny
     assert f"Checkpoint directory not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
     assert cli.main(args + ["--split", "test=" + str(tmp_path / "data" / "test.jsonl")]) == 2
     assert "--split names ['test'] are given more than once" in capsys.readouterr().err
+
+
+def test_without_an_answer_column_the_gold_is_the_completion_or_the_last_turn(tiny_model, tmp_path):
+    messages = [{"messages": row["prompt"] + [{"role": "assistant", "content": row["answer"]}]} for row in CHAT_ROWS]
+    expected = eval_splits(eval_config(tiny_model, tmp_path / "answer", CHAT_ROWS)[0])
+    assert eval_splits(eval_config(tiny_model, tmp_path / "messages", messages)[0]) == expected
+    completions = [{"prompt": row["prompt"], "completion": [{"role": "assistant", "content": row["answer"]}]} for row in CHAT_ROWS]
+    assert eval_splits(eval_config(tiny_model, tmp_path / "completion", completions)[0]) == expected
+
+
+def test_a_split_named_like_a_file_of_the_folder_reads_that_file(tiny_model, tmp_path):
+    config, _ = eval_config(tiny_model, tmp_path, CHAT_ROWS)
+    levels = tmp_path / "levels"  # as trl_causal.latent_shift.data writes them: test_10.jsonl ... test_90.jsonl
+    levels.mkdir()
+    write_jsonl(levels / "test_10.jsonl", CHAT_ROWS[:1])
+    write_jsonl(levels / "test_90.jsonl", CHAT_ROWS)
+    assert eval_splits(config, "test_90", str(levels))["n"] == len(CHAT_ROWS)
+    assert eval_splits(config, "test_10", str(levels))["n"] == 1

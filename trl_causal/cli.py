@@ -124,10 +124,15 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     """Rows of a split of the config's dataset, or of a file given as ``NAME=FILE``."""
-    from .data import load_any_dataset
+    from pathlib import Path
+
+    from .data import FILE_BUILDERS, load_any_dataset
 
     name, _, path = split.partition("=")
     if path:  # data of one split (a file, or a folder of files) is NAME; a saved DatasetDict or split folder must hold NAME
+        named_file = [file for file in Path(path).glob(f"{name}.*") if file.suffix.lower() in FILE_BUILDERS] if Path(path).is_dir() else []
+        if len(named_file) == 1:  # the folder's NAME.jsonl (datasets would file test_10.jsonl ... test_90.jsonl under "test")
+            path = str(named_file[0])
         dataset = load_any_dataset(path)
         key = name if name in dataset or list(dataset) != ["train"] else "train"
         if key not in dataset:
@@ -182,7 +187,7 @@ def _command_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .configuration import parse_run_config
-    from .evaluation import accuracy_report, build_predictor, check_gold_in_answers, gold_answers, load_checkpoint
+    from .evaluation import accuracy_report, build_predictor, check_gold_in_answers, default_answer_column, gold_answers, load_checkpoint
     from .plugins import get_plugin_manager
 
     run = parse_run_config([], args.config)
@@ -206,9 +211,10 @@ def _command_eval(args: argparse.Namespace) -> int:
     if repeated:
         raise TrlCausalError(f"--split names {repeated} are given more than once; name each split differently (--split NAME=FILE).")
     splits = [_eval_rows(run, split, args.max_rows) for split in requested]
-    gold = {name: gold_answers(rows, args.answer_column, name) for name, rows in splits}
+    column = args.answer_column or default_answer_column(splits[0][1])
+    gold = {name: gold_answers(rows, column, name) for name, rows in splits}
     answers = [a.strip() for a in args.answers.split(",") if a.strip()] if args.answers else sorted({a for values in gold.values() for a in values})
-    check_gold_in_answers(gold, answers, args.answer_column)
+    check_gold_in_answers(gold, answers, column)
     results = {}
     for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
         checkpoint_run = run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
@@ -271,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--compare", action="append", metavar="DIR", help="another checkpoint to evaluate side by side (repeatable)")
     evaluate.add_argument("--split", action="append", metavar="NAME[=FILE]", help="split of the config's dataset, or NAME=FILE (repeatable; default: dataset_test_split)")
     evaluate.add_argument("--answers", help="comma-separated answer set (default: the distinct gold answers)")
-    evaluate.add_argument("--answer_column", default="answer", help="column with the gold answer (default: answer)")
+    evaluate.add_argument(
+        "--answer_column", help="column with the gold answer (default: answer, else completion, else a messages row's last turn)"
+    )
     evaluate.add_argument(
         "--prompt_column", default="prompt", help="column with the prompt (default: prompt, else a `messages` row's turns before the answer)"
     )

@@ -294,6 +294,14 @@ def build_predictor(
     return LMPredictor(model, tokenizer, answers, mode=mode, **kwargs)
 
 
+GOLD_COLUMNS = ("answer", "completion", "messages")  # where the gold answer is, when --answer_column is not given
+
+
+def default_answer_column(rows: Sequence[dict[str, Any]]) -> str:
+    """The first of ``answer``, ``completion`` and ``messages`` (its last turn: the assistant's answer) the rows have."""
+    return next((column for column in GOLD_COLUMNS if rows and column in rows[0]), GOLD_COLUMNS[0])
+
+
 def gold_answers(rows: Sequence[dict[str, Any]], column: str, split: str) -> list[str]:
     if rows and column not in rows[0]:
         raise DataError(f"Split {split!r} has no gold answer column {column!r}; it has: {', '.join(sorted(rows[0]))}.")
