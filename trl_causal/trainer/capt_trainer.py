@@ -229,6 +229,26 @@ def estimate_dataset(
     return estimated
 
 
+def estimation_report(
+    args: CAPTConfig, no_events: Sequence[int], rows: int, pool: str, who: str = "trl-causal capt", hint: str = ""
+) -> tuple[str, str | None]:
+    """The line that sums up the estimation of the training rows, and the warning about rows without events (None
+    when every row has some); ``hint`` adds a cause to check."""
+    fate = "dropped" if args.on_no_events == "drop" else "kept unchanged"
+    summary = (
+        f"{who}: events estimated with {args.event_estimator!r} on {rows} training rows, {len(no_events)} without "
+        f"events ({fate}); symbol pool {pool!r}, intervention seed {args.intervention_seed}."
+    )
+    if not no_events:
+        return summary, None
+    shown = ", ".join(map(str, no_events[:10])) + (", ..." if len(no_events) > 10 else "")
+    return summary, (
+        f"{who}: {len(no_events)} of {rows} training rows have no event that the {args.event_estimator!r} estimator "
+        f"recognises, or gave no valid template for (rows {shown}); they are {fate}. Check event_estimator and "
+        f"event_estimator_kwargs (the llm estimator logs each row it failed on){hint}."
+    )
+
+
 def message_roles(part: Prompt | None) -> tuple[str, ...] | None:
     """The roles of a message list's messages; None for text."""
     return tuple(str(message.get("role")) for message in part) if isinstance(part, list) else None
@@ -368,20 +388,10 @@ class CAPTTrainer(SFTTrainer):
 
     def _report(self, dataset: InterventionDataset, rows: int, examples: int = 2) -> None:
         """Print the rows without events and a few intervened rows (main process)."""
-        args = self.args
-        fate = "dropped" if args.on_no_events == "drop" else "kept unchanged"
-        self.accelerator.print(
-            f"trl-causal capt: events estimated with {args.event_estimator!r} on {rows} training rows, "
-            f"{len(dataset.no_events)} without events ({fate}); symbol pool {self.symbol_pool.name!r}, "
-            f"intervention seed {args.intervention_seed}."
-        )
-        if dataset.no_events:
-            shown = ", ".join(map(str, dataset.no_events[:10])) + (", ..." if len(dataset.no_events) > 10 else "")
-            logger.warning(
-                f"{len(dataset.no_events)} of {rows} training rows have no event that the {args.event_estimator!r} "
-                f"estimator recognises, or gave no valid template for (rows {shown}); they are {fate}. Check "
-                "event_estimator and event_estimator_kwargs (the llm estimator logs each row it failed on)."
-            )
+        summary, warning = estimation_report(self.args, dataset.no_events, rows, self.symbol_pool.name)
+        self.accelerator.print(summary)
+        if warning:
+            logger.warning(warning)
         for index in range(min(examples, len(dataset))):
             prompt, completion = dataset.render(index)
             text = part_text(prompt) + ("" if completion is None else " => " + part_text(completion))

@@ -29,6 +29,7 @@ from trl_causal.trainer.capt_trainer import (
     InterventionEpochCallback,
     InterventionRows,
     check_interventions,
+    estimation_report,
     save_symbol_pool,
 )
 
@@ -255,21 +256,18 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         return interventions
 
     def _report(self, rows: int, examples: int = 2) -> None:
-        args, dataset = self.capt_args, self.train_dataset
-        fate = "dropped" if args.on_no_events == "drop" else "kept unchanged"
-        self.accelerator.print(
-            f"trl-causal capt (axolotl): events estimated with {args.event_estimator!r} on {rows} training rows, "
-            f"{len(dataset.no_events)} without events ({fate}); symbol pool {self.symbol_pool.name!r}, "
-            f"intervention seed {args.intervention_seed}."
+        dataset = self.train_dataset
+        summary, warning = estimation_report(
+            self.capt_args,
+            dataset.no_events,
+            rows,
+            self.symbol_pool.name,
+            who="trl-causal capt (axolotl)",
+            hint=", and that Axolotl leaves each row's prompt untrained (the estimator reads the untrained tokens as the prompt)",
         )
-        if dataset.no_events:
-            shown = ", ".join(map(str, dataset.no_events[:10])) + (", ..." if len(dataset.no_events) > 10 else "")
-            logger.warning(
-                f"trl-causal capt (axolotl): {len(dataset.no_events)} of {rows} training rows have no event that the "
-                f"{args.event_estimator!r} estimator recognises (rows {shown}); they are {fate}. Check event_estimator "
-                "and event_estimator_kwargs, and that Axolotl leaves each row's prompt untrained (the estimator reads "
-                "the untrained tokens as the prompt)."
-            )
+        self.accelerator.print(summary)
+        if warning:
+            logger.warning(warning)
         for index in range(min(examples, len(dataset))):
             text = self.codec.decode(dataset.rebuilt(index)[1]["input_ids"])
             self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {text[:400]!r}")
