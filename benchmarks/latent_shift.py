@@ -32,7 +32,8 @@ seed, in the same run; `step_time_ratio` is its mean over kinds and seeds (the f
 
 Test prompts that repeat across agreement levels (platform kind: a review has one of two suffixes) are predicted
 once. Results: benchmarks/results/latent_shift.json (+ .png: accuracy against agreement, one line per method); runs
-with other sizes than the issue's (--steps, --train_rows, --eval_rows, --ambiguous, --extra) write latent_shift_smoke.*.
+with other sizes than the issue's (--steps, --train_rows, --eval_rows, --ambiguous, --extra) write latent_shift_smoke.*,
+and runs of some kinds or seeds only latent_shift_partial.*.
 """
 
 from __future__ import annotations
@@ -166,9 +167,13 @@ def main() -> None:
 
     settings = sizes(args)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]  # smoke runs never clobber real ones
-    # Other sizes than the issue's (a smoke run) write beside the committed results, never over them (.gitignore'd)
-    issue_sizes = settings == sizes(parser.parse_args([]))
-    runs_dir, results_name = (RUNS, "latent_shift") if issue_sizes else (RESULTS / "latent_shift_runs_smoke", "latent_shift_smoke")
+    # Other sizes than the issue's (a smoke run) write beside the committed results, never over them, and so does a run
+    # of some kinds or seeds only (its run files are the issue's, which the full run reuses); both are .gitignore'd
+    defaults = parser.parse_args([])
+    issue_sizes = settings == sizes(defaults)
+    runs_dir = RUNS if issue_sizes else RESULTS / "latent_shift_runs_smoke"
+    complete = (args.kinds, args.seeds) == (defaults.kinds, defaults.seeds)
+    results_name = "latent_shift_smoke" if not issue_sizes else "latent_shift" if complete else "latent_shift_partial"
     for kind in args.kinds:
         for seed in args.seeds:
             path = runs_dir / f"{kind}-seed{seed}-{digest}.json"

@@ -98,6 +98,7 @@ def test_whole_numbers_written_as_floats_or_exponents_are_read_as_ints(config_fo
     assert (run.training_args.max_steps, run.model_args.lora_r, run.training_args.save_steps) == (2, 8, 100)
     assert all(type(value) is int for value in (run.training_args.max_steps, run.model_args.lora_r))
     assert run.training_args.learning_rate == 1e-4
+    assert parse_run_config([], str(config_for(seed=9007199254740993))).training_args.seed == 9007199254740993  # not via float
     with pytest.raises(Exception, match="Key 'max_steps'.*expects int, got 2.5"):
         parse_run_config([], str(config_for(max_steps=2.5)))
 

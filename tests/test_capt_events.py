@@ -320,10 +320,24 @@ def test_capt_modules_import_no_torch_or_trl():
     assert result.stdout.strip() == "[]"
 
 
-def test_malformed_placeholders_and_unused_names_are_named():
-    template = EventTemplate("Is {e1} taller than {E2}? {e 3} {e0} {e02}", None, {"e1": "Alice", "e2": "Bob", "e5": "Carol"})
-    with pytest.raises(TemplateError, match=r"\{E2\}, \{e 3\}, \{e0\}, \{e02\} are not placeholders.*entries e2, e5 are used nowhere"):
+def test_malformed_placeholders_are_named_and_a_shared_name_table_may_hold_more_names():
+    template = EventTemplate("Is {e1} taller than {E2}? {e 3} {e0} {e02}", None, {"e1": "Alice", "e2": "Bob"})
+    with pytest.raises(TemplateError, match=r"\{E2\}, \{e 3\}, \{e0\}, \{e02\} are not placeholders"):
         template.validate()
+    EventTemplate("Is {e1} taller?", None, {"e1": "Alice", "e2": "Bob"}).validate()  # rows sharing one table
+
+
+def test_terms_that_differ_in_case_are_two_events_and_ignore_case_keeps_plurals():
+    template = VocabularyEstimator(terms=["Apple", "apple"]).estimate("Apple sells an apple.")
+    assert template.prompt == "{e1} sells an {e2}." and template.names == {"e1": "Apple", "e2": "apple"}
+    assert VocabularyEstimator(terms=["Wumpus"], ignore_case=True).estimate("Wumpuses are big.").prompt == "{e1}s are big."
+
+
+def test_a_chat_answer_opens_a_sentence_whatever_ends_the_prompt():
+    names, mapping = {"e1": "wumpus"}, {"e1": "ozaf"}
+    chat = EventTemplate("Tell me one fact about the {e1}", "{e1}s are cold-blooded.", names, completion_is_message=True)
+    assert chat.render(mapping) == ("Tell me one fact about the ozaf", "Ozafs are cold-blooded.")
+    assert render_names("wumpus", names, mapping, chat.completion_context) == "Ozaf"
 
 
 def test_a_completion_continues_its_prompt_so_only_a_sentence_start_capitalises_its_first_symbol():
@@ -351,7 +365,7 @@ def test_the_article_agrees_with_how_a_symbol_is_said(symbol, article):
 
 
 def test_a_placeholder_inside_a_word_and_one_name_under_two_placeholders_are_named():
-    template = EventTemplate("The {e1}egory of pre{e2}: {e2}s and {e3}.", None, {"e1": "cat", "e2": "dog", "e3": "Cat"})
+    template = EventTemplate("The {e1}egory of pre{e2}: {e2}s and {e3}.", None, {"e1": "cat", "e2": "dog", "e3": "cat"})
     with pytest.raises(TemplateError, match=r"inside a word: '\{e1\}egory', 'pre\{e2\}'.*e1, e3 all name 'cat'"):
         template.validate()
     EventTemplate("{e1}s, {e1}'s and {e1}-like.", None, {"e1": "cat"}).validate()  # plural, possessive, compound

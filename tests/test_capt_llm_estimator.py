@@ -146,6 +146,8 @@ def test_template_from_answer_checks_names_consistency_and_faithfulness():
     with pytest.raises(TemplateError, match="which the prompt lacks"):
         extra_event = {**VALID_ANSWER["events"], "e4": "x"}
         template_from_answer({**VALID_ANSWER, "completion_template": "{e4}", "events": extra_event}, PROMPT, COMPLETION)
+    with pytest.raises(TemplateError, match='"events" lists e4, which no template uses'):
+        template_from_answer({**VALID_ANSWER, "events": {**VALID_ANSWER["events"], "e4": "x"}}, PROMPT, COMPLETION)
     with pytest.raises(TemplateError, match="have no name"):
         template_from_answer({**VALID_ANSWER, "events": {"e1": "wumpus", "e2": "yumpus"}}, PROMPT, COMPLETION)
     rewritten = {**VALID_ANSWER, "prompt_template": "All {e1}s are {e2}s. {e3} is a {e1}.\nIs {e3} a {e2}?"}

@@ -97,6 +97,7 @@ def test_prompt_and_completion_of_a_row_share_one_mapping(tiny_model, tmp_path, 
         for key in used_in_completion:
             assert re.search(rf"\b{mapping[key]}\b", prompt) and re.search(rf"\b{mapping[key]}\b", completion)
         assert not names_in(prompt + completion, list(template.names.values()))
+        assert template.completion_is_message == (fmt != "text")  # a chat answer opens its own sentence
 
 
 @pytest.mark.parametrize("fmt", ["text", "conversational", "messages"])
@@ -145,7 +146,7 @@ def test_loss_is_exact_under_gradient_accumulation(tiny_model, tmp_path):
         torch.testing.assert_close(accumulated[name], weight, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pipeline(tiny_model, tmp_path):
+def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pipeline(tiny_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "train.jsonl", prontoqa_rows(4, "conversational"))
     test = write_jsonl(tmp_path / "test.jsonl", prontoqa_rows(4, "conversational"))
     config = {"trainer": "capt", **base_config(tiny_model, data, tmp_path / "out")}
@@ -171,6 +172,7 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
     assert cli._checkpoint_args(parse_run_config(["--trainer", "capt"], str(other)), cli._checkpoint_record(str(checkpoint))).symbol_pool == "nonsense"
     assert cli.main(["eval", "--config", str(other), "--checkpoint", str(checkpoint), "--split", f"test={test}", "--output", str(tmp_path / "e.json")]) == 0
     assert set(json.loads((tmp_path / "e.json").read_text())["results"]) == {"capt"}
+    assert "was trained with symbol_pool='nonsense', which the YAML sets otherwise; it predicts as trained" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -82,6 +82,25 @@ def test_full_weights_saved_over_an_earlier_lora_run_remove_its_adapter(tmp_path
     assert not isinstance(model, PeftModel)
 
 
+def test_the_run_record_holds_the_fields_a_config_adds_to_its_base():
+    from dataclasses import dataclass, field
+
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    from trl_causal.train import method_settings
+    from trl_causal.trainer.capt_config import CAPTConfig
+
+    @dataclass
+    class PlainArguments(TrainingArguments):  # a plugin's config may extend transformers' class, not TRL's
+        alpha: float = field(default=0.5)
+
+    assert method_settings(PlainArguments(output_dir="unused", use_cpu=True)) == {"alpha": 0.5}
+    assert method_settings(SFTConfig(output_dir="unused", use_cpu=True, bf16=False)) == {}
+    capt = method_settings(CAPTConfig(output_dir="unused", use_cpu=True, bf16=False, symbol_pool="nonsense"))
+    assert capt["symbol_pool"] == "nonsense" and "learning_rate" not in capt
+
+
 def test_installed_third_party_plugin_trains_by_name(tmp_path, tiny_model):
     site = pip_install_target(REPO / "plugins" / "weighted_sft", tmp_path / "site")
     env = {"PYTHONPATH": str(site)}

@@ -366,7 +366,8 @@ def train_fails_with(capsys, config: Path, *fragments: str) -> str:
 def test_missing_outcome_column_fails_before_launch(tmp_path, tiny_model, capsys):
     config = cli_config(tmp_path, tiny_model, observational_rows(), outcome_column="clicks")
     assert cli.main(["train", "--config", str(config)]) == 2
-    assert "lacks the columns this trainer needs: clicks" in capsys.readouterr().err
+    assert "lacks the columns this trainer needs: clicks" in (err := capsys.readouterr().err)
+    assert "text_column" not in err  # the text column is there: no hint about it
     split = [dict(row, prompt=row["text"][:10], completion=row["text"][10:]) for row in observational_rows()]
     config = cli_config(tmp_path, tiny_model, [{k: v for k, v in row.items() if k != "text"} for row in split])
     assert cli.main(["train", "--config", str(config)]) == 2
@@ -428,6 +429,7 @@ def test_the_outcome_listed_as_a_confounder_or_instrument_is_refused(tmp_path):
     for role in ("numeric_confounders", "instrument_columns"):
         with pytest.raises(ConfigError, match=rf"{role} lists the outcome column 'outcome'"):
             reward_args(tmp_path, **{role: ["confounder", "outcome"]})
+    assert reward_args(tmp_path, instrument_columns=None).instrument_columns is None  # None: no instruments
 
 
 def test_confounders_that_explain_all_of_the_outcome_leave_nothing_to_learn(tiny_model, tmp_path):

@@ -176,9 +176,11 @@ def test_macro_f1_averages_the_per_class_f1():
     assert accuracy_report(gold, gold) == {"accuracy": 1.0, "macro_f1": 1.0, "n": 4, "unparsed": 0}
 
 
-def test_a_one_letter_answer_is_matched_in_its_own_case_only():
+def test_the_article_a_is_not_the_answer_a():
     assert parse_answer(" S is taller. It is a fact.", ["S", "A"]) == "S"  # the article "a" is not the symbol "A"
     assert parse_answer("So the answer is A", ["S", "A"]) == "A"
+    assert parse_answer("The answer is (b).", ["A", "B", "C", "D"]) == "B"  # other letters in any case
+    assert parse_answer("<answer>a</answer>", ["A", "B"]) == "A"  # inside the tags case is ignored
     assert parse_answer("the answer is true", ["True", "False"]) == "True"
 
 
@@ -255,6 +257,9 @@ def test_eval_split_file_may_be_a_saved_dataset_holding_that_split(tiny_model, t
     DatasetDict({"train": Dataset.from_list(CHAT_ROWS), "test": Dataset.from_list(CHAT_ROWS[:1])}).save_to_disk(str(saved / "dd"))
     assert cli.main(["eval", "--config", config, "--split", f"tset={saved / 'dd'}"]) == 2  # a typo is not the train split
     assert "has no split 'tset'; it has: train, test." in capsys.readouterr().err
+    DatasetDict({"train": Dataset.from_list(CHAT_ROWS)}).save_to_disk(str(saved / "only_train"))
+    assert cli.main(["eval", "--config", config, "--split", f"test={saved / 'only_train'}"]) == 2  # its train split is not "test"
+    assert "has no split 'test'; it has: train." in capsys.readouterr().err
     assert eval_splits(config, "rows", str(tmp_path / "data" / "test.jsonl"))["n"] == len(ROWS)  # one file: its rows
 
 
@@ -291,6 +296,13 @@ def test_without_an_answer_column_the_gold_is_the_completion_or_the_last_turn(ti
     assert eval_splits(eval_config(tiny_model, tmp_path / "messages", messages)[0]) == expected
     completions = [{"prompt": row["prompt"], "completion": [{"role": "assistant", "content": row["answer"]}]} for row in CHAT_ROWS]
     assert eval_splits(eval_config(tiny_model, tmp_path / "completion", completions)[0]) == expected
+
+
+def test_completions_that_are_texts_rather_than_answers_ask_for_the_answer_column(tiny_model, tmp_path, capsys):
+    rows = [{"prompt": f"Question {i}?", "completion": f" Because {i} is {i}. So True."} for i in range(25)]
+    config, _ = eval_config(tiny_model, tmp_path, rows)
+    assert cli.main(["eval", "--config", config, "--split", "test"]) == 2
+    assert "their completion holds 25 different texts (reasoning chains?)" in capsys.readouterr().err
 
 
 def test_a_split_named_like_a_file_of_the_folder_reads_that_file(tiny_model, tmp_path):

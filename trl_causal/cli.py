@@ -122,6 +122,9 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+MAX_IMPLIED_ANSWERS = 20  # more distinct completions than this are texts, not an answer set
+
+
 def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     """Rows of a split of the config's dataset, or of a file given as ``NAME=FILE``."""
     from pathlib import Path
@@ -134,7 +137,14 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
         if len(named_file) == 1:  # the folder's NAME.jsonl (datasets would file test_10.jsonl ... test_90.jsonl under "test")
             path = str(named_file[0])
         dataset = load_any_dataset(path)
-        key = name if name in dataset or list(dataset) != ["train"] else "train"
+        # One file, or a folder of files datasets did not name by split, is NAME; a split named "train" is not NAME
+        unnamed = Path(path).is_file() or (
+            Path(path).is_dir()
+            and not (Path(path) / "dataset_dict.json").is_file()
+            and not (Path(path) / "dataset_info.json").is_file()
+            and not any(file.name.lower().startswith("train") for file in Path(path).iterdir())
+        )
+        key = "train" if name not in dataset and list(dataset) == ["train"] and unnamed else name
         if key not in dataset:
             raise TrlCausalError(
                 f"{path} has no split {name!r}; it has: {', '.join(dataset)}. Name one of those (--split SPLIT={path})."
@@ -165,7 +175,14 @@ def _checkpoint_record(checkpoint: str) -> dict:
     from .train import SUMMARY_FILE
 
     record = Path(checkpoint) / SUMMARY_FILE
-    return json.loads(record.read_text()) if record.is_file() else {}
+    return {**json.loads(record.read_text()), "checkpoint": checkpoint} if record.is_file() else {}
+
+
+def _json_value(value):
+    """A setting as the run record stores it (JSON: tuples as lists, enums as their values)."""
+    import json
+
+    return json.loads(json.dumps(value, default=lambda item: getattr(item, "value", str(item))))
 
 
 def _checkpoint_args(run, record: dict):
@@ -174,6 +191,14 @@ def _checkpoint_args(run, record: dict):
     import copy
 
     settings = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
+    differing = {key: value for key, value in settings.items() if _json_value(getattr(run.training_args, key)) != value}
+    if differing:
+        print(
+            f"trl-causal: note: {record.get('checkpoint', 'the checkpoint')} was trained with "
+            + ", ".join(f"{key}={value!r}" for key, value in differing.items())
+            + ", which the YAML sets otherwise; it predicts as trained.",
+            file=sys.stderr,
+        )
     if not settings:
         return run.training_args
     args = copy.copy(run.training_args)
@@ -214,6 +239,12 @@ def _command_eval(args: argparse.Namespace) -> int:
     column = args.answer_column or default_answer_column(splits[0][1])
     gold = {name: gold_answers(rows, column, name) for name, rows in splits}
     answers = [a.strip() for a in args.answers.split(",") if a.strip()] if args.answers else sorted({a for values in gold.values() for a in values})
+    if not args.answers and not args.answer_column and column != "answer" and len(answers) > MAX_IMPLIED_ANSWERS:
+        raise TrlCausalError(
+            f"The rows have no `answer` column, and their {column} holds {len(answers)} different texts (reasoning "
+            "chains?), which is no answer set to choose from. Name the gold column with --answer_column, or give "
+            "the answers with --answers."
+        )
     check_gold_in_answers(gold, answers, column)
     results = {}
     for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):

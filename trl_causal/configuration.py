@@ -193,7 +193,7 @@ def _numbers_as_their_type(values: dict[str, Any], field_types: dict[str, Any]) 
     converted = dict(values)
     for key, value in values.items():
         kind = _number_type(field_types.get(key))
-        if kind is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if kind is None or isinstance(value, bool) or not isinstance(value, (int, float, str)) or (kind is int and isinstance(value, int)):
             continue
         try:
             number = float(value)

@@ -97,17 +97,18 @@ def check_columns(
 ) -> None:
     """Fail early when a split lacks the columns a trainer needs, saying which ones exist.
 
-    One of ``column_sets`` (default: the text columns of the trainer's kind) must be present, and all of ``required``.
+    One of ``column_sets`` (default: the text columns of the trainer's kind) must be present, and all of ``required``;
+    ``hint`` (how to name the text columns) is added when no column set is present.
     """
     names = dataset.column_names  # None for a streamed dataset whose builder knows no features (CSV): read a row
     columns = set(names) if names is not None else set(next(iter(dataset), {}))
     missing = [c for c in required if c not in columns]
     candidates = column_sets if column_sets is not None else KIND_COLUMN_SETS[kind]
-    if not any(set(option) <= columns for option in candidates):
-        wanted = " or ".join("+".join(option) for option in candidates)
-        missing.insert(0, wanted)
+    text_missing = not any(set(option) <= columns for option in candidates)
+    if text_missing:
+        missing.insert(0, " or ".join("+".join(option) for option in candidates))
     if missing:
         raise DataError(
             f"The {source} lacks the columns this trainer needs: {', '.join(missing)}. It has: "
-            f"{', '.join(sorted(columns)) or 'no columns'}." + (f" {hint}" if hint else "")
+            f"{', '.join(sorted(columns)) or 'no columns'}." + (f" {hint}" if hint and text_missing else "")
         )

@@ -20,14 +20,15 @@ Prompt = str | list[dict[str, str]]
 
 def parse_answer(text: str, answers: Sequence[str]) -> str | None:
     """The answer a generation commits to: the content of the last ``<answer>...</answer>`` if any,
-    else the last whole-word occurrence of one of ``answers`` (case-insensitive, except a one-letter answer, which
-    the article "a" or the pronoun "I" must not give: a CAPT symbol "A"); None if neither."""
+    else the last whole-word occurrence of one of ``answers``; None if neither. Case is ignored, except that outside
+    the tags the answers "A" and "I" are taken only as written: the article "a" is not the answer (or CAPT symbol) "A",
+    nor the letter "i" the answer "I"."""
     tagged = re.findall(r"<answer>\s*(.*?)\s*</answer>", text, flags=re.IGNORECASE | re.DOTALL)
     if tagged:
         text = tagged[-1]
     # Whole words: no word character on either side (\b would need one at each end of the answer, e.g. not "(A)").
     pattern = r"(?<!\w)(" + "|".join(re.escape(a) for a in sorted(answers, key=len, reverse=True)) + r")(?!\w)"
-    found = [word for word in re.findall(pattern, text, flags=re.IGNORECASE) if len(word) > 1 or word in answers]
+    found = [word for word in re.findall(pattern, text, flags=re.IGNORECASE) if tagged or word.lower() not in ("a", "i") or word in answers]
     if not found:
         return None
     by_lower = {a.lower(): a for a in answers}

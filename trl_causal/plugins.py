@@ -165,8 +165,9 @@ class PluginManager:
         if OWN_DISTRIBUTION not in self.distributions.values():  # running from a source tree without installed metadata
             from . import builtin
 
-            self.pm.register(builtin, name="builtin")
-            self.distributions["builtin"] = OWN_DISTRIBUTION
+            name = "builtin" if self.pm.get_plugin("builtin") is None else f"{OWN_DISTRIBUTION}:builtin"
+            self.pm.register(builtin, name=name)
+            self.distributions[name] = OWN_DISTRIBUTION
 
     def _fail(self, distribution: str, plugin_name: str, error: str) -> None:
         """Record and warn about a plugin that could not be loaded; the others go on."""

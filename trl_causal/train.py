@@ -85,6 +85,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_mo
 def remove_stale_adapter(output_dir: str, since: float) -> None:
     """Remove the LoRA adapter files that an earlier run left in ``output_dir`` when this run saved full weights
     there (files older than ``since``): eval, like PEFT, loads an adapter wherever ``adapter_config.json`` is."""
+    since -= 2.0  # coarse file timestamps: only files clearly older than this run count
     stale = [name for name in ADAPTER_FILES if os.path.isfile(path := os.path.join(output_dir, name)) and os.path.getmtime(path) < since]
     if "adapter_config.json" in stale:
         for name in stale:
@@ -98,7 +99,10 @@ def method_settings(args) -> dict:
     latent_shift's draws, ...), as JSON values: with the trainer's name they tell eval how the checkpoint predicts."""
     import dataclasses
 
-    base = next(cls for cls in type(args).__mro__ if cls.__module__.split(".")[0] == "trl")
+    from transformers import TrainingArguments
+
+    # a plugin's config may extend transformers' TrainingArguments directly
+    base = next((cls for cls in type(args).__mro__ if cls.__module__.split(".")[0] == "trl"), TrainingArguments)
     added = {f.name for f in dataclasses.fields(args) if f.init} - {f.name for f in dataclasses.fields(base)}
     values = args.to_dict()
     return {name: values[name] for name in sorted(added)}

@@ -118,12 +118,19 @@ class EventTemplate:
     ``prompt`` and ``completion`` hold placeholders ``{e1}``, ``{e2}``, ... (``{e1}s`` for a plural);
     ``names`` maps each placeholder key ("e1", without braces) to the original name. ``completion`` is
     None at inference, where only the prompt is estimated. A template with empty ``names`` renders the
-    row unchanged.
+    row unchanged. ``completion_is_message``: the completion is a message of its own (a chat answer), so its start
+    opens a sentence; otherwise it continues the prompt's text.
     """
 
     prompt: str
     completion: str | None = None
     names: dict[str, str] = field(default_factory=dict)
+    completion_is_message: bool = False
+
+    @property
+    def completion_context(self) -> str:
+        """The text the completion continues, for ``render_text``'s sentence starts."""
+        return "" if self.completion_is_message else self.prompt
 
     @property
     def placeholders(self) -> list[str]:
@@ -140,13 +147,13 @@ class EventTemplate:
                 f"{', '.join(sorted(mapping, key=placeholder_index)) or 'nothing'}. Map every placeholder of the "
                 "template."
             )
-        completion = None if self.completion is None else render_text(self.completion, mapping, self.names, self.prompt)
+        completion = None if self.completion is None else render_text(self.completion, mapping, self.names, self.completion_context)
         return render_text(self.prompt, mapping, self.names), completion
 
     def validate(self) -> None:
         """Raise ``TemplateError`` listing every problem: a key of ``names`` that is not ``eN``; a placeholder
         without a name; braces meant as one but malformed ({E2}, {e 3}, {e0}); a placeholder inside a word; one name
-        under two placeholders; a name the text never uses; a
+        under two placeholders; a
         placeholder in the completion that the prompt lacks; an original name still in the
         text (whole words, plurals included; a lowercase name also in capitalised or upper case)."""
         problems = []
@@ -167,16 +174,13 @@ class EventTemplate:
             problems.append(f"placeholders inside a word: {', '.join(map(repr, inside))} (a placeholder stands for a whole word)")
         by_name: dict[str, list[str]] = {}
         for key, name in self.names.items():
-            by_name.setdefault(name.strip().lower(), []).append(key)
+            by_name.setdefault(name.strip(), []).append(key)  # "Apple" and "apple" may be two events
         shared = [keys for keys in by_name.values() if len(keys) > 1]
         if shared:
             problems.append(
                 "one name under several placeholders: " + "; ".join(f"{', '.join(keys)} all name {self.names[keys[0]]!r}" for keys in shared)
                 + " (one placeholder per event, or it gets several symbols)"
             )
-        unused = [key for key in self.names if PLACEHOLDER_KEY.fullmatch(key) and key not in in_prompt + in_completion]
-        if unused:
-            problems.append(f"name-table entries {', '.join(unused)} are used nowhere in the text")
         prompt_lacks = [key for key in in_completion if key not in in_prompt]
         if prompt_lacks:
             problems.append(
@@ -214,10 +218,11 @@ class TermMatch:
     plural: bool
 
 
-def takes_plurals(term: str) -> bool:
+def takes_plurals(term: str, ignore_case: bool = False) -> bool:
     """Whether a term's plurals are matched: not for a single character (variables A and I would take the words "As"
-    and "Is") nor for a capitalised name ("Jame" would take "James"); acronyms ("DNA" -> "DNAs") and lowercase terms do."""
-    return len(term) > 1 and not (term[0].isupper() and not term.isupper())
+    and "Is") nor for a capitalised name ("Jame" would take "James"), unless case is ignored; acronyms ("DNA" ->
+    "DNAs") and lowercase terms do."""
+    return len(term) > 1 and (ignore_case or not (term[0].isupper() and not term.isupper()))
 
 
 class TermMatcher:
@@ -245,7 +250,7 @@ class TermMatcher:
             for variant in self._case_variants(term):
                 self._forms.setdefault(self._key(variant), (term, False))
         if plurals:
-            for term in filter(takes_plurals, cleaned):
+            for term in (term for term in cleaned if takes_plurals(term, ignore_case)):
                 for form in plural_forms(term):
                     for variant in self._case_variants(form):
                         self._forms.setdefault(self._key(variant), (term, True))
@@ -547,7 +552,7 @@ def estimate_rows(
         raise ConfigError(f"on_no_events is {on_no_events!r}; use 'error', 'keep' or 'drop'.")
     result = EstimatedRows([], [], [])
     numbered = enumerate(rows)
-    while chunk := list(itertools.islice(numbered, estimator.batch_size)):
+    while chunk := list(itertools.islice(numbered, max(1, estimator.batch_size))):
         items = []
         for index, row in chunk:
             if prompt_column not in row:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..paths import cache_root
-from .events import EventEstimator, EventTemplate, NoEventsFound, TemplateError, parse_name_table, surviving_names
+from .events import EventEstimator, EventTemplate, NoEventsFound, TemplateError, parse_name_table, placeholders_in, surviving_names
 from .morphology import plural_forms
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,9 @@ def template_from_answer(answer: Mapping[str, Any], prompt: str, completion: str
         raise TemplateError(f'"events" must map e1, e2, ... to the original names ({error})') from error
     template = EventTemplate(prompt_template, completion_template, names)
     template.validate()
+    unused = [key for key in names if key not in placeholders_in(prompt_template + "\n" + (completion_template or ""))]
+    if unused:
+        raise TemplateError(f'"events" lists {", ".join(unused)}, which no template uses; list only the placeholders you wrote')
     # An LLM may write a name capitalised ("Cat") where the text has it in lower case: look for each in lower case too.
     lowered = surviving_names(EventTemplate(prompt_template, completion_template, {k: v.lower() for k, v in names.items()}))
     if lowered:

@@ -224,8 +224,10 @@ def estimate_dataset(
 
     progress = tqdm(texts(), total=len(rows), desc=desc, disable=disable_progress)
     estimated = estimate_rows(estimator, progress, on_no_events=on_no_events)
-    for template, row_index in zip(estimated.templates, estimated.row_indices):
+    for position, (template, row_index) in enumerate(zip(estimated.templates, estimated.row_indices)):
         check_message_parts(template, roles[row_index], row_index, estimator.name)
+        if roles[row_index][1] is not None:  # a chat answer is a message of its own, not the prompt's next words
+            estimated.templates[position] = dataclasses.replace(template, completion_is_message=True)
     return estimated
 
 
@@ -473,11 +475,13 @@ class CAPTPredictor(LMPredictor):
         )
         for row_index, (template, prompt) in enumerate(zip(estimated.templates, prompts)):
             check_message_parts(template, (message_roles(prompt), None), row_index, self.estimator.name)
+            # a chat prompt's answer is a message of its own, as training renders chat completions
+            estimated.templates[row_index] = dataclasses.replace(template, completion_is_message=message_roles(prompt) is not None)
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
         interventions = RowInterventions(estimated.templates, pool, self.seed)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
         written = [
-            [render_names(answer, template.names, result.mapping, template.prompt) for answer in self.answers]
+            [render_names(answer, template.names, result.mapping, template.completion_context) for answer in self.answers]
             for template, result in zip(estimated.templates, results)
         ]
         return [with_text(prompt, result.prompt) for prompt, result in zip(prompts, results)], written

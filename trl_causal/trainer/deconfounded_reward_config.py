@@ -199,7 +199,7 @@ class DeconfoundedRewardConfig(RewardConfig):
             "instrument_columns": self.instrument_columns,
         }
         for role, columns in roles.items():
-            if self.outcome_column in columns:
+            if self.outcome_column in (columns or []):
                 raise ConfigError(
                     f"{role} lists the outcome column {self.outcome_column!r}: the outcome cannot explain itself "
                     f"(partialling it out leaves nothing to learn). Remove it from {role}."

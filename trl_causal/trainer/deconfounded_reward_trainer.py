@@ -108,6 +108,7 @@ def _numeric_column(dataset: datasets.Dataset, column: str, what: str, split: st
         raise DataError(
             f"The {what} column {column!r} of the {split} split must be numeric; {describe_rows(bad_rows)} hold "
             f"non-numbers (e.g. row {bad_rows[0]}: {values[bad_rows[0]]!r})."
+            + (" Convert them, or make it a categorical confounder (`categorical_confounders`)." if what == "numeric confounder" else "")
         )
     return out
 
@@ -283,7 +284,7 @@ def reward_targets(
         seconds["partial_out"] = round(time.perf_counter() - start, 3)
         scores = result.deconfounded_outcome
     std = float(scores.std())
-    if not std > 1e-9 * float(np.abs(observations.outcome).max()):  # zero up to rounding
+    if not std > 1e3 * np.finfo(float).eps * float(np.abs(observations.outcome).max()):  # zero up to rounding
         if result is None or not observations.outcome.std() > 0:
             raise DataError(
                 f"The outcome column {args.outcome_column!r} has the same value in every training row: nothing to learn."
