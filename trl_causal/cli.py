@@ -133,18 +133,15 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
 
     name, _, path = split.partition("=")
     if path:  # data of one split (a file, or a folder of files) is NAME; a saved DatasetDict or split folder must hold NAME
-        named_file = [file for file in Path(path).glob(f"{name}.*") if file.suffix.lower() in FILE_BUILDERS] if Path(path).is_dir() else []
-        if len(named_file) == 1:  # the folder's NAME.jsonl (datasets would file test_10.jsonl ... test_90.jsonl under "test")
-            path = str(named_file[0])
-        dataset = load_any_dataset(path)
+        source = Path(path)
+        if source.is_dir():  # the folder's NAME.jsonl (datasets would file test_10.jsonl ... test_90.jsonl under "test")
+            named = [file for file in source.glob(f"{name}.*") if file.suffix.lower() in FILE_BUILDERS]
+            source = named[0] if len(named) == 1 else source
+        dataset = load_any_dataset(str(source))
         # One file, or a folder of files datasets did not name by split, is NAME; a split named "train" is not NAME
-        unnamed = Path(path).is_file() or (
-            Path(path).is_dir()
-            and not (Path(path) / "dataset_dict.json").is_file()
-            and not (Path(path) / "dataset_info.json").is_file()
-            and not any(file.name.lower().startswith("train") for file in Path(path).iterdir())
-        )
-        key = "train" if name not in dataset and list(dataset) == ["train"] and unnamed else name
+        files = [] if source.is_file() else [file.name for file in source.iterdir()]
+        by_split = {"dataset_dict.json", "dataset_info.json"} & set(files) or any(f.lower().startswith("train") for f in files)
+        key = "train" if name not in dataset and list(dataset) == ["train"] and not by_split else name
         if key not in dataset:
             raise TrlCausalError(
                 f"{path} has no split {name!r}; it has: {', '.join(dataset)}. Name one of those (--split SPLIT={path})."
