@@ -182,13 +182,34 @@ def _json_value(value):
     return json.loads(json.dumps(value, default=lambda item: getattr(item, "value", str(item))))
 
 
-def _checkpoint_args(run, record: dict):
+def _eval_settings(pairs: list[str] | None, run) -> dict:
+    """``--setting KEY=VALUE`` of eval: a value that reads as JSON is taken as JSON (40, true, {"base_url": ...})."""
+    import json
+
+    settings = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not hasattr(run.training_args, key):
+            raise TrlCausalError(
+                f"--setting {pair!r}: give KEY=VALUE with KEY a field of {type(run.training_args).__name__} "
+                f"(trainer {run.trainer.name!r}), e.g. --setting phi_samples=40."
+            )
+        try:
+            settings[key] = json.loads(value)
+        except ValueError:
+            settings[key] = value
+    return settings
+
+
+def _checkpoint_args(run, record: dict, overrides: dict | None = None):
     """The config's training arguments with the checkpoint's recorded method settings in place of the YAML's: a capt
-    checkpoint intervenes with the estimator and pool it was trained with, whatever the YAML of this eval says."""
+    checkpoint intervenes with the estimator and pool it was trained with, whatever the YAML of this eval says.
+    ``overrides`` (eval's ``--setting``) win over both."""
     import copy
 
-    settings = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
-    differing = {key: value for key, value in settings.items() if _json_value(getattr(run.training_args, key)) != value}
+    recorded = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
+    settings = {**recorded, **(overrides or {})}
+    differing = {key: value for key, value in recorded.items() if key not in (overrides or {}) and _json_value(getattr(run.training_args, key)) != value}
     if differing:
         print(
             f"trl-causal: note: {record.get('checkpoint', 'the checkpoint')} was trained with "
@@ -248,7 +269,13 @@ def _command_eval(args: argparse.Namespace) -> int:
         checkpoint_run = run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
         model, tokenizer = load_checkpoint(checkpoint)
         predictor = build_predictor(
-            checkpoint_run.trainer.trainer_class, _checkpoint_args(checkpoint_run, record), model, tokenizer, answers, args.mode, checkpoint
+            checkpoint_run.trainer.trainer_class,
+            _checkpoint_args(checkpoint_run, record, _eval_settings(args.setting, checkpoint_run)),
+            model,
+            tokenizer,
+            answers,
+            args.mode,
+            checkpoint,
         )
         predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
         candidates = (trainer_name, f"{trainer_name}:{Path(checkpoint).name}", f"{trainer_name}:{checkpoint}")
@@ -312,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt_column", default="prompt", help="column with the prompt (default: prompt, else a `messages` row's turns before the answer)"
     )
     evaluate.add_argument("--mode", choices=("score", "generate"), default="score", help="score the answer set by log-likelihood, or generate and parse")
+    evaluate.add_argument(
+        "--setting",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a trainer setting for prediction, over the one the checkpoint recorded and the YAML's (repeatable; "
+        "JSON values are read as JSON), e.g. phi_samples=40 or event_estimator_kwargs='{\"base_url\": \"...\"}'",
+    )
     evaluate.add_argument("--max_rows", type=int, help="evaluate at most this many rows per split")
     evaluate.add_argument("--batch_size", type=int, default=16)
     evaluate.add_argument("--output", help="JSON results file (default: CHECKPOINT/eval_results.json)")
