@@ -397,6 +397,14 @@ CASES = {
         {"plugins": [PLUGIN], "trainer": "latent_shift", "verbalizer": VERBALIZER, "train_on_inputs": True},
         ["trainer: latent_shift does not support `train_on_inputs: true`", "no row has a prompt"],
     ),
+    "capt_roles_to_train_user": (
+        {
+            "plugins": [PLUGIN],
+            "trainer": "capt",
+            "datasets": [{"path": "rows.jsonl", "ds_type": "json", "type": "chat_template", "roles_to_train": ["user", "assistant"]}],
+        },
+        ["trainer: capt does not support `datasets[0].roles_to_train` with 'user'"],
+    ),
     "latent_shift_completion_type": (
         {
             "plugins": [PLUGIN],

@@ -78,17 +78,25 @@ def axolotl_keys() -> set[str]:
 
 # Axolotl dataset types that train every token of a row (no untrained prompt part).
 FULLY_TRAINED_TYPES = ("completion",)
+# The roles a chat_template dataset may train without training the prompt (Axolotl's names for the assistant).
+ANSWER_ROLES = ("assistant", "gpt", "model")
 
 
 def prompt_trained_setting(cfg) -> str | None:
-    """The YAML setting under which Axolotl trains the prompt tokens too (``train_on_inputs: true``, or a dataset of
-    ``type: completion``), so that its loss mask no longer tells the prompt from the completion; None otherwise."""
+    """The YAML setting under which Axolotl trains the prompt tokens too (``train_on_inputs: true``, a dataset of
+    ``type: completion``, or ``roles_to_train`` with a role that is not the assistant's), so that its loss mask no
+    longer tells the prompt from the completion; None otherwise."""
     if cfg.get("train_on_inputs"):
         return "`train_on_inputs: true`"
     for index, dataset in enumerate(cfg.get("datasets") or []):
-        kind = dataset.get("type") if isinstance(dataset, dict) else None
+        if not isinstance(dataset, dict):
+            continue
+        kind = dataset.get("type")
         if isinstance(kind, str) and kind.split(":")[0].split(".")[0] in FULLY_TRAINED_TYPES:
             return f"`datasets[{index}].type: {kind}`"
+        prompt_roles = [role for role in dataset.get("roles_to_train") or [] if role not in ANSWER_ROLES]
+        if prompt_roles:
+            return f"`datasets[{index}].roles_to_train` with {', '.join(map(repr, prompt_roles))}"
     return None
 
 
