@@ -101,6 +101,19 @@ def test_the_run_record_holds_the_fields_a_config_adds_to_its_base():
     assert capt["symbol_pool"] == "nonsense" and "learning_rate" not in capt
 
 
+def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_path, capsys):
+    import json as json_module
+
+    from trl_causal.errors import TrlCausalError
+    from trl_causal.train import check_resumed_run
+
+    (tmp_path / SUMMARY_FILE).write_text(json_module.dumps({"trainer": "capt", "settings": {"symbol_pool": "nonsense"}}))
+    with pytest.raises(TrlCausalError, match="was saved by trainer 'capt'; resume it with `trainer: capt`, not 'sft'"):
+        check_resumed_run(str(tmp_path), "sft", {})
+    check_resumed_run(str(tmp_path), "capt", {"symbol_pool": "letters"})
+    assert "trained with symbol_pool='nonsense' (now 'letters')" in capsys.readouterr().err
+
+
 def test_installed_third_party_plugin_trains_by_name(tmp_path, tiny_model):
     site = pip_install_target(REPO / "plugins" / "weighted_sft", tmp_path / "site")
     env = {"PYTHONPATH": str(site)}

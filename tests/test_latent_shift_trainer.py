@@ -128,6 +128,9 @@ def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_p
     resumed_state = resumed.heads.state_dict()
     for name, value in straight.heads.state_dict().items():
         torch.testing.assert_close(resumed_state[name], value, msg=name)
+    other_sizes = make_trainer(tiny_model, tmp_path / "other", rows=rows, d_phi=16, **settings)  # the config changed
+    with pytest.raises(ConfigError, match=r"heads saved in .*checkpoint-1 do not fit the heads this config builds \(size mismatch"):
+        other_sizes.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1"))
 
 
 def test_evaluation_keeps_every_row_even_a_last_batch_of_one(tiny_model, tmp_path):

@@ -108,6 +108,28 @@ def method_settings(args) -> dict:
     return {name: values[name] for name in sorted(added)}
 
 
+def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict) -> None:
+    """Before any model loads: a checkpoint another trainer saved is an error; recorded method settings that this run
+    sets otherwise are named in a note (the heads' sizes must match; weights, draws and rates may change)."""
+    path = os.path.join(checkpoint, SUMMARY_FILE)
+    record = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+    if record.get("trainer", trainer_name) != trainer_name:
+        raise TrlCausalError(
+            f"{checkpoint} was saved by trainer {record['trainer']!r}; resume it with `trainer: {record['trainer']}`, "
+            f"not {trainer_name!r}."
+        )
+    changed = {key: value for key, value in record.get("settings", {}).items() if key in settings and settings[key] != value}
+    if changed and int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"trl-causal: note: resuming {checkpoint}, trained with "
+            + ", ".join(f"{key}={value!r} (now {settings[key]!r})" for key, value in changed.items()),
+            file=sys.stderr,
+        )
+
+
 def run_record_callback(trainer_name: str, settings: dict):
     """A callback that writes ``{"trainer", "settings"}`` as ``SUMMARY_FILE`` into every ``checkpoint-N`` the run saves,
     so that eval tells a checkpoint's trainer and settings without the final summary."""
@@ -219,8 +241,10 @@ def main(run: RunConfig) -> dict:
     training_args.device  # sets up the distributed state that the trainer will use
     state = training_args.distributed_state
     check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
-    trainer = build_trainer(run, train_dataset, eval_dataset)
     settings = method_settings(training_args)
+    if resume_from is not None:
+        check_resumed_run(resume_from, run.trainer.name, settings)
+    trainer = build_trainer(run, train_dataset, eval_dataset)
     trainer.add_callback(run_record_callback(run.trainer.name, settings))
     result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)

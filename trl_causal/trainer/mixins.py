@@ -195,7 +195,15 @@ class HeadsMixin:
             save_file({k: v.detach().contiguous().cpu() for k, v in heads_state.items()}, os.path.join(output_dir, HEADS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        owner = self.accelerator.unwrap_model(model if model is not None else self.model)
+        # the model's checkpoint is saved without the heads (``_save``): load it so, or transformers warns that the
+        # heads' keys are missing, just before ``load_heads`` restores them from their own file
+        heads = None if self.is_deepspeed_enabled else owner._modules.pop(HEADS_ATTR, None)
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        finally:
+            if heads is not None:
+                owner.add_module(HEADS_ATTR, heads)
         self.load_heads(resume_from_checkpoint)
 
     def _load_best_model(self):
@@ -214,4 +222,11 @@ class HeadsMixin:
             if self.is_deepspeed_enabled:
                 return  # saved without gathered weights: DeepSpeed's engine restored the heads with the model
             raise FileNotFoundError(f"{checkpoint_dir} holds no {HEADS_FILE}: it was not saved by this trainer.")
-        heads.load_state_dict(load_file(path, device=str(next(heads.parameters()).device)))
+        try:
+            heads.load_state_dict(load_file(path, device=str(next(heads.parameters()).device)))
+        except RuntimeError as error:  # e.g. a size the config now sets otherwise (d_phi, n_causal, ...)
+            mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+            raise ConfigError(
+                f"The heads saved in {checkpoint_dir} do not fit the heads this config builds ({mismatch}). Resume with "
+                "the settings the checkpoint was trained with (its trl_causal_run.json lists them)."
+            ) from None
