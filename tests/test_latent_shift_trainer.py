@@ -133,6 +133,18 @@ def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_p
         other_sizes.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1"))
 
 
+def test_resume_with_lora_restores_the_adapters_and_the_heads(tiny_model, tmp_path):
+    settings = dict(max_steps=2, save_strategy="steps", save_steps=1)
+    rows = shift_rows(16)
+    straight = make_trainer(tiny_model, tmp_path / "straight", rows=rows, peft_config=LoraConfig(**LORA), **settings)
+    straight.train()
+    resumed = make_trainer(tiny_model, tmp_path / "resumed", rows=rows, peft_config=LoraConfig(**LORA), **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1"))
+    assert step_logs(resumed)[-1]["loss"] == pytest.approx(step_logs(straight)[-1]["loss"], rel=1e-5)
+    for name, value in straight.heads.state_dict().items():
+        torch.testing.assert_close(resumed.heads.state_dict()[name], value, msg=name)
+
+
 def test_evaluation_keeps_every_row_even_a_last_batch_of_one(tiny_model, tmp_path):
     trainer = make_trainer(tiny_model, tmp_path, per_device_eval_batch_size=8)
     three_rows = Dataset.from_list(shift_rows(3, seed=1))
