@@ -17,7 +17,7 @@ from trl_causal import CAPTConfig, CAPTTrainer, cli
 from trl_causal.capt import NoEventsFound, PoolExhaustedError, generate_prontoqa
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.configuration import parse_run_config
-from trl_causal.train import SUMMARY_FILE
+from trl_causal.train import SUMMARY_FILE, read_run_record
 from trl_causal.trainer.capt_trainer import InterventionEpochCallback, RowTokenizer, part_text
 
 PROBLEM_ID = re.compile(r"Problem (\d+)\.")
@@ -169,14 +169,14 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
     checkpoint = tmp_path / "out" / "checkpoint-2"
     assert json.loads((checkpoint / SUMMARY_FILE).read_text())["settings"]["symbol_pool"] == "nonsense"
     other = write_config(tmp_path / "other.yaml", {**config, "trainer": "sft", "symbol_pool": "letters"})
-    assert cli._checkpoint_args(parse_run_config(["--trainer", "capt"], str(other)), cli._checkpoint_record(str(checkpoint))).symbol_pool == "nonsense"
+    assert cli._checkpoint_args(parse_run_config(["--trainer", "capt"], str(other)), read_run_record(str(checkpoint))).symbol_pool == "nonsense"
     assert cli.main(["eval", "--config", str(other), "--checkpoint", str(checkpoint), "--split", f"test={test}", "--output", str(tmp_path / "e.json")]) == 0
     assert set(json.loads((tmp_path / "e.json").read_text())["results"]) == {"capt"}
     assert "was trained with symbol_pool='nonsense', which the YAML sets otherwise; it predicts as trained" in capsys.readouterr().err
     capt_run = parse_run_config(["--trainer", "capt"], str(other))
     chosen = cli._eval_settings(["symbol_pool=letters", "intervention_seed=7"], capt_run)  # eval's --setting wins
     assert chosen == {"symbol_pool": "letters", "intervention_seed": 7}
-    args = cli._checkpoint_args(capt_run, cli._checkpoint_record(str(checkpoint)), chosen)
+    args = cli._checkpoint_args(capt_run, read_run_record(str(checkpoint)), chosen)
     assert (args.symbol_pool, args.intervention_seed) == ("letters", 7)
     assert cli.main(["eval", "--config", str(other), "--checkpoint", str(checkpoint), "--split", f"test={test}", "--setting", "symbol_pol=x"]) == 2
     assert "--setting 'symbol_pol=x': give KEY=VALUE with KEY a field of CAPTConfig" in capsys.readouterr().err

@@ -164,17 +164,6 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     return name, rows.to_list()
 
 
-def _checkpoint_record(checkpoint: str) -> dict:
-    """What training recorded in the checkpoint (``trl_causal_run.json``): its trainer and method settings; {} if none."""
-    import json
-    from pathlib import Path
-
-    from .train import SUMMARY_FILE
-
-    record = Path(checkpoint) / SUMMARY_FILE
-    return {**json.loads(record.read_text()), "checkpoint": checkpoint} if record.is_file() else {}
-
-
 def _json_value(value):
     """A setting as the run record stores it (JSON: tuples as lists, enums as their values)."""
     import json
@@ -232,13 +221,14 @@ def _command_eval(args: argparse.Namespace) -> int:
     from .configuration import parse_run_config
     from .evaluation import accuracy_report, build_predictor, check_gold_in_answers, default_answer_column, gold_answers, load_checkpoint
     from .plugins import get_plugin_manager
+    from .train import read_run_record
 
     run = parse_run_config([], args.config)
     checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
     for checkpoint in checkpoints:
         if not Path(checkpoint).is_dir():
             raise TrlCausalError(f"Checkpoint directory not found: {checkpoint}. Train first, or pass --checkpoint DIR.")
-    records = [_checkpoint_record(checkpoint) for checkpoint in checkpoints]
+    records = [read_run_record(checkpoint) for checkpoint in checkpoints]
     trainer_names = [record.get("trainer", run.trainer.name) for record in records]
     for checkpoint, trainer_name in zip(checkpoints, trainer_names):
         if get_plugin_manager().get_trainer(trainer_name).kind == "reward":

@@ -108,14 +108,20 @@ def method_settings(args) -> dict:
     return {name: values[name] for name in sorted(added)}
 
 
+def read_run_record(checkpoint: str) -> dict:
+    """What training recorded in a checkpoint (``SUMMARY_FILE``): its trainer and method settings, with
+    ``checkpoint`` added; {} if it has none."""
+    path = os.path.join(checkpoint, SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {**json.load(f), "checkpoint": checkpoint}
+
+
 def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict) -> None:
     """Before any model loads: a checkpoint another trainer saved is an error; recorded method settings that this run
     sets otherwise are named in a note (the heads' sizes must match; weights, draws and rates may change)."""
-    path = os.path.join(checkpoint, SUMMARY_FILE)
-    record = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            record = json.load(f)
+    record = read_run_record(checkpoint)
     if record.get("trainer", trainer_name) != trainer_name:
         raise TrlCausalError(
             f"{checkpoint} was saved by trainer {record['trainer']!r}; resume it with `trainer: {record['trainer']}`, "

@@ -92,9 +92,9 @@ def render_text(text: str, mapping: Mapping[str, str], names: Mapping[str, str] 
 
     A symbol gets a capital first letter where it opens a sentence, or where the original name was
     capitalised (a proper noun such as "Sally"); otherwise it is written as drawn. ``before``: the text that ``text``
-    continues (a completion continues its prompt), which decides whether the start of ``text`` opens a sentence. An article "a"/"an" just
-    before a placeholder is made to agree with the symbol: "an" before a vowel sound ("an apple", "an H"),
-    else "a".
+    continues (a completion continues its prompt), which decides whether the start of ``text`` opens a sentence.
+    An article "a"/"an" just before a placeholder is made to agree with the symbol: "an" before a vowel sound
+    ("an apple", "an H"), else "a".
     """
     names = names or {}
 
@@ -153,8 +153,7 @@ class EventTemplate:
     def validate(self) -> None:
         """Raise ``TemplateError`` listing every problem: a key of ``names`` that is not ``eN``; a placeholder
         without a name; braces meant as one but malformed ({E2}, {e 3}, {e0}); a placeholder inside a word; one name
-        under two placeholders; a
-        placeholder in the completion that the prompt lacks; an original name still in the
+        under two placeholders; a placeholder in the completion that the prompt lacks; an original name still in the
         text (whole words, plurals included; a lowercase name also in capitalised or upper case)."""
         problems = []
         bad_keys = [key for key in self.names if not PLACEHOLDER_KEY.fullmatch(key)]
@@ -230,8 +229,8 @@ class TermMatcher:
 
     Rules: text is split into words (``WORD_PATTERN``); at each word the longest run of words that spells
     a term wins, then the scan continues after it. With ``plurals`` a run may also spell a plural of a
-    term (``plural_forms``; ``takes_plurals`` says which terms have them). Case: with ``ignore_case`` case never matters; otherwise a term written in
-    lowercase also matches its capitalised and upper-case forms ("wumpus" matches "Wumpuses"), while a
+    term (``plural_forms``; ``takes_plurals`` says which terms have them). Case: with ``ignore_case`` case never
+    matters; otherwise a term written in lowercase also matches its capitalised and upper-case forms ("wumpus" matches "Wumpuses"), while a
     term with a capital matches only itself and its upper case ("Will" does not match "will"); a lowercase term of
     several words also matches with every word capitalised ("new york" matches "New York").
     """
