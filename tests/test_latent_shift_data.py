@@ -10,7 +10,8 @@ import pytest
 
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.latent_shift import SPURIOUS_VALUES, generate_shift_dataset, make_splits, to_prompt_completion
-from trl_causal.latent_shift.data import DOMAINS, GENERAL_ADJECTIVES, main
+from trl_causal import cli
+from trl_causal.latent_shift.data import DOMAINS, GENERAL_ADJECTIVES
 
 KINDS = ("platform", "stopword")
 
@@ -143,9 +144,12 @@ def test_prompt_completion_rows_use_the_verbalizer():
         to_prompt_completion(rows, instruction="Classify this review.")
 
 
-def test_command_line_writes_every_split(tmp_path):
-    main(["--out", str(tmp_path), "--kind", "stopword", "--n-train", "20", "--n-test", "10"])
+def test_command_line_writes_every_split(tmp_path, capsys):
+    assert cli.main(["shift-data", "--out", str(tmp_path), "--kind", "stopword", "--n-train", "20", "--n-test", "10"]) == 0
     files = sorted(path.name for path in tmp_path.iterdir())
     assert files == ["test_10.jsonl", "test_30.jsonl", "test_50.jsonl", "test_70.jsonl", "test_90.jsonl", "train.jsonl"]
     first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
     assert {"prompt", "completion", "label", "spurious", "environment", "agrees"} <= set(first)
+    assert first["spurious"] in ("so", "the")
+    assert cli.main(["shift-data", "--out", str(tmp_path), "--kind", "stopwords"]) == 2
+    assert "stopwords" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``trl-causal`` command: ``train``, ``eval``, ``list``, ``dpo-pairs``, ``download-model``."""
+"""The ``trl-causal`` command: ``train``, ``eval``, ``list``, ``dpo-pairs``, ``shift-data``, ``download-model``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,15 @@ def _command_download_model(args: argparse.Namespace) -> int:
     from .embedded import ensure_embedded_model
 
     print(ensure_embedded_model(args.name, Path(args.cache_dir) if args.cache_dir else None))
+    return 0
+
+
+def _command_shift_data(args: argparse.Namespace) -> int:
+    from .latent_shift.data import write_splits
+
+    paths = write_splits(args.out, args.n_train, args.n_test, args.kind, args.seed, args.ambiguous, args.conversational)
+    for path in paths.values():
+        print(path)
     return 0
 
 
@@ -347,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pairs.add_argument("--config", required=True, help="YAML of the deconfounded_reward trainer (data, columns, group_column)")
     pairs.add_argument("--output", required=True, help="JSON lines file to write")
+    shift = commands.add_parser(
+        "shift-data",
+        help="write the latent_shift benchmark data: train.jsonl (spurious agreement 90%%) and test_90 ... test_10.jsonl",
+    )
+    shift.add_argument("--out", required=True, help="directory for the split files")
+    shift.add_argument("--kind", default="platform", help="the spurious feature: platform (a tag such as amazon.xxx) or stopword (an inserted stop word)")
+    shift.add_argument("--n-train", type=int, default=2000, help="training rows (default: 2000)")
+    shift.add_argument("--n-test", type=int, default=500, help="rows per test split (default: 500)")
+    shift.add_argument("--seed", type=int, default=0)
+    shift.add_argument("--ambiguous", type=float, default=0.0, help="fraction of rows with mixed text, where only the spurious feature tells the label (default: 0)")
+    shift.add_argument("--conversational", action="store_true", help="chat messages instead of plain strings")
     download = commands.add_parser("download-model", help="fetch and convert an embedded model; prints its path")
     download.add_argument("name", help="embedded model name, e.g. smollm2-135m-instruct")
     download.add_argument("--cache-dir", help="where to keep converted models (default: $TRL_CAUSAL_CACHE/models, else ~/.cache/trl_causal/models)")
@@ -376,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             return _command_eval(args)
         if args.command == "download-model":
             return _command_download_model(args)
+        if args.command == "shift-data":
+            return _command_shift_data(args)
         parser.print_help()
         return 0
     except TrlCausalError as error:

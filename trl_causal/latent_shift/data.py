@@ -22,7 +22,6 @@ splits hold the same reviews and differ only in their spurious features.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -344,21 +343,17 @@ def write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m trl_causal.latent_shift.data --out DIR``: write train.jsonl and test_XX.jsonl as prompt/completion SFT rows."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="directory for the split files")
-    parser.add_argument("--kind", choices=sorted(SPURIOUS_VALUES), default="platform")
-    parser.add_argument("--n-train", type=int, default=2000)
-    parser.add_argument("--n-test", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ambiguous", type=float, default=0.0, help="fraction of rows with mixed text (no content signal)")
-    parser.add_argument("--conversational", action="store_true", help="chat messages instead of plain strings")
-    args = parser.parse_args(argv)
-    for name, rows in make_splits(args.n_train, args.n_test, args.kind, args.seed, ambiguous=args.ambiguous).items():
-        path = write_jsonl(to_prompt_completion(rows, conversational=args.conversational), args.out / f"{name}.jsonl")
-        print(f"{path}: {len(rows)} rows")
-
-
-if __name__ == "__main__":
-    main()
+def write_splits(
+    out: Path,
+    n_train: int = 2000,
+    n_test: int = 500,
+    kind: SpuriousKind = "platform",
+    seed: int = 0,
+    ambiguous: float = 0.0,
+    conversational: bool = False,
+) -> dict[str, Path]:
+    """Write ``out/train.jsonl`` and ``out/test_XX.jsonl`` of ``make_splits`` as prompt/completion SFT rows; returns {split: path}."""
+    return {
+        name: write_jsonl(to_prompt_completion(rows, conversational=conversational), Path(out) / f"{name}.jsonl")
+        for name, rows in make_splits(n_train, n_test, kind, seed, ambiguous=ambiguous).items()
+    }
