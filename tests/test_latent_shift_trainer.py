@@ -368,6 +368,34 @@ def test_answers_given_as_labels_are_scored_as_the_texts_the_lm_head_learned(tin
     assert by_label.predict_both(test_rows)[1] == [str(i) for i in by_text.argmax(1).tolist()]
 
 
+@pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
+def test_prediction_pools_the_prompt_tokens_training_pooled_under_max_length(tiny_model, tmp_path, truncation_mode):
+    rows = shift_rows(16)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    lengths = sorted(len(tokenizer(row["prompt"])["input_ids"]) for row in rows)
+    max_length = lengths[len(lengths) // 2]  # keep_start drops the longer half, keep_end cuts it
+    trainer = make_trainer(tiny_model, tmp_path, rows=rows, max_length=max_length, truncation_mode=truncation_mode)
+    trainer.train()
+    trainer.save_model(str(tmp_path))
+    predictor = LatentShiftTrainer.build_predictor(trainer.args, trainer.model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path))
+    assert (predictor.max_length, predictor.truncation_mode) == (max_length, truncation_mode)  # read from the checkpoint
+
+    trained = trainer.train_dataset  # as TRL prepared it: truncated, rows left without completion dropped
+    pooled = {tuple(row["prompt"]): [t for t, label in zip(row["input_ids"], row["labels"]) if label == -100] for row in trained}
+    by_prompt = {row["prompt"]: row for row in rows}
+    longest = max(ANSWERS, key=lambda answer: len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"]))
+    assert len(trained) < len(rows) if truncation_mode == "keep_start" else len(trained) == len(rows)
+    for prompt_text, row in ((row["prompt"], row) for row in trained):
+        predicted = predictor.pooled_prompt_ids([by_prompt[prompt_text]])[0]
+        training = pooled[tuple(prompt_text)]
+        if truncation_mode == "keep_start" or row["label"] == longest:
+            assert predicted == training
+        else:  # keep_end cut a shorter answer's prompt a little later: the prediction keeps a suffix of it
+            assert training[len(training) - len(predicted) :] == predicted and len(predicted) >= len(training) - 2
+    too_long = [row for row in rows if row["prompt"] not in {r["prompt"] for r in trained}] or rows
+    assert all(len(ids) < max_length for ids in predictor.pooled_prompt_ids(too_long))
+
+
 def test_batch_source_needs_two_rows_and_the_checkpoint_needs_its_heads(trained_checkpoint, tmp_path):
     args, out = trained_checkpoint
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)

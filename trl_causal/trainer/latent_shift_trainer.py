@@ -352,6 +352,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 "heads": self.heads.config,
                 "verbalizer": self.verbalizer,
                 "low_level_layer": self.args.low_level_layer,
+                # how training cut prompt + completion, so that prediction pools the same prompt tokens
+                "max_length": getattr(self.args, "max_length", None),
+                "truncation_mode": getattr(self.args, "truncation_mode", "keep_start"),
             }
             with open(os.path.join(output_dir or self.args.output_dir, LATENT_SHIFT_FILE), "w") as f:
                 json.dump(description, f, indent=2)
@@ -405,9 +408,13 @@ class LatentShiftPredictor(LMPredictor):
         phi_samples: int = 20,
         phi_source: str = "bank",
         seed: int = 0,
+        max_length: int | None = None,
+        truncation_mode: str = "keep_start",
         **kwargs,
     ):
         super().__init__(model, tokenizer, answers, **kwargs)
+        if truncation_mode not in ("keep_start", "keep_end"):
+            raise ConfigError(f"truncation_mode={truncation_mode!r} is not one of 'keep_start', 'keep_end'.")
         if len(verbalizer) != heads.config["n_labels"]:
             raise ConfigError(
                 f"The heads predict {heads.config['n_labels']} labels but the verbalizer has {len(verbalizer)}."
@@ -421,6 +428,8 @@ class LatentShiftPredictor(LMPredictor):
         self.phi_samples = phi_samples
         self.phi_source = phi_source
         self.seed = seed
+        self.max_length = max_length
+        self.truncation_mode = truncation_mode
 
     @classmethod
     def from_checkpoint(
@@ -445,6 +454,7 @@ class LatentShiftPredictor(LMPredictor):
             heads,
             description["verbalizer"],
             low_level_layer=description["low_level_layer"],
+            **{key: description[key] for key in ("max_length", "truncation_mode") if key in description},
             **kwargs,
         )
 
@@ -452,15 +462,29 @@ class LatentShiftPredictor(LMPredictor):
         """The prompts, and the answers as the LM head writes them: each class's verbalizer answer."""
         return self.prepare_prompts(rows), [self.written_answers] * len(rows)
 
+    def pooled_prompt_ids(self, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
+        """Per row, the prompt tokens that training pooled for such a row: tokenized as TRL tokenizes training prompts
+        (plain text with the tokenizer's special tokens, chats by template) and cut as TRL cuts prompt + completion to
+        ``max_length``. ``keep_start`` keeps the prompt whole (TRL drops a row whose prompt fills max_length; a longer
+        prompt keeps its first max_length - 1 tokens); ``keep_end`` keeps the prompt's last max_length - n tokens, n
+        the tokens of the longest answer after it plus one for the end-of-sequence (or end-of-turn) token."""
+        prompts = self.prepare_prompts(rows)
+        token_ids = [self.tokenizer(self.prompt_text(p), add_special_tokens=isinstance(p, str))["input_ids"] for p in prompts]
+        if self.max_length is None:
+            return token_ids
+        if self.truncation_mode == "keep_start":
+            return [ids[: self.max_length - 1] for ids in token_ids]
+        cut = []
+        for ids, prompt, prefix in zip(token_ids, prompts, self.answer_prefixes(rows)):
+            answer_length = max(len(answer) for _, answer in self.answer_tokens(prompt, prefix, self.written_answers)) + 1
+            cut.append(ids[-max(self.max_length - answer_length, 1) :])
+        return cut
+
     def adjusted_probabilities(self, rows: Sequence[dict[str, Any]]) -> Tensor:
         """p(y | do(x)) per row over the verbalizer's labels: a [rows, labels] tensor."""
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        # Tokenized as TRL tokenizes training prompts: plain text with the tokenizer's special tokens, chats by template
-        token_ids = [
-            self.tokenizer(self.prompt_text(prompt), add_special_tokens=isinstance(prompt, str))["input_ids"]
-            for prompt in self.prepare_prompts(rows)
-        ]
+        token_ids = self.pooled_prompt_ids(rows)
         generator = torch.Generator().manual_seed(self.seed)
         probabilities = []
         with torch.no_grad():
