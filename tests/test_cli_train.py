@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, base_config, interrupt_after_first_step, reward_rows, run_cli, sft_rows, write_config, write_jsonl
-from plugin_helpers import pip_install_target
+from plugin_helpers import make_distribution, pip_install_target
 from trl_causal.plugins import PluginManager
 from trl_causal.train import SUMMARY_FILE
 
@@ -68,6 +69,18 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
     assert parse_run_config(["--outcome_column", "null"], str(config)).training_args.outcome_column == "null"  # not optional
 
 
+def test_a_dict_field_takes_json_on_the_command_line(tmp_path, tiny_model):
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.errors import ConfigError
+
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, tmp_path / "d.jsonl", tmp_path / "out")})
+    # liger_kernel_config is `dict[str, bool] | None`: argparse read it with dict() ("invalid dict value")
+    parsed = parse_run_config(["--liger_kernel_config", '{"rope": false}'], str(config)).training_args
+    assert parsed.liger_kernel_config == {"rope": False}
+    with pytest.raises(ConfigError, match=r"--liger_kernel_config takes a JSON object"):
+        parse_run_config(["--liger_kernel_config", "rope=false"], str(config))
+
+
 def test_full_weights_saved_over_an_earlier_lora_run_remove_its_adapter(tmp_path, tiny_model):
     from peft import PeftModel
 
@@ -114,14 +127,17 @@ def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_
     assert "trained with symbol_pool='nonsense' (now 'letters')" in capsys.readouterr().err
 
 
-def test_installed_third_party_plugin_trains_by_name(tmp_path, tiny_model):
+def test_installed_third_party_plugin_trains_by_name_and_a_broken_one_is_reported_once(tmp_path, tiny_model):
     site = pip_install_target(REPO / "plugins" / "weighted_sft", tmp_path / "site")
-    env = {"PYTHONPATH": str(site)}
+    broken = make_distribution(tmp_path / "src", "broken-plugin", "broken_plugin_mod", "import a_module_that_does_not_exist\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(pip_install_target(broken, tmp_path / "broken-site"))])}
     listed = run_cli("list", env=env)
     assert "weighted_sft" in listed.stdout and "trl-causal-weighted-sft" in listed.stdout
+    assert (listed.stdout + listed.stderr).count("failed to load") == 1, listed.stdout + listed.stderr
     rows = [dict(row, weight=1.0 + i % 2) for i, row in enumerate(sft_rows())]
-    summary, _ = train(tmp_path, tiny_model, "weighted_sft", rows, env=env)
+    summary, result = train(tmp_path, tiny_model, "weighted_sft", rows, env=env)
     assert summary["trainer"] == "weighted_sft" and summary["steps"] == 2
+    assert result.stderr.count("'broken-plugin' failed to load") == 1, result.stderr[-3000:]  # not again per process
     negative = write_jsonl(tmp_path / "negative.jsonl", [dict(row, weight=-1.0 if i == 3 else 1.0) for i, row in enumerate(sft_rows())])
     failed = run_cli("train", "--config", str(tmp_path / "cfg.yaml"), "--dataset_name", str(negative), env=env)
     assert failed.returncode == 2 and "Row 3 has weight=-1.0: every row needs a finite number >= 0" in failed.stderr, failed.stderr[-2000:]

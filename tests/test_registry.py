@@ -65,6 +65,8 @@ def test_autoload_off_keeps_builtins_and_drops_third_party(weighted_sft_site, mo
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
     manager = PluginManager()
     assert "weighted_sft" not in manager.trainers and "sft" in manager.trainers
+    with pytest.raises(RegistryError, match=f"Third-party plugins are not loaded: {DISABLE_AUTOLOAD_ENV} is set"):
+        manager.get_trainer("weighted_sft")
 
 
 def test_broken_plugin_warns_with_its_distribution_and_breaks_nothing_else(tmp_path, monkeypatch):
@@ -85,11 +87,16 @@ def test_broken_plugin_warns_with_its_distribution_and_breaks_nothing_else(tmp_p
          r"PluginValidationError.*extra"),
         ("from trl_causal.hookspecs import hookimpl\n@hookimpl\ndef register_trainers(register):\n"
          "    register('half', trainer='trl:SFTTrainer')\n",
-         r"register_trainers: TypeError: .*config"),
+         r"register\('half', trainer=\.\.\.\) does not fit register\(name, trainer=\.\.\., config=.*missing a required argument: 'config'"),
         (REGISTERS_TRAINER.replace('kind="sft"', 'kind="dpo"').format(name="half", trainer="trl:SFTTrainer"),
          r"register_trainers: RegistryError: .*kind 'dpo'"),
+        (REGISTERS_TRAINER.replace("@hookimpl\n", "").format(name="half", trainer="trl:SFTTrainer"),
+         r"implements no trl_causal hook: mark .* with @trl_causal.hookspecs.hookimpl"),
+        (REGISTERS_TRAINER.replace("from trl_causal.hookspecs import hookimpl", "import pluggy\nhookimpl = pluggy.HookimplMarker('trl-causal')")
+         .format(name="half", trainer="trl:SFTTrainer"),
+         r"implements no trl_causal hook"),
     ],
-    ids=["unknown-hook", "bad-signature", "register-without-config", "unknown-kind"],
+    ids=["unknown-hook", "bad-signature", "register-without-config", "unknown-kind", "no-hookimpl-marker", "other-project-marker"],
 )
 def test_plugin_with_a_broken_hook_warns_and_breaks_nothing_else(request, tmp_path, monkeypatch, source, problem):
     module = "half_plugin_" + request.node.callspec.id.replace("-", "_")  # one module per case: imports are cached
@@ -101,10 +108,13 @@ def test_plugin_with_a_broken_hook_warns_and_breaks_nothing_else(request, tmp_pa
         manager.get_trainer("half")
 
 
-def test_two_providers_of_one_name_is_an_error_naming_both(tmp_path, monkeypatch):
+def test_two_providers_of_one_name_make_it_unselectable_and_leave_the_rest_working(tmp_path, monkeypatch):
     install(tmp_path, monkeypatch, "clash-plugin", "clash_plugin_mod", REGISTERS_TRAINER.format(name="sft", trainer="trl:SFTTrainer"))
-    with pytest.raises(RegistryError, match=r"'sft'.*'trl-causal'.*'clash-plugin'"):
-        PluginManager()
+    with pytest.warns(UserWarning, match=r"'trl-causal' and 'clash-plugin' both register the trainer 'sft'.*Uninstall 'clash-plugin'"):
+        manager = PluginManager()
+    assert "sft" not in manager.trainers and manager.get_trainer("capt").name == "capt"
+    with pytest.raises(RegistryError, match=r"'trl-causal' and 'clash-plugin' both register the trainer 'sft'"):
+        manager.get_trainer("sft")
 
 
 def test_an_entry_point_named_like_another_distributions_is_loaded_too(tmp_path, monkeypatch):
@@ -126,3 +136,45 @@ def test_registering_a_class_that_is_not_a_trainer_fails_when_selected(tmp_path,
 def test_unknown_trainer_suggests_close_names():
     with pytest.raises(RegistryError, match=r"Unknown trainer 'sfft'\. Did you mean 'sft'"):
         PluginManager().get_trainer("sfft")
+
+
+REGISTERS_ESTIMATORS = """
+from trl_causal.capt import EventEstimator, TermMatcher, template_from_matcher
+from trl_causal.hookspecs import hookimpl
+
+
+class WordList(EventEstimator):  # written from the hookspec: no `name` attribute
+    def __init__(self, words=("cat",)):
+        self.matcher = TermMatcher(list(words))
+
+    def estimate(self, prompt, completion=None, *, row=None):
+        return template_from_matcher(prompt, completion, self.matcher)
+
+
+@hookimpl
+def register_event_estimators(register):
+    register("wordlist", estimator="estimator_plugin_mod:WordList", description="events from a word list")
+    register("notone", estimator="collections:OrderedDict")
+"""
+
+
+def test_an_estimator_plugin_without_a_name_attribute_is_named_as_registered(tmp_path, monkeypatch):
+    import datasets
+
+    from conftest import cpu_training_args
+    from trl_causal import plugins
+    from trl_causal.capt.events import NoEventsFound
+    from trl_causal.trainer.capt_config import CAPTConfig
+    from trl_causal.trainer.capt_trainer import estimate_dataset
+
+    install(tmp_path, monkeypatch, "estimator-plugin", "estimator_plugin_mod", REGISTERS_ESTIMATORS)
+    monkeypatch.setattr(plugins, "_manager", PluginManager())
+    args = CAPTConfig(**cpu_training_args(tmp_path), event_estimator="wordlist", event_estimator_kwargs={"words": ["dog"]})
+    rows = datasets.Dataset.from_list([{"prompt": "Is the dog happy?", "completion": " The dog is."}])
+    estimated = estimate_dataset(args.build_event_estimator(), rows)  # read estimator.name for every row
+    assert estimated.templates[0].names == {"e1": "dog"}
+    with pytest.raises(NoEventsFound, match="'wordlist' estimator"):
+        estimate_dataset(args.build_event_estimator(), rows.map(lambda row: {"prompt": "No pets."}), on_no_events="drop")
+    with pytest.raises(RegistryError, match=r"'notone' from distribution 'estimator-plugin' is <class 'collections.OrderedDict'>, "
+                       r"which is not a subclass of trl_causal.capt.EventEstimator"):
+        CAPTConfig(**cpu_training_args(tmp_path), event_estimator="notone")

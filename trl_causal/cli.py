@@ -19,9 +19,13 @@ Show a trainer's fields with: trl-causal train --trainer NAME --help
 
 
 def _command_list(args: argparse.Namespace) -> int:
+    import warnings
+
     from .plugins import get_plugin_manager
 
-    manager = get_plugin_manager()
+    with warnings.catch_warnings():  # each failure is listed below, once
+        warnings.simplefilter("ignore")
+        manager = get_plugin_manager()
     rows = [(s.name, s.kind, s.distribution, s.description) for s in sorted(manager.trainers, key=lambda s: s.name)]
     widths = [max(len(str(row[i])) for row in rows + [("name", "kind", "distribution", "")]) for i in range(3)]
     print(f"{'name':<{widths[0]}}  {'kind':<{widths[1]}}  {'distribution':<{widths[2]}}  description")
@@ -35,6 +39,10 @@ def _command_list(args: argparse.Namespace) -> int:
             print(f"  {entry.name:<{width}}  {entry.distribution:<{widths[2]}}  {entry.description}")
     for failure in manager.failures:
         print(f"\nwarning: plugin {failure.entry_point!r} from {failure.distribution!r} failed to load: {failure.error}")
+    for warning in manager.warnings:
+        print(f"\nwarning: {warning}")
+    if manager.autoload_note:
+        print(f"\n{manager.autoload_note}")
     return 0
 
 
@@ -96,6 +104,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .configuration import parse_run_config
     from .data import load_run_datasets
     from .embedded import check_model_source
+    from .plugins import PLUGINS_REPORTED_ENV
     from .train import INTERRUPTED_EXIT_CODE, REQUESTED_PROCESSES_ENV, check_run_columns
 
     run = parse_run_config(rest, args.config)
@@ -112,6 +121,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     launch_args = launch_command_parser().parse_args(run.launch_args + ["--module", "trl_causal.train"] + script_args)
     if launch_args.num_processes:  # the training processes check that they got what was asked for
         os.environ[REQUESTED_PROCESSES_ENV] = str(launch_args.num_processes)
+    os.environ[PLUGINS_REPORTED_ENV] = "1"  # plugins that failed to load were named above, when the config was read
     try:
         with _one_process_launcher():
             launch_command(launch_args)
@@ -128,6 +138,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         return next((code for code in codes if code > 0), 1)  # -15: a process the launcher stopped
     finally:
         os.environ.pop(REQUESTED_PROCESSES_ENV, None)
+        os.environ.pop(PLUGINS_REPORTED_ENV, None)
     return 0
 
 

@@ -37,6 +37,15 @@ def register_trainers(register):
 def register_event_estimators(register):
     """Register event estimators for the ``capt`` trainer.
 
-    Call ``register(name, estimator=..., description=...)`` once per estimator, where
-    ``estimator`` is an ``EventEstimator`` subclass or its import path ``"pkg.module:Class"``.
+    Call ``register(name, estimator=..., description=...)`` once per estimator:
+
+    - ``name``: what users write as ``event_estimator: <name>``; the options in
+      ``event_estimator_kwargs`` are the class's constructor keyword arguments.
+    - ``estimator``: a ``trl_causal.capt.EventEstimator`` subclass, or its import path
+      ``"pkg.module:Class"``. It implements ``estimate(prompt, completion=None, *, row=None)``,
+      returning a validated ``trl_causal.capt.EventTemplate``: the texts with ``{e1}``, ``{e2}``, ...
+      in place of the events and ``names`` {"e1": "original name", ...}
+      (``trl_causal.capt.template_from_matcher`` builds one from a ``TermMatcher``), and raising
+      ``trl_causal.capt.NoEventsFound`` for a row without events. ``completion`` is None at inference.
+    - ``description``: one line shown by ``trl-causal list --estimators``.
     """

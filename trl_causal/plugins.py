@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Sequence
 
 import pluggy
 
@@ -22,6 +23,8 @@ from .errors import RegistryError
 
 ENTRY_POINT_GROUP = "trl_causal"
 DISABLE_AUTOLOAD_ENV = "TRL_CAUSAL_DISABLE_PLUGIN_AUTOLOAD"
+# Set by `trl-causal train` for the processes it launches: it has already warned about the plugins that failed to load.
+PLUGINS_REPORTED_ENV = "_TRL_CAUSAL_PLUGINS_REPORTED"
 OWN_DISTRIBUTION = "trl-causal"
 TRAINER_KINDS = ("sft", "reward")
 
@@ -62,56 +65,73 @@ class Registered:
         return self._resolved[role]
 
 
+    def resolve_subclass(self, role: str, base: type, base_path: str, example: str) -> type:
+        """``resolve(role)``, checked to be a subclass of ``base`` (imported as ``base_path``)."""
+        cls = self.resolve(role)
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise RegistryError(
+                f"{role.capitalize()} {self.name!r} from distribution {self.distribution!r} is {cls!r}, which is not a "
+                f"subclass of {base_path}. Register a subclass (e.g. of {example})."
+            )
+        return cls
+
+
 @dataclass
 class TrainerSpec(Registered):
     """A registered trainer: ``kind`` is ``"sft"`` or ``"reward"``."""
 
     kind: str = "sft"
 
-    def _resolve_subclass(self, role: str, base: type, example: str) -> type:
-        cls = self.resolve(role)
-        if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise RegistryError(
-                f"Trainer {self.name!r} from distribution {self.distribution!r} registers {role} {cls!r}, which is "
-                f"not a subclass of {base.__module__.split('.')[0]}.{base.__name__}. Register a subclass (e.g. of {example})."
-            )
-        return cls
-
     @property
     def trainer_class(self) -> type:
         """The trainer class, checked to be a ``transformers.Trainer`` subclass."""
         from transformers import Trainer
 
-        return self._resolve_subclass("trainer", Trainer, "trl.SFTTrainer")
+        return self.resolve_subclass("trainer", Trainer, "transformers.Trainer", "trl.SFTTrainer")
 
     @property
     def config_class(self) -> type:
         """The config class, checked to be a ``transformers.TrainingArguments`` subclass."""
         from transformers import TrainingArguments
 
-        return self._resolve_subclass("config", TrainingArguments, "trl.SFTConfig")
+        return self.resolve_subclass("config", TrainingArguments, "transformers.TrainingArguments", "trl.SFTConfig")
 
 
 class Registry:
-    """Names -> registered things of one kind, with errors that suggest close names."""
+    """Names -> registered things of one kind, with errors that suggest close names.
+
+    A name that two distributions register is set aside: selecting it is an error naming both, and
+    everything else keeps working."""
 
     def __init__(self, what: str):
         self.what = what
         self.entries: dict[str, Registered] = {}
+        self.clashes: dict[str, list[str]] = {}  # name -> the distributions that register it
 
     def add(self, entry: Registered) -> None:
-        if entry.name in self.entries:
-            other = self.entries[entry.name]
-            raise RegistryError(
-                f"Two plugins register the {self.what} {entry.name!r}: distribution {other.distribution!r} and "
-                f"distribution {entry.distribution!r}. Uninstall one of them, or block one with "
-                f"{DISABLE_AUTOLOAD_ENV}=1."
-            )
-        self.entries[entry.name] = entry
+        if entry.name in self.clashes:
+            self.clashes[entry.name].append(entry.distribution)
+        elif entry.name in self.entries:
+            self.clashes[entry.name] = [self.entries.pop(entry.name).distribution, entry.distribution]
+        else:
+            self.entries[entry.name] = entry
 
-    def get(self, name: str, failures: list[PluginFailure] = ()) -> Registered:
+    def clash_message(self, name: str) -> str:
+        distributions = self.clashes[name]
+        third_party = [d for d in distributions if d != OWN_DISTRIBUTION]
+        return (
+            f"Distributions {' and '.join(map(repr, distributions))} both register the {self.what} {name!r}, so it "
+            f"cannot be selected. Uninstall {' or '.join(map(repr, third_party or distributions))}, or ask its authors "
+            "for another name."
+        )
+
+    def get(self, name: str, failures: Sequence[PluginFailure] = (), note: str = "") -> Registered:
+        """The entry registered as ``name``; an unknown name is an error with close names, the plugins that failed
+        to load, and ``note`` (e.g. that third-party plugins were not loaded)."""
         if name in self.entries:
             return self.entries[name]
+        if name in self.clashes:
+            raise RegistryError(self.clash_message(name))
         close = difflib.get_close_matches(name, list(self.entries), n=3, cutoff=0.5)
         message = f"Unknown {self.what} {name!r}."
         if close:
@@ -122,7 +142,7 @@ class Registry:
                 f" Note: plugin distribution {failure.distribution!r} failed to load ({failure.error}) and may "
                 "provide it."
             )
-        raise RegistryError(message)
+        raise RegistryError(message + (f" {note}" if note else ""))
 
     def __iter__(self):
         return iter(self.entries.values())
@@ -137,10 +157,12 @@ class PluginManager:
     def __init__(self, autoload: bool | None = None):
         if autoload is None:
             autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "").lower() not in ("1", "true", "yes")
+        self.autoload = autoload
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.distributions: dict[str, str] = {}  # plugin name -> distribution
         self.failures: list[PluginFailure] = []
+        self.warnings: list[str] = []  # names that two distributions register
         self._load_entry_points(autoload)
         self._unload_unknown_hooks()
         self.trainers = self._collect_trainers()
@@ -157,9 +179,19 @@ class PluginManager:
                     continue
                 name = f"{distribution}:{name}"  # another distribution's entry point of that name is a plugin too
             try:
-                self.pm.register(entry_point.load(), name=name)  # register checks the hooks' signatures
+                plugin = entry_point.load()
+                self.pm.register(plugin, name=name)  # register checks the hooks' signatures
             except Exception as error:  # a broken plugin must not break the others
                 self._fail(distribution, name, f"{type(error).__name__}: {error}")
+                continue
+            if not self.pm.get_hookcallers(plugin):
+                self.pm.unregister(plugin)
+                self._fail(
+                    distribution,
+                    name,
+                    f"{entry_point.value!r} implements no trl_causal hook: mark its register_trainers / "
+                    "register_event_estimators functions with @trl_causal.hookspecs.hookimpl",
+                )
                 continue
             self.distributions[name] = distribution
         if OWN_DISTRIBUTION not in self.distributions.values():  # running from a source tree without installed metadata
@@ -172,9 +204,10 @@ class PluginManager:
     def _fail(self, distribution: str, plugin_name: str, error: str) -> None:
         """Record and warn about a plugin that could not be loaded; the others go on."""
         self.failures.append(PluginFailure(distribution, plugin_name, error))
-        warnings.warn(
-            f"trl_causal plugin {plugin_name!r} from distribution {distribution!r} failed to load: {error}", stacklevel=3
-        )
+        if not os.environ.get(PLUGINS_REPORTED_ENV):
+            warnings.warn(
+                f"trl_causal plugin {plugin_name!r} from distribution {distribution!r} failed to load: {error}", stacklevel=3
+            )
 
     def _unload_unknown_hooks(self) -> None:
         """pluggy's ``check_pending`` per plugin: a plugin implementing a hook trl_causal does not define (a typo such
@@ -193,7 +226,9 @@ class PluginManager:
                 )
                 self.pm.unregister(name=impl.plugin_name)
 
-    def _call_registrar(self, hook_name: str, make_entry) -> Registry:
+    def _call_registrar(self, hook_name: str, make_entry, usage: str) -> Registry:
+        """Call every plugin's ``hook_name`` with a ``register`` that builds entries with ``make_entry(name,
+        distribution, **kwargs)``; ``usage`` is how ``register`` is called, for the error of a call that does not fit."""
         registry = Registry(hook_name.removeprefix("register_").rstrip("s").replace("_", " "))
         hook = getattr(self.pm.hook, hook_name)
         for impl in reversed(hook.get_hookimpls()):  # registration order
@@ -201,6 +236,11 @@ class PluginManager:
             entries: list[Registered] = []
 
             def register(name: str, **kwargs: Any) -> None:
+                try:
+                    inspect.signature(make_entry).bind(name, distribution, **kwargs)
+                except TypeError as error:
+                    given = ", ".join([repr(name)] + [f"{key}=..." for key in kwargs])
+                    raise RegistryError(f"register({given}) does not fit {usage}: {error}") from None
                 entries.append(make_entry(name, distribution, **kwargs))
 
             try:
@@ -208,9 +248,16 @@ class PluginManager:
             except Exception as error:  # e.g. register() without config=, or an unknown kind: only this plugin is lost
                 self._fail(distribution, impl.plugin_name, f"{hook_name}: {type(error).__name__}: {error}")
                 continue
-            for entry in entries:  # two plugins providing one name stays an error that names both
+            for entry in entries:
                 registry.add(entry)
+        for name in registry.clashes:
+            self._warn(registry.clash_message(name))
         return registry
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if not os.environ.get(PLUGINS_REPORTED_ENV):
+            warnings.warn(message, stacklevel=4)
 
     def _collect_trainers(self) -> Registry:
         def make(name: str, distribution: str, *, trainer, config, kind: str = "sft", description: str = ""):
@@ -220,20 +267,35 @@ class PluginManager:
                 )
             return TrainerSpec(name, distribution, description, {"trainer": trainer, "config": config}, kind=kind)
 
-        return self._call_registrar("register_trainers", make)
+        return self._call_registrar(
+            "register_trainers", make, "register(name, trainer=..., config=..., kind='sft' or 'reward', description='')"
+        )
 
     def _collect_event_estimators(self) -> Registry:
         def make(name: str, distribution: str, *, estimator, description: str = ""):
             return Registered(name, distribution, description, {"estimator": estimator})
 
-        return self._call_registrar("register_event_estimators", make)
+        return self._call_registrar("register_event_estimators", make, "register(name, estimator=..., description='')")
+
+    @property
+    def autoload_note(self) -> str:
+        """What to add to an unknown-name error when third-party plugins were not loaded."""
+        return "" if self.autoload else f"(Third-party plugins are not loaded: {DISABLE_AUTOLOAD_ENV} is set.)"
 
     def get_trainer(self, name: str) -> TrainerSpec:
-        return self.trainers.get(name, self.failures)
+        return self.trainers.get(name, self.failures, self.autoload_note)
 
     def get_event_estimator(self, name: str):
-        """The estimator class registered as ``name``."""
-        return self.event_estimators.get(name, self.failures).resolve("estimator")
+        """The ``EventEstimator`` subclass registered as ``name``; a class without its own ``name`` gets the registered one."""
+        from .capt.events import EventEstimator
+
+        entry = self.event_estimators.get(name, self.failures, self.autoload_note)
+        cls = entry.resolve_subclass(
+            "estimator", EventEstimator, "trl_causal.capt.EventEstimator", "trl_causal.capt.VocabularyEstimator"
+        )
+        if not getattr(cls, "name", None):
+            cls.name = name  # messages name the estimator as the user selected it
+        return cls
 
 
 _manager: PluginManager | None = None

@@ -31,6 +31,7 @@ from .events import (
     render_names,
     render_text,
     surviving_names,
+    template_from_matcher,
 )
 from .intervention import (
     LETTERS,
@@ -94,4 +95,5 @@ __all__ = [
     "render_names",
     "render_text",
     "surviving_names",
+    "template_from_matcher",
 ]
