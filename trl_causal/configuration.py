@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import json
 import os
 import sys
 import types
@@ -159,6 +160,23 @@ def _is_list_type(annotation: Any) -> bool:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return any(_is_list_type(arg) for arg in typing.get_args(annotation))
     return annotation is list or typing.get_origin(annotation) is list
+
+
+def _is_dict_type(annotation: Any) -> bool:
+    """``dict[...]`` or ``dict``, optionally ``| None``; not ``dict | str`` (argparse hands those over as strings)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else [annotation]
+    return bool(args) and all(a is dict or typing.get_origin(a) is dict for a in args)
+
+
+def _json_object(key: str, value: str) -> dict:
+    """The value of ``--key '{...}'`` for a dict field."""
+    try:
+        decoded = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--{key} takes a JSON object, e.g. --{key} '{{\"name\": 1}}'; got {value!r} ({error}).") from None
+    if not isinstance(decoded, dict):
+        raise ConfigError(f"--{key} takes a JSON object, e.g. --{key} '{{\"name\": 1}}'; got {value!r}.")
+    return decoded
 
 
 def _admits_none(annotation: Any) -> bool:
@@ -384,13 +402,19 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
             script_argv += [f"--{key}", *values]
     # `--text_column null` unsets a field as `text_column: null` does, which argparse cannot: the last setting counts
     last = dict(cli)
-    nulls = {
+    preset = {
         key: None
         for key, values in last.items()
         if len(values) == 1 and values[0] in NULL_WORDS and key in field_types and _admits_none(field_types[key])
     }
+    # argparse cannot read a dict field: `--key '{"a": 1}'` is JSON, as the YAML's mapping would be
+    preset.update(
+        (key, _json_object(key, " ".join(values)))
+        for key, values in last.items()
+        if key not in preset and key in field_types and _is_dict_type(field_types[key])
+    )
     parsed_argv = script_argv
-    for key in nulls:
+    for key in preset:
         parsed_argv = _without_option(parsed_argv, key)
     if f"--{ACCELERATE_CONFIG_KEY}" in launch_args:
         at = launch_args.index(f"--{ACCELERATE_CONFIG_KEY}")
@@ -403,7 +427,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
         raise ConfigError(f"{message} (on the command line). Run `trl-causal train --trainer {spec.name} --help` for the fields.")
 
     parser.error = one_line_error
-    parser.set_defaults_with_config(**{**{k: v for k, v in yaml_values.items() if k in field_types}, **nulls})
+    parser.set_defaults_with_config(**{**{k: v for k, v in yaml_values.items() if k in field_types}, **preset})
     try:
         script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=parsed_argv)
     except ConfigError:
