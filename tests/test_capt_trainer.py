@@ -328,3 +328,18 @@ def test_rows_without_events_fail_keep_or_drop_by_on_no_events(tiny_model, tmp_p
     assert len(dropped) == 3 and dropped.row_indices == [0, 2, 3]
     with pytest.raises(NoEventsFound, match=r"None of the 2 rows has an event that the 'prontoqa' estimator recognises"):
         make_trainer(tmp_path / "no-model", tmp_path, [rows[1], rows[1]], on_no_events="drop")  # before the model loads
+
+
+def test_max_length_that_cuts_completions_off_warns_or_fails_naming_it(tiny_model, tmp_path, caplog):
+    rows = prontoqa_rows(4)
+    uncut = make_trainer(tiny_model, tmp_path, rows).train_dataset
+    prompt_lengths = [uncut[i]["labels"].index(next(t for t in uncut[i]["labels"] if t != -100)) for i in range(len(uncut))]
+    with pytest.raises(DataError, match=r"max_length=5 cuts the completion of every training row off.*truncation_mode: keep_end"):
+        make_trainer(tiny_model, tmp_path, rows, max_length=5)
+    longest = max(prompt_lengths)  # fills max_length: that row keeps no completion token, the shorter ones do
+    assert min(prompt_lengths) < longest
+    with caplog.at_level("WARNING"):
+        trainer = make_trainer(tiny_model, tmp_path, rows, max_length=longest)
+    cut = sum(length >= longest for length in prompt_lengths)
+    assert f"cuts the completion of {cut} of 4 training rows off" in caplog.text
+    assert any(label != -100 for label in trainer.train_dataset[prompt_lengths.index(min(prompt_lengths))]["labels"])

@@ -281,6 +281,29 @@ def check_interventions(interventions: RowInterventions, row_indices: Sequence[i
     return results
 
 
+def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: bool = False, warn: bool = True) -> None:
+    """Rows that ``max_length`` leaves without a completion token train nothing (TRL's SFTTrainer drops them): an
+    error when that is every row, else (``warn``) a warning with their count. Checked with the symbols of draw 0."""
+    from tqdm.auto import tqdm
+
+    indices = tqdm(range(len(dataset)), desc="Checking max_length", disable=not progress)
+    cut = [dataset.row_indices[i] for i in indices if all(label == -100 for label in dataset[i]["labels"])]
+    if not cut:
+        return
+    fix = f"raise max_length (now {args.max_length}) or shorten the prompts"
+    if args.truncation_mode == "keep_start":
+        fix += ", or set truncation_mode: keep_end to cut the prompts' starts instead"
+    if len(cut) == len(dataset):
+        raise DataError(f"max_length={args.max_length} cuts the completion of every training row off, so nothing would train: {fix}.")
+    if not warn:
+        return
+    shown = ", ".join(map(str, cut[:10])) + (", ..." if len(cut) > 10 else "")
+    logger.warning(
+        f"max_length={args.max_length} cuts the completion of {len(cut)} of {len(dataset)} training rows off (rows "
+        f"{shown}); they train nothing: {fix}."
+    )
+
+
 SYMBOL_POOL_FILE = "capt_symbol_pool.json"
 
 
@@ -340,6 +363,8 @@ class CAPTTrainer(SFTTrainer):
             wrapped = {key: self._intervention_dataset(splits[key], *plan) for key, plan in eval_plans.items()}
             self.eval_dataset = wrapped if isinstance(eval_dataset, dict) else wrapped["eval"]
         self.add_callback(InterventionEpochCallback(self.train_dataset))
+        if args.max_length is not None and not args.capt_prompt_loss:
+            check_truncation(self.train_dataset, args, show_progress, warn=self.accelerator.is_main_process)
         if self.accelerator.is_main_process:
             self._report(self.train_dataset, len(train_dataset))
 
