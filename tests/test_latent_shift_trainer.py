@@ -368,6 +368,23 @@ def test_answers_given_as_labels_are_scored_as_the_texts_the_lm_head_learned(tin
     assert by_label.predict_both(test_rows)[1] == [str(i) for i in by_text.argmax(1).tolist()]
 
 
+def test_a_checkpoint_predicts_raw_prompts_with_the_options_it_was_trained_with(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, tmp_path, max_steps=2, phi_samples=3, latent_shift_seed=7, phi_source="batch")
+    trainer.train()
+    trainer.save_model(str(tmp_path))
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tmp_path).eval(), AutoTokenizer.from_pretrained(tmp_path)
+    predictor = LatentShiftPredictor.from_checkpoint(tmp_path, model, tokenizer, ANSWERS)  # a TRL script's own predictor
+    assert (predictor.phi_samples, predictor.seed, predictor.phi_source, predictor.answer_prefix) == (3, 7, "batch", " ")
+    rows = shift_rows(6, agreement=0.1, seed=3)
+    prompts = [row["prompt"] for row in rows]  # raw prompts: no completion tells the answer's leading space
+    torch.testing.assert_close(
+        predictor.score(prompts, predictor.answer_prefixes(prompts), [predictor.written_answers] * 6),
+        LMPredictor(model, tokenizer, ANSWERS).score(prompts, [" "] * 6),
+    )
+    assert predictor.predict_both(prompts) == predictor.predict_both(rows)
+    assert LatentShiftPredictor.from_checkpoint(tmp_path, model, tokenizer, ANSWERS, phi_samples=5).phi_samples == 5
+
+
 @pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
 def test_prediction_pools_the_prompt_tokens_training_pooled_under_max_length(tiny_model, tmp_path, truncation_mode):
     rows = shift_rows(16)

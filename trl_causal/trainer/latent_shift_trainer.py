@@ -182,6 +182,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         check_answer_tokens(getattr(self.processing_class, "tokenizer", self.processing_class), self.verbalizer, prefix)
+        self.answer_prefix = prefix
         self.class_of_label = {label: index for index, label in enumerate(self.verbalizer)}
         self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
         self.attach_heads(self._new_heads())
@@ -352,9 +353,16 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 "heads": self.heads.config,
                 "verbalizer": self.verbalizer,
                 "low_level_layer": self.args.low_level_layer,
-                # how training cut prompt + completion, so that prediction pools the same prompt tokens
-                "max_length": getattr(self.args, "max_length", None),
-                "truncation_mode": getattr(self.args, "truncation_mode", "keep_start"),
+                # how the checkpoint predicts (LatentShiftPredictor's options), also for raw prompts without a completion
+                "predictor": {
+                    "answer_prefix": self.answer_prefix,
+                    "phi_samples": self.args.phi_samples,
+                    "phi_source": self.args.phi_source,
+                    "seed": self.args.latent_shift_seed,
+                    # how training cut prompt + completion, so that prediction pools the same prompt tokens
+                    "max_length": getattr(self.args, "max_length", None),
+                    "truncation_mode": getattr(self.args, "truncation_mode", "keep_start"),
+                },
             }
             with open(os.path.join(output_dir or self.args.output_dir, LATENT_SHIFT_FILE), "w") as f:
                 json.dump(description, f, indent=2)
@@ -435,7 +443,8 @@ class LatentShiftPredictor(LMPredictor):
     def from_checkpoint(
         cls, checkpoint_dir: str | os.PathLike, model, tokenizer, answers: Sequence[str], **kwargs
     ) -> LatentShiftPredictor:
-        """Load the heads (``trl_causal_heads.safetensors``) and their description saved by ``LatentShiftTrainer``."""
+        """Load the heads (``trl_causal_heads.safetensors``) and their description saved by ``LatentShiftTrainer``,
+        which also gives the options training used (answer prefix, Phi' draws, seed, truncation); ``kwargs`` win."""
         paths = [os.path.join(checkpoint_dir, name) for name in (LATENT_SHIFT_FILE, HEADS_FILE)]
         missing = [path for path in paths if not os.path.isfile(path)]
         if missing:
@@ -454,8 +463,7 @@ class LatentShiftPredictor(LMPredictor):
             heads,
             description["verbalizer"],
             low_level_layer=description["low_level_layer"],
-            **{key: description[key] for key in ("max_length", "truncation_mode") if key in description},
-            **kwargs,
+            **{**description.get("predictor", {}), **kwargs},
         )
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Prompt], list[list[str]]]:
