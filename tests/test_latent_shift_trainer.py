@@ -214,6 +214,23 @@ def test_messages_rows_without_a_label_column_name_the_setting(tiny_model, tmp_p
         make_trainer(tiny_model, tmp_path, rows=rows, label_column=None, assistant_only_loss=True)
 
 
+@pytest.mark.parametrize(
+    "make_rows, settings, expected",
+    [
+        (lambda rows: [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
+                        "label": r["label"]} for r in rows], {}, r"needs: prompt\+completion\. It has: label, messages\..*`messages` rows need `assistant_only_loss: true`"),
+        (lambda rows: [{"text": r["prompt"] + r["completion"], "label": r["label"]} for r in rows], {}, r"needs: prompt\+completion\. It has: label, text"),
+        (lambda rows: [{**r, "sentiment_label": r["label"]} for r in rows], {"label_column": "sentiment"},
+         r"needs: sentiment \(from label_column\) \(did you mean 'sentiment_label'"),
+    ],
+    ids=["messages-without-assistant-only-loss", "text-only", "misspelt-label-column"],
+)
+def test_rows_without_a_prompt_or_the_label_column_are_refused_before_the_model_loads(tmp_path, make_rows, settings, expected):
+    # the model path does not exist: the rows must be refused before it is read
+    with pytest.raises(DataError, match=expected):
+        make_trainer(tmp_path / "no-model", tmp_path, rows=make_rows(shift_rows()), **settings)
+
+
 
 @pytest.mark.parametrize(
     "label_column, source", [("label", "column 'label'"), (None, "its completion")], ids=["label-column", "completion"]
@@ -252,6 +269,10 @@ def test_a_completion_that_is_not_its_labels_verbalizer_answer_names_the_row(tin
     rows[5]["completion"] = " positive" if rows[5]["label"] == "negative" else " negative"
     with pytest.raises(DataError, match=rf"Row 5 of the training split has label '{rows[5]['label']}' \(column 'label'\) and the completion"):
         make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=dict(zip(ANSWERS, ANSWERS)))
+    messages = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
+                 "label": r["label"]} for r in rows]
+    with pytest.raises(DataError, match=rf"Row 5 of the training split has label '{rows[5]['label']}' \(column 'label'\) and the last message"):
+        make_trainer(tmp_path / "no-model", tmp_path, rows=messages, verbalizer=dict(zip(ANSWERS, ANSWERS)), assistant_only_loss=True)
 
 
 def test_a_class_column_named_like_a_trl_input_is_refused(tmp_path):

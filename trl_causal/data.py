@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +96,28 @@ def check_columns(
     source: str = "dataset",
     column_sets: tuple[tuple[str, ...], ...] | None = None,
     hint: str = "",
+    args: Any = None,
 ) -> None:
     """Fail early when a split lacks the columns a trainer needs, saying which ones exist.
 
-    One of ``column_sets`` (default: the text columns of the trainer's kind) must be present, and all of ``required``;
-    ``hint`` (how to name the text columns) is added when no column set is present.
+    One of ``column_sets`` (default: the text columns of the trainer's kind) must be present, and all of ``required``:
+    a missing one is named with the fields of the config ``args`` that set it and the existing columns whose names
+    are close. ``hint`` (how to name the text columns) is added when no column set is present.
     """
     names = dataset.column_names  # None for a streamed dataset whose builder knows no features (CSV): read a row
     columns = set(names) if names is not None else set(next(iter(dataset), {}))
-    missing = [c for c in required if c not in columns]
+    settings = {} if args is None else {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
+    missing = []
+    for column in required:
+        if column in columns:
+            continue
+        fields = [name for name, value in settings.items() if value == column or (isinstance(value, list) and column in value)]
+        close = difflib.get_close_matches(column, sorted(columns), n=2, cutoff=0.6)
+        missing.append(
+            column
+            + (f" (from {', '.join(fields)})" if fields else "")
+            + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "")
+        )
     candidates = column_sets if column_sets is not None else KIND_COLUMN_SETS[kind]
     text_missing = not any(set(option) <= columns for option in candidates)
     if text_missing:

@@ -76,7 +76,7 @@ def check_run_columns(run: RunConfig, train_dataset, eval_dataset) -> None:
     hint = trainer_cls.columns_hint(args) if hasattr(trainer_cls, "columns_hint") else ""
     for dataset, source in ((train_dataset, "training split"), (eval_dataset, "evaluation split")):
         if dataset is not None:
-            check_columns(dataset, run.trainer.kind, needed, source, text_columns, hint)
+            check_columns(dataset, run.trainer.kind, needed, source, text_columns, hint, args)
 
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")

@@ -32,7 +32,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
-from ..data import named_splits
+from ..data import check_columns, named_splits
 from ..errors import ConfigError, DataError
 from ..evaluation import LMPredictor, Prompt, answer_prefix, completion_text
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
@@ -51,13 +51,7 @@ def with_completion_labels(dataset, args: LatentShiftConfig, split: str):
     before TRL appends EOS), when ``label_column`` is None; otherwise the rows unchanged."""
     if args.label_column is not None:
         return dataset
-    columns = dataset.column_names
-    if columns is not None and "completion" not in columns:
-        raise ConfigError(
-            f"The {split} rows have no 'completion' column (columns: {', '.join(columns)}), and latent_shift reads "
-            "each row's label from its completion unless `label_column` names the column that holds it: set "
-            "label_column (messages rows need one)."
-        )
+    check_completion_column(dataset.column_names, split)
     label_of_answer = {answer: label for label, answer in (args.verbalizer or {}).items()}
 
     def add_label(row):
@@ -65,6 +59,16 @@ def with_completion_labels(dataset, args: LatentShiftConfig, split: str):
         return {COMPLETION_LABEL_COLUMN: label_of_answer.get(answer, answer)}
 
     return dataset.map(add_label)
+
+
+def check_completion_column(columns: Sequence[str] | None, split: str) -> None:
+    """With ``label_column`` None each row's label is its completion: fail on rows without one."""
+    if columns is not None and "completion" not in columns:
+        raise ConfigError(
+            f"The {split} rows have no 'completion' column (columns: {', '.join(columns)}), and latent_shift reads "
+            "each row's label from its completion unless `label_column` names the column that holds it: set "
+            "label_column (messages rows need one)."
+        )
 
 
 def prompt_token_mask(labels: Tensor, attention_mask: Tensor) -> Tensor:
@@ -95,7 +99,9 @@ def verbalizer_from_data(dataset: Dataset, label_column: str) -> dict[str, str]:
 def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str], split: str) -> None:
     """Fail on the first row whose label is not a key of the verbalizer, or whose completion is not its label's
     verbalizer answer (SFT would learn one answer, L_adj another class), naming the row and the label."""
-    completions = dataset["completion"] if "completion" in dataset.column_names else None
+    # the answer SFT learns: the completion, or a messages row's last turn
+    answer_column = next((c for c in ("completion", "messages") if c in dataset.column_names), None)
+    completions = dataset[answer_column] if answer_column else None
     for row, label in enumerate(dataset[label_column]):
         if str(label) not in verbalizer:
             source = "its completion" if label_column == COMPLETION_LABEL_COLUMN else f"column {label_column!r}"
@@ -105,7 +111,8 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
             )
         if completions is not None and completion_text(completions[row]) != verbalizer[str(label)]:
             raise DataError(
-                f"Row {row} of the {split} split has label {label!r} (column {label_column!r}) and the completion "
+                f"Row {row} of the {split} split has label {label!r} (column {label_column!r}) and the "
+                f"{'completion' if answer_column == 'completion' else 'last message'} "
                 f"{completion_text(completions[row])!r}, but the verbalizer answers {str(label)!r} with "
                 f"{verbalizer[str(label)]!r}. Fix the row or the verbalizer."
             )
@@ -176,6 +183,13 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 "frozen_view='adapters' takes the frozen view from the PEFT model with its adapters disabled, but this "
                 "model has no PEFT adapters: set `use_peft: true` (or pass peft_config), or use `frozen_view: reference`."
             )
+        for name, dataset in named_splits(train_dataset, eval_dataset).items():
+            # rows a tokenizing front end (Axolotl) prepared carry input_ids and are checked there
+            if hasattr(dataset, "column_names") and "input_ids" not in (dataset.column_names or []):
+                split = "training split" if name == "train" else f"evaluation split {name!r}"
+                if args.label_column is None:
+                    check_completion_column(dataset.column_names, split.replace(" split", ""))
+                check_columns(dataset, "sft", self.required_columns(args), split, self.column_sets(args), self.columns_hint(args), args)
         train_dataset, eval_dataset = self._settle_labels(args, train_dataset, eval_dataset)
         has_completion = "completion" in (train_dataset.column_names or [])
         prefix = answer_prefix(next(iter(train_dataset))["completion"]) if has_completion else ""
@@ -249,6 +263,19 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     @staticmethod
     def required_columns(args: LatentShiftConfig) -> tuple[str, ...]:
         return (args.label_column,) if args.label_column else ("completion",)
+
+    @staticmethod
+    def column_sets(args: LatentShiftConfig) -> tuple[tuple[str, ...], ...]:
+        """Rows with a prompt to pool: prompt/completion, or messages whose loss covers the assistant turns only."""
+        return (("prompt", "completion"), ("messages",)) if args.assistant_only_loss else (("prompt", "completion"),)
+
+    @staticmethod
+    def columns_hint(args: LatentShiftConfig) -> str:
+        return (
+            "latent_shift pools each row's prompt, so rows are prompt/completion (conversational too: "
+            "prompt = the messages before the answer, completion = [the assistant message]); `messages` rows need "
+            "`assistant_only_loss: true` and a chat template that marks the assistant turns with {% generation %}."
+        )
 
     def extra_columns(self, args: LatentShiftConfig | None = None) -> list[str]:
         """The label column, carried to ``compute_loss``."""
