@@ -154,6 +154,14 @@ def test_evaluation_keeps_every_row_even_a_last_batch_of_one(tiny_model, tmp_pat
     assert trainer.args.dataloader_drop_last  # training still drops a last batch of one
 
 
+def test_evaluation_shuffles_the_same_way_every_time(tiny_model, tmp_path):
+    rows = Dataset.from_list(shift_rows(8, seed=1))
+    trainer = make_trainer(tiny_model, tmp_path, per_device_eval_batch_size=4)
+    first = trainer.evaluate(rows)
+    torch.manual_seed(123)  # whatever the global RNG holds
+    assert trainer.evaluate(rows)["eval_loss_adj"] == first["eval_loss_adj"]
+
+
 def test_evaluate_takes_raw_rows_and_reads_their_labels_from_the_completions(tiny_model, tmp_path):
     """As SFTTrainer.evaluate prepares raw rows passed to it, latent_shift adds their labels (label_column unset)."""
     trainer = make_trainer(tiny_model, tmp_path, label_column=None)

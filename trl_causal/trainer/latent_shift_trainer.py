@@ -201,6 +201,12 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
         self.attach_heads(self._new_heads())
         self._patch_fallback_rows = {"train": 0, "eval": 0}
+        self._eval_generator = torch.Generator().manual_seed(args.latent_shift_seed)  # `predict` shuffles from it too
+        if eval_dataset is not None and args.per_device_eval_batch_size < 2:
+            logger.warning(
+                "latent_shift: per_device_eval_batch_size=1 scores every evaluation row by L_SFT alone (the shuffle of "
+                "Phi needs another row in the batch), so eval_loss has no L_C or L_adj; use 2 or more."
+            )
         self._warned_one_row_batch = False
 
     def _settle_labels(self, args: LatentShiftConfig, train_dataset, eval_dataset):
@@ -233,7 +239,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         return eval_dataset
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """``SFTTrainer.evaluate``; raw rows passed here get their labels like the evaluation rows given at init."""
+        """``SFTTrainer.evaluate``; raw rows passed here get their labels like the evaluation rows given at init. The
+        shuffles of L_adj restart from ``latent_shift_seed`` on every call, so the same model scores the same."""
+        self._eval_generator = torch.Generator().manual_seed(self.args.latent_shift_seed)
         return super().evaluate(self._labelled_eval(eval_dataset), ignore_keys, metric_key_prefix)
 
     def _frozen_reference(self) -> torch.nn.Module:
@@ -334,6 +342,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             class_index,
             adjustment=self.args.adjustment,
             entropy_mode=self.args.entropy_mode,
+            generator=None if mode == "train" else self._eval_generator,
         )
         loss = loss + self.example_mean(self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted)
         self._log_losses(mode, loss_sum.detach() / n_tokens.clamp(min=1), auxiliary)
