@@ -67,6 +67,15 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
     assert parse_run_config(["--report_to", "none"], str(config)).training_args.report_to == []  # TRL's "none", not None
     assert parse_run_config(["--text_column", "null", "--text_column", "body"], str(config)).training_args.text_column == "body"
     assert parse_run_config(["--outcome_column", "null"], str(config)).training_args.outcome_column == "null"  # not optional
+    from trl import TrlParser  # a TRL script's own parser hands "null" over as a string
+
+    from trl_causal import DeconfoundedRewardConfig, LatentShiftConfig
+
+    base = ["--output_dir", str(tmp_path), "--bf16", "false"]
+    parsed, = TrlParser((DeconfoundedRewardConfig,)).parse_args_into_dataclasses(base + ["--outcome_column", "y", "--numeric_confounders", "c", "--text_column", "null"])
+    assert parsed.text_column is None and parsed.outcome_column == "y"
+    parsed, = TrlParser((LatentShiftConfig,)).parse_args_into_dataclasses(base + ["--label_column", "~"])
+    assert parsed.label_column is None
 
 
 def test_a_dict_field_takes_json_on_the_command_line(tmp_path, tiny_model):

@@ -188,6 +188,14 @@ def _admits_none(annotation: Any) -> bool:
 NULL_WORDS = ("null", "Null", "NULL", "~")
 
 
+def unset_null_words(config: Any, *names: str) -> None:
+    """Set each of the optional string fields ``names`` of ``config`` that holds a ``NULL_WORDS`` string to None: a
+    TRL script's TrlParser hands ``--text_column null`` over as the string "null"."""
+    for name in names:
+        if getattr(config, name) in NULL_WORDS:
+            setattr(config, name, None)
+
+
 def _numbers_as_lists(values: dict[str, Any], field_types: dict[str, Any]) -> dict[str, Any]:
     """A number where a list is expected (``feature_layers: -1``) is a list of one, as ``--feature_layers -1`` is."""
     return {

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
+from ..configuration import unset_null_words
 from ..deconfound.confounders import TIMESTAMP_FEATURES
 from ..deconfound.partial_out import LEARNER_NAMES
 from ..errors import ConfigError
@@ -170,6 +171,7 @@ class DeconfoundedRewardConfig(RewardConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        unset_null_words(self, "text_column", "group_column", "feature_cache_dir")
         for name in _LIST_FIELDS:
             if isinstance(getattr(self, name), str):  # `instrument_columns: z` in a YAML
                 setattr(self, name, [getattr(self, name)])

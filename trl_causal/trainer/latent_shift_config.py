@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from ..configuration import unset_null_words
 from ..errors import ConfigError
 from ..latent_shift import ADJUSTMENTS, ENTROPY_MODES, PHI_SOURCES
 
@@ -185,6 +186,7 @@ class LatentShiftConfig(SFTConfig):
         if self.loss_type is None:  # TRL < 1.16 leaves it unset and would pick "chunked_nll"
             self.loss_type = "nll"
         super().__post_init__()
+        unset_null_words(self, "label_column", "verbalizer")
         self.verbalizer = parse_verbalizer(self.verbalizer)
         if self.label_column in TRL_COLUMNS:
             raise ConfigError(
