@@ -3,6 +3,7 @@ completion-only loss, row formats, exact gradient accumulation, LoRA through the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -79,6 +80,9 @@ def test_direct_use_trains_and_each_epoch_draws_fresh_symbols_that_the_seed_repr
 
     other_seed = make_trainer(tiny_model, tmp_path, rows, intervention_seed=1)
     assert other_seed.train_dataset.render(0) != again.train_dataset.render(0)
+    # a seed sweep that copies the config with another `seed` draws other symbols (intervention_seed: None follows it)
+    swept = CAPTTrainer(model=str(tiny_model), args=dataclasses.replace(again.args, seed=1), train_dataset=datasets.Dataset.from_list(rows))
+    assert swept.train_dataset.render(0) == other_seed.train_dataset.render(0)
 
     # A run resumed in the middle of epoch 2 draws the symbols of epoch 2.
     InterventionEpochCallback(again.train_dataset).on_epoch_begin(again.args, TrainerState(epoch=2.5), TrainerControl())

@@ -480,3 +480,15 @@ def test_eval_command_reports_the_adjusted_and_the_plain_prediction(trained_chec
         assert set(results[name]["splits"]["shift_10"]) == {"accuracy", "macro_f1", "n", "unparsed"}
     header = capsys.readouterr().out
     assert "latent_shift:adjusted" in header and "latent_shift:plain" in header
+
+
+def test_a_copy_of_the_config_with_another_seed_starts_other_heads(tmp_path):
+    import dataclasses
+
+    from trl_causal.trainer.latent_shift_trainer import build_heads
+
+    args = LatentShiftConfig(**cpu_training_args(tmp_path, label_column="label"))
+    swept = dataclasses.replace(args, seed=1)  # latent_shift_seed None follows `seed`, also in a copy
+    assert (args.latent_shift_seed, args.latent_shift_seed_value, swept.latent_shift_seed_value) == (None, args.seed, 1) and args.seed != 1
+    first, second = (build_heads(a, 32, 2, a.latent_shift_seed_value).state_dict() for a in (args, swept))
+    assert not torch.equal(first["causal_head.mlp.0.weight"], second["causal_head.mlp.0.weight"])

@@ -101,9 +101,7 @@ class CAPTConfig(SFTConfig):
                 build_symbol_pool(self.symbol_pool)
             except ConfigError as error:
                 raise ConfigError(f"symbol_pool: {error}") from error
-        if self.intervention_seed is None:
-            self.intervention_seed = self.seed
-        if self.intervention_seed < 0:
+        if self.intervention_seed is not None and self.intervention_seed < 0:
             raise ConfigError(f"intervention_seed must be a non-negative integer, not {self.intervention_seed}.")
         if self.on_no_events not in NO_EVENTS_POLICIES:
             raise ConfigError(f"on_no_events is {self.on_no_events!r}; use one of {', '.join(NO_EVENTS_POLICIES)}.")
@@ -129,6 +127,12 @@ class CAPTConfig(SFTConfig):
                 "epoch would see the same symbols; set it to false for the capt trainer."
             )
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+
+    @property
+    def intervention_seed_value(self) -> int:
+        """The seed of the symbol draws: ``intervention_seed``, or ``seed`` when that is None (read when used, so a
+        copy of the config with another ``seed`` draws other symbols)."""
+        return self.seed if self.intervention_seed is None else self.intervention_seed
 
     @property
     def event_estimator_class(self) -> type[EventEstimator]:

@@ -239,7 +239,7 @@ def estimation_report(
     fate = "dropped" if args.on_no_events == "drop" else "kept unchanged"
     summary = (
         f"{who}: events estimated with {args.event_estimator!r} on {rows} training rows, {len(no_events)} without "
-        f"events ({fate}); symbol pool {pool!r}, intervention seed {args.intervention_seed}."
+        f"events ({fate}); symbol pool {pool!r}, intervention seed {args.intervention_seed_value}."
     )
     if not no_events:
         return summary, None
@@ -389,7 +389,7 @@ class CAPTTrainer(SFTTrainer):
         )
 
     def _interventions(self, args: CAPTConfig, estimated: EstimatedRows) -> RowInterventions:
-        interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed)
+        interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value)
         check_interventions(interventions, estimated.row_indices)
         return interventions
 
@@ -450,7 +450,7 @@ class CAPTTrainer(SFTTrainer):
             mode=mode,
             estimator=args.build_event_estimator(),
             symbol_pool=symbol_pool,
-            seed=args.intervention_seed,
+            seed=args.intervention_seed_value,
             on_no_events=args.on_no_events,
             **kwargs,
         )

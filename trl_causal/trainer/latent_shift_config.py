@@ -182,6 +182,12 @@ class LatentShiftConfig(SFTConfig):
         },
     )
 
+    @property
+    def latent_shift_seed_value(self) -> int:
+        """The seed of the heads and of the test-time draws: ``latent_shift_seed``, or ``seed`` when that is None (read
+        when used, so a copy of the config with another ``seed`` starts other heads)."""
+        return self.seed if self.latent_shift_seed is None else self.latent_shift_seed
+
     def __post_init__(self):
         if self.loss_type is None:  # TRL < 1.16 leaves it unset and would pick "chunked_nll"
             self.loss_type = "nll"
@@ -193,8 +199,6 @@ class LatentShiftConfig(SFTConfig):
                 f"label_column={self.label_column!r} is a column TRL reads as model input ({self.label_column!r} "
                 "would be taken as token labels): rename the class column, e.g. to 'class_label'."
             )
-        if self.latent_shift_seed is None:
-            self.latent_shift_seed = self.seed
         for name, choices in (
             ("adjustment", ADJUSTMENTS),
             ("entropy_mode", ENTROPY_MODES),

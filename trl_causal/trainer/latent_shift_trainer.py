@@ -201,7 +201,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
         self.attach_heads(self._new_heads())
         self._patch_fallback_rows = {"train": 0, "eval": 0}
-        self._eval_generator = torch.Generator().manual_seed(args.latent_shift_seed)  # `predict` shuffles from it too
+        self._eval_generator = torch.Generator().manual_seed(args.latent_shift_seed_value)  # `predict` shuffles from it too
         if eval_dataset is not None and args.per_device_eval_batch_size < 2:
             logger.warning(
                 "latent_shift: per_device_eval_batch_size=1 scores every evaluation row by L_SFT alone (the shuffle of "
@@ -241,7 +241,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """``SFTTrainer.evaluate``; raw rows passed here get their labels like the evaluation rows given at init. The
         shuffles of L_adj restart from ``latent_shift_seed`` on every call, so the same model scores the same."""
-        self._eval_generator = torch.Generator().manual_seed(self.args.latent_shift_seed)
+        self._eval_generator = torch.Generator().manual_seed(self.args.latent_shift_seed_value)
         return super().evaluate(self._labelled_eval(eval_dataset), ignore_keys, metric_key_prefix)
 
     def _frozen_reference(self) -> torch.nn.Module:
@@ -266,7 +266,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 f"low_level_layer={args.low_level_layer}, but the model's hidden_states run from 0 (embeddings) to "
                 f"{text_config.num_hidden_layers}."
             )
-        return build_heads(args, text_config.hidden_size, len(self.verbalizer), args.latent_shift_seed)
+        return build_heads(args, text_config.hidden_size, len(self.verbalizer), args.latent_shift_seed_value)
 
     @staticmethod
     def required_columns(args: LatentShiftConfig) -> tuple[str, ...]:
@@ -394,7 +394,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                     "answer_prefix": self.answer_prefix,
                     "phi_samples": self.args.phi_samples,
                     "phi_source": self.args.phi_source,
-                    "seed": self.args.latent_shift_seed,
+                    "seed": self.args.latent_shift_seed_value,
                     # how training cut prompt + completion, so that prediction pools the same prompt tokens
                     "max_length": getattr(self.args, "max_length", None),
                     "truncation_mode": getattr(self.args, "truncation_mode", "keep_start"),
@@ -411,7 +411,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         """
         if checkpoint_dir is None:
             raise ConfigError("latent_shift predicts with the heads saved in a checkpoint: pass its directory.")
-        settings = dict(phi_samples=args.phi_samples, phi_source=args.phi_source, seed=args.latent_shift_seed)
+        settings = dict(phi_samples=args.phi_samples, phi_source=args.phi_source, seed=args.latent_shift_seed_value)
         settings.update(kwargs)
         return LatentShiftPredictor.from_checkpoint(checkpoint_dir, model, tokenizer, answers, mode=mode, **settings)
 

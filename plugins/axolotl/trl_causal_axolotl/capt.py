@@ -251,7 +251,7 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         )
 
     def _interventions(self, estimated: EstimatedRows) -> RowInterventions:
-        interventions = RowInterventions(estimated.templates, self.symbol_pool, self.capt_args.intervention_seed)
+        interventions = RowInterventions(estimated.templates, self.symbol_pool, self.capt_args.intervention_seed_value)
         check_interventions(interventions, estimated.row_indices)
         return interventions
 
@@ -285,7 +285,7 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             "host": "axolotl",
             "event_estimator": self.capt_args.event_estimator,
             "symbol_pool": self.symbol_pool.name,
-            "intervention_seed": self.capt_args.intervention_seed,
+            "intervention_seed": self.capt_args.intervention_seed_value,
             "train_rows": len(dataset),
             "rows_without_events": len(dataset.no_events),
             "rows_drawn": dataset.drawn,
