@@ -492,3 +492,18 @@ def test_a_copy_of_the_config_with_another_seed_starts_other_heads(tmp_path):
     assert (args.latent_shift_seed, args.latent_shift_seed_value, swept.latent_shift_seed_value) == (None, args.seed, 1) and args.seed != 1
     first, second = (build_heads(a, 32, 2, a.latent_shift_seed_value).state_dict() for a in (args, swept))
     assert not torch.equal(first["causal_head.mlp.0.weight"], second["causal_head.mlp.0.weight"])
+
+
+def test_eval_takes_the_answer_set_from_the_checkpoints_verbalizer(trained_checkpoint, tiny_model, tmp_path, capsys):
+    args, out = trained_checkpoint
+    one_class = [row for row in shift_rows(12, agreement=0.1, seed=3) if row["label"] == "negative"][:3]
+    test = write_jsonl(tmp_path / "negative.jsonl", one_class)
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **base_config(tiny_model, test, out, n_patches=4, label_column="label")})
+    output = tmp_path / "eval.json"
+    for gold_column in ("label", None):  # labels, and the completions' answer texts
+        argv = ["eval", "--config", str(config), "--split", f"neg={test}", "--output", str(output)]
+        assert cli.main(argv + (["--answer_column", gold_column] if gold_column else [])) == 0, capsys.readouterr().err
+        assert json.loads(output.read_text())["answers"] == ["negative", "positive"]  # not just the one gold class
+    outside = write_jsonl(tmp_path / "outside.jsonl", [dict(one_class[0], completion=" neutral")])
+    assert cli.main(["eval", "--config", str(config), "--split", f"odd={outside}"]) == 2
+    assert "gold answers ['neutral'] (column 'completion') are neither labels" in capsys.readouterr().err

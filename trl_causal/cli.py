@@ -267,7 +267,9 @@ def _command_eval(args: argparse.Namespace) -> int:
     column = args.answer_column or default_answer_column(splits[0][1])
     gold = {name: gold_answers(rows, column, name) for name, rows in splits}
     answers = [a.strip() for a in args.answers.split(",") if a.strip()] if args.answers else sorted({a for values in gold.values() for a in values})
-    if not args.answers and not args.answer_column and column != "answer" and len(answers) > MAX_IMPLIED_ANSWERS:
+    classes = None if args.answers else _checkpoint_classes(checkpoints, trainer_names, answers, column)
+    answers = classes or answers
+    if not classes and not args.answers and not args.answer_column and column != "answer" and len(answers) > MAX_IMPLIED_ANSWERS:
         raise TrlCausalError(
             f"The rows have no `answer` column, and their {column} holds {len(answers)} different texts (reasoning "
             "chains?), which is no answer set to choose from. Name the gold column with --answer_column, or give "
@@ -315,6 +317,30 @@ def _command_eval(args: argparse.Namespace) -> int:
     output.write_text(json.dumps(report, indent=2))
     print(f"\ntrl-causal: wrote {output}")
     return 0
+
+
+def _checkpoint_classes(checkpoints: list[str], trainer_names: list[str], gold: list[str], column: str) -> list[str] | None:
+    """The answer set of the first checkpoint that knows its classes (``checkpoint_answers``, e.g. latent_shift's
+    verbalizer): its labels when the gold answers are labels, else its answer texts; None when no checkpoint knows.
+    A gold answer outside both is an error: no prediction could match it."""
+    from .plugins import get_plugin_manager
+
+    for checkpoint, trainer_name in zip(checkpoints, trainer_names):
+        trainer_cls = get_plugin_manager().get_trainer(trainer_name).trainer_class
+        known = trainer_cls.checkpoint_answers(checkpoint) if hasattr(trainer_cls, "checkpoint_answers") else None
+        if known is None:
+            continue
+        labels, texts = known
+        for candidates in (labels, texts):
+            if set(gold) <= set(candidates):
+                return candidates
+        outside = sorted(set(gold) - set(labels) - set(texts))
+        raise TrlCausalError(
+            f"The gold answers {outside[:5]} (column {column!r}) are neither labels {labels} nor answers {texts} of "
+            f"the verbalizer {checkpoint} was trained with; no prediction can match them. Fix those rows, or name the "
+            "gold column with --answer_column."
+        )
+    return None
 
 
 def _accuracy_cell(report: dict) -> str:

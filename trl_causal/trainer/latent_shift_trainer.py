@@ -403,6 +403,16 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             with open(os.path.join(output_dir or self.args.output_dir, LATENT_SHIFT_FILE), "w") as f:
                 json.dump(description, f, indent=2)
 
+    @staticmethod
+    def checkpoint_answers(checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
+        """The classes a checkpoint predicts: (labels, verbalizer answers) saved with its heads; None without them."""
+        path = os.path.join(checkpoint_dir, LATENT_SHIFT_FILE)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            verbalizer = json.load(f)["verbalizer"]
+        return list(verbalizer), list(verbalizer.values())
+
     @classmethod
     def build_predictor(cls, args, model, tokenizer, answers, mode="score", checkpoint_dir=None, **kwargs):
         """The [`LatentShiftPredictor`] of ``checkpoint_dir`` (heads, memory bank and verbalizer saved there).
