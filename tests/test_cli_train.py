@@ -90,6 +90,22 @@ def test_a_dict_field_takes_json_on_the_command_line(tmp_path, tiny_model):
         parse_run_config(["--liger_kernel_config", "rope=false"], str(config))
 
 
+def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_path, tiny_model, capsys):
+    from trl_causal import train as train_module
+
+    rows = sft_rows(8)
+    for row in rows[:3]:
+        row["prompt"] = row["prompt"] * 6  # these fill max_length: TRL drops them (keep_start)
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    settings = base_config(tiny_model, data, tmp_path / "out", max_length=120, max_steps=1)
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **settings})
+    assert train_module.cli(["--config", str(config)]) == 0
+    assert "3 of 8 training rows were dropped in preparing them" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["train_rows"] == 5
+    assert train_module.cli(["--config", str(config), "--max_length", "8"]) == 2
+    assert "No training row is left of the 8 loaded" in capsys.readouterr().err
+
+
 def test_full_weights_saved_over_an_earlier_lora_run_remove_its_adapter(tmp_path, tiny_model):
     from peft import PeftModel
 

@@ -234,6 +234,29 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
     return value
 
 
+def check_prepared_rows(trainer, loaded) -> int | None:
+    """The number of training rows the trainer kept after preparing them (TRL drops the rows that truncation to
+    max_length leaves without a completion token; trainers may drop others): none left is an error, fewer a note."""
+    if not (hasattr(loaded, "__len__") and hasattr(trainer.train_dataset, "__len__")):
+        return None
+    kept, max_length = len(trainer.train_dataset), getattr(trainer.args, "max_length", None)
+    cause = "the trainer's messages above say why" + (
+        f"; with max_length={max_length}, TRL drops SFT rows that truncation leaves without a completion token and "
+        "reward rows longer than it"
+        if max_length is not None
+        else ""
+    )
+    if kept == 0:
+        raise TrlCausalError(
+            f"No training row is left of the {len(loaded)} loaded ({cause}). Raise max_length, set truncation_mode: "
+            "keep_end, or shorten the prompts."
+        )
+    if kept < len(loaded) and trainer.accelerator.is_main_process:
+        print(f"trl-causal: {len(loaded) - kept} of {len(loaded)} training rows were dropped in preparing them ({cause}); "
+              f"{kept} train.", file=sys.stderr)
+    return kept
+
+
 def main(run: RunConfig) -> dict:
     """Load data, check it, train, save, and print a short summary; returns the summary.
     Under a distributed launch (WORLD_SIZE > 1) every rank exits the process here instead, once all have saved."""
@@ -251,6 +274,7 @@ def main(run: RunConfig) -> dict:
     if resume_from is not None:
         check_resumed_run(resume_from, run.trainer.name, settings)
     trainer = build_trainer(run, train_dataset, eval_dataset)
+    train_rows = check_prepared_rows(trainer, train_dataset)
     trainer.add_callback(run_record_callback(run.trainer.name, settings))
     result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)
@@ -259,7 +283,7 @@ def main(run: RunConfig) -> dict:
     summary = {
         "trainer": run.trainer.name,
         "model": run.model_args.model_name_or_path,
-        "train_rows": len(train_dataset) if hasattr(train_dataset, "__len__") else None,
+        "train_rows": train_rows,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "world_size": trainer.accelerator.num_processes,
