@@ -507,3 +507,15 @@ def test_eval_takes_the_answer_set_from_the_checkpoints_verbalizer(trained_check
     outside = write_jsonl(tmp_path / "outside.jsonl", [dict(one_class[0], completion=" neutral")])
     assert cli.main(["eval", "--config", str(config), "--split", f"odd={outside}"]) == 2
     assert "gold answers ['neutral'] (column 'completion') are neither labels" in capsys.readouterr().err
+
+
+def test_eval_settings_are_checked_and_those_the_heads_fix_are_refused(trained_checkpoint, tiny_model, tmp_path, capsys):
+    _, out = trained_checkpoint
+    test = write_jsonl(tmp_path / "test.jsonl", shift_rows(4, agreement=0.1, seed=3))
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **base_config(tiny_model, test, out, n_patches=4, label_column="label")})
+    argv = ["eval", "--config", str(config), "--split", f"t={test}", "--output", str(tmp_path / "e.json")]
+    assert cli.main(argv + ["--setting", "phi_source=bnk"]) == 2
+    assert "phi_source='bnk' is not one of 'bank', 'batch', 'own'" in capsys.readouterr().err  # the field's own name
+    assert cli.main(argv + ["--setting", "low_level_layer=1"]) == 2
+    assert "low_level_layer is fixed by what the checkpoint saved" in capsys.readouterr().err
+    assert cli.main(argv + ["--setting", "phi_samples=3"]) == 0

@@ -196,12 +196,18 @@ def _eval_settings(pairs: list[str] | None, run) -> dict:
     import json
 
     settings = {}
+    fixed = getattr(run.trainer.trainer_class, "settings_fixed_by_checkpoint", ())
     for pair in pairs or []:
         key, eq, value = pair.partition("=")
         if not eq or not hasattr(run.training_args, key):
             raise TrlCausalError(
                 f"--setting {pair!r}: give KEY=VALUE with KEY a field of {type(run.training_args).__name__} "
                 f"(trainer {run.trainer.name!r}), e.g. --setting phi_samples=40."
+            )
+        if key in fixed:
+            raise TrlCausalError(
+                f"--setting {pair!r}: {key} is fixed by what the checkpoint saved (the {run.trainer.name} heads were "
+                "built and trained with it), so prediction cannot change it."
             )
         try:
             settings[key] = json.loads(value)
@@ -214,7 +220,7 @@ def _checkpoint_args(run, record: dict, overrides: dict | None = None):
     """The config's training arguments with the checkpoint's recorded method settings in place of the YAML's: a capt
     checkpoint intervenes with the estimator and pool it was trained with, whatever the YAML of this eval says.
     ``overrides`` (eval's ``--setting``) win over both."""
-    import copy
+    import dataclasses
 
     recorded = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
     settings = {**recorded, **(overrides or {})}
@@ -228,10 +234,10 @@ def _checkpoint_args(run, record: dict, overrides: dict | None = None):
         )
     if not settings:
         return run.training_args
-    args = copy.copy(run.training_args)
-    for key, value in settings.items():
-        setattr(args, key, value)
-    return args
+    try:  # replace() runs the config's checks on the new values
+        return dataclasses.replace(run.training_args, **settings)
+    except (TrlCausalError, ValueError, TypeError) as error:
+        raise TrlCausalError(f"The settings for prediction ({', '.join(f'{k}={v!r}' for k, v in settings.items())}): {error}") from error
 
 
 def _command_eval(args: argparse.Namespace) -> int:

@@ -168,6 +168,11 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     the memory bank and the verbalizer are saved in every checkpoint and restored on resume.
     """
 
+    # what the saved heads fix: eval's --setting cannot change them
+    settings_fixed_by_checkpoint = (
+        "n_causal", "d_phi", "n_patches", "memory_bank_size", "causal_hidden_sizes", "encoder_hidden_sizes",
+        "adjusted_hidden_sizes", "low_level_layer", "verbalizer", "label_column",
+    )
     _tag_names = ["trl", "sft", "trl-causal", "latent-shift"]
 
     def __init__(self, model, args: LatentShiftConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
