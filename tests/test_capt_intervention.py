@@ -64,7 +64,7 @@ def test_pool_exhaustion_says_how_many_events_and_how_big_the_pool_is():
     template = EventTemplate(" ".join("{" + key + "}" for key in names), None, names)
     with pytest.raises(PoolExhaustedError, match="27 events but the 'letters' symbol pool has 26 symbols"):
         intervene(template, build_symbol_pool("letters"), np.random.default_rng(0))
-    with pytest.raises(PoolExhaustedError, match="3 events but the 'user' symbol pool has 2 symbols"):
+    with pytest.raises(PoolExhaustedError, match="3 events but the 'list' symbol pool has 2 symbols"):
         template = EventTemplate("{e1} {e2} {e3}", None, {"e1": "x", "e2": "y", "e3": "z"})
         intervene(template, ListPool(["P", "Q"]), np.random.default_rng(0))
 

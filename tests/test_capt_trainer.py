@@ -213,7 +213,7 @@ def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model
     raw_prompts = [row["prompt"] for row in rows]  # strings and message lists, as a user holds them
     assert predictor.prepare_prompts(raw_prompts) == prompts and predictor.predict(raw_prompts) == predictor.predict(rows)
     small_pool = CAPTTrainer.build_predictor(capt_args(tmp_path, symbol_pool=["X", "Y", "Z"]), model, tokenizer, ["True", "False"])
-    with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'user' symbol pool has 3 symbols"):
+    with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'list' symbol pool has 3 symbols"):
         small_pool.prepare_prompts(rows)
 
 
@@ -301,7 +301,7 @@ def test_missing_vocabulary_terms_file_fails_before_the_model_loads(tmp_path):
 
 
 def test_row_with_more_events_than_the_pool_names_the_row(tmp_path):
-    with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'user' symbol pool has 3 symbols"):
+    with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'list' symbol pool has 3 symbols"):
         make_trainer(tmp_path / "no-model", tmp_path, prontoqa_rows(2), symbol_pool=["X", "Y", "Z"])
 
 
@@ -347,3 +347,11 @@ def test_max_length_that_cuts_completions_off_warns_or_fails_naming_it(tiny_mode
     cut = sum(length >= longest for length in prompt_lengths)
     assert f"cuts the completion of {cut} of 4 training rows off" in caplog.text
     assert any(label != -100 for label in trainer.train_dataset[prompt_lengths.index(min(prompt_lengths))]["labels"])
+
+
+def test_a_plain_sft_config_is_taken_with_capt_defaults_and_a_warning(tiny_model, tmp_path, caplog):
+    args = SFTConfig(**cpu_training_args(tmp_path / "out", max_steps=1, disable_tqdm=True))
+    with caplog.at_level("WARNING"):
+        trainer = CAPTTrainer(model=str(tiny_model), args=args, train_dataset=datasets.Dataset.from_list(prontoqa_rows(2)))
+    assert isinstance(trainer.args, CAPTConfig) and trainer.args.max_steps == 1
+    assert "CAPTTrainer got a SFTConfig, not a CAPTConfig: the CAPT settings take their defaults (event_estimator='prontoqa'" in caplog.text

@@ -44,7 +44,7 @@ class ListPool(SymbolPool):
     """A fixed list of symbols: ``letters`` (A-Z, the paper's default), names taken from other rows (``pool``),
     or a user's list. Symbols are deduplicated ignoring case."""
 
-    def __init__(self, symbols: Iterable[str], name: str = "user"):
+    def __init__(self, symbols: Iterable[str], name: str = "list"):
         unique: dict[str, str] = {}
         for symbol in symbols:
             symbol = " ".join(str(symbol).split())
@@ -115,7 +115,7 @@ class NonsensePool(SymbolPool):
 def build_symbol_pool(spec: str | Sequence[str], templates: Sequence[EventTemplate] = ()) -> SymbolPool:
     """A pool from its config value: "letters", "nonsense", "pool" (names of ``templates``), or a list of symbols."""
     if not isinstance(spec, str):
-        return ListPool(spec, name="user")
+        return ListPool(spec, name="list")
     if spec == "letters":
         return ListPool(LETTERS, name="letters")
     if spec == "nonsense":

@@ -376,7 +376,13 @@ class CAPTTrainer(SFTTrainer):
             name = model if isinstance(model, str) else model.config._name_or_path
             return CAPTConfig(f"{str(name).split('/')[-1]}-CAPT")
         accepted = {f.name for f in dataclasses.fields(CAPTConfig) if f.init}
-        return CAPTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name in accepted})
+        converted = CAPTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name in accepted})
+        logger.warning(
+            f"CAPTTrainer got a {type(args).__name__}, not a CAPTConfig: the CAPT settings take their defaults "
+            f"(event_estimator={converted.event_estimator!r}, symbol_pool={converted.symbol_pool!r}, on_no_events="
+            f"{converted.on_no_events!r}). Pass a CAPTConfig to set them."
+        )
+        return converted
 
     def _estimate(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
         return estimate_dataset(
