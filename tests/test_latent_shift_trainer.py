@@ -449,6 +449,10 @@ def test_batch_source_needs_two_rows_and_the_checkpoint_needs_its_heads(trained_
     assert predictor.adjusted_probabilities(shift_rows(4)).shape == (4, 2)
     predictor.batch_size = 2
     assert predictor.adjusted_probabilities(shift_rows(3)).shape == (3, 2)  # the last row joins the batch before it
+    predictor.batch_size = 1
+    with pytest.raises(ConfigError, match=r"batch_size must be 2 or more \(it is 1\).*--setting phi_source=bank"):
+        predictor.adjusted_probabilities(shift_rows(3))
+    predictor.batch_size = 2
     with pytest.raises(DataError, match="memory bank"):
         predictor.adjusted_probabilities(shift_rows(1))
     own = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out), phi_source="own")

@@ -543,6 +543,11 @@ class LatentShiftPredictor(LMPredictor):
         """p(y | do(x)) per row over the verbalizer's labels: a [rows, labels] tensor."""
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if self.phi_source == "batch" and self.batch_size < 2 and len(rows) > 1:
+            raise ConfigError(
+                f"phi_source='batch' draws Phi' from the other rows of each batch, so batch_size must be 2 or more (it "
+                "is 1); or draw from the memory bank (trl-causal eval: --setting phi_source=bank)."
+            )
         token_ids = self.pooled_prompt_ids(rows)
         generator = torch.Generator().manual_seed(self.seed)
         probabilities = []
