@@ -272,6 +272,19 @@ def test_answers_that_share_only_their_first_tokens_train_and_are_told_apart(tin
     assert not torch.equal(scores[:, 0], scores[:, 1])  # the answers' last tokens separate them
 
 
+def test_a_boolean_label_column_takes_a_yaml_boolean_verbalizer_and_says_how_labels_compare(tmp_path):
+    from trl_causal.trainer.latent_shift_trainer import check_labels
+
+    rows = Dataset.from_list([{"is_positive": row["label"] == "positive", "completion": " " + row["label"]} for row in shift_rows()])
+    verbalizer = LatentShiftConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, verbalizer={True: "positive", False: "negative"}).verbalizer
+    assert verbalizer == {"True": "positive", "False": "negative"}  # YAML's `true: positive` names the labels of a bool column
+    check_labels(rows, "is_positive", verbalizer, "training")
+    with pytest.raises(DataError, match=r"Labels compare as text: write 'True', not 'true'"):
+        check_labels(rows, "is_positive", {"true": "positive", "false": "negative"}, "training")
+    with pytest.raises(DataError, match=r"YAML reads unquoted yes/no/true/false labels as booleans"):
+        check_labels(Dataset.from_list([{"y": "yes", "completion": " positive"}]), "y", verbalizer, "training")
+
+
 def test_a_completion_that_is_not_its_labels_verbalizer_answer_names_the_row(tiny_model, tmp_path):
     rows = shift_rows()
     rows[5]["completion"] = " positive" if rows[5]["label"] == "negative" else " negative"
@@ -319,7 +332,7 @@ def test_batch_size_one_is_rejected_from_the_yaml(tiny_model, tmp_path):
         ({"heads_learning_rate": 0.0}, "heads_learning_rate=0.0"),
         ({"verbalizer": "{not json"}, "verbalizer is not valid JSON"),
         ({"verbalizer": {"a": "yes", "b": "yes"}}, "the same answer 'yes'"),
-        ({"verbalizer": {"positive": True, "negative": False}}, "holds a boolean: YAML reads unquoted yes/no"),
+        ({"verbalizer": {"positive": True, "negative": False}}, "answers with a boolean: YAML reads unquoted yes/no"),
         ({"completion_only_loss": False}, "completion_only_loss=False"),
     ],
 )

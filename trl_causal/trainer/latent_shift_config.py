@@ -261,12 +261,13 @@ def parse_verbalizer(value: dict | str | None) -> dict[str, str] | None:
             ) from error
     if not isinstance(value, dict):
         raise ConfigError(f"verbalizer must map labels to answer texts, got {type(value).__name__}: {value!r}.")
-    booleans = [(label, answer) for label, answer in value.items() if isinstance(label, bool) or isinstance(answer, bool)]
+    booleans = [(label, answer) for label, answer in value.items() if isinstance(answer, bool)]
     if booleans:
         raise ConfigError(
-            f"verbalizer entry {booleans[0][0]!r}: {booleans[0][1]!r} holds a boolean: YAML reads unquoted yes/no/true/"
-            "false/on/off as booleans. Quote the labels and answers, e.g. {\"yes\": \"yes\", \"no\": \"no\"}."
+            f"verbalizer entry {booleans[0][0]!r}: {booleans[0][1]!r} answers with a boolean: YAML reads unquoted "
+            "yes/no/true/false/on/off as booleans. Quote the answers, e.g. {\"pos\": \"yes\", \"neg\": \"no\"}."
         )
+    # a boolean label (YAML's true:, or an unquoted yes:) is the text of a boolean label column: "True" / "False"
     verbalizer = {str(label): str(answer).strip() for label, answer in value.items()}
     if len(verbalizer) < 2:
         raise ConfigError(f"verbalizer needs at least 2 labels, got {verbalizer!r}.")

@@ -105,9 +105,17 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
     for row, label in enumerate(dataset[label_column]):
         if str(label) not in verbalizer:
             source = "its completion" if label_column == COMPLETION_LABEL_COLUMN else f"column {label_column!r}"
+            same_text = [key for key in verbalizer if key.lower() == str(label).lower()]
+            hint = (
+                f" Labels compare as text: write {str(label)!r}, not {same_text[0]!r}."
+                if same_text
+                else " (YAML reads unquoted yes/no/true/false labels as booleans, named 'True'/'False': quote them.)"
+                if {"True", "False"} & set(verbalizer)
+                else ""
+            )
             raise DataError(
                 f"Row {row} of the {split} split has label {label!r} ({source}), which is not in the verbalizer "
-                f"(labels: {', '.join(map(repr, verbalizer))}). Add it to `verbalizer` or fix the row."
+                f"(labels: {', '.join(map(repr, verbalizer))}). Add it to `verbalizer` or fix the row.{hint}"
             )
         if completions is not None and completion_text(completions[row]) != verbalizer[str(label)]:
             raise DataError(
