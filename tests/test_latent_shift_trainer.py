@@ -427,6 +427,12 @@ def test_a_checkpoint_predicts_raw_prompts_with_the_options_it_was_trained_with(
     assert LatentShiftPredictor.from_checkpoint(tmp_path, model, tokenizer, ANSWERS, phi_samples=5).phi_samples == 5
 
 
+def test_keep_end_truncation_that_cuts_the_whole_prompt_says_so(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model, tmp_path, max_length=3, truncation_mode="keep_end")
+    with pytest.raises(DataError, match=r"max_length=3 with truncation_mode keep_end cut their prompt off.*raise max_length"):
+        trainer.train()
+
+
 @pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
 def test_prediction_pools_the_prompt_tokens_training_pooled_under_max_length(tiny_model, tmp_path, truncation_mode):
     rows = shift_rows(16)

@@ -328,10 +328,13 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         prompt_mask = prompt_token_mask(labels, inputs["attention_mask"])
         no_prompt = (prompt_mask.sum(1) == 0).nonzero().flatten().tolist()
         if no_prompt:
+            cut = f" or max_length={self.args.max_length} with truncation_mode keep_end cut their prompt off" if (
+                self.args.max_length is not None and self.args.truncation_mode == "keep_end"
+            ) else ""
             raise DataError(
-                f"Rows {no_prompt} of the batch have no prompt tokens (their first token is already supervised). "
-                "latent_shift pools over the prompt: use prompt/completion data (or messages with "
-                "assistant_only_loss=True)."
+                f"Rows {no_prompt} of the batch have no prompt tokens (their first token is already supervised: the "
+                f"rows have no prompt{cut}). latent_shift pools over the prompt: use prompt/completion data (or "
+                "messages with assistant_only_loss=True)" + (", or raise max_length." if cut else ".")
             )
 
         # A batch of one row has no other row to shuffle with: L_SFT alone. In evaluation that is a last batch; in
@@ -553,7 +556,7 @@ class LatentShiftPredictor(LMPredictor):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if self.phi_source == "batch" and self.batch_size < 2 and len(rows) > 1:
             raise ConfigError(
-                f"phi_source='batch' draws Phi' from the other rows of each batch, so batch_size must be 2 or more (it "
+                "phi_source='batch' draws Phi' from the other rows of each batch, so batch_size must be 2 or more (it "
                 "is 1); or draw from the memory bank (trl-causal eval: --setting phi_source=bank)."
             )
         token_ids = self.pooled_prompt_ids(rows)
