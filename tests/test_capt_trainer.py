@@ -355,3 +355,18 @@ def test_a_plain_sft_config_is_taken_with_capt_defaults_and_a_warning(tiny_model
         trainer = CAPTTrainer(model=str(tiny_model), args=args, train_dataset=datasets.Dataset.from_list(prontoqa_rows(2)))
     assert isinstance(trainer.args, CAPTConfig) and trainer.args.max_steps == 1
     assert "CAPTTrainer got a SFTConfig, not a CAPTConfig: the CAPT settings take their defaults (event_estimator='prontoqa'" in caplog.text
+
+
+def test_the_readme_python_example_runs_as_written(tiny_model, tmp_path, capsys, monkeypatch):
+    """The README's TRL-script example, with the tiny model for the embedded one and the output under tmp_path."""
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("<!-- python-api -->\n```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('str(ensure_embedded_model("smollm2-135m-instruct"))', repr(str(tiny_model)))
+    code = code.replace('"outputs/capt-script"', repr(str(tmp_path / "out")))
+    monkeypatch.chdir(REPO)
+    exec(compile(code, "README.md", "exec"), {})
+    answers = eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(answers) == 4 and set(answers) <= {"True", "False"}
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
