@@ -1,7 +1,7 @@
 """CAPT-SFT against plain SFT on PrOntoQA-style deduction: in-distribution and two OOD splits.
 
     .venv/bin/python benchmarks/capt_prontoqa.py --steps 40                          # the issue's run (3 seeds)
-    .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run
+    .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run (-> *_smoke)
     .venv/bin/python benchmarks/capt_prontoqa.py --target reasoning                  # -> capt_prontoqa_reasoning.json
     .venv/bin/python benchmarks/capt_prontoqa.py --hops 1                            # one-hop problems -> capt_prontoqa_hops1.json
     .venv/bin/python benchmarks/capt_prontoqa.py --lora_target_modules all-linear    # -> capt_prontoqa_lora-all-linear.json
@@ -116,6 +116,8 @@ def main() -> None:
         name += f"_lr{args.learning_rate:g}"
     if args.lora_target_modules:
         name += "_lora-" + "-".join(args.lora_target_modules)
+    if name == "capt_prontoqa" and not (args.train_rows == 100 and args.eval_rows >= 300 and len(args.seeds) >= 3):
+        name += "_smoke"  # a run smaller than the issue's never writes over its committed results
     path = write_results(name, results)
     plot(results, path.with_suffix(".png"))
 
