@@ -163,6 +163,7 @@ def test_installed_third_party_plugin_trains_by_name_and_a_broken_one_is_reporte
     summary, result = train(tmp_path, tiny_model, "weighted_sft", rows, env=env)
     assert summary["trainer"] == "weighted_sft" and summary["steps"] == 2
     assert result.stderr.count("'broken-plugin' failed to load") == 1, result.stderr[-3000:]  # not again per process
+    assert "trl-causal: warning: trl_causal plugin 'broken_plugin_mod'" in result.stderr  # one line, no source line
     negative = write_jsonl(tmp_path / "negative.jsonl", [dict(row, weight=-1.0 if i == 3 else 1.0) for i, row in enumerate(sft_rows())])
     failed = run_cli("train", "--config", str(tmp_path / "cfg.yaml"), "--dataset_name", str(negative), env=env)
     assert failed.returncode == 2 and "Row 3 has weight=-1.0: every row needs a finite number >= 0" in failed.stderr, failed.stderr[-2000:]

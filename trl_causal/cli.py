@@ -7,8 +7,11 @@ import contextlib
 import os
 import subprocess
 import sys
+import warnings
 
 from .errors import TrlCausalError
+
+_python_format_warning = warnings.formatwarning
 
 TRAIN_EPILOG = """\
 Any field of the trainer's config, of ModelConfig or ScriptArguments can be set in the YAML or as
@@ -416,7 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Plugin warnings as one line; others as Python writes them."""
+    from .plugins import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        return f"trl-causal: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(argv)

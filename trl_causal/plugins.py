@@ -29,6 +29,10 @@ OWN_DISTRIBUTION = "trl-causal"
 TRAINER_KINDS = ("sft", "reward")
 
 
+class PluginWarning(UserWarning):
+    """A plugin that failed to load, or a name two plugins register (``trl-causal`` prints it as one line)."""
+
+
 @dataclass
 class PluginFailure:
     """A plugin that could not be loaded: its distribution, entry point and the error."""
@@ -206,7 +210,9 @@ class PluginManager:
         self.failures.append(PluginFailure(distribution, plugin_name, error))
         if not os.environ.get(PLUGINS_REPORTED_ENV):
             warnings.warn(
-                f"trl_causal plugin {plugin_name!r} from distribution {distribution!r} failed to load: {error}", stacklevel=3
+                f"trl_causal plugin {plugin_name!r} from distribution {distribution!r} failed to load: {error}",
+                PluginWarning,
+                stacklevel=3,
             )
 
     def _unload_unknown_hooks(self) -> None:
@@ -257,7 +263,7 @@ class PluginManager:
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
         if not os.environ.get(PLUGINS_REPORTED_ENV):
-            warnings.warn(message, stacklevel=4)
+            warnings.warn(message, PluginWarning, stacklevel=4)
 
     def _collect_trainers(self) -> Registry:
         def make(name: str, distribution: str, *, trainer, config, kind: str = "sft", description: str = ""):
