@@ -363,8 +363,9 @@ def test_the_readme_python_example_runs_as_written(tiny_model, tmp_path, capsys,
 
     readme = (REPO / "README.md").read_text()
     code = readme.split("<!-- python-api -->\n```python\n", 1)[1].split("```", 1)[0]
-    code = code.replace('str(ensure_embedded_model("smollm2-135m-instruct"))', repr(str(tiny_model)))
-    code = code.replace('"outputs/capt-script"', repr(str(tmp_path / "out")))
+    for written, used in (('str(ensure_embedded_model("smollm2-135m-instruct"))', repr(str(tiny_model))), ('"outputs/capt-script"', repr(str(tmp_path / "out")))):
+        assert written in code, written  # else the test would download the embedded model or write into the repo
+        code = code.replace(written, used)
     monkeypatch.chdir(REPO)
     exec(compile(code, "README.md", "exec"), {})
     answers = eval(capsys.readouterr().out.strip().splitlines()[-1])

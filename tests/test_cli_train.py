@@ -100,7 +100,7 @@ def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_pa
     settings = base_config(tiny_model, data, tmp_path / "out", max_length=120, max_steps=1)
     config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **settings})
     assert train_module.cli(["--config", str(config)]) == 0
-    assert "3 of 8 training rows were dropped in preparing them" in capsys.readouterr().err
+    assert "3 of 8 training rows were dropped (TRL drops the rows that max_length=120 leaves" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["train_rows"] == 5
     assert train_module.cli(["--config", str(config), "--max_length", "8"]) == 2
     assert "No training row is left of the 8 loaded" in capsys.readouterr().err
@@ -135,8 +135,9 @@ def test_the_run_record_holds_the_fields_a_config_adds_to_its_base():
 
     assert method_settings(PlainArguments(output_dir="unused", use_cpu=True)) == {"alpha": 0.5}
     assert method_settings(SFTConfig(output_dir="unused", use_cpu=True, bf16=False)) == {}
-    capt = method_settings(CAPTConfig(output_dir="unused", use_cpu=True, bf16=False, symbol_pool="nonsense"))
+    capt = method_settings(CAPTConfig(output_dir="unused", use_cpu=True, bf16=False, symbol_pool="nonsense", seed=3))
     assert capt["symbol_pool"] == "nonsense" and "learning_rate" not in capt
+    assert capt["intervention_seed"] == 3  # None follows `seed`: recorded as used, so eval draws as training did
 
 
 def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_path, capsys):

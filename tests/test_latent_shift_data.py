@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -151,5 +153,12 @@ def test_command_line_writes_every_split(tmp_path, capsys):
     first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
     assert {"prompt", "completion", "label", "spurious", "environment", "agrees"} <= set(first)
     assert first["spurious"] in ("so", "the")
-    assert cli.main(["shift-data", "--out", str(tmp_path), "--kind", "stopwords"]) == 2
-    assert "stopwords" in capsys.readouterr().err
+    assert tuple(SPURIOUS_VALUES) == cli.SPURIOUS_KINDS  # the choices --help lists
+    with pytest.raises(SystemExit):
+        cli.main(["shift-data", "--out", str(tmp_path), "--kind", "stopwords"])
+    assert "invalid choice: 'stopwords'" in capsys.readouterr().err
+    older = subprocess.run(  # the older spelling still writes the splits
+        [sys.executable, "-m", "trl_causal.latent_shift.data", "--out", str(tmp_path / "old"), "--n-train", "4", "--n-test", "2"],
+        capture_output=True, text=True,
+    )
+    assert older.returncode == 0 and (tmp_path / "old" / "test_10.jsonl").is_file(), older.stderr

@@ -532,6 +532,16 @@ def test_eval_takes_the_answer_set_from_the_checkpoints_verbalizer(trained_check
     assert "gold answers ['neutral'] (column 'completion') are neither labels" in capsys.readouterr().err
 
 
+def test_eval_of_a_checkpoint_without_a_run_record_predicts_with_its_saved_settings(trained_checkpoint, tiny_model, tmp_path, capsys):
+    args, out = trained_checkpoint  # saved by a TRL script: heads and predictor settings, no trl_causal_run.json
+    assert not (out / SUMMARY_FILE).exists()
+    test = write_jsonl(tmp_path / "test.jsonl", shift_rows(4, agreement=0.1, seed=3))
+    settings = base_config(tiny_model, test, out, n_patches=4, label_column="label", phi_samples=args.phi_samples + 5)
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **settings})
+    assert cli.main(["eval", "--config", str(config), "--split", f"t={test}", "--output", str(tmp_path / "e.json")]) == 0
+    assert f"was trained with phi_samples={args.phi_samples}, which the YAML sets otherwise; it predicts as trained" in capsys.readouterr().err
+
+
 def test_eval_settings_are_checked_and_those_the_heads_fix_are_refused(trained_checkpoint, tiny_model, tmp_path, capsys):
     _, out = trained_checkpoint
     test = write_jsonl(tmp_path / "test.jsonl", shift_rows(4, agreement=0.1, seed=3))
@@ -539,6 +549,9 @@ def test_eval_settings_are_checked_and_those_the_heads_fix_are_refused(trained_c
     argv = ["eval", "--config", str(config), "--split", f"t={test}", "--output", str(tmp_path / "e.json")]
     assert cli.main(argv + ["--setting", "phi_source=bnk"]) == 2
     assert "phi_source='bnk' is not one of 'bank', 'batch', 'own'" in capsys.readouterr().err  # the field's own name
-    assert cli.main(argv + ["--setting", "low_level_layer=1"]) == 2
-    assert "low_level_layer is fixed by what the checkpoint saved" in capsys.readouterr().err
+    for fixed in ("low_level_layer=1", "max_length=64"):
+        assert cli.main(argv + ["--setting", fixed]) == 2
+        assert f"{fixed.partition('=')[0]} is fixed by what the checkpoint saved" in capsys.readouterr().err
+    assert cli.main(argv + ["--setting", "latent_shift_seed_value=3"]) == 2  # a property, not a field
+    assert "give KEY=VALUE with KEY a field of LatentShiftConfig" in capsys.readouterr().err
     assert cli.main(argv + ["--setting", "phi_samples=3"]) == 0

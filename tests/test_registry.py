@@ -117,6 +117,16 @@ def test_two_providers_of_one_name_make_it_unselectable_and_leave_the_rest_worki
         manager.get_trainer("sft")
 
 
+def test_a_name_one_plugin_registers_twice_is_told_as_such(tmp_path, monkeypatch):
+    source = REGISTERS_TRAINER.format(name="dup", trainer="trl:SFTTrainer")
+    source += '    register("dup", trainer="trl:SFTTrainer", config="trl:SFTConfig")\n'
+    install(tmp_path, monkeypatch, "dup-plugin", "dup_plugin_mod", source)
+    with pytest.warns(UserWarning, match=r"Distribution 'dup-plugin' registers the trainer 'dup' twice"):
+        manager = PluginManager()
+    with pytest.raises(RegistryError, match="registers the trainer 'dup' twice"):
+        manager.get_trainer("dup")
+
+
 def test_an_entry_point_named_like_another_distributions_is_loaded_too(tmp_path, monkeypatch):
     # a third-party entry point named "builtin" once hid every built-in trainer (the name was taken as loaded)
     install(tmp_path, monkeypatch, "namesake-plugin", "builtin", REGISTERS_TRAINER.format(name="namesake", trainer="trl:SFTTrainer"))
@@ -175,6 +185,6 @@ def test_an_estimator_plugin_without_a_name_attribute_is_named_as_registered(tmp
     assert estimated.templates[0].names == {"e1": "dog"}
     with pytest.raises(NoEventsFound, match="'wordlist' estimator"):
         estimate_dataset(args.build_event_estimator(), rows.map(lambda row: {"prompt": "No pets."}), on_no_events="drop")
-    with pytest.raises(RegistryError, match=r"'notone' from distribution 'estimator-plugin' is <class 'collections.OrderedDict'>, "
+    with pytest.raises(RegistryError, match=r"'notone' \(from distribution 'estimator-plugin'\) registers estimator <class 'collections.OrderedDict'>, "
                        r"which is not a subclass of trl_causal.capt.EventEstimator"):
         CAPTConfig(**cpu_training_args(tmp_path), event_estimator="notone")

@@ -12,6 +12,7 @@ import warnings
 from .errors import TrlCausalError
 
 _python_format_warning = warnings.formatwarning
+SPURIOUS_KINDS = ("platform", "stopword")  # trl_causal.latent_shift.data.SPURIOUS_VALUES, without importing torch
 
 TRAIN_EPILOG = """\
 Any field of the trainer's config, of ModelConfig or ScriptArguments can be set in the YAML or as
@@ -198,11 +199,14 @@ def _eval_settings(pairs: list[str] | None, run) -> dict:
     """``--setting KEY=VALUE`` of eval: a value that reads as JSON is taken as JSON (40, true, {"base_url": ...})."""
     import json
 
+    import dataclasses
+
     settings = {}
     fixed = getattr(run.trainer.trainer_class, "settings_fixed_by_checkpoint", ())
+    fields = {f.name for f in dataclasses.fields(run.training_args) if f.init}
     for pair in pairs or []:
         key, eq, value = pair.partition("=")
-        if not eq or not hasattr(run.training_args, key):
+        if not eq or key not in fields:
             raise TrlCausalError(
                 f"--setting {pair!r}: give KEY=VALUE with KEY a field of {type(run.training_args).__name__} "
                 f"(trainer {run.trainer.name!r}), e.g. --setting phi_samples=40."
@@ -227,7 +231,11 @@ def _checkpoint_args(run, record: dict, overrides: dict | None = None):
 
     recorded = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
     settings = {**recorded, **(overrides or {})}
-    differing = {key: value for key, value in recorded.items() if key not in (overrides or {}) and _json_value(getattr(run.training_args, key)) != value}
+    def yaml_value(key):  # a field left None that follows another (latent_shift_seed: seed) as its `<key>_value`
+        value = getattr(run.training_args, key)
+        return getattr(run.training_args, f"{key}_value", None) if value is None else value
+
+    differing = {key: value for key, value in recorded.items() if key not in (overrides or {}) and _json_value(yaml_value(key)) != value}
     if differing:
         print(
             f"trl-causal: note: {record.get('checkpoint', 'the checkpoint')} was trained with "
@@ -259,6 +267,10 @@ def _command_eval(args: argparse.Namespace) -> int:
             raise TrlCausalError(f"Checkpoint directory not found: {checkpoint}. Train first, or pass --checkpoint DIR.")
     records = [read_run_record(checkpoint) for checkpoint in checkpoints]
     trainer_names = [record.get("trainer", run.trainer.name) for record in records]
+    for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
+        trainer_cls = get_plugin_manager().get_trainer(trainer_name).trainer_class
+        if "settings" not in record and hasattr(trainer_cls, "checkpoint_settings"):  # trained from a TRL script, Axolotl
+            record.update(settings=trainer_cls.checkpoint_settings(checkpoint), checkpoint=checkpoint)
     for checkpoint, trainer_name in zip(checkpoints, trainer_names):
         if get_plugin_manager().get_trainer(trainer_name).kind == "reward":
             raise TrlCausalError(
@@ -276,7 +288,7 @@ def _command_eval(args: argparse.Namespace) -> int:
     column = args.answer_column or default_answer_column(splits[0][1])
     gold = {name: gold_answers(rows, column, name) for name, rows in splits}
     answers = [a.strip() for a in args.answers.split(",") if a.strip()] if args.answers else sorted({a for values in gold.values() for a in values})
-    classes = None if args.answers else _checkpoint_classes(checkpoints, trainer_names, answers, column)
+    classes = None if args.answers else _checkpoint_classes(checkpoints, trainer_names, answers, column, bool(args.answer_column))
     answers = classes or answers
     if not classes and not args.answers and not args.answer_column and column != "answer" and len(answers) > MAX_IMPLIED_ANSWERS:
         raise TrlCausalError(
@@ -328,7 +340,9 @@ def _command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_classes(checkpoints: list[str], trainer_names: list[str], gold: list[str], column: str) -> list[str] | None:
+def _checkpoint_classes(
+    checkpoints: list[str], trainer_names: list[str], gold: list[str], column: str, column_given: bool
+) -> list[str] | None:
     """The answer set of the first checkpoint that knows its classes (``checkpoint_answers``, e.g. latent_shift's
     verbalizer): its labels when the gold answers are labels, else its answer texts; None when no checkpoint knows.
     A gold answer outside both is an error: no prediction could match it."""
@@ -346,8 +360,8 @@ def _checkpoint_classes(checkpoints: list[str], trainer_names: list[str], gold: 
         outside = sorted(set(gold) - set(labels) - set(texts))
         raise TrlCausalError(
             f"The gold answers {outside[:5]} (column {column!r}) are neither labels {labels} nor answers {texts} of "
-            f"the verbalizer {checkpoint} was trained with; no prediction can match them. Fix those rows, or name the "
-            "gold column with --answer_column."
+            f"the verbalizer {checkpoint} was trained with; no prediction can match them. Fix those rows"
+            + ("." if column_given else ", or name the gold column with --answer_column.")
         )
     return None
 
@@ -407,7 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the latent_shift benchmark data: train.jsonl (spurious agreement 90%%) and test_90 ... test_10.jsonl",
     )
     shift.add_argument("--out", required=True, help="directory for the split files")
-    shift.add_argument("--kind", default="platform", help="the spurious feature: platform (a tag such as amazon.xxx) or stopword (an inserted stop word)")
+    shift.add_argument(
+        "--kind",
+        choices=SPURIOUS_KINDS,
+        default="platform",
+        help="the spurious feature: platform (a tag such as amazon.xxx) or stopword (an inserted stop word)",
+    )
     shift.add_argument("--n-train", type=int, default=2000, help="training rows (default: 2000)")
     shift.add_argument("--n-test", type=int, default=500, help="rows per test split (default: 500)")
     shift.add_argument("--seed", type=int, default=0)

@@ -74,7 +74,7 @@ class Registered:
         cls = self.resolve(role)
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise RegistryError(
-                f"{role.capitalize()} {self.name!r} from distribution {self.distribution!r} is {cls!r}, which is not a "
+                f"{self.name!r} (from distribution {self.distribution!r}) registers {role} {cls!r}, which is not a "
                 f"subclass of {base_path}. Register a subclass (e.g. of {example})."
             )
         return cls
@@ -121,7 +121,9 @@ class Registry:
             self.entries[entry.name] = entry
 
     def clash_message(self, name: str) -> str:
-        distributions = self.clashes[name]
+        distributions = list(dict.fromkeys(self.clashes[name]))
+        if len(distributions) == 1:
+            return f"Distribution {distributions[0]!r} registers the {self.what} {name!r} twice, so it cannot be selected; ask its authors to fix it."
         third_party = [d for d in distributions if d != OWN_DISTRIBUTION]
         return (
             f"Distributions {' and '.join(map(repr, distributions))} both register the {self.what} {name!r}, so it "
@@ -292,16 +294,13 @@ class PluginManager:
         return self.trainers.get(name, self.failures, self.autoload_note)
 
     def get_event_estimator(self, name: str):
-        """The ``EventEstimator`` subclass registered as ``name``; a class without its own ``name`` gets the registered one."""
+        """The ``EventEstimator`` subclass registered as ``name``."""
         from .capt.events import EventEstimator
 
         entry = self.event_estimators.get(name, self.failures, self.autoload_note)
-        cls = entry.resolve_subclass(
+        return entry.resolve_subclass(
             "estimator", EventEstimator, "trl_causal.capt.EventEstimator", "trl_causal.capt.VocabularyEstimator"
         )
-        if not getattr(cls, "name", None):
-            cls.name = name  # messages name the estimator as the user selected it
-        return cls
 
 
 _manager: PluginManager | None = None

@@ -96,7 +96,8 @@ def remove_stale_adapter(output_dir: str, since: float) -> None:
 
 def method_settings(args) -> dict:
     """The fields that a trainer's config adds to the TRL config it extends (CAPT's estimator and symbol pool,
-    latent_shift's draws, ...), as JSON values: with the trainer's name they tell eval how the checkpoint predicts."""
+    latent_shift's draws, ...), as JSON values: with the trainer's name they tell eval how the checkpoint predicts.
+    A field that defaults to another (``intervention_seed`` None: ``seed``) is recorded as used, its ``<field>_value``."""
     import dataclasses
 
     from transformers import TrainingArguments
@@ -105,7 +106,7 @@ def method_settings(args) -> dict:
     base = next((cls for cls in type(args).__mro__ if cls.__module__.split(".")[0] == "trl"), TrainingArguments)
     added = {f.name for f in dataclasses.fields(args) if f.init} - {f.name for f in dataclasses.fields(base)}
     values = args.to_dict()
-    return {name: values[name] for name in sorted(added)}
+    return {name: values[name] if values[name] is not None else getattr(args, f"{name}_value", None) for name in sorted(added)}
 
 
 def read_run_record(checkpoint: str) -> dict:
@@ -234,26 +235,30 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
     return value
 
 
-def check_prepared_rows(trainer, loaded) -> int | None:
-    """The number of training rows the trainer kept after preparing them (TRL drops the rows that truncation to
-    max_length leaves without a completion token; trainers may drop others): none left is an error, fewer a note."""
-    if not (hasattr(loaded, "__len__") and hasattr(trainer.train_dataset, "__len__")):
+def check_prepared_rows(trainer, loaded, kind: str) -> int | None:
+    """The number of training rows that train. For the rows TRL's SFT preparation keeps (a ``datasets.Dataset``),
+    fewer than were loaded is a note and none an error: TRL drops the rows that truncation to max_length leaves
+    without a completion token. Trainers that build their own items (capt, the reward trainers' pairs) report theirs."""
+    import datasets
+
+    if not hasattr(loaded, "__len__"):
         return None
-    kept, max_length = len(trainer.train_dataset), getattr(trainer.args, "max_length", None)
-    cause = "the trainer's messages above say why" + (
-        f"; with max_length={max_length}, TRL drops SFT rows that truncation leaves without a completion token and "
-        "reward rows longer than it"
-        if max_length is not None
-        else ""
+    max_length = getattr(trainer.args, "max_length", None)
+    if kind != "sft" or max_length is None or not isinstance(trainer.train_dataset, datasets.Dataset):
+        return len(loaded)
+    kept = len(trainer.train_dataset)
+    cause = (
+        f"TRL drops the rows that max_length={max_length} leaves without a completion token (truncation_mode "
+        f"{getattr(trainer.args, 'truncation_mode', 'keep_start')!r})"
     )
     if kept == 0:
         raise TrlCausalError(
-            f"No training row is left of the {len(loaded)} loaded ({cause}). Raise max_length, set truncation_mode: "
+            f"No training row is left of the {len(loaded)} loaded: {cause}. Raise max_length, set truncation_mode: "
             "keep_end, or shorten the prompts."
         )
     if kept < len(loaded) and trainer.accelerator.is_main_process:
-        print(f"trl-causal: {len(loaded) - kept} of {len(loaded)} training rows were dropped in preparing them ({cause}); "
-              f"{kept} train.", file=sys.stderr)
+        print(f"trl-causal: {len(loaded) - kept} of {len(loaded)} training rows were dropped ({cause}); {kept} train.",
+              file=sys.stderr)
     return kept
 
 
@@ -274,7 +279,7 @@ def main(run: RunConfig) -> dict:
     if resume_from is not None:
         check_resumed_run(resume_from, run.trainer.name, settings)
     trainer = build_trainer(run, train_dataset, eval_dataset)
-    train_rows = check_prepared_rows(trainer, train_dataset)
+    train_rows = check_prepared_rows(trainer, train_dataset, run.trainer.kind)
     trainer.add_callback(run_record_callback(run.trainer.name, settings))
     result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)

@@ -357,3 +357,11 @@ def write_splits(
         name: write_jsonl(to_prompt_completion(rows, conversational=conversational), Path(out) / f"{name}.jsonl")
         for name, rows in make_splits(n_train, n_test, kind, seed, ambiguous=ambiguous).items()
     }
+
+
+if __name__ == "__main__":  # the older spelling of `trl-causal shift-data`
+    import sys
+
+    from ..cli import main
+
+    raise SystemExit(main(["shift-data", *sys.argv[1:]]))

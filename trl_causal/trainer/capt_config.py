@@ -140,5 +140,9 @@ class CAPTConfig(SFTConfig):
         return get_plugin_manager().get_event_estimator(self.event_estimator)
 
     def build_event_estimator(self) -> EventEstimator:
-        """A new estimator built with ``event_estimator_kwargs``."""
-        return self.event_estimator_class(**self.event_estimator_kwargs)
+        """A new estimator built with ``event_estimator_kwargs``; one whose class has no ``name`` takes the registered
+        name, which messages use."""
+        estimator = self.event_estimator_class(**self.event_estimator_kwargs)
+        if not getattr(estimator, "name", None):
+            estimator.name = self.event_estimator
+        return estimator

@@ -179,7 +179,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     # what the saved heads fix: eval's --setting cannot change them
     settings_fixed_by_checkpoint = (
         "n_causal", "d_phi", "n_patches", "memory_bank_size", "causal_hidden_sizes", "encoder_hidden_sizes",
-        "adjusted_hidden_sizes", "low_level_layer", "verbalizer", "label_column",
+        "adjusted_hidden_sizes", "low_level_layer", "verbalizer", "label_column", "max_length", "truncation_mode",
     )
     _tag_names = ["trl", "sft", "trl-causal", "latent-shift"]
 
@@ -420,14 +420,26 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 json.dump(description, f, indent=2)
 
     @staticmethod
-    def checkpoint_answers(checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
-        """The classes a checkpoint predicts: (labels, verbalizer answers) saved with its heads; None without them."""
+    def _description(checkpoint_dir: str | os.PathLike) -> dict | None:
         path = os.path.join(checkpoint_dir, LATENT_SHIFT_FILE)
         if not os.path.isfile(path):
             return None
         with open(path) as f:
-            verbalizer = json.load(f)["verbalizer"]
-        return list(verbalizer), list(verbalizer.values())
+            return json.load(f)
+
+    @classmethod
+    def checkpoint_answers(cls, checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
+        """The classes a checkpoint predicts: (labels, verbalizer answers) saved with its heads; None without them."""
+        description = cls._description(checkpoint_dir)
+        return None if description is None else (list(description["verbalizer"]), list(description["verbalizer"].values()))
+
+    @classmethod
+    def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:
+        """The prediction settings saved with the heads, as config fields: what eval uses for a checkpoint without
+        a run record (trained from a TRL script or Axolotl)."""
+        predictor = (cls._description(checkpoint_dir) or {}).get("predictor", {})
+        names = {"phi_samples": "phi_samples", "phi_source": "phi_source", "seed": "latent_shift_seed"}
+        return {field: predictor[key] for key, field in names.items() if key in predictor}
 
     @classmethod
     def build_predictor(cls, args, model, tokenizer, answers, mode="score", checkpoint_dir=None, **kwargs):
