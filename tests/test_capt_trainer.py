@@ -347,6 +347,21 @@ def test_max_length_that_cuts_completions_off_warns_or_fails_naming_it(tiny_mode
     cut = sum(length >= longest for length in prompt_lengths)
     assert f"cuts the completion of {cut} of 4 training rows off" in caplog.text
     assert any(label != -100 for label in trainer.train_dataset[prompt_lengths.index(min(prompt_lengths))]["labels"])
+    make_trainer(tiny_model, tmp_path, rows, max_length=5, truncation_mode="keep_end")  # keeps every row's end
+
+
+def test_the_max_length_check_tokenizes_only_prompts_long_enough_to_fill_it(tiny_model, tmp_path, monkeypatch):
+    from trl_causal.trainer.capt_trainer import InterventionDataset, check_truncation
+
+    trainer = make_trainer(tiny_model, tmp_path, prontoqa_rows(4), max_length=4096)
+    tokenized = []
+    monkeypatch.setattr(InterventionDataset, "__getitem__", lambda self, index: tokenized.append(index) or {"labels": [-100]})
+    check_truncation(trainer.train_dataset, trainer.args)  # every prompt is far shorter than 4096 bytes
+    assert tokenized == []
+    trainer.args.max_length = 5
+    with pytest.raises(DataError, match="cuts the completion of every training row off"):
+        check_truncation(trainer.train_dataset, trainer.args)
+    assert tokenized == [0, 1, 2, 3]
 
 
 def test_a_plain_sft_config_is_taken_with_capt_defaults_and_a_warning(tiny_model, tmp_path, caplog):

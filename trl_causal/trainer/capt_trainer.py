@@ -281,18 +281,34 @@ def check_interventions(interventions: RowInterventions, row_indices: Sequence[i
     return results
 
 
+ADDED_TOKENS_MARGIN = 8  # tokens a tokenizer may add to a text beyond one per byte (BOS, ...)
+
+
 def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: bool = False, warn: bool = True) -> None:
     """Rows that ``max_length`` leaves without a completion token train nothing (TRL's SFTTrainer drops them): an
-    error when that is every row, else (``warn``) a warning with their count. Checked with the symbols of draw 0."""
+    error when that is every row, else (``warn``) a warning with their count. Checked with the symbols of draw 0.
+
+    Only ``keep_start`` can cut a completion off (``keep_end`` keeps every row's end), and only from a row whose prompt
+    fills max_length. A token covers at least one byte of text, so a prompt (as templated) of fewer UTF-8 bytes than
+    max_length, less a margin for the tokens a tokenizer adds (BOS), cannot: only longer prompts are tokenized."""
     from tqdm.auto import tqdm
 
+    if args.truncation_mode != "keep_start":
+        return
+    tokenizer = dataset.tokenize.tokenizer
+
+    def fills_max_length(index: int) -> bool:
+        prompt, _ = dataset.render(index)
+        text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        if len(text.encode("utf-8")) + ADDED_TOKENS_MARGIN < args.max_length:
+            return False
+        return all(label == -100 for label in dataset[index]["labels"])
+
     indices = tqdm(range(len(dataset)), desc="Checking max_length", disable=not progress)
-    cut = [dataset.row_indices[i] for i in indices if all(label == -100 for label in dataset[i]["labels"])]
+    cut = [dataset.row_indices[i] for i in indices if fills_max_length(i)]
     if not cut:
         return
-    fix = f"raise max_length (now {args.max_length}) or shorten the prompts"
-    if args.truncation_mode == "keep_start":
-        fix += ", or set truncation_mode: keep_end to cut the prompts' starts instead"
+    fix = f"raise max_length (now {args.max_length}), shorten the prompts, or set truncation_mode: keep_end to cut the prompts' starts instead"
     if len(cut) == len(dataset):
         raise DataError(f"max_length={args.max_length} cuts the completion of every training row off, so nothing would train: {fix}.")
     if not warn:
