@@ -1,7 +1,7 @@
 """CAPT-SFT against plain SFT on PrOntoQA-style deduction: in-distribution and two OOD splits.
 
     .venv/bin/python benchmarks/capt_prontoqa.py --steps 40                          # the issue's run (3 seeds)
-    .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run (-> *_smoke)
+    .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run (-> *_smoke: a run smaller than the committed one never overwrites it)
     .venv/bin/python benchmarks/capt_prontoqa.py --target reasoning                  # -> capt_prontoqa_reasoning.json
     .venv/bin/python benchmarks/capt_prontoqa.py --hops 1                            # one-hop problems -> capt_prontoqa_hops1.json
     .venv/bin/python benchmarks/capt_prontoqa.py --lora_target_modules all-linear    # -> capt_prontoqa_lora-all-linear.json
@@ -23,12 +23,13 @@ JSON); results go to results/capt_prontoqa_reasoning.{json,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
 from datasets import Dataset
 
-from common import mean_std, train_in_process, write_results
+from common import RESULTS, mean_std, train_in_process, write_results
 from trl_causal.capt.prontoqa import generate_prontoqa, to_chat_rows
 from trl_causal.evaluation import accuracy_report, build_predictor
 
@@ -116,9 +117,8 @@ def main() -> None:
         name += f"_lr{args.learning_rate:g}"
     if args.lora_target_modules:
         name += "_lora-" + "-".join(args.lora_target_modules)
-    issue_sizes = args.train_rows == 100 and args.eval_rows >= 300 and len(args.seeds) >= 3 and args.steps >= 40
-    if name == "capt_prontoqa" and not issue_sizes:
-        name += "_smoke"  # a run smaller than the issue's never writes over its committed results
+    if smaller_than_committed(name, results):
+        name += "_smoke"  # never over committed results made with more rows, seeds or steps
     path = write_results(name, results)
     plot(results, path.with_suffix(".png"))
 
@@ -129,6 +129,17 @@ def main() -> None:
     for name, target in targets.items():
         print(f"{name}: {target['measured']:.2f} (target {target['target']})")
     print(f"wrote {path} and {path.with_suffix('.png')}")
+
+
+def smaller_than_committed(name: str, results: dict) -> bool:
+    """Whether a run is smaller, in training rows, evaluation rows per split, steps or seeds, than the issue's run (for
+    the main results: 100, 300, 40, 3) or than the run that wrote ``results/<name>.json``."""
+    sizes = ("train_rows", "eval_rows_per_split", "steps")
+    path = RESULTS / f"{name}.json"
+    committed = json.loads(path.read_text()) if path.is_file() else {}
+    floor = {"train_rows": 100, "eval_rows_per_split": 300, "steps": 40} if name == "capt_prontoqa" else {}
+    fewer_seeds = len(results["seeds"]) < max(len(committed.get("seeds", [])), 3 if name == "capt_prontoqa" else 0)
+    return fewer_seeds or any(results[size] < max(committed.get(size, 0), floor.get(size, 0)) for size in sizes)
 
 
 def plot(results: dict, path: Path) -> None:
