@@ -60,10 +60,13 @@ def test_cli_trains_with_lora_on_two_processes_saves_the_heads_and_evaluates(tin
     config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **settings, **lora, "n_patches": 4})
     result = run_cli("train", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / SUMMARY_FILE).read_text())["world_size"] == 2
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["world_size"] == 2
     for directory in (out / "checkpoint-1", out):
         assert set(load_file(directory / HEADS_FILE)) >= {"memory_bank.vectors", "adjusted_head.mlp.0.weight"}
         assert json.loads((directory / LATENT_SHIFT_FILE).read_text())["verbalizer"] == dict(zip(ANSWERS, ANSWERS))
+    # the bank holds the rows of both processes (DDP broadcasts rank 0's buffers: rank 0 must have gathered them)
+    assert int(load_file(out / HEADS_FILE)["memory_bank.num_seen"]) == summary["steps"] * 2 * settings["per_device_train_batch_size"]
     assert (out / "adapter_model.safetensors").is_file()
 
     assert cli.main(["eval", "--config", str(config), "--split", f"shift_10={test}", "--answer_column", "label"]) == 0

@@ -19,7 +19,7 @@ them would leak the label into Phi.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -382,8 +382,11 @@ class LatentShiftHeads(nn.Module):
         adjustment: Adjustment = "shuffle_train",
         entropy_mode: EntropyMode = "mutual_information",
         generator: torch.Generator | None = None,
+        gather: Callable[[Tensor], Tensor] | None = None,
     ) -> LatentShiftLosses:
-        """L_C and L_adj of one batch. In training mode (``self.training``) the batch's patch features also enter the memory bank.
+        """L_C and L_adj of one batch. In training mode (``self.training``) the batch's patch features also enter the
+        memory bank: under data parallelism ``gather`` (e.g. ``accelerator.gather``) collects every process's rows, so
+        that each process's bank holds them all, in the same order.
 
         ``last_hidden``: last hidden layer of the model being fine-tuned (with grad);
         ``frozen_last_hidden``: the same layer of the frozen view (no grad);
@@ -394,7 +397,7 @@ class LatentShiftHeads(nn.Module):
         q1 = self.causal_probs(last_hidden, prompt_mask)
         features, n_fallback = self.low_level_features(low_hidden, prompt_mask)
         if self.training:
-            self.memory_bank.add(features)
+            self.memory_bank.add(features if gather is None else gather(features.detach()))
         phi = self.low_level_encoder(features)
         return LatentShiftLosses(
             causal=causal_alignment_loss(q0, q1, entropy_mode),

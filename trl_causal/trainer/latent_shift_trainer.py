@@ -359,6 +359,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             adjustment=self.args.adjustment,
             entropy_mode=self.args.entropy_mode,
             generator=None if mode == "train" else self._eval_generator,
+            gather=self.accelerator.gather if self.accelerator.num_processes > 1 else None,
         )
         loss = loss + self.example_mean(self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted)
         self._log_losses(mode, loss_sum.detach() / n_tokens.clamp(min=1), auxiliary)
