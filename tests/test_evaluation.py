@@ -313,3 +313,13 @@ def test_a_split_named_like_a_file_of_the_folder_reads_that_file(tiny_model, tmp
     write_jsonl(levels / "test_90.jsonl", CHAT_ROWS)
     assert eval_splits(config, "test_90", str(levels))["n"] == len(CHAT_ROWS)
     assert eval_splits(config, "test_10", str(levels))["n"] == 1
+
+
+def test_a_folder_that_datasets_cannot_read_as_one_split_is_one_error(tiny_model, tmp_path, capsys):
+    config, _ = eval_config(tiny_model, tmp_path, CHAT_ROWS)
+    mixed = tmp_path / "mixed"  # no test_10.* in it, and files whose columns differ
+    mixed.mkdir()
+    write_jsonl(mixed / "a.jsonl", CHAT_ROWS)
+    write_jsonl(mixed / "b.jsonl", [{"other": 1}])
+    assert cli.main(["eval", "--config", config, "--split", f"test_10={mixed}"]) == 2
+    assert "cannot be read as one dataset" in capsys.readouterr().err

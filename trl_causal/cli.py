@@ -161,7 +161,15 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
         if source.is_dir():  # the folder's NAME.jsonl (datasets would file test_10.jsonl ... test_90.jsonl under "test")
             named = [file for file in source.glob(f"{name}.*") if file.suffix.lower() in FILE_BUILDERS]
             source = named[0] if len(named) == 1 else source
-        dataset = load_any_dataset(str(source))
+        try:
+            dataset = load_any_dataset(str(source))
+        except TrlCausalError:
+            raise
+        except Exception as error:  # datasets cannot read it, e.g. a folder of files with different columns
+            raise TrlCausalError(
+                f"--split {split}: {source} cannot be read as one dataset ({type(error).__name__}: {str(error).splitlines()[0]}). "
+                f"Name a file (--split {name}=FOLDER/FILE.jsonl), or a folder that holds {name}.jsonl."
+            ) from error
         # One file, or a folder of files datasets did not name by split, is NAME; a split named "train" is not NAME
         files = [] if source.is_file() else [file.name for file in source.iterdir()]
         by_split = {"dataset_dict.json", "dataset_info.json"} & set(files) or any(f.lower().startswith("train") for f in files)
@@ -385,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list the registered trainers")
     listing.add_argument("--estimators", action="store_true", help="also list the event estimators")
     parser.train_parser = train
-    evaluate = commands.add_parser("eval", help="accuracy per evaluation split, optionally for two checkpoints side by side")
+    evaluate = commands.add_parser("eval", help="accuracy per evaluation split, optionally for several checkpoints side by side")
     evaluate.add_argument("--config", required=True, help="the YAML the model was trained with")
     evaluate.add_argument("--checkpoint", help="checkpoint directory (default: the config's output_dir)")
     evaluate.add_argument("--compare", action="append", metavar="DIR", help="another checkpoint to evaluate side by side (repeatable)")
