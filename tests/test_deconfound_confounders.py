@@ -45,6 +45,9 @@ def test_missing_values_are_counted_per_column():
     message = r"3 of 5 rows .*'price': 2 \(rows \[1, 3\]\); 'channel': 1 \(rows \[2\]\).*drop_invalid"
     with pytest.raises(DataError, match=message):
         build_confounder_matrix(columns, numeric=["price"], categorical=["channel"])
+    columns["channel"][0] = " "  # a blank cell is missing too, not a level of its own
+    with pytest.raises(DataError, match=r"4 of 5 rows .*'channel': 2 \(rows \[0, 2\]\)"):
+        build_confounder_matrix(columns, numeric=["price"], categorical=["channel"])
 
 
 def test_a_pandas_nat_timestamp_is_missing():
@@ -118,3 +121,14 @@ def test_levels_come_from_the_fit_rows_and_a_level_only_later_rows_hold_counts_a
     assert names == ["channel=web", "posted=Feb"]
     np.testing.assert_array_equal(matrix, [[1, 0], [0, 1], [1, 0], [0, 1], [0, 0], [1, 0]])
     assert np.ptp(matrix[:4], axis=0).all()  # every column varies over the training rows
+
+
+def test_a_categorical_level_is_its_text_whatever_type_each_split_gives_it():
+    import warnings
+
+    train, evaluation = [1, 2, 3, 10, 2, 1], ["1", "2", "3", "10"]  # ints in the training file, text in the eval file
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no level counts as unseen
+        matrix, names = build_confounder_matrix({"platform": train + evaluation}, categorical=["platform"], fit_rows=len(train))
+    assert names == ["platform=2", "platform=3", "platform=10"]  # numeric order, 1 the reference level
+    np.testing.assert_array_equal(matrix[len(train):], matrix[[0, 1, 2, 3]])

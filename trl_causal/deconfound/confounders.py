@@ -39,7 +39,9 @@ def describe_invalid_columns(masks: Mapping[str, np.ndarray]) -> str:
 
 
 def is_missing(value: Any) -> bool:
-    """None, NaN, inf or NaT."""
+    """None, NaN, inf, NaT or a blank string (a CSV's or spreadsheet's empty cell)."""
+    if isinstance(value, str):
+        return not value.strip()
     if isinstance(value, np.datetime64):
         return bool(np.isnat(value))
     if isinstance(value, datetime) and value != value:  # pandas' NaT, a datetime that equals nothing
@@ -48,11 +50,15 @@ def is_missing(value: Any) -> bool:
 
 
 def _sorted_levels(values: Sequence[Any]) -> list[Any]:
-    levels = set(values)
-    try:
-        return sorted(levels)
-    except TypeError:  # mixed types such as 1 and "a"
-        return sorted(levels, key=repr)
+    """The distinct values, numbers (also written as text) in numeric order first, then the rest as text."""
+
+    def key(value: Any) -> tuple:
+        try:
+            return (0, float(value), str(value))
+        except (TypeError, ValueError):
+            return (1, 0.0, str(value))
+
+    return sorted(set(values), key=key)
 
 
 def parse_numbers(values: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
@@ -258,11 +264,11 @@ def build_confounder_matrix(
         blocks.append(values[:, None])
         feature_names.append(name)
     for name in kinds["categorical"]:
-        values = [columns[name][row] for row in kept_indices]
+        values = [str(columns[name][row]) for row in kept_indices]  # a level is its text: 2 in one file is "2" in another
         block, block_names = _one_hot(
             name,
             values,
-            {value: str(value) for value in values},
+            {value: value for value in values},
             f"Categorical confounder column {name!r}",
             "remove it from the confounders",
             fit,
