@@ -74,8 +74,8 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
     base = ["--output_dir", str(tmp_path), "--bf16", "false"]
     parsed, = TrlParser((DeconfoundedRewardConfig,)).parse_args_into_dataclasses(base + ["--outcome_column", "y", "--numeric_confounders", "c", "--text_column", "null"])
     assert parsed.text_column is None and parsed.outcome_column == "y"
-    parsed, = TrlParser((LatentShiftConfig,)).parse_args_into_dataclasses(base + ["--label_column", "~"])
-    assert parsed.label_column is None
+    parsed, = TrlParser((LatentShiftConfig,)).parse_args_into_dataclasses(base + ["--label_column", "~", "--verbalizer", "None"])
+    assert parsed.label_column is None and parsed.verbalizer is None
 
 
 def test_a_dict_field_takes_json_on_the_command_line(tmp_path, tiny_model):

@@ -481,9 +481,34 @@ def test_singleton_groups_under_pairwise(tmp_path, tiny_model, capsys):
     )
 
 
+def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_model, tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    rows = [dict(row, group=i // 2) for i, row in enumerate(observational_rows(n=40))]
+    for row in rows[0:10:2]:  # the first row of groups 0-4
+        row["text"] = row["text"] * 30
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    max_length = max(len(tokenizer(row["text"])["input_ids"]) for row in rows[10:]) + 2
+    with caplog.at_level("WARNING"):
+        trainer = build_trainer(tiny_model, tmp_path, rows, objective="pairwise", max_length=max_length)
+    assert f"5 train groups have one row left after dropping the rows longer than max_length={max_length}" in caplog.text
+    assert len(trainer.train_dataset) > 0
+    for row in rows[1:40:2]:  # now every group loses a row
+        row["text"] = row["text"] * 30
+    with pytest.raises(DataError, match="leaves every group with one row, so there is no pair to train on: raise max_length"):
+        build_trainer(tiny_model, tmp_path, rows, objective="pairwise", max_length=max_length)
+
+
 def test_pairwise_needs_a_group_column(tmp_path):
     with pytest.raises(ConfigError, match="set group_column"):
         reward_args(tmp_path, objective="pairwise", group_column=None)
+
+
+@pytest.mark.parametrize("objective, unit", [("regression", "rows"), ("pairwise", "pairs")])
+def test_invariance_needs_two_rows_or_pairs_per_batch(tmp_path, objective, unit):
+    # one pair's two rows correlate fully with any confounder that differs: the penalty would be a constant
+    with pytest.raises(ConfigError, match=rf"needs 2 or more {unit}"):
+        reward_args(tmp_path, mode="invariance", objective=objective, per_device_train_batch_size=1)
 
 
 def test_evaluation_rows_with_a_level_unseen_in_training_count_as_the_reference_level(tiny_model, tmp_path):

@@ -189,10 +189,10 @@ NULL_WORDS = ("null", "Null", "NULL", "~")
 
 
 def unset_null_words(config: Any, *names: str) -> None:
-    """Set each of the optional string fields ``names`` of ``config`` that holds a ``NULL_WORDS`` string to None: a
-    TRL script's TrlParser hands ``--text_column null`` over as the string "null"."""
+    """Set each of the optional string fields ``names`` of ``config`` that holds a ``NULL_WORDS`` string (or "None")
+    to None: a TRL script's TrlParser hands ``--text_column null`` over as the string "null"."""
     for name in names:
-        if getattr(config, name) in NULL_WORDS:
+        if getattr(config, name) in (*NULL_WORDS, "None"):
             setattr(config, name, None)
 
 

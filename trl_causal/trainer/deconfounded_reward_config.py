@@ -229,10 +229,11 @@ class DeconfoundedRewardConfig(RewardConfig):
             raise ConfigError(
                 "center_rewards_coefficient applies to objective: pairwise; the regression target is already centred."
             )
-        if self.mode == "invariance" and self.objective == "regression" and self.per_device_train_batch_size < 2:
+        if self.mode == "invariance" and self.per_device_train_batch_size < 2:
+            rows = "rows" if self.objective == "regression" else "pairs (the two rows of one pair always correlate fully)"
             raise ConfigError(
-                "mode='invariance' correlates rewards with the confounders over the batch: set "
-                "per_device_train_batch_size to 2 or more."
+                f"mode='invariance' correlates rewards with the confounders over the batch, which needs 2 or more {rows}: "
+                "set per_device_train_batch_size to 2 or more."
             )
 
     def feature_autocast_precision(self, bf16_native: bool = False) -> str | None:

@@ -584,9 +584,22 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             return datasets.Dataset.from_dict(
                 {"input_ids": input_ids, "target": target.tolist(), "confounders": confounders}
             ), too_long
+        # a group that dropping long rows leaves with one row gives no pair (a group of one in the data is an error)
+        _, group_sizes = np.unique(observations.groups, return_counts=True)
+        if too_long and (group_sizes == 1).all():
+            raise DataError(
+                f"Dropping the {split} rows longer than max_length={args.max_length} leaves every group with one row, "
+                "so there is no pair to train on: raise max_length."
+            )
         pairs = preference_pairs(
-            target, observations.groups, args.min_pair_gap, f"{split} split (after dropping long rows)"
+            target, observations.groups, args.min_pair_gap, f"{split} split (after dropping rows over max_length)",
+            single_row_groups=bool(too_long),
         )
+        if too_long and (single := int((group_sizes == 1).sum())):
+            logger.warning(
+                f"{single} {split} groups have one row left after dropping the rows longer than "
+                f"max_length={args.max_length}; they give no pair. Raise max_length to keep them."
+            )
         columns = {
             "chosen_ids": [input_ids[i] for i in pairs[:, 0]],
             "rejected_ids": [input_ids[j] for j in pairs[:, 1]],
