@@ -178,7 +178,7 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
     assert set(json.loads((tmp_path / "e.json").read_text())["results"]) == {"capt"}
     assert "was trained with symbol_pool='nonsense', which the YAML sets otherwise; it predicts as trained" in capsys.readouterr().err
     capt_run = parse_run_config(["--trainer", "capt"], str(other))
-    chosen = cli._eval_settings(["symbol_pool=letters", "intervention_seed=7"], capt_run)  # eval's --setting wins
+    chosen = cli._eval_settings(["symbol_pool=letters", "intervention_seed=7"], {"ckpt": capt_run})["ckpt"]  # --setting wins
     assert chosen == {"symbol_pool": "letters", "intervention_seed": 7}
     args = cli._checkpoint_args(capt_run, read_run_record(str(checkpoint)), chosen)
     assert (args.symbol_pool, args.intervention_seed) == ("letters", 7)

@@ -101,7 +101,9 @@ def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_pa
     config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **settings})
     assert train_module.cli(["--config", str(config)]) == 0
     assert "3 of 8 training rows were dropped (TRL drops the rows that max_length=120 leaves" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["train_rows"] == 5
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["train_rows"] == 5
+    assert summary["answer_prefix"] == " "  # " True": eval scores answers of rows without a completion after a space
     assert train_module.cli(["--config", str(config), "--max_length", "8"]) == 2
     assert "No training row is left of the 8 loaded" in capsys.readouterr().err
 

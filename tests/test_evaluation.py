@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import base_config, write_config, write_jsonl
 from trl_causal import cli
-from trl_causal.evaluation import LMPredictor, gold_answers, parse_answer
+from trl_causal.evaluation import LMPredictor, gold_answers, load_checkpoint, parse_answer
 from trl_causal.train import SUMMARY_FILE
 
 ROWS = [
@@ -323,3 +323,31 @@ def test_a_folder_that_datasets_cannot_read_as_one_split_is_one_error(tiny_model
     write_jsonl(mixed / "b.jsonl", [{"other": 1}])
     assert cli.main(["eval", "--config", config, "--split", f"test_10={mixed}"]) == 2
     assert "cannot be read as one dataset" in capsys.readouterr().err
+
+
+def test_rows_without_a_completion_are_scored_with_the_answer_prefix_training_recorded(tiny_model, tmp_path):
+    from trl_causal.train import SUMMARY_FILE
+
+    plain = [row for row in ROWS if isinstance(row["prompt"], str)]
+    config, checkpoint = eval_config(tiny_model, tmp_path, plain)  # test rows: prompt + answer, no completion
+    output = tmp_path / "eval.json"
+    argv = ["eval", "--config", config, "--split", "test", "--output", str(output)]
+    assert cli.main(argv) == 0 and json.loads(output.read_text())["results"]["sft"]["answer_prefix"] is None
+    # trained on " True" / " False" completions: the run record says so, and answers are scored after a space
+    (Path(checkpoint) / SUMMARY_FILE).write_text(json.dumps({"trainer": "sft", "settings": {}, "answer_prefix": " "}))
+    assert cli.main(argv) == 0
+    result = json.loads(output.read_text())["results"]["sft"]
+    assert result["answer_prefix"] == " "
+    model, tokenizer = load_checkpoint(checkpoint)
+    expected = LMPredictor(model, tokenizer, ["False", "True"], answer_prefix=" ").predict(plain)
+    assert result["splits"]["test"]["accuracy"] == sum(p == row["answer"] for p, row in zip(expected, plain)) / len(plain)
+
+
+def test_each_split_finds_its_own_gold_column(tiny_model, tmp_path):
+    config, _ = eval_config(tiny_model, tmp_path, ROWS)
+    with_completion = write_jsonl(tmp_path / "completion.jsonl", [{"prompt": r["prompt"], "completion": " " + r["answer"]} for r in ROWS])
+    output = tmp_path / "eval.json"
+    argv = ["eval", "--config", config, "--split", "test", "--split", f"other={with_completion}", "--output", str(output)]
+    assert cli.main(argv) == 0  # `answer` in one split, `completion` in the other
+    splits = json.loads(output.read_text())["results"]["sft"]["splits"]
+    assert splits["test"]["n"] == splits["other"]["n"] == len(ROWS)

@@ -558,3 +558,28 @@ def test_eval_settings_are_checked_and_those_the_heads_fix_are_refused(trained_c
     assert cli.main(argv + ["--setting", "latent_shift_seed_value=3"]) == 2  # a property, not a field
     assert "give KEY=VALUE with KEY a field of LatentShiftConfig" in capsys.readouterr().err
     assert cli.main(argv + ["--setting", "phi_samples=3"]) == 0
+
+
+def test_eval_compares_an_sft_baseline_on_the_verbalizer_texts_of_the_labels(tiny_model, tmp_path, capsys):
+    rows = [{**row, "label": ANSWERS.index(row["label"])} for row in shift_rows()]  # labels 0/1 answered " negative"/" positive"
+    trainer = make_trainer(tiny_model, tmp_path / "ls", rows=rows, max_steps=1)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "ls"))
+    test_rows = [{**row, "label": ANSWERS.index(row["label"])} for row in shift_rows(6, agreement=0.1, seed=3)]
+    test = write_jsonl(tmp_path / "test.jsonl", test_rows)
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **base_config(tiny_model, test, tmp_path / "ls", n_patches=4, label_column="label")})
+    import shutil
+
+    baseline_dir = tmp_path / "sft"  # as `trainer: sft` saves it: the model and its run record
+    shutil.copytree(tiny_model, baseline_dir)
+    (baseline_dir / SUMMARY_FILE).write_text(json.dumps({"trainer": "sft", "settings": {}}))
+    output = tmp_path / "eval.json"
+    argv = ["eval", "--config", str(config), "--compare", str(baseline_dir), "--split", f"t={test}", "--answer_column", "label",
+            "--output", str(output), "--setting", "phi_samples=3"]
+    assert cli.main(argv) == 0
+    assert "--setting phi_samples=3 does not apply to" in capsys.readouterr().err  # the sft baseline has no such field
+    baseline = json.loads(output.read_text())["results"]["sft"]
+    assert baseline["scored_answers"] == ANSWERS  # the texts it learned, not the labels "0" / "1"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    predicted = [str(ANSWERS.index(answer)) for answer in LMPredictor(model, tokenizer, ANSWERS).predict(test_rows)]
+    assert baseline["splits"]["t"]["accuracy"] == sum(p == str(r["label"]) for p, r in zip(predicted, test_rows)) / len(test_rows)

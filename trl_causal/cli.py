@@ -203,32 +203,40 @@ def _json_value(value):
     return json.loads(json.dumps(value, default=lambda item: getattr(item, "value", str(item))))
 
 
-def _eval_settings(pairs: list[str] | None, run) -> dict:
-    """``--setting KEY=VALUE`` of eval: a value that reads as JSON is taken as JSON (40, true, {"base_url": ...})."""
+def _eval_settings(pairs: list[str] | None, runs: dict) -> dict:
+    """``--setting KEY=VALUE`` of eval, per checkpoint of ``runs`` {checkpoint: its trainer's run config}: each
+    checkpoint takes the settings its config has (a value that reads as JSON is taken as JSON: 40, true, {...}).
+    A key no checkpoint's config has is an error, checked before any model loads."""
+    import dataclasses
     import json
 
-    import dataclasses
-
-    settings = {}
-    fixed = getattr(run.trainer.trainer_class, "settings_fixed_by_checkpoint", ())
-    fields = {f.name for f in dataclasses.fields(run.training_args) if f.init}
+    settings: dict = {checkpoint: {} for checkpoint in runs}
     for pair in pairs or []:
         key, eq, value = pair.partition("=")
-        if not eq or key not in fields:
+        takers = [c for c, run in runs.items() if key in {f.name for f in dataclasses.fields(run.training_args) if f.init}]
+        if not eq or not takers:
+            trainers = sorted({f"{type(run.training_args).__name__} (trainer {run.trainer.name!r})" for run in runs.values()})
             raise TrlCausalError(
-                f"--setting {pair!r}: give KEY=VALUE with KEY a field of {type(run.training_args).__name__} "
-                f"(trainer {run.trainer.name!r}), e.g. --setting phi_samples=40."
+                f"--setting {pair!r}: give KEY=VALUE with KEY a field of {' or '.join(trainers)}, e.g. --setting phi_samples=40."
             )
-        if key in fixed:
-            raise TrlCausalError(
-                f"--setting {pair!r}: {key} is fixed by what the checkpoint saved (the {run.trainer.name} heads were "
-                "built and trained with it), so prediction cannot change it."
-            )
-        try:
-            settings[key] = json.loads(value)
-        except ValueError:
-            settings[key] = value
+        for checkpoint in takers:
+            _check_eval_setting(pair, key, runs[checkpoint])
+            try:
+                settings[checkpoint][key] = json.loads(value)
+            except ValueError:
+                settings[checkpoint][key] = value
+        for checkpoint in runs.keys() - set(takers):
+            print(f"trl-causal: note: --setting {pair} does not apply to {checkpoint} (trainer {runs[checkpoint].trainer.name!r}).", file=sys.stderr)
     return settings
+
+
+def _check_eval_setting(pair: str, key: str, run) -> None:
+    """A setting the checkpoint's saved heads fix cannot change at prediction."""
+    if key in getattr(run.trainer.trainer_class, "settings_fixed_by_checkpoint", ()):
+        raise TrlCausalError(
+            f"--setting {pair!r}: {key} is fixed by what the checkpoint saved (the {run.trainer.name} heads were "
+            "built and trained with it), so prediction cannot change it."
+        )
 
 
 def _checkpoint_args(run, record: dict, overrides: dict | None = None):
@@ -293,10 +301,13 @@ def _command_eval(args: argparse.Namespace) -> int:
     if repeated:
         raise TrlCausalError(f"--split names {repeated} are given more than once; name each split differently (--split NAME=FILE).")
     splits = [_eval_rows(run, split, args.max_rows) for split in requested]
-    column = args.answer_column or default_answer_column(splits[0][1])
-    gold = {name: gold_answers(rows, column, name) for name, rows in splits}
+    columns = {name: args.answer_column or default_answer_column(rows) for name, rows in splits}  # each split its own
+    column = ", ".join(dict.fromkeys(columns.values()))
+    gold = {name: gold_answers(rows, columns[name], name) for name, rows in splits}
     answers = [a.strip() for a in args.answers.split(",") if a.strip()] if args.answers else sorted({a for values in gold.values() for a in values})
-    classes = None if args.answers else _checkpoint_classes(checkpoints, trainer_names, answers, column, bool(args.answer_column))
+    classes, text_of_label = (None, None) if args.answers else _checkpoint_classes(
+        checkpoints, trainer_names, answers, column, bool(args.answer_column)
+    )
     answers = classes or answers
     if not classes and not args.answers and not args.answer_column and column != "answer" and len(answers) > MAX_IMPLIED_ANSWERS:
         raise TrlCausalError(
@@ -305,20 +316,32 @@ def _command_eval(args: argparse.Namespace) -> int:
             "the answers with --answers."
         )
     check_gold_in_answers(gold, answers, column)
+    runs = {
+        checkpoint: run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
+        for checkpoint, trainer_name in zip(checkpoints, trainer_names)
+    }
+    settings = _eval_settings(args.setting, runs)  # before any model loads
     results = {}
     for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
-        checkpoint_run = run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
+        checkpoint_run = runs[checkpoint]
+        trainer_cls = checkpoint_run.trainer.trainer_class
+        # Labels of a checkpoint's verbalizer: one without a verbalizer of its own (a `--compare`d sft baseline) scores
+        # the label's answer text, which it learned, and its prediction is read back as the label.
+        texts = text_of_label if text_of_label and not hasattr(trainer_cls, "checkpoint_answers") else None
         model, tokenizer = load_checkpoint(checkpoint)
         predictor = build_predictor(
-            checkpoint_run.trainer.trainer_class,
-            _checkpoint_args(checkpoint_run, record, _eval_settings(args.setting, checkpoint_run)),
+            trainer_cls,
+            _checkpoint_args(checkpoint_run, record, settings[checkpoint]),
             model,
             tokenizer,
-            answers,
+            [texts[answer] for answer in answers] if texts else answers,
             args.mode,
             checkpoint,
         )
         predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
+        if predictor.answer_prefix is None and record.get("answer_prefix") is not None:
+            predictor.answer_prefix = record["answer_prefix"]  # rows without a completion: as training wrote answers
+        label_of = {text: label for label, text in texts.items()} if texts else {}
         candidates = (trainer_name, f"{trainer_name}:{Path(checkpoint).name}", f"{trainer_name}:{checkpoint}")
         taken = {result_label.removesuffix(":adjusted").removesuffix(":plain") for result_label in results}
         label = next((candidate for candidate in candidates if candidate not in taken), f"{trainer_name}:{checkpoint}#{len(results)}")
@@ -326,12 +349,19 @@ def _command_eval(args: argparse.Namespace) -> int:
         kinds = ("adjusted", "plain") if hasattr(predictor, "predict_both") else (None,)
         labels = {kind: label if kind is None else f"{label}:{kind}" for kind in kinds}
         for kind, column in labels.items():
-            results[column] = {"trainer": trainer_name, "checkpoint": str(Path(checkpoint).resolve()), "splits": {}}
+            results[column] = {
+                "trainer": trainer_name,
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "scored_answers": predictor.answers,  # what it chose from (a label's answer text for a baseline)
+                "answer_prefix": predictor.answer_prefix,  # None: each row's completion tells it
+                "splits": {},
+            }
             if kind is not None:
                 results[column]["prediction"] = kind
         for name, rows in splits:
             predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
             for column, predicted in zip(labels.values(), predictions):
+                predicted = [label_of.get(answer, answer) for answer in predicted]
                 results[column]["splits"][name] = accuracy_report(predicted, gold[name])
 
     labels = list(results)
@@ -350,10 +380,10 @@ def _command_eval(args: argparse.Namespace) -> int:
 
 def _checkpoint_classes(
     checkpoints: list[str], trainer_names: list[str], gold: list[str], column: str, column_given: bool
-) -> list[str] | None:
+) -> tuple[list[str] | None, dict[str, str] | None]:
     """The answer set of the first checkpoint that knows its classes (``checkpoint_answers``, e.g. latent_shift's
-    verbalizer): its labels when the gold answers are labels, else its answer texts; None when no checkpoint knows.
-    A gold answer outside both is an error: no prediction could match it."""
+    verbalizer): its labels when the gold answers are labels (with {label: answer text}), else its answer texts (and
+    None); (None, None) when no checkpoint knows. A gold answer outside both is an error: no prediction could match it."""
     from .plugins import get_plugin_manager
 
     for checkpoint, trainer_name in zip(checkpoints, trainer_names):
@@ -362,16 +392,17 @@ def _checkpoint_classes(
         if known is None:
             continue
         labels, texts = known
-        for candidates in (labels, texts):
-            if set(gold) <= set(candidates):
-                return candidates
+        if set(gold) <= set(labels):
+            return labels, dict(zip(labels, texts))
+        if set(gold) <= set(texts):
+            return texts, None
         outside = sorted(set(gold) - set(labels) - set(texts))
         raise TrlCausalError(
             f"The gold answers {outside[:5]} (column {column!r}) are neither labels {labels} nor answers {texts} of "
             f"the verbalizer {checkpoint} was trained with; no prediction can match them. Fix those rows"
             + ("." if column_given else ", or name the gold column with --answer_column.")
         )
-    return None
+    return None, None
 
 
 def _accuracy_cell(report: dict) -> str:

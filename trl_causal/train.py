@@ -15,6 +15,7 @@ import time
 from .configuration import RunConfig, parse_run_config
 from .data import check_columns, load_run_datasets
 from .errors import TrlCausalError
+from .evaluation import answer_prefix
 
 SUMMARY_FILE = "trl_causal_run.json"
 INTERRUPTED_EXIT_CODE = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
@@ -137,9 +138,19 @@ def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict) -> Non
         )
 
 
-def run_record_callback(trainer_name: str, settings: dict):
-    """A callback that writes ``{"trainer", "settings"}`` as ``SUMMARY_FILE`` into every ``checkpoint-N`` the run saves,
-    so that eval tells a checkpoint's trainer and settings without the final summary."""
+def training_answer_prefix(dataset) -> str | None:
+    """What the training rows put between a plain-text prompt and its answer: the leading whitespace of the first
+    row's string ``completion`` (" positive" -> " "); None for other rows (chats take no prefix)."""
+    names = dataset.column_names
+    if names is not None and "completion" not in names:
+        return None
+    completion = next(iter(dataset), {}).get("completion")
+    return answer_prefix(completion) if isinstance(completion, str) else None
+
+
+def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | None = None):
+    """A callback that writes ``{"trainer", "settings", "answer_prefix"}`` as ``SUMMARY_FILE`` into every
+    ``checkpoint-N`` the run saves, so that eval tells a checkpoint's trainer and settings without the final summary."""
     from transformers import TrainerCallback
 
     class RunRecord(TrainerCallback):
@@ -147,7 +158,7 @@ def run_record_callback(trainer_name: str, settings: dict):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if state.is_world_process_zero and os.path.isdir(folder):
                 with open(os.path.join(folder, SUMMARY_FILE), "w") as f:
-                    json.dump({"trainer": trainer_name, "settings": settings}, f, indent=2)
+                    json.dump({"trainer": trainer_name, "settings": settings, "answer_prefix": answer_prefix}, f, indent=2)
 
     return RunRecord()
 
@@ -280,7 +291,8 @@ def main(run: RunConfig) -> dict:
         check_resumed_run(resume_from, run.trainer.name, settings)
     trainer = build_trainer(run, train_dataset, eval_dataset)
     train_rows = check_prepared_rows(trainer, train_dataset, run.trainer.kind)
-    trainer.add_callback(run_record_callback(run.trainer.name, settings))
+    prefix = training_answer_prefix(train_dataset)
+    trainer.add_callback(run_record_callback(run.trainer.name, settings, prefix))
     result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
@@ -296,6 +308,7 @@ def main(run: RunConfig) -> dict:
         "seconds": round(time.time() - start, 1),
         "output_dir": os.path.abspath(training_args.output_dir),
         "settings": settings,
+        "answer_prefix": prefix,
     }
     if eval_dataset is not None:
         summary["eval"] = trainer.evaluate()
