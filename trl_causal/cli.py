@@ -23,8 +23,6 @@ Show a trainer's fields with: trl-causal train --trainer NAME --help
 
 
 def _command_list(args: argparse.Namespace) -> int:
-    import warnings
-
     from .plugins import get_plugin_manager
 
     with warnings.catch_warnings():  # each failure is listed below, once
@@ -247,6 +245,7 @@ def _checkpoint_args(run, record: dict, overrides: dict | None = None):
 
     recorded = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
     settings = {**recorded, **(overrides or {})}
+
     def yaml_value(key):  # a field left None that follows another (latent_shift_seed: seed) as its `<key>_value`
         value = getattr(run.training_args, key)
         return getattr(run.training_args, f"{key}_value", None) if value is None else value
@@ -284,17 +283,16 @@ def _command_eval(args: argparse.Namespace) -> int:
     records = [read_run_record(checkpoint) for checkpoint in checkpoints]
     trainer_names = [record.get("trainer", run.trainer.name) for record in records]
     for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
-        trainer_cls = get_plugin_manager().get_trainer(trainer_name).trainer_class
-        if "settings" not in record and hasattr(trainer_cls, "checkpoint_settings"):  # trained from a TRL script, Axolotl
-            record.update(settings=trainer_cls.checkpoint_settings(checkpoint), checkpoint=checkpoint)
-    for checkpoint, trainer_name in zip(checkpoints, trainer_names):
-        if get_plugin_manager().get_trainer(trainer_name).kind == "reward":
+        spec = get_plugin_manager().get_trainer(trainer_name)
+        if spec.kind == "reward":
             raise TrlCausalError(
                 f"{checkpoint} was trained by {trainer_name!r}, a reward trainer: its model gives one score per text, "
                 "not an answer to a prompt, so it has no accuracy to report here. Load it with "
                 "AutoModelForSequenceClassification (as TRL's GRPO, RLOO and PPO trainers do) to score texts; "
                 "`trl-causal eval` evaluates the answers of sft-kind trainers (sft, capt, latent_shift, ...)."
             )
+        if "settings" not in record and hasattr(spec.trainer_class, "checkpoint_settings"):  # trained from a TRL script, Axolotl
+            record.update(settings=spec.trainer_class.checkpoint_settings(checkpoint), checkpoint=checkpoint)
     requested = args.split or [run.script_args.dataset_test_split]
     names = [split.partition("=")[0] for split in requested]
     repeated = sorted({name for name in names if names.count(name) > 1})

@@ -210,12 +210,7 @@ class PluginManager:
     def _fail(self, distribution: str, plugin_name: str, error: str) -> None:
         """Record and warn about a plugin that could not be loaded; the others go on."""
         self.failures.append(PluginFailure(distribution, plugin_name, error))
-        if not os.environ.get(PLUGINS_REPORTED_ENV):
-            warnings.warn(
-                f"trl_causal plugin {plugin_name!r} from distribution {distribution!r} failed to load: {error}",
-                PluginWarning,
-                stacklevel=3,
-            )
+        self._warn(f"trl_causal plugin {plugin_name!r} from distribution {distribution!r} failed to load: {error}")
 
     def _unload_unknown_hooks(self) -> None:
         """pluggy's ``check_pending`` per plugin: a plugin implementing a hook trl_causal does not define (a typo such
@@ -259,11 +254,13 @@ class PluginManager:
             for entry in entries:
                 registry.add(entry)
         for name in registry.clashes:
-            self._warn(registry.clash_message(name))
+            self.warnings.append(registry.clash_message(name))
+            self._warn(self.warnings[-1])
         return registry
 
-    def _warn(self, message: str) -> None:
-        self.warnings.append(message)
+    @staticmethod
+    def _warn(message: str) -> None:
+        """A ``PluginWarning``, unless the launching ``trl-causal train`` has shown it already."""
         if not os.environ.get(PLUGINS_REPORTED_ENV):
             warnings.warn(message, PluginWarning, stacklevel=4)
 
