@@ -47,6 +47,16 @@ def answer_prefix(completion: str | list[dict[str, Any]] | None) -> str:
     return completion[: len(completion) - len(completion.lstrip())] if isinstance(completion, str) else ""
 
 
+def training_answer_prefix(dataset) -> str | None:
+    """What the training rows put between a plain-text prompt and its answer: the leading whitespace of the first
+    row's string ``completion`` (" positive" -> " "); None for other rows (chats take no prefix)."""
+    names = dataset.column_names
+    if names is not None and "completion" not in names:
+        return None
+    completion = next(iter(dataset), {}).get("completion")
+    return answer_prefix(completion) if isinstance(completion, str) else None
+
+
 class LMPredictor:
     """Predicts one of ``answers`` per row with a causal LM.
 

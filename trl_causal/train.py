@@ -15,7 +15,7 @@ import time
 from .configuration import RunConfig, parse_run_config
 from .data import check_columns, load_run_datasets
 from .errors import TrlCausalError
-from .evaluation import answer_prefix
+from .evaluation import training_answer_prefix
 
 SUMMARY_FILE = "trl_causal_run.json"
 INTERRUPTED_EXIT_CODE = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
@@ -136,16 +136,6 @@ def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict) -> Non
             + ", ".join(f"{key}={value!r} (now {settings[key]!r})" for key, value in changed.items()),
             file=sys.stderr,
         )
-
-
-def training_answer_prefix(dataset) -> str | None:
-    """What the training rows put between a plain-text prompt and its answer: the leading whitespace of the first
-    row's string ``completion`` (" positive" -> " "); None for other rows (chats take no prefix)."""
-    names = dataset.column_names
-    if names is not None and "completion" not in names:
-        return None
-    completion = next(iter(dataset), {}).get("completion")
-    return answer_prefix(completion) if isinstance(completion, str) else None
 
 
 def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | None = None):

@@ -34,7 +34,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ..data import check_columns, named_splits
 from ..errors import ConfigError, DataError
-from ..evaluation import LMPredictor, Prompt, answer_prefix, completion_text
+from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_prefix
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
 from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
@@ -204,8 +204,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                     check_completion_column(dataset.column_names, split.replace(" split", ""))
                 check_columns(dataset, "sft", self.required_columns(args), split, self.column_sets(args), self.columns_hint(args), args)
         train_dataset, eval_dataset = self._settle_labels(args, train_dataset, eval_dataset)
-        has_completion = "completion" in (train_dataset.column_names or [])
-        prefix = answer_prefix(next(iter(train_dataset))["completion"]) if has_completion else ""
+        prefix = training_answer_prefix(train_dataset) or ""
 
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         check_answer_tokens(getattr(self.processing_class, "tokenizer", self.processing_class), self.verbalizer, prefix)
