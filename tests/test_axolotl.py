@@ -181,7 +181,7 @@ def test_axolotl_train_with_deconfounded_reward(workdir):
     assert f"trl-causal deconfounded_reward: mode 'deconfounded', objective 'regression', {OBSERVATIONAL_ROWS}" in log
     assert "theta[confounder]" in log and "mean_reward" in log  # our report and our metric in Axolotl's log
     report = json.loads((out / "deconfounding_report.json").read_text())
-    assert report["rows"] == {"used": OBSERVATIONAL_ROWS, "dropped_invalid": 0, "dropped_longer_than_max_length": 0}
+    assert report["rows"] == {"used": OBSERVATIONAL_ROWS, "dropped_invalid": 0, "dropped_longer_than_max_length": 0, "trained": OBSERVATIONAL_ROWS}
     effect = report["deconfounding"]["effects"]["confounder"]
     assert effect["ci_low"] < effect["theta"] < effect["ci_high"] and effect["se"] > 0
     model, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)

@@ -405,7 +405,7 @@ def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model
     with pytest.raises(DataError, match=r"3 of 120 rows .*'group': 1 \(rows \[9\]\)"):
         build_trainer(tiny_model, tmp_path, rows)  # a missing group id is not a group of its own
     trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
-    assert trainer.report["rows"] == {"used": 117, "dropped_invalid": 3, "dropped_longer_than_max_length": 0}
+    assert trainer.report["rows"] == {"used": 117, "dropped_invalid": 3, "dropped_longer_than_max_length": 0, "trained": 117}
 
 
 def test_drop_invalid_drops_nan_and_inf_written_as_strings_in_a_numeric_confounder(tiny_model, tmp_path):
@@ -472,6 +472,29 @@ def test_fewer_rows_than_folds(tmp_path, tiny_model, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_folds": 50}, r"Only 30 groups for n_folds=50"),
+        ({"constant_in_train": True}, r"Confounders \['confounder'\] have the same value in every row"),
+    ],
+)
+def test_design_errors_come_before_the_model_loads(tmp_path, change, message):
+    """A design no text features can fix fails before the model is loaded and the feature pass runs (the model
+    path here does not exist, so loading it first would fail on that instead). A confounder constant in the training
+    rows only (the evaluation rows vary) passes the check over all rows."""
+    rows = observational_rows()
+    constant = change.pop("constant_in_train", False)
+    train_rows = [dict(row, confounder=1.0) for row in rows] if constant else rows
+    with pytest.raises(DataError, match=message):
+        DeconfoundedRewardTrainer(
+            model=str(tmp_path / "no-model"),
+            args=reward_args(tmp_path, **change),
+            train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=Dataset.from_list(rows[:40]),
+        )
+
+
 def test_singleton_groups_under_pairwise(tmp_path, tiny_model, capsys):
     rows = [dict(row, group=i // 2 if i < 100 else i) for i, row in enumerate(observational_rows())]
     train_fails_with(
@@ -481,7 +504,7 @@ def test_singleton_groups_under_pairwise(tmp_path, tiny_model, capsys):
     )
 
 
-def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_model, tmp_path, caplog):
+def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_model, tmp_path, caplog, capsys):
     from transformers import AutoTokenizer
 
     rows = [dict(row, group=i // 2) for i, row in enumerate(observational_rows(n=40))]
@@ -493,6 +516,9 @@ def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_m
         trainer = build_trainer(tiny_model, tmp_path, rows, objective="pairwise", max_length=max_length)
     assert f"5 train groups have one row left after dropping the rows longer than max_length={max_length}" in caplog.text
     assert len(trainer.train_dataset) > 0
+    # the deconfounding used all 40 rows; 35 train
+    assert trainer.report["rows"] == {"used": 40, "dropped_invalid": 0, "dropped_longer_than_max_length": 5, "trained": 35}
+    assert "35 training rows (0 invalid and 5 longer than max_length dropped" in capsys.readouterr().out
     for row in rows[1:40:2]:  # now every group loses a row
         row["text"] = row["text"] * 30
     with pytest.raises(DataError, match="leaves every group with one row, so there is no pair to train on: raise max_length"):

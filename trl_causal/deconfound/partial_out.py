@@ -85,7 +85,8 @@ class DeconfoundResult:
 
     Arrays indexed by confounder have length k = len(feature_names). ``residual_r2[j]`` is the share of the
     variance of confounder j left after partialling out the text, sum (C_j - E[C_j|phi])^2 / sum (C_j - mean C_j)^2;
-    ``outcome_residual_r2`` the same share for the outcome. ``first_stage_f`` (IV only) is the first-stage F
+    ``outcome_residual_r2`` the same share for the outcome. Out-of-fold fits can predict worse than the mean, so a
+    share can exceed 1 where the text predicts none of the variance. ``first_stage_f`` (IV only) is the first-stage F
     statistic of each confounder (Sanderson-Windmeijer conditional F when k > 1).
     """
 
@@ -393,6 +394,32 @@ def _robust_fit(
     return theta, factor * bread @ (scores.T @ scores) @ bread
 
 
+def check_design(
+    confounders: np.ndarray, names: Sequence[str], n_folds: int, groups: Sequence[Any] | np.ndarray | None = None
+) -> int:
+    """Fail on what no text features can fix: a constant confounder, fewer rows (or groups) than folds, no more rows
+    than confounder columns. Returns the number of cross-fitting units (rows, or groups)."""
+    n, k = confounders.shape
+    constant = [name for name, spread in zip(names, np.ptp(confounders, axis=0)) if spread == 0]
+    if constant:
+        raise DataError(f"Confounders {constant} have the same value in every row (no variance); remove them.")
+    group_ids = None if groups is None else np.asarray(groups)
+    if group_ids is not None and group_ids.shape != (n,):
+        raise DataError(f"groups must hold one id per row ({n}); got shape {group_ids.shape}.")
+    n_units = n if group_ids is None else len(np.unique(group_ids))
+    if n_folds < 2:
+        raise ConfigError(f"n_folds must be at least 2 for cross-fitting; got {n_folds}.")
+    if n_units < n_folds:
+        unit = "rows" if group_ids is None else "groups"
+        raise DataError(
+            f"Only {n_units} {unit} for n_folds={n_folds} cross-fitting folds; need at least one per fold. "
+            "Lower n_folds or add data."
+        )
+    if n <= k:
+        raise DataError(f"Only {n} rows for {k} confounder columns; need more rows than confounder columns.")
+    return n_units
+
+
 def partial_out(
     y: Sequence[float] | np.ndarray,
     confounders: np.ndarray,
@@ -438,30 +465,14 @@ def partial_out(
     n = len(outcome)
     _check_finite(outcome, "outcome", ["outcome"])
     confounder_matrix, names = _named_finite_matrix(confounders, "confounder matrix", n, feature_names, "feature_names")
-    k = confounder_matrix.shape[1]
-    constant = [name for name, spread in zip(names, np.ptp(confounder_matrix, axis=0)) if spread == 0]
-    if constant:
-        raise DataError(f"Confounders {constant} have the same value in every row (no variance); remove them.")
+    n_units = check_design(confounder_matrix, names, n_folds, groups)
     features = _check_features(features, n)
     group_ids = None if groups is None else np.asarray(groups)
-    if group_ids is not None and group_ids.shape != (n,):
-        raise DataError(f"groups must hold one id per row ({n}); got shape {group_ids.shape}.")
-    n_units = n if group_ids is None else len(np.unique(group_ids))
-    if n_folds < 2:
-        raise ConfigError(f"n_folds must be at least 2 for cross-fitting; got {n_folds}.")
-    if n_units < n_folds:
-        unit = "rows" if group_ids is None else "groups"
-        raise DataError(
-            f"Only {n_units} {unit} for n_folds={n_folds} cross-fitting folds; need at least one per fold. "
-            "Lower n_folds or add data."
-        )
-    if n <= k:
-        raise DataError(f"Only {n} rows for {k} confounder columns; need more rows than confounder columns.")
 
     _check_learners((outcome_learner, confounder_learner), features, seed)
     blocks = [(outcome, outcome_learner), (confounder_matrix, confounder_learner)]
     if instrument is not None:
-        instrument_matrix, z_names = _check_instrument(instrument, instrument_names, n, k)
+        instrument_matrix, z_names = _check_instrument(instrument, instrument_names, n, confounder_matrix.shape[1])
         blocks.append((instrument_matrix, confounder_learner))
 
     if group_ids is None:

@@ -45,6 +45,7 @@ from trl.trainer.utils import global_then_local_main_first, pad
 
 from ..data import named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
+from ..deconfound.partial_out import check_design
 from ..deconfound.confounders import describe_invalid_columns, describe_rows, is_missing, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
@@ -491,6 +492,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                     f"all rows before training), not {type(dataset).__name__}."
                 )
         observations = read_observations(splits, args)  # bad data fails here, before the model loads
+        if args.mode == "deconfounded":
+            train = observations["train"]
+            check_design(train.confounders, train.confounder_names, args.n_folds, train.groups)
         if args.objective == "pairwise":
             for split, obs in observations.items():
                 check_pair_groups(
@@ -547,7 +551,11 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 self.eval_dataset = self.eval_dataset["eval"]
         self.report = {
             **self.targets.report,
-            "rows": {**self.targets.report["rows"], "dropped_longer_than_max_length": too_long},
+            "rows": {
+                **self.targets.report["rows"],
+                "dropped_longer_than_max_length": too_long,
+                "trained": self.targets.report["rows"]["used"] - too_long,
+            },
         }
         if self.report["feature_source"] == "model":
             model_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
@@ -615,18 +623,18 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         rows = report["rows"]
         line = (
             f"trl-causal deconfounded_reward: mode {report['mode']!r}, objective {report['objective']!r}, "
-            f"{rows['used']} training rows"
+            f"{rows['trained']} training rows"
         )
         if rows["dropped_invalid"] or rows["dropped_longer_than_max_length"]:
             line += (
                 f" ({rows['dropped_invalid']} invalid and {rows['dropped_longer_than_max_length']} longer than "
-                "max_length dropped)"
+                "max_length dropped; the deconfounding used the valid ones)"
             )
         for name, effect in (report["deconfounding"] or {}).get("effects", {}).items():
             line += (
                 f"\n  theta[{name}] = {effect['theta']:.4g} (se {effect['se']:.3g}, "
                 f"{report['deconfounding']['ci_level']:.0%} CI [{effect['ci_low']:.4g}, {effect['ci_high']:.4g}], "
-                f"text-free variance share {effect['residual_r2']:.2f})"
+                f"text-free variance share {min(effect['residual_r2'], 1.0):.2f})"  # over 1: the text predicts none
             )
         self.accelerator.print(line + f"\n  report: {os.path.join(self.args.output_dir, REPORT_FILE)}")
 
