@@ -186,6 +186,29 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
     assert "--setting 'symbol_pol=x': give KEY=VALUE with KEY a field of CAPTConfig" in capsys.readouterr().err
 
 
+def test_a_checkpoint_saved_from_a_trl_script_predicts_as_trained(tiny_model, tmp_path, capsys):
+    """No run record (TRL script, Axolotl): the checkpoint's own file gives the settings and the answer prefix, so
+    prompts without a completion have their answers scored after " ", as training wrote them."""
+    rows = [{"prompt": row["prompt"], "completion": " " + row["answer"]} for row in prontoqa_rows(4)]
+    trainer = make_trainer(tiny_model, tmp_path, rows, symbol_pool="nonsense", event_estimator="prontoqa")
+    trainer.train()
+    trainer.save_model()
+    checkpoint = trainer.args.output_dir
+    assert not (tmp_path / "out" / SUMMARY_FILE).exists()
+    assert CAPTTrainer.checkpoint_settings(checkpoint)["symbol_pool"] == "nonsense"
+    predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), trainer.model, trainer.processing_class, ["True", "False"], checkpoint_dir=checkpoint)
+    assert predictor.answer_prefix == " "
+    assert CAPTTrainer.build_predictor(capt_args(tmp_path), trainer.model, trainer.processing_class, ["True"], checkpoint_dir=checkpoint, answer_prefix="").answer_prefix == ""
+
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": row["prompt"], "answer": row["completion"].strip()} for row in rows])
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **base_config(tiny_model, data, tmp_path / "unused")})
+    output = tmp_path / "eval.json"
+    assert cli.main(["eval", "--config", str(config), "--checkpoint", checkpoint, "--split", f"test={test}", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["results"]["capt"]["answer_prefix"] == " "
+    assert "was trained with symbol_pool='nonsense'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_trains_on_two_processes_with_the_main_process_estimating_first(tiny_model, tmp_path):
     """2-process DDP over gloo: rank 0 estimates before the others (a barrier each way), both ranks train."""

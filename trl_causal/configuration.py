@@ -448,3 +448,16 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     if not dataset_args.datasets and not script_args.dataset_name:
         raise ConfigError(f"No data: set `dataset_name` in {source} (a hub id, a directory saved by `datasets`, or a .json/.jsonl/.csv/.parquet file).")
     return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)
+
+
+def method_settings(args) -> dict:
+    """The fields that a trainer's config adds to the TRL config it extends (CAPT's estimator and symbol pool,
+    latent_shift's draws, ...), as JSON values: with the trainer's name they tell eval how the checkpoint predicts.
+    A field that defaults to another (``intervention_seed`` None: ``seed``) is recorded as used, its ``<field>_value``."""
+    from transformers import TrainingArguments
+
+    # a plugin's config may extend transformers' TrainingArguments directly
+    base = next((cls for cls in type(args).__mro__ if cls.__module__.split(".")[0] == "trl"), TrainingArguments)
+    added = {f.name for f in dataclasses.fields(args) if f.init} - {f.name for f in dataclasses.fields(base)}
+    values = args.to_dict()
+    return {name: values[name] if values[name] is not None else getattr(args, f"{name}_value", None) for name in sorted(added)}

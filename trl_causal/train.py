@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from .configuration import RunConfig, parse_run_config
+from .configuration import RunConfig, method_settings, parse_run_config
 from .data import check_columns, load_run_datasets
 from .errors import TrlCausalError
 from .evaluation import training_answer_prefix
@@ -93,21 +93,6 @@ def remove_stale_adapter(output_dir: str, since: float) -> None:
             os.remove(os.path.join(output_dir, name))
         print(f"trl-causal: removed the LoRA adapter an earlier run left in {output_dir} ({', '.join(stale)}): "
               "this run saved full weights there.", file=sys.stderr)
-
-
-def method_settings(args) -> dict:
-    """The fields that a trainer's config adds to the TRL config it extends (CAPT's estimator and symbol pool,
-    latent_shift's draws, ...), as JSON values: with the trainer's name they tell eval how the checkpoint predicts.
-    A field that defaults to another (``intervention_seed`` None: ``seed``) is recorded as used, its ``<field>_value``."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    # a plugin's config may extend transformers' TrainingArguments directly
-    base = next((cls for cls in type(args).__mro__ if cls.__module__.split(".")[0] == "trl"), TrainingArguments)
-    added = {f.name for f in dataclasses.fields(args) if f.init} - {f.name for f in dataclasses.fields(base)}
-    values = args.to_dict()
-    return {name: values[name] if values[name] is not None else getattr(args, f"{name}_value", None) for name in sorted(added)}
 
 
 def read_run_record(checkpoint: str) -> dict:

@@ -34,9 +34,10 @@ from ..capt import (
     estimate_rows,
     render_names,
 )
+from ..configuration import method_settings
 from ..data import named_splits
 from ..errors import ConfigError, DataError
-from ..evaluation import LMPredictor, Prompt, common_prefix_length
+from ..evaluation import LMPredictor, Prompt, common_prefix_length, training_answer_prefix
 from .capt_config import CAPTConfig
 from .zero3 import whole_model_loading
 
@@ -321,6 +322,8 @@ def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: b
 
 
 SYMBOL_POOL_FILE = "capt_symbol_pool.json"
+# how a checkpoint predicts, for one without trl-causal's run record (trained from a TRL script or Axolotl)
+PREDICTION_FILE = "trl_causal_capt.json"
 
 
 def save_symbol_pool(symbol_pool, directory: str) -> None:
@@ -366,6 +369,7 @@ class CAPTTrainer(SFTTrainer):
             train_interventions = self._interventions(args, train_estimated)
             eval_plans = {key: self._plan_eval(args, rows, f"evaluation {key!r}") for key, rows in splits.items() if key != "train"}
 
+        self.answer_prefix = training_answer_prefix(train_dataset)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         # TRL's compute_loss divides by `num_items_in_batch`: have the Trainer always count it.
         self.model_accepts_loss_kwargs = True
@@ -448,19 +452,43 @@ class CAPTTrainer(SFTTrainer):
             self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {shown!r}")
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        """The model, and with ``symbol_pool: pool`` the training rows' names, so inference draws from them too."""
+        """The model; ``PREDICTION_FILE``, the method settings and the text the training rows put before the answer
+        (what ``build_predictor`` and eval read back); with ``symbol_pool: pool`` the training rows' names, so
+        inference draws from them too."""
         super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save and self.args.symbol_pool == "pool":
-            save_symbol_pool(self.symbol_pool, output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        with open(os.path.join(output_dir, PREDICTION_FILE), "w") as f:
+            json.dump({"settings": method_settings(self.args), "answer_prefix": self.answer_prefix}, f, indent=2)
+        if self.args.symbol_pool == "pool":
+            save_symbol_pool(self.symbol_pool, output_dir)
+
+    @staticmethod
+    def _prediction_record(checkpoint_dir: str | os.PathLike | None) -> dict:
+        path = None if checkpoint_dir is None else os.path.join(checkpoint_dir, PREDICTION_FILE)
+        if path is None or not os.path.isfile(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    @classmethod
+    def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:
+        """The method settings saved with the model (estimator, symbol pool, seed, ...): what eval uses for a
+        checkpoint without a run record (trained from a TRL script or Axolotl)."""
+        return cls._prediction_record(checkpoint_dir).get("settings", {})
 
     @classmethod
     def build_predictor(
         cls, args: CAPTConfig, model, tokenizer, answers: Sequence[str], mode: str = "score", checkpoint_dir=None, **kwargs
     ) -> CAPTPredictor:
         """The ``CAPTPredictor`` configured like ``args``. With ``symbol_pool: pool``, the names saved in
-        ``checkpoint_dir`` by training are the pool (else the names of the rows of each predict call). ``kwargs`` go
-        to ``CAPTPredictor`` (batch_size, max_new_tokens, prompt_column)."""
+        ``checkpoint_dir`` by training are the pool (else the names of the rows of each predict call); the checkpoint's
+        answer prefix is the predictor's. ``kwargs`` go to ``CAPTPredictor`` (batch_size, max_new_tokens,
+        prompt_column, answer_prefix)."""
         symbol_pool = args.symbol_pool
+        if "answer_prefix" not in kwargs:  # rows without a completion: their answers follow what training put first
+            kwargs["answer_prefix"] = cls._prediction_record(checkpoint_dir).get("answer_prefix")
         saved_pool = None if checkpoint_dir is None else os.path.join(checkpoint_dir, SYMBOL_POOL_FILE)
         if symbol_pool == "pool" and saved_pool and os.path.isfile(saved_pool):
             with open(saved_pool) as f:
