@@ -25,6 +25,7 @@ from trl_causal.capt import (
     prontoqa_event_terms,
     surviving_names,
 )
+from trl_causal.capt.morphology import plural_forms, singular_candidates
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.plugins import PluginManager
 
@@ -113,7 +114,10 @@ def test_vocabulary_longest_term_first_and_same_term_same_placeholder():
 
 @pytest.mark.parametrize(
     ("term", "text"),
-    [("lepidopteran", "lepidopterans"), ("wumpus", "wumpuses"), ("butterfly", "butterflies"), ("wife", "wives")],
+    [
+        ("lepidopteran", "lepidopterans"), ("wumpus", "wumpuses"), ("butterfly", "butterflies"), ("wife", "wives"),
+        ("mouse", "mice"), ("field mouse", "field mice"), ("child", "children"), ("person", "people"), ("goose", "Geese"),
+    ],
 )
 def test_vocabulary_plurals(term, text):
     template = VocabularyEstimator(terms=[term]).estimate(f"Some {text} here.")
@@ -137,6 +141,8 @@ def test_single_letters_and_capitalised_names_take_no_plurals():
 def test_render_writes_each_symbols_own_plural():
     template = EventTemplate("{e1}s are {e2}s. A {e3}s.", None, {"e1": "cat", "e2": "dog", "e3": "hen"})
     assert template.render({"e1": "fox", "e2": "butterfly", "e3": "Q"}) == ("Foxes are butterflies. A Qs.", None)
+    assert template.render({"e1": "mouse", "e2": "child", "e3": "Q"}) == ("Mice are children. A Qs.", None)
+    assert singular_candidates("mice") == ["mouse"] and plural_forms("Mouse") == ["Mouses", "Mice"]
 
 
 def test_a_term_never_spans_two_messages():

@@ -1,4 +1,5 @@
-"""Regular English noun plurals, for matching event terms in text and writing generated problems."""
+"""English noun plurals (the regular rules and a table of common irregular ones), for matching event terms in text
+and writing generated problems."""
 
 from __future__ import annotations
 
@@ -6,12 +7,39 @@ VOWELS = "aeiou"
 SIBILANT_ENDINGS = ("s", "x", "z", "ch", "sh")
 
 
+# singular -> plural of common nouns that no rule gives (nouns whose plural is the singular need no entry)
+IRREGULAR_PLURALS = {
+    "man": "men", "woman": "women", "child": "children", "person": "people", "mouse": "mice", "louse": "lice",
+    "goose": "geese", "foot": "feet", "tooth": "teeth", "ox": "oxen", "cactus": "cacti", "fungus": "fungi",
+    "nucleus": "nuclei", "stimulus": "stimuli", "larva": "larvae", "criterion": "criteria", "phenomenon": "phenomena",
+    "bacterium": "bacteria", "die": "dice",
+}
+IRREGULAR_SINGULARS = {plural: singular for singular, plural in IRREGULAR_PLURALS.items()}
+
+
+def _irregular(noun: str, table: dict[str, str]) -> str | None:
+    """``noun`` with its last word looked up in ``table`` (case as written: "Mouse" -> "Mice"); None if not there."""
+    head, space, last = noun.rpartition(" ")
+    found = table.get(last.lower())
+    if found is None:
+        return None
+    if last.isupper() and len(last) > 1:
+        found = found.upper()
+    elif last[:1].isupper():
+        found = found[:1].upper() + found[1:]
+    return head + space + found
+
+
 def _consonant_y(word: str) -> bool:
     return len(word) > 1 and word.endswith("y") and word[-2] not in VOWELS
 
 
 def pluralize(noun: str) -> str:
-    """The regular plural of ``noun`` (its last word): +es after s/x/z/ch/sh, consonant+y -> ies, else +s."""
+    """The plural of ``noun`` (its last word): an irregular one from ``IRREGULAR_PLURALS``, else +es after
+    s/x/z/ch/sh, consonant+y -> ies, else +s."""
+    irregular = _irregular(noun, IRREGULAR_PLURALS)
+    if irregular is not None:
+        return irregular
     if noun.endswith(SIBILANT_ENDINGS):
         return noun + "es"
     if _consonant_y(noun):
@@ -20,9 +48,13 @@ def pluralize(noun: str) -> str:
 
 
 def plural_forms(term: str) -> list[str]:
-    """Every plural spelling accepted for ``term``: +s; +es after s/x/z/ch/sh or o; consonant+y -> ies; f, fe -> ves.
-    (+es after any other ending would read "rates" as a plural of "rat".)"""
+    """Every plural spelling accepted for ``term``: +s; +es after s/x/z/ch/sh or o; consonant+y -> ies; f, fe -> ves;
+    the irregular plural of its last word ("field mouse" -> "field mice"). (+es after any other ending would read
+    "rates" as a plural of "rat".)"""
     forms = [term + "s"]
+    irregular = _irregular(term, IRREGULAR_PLURALS)
+    if irregular is not None:
+        forms.append(irregular)
     if term.endswith((*SIBILANT_ENDINGS, "o")):
         forms.append(term + "es")
     if _consonant_y(term):
@@ -36,6 +68,8 @@ def plural_forms(term: str) -> list[str]:
 
 def singular_candidates(word: str) -> list[str]:
     """Singular nouns that ``word`` may be the plural of, the most likely first (inverse of ``plural_forms``)."""
+    if word in IRREGULAR_SINGULARS:
+        return [IRREGULAR_SINGULARS[word]]
     if word.endswith("ies") and len(word) > 3:
         return [word[:-3] + "y", word[:-1]]
     if word.endswith("ves") and len(word) > 3:
