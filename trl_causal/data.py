@@ -106,11 +106,11 @@ def check_columns(
     """
     names = dataset.column_names  # None for a streamed dataset whose builder knows no features (CSV): read a row
     columns = set(names) if names is not None else set(next(iter(dataset), {}))
-    settings = {} if args is None else {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
     missing = []
     for column in required:
         if column in columns:
             continue
+        settings = {} if args is None else {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
         fields = [name for name, value in settings.items() if value == column or (isinstance(value, list) and column in value)]
         close = difflib.get_close_matches(column, sorted(columns), n=2, cutoff=0.6)
         missing.append(
