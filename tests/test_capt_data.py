@@ -192,6 +192,13 @@ def test_cladder_variables_merge_step0_and_meta():
     ]
 
 
+def test_a_step0_that_does_not_parse_is_fine_while_the_mapping_names_the_variables():
+    row = {**CLADDER_ROW, "reasoning": {**CLADDER_ROW["reasoning"], "step0": "Let X = husband; V2 wife."}}
+    assert [v.name for v in cladder_variables(row)] == ["husband"]  # from meta.variable_mapping
+    with pytest.raises(DataError, match="'V2 wife'"):
+        cladder_variables({**row, "meta": {}})
+
+
 def test_convert_cladder_rows():
     [row] = convert_cladder_rows([CLADDER_ROW])
     assert row["prompt"] == "\n".join(

@@ -183,7 +183,7 @@ def test_a_lowercase_term_of_several_words_matches_as_a_title():
 
 def test_vocabulary_terms_file_and_pattern(tmp_path):
     terms_file = tmp_path / "terms.txt"
-    terms_file.write_text("# animals\ncat\n\nfeline\n")
+    terms_file.write_bytes("\ufeff# animals\r\ncat\r\n\r\nfeline\r\n".encode())  # a BOM and CRLF, as Notepad saves it
     template = VocabularyEstimator(terms_file=terms_file, pattern=r"\bZ[a-z]+").estimate(
         "Every cat is a feline. Zorp is a cat.", "Zorp is a feline."
     )

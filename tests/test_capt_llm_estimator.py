@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -50,7 +51,14 @@ class StandInEndpoint(ThreadingHTTPServer):
         self.statuses = status or []  # HTTP statuses to answer chat requests with first (then 200)
         self.chat_requests: list[dict] = []
         self.headers_seen: list[dict] = []
+        self.fail_after: int | None = None  # after this many answered chat requests, answer fail_status
+        self.fail_status = 401
+        self.delays: list[float] = []  # seconds to wait before answering each chat request, in order
+        self.retry_after: str | None = None  # a Retry-After header on error answers
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out has closed the connection this server still answers on
 
 
 class StandInHandler(BaseHTTPRequestHandler):
@@ -62,6 +70,8 @@ class StandInHandler(BaseHTTPRequestHandler):
     def _send(self, status: int, payload: dict) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
+        if status >= 400 and self.server.retry_after is not None:
+            self.send_header("Retry-After", self.server.retry_after)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -79,6 +89,10 @@ class StandInHandler(BaseHTTPRequestHandler):
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": "not found"})
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.server.delays:
+            time.sleep(self.server.delays.pop(0))
+        if self.server.fail_after is not None and len(self.server.chat_requests) >= self.server.fail_after:
+            return self._send(self.server.fail_status, {"error": "refused"})
         if self.server.statuses:
             return self._send(self.server.statuses.pop(0), {"error": f"echo {self.headers.get('Authorization')}"})
         self.server.chat_requests.append(request)
@@ -260,6 +274,89 @@ def test_http_errors_are_clear_redacted_and_transient_ones_retried(endpoint, tmp
     assert API_KEY not in str(error.value) and "Bearer ***" in str(error.value)
 
 
+def named_rows(names: list[str]) -> tuple[list[dict], list[str]]:
+    """Rows of PROMPT with another individual in each, and the valid answer of each, in order."""
+    rows = [{"prompt": PROMPT.replace("Sally", name), "completion": COMPLETION} for name in names]
+    answers = [fenced({**VALID_ANSWER, "events": {**VALID_ANSWER["events"], "e3": name}}) for name in names]
+    return rows, answers
+
+
+def test_answers_are_cached_as_they_arrive_and_an_error_names_its_row(endpoint, tmp_path):
+    rows, answers = named_rows(["Sally", "Max", "Rex"])
+    server = endpoint(answers)
+    server.fail_after = 2  # the third row's request is refused (HTTP 401)
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, batch_size=8)
+    with pytest.raises(EndpointError, match=r"^Row 2: The LLM endpoint .*answered HTTP 401"):
+        estimate_rows(estimator, rows)
+    assert len(list(tmp_path.iterdir())) == 2  # rows 0 and 1 answered before the failure: not asked again
+    server.fail_after = None
+    assert [template.names["e3"] for template in estimate_rows(estimator, rows).templates] == ["Sally", "Max", "Rex"]
+    assert len(server.chat_requests) == 3
+
+
+def test_timeouts_are_retried_and_a_row_the_endpoint_refuses_counts_as_failed(endpoint, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(llm_estimator, "TRANSIENT_RETRY_DELAYS", (0.0, 0.0))
+    rows, answers = named_rows(["Sally", "Max"])
+    server = endpoint(answers)
+    server.delays = [2.0]  # the first request outlasts the timeout
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, timeout=0.5)
+    with caplog.at_level("WARNING"):
+        assert estimator.estimate(**rows[0]).names["e3"] == "Sally"
+    assert "did not answer within 0.5 s" in caplog.text and "(retry 1 of 2)" in caplog.text
+    server.fail_after, server.fail_status = 0, 400  # e.g. a row too long for the server's context
+    result = estimate_rows(estimator, rows)  # row 0 is cached; the endpoint refuses row 1
+    assert result.failed == [1] and result.no_events == [1] and result.templates[0].names["e3"] == "Sally"
+    server.delays, server.fail_after = [], None
+    server.statuses, server.retry_after = [429], "0"
+    with caplog.at_level("WARNING"):
+        assert estimator.estimate(**rows[1]).names["e3"] == "Max"
+    assert "HTTP 429" in caplog.text
+
+
+def test_a_training_set_without_any_event_is_an_error(endpoint, tmp_path):
+    from trl_causal.capt import VocabularyEstimator
+
+    server = endpoint(["no json here"])
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, max_retries=0)
+    rows = [{"prompt": PROMPT, "completion": COMPLETION}, {"prompt": "Hello.", "completion": "Hi."}]
+    assert estimate_rows(estimator, rows).failed == [0, 1]  # inference, evaluation: kept as they are
+    with pytest.raises(NoEventsFound, match=r"The 'llm' estimator failed on all 2 rows .*plain SFT"):
+        estimate_rows(estimator, rows, require_events=True)
+    with pytest.raises(NoEventsFound, match=r"None of the 2 rows has an event that the 'vocabulary' estimator"):
+        estimate_rows(VocabularyEstimator(terms=["gorgon"]), rows, require_events=True)
+    with pytest.raises(ConfigError, match=r"terms is one string, 'wumpus, cat'.*`terms: \[wumpus, cat\]`"):
+        VocabularyEstimator(terms="wumpus, cat")
+
+
+def test_progress_counts_the_rows_once_estimated():
+    from trl_causal.capt import VocabularyEstimator
+
+    log = []
+
+    class Logged(VocabularyEstimator):
+        def estimate_many(self, items):
+            log.append(("estimated", len(items)))
+            return super().estimate_many(items)
+
+    rows = [{"prompt": "A cat.", "completion": None}] * 3
+    estimate_rows(Logged(terms=["cat"]), rows, progress=lambda n: log.append(("progress", n)))
+    assert log == [("estimated", 1), ("progress", 1)] * 3
+
+
+def test_prompt_file_examples_and_options_are_checked(tmp_path):
+    from trl_causal import CAPTConfig
+
+    shipped = json.loads((llm_estimator.resources.files(llm_estimator.__package__) / "prompts" / "event_estimation.json").read_text())
+    broken = {**shipped, "examples": [{k: v for k, v in example.items() if k != "completion"} for example in shipped["examples"]]}
+    custom = tmp_path / "prompt.json"
+    custom.write_text(json.dumps(broken))
+    with pytest.raises(ConfigError, match=rf"Example 0 of the llm estimator's prompt_file '{custom}' must be an object with 'prompt'"):
+        LLMEstimator(model="m", base_url="http://127.0.0.1:1/v1", prompt_file=custom)
+    with pytest.raises(ConfigError, match=r"keys \['api_key', 'model'\] do not fit the 'llm' estimator .*'api_key'.*api_key_env") as error:
+        CAPTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, event_estimator="llm", event_estimator_kwargs={"model": "m", "api_key": API_KEY})
+    assert API_KEY not in str(error.value)
+
+
 # --- local transformers backend --------------------------------------------------------------------------------
 
 
@@ -281,9 +378,12 @@ def test_local_model_garbage_is_reported_not_kept(tiny_model, tmp_path):
     estimator.backend.complete = lambda conversations: asked.append(len(conversations)) or complete(conversations)
     result = estimate_rows(estimator, rows, on_no_events="keep")
     assert asked == [2, 2]  # batch_size rows answered together, each round (first try, one retry)
-    assert result.no_events == [0, 1]
+    assert result.no_events == [0, 1] and result.failed == [0, 1]
     assert result.templates == [EventTemplate(row["prompt"], row["completion"], {}) for row in rows]
     assert list(tmp_path.iterdir()) == []
+    assert estimator.backend._loaded is not None
+    estimator.release()  # training has no use for the model once the rows are estimated
+    assert estimator.backend._loaded is None
 
 
 # --- configuration and registration ----------------------------------------------------------------------------

@@ -209,6 +209,37 @@ def test_a_checkpoint_saved_from_a_trl_script_predicts_as_trained(tiny_model, tm
     assert "was trained with symbol_pool='nonsense'" in capsys.readouterr().err
 
 
+def test_eval_checks_the_llm_endpoint_before_loading_a_model(tiny_model, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"  # closed once the block ends
+    checkpoint = tmp_path / "ckpt"  # a run record, and no model: loading one first would fail on that instead
+    checkpoint.mkdir()
+    settings = {"event_estimator": "llm", "event_estimator_kwargs": {"model": "m", "base_url": base_url, "timeout": 5}}
+    (checkpoint / SUMMARY_FILE).write_text(json.dumps({"trainer": "capt", "settings": settings}))
+    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "Is Sally a cat?", "answer": "True"}])
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **base_config(tiny_model, test, tmp_path / "out")})
+    assert cli.main(["eval", "--config", str(config), "--checkpoint", str(checkpoint), "--split", f"test={test}", "--answers", "True,False"]) == 2
+    assert f"Cannot reach the LLM endpoint {base_url}/models" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_preparing_the_data_is_one_line(tiny_model, tmp_path, capsys, monkeypatch):
+    from trl_causal import train
+
+    def interrupted(*args):
+        raise KeyboardInterrupt  # as Ctrl-C during the event estimation of the trainer's __init__
+
+    monkeypatch.setattr(train, "build_trainer", interrupted)
+    data = write_jsonl(tmp_path / "train.jsonl", prontoqa_rows(2))
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **base_config(tiny_model, data, tmp_path / "out")})
+    assert train.cli(["--config", str(config)]) == train.INTERRUPTED_EXIT_CODE
+    err = capsys.readouterr().err
+    assert "interrupted while preparing the data and model, before training: nothing was trained." in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_cli_trains_on_two_processes_with_the_main_process_estimating_first(tiny_model, tmp_path):
     """2-process DDP over gloo: rank 0 estimates before the others (a barrier each way), both ranks train."""

@@ -166,14 +166,32 @@ def test_deepspeed_zero3_deconfounded_reward_features_give_the_theta_of_one_proc
     assert zero3["se"] == pytest.approx(expected["se"], rel=1e-6)
 
 
+def cache_valid_answers(estimator_options: dict, rows: list[dict]) -> None:
+    """Put into the llm estimator's cache, for each row, the template the prontoqa estimator gives it, as an answer."""
+    from trl_causal.capt import ProntoQAEstimator
+    from trl_causal.capt.llm_estimator import LLMEstimator
+    from trl_causal.trainer.capt_trainer import part_text, split_row
+
+    estimator = LLMEstimator(**estimator_options)
+    for row in rows:
+        prompt, completion = (part_text(part) for part in split_row(row, "text"))
+        template = ProntoQAEstimator().estimate(prompt, completion)
+        answer = {"prompt_template": template.prompt, "completion_template": template.completion, "events": template.names}
+        estimator.cache.put(estimator.cache_key(prompt, completion), answer, estimator.backend.identity)
+
+
 def test_deepspeed_zero3_capt_llm_estimator_loads_its_model_whole(tmp_path, tiny_model):
     """Under ZeRO-3 only the main rank runs the `llm` estimator before training. Its model must load whole: a
-    partitioned load is a collective that the waiting rank never joins (the run hung before)."""
-    data = write_jsonl(tmp_path / "train.jsonl", prontoqa_rows(4, "conversational"))
+    partitioned load is a collective that the waiting rank never joins (the run hung before). Three rows' answers
+    are in the cache; the model is loaded for the fourth."""
+    rows = prontoqa_rows(4, "conversational")
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
     settings = base_config(tiny_model, data, tmp_path / "out", num_processes=2, main_process_port=29555, **ZERO3)
     estimator = {"model": str(tiny_model), "max_new_tokens": 4, "max_retries": 1, "cache_dir": str(tmp_path / "llm-cache")}
+    cache_valid_answers(estimator, rows[:3])
     path = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **settings, "event_estimator": "llm", "event_estimator_kwargs": estimator})
     result = run_cli("train", "--config", str(path), timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "events estimated with 'llm' on 4 training rows, 4 without events" in result.stdout  # the tiny model answers no JSON
+    # the tiny model answers no JSON
+    assert "events estimated with 'llm' on 4 training rows, 1 without events (kept unchanged, 1 of them because the estimator failed)" in result.stdout
     assert json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["distributed"] == "DEEPSPEED ZeRO-3"

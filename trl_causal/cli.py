@@ -319,6 +319,11 @@ def _command_eval(args: argparse.Namespace) -> int:
         for checkpoint, trainer_name in zip(checkpoints, trainer_names)
     }
     settings = _eval_settings(args.setting, runs)  # before any model loads
+    checkpoint_args = {checkpoint: _checkpoint_args(runs[checkpoint], record, settings[checkpoint]) for checkpoint, record in zip(checkpoints, records)}
+    for checkpoint in checkpoints:  # e.g. capt's llm estimator: its endpoint is up
+        trainer_cls = runs[checkpoint].trainer.trainer_class
+        if hasattr(trainer_cls, "check_predictor"):
+            trainer_cls.check_predictor(checkpoint_args[checkpoint])
     results = {}
     for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
         checkpoint_run = runs[checkpoint]
@@ -329,7 +334,7 @@ def _command_eval(args: argparse.Namespace) -> int:
         model, tokenizer = load_checkpoint(checkpoint)
         predictor = build_predictor(
             trainer_cls,
-            _checkpoint_args(checkpoint_run, record, settings[checkpoint]),
+            checkpoint_args[checkpoint],
             model,
             tokenizer,
             [texts[answer] for answer in answers] if texts else answers,

@@ -264,7 +264,10 @@ def main(run: RunConfig) -> dict:
     settings = method_settings(training_args)
     if resume_from is not None:
         check_resumed_run(resume_from, run.trainer.name, settings)
-    trainer = build_trainer(run, train_dataset, eval_dataset)
+    try:
+        trainer = build_trainer(run, train_dataset, eval_dataset)
+    except KeyboardInterrupt:  # e.g. during capt's event estimation (the llm estimator has cached its answers so far)
+        raise TrainingInterrupted("interrupted while preparing the data and model, before training: nothing was trained.") from None
     train_rows = check_prepared_rows(trainer, train_dataset, run.trainer.kind)
     prefix = training_answer_prefix(train_dataset)
     trainer.add_callback(run_record_callback(run.trainer.name, settings, prefix))

@@ -66,11 +66,16 @@ def cladder_variables(
     row: Mapping[str, Any], *, reasoning_column: str = "reasoning", meta_column: str = "meta"
 ) -> list[CLadderVariable]:
     """The row's causal variables: names from ``reasoning.step0`` and from ``meta.variable_mapping``
-    ("<symbol>name" keys), value phrases from the mapping ("<symbol>0" / "<symbol>1"); step0 order first."""
+    ("<symbol>name" keys), value phrases from the mapping ("<symbol>0" / "<symbol>1"); step0 order first. A step0
+    that does not parse is an error only when the mapping names no variable either."""
     step0 = _as_dict(row.get(reasoning_column), f"Column {reasoning_column!r}").get("step0")
     if step0 is not None and not isinstance(step0, str):
         raise DataError(f"{reasoning_column}.step0 must be text such as 'Let X = husband; Y = alarm.', not {step0!r}.")
-    names = parse_step0(step0) if step0 else {}
+    unparsed = None  # a step0 that does not parse is fine while meta.variable_mapping names the variables
+    try:
+        names = parse_step0(step0) if step0 else {}
+    except DataError as error:
+        names, unparsed = {}, error
     meta = _as_dict(row.get(meta_column), f"Column {meta_column!r}")
     mapping = _as_dict(meta.get("variable_mapping"), f"{meta_column}.variable_mapping")
     values: dict[str, list[str]] = {}
@@ -83,6 +88,8 @@ def cladder_variables(
             names.setdefault(symbol, str(phrase))
         else:
             values.setdefault(symbol, []).append(str(phrase))
+    if not names and unparsed is not None:
+        raise unparsed
     if not names:
         raise DataError(
             f"The row names no causal variable: it needs {reasoning_column!r}.step0 ('Let X = ...; Y = ...') or "

@@ -46,6 +46,11 @@ class NoEventsFound(DataError):
     """The estimator found no event in the row."""
 
 
+class EstimationFailed(NoEventsFound):
+    """The estimator could not tell the row's events (e.g. an LLM gave no valid template within its retries): counted
+    as a row without events (``on_no_events``), and reported apart from the rows that have none."""
+
+
 class TemplateError(DataError):
     """A template is inconsistent: unknown placeholders, completion placeholders the prompt lacks, or an
     original name left in the text."""
@@ -361,6 +366,12 @@ class EventEstimator(ABC):
                 outcomes.append(error)
         return outcomes
 
+    def check_available(self) -> None:
+        """Fail now if the estimator cannot run (``llm``: its endpoint or model); called before any model loads."""
+
+    def release(self) -> None:
+        """Free what estimation loaded (``llm``: its local model) once the rows are estimated."""
+
 
 def _row_field(row: Mapping[str, Any] | None, column: str, estimator: str) -> Any:
     if row is None:
@@ -424,7 +435,7 @@ def read_terms_file(path: str | os.PathLike[str]) -> list[str]:
             f"The vocabulary terms file {str(path)!r} does not exist (resolved to {file.resolve()}). Give an existing "
             "file with one event term per line, or list the terms inline with `terms: [...]`."
         )
-    lines = (line.strip() for line in file.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines())  # -sig: a BOM is no text
     return [line for line in lines if line and not line.startswith("#")]
 
 
@@ -445,6 +456,11 @@ class VocabularyEstimator(EventEstimator):
         ignore_case: bool = False,
         plurals: bool = True,
     ):
+        if isinstance(terms, str) and "," in terms:
+            raise ConfigError(
+                f"The 'vocabulary' estimator's terms is one string, {terms!r}, which would be a single term; give a "
+                "list: `terms: [" + ", ".join(term.strip() for term in terms.split(",") if term.strip()) + "]`."
+            )
         listed = [terms] if isinstance(terms, str) else list(terms or [])
         if terms_file is not None:
             listed += read_terms_file(terms_file)
@@ -530,11 +546,13 @@ NoEventsPolicy = Literal["error", "keep", "drop"]
 @dataclass
 class EstimatedRows:
     """Templates of the rows that are kept, with ``row_indices[k]`` the input index of ``templates[k]``;
-    ``no_events`` lists the input indices where no event was found (kept unchanged or dropped)."""
+    ``no_events`` lists the input indices where no event was found (kept unchanged or dropped), ``failed`` those of
+    them where the estimator failed (``EstimationFailed``) rather than found none."""
 
     templates: list[EventTemplate]
     row_indices: list[int]
     no_events: list[int]
+    failed: list[int] = field(default_factory=list)
 
 
 def estimate_rows(
@@ -544,9 +562,13 @@ def estimate_rows(
     prompt_column: str = "prompt",
     completion_column: str | None = "completion",
     on_no_events: NoEventsPolicy = "keep",
+    require_events: bool = False,
+    progress: Callable[[int], Any] | None = None,
 ) -> EstimatedRows:
     """Estimate every row once (before training). A row without events is, by ``on_no_events``: ``keep``-ed
-    as an empty template (rendered unchanged), ``drop``-ped, or an ``error`` naming the row index."""
+    as an empty template (rendered unchanged), ``drop``-ped, or an ``error`` naming the row index. With
+    ``require_events`` (training rows) no row with an event at all is an error: CAPT would change nothing.
+    ``progress(n)`` is called as each ``n`` rows are estimated."""
     if on_no_events not in ("error", "keep", "drop"):
         raise ConfigError(f"on_no_events is {on_no_events!r}; use 'error', 'keep' or 'drop'.")
     result = EstimatedRows([], [], [])
@@ -562,6 +584,8 @@ def estimate_rows(
         except (DataError, ConfigError) as error:  # e.g. a CLadder variable name that cannot be matched as words
             where = f"Row {chunk[0][0]}" if len(chunk) == 1 else f"Rows {chunk[0][0]}-{chunk[-1][0]}"
             raise type(error)(f"{where}: {error}") from error
+        if progress is not None:
+            progress(len(chunk))
         for (index, _), (prompt, completion, _), outcome in zip(chunk, items, outcomes):
             if isinstance(outcome, NoEventsFound):
                 if on_no_events == "error":
@@ -570,6 +594,8 @@ def estimate_rows(
                         "or skip them."
                     ) from outcome
                 result.no_events.append(index)
+                if isinstance(outcome, EstimationFailed):
+                    result.failed.append(index)
                 if on_no_events == "drop":
                     continue
                 outcome = EventTemplate(prompt, completion, {})
@@ -580,5 +606,17 @@ def estimate_rows(
             f"None of the {len(result.no_events)} rows has an event that the {estimator.name!r} estimator recognises, "
             "and on_no_events is 'drop': no row is left. Check the estimator and its options, or set on_no_events "
             "to 'keep'."
+        )
+    if require_events and result.templates and not any(template.names for template in result.templates):
+        failed = len(result.failed)
+        found = (
+            f"the {estimator.name!r} estimator failed on all {failed} rows (it logs each row's last problem)"
+            if failed == len(result.no_events)
+            else f"none of the {len(result.no_events)} rows has an event that the {estimator.name!r} estimator "
+            f"recognises" + (f" ({failed} of them: the estimator failed)" if failed else "")
+        )
+        raise NoEventsFound(
+            f"{found[0].upper()}{found[1:]}, so CAPT would train on the rows unchanged, as plain SFT. Check "
+            "event_estimator and event_estimator_kwargs, or train with `trainer: sft`."
         )
     return result

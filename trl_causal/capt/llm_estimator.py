@@ -5,8 +5,11 @@ OpenAI-compatible HTTP endpoint (``base_url`` + ``model``; the API key is read f
 named by ``api_key_env`` and never logged, cached or put in an error message). The few-shot prompt ships in
 ``prompts/event_estimation.json``. Every answer is parsed, validated (``EventTemplate.validate`` plus: the
 template, filled with its names, must give back the row's text) and, if invalid, asked again with the problem
-fed back, at most ``max_retries`` times. A row that still fails raises ``EventEstimationFailed``, a
-``NoEventsFound``, so ``estimate_rows`` counts it under ``on_no_events``. Valid answers are cached on disk.
+fed back, at most ``max_retries`` times. A row that still fails, or that the endpoint refuses (HTTP 400, 413, 422:
+e.g. too long for its context), raises ``EventEstimationFailed``, a ``NoEventsFound``, so ``estimate_rows`` counts it
+under ``on_no_events``. Valid answers are cached on disk as each arrives (the HTTP backend asks one row at a time), so
+an interrupted or failed run loses none. Timeouts, 429 and 5xx answers are retried with growing waits (a Retry-After
+header wins), each retry logged.
 
 Importing this module imports neither torch nor transformers; the local backend loads them on first use.
 """
@@ -30,16 +33,28 @@ from typing import Any, Protocol
 
 from ..errors import ConfigError
 from ..paths import cache_root
-from .events import EventEstimator, EventTemplate, NoEventsFound, TemplateError, parse_name_table, placeholders_in, surviving_names
+from .events import (
+    EstimationFailed,
+    EventEstimator,
+    EventTemplate,
+    NoEventsFound,
+    TemplateError,
+    parse_name_table,
+    placeholders_in,
+    surviving_names,
+)
 from .morphology import plural_forms
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_PROMPT_FILE = "event_estimation.json"
-# Waits (seconds) before re-sending a chat request that got HTTP 429 or a 5xx answer.
-TRANSIENT_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0)
+# Waits (seconds) before re-sending a chat request that timed out or got HTTP 429 or a 5xx answer (about a minute in all).
+TRANSIENT_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+MAX_RETRY_AFTER = 120.0  # the longest Retry-After wait honoured (seconds)
 _TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+# answers that refuse one row (too long, unprocessable), not the endpoint: the row counts as failed
+_ROW_REFUSED_STATUSES = {400, 413, 422}
 _PLACEHOLDER_USE = re.compile(r"\{(e[1-9][0-9]*)\}(s\b)?")
 _CODE_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
@@ -48,14 +63,17 @@ Conversation = list[dict[str, str]]
 
 class EndpointError(ConfigError):
     """The LLM endpoint cannot be reached, rejects the request, or answers something that is not a chat reply.
-    ``status`` is the HTTP status of an error answer, None when there was none."""
+    ``status`` is the HTTP status of an error answer, None when there was none; ``transient``: worth asking again
+    (a timeout, 429, 5xx); ``retry_after``: the wait in seconds the server asked for, if any."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, transient: bool = False, retry_after: float | None = None):
         super().__init__(message)
         self.status = status
+        self.transient = transient or status in _TRANSIENT_STATUSES
+        self.retry_after = retry_after
 
 
-class EventEstimationFailed(NoEventsFound, TemplateError):
+class EventEstimationFailed(EstimationFailed, TemplateError):
     """The LLM gave no valid template for a row within its retries. A ``NoEventsFound``, so ``estimate_rows``
     counts the row (``on_no_events``) instead of keeping a wrong template."""
 
@@ -83,13 +101,24 @@ class FewShotPrompt:
             if not file.is_file():
                 raise ConfigError(f"The llm estimator's prompt_file {str(path)!r} does not exist.")
             text = file.read_text(encoding="utf-8")
+        where = "shipped prompt file" if path is None else f"prompt_file {str(path)!r}"
         try:
             content = json.loads(text)
             system, examples = content["system"], content["examples"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ConfigError(
-                f"The llm estimator's prompt file must be a JSON object with 'system' and 'examples' ({error})."
+                f"The llm estimator's {where} must be a JSON object with 'system' and 'examples' ({error})."
             ) from error
+        if not isinstance(system, str) or not isinstance(examples, list):
+            raise ConfigError(f"In the llm estimator's {where}, 'system' must be a string and 'examples' a list.")
+        for number, example in enumerate(examples):
+            if not (isinstance(example, dict) and isinstance(example.get("prompt"), str) and "completion" in example
+                    and isinstance(example.get("answer"), dict)):
+                raise ConfigError(
+                    f"Example {number} of the llm estimator's {where} must be an object with 'prompt' (a string), "
+                    "'completion' (a string or null) and 'answer' (an object with prompt_template, completion_template "
+                    f"and events); it is {json.dumps(example)[:200]}."
+                )
         return cls(system, examples, hashlib.sha256(text.encode()).hexdigest()[:16])
 
     def messages(self, prompt: str, completion: str | None) -> Conversation:
@@ -244,9 +273,15 @@ class OpenAIChatBackend:
                 state = "is set" if self._api_key() else "is not set"
                 hint = f" The API key is read from the environment variable {self.api_key_env}, which {state}."
             message = f"The LLM endpoint {url} answered HTTP {error.code}: {detail!r}.{hint}"
-            raise EndpointError(message, error.code) from None
+            raise EndpointError(message, error.code, retry_after=_seconds(error.headers.get("Retry-After"))) from None
         except OSError as error:  # URLError (refused, unknown host), timeouts, resets
             reason = getattr(error, "reason", error)
+            if isinstance(reason, TimeoutError):
+                raise EndpointError(
+                    f"The LLM endpoint {url} did not answer within {timeout:g} s (the llm estimator's `timeout`; raise "
+                    "it for a slow server).",
+                    transient=True,
+                ) from None
             raise EndpointError(
                 f"Cannot reach the LLM endpoint {url}: {self._redact(str(reason))}. Check the llm estimator's base_url "
                 "and that the server is running."
@@ -275,13 +310,17 @@ class OpenAIChatBackend:
 
     def _chat(self, conversation: Conversation) -> str:
         payload = {"model": self.model, "messages": conversation, "temperature": 0, "max_tokens": self.max_tokens}
-        for delay in (*TRANSIENT_RETRY_DELAYS, None):
+        delays = TRANSIENT_RETRY_DELAYS
+        for attempt, delay in enumerate((*delays, None), start=1):
             try:
                 reply = self._request("/chat/completions", payload, timeout=self.timeout)
                 break
             except EndpointError as error:
-                if delay is None or error.status not in _TRANSIENT_STATUSES:
+                if delay is None or not error.transient:
                     raise
+                if error.retry_after is not None:
+                    delay = min(max(delay, error.retry_after), MAX_RETRY_AFTER)
+                logger.warning("%s Asking again in %g s (retry %d of %d).", error, delay, attempt, len(delays))
                 time.sleep(delay)
         try:
             return reply["choices"][0]["message"]["content"] or ""
@@ -290,6 +329,14 @@ class OpenAIChatBackend:
                 f"The LLM endpoint {self.base_url}/chat/completions answered without choices[0].message.content: "
                 f"{self._redact(json.dumps(reply)[:200])!r}."
             ) from None
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """A Retry-After header's wait in seconds (the HTTP-date form is not honoured: None)."""
+    try:
+        return max(0.0, float(retry_after)) if retry_after is not None else None
+    except ValueError:
+        return None
 
 
 class TransformersChatBackend:
@@ -335,6 +382,15 @@ class TransformersChatBackend:
             model = AutoModelForCausalLM.from_pretrained(self.model_id, dtype="auto").to(device).eval()
             self._loaded = (tokenizer, model)
         return self._loaded
+
+    def release(self) -> None:
+        """Drop the loaded model (and the CUDA memory it held)."""
+        if self._loaded is not None:
+            import torch
+
+            self._loaded = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def complete(self, conversations: Sequence[Conversation]) -> list[str]:
         import torch
@@ -428,18 +484,25 @@ class LLMEstimator(EventEstimator):
         if batch_size < 1:
             raise ConfigError(f"The llm estimator's batch_size is {batch_size}; use 1 or more.")
         self.max_retries = max_retries
-        self.batch_size = batch_size  # rows estimate_rows hands over at once (the local backend answers them together)
         self.backend: ChatBackend = (
             OpenAIChatBackend(base_url, model, api_key_env, timeout, max_new_tokens)
             if base_url
             else TransformersChatBackend(model, device, batch_size, max_new_tokens)
         )
+        # rows estimate_rows hands over at once: the local backend answers them together; the HTTP one asks row by
+        # row anyway, so one at a time caches each answer as it comes and an error names its row
+        self.batch_size = batch_size if isinstance(self.backend, TransformersChatBackend) else 1
         self.few_shot = FewShotPrompt.load(prompt_file)
         self.cache = AnswerCache(cache_dir or default_cache_dir()) if use_cache else None
 
     def check_available(self) -> None:
         """Fail now, with the URL or path in the message, if the model cannot be used (call before training)."""
         self.backend.check_available()
+
+    def release(self) -> None:
+        """Free the local model (estimation after this loads it again)."""
+        if isinstance(self.backend, TransformersChatBackend):
+            self.backend.release()
 
     def estimate(
         self, prompt: str, completion: str | None = None, *, row: Mapping[str, Any] | None = None
@@ -477,7 +540,16 @@ class LLMEstimator(EventEstimator):
         for _ in range(1 + self.max_retries):
             if not pending:
                 break
-            replies = self.backend.complete([chats[index] for index in pending])
+            try:
+                replies = self.backend.complete([chats[index] for index in pending])
+            except EndpointError as error:
+                if error.status not in _ROW_REFUSED_STATUSES or len(pending) > 1:
+                    raise
+                [index] = pending  # the endpoint refuses this row (e.g. too long for its context): the row fails
+                outcomes[index] = EventEstimationFailed(f"{error} Prompt: {prompts[index][:200]!r}")
+                logger.warning("%s", outcomes[index])
+                pending = []
+                break
             retry = []
             for index, reply in zip(pending, replies):
                 try:

@@ -88,9 +88,10 @@ class CAPTConfig(SFTConfig):
         try:
             signature.bind(**options)
         except TypeError as error:
+            # keys only: a value may be a secret put here by mistake (an API key belongs in api_key_env's variable)
             raise ConfigError(
-                f"event_estimator_kwargs {options} do not fit the {self.event_estimator!r} estimator ({error}); it "
-                f"takes: {', '.join(signature.parameters) or 'no options'}."
+                f"event_estimator_kwargs with the keys {sorted(options)} do not fit the {self.event_estimator!r} "
+                f"estimator ({error}); it takes: {', '.join(signature.parameters) or 'no options'}."
             ) from error
         if isinstance(self.symbol_pool, list) and len(self.symbol_pool) == 1:
             # the command line gives `--symbol_pool nonsense` as a list; one symbol is no pool (every event the same

@@ -143,6 +143,7 @@ class InterventionRows(torch.utils.data.Dataset):
         self.rows = rows
         self.row_indices = estimated.row_indices
         self.no_events = estimated.no_events
+        self.failed = estimated.failed
         self.interventions = interventions
         self.draw = draw
 
@@ -207,8 +208,10 @@ def estimate_dataset(
     text_field: str = "text",
     desc: str = "Estimating events",
     disable_progress: bool = False,
+    require_events: bool = False,
 ) -> EstimatedRows:
-    """Estimate every row once: prompt and completion texts (message contents joined) into one template."""
+    """Estimate every row once: prompt and completion texts (message contents joined) into one template
+    (``estimate_rows``; ``require_events`` for training rows). The progress bar counts the rows estimated."""
     from tqdm.auto import tqdm
 
     roles = []  # per row, the roles of its prompt and completion messages (None for text), for check_message_parts
@@ -223,8 +226,10 @@ def estimate_dataset(
             except DataError as error:
                 raise DataError(f"Row {index}: {error}") from error
 
-    progress = tqdm(texts(), total=len(rows), desc=desc, disable=disable_progress)
-    estimated = estimate_rows(estimator, progress, on_no_events=on_no_events)
+    with tqdm(total=len(rows), desc=desc, disable=disable_progress) as bar:
+        estimated = estimate_rows(
+            estimator, texts(), on_no_events=on_no_events, require_events=require_events, progress=bar.update
+        )
     for position, (template, row_index) in enumerate(zip(estimated.templates, estimated.row_indices)):
         check_message_parts(template, roles[row_index], row_index, estimator.name)
         if roles[row_index][1] is not None:  # a chat answer is a message of its own, not the prompt's next words
@@ -233,14 +238,21 @@ def estimate_dataset(
 
 
 def estimation_report(
-    args: CAPTConfig, no_events: Sequence[int], rows: int, pool: str, who: str = "trl-causal capt", hint: str = ""
+    args: CAPTConfig,
+    no_events: Sequence[int],
+    rows: int,
+    pool: str,
+    who: str = "trl-causal capt",
+    hint: str = "",
+    failed: Sequence[int] = (),
 ) -> tuple[str, str | None]:
     """The line that sums up the estimation of the training rows, and the warning about rows without events (None
-    when every row has some); ``hint`` adds a cause to check."""
+    when every row has some); ``failed``: those of them the estimator failed on; ``hint`` adds a cause to check."""
     fate = "dropped" if args.on_no_events == "drop" else "kept unchanged"
+    failures = f", {len(failed)} of them because the estimator failed" if failed else ""
     summary = (
         f"{who}: events estimated with {args.event_estimator!r} on {rows} training rows, {len(no_events)} without "
-        f"events ({fate}); symbol pool {pool!r}, intervention seed {args.intervention_seed_value}."
+        f"events ({fate}{failures}); symbol pool {pool!r}, intervention seed {args.intervention_seed_value}."
     )
     if not no_events:
         return summary, None
@@ -364,10 +376,11 @@ class CAPTTrainer(SFTTrainer):
         self.event_estimator = args.build_event_estimator()
         show_progress = args.process_index == 0 and not args.disable_tqdm
         with args.main_process_first(desc="event estimation"), whole_model_loading():
-            train_estimated = self._estimate(args, train_dataset, "training", show_progress)
+            train_estimated = self._estimate(args, train_dataset, "training", show_progress, require_events=True)
             self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
             train_interventions = self._interventions(args, train_estimated)
             eval_plans = {key: self._plan_eval(args, rows, f"evaluation {key!r}") for key, rows in splits.items() if key != "train"}
+            self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
 
         self.answer_prefix = training_answer_prefix(train_dataset)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
@@ -404,7 +417,7 @@ class CAPTTrainer(SFTTrainer):
         )
         return converted
 
-    def _estimate(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
+    def _estimate(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False, require_events: bool = False):
         return estimate_dataset(
             self.event_estimator,
             rows,
@@ -412,6 +425,7 @@ class CAPTTrainer(SFTTrainer):
             text_field=args.dataset_text_field,
             desc=f"Estimating events ({split} rows, {args.event_estimator!r})",
             disable_progress=not progress,
+            require_events=require_events,
         )
 
     def _interventions(self, args: CAPTConfig, estimated: EstimatedRows) -> RowInterventions:
@@ -441,7 +455,7 @@ class CAPTTrainer(SFTTrainer):
 
     def _report(self, dataset: InterventionDataset, rows: int, examples: int = 2) -> None:
         """Print the rows without events and a few intervened rows (main process)."""
-        summary, warning = estimation_report(self.args, dataset.no_events, rows, self.symbol_pool.name)
+        summary, warning = estimation_report(self.args, dataset.no_events, rows, self.symbol_pool.name, failed=dataset.failed)
         self.accelerator.print(summary)
         if warning:
             logger.warning(warning)
@@ -477,6 +491,11 @@ class CAPTTrainer(SFTTrainer):
         """The method settings saved with the model (estimator, symbol pool, seed, ...): what eval uses for a
         checkpoint without a run record (trained from a TRL script or Axolotl)."""
         return cls._prediction_record(checkpoint_dir).get("settings", {})
+
+    @classmethod
+    def check_predictor(cls, args: CAPTConfig) -> None:
+        """Before any model loads: the event estimator can run (an ``llm`` estimator's endpoint or model is there)."""
+        args.build_event_estimator().check_available()
 
     @classmethod
     def build_predictor(

@@ -227,13 +227,14 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         self.codec = TokenRowCodec(tokenizer, getattr(training_args, "max_seq_length", None))
         self.event_estimator = self.capt_args.build_event_estimator()
         with training_args.main_process_first(desc="event estimation"):
-            train_estimated = self._estimate(train_dataset)
+            train_estimated = self._estimate(train_dataset, require_events=True)
             self.symbol_pool = build_symbol_pool(self.capt_args.symbol_pool, train_estimated.templates)
             train_interventions = self._interventions(train_estimated)
             eval_plan = None
             if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
                 eval_estimated = self._estimate(eval_dataset)
                 eval_plan = (eval_estimated, self._interventions(eval_estimated))
+            self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
         super().__init__(*args, **kwargs)
         self.train_dataset = TokenInterventionDataset(train_dataset, train_estimated, train_interventions, self.codec)
         if eval_plan is not None:
@@ -242,12 +243,13 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         if self.accelerator.is_main_process:
             self._report(len(train_dataset))
 
-    def _estimate(self, rows) -> EstimatedRows:
+    def _estimate(self, rows, require_events: bool = False) -> EstimatedRows:
         args = self.capt_args
         return estimate_rows(
             self.event_estimator,
             (self.codec.estimation_row(row) for row in rows),
             on_no_events=args.on_no_events,
+            require_events=require_events,
         )
 
     def _interventions(self, estimated: EstimatedRows) -> RowInterventions:
@@ -264,6 +266,7 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             self.symbol_pool.name,
             who="trl-causal capt (axolotl)",
             hint=", and that Axolotl leaves each row's prompt untrained (the estimator reads the untrained tokens as the prompt)",
+            failed=dataset.failed,
         )
         self.accelerator.print(summary)
         if warning:
