@@ -218,20 +218,30 @@ def test_yaml_scalars_mean_what_they_say_for_accelerate_values_and_list_fields(t
     assert run.training_args.feature_layers == [-1]
 
 
-def test_resume_from_checkpoint_true_means_the_last_checkpoint_and_a_bad_one_fails_first(tmp_path):
+def test_resume_from_checkpoint_true_means_the_last_complete_checkpoint_and_a_bad_one_fails_first(tmp_path, capsys):
     from trl_causal.errors import TrlCausalError
     from trl_causal.train import resume_checkpoint
 
-    for name in ("checkpoint-2", "checkpoint-10"):
+    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-12"):
         (tmp_path / name).mkdir()
+    for name in ("checkpoint-2", "checkpoint-10"):  # checkpoint-12: a save that died (disk full) before the state
+        (tmp_path / name / "trainer_state.json").write_text("{}")
     last = str(tmp_path / "checkpoint-10")
     assert resume_checkpoint(True, str(tmp_path)) == resume_checkpoint("true", str(tmp_path)) == last  # YAML / command line
+    assert "checkpoint-12 lack trainer_state.json (a save that did not finish); resuming from" in capsys.readouterr().err
     assert resume_checkpoint(None, str(tmp_path)) is resume_checkpoint("False", str(tmp_path)) is None
     assert resume_checkpoint(str(tmp_path / "checkpoint-2"), str(tmp_path)) == str(tmp_path / "checkpoint-2")
-    with pytest.raises(TrlCausalError, match=r"resume_from_checkpoint is true, but .*empty holds no checkpoint-N"):
+    with pytest.raises(TrlCausalError, match=r"resume_from_checkpoint is true, but .*empty holds no complete checkpoint-N"):
         resume_checkpoint("true", str(tmp_path / "empty"))
     with pytest.raises(TrlCausalError, match=r"resume_from_checkpoint: .*checkpoint-3 is not a checkpoint directory"):
         resume_checkpoint(str(tmp_path / "checkpoint-3"), str(tmp_path))
+    for broken in ("checkpoint-12", ""):  # a half-written checkpoint; the output_dir (the final model)
+        with pytest.raises(TrlCausalError, match=r"holds no trainer_state.json, so it is no complete checkpoint"):
+            resume_checkpoint(str(tmp_path / broken), str(tmp_path))
+    (tmp_path / "checkpoint-2" / "trainer_state.json").unlink()
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    with pytest.raises(TrlCausalError, match=r"checkpoint-12, checkpoint-10, checkpoint-2 lack trainer_state.json"):
+        resume_checkpoint(True, str(tmp_path))
 
 
 @pytest.mark.parametrize("spec", BUILTIN_TRAINERS, ids=lambda spec: spec.name)

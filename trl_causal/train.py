@@ -199,25 +199,51 @@ def train_or_save_on_interrupt(trainer, resume_from: str | None):
         ) from None
 
 
+TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last into a checkpoint: present = complete
+
+
 def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
     """The checkpoint directory to resume from, checked before any model loads. ``true`` (also as the string that
-    ``--resume_from_checkpoint true`` gives) means the last ``checkpoint-N`` in ``output_dir``; ``false`` or unset: none."""
+    ``--resume_from_checkpoint true`` gives) means the last complete ``checkpoint-N`` in ``output_dir`` (one a failed
+    save left without ``trainer_state.json`` is passed over, with a note); ``false`` or unset: none."""
     if isinstance(value, str) and value.lower() in ("true", "false"):
         value = value.lower() == "true"
     if not value:
         return None
     if value is True:
-        from transformers.trainer_utils import get_last_checkpoint
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if last is None:
+        found = []
+        if os.path.isdir(output_dir):
+            for name in os.listdir(output_dir):
+                step = name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+                if step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+                    found.append((int(step), os.path.join(output_dir, name)))
+        found.sort(reverse=True)
+        complete = [path for _, path in found if os.path.isfile(os.path.join(path, TRAINER_STATE_FILE))]
+        if not complete:
             raise TrlCausalError(
-                f"resume_from_checkpoint is true, but {output_dir} holds no checkpoint-N directory to resume from; "
-                "name a checkpoint directory, or train without it (checkpoints are written every save_steps)."
+                f"resume_from_checkpoint is true, but {output_dir} holds no complete checkpoint-N directory to resume "
+                + (f"from ({', '.join(os.path.basename(path) for _, path in found)} lack {TRAINER_STATE_FILE}: a save "
+                   "that did not finish); " if found else "from; ")
+                + "name a checkpoint directory, or train without it (checkpoints are written every save_steps)."
             )
-        return last
+        skipped = [path for step, path in found if step > int(complete[0].rsplit("-", 1)[1])]
+        if skipped and int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"trl-causal: note: {', '.join(map(os.path.basename, skipped))} lack {TRAINER_STATE_FILE} (a save that "
+                f"did not finish); resuming from {complete[0]}.",
+                file=sys.stderr,
+            )
+        return complete[0]
     if not os.path.isdir(value):
         raise TrlCausalError(f"resume_from_checkpoint: {value} is not a checkpoint directory (resolved to {os.path.abspath(value)}).")
+    if not os.path.isfile(os.path.join(value, TRAINER_STATE_FILE)):
+        raise TrlCausalError(
+            f"resume_from_checkpoint: {value} holds no {TRAINER_STATE_FILE}, so it is no complete checkpoint (a "
+            "training run's output_dir holds the final model, its checkpoint-N folders the resumable states; a save "
+            "that did not finish leaves none). Give a checkpoint-N directory, or `true` for the last complete one."
+        )
     return value
 
 
