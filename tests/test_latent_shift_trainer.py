@@ -430,10 +430,13 @@ def test_a_checkpoint_predicts_raw_prompts_with_the_options_it_was_trained_with(
     assert LatentShiftPredictor.from_checkpoint(tmp_path, model, tokenizer, ANSWERS, phi_samples=5).phi_samples == 5
 
 
-def test_keep_end_truncation_that_cuts_the_whole_prompt_says_so(tiny_model, tmp_path):
-    trainer = make_trainer(tiny_model, tmp_path, max_length=3, truncation_mode="keep_end")
-    with pytest.raises(DataError, match=r"max_length=3 with truncation_mode keep_end cut their prompt off.*raise max_length"):
-        trainer.train()
+def test_rows_without_prompt_tokens_fail_before_training_naming_the_rows(tiny_model, tmp_path):
+    with pytest.raises(DataError, match=r"8 rows of the training split \(rows 0, 1, .*\) have no prompt tokens.*max_length=3 with truncation_mode keep_end cut their prompt off.*raise max_length"):
+        make_trainer(tiny_model, tmp_path, max_length=3, truncation_mode="keep_end")
+    rows = shift_rows()
+    rows[5]["prompt"] = ""  # a row whose prompt is empty (TRL then supervises its first token)
+    with pytest.raises(DataError, match=r"1 rows of the training split \(rows 5; row 5's prompt: ''\) have no prompt tokens"):
+        make_trainer(tiny_model, tmp_path, rows)
 
 
 @pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])

@@ -208,6 +208,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         check_answer_tokens(getattr(self.processing_class, "tokenizer", self.processing_class), self.verbalizer, prefix)
+        for name, prepared in named_splits(self.train_dataset, self.eval_dataset).items():
+            self._check_prompt_tokens(prepared, "training split" if name == "train" else f"evaluation split {name!r}")
         self.answer_prefix = prefix
         self.class_of_label = {label: index for index, label in enumerate(self.verbalizer)}
         self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
@@ -319,6 +321,30 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             with self.accelerator.unwrap_model(model).disable_adapter():
                 return model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
+    def _no_prompt_tokens(self, rows: str) -> DataError:
+        """The error for ``rows`` ("Rows [2] of the batch") whose first token is already supervised."""
+        cut = f" or max_length={self.args.max_length} with truncation_mode keep_end cut their prompt off" if (
+            self.args.max_length is not None and self.args.truncation_mode == "keep_end"
+        ) else ""
+        return DataError(
+            f"{rows} have no prompt tokens (their first token is already supervised: the rows have no prompt{cut}). "
+            "latent_shift pools over the prompt: use prompt/completion data (or messages with "
+            "assistant_only_loss=True)" + (", or raise max_length." if cut else ".")
+        )
+
+    def _check_prompt_tokens(self, prepared, split: str) -> None:
+        """Before training: rows of a prepared map-style split (TRL has tokenized, truncated and labelled them) whose
+        first token is supervised (an empty prompt; keep_end cutting the prompt off) fail now, by row, rather than at
+        the batch that draws them."""
+        if not isinstance(prepared, Dataset) or "labels" not in prepared.column_names:
+            return
+        bad = [row for row, labels in enumerate(prepared["labels"]) if labels and labels[0] != -100]
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+            first = prepared[bad[0]].get("prompt")
+            example = f"; row {bad[0]}'s prompt: {str(first)[:80]!r}" if first is not None else ""
+            raise self._no_prompt_tokens(f"{len(bad)} rows of the {split} (rows {shown}{example})")
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         labels = inputs["labels"]  # left in `inputs`: prediction_step hands them to compute_metrics
@@ -326,15 +352,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         model_inputs = {key: value for key, value in inputs.items() if key != "labels"} | {"use_cache": False}
         prompt_mask = prompt_token_mask(labels, inputs["attention_mask"])
         no_prompt = (prompt_mask.sum(1) == 0).nonzero().flatten().tolist()
-        if no_prompt:
-            cut = f" or max_length={self.args.max_length} with truncation_mode keep_end cut their prompt off" if (
-                self.args.max_length is not None and self.args.truncation_mode == "keep_end"
-            ) else ""
-            raise DataError(
-                f"Rows {no_prompt} of the batch have no prompt tokens (their first token is already supervised: the "
-                f"rows have no prompt{cut}). latent_shift pools over the prompt: use prompt/completion data (or "
-                "messages with assistant_only_loss=True)" + (", or raise max_length." if cut else ".")
-            )
+        if no_prompt:  # a streamed split, which is not checked before training
+            raise self._no_prompt_tokens(f"Rows {no_prompt} of the batch")
 
         # A batch of one row has no other row to shuffle with: L_SFT alone. In evaluation that is a last batch; in
         # training (where a last batch of one is dropped) the end of a one-process stream, which no sampler can drop
