@@ -218,6 +218,20 @@ def test_yaml_scalars_mean_what_they_say_for_accelerate_values_and_list_fields(t
     assert run.training_args.feature_layers == [-1]
 
 
+def test_accelerate_flags_on_the_command_line_take_true_or_false_and_override_the_yaml(tmp_path, tiny_model):
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.errors import ConfigError
+
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, tmp_path, tmp_path / "out"), "multi_gpu": True})
+    assert "--multi_gpu" in parse_run_config([], str(config)).launch_args
+    launch = parse_run_config(["--multi_gpu", "false", "--num_processes", "2"], str(config)).launch_args
+    assert "--multi_gpu" not in launch and "false" not in launch and launch[launch.index("--num_processes") + 1] == "2"
+    launch = parse_run_config(["--multi_gpu", "true", "--multi_gpu"], str(config)).launch_args
+    assert launch.count("--multi_gpu") == 1 and "true" not in launch  # 'true' became the training script before
+    with pytest.raises(ConfigError, match=r"--multi_gpu is an accelerate flag: give it alone, or `--multi_gpu true`"):
+        parse_run_config(["--multi_gpu", "maybe"], str(config))
+
+
 def test_resume_from_checkpoint_true_means_the_last_complete_checkpoint_and_a_bad_one_fails_first(tmp_path, capsys):
     from trl_causal.errors import TrlCausalError
     from trl_causal.train import resume_checkpoint

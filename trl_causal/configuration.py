@@ -337,7 +337,23 @@ def _launch_arg(key: str, value: Any) -> list[str]:
     if isinstance(value, bool):
         words = ("yes", "no") if "no" in (action.choices or ()) else ("true", "false")
         value = words[0] if value else words[1]
-    return [f"--{key}", str(value)]
+    return [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+
+
+def _cli_launch_value(key: str, values: list[str]) -> Any:
+    """The value of an ``accelerate launch`` setting given on the command line: a flag alone is true, and takes
+    true/false (yes/no, 1/0) as the YAML does; a setting with a value takes its word(s)."""
+    action = _launch_actions().get(key)
+    if action is not None and action.nargs == 0:
+        if not values:
+            return True
+        words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+        if len(values) == 1 and values[0].lower() in words:
+            return words[values[0].lower()]
+        raise ConfigError(f"--{key} is an accelerate flag: give it alone, or `--{key} true` / `--{key} false`; got {' '.join(values)!r}.")
+    if not values:
+        raise ConfigError(f"--{key} needs a value (an accelerate launch setting).")
+    return values[0] if len(values) == 1 else list(values)
 
 
 def resolve_accelerate_config(value: str) -> str:
@@ -398,16 +414,15 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     _check_value_types({k: v for k, v in yaml_values.items() if k in field_types}, field_types, source)
     yaml_values = _numbers_as_their_type(yaml_values, field_types)
 
-    launch_args: list[str] = []
-    for key, value in yaml_values.items():
-        if key in launch_keys:
-            launch_args += _launch_arg(key, value)
+    # the command line overrides the YAML's launch settings key by key (`--multi_gpu false` undoes `multi_gpu: true`)
+    launch_values = {key: value for key, value in yaml_values.items() if key in launch_keys}
     script_argv: list[str] = []
     for key, values in cli:
         if key in launch_keys:
-            launch_args += [f"--{key}", *values]
+            launch_values[key] = _cli_launch_value(key, values)
         elif key != TRAINER_KEY:
             script_argv += [f"--{key}", *values]
+    launch_args = [arg for key, value in launch_values.items() for arg in _launch_arg(key, value)]
     # `--text_column null` unsets a field as `text_column: null` does, which argparse cannot: the last setting counts
     last = dict(cli)
     preset = {
