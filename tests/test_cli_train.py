@@ -284,3 +284,15 @@ def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path,
     resumed = run_cli("train", "--config", str(config), "--max_steps", str(step + 2), "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / SUMMARY_FILE).read_text())["steps"] == step + 2
+
+
+def test_an_output_dir_that_cannot_be_written_fails_before_launch(tmp_path, tiny_model, capsys):
+    from trl_causal import cli
+
+    data = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "Hi", "completion": " there"}] * 4)
+    (tmp_path / "afile").write_text("")
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, tmp_path / "afile" / "out")})
+    assert cli.main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"trl-causal: error: output_dir {tmp_path / 'afile' / 'out'} cannot be written (Not a directory)" in err
+    assert "Traceback" not in err

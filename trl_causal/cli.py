@@ -98,6 +98,20 @@ def _one_process_launcher():
         accelerate_launch.simple_launcher = simple_launcher
 
 
+def check_output_dir(output_dir: str) -> None:
+    """``output_dir`` exists or can be made, and takes files (else the run fails after loading the model)."""
+    import tempfile
+
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as error:
+        raise TrlCausalError(
+            f"output_dir {output_dir} cannot be written ({error.strerror or error}): give a directory you can write to."
+        ) from None
+
+
 def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -118,6 +132,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         run.model_args.model_revision,
         getattr(run.training_args, "trust_remote_code", False),  # as train.build_trainer loads it
     )
+    check_output_dir(run.training_args.output_dir)
 
     script_args = ["--trainer", run.trainer.name] + (["--config", args.config] if args.config else []) + run.script_argv
     launch_args = launch_command_parser().parse_args(run.launch_args + ["--module", "trl_causal.train"] + script_args)
