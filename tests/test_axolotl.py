@@ -130,13 +130,16 @@ def reward_changes(workdir: Path, **changes) -> dict:
     }
 
 
+NULL = "<null>"  # a change that writes `key: null` into the YAML (None removes the key)
+
+
 def config(workdir: Path, name: str, **changes) -> Path:
     cfg = yaml.safe_load((workdir / "base.yaml").read_text())
     for key, value in changes.items():
         if value is None:
             cfg.pop(key, None)
         else:
-            cfg[key] = value
+            cfg[key] = None if value == NULL else value
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -311,7 +314,12 @@ for path in sys.argv[1:]:
     try:
         cfg = load_cfg(path)
         trainer_cls = PluginManager.get_instance().get_trainer_cls(cfg)
-        results[path] = {"ok": trainer_cls.__name__ if trainer_cls else None, "trainer": cfg.get("trainer")}
+        values = getattr(trainer_cls, "trl_causal_values", {})
+        results[path] = {
+            "ok": trainer_cls.__name__ if trainer_cls else None,
+            "trainer": cfg.get("trainer"),
+            "nulls": sorted(key for key, value in values.items() if value is None),
+        }
     except Exception as error:
         results[path] = {"error": f"{type(error).__name__}: {error}"}
 print("RESULTS" + json.dumps(results))
@@ -349,6 +357,10 @@ CASES = {
         {"plugins": [PLUGIN], "trainer": "latent_shift", "micro_batch_size": 1},
         ["trainer: latent_shift: micro_batch_size=1", "Set micro_batch_size to 2 or more"],
     ),
+    "latent_shift_default_batch": (  # no micro_batch_size line: Axolotl's default, 1
+        {"plugins": [PLUGIN], "trainer": "latent_shift", "micro_batch_size": None},
+        ["trainer: latent_shift: micro_batch_size=1", "Set micro_batch_size to 2 or more"],
+    ),
     "latent_shift_packing": (
         {"plugins": [PLUGIN], "trainer": "latent_shift", "sample_packing": True},
         ["sample_packing: false"],
@@ -373,6 +385,16 @@ CASES = {
         {"numeric_confounders": None},
     ),
     "reward_packing": ("REWARD", ["does not support `sample_packing`"], {"sample_packing": True}),
+    # `key: null` means None for the trainer (prompt + completion rows), not the key's default (`text`)
+    "reward_text_column_null": (
+        "REWARD",
+        {"ok": "AxolotlDeconfoundedRewardTrainer", "nulls": ["text_column"]},
+        {"text_column": NULL},
+    ),
+    "latent_shift_heads_learning_rate_null": (
+        {"plugins": [PLUGIN], "trainer": "latent_shift", "verbalizer": VERBALIZER, "heads_learning_rate": NULL},
+        {"ok": "AxolotlLatentShiftTrainer", "nulls": ["heads_learning_rate"]},
+    ),
     "reward_kind": ({"plugins": [PLUGIN], "trainer": "deconfounded_reward"}, ["add `reward_model: true`"]),
     "foreign_key": ({"plugins": [PLUGIN], "trainer": "capt", "lambda_causal": 0.5}, ["lambda_causal (a key of latent_shift)"]),
     "packing": ({"plugins": [PLUGIN], "trainer": "capt", "sample_packing": True}, ["sample_packing: false"]),
@@ -420,6 +442,10 @@ CASES = {
         ["Unknown key `symbol_pol`", "did you mean `symbol_pool` (a key of trainer capt)"],
     ),
     "typo_trainer": ({"plugins": [PLUGIN], "trainr": "capt"}, ["Unknown key `trainr`", "did you mean `trainer`"]),
+    "key_part": (  # not close in spelling, but a part of a key: Axolotl would drop it silently
+        {"plugins": [PLUGIN], "trainer": "capt", "estimator": "vocabulary"},
+        ["Unknown key `estimator`", "did you mean `event_estimator`"],
+    ),
     # The baselines run on the YAML of a causal trainer: its keys are set aside (with a note).
     "baseline_sft_latent_shift_keys": (
         {"plugins": [PLUGIN], "trainer": "sft", "verbalizer": VERBALIZER, "n_patches": 4, "lambda_causal": 0.5},
@@ -430,6 +456,10 @@ CASES = {
         {"ok": None, "trainer": "sft"},
     ),
     "bad_value": ({"plugins": [PLUGIN], "trainer": "capt", "symbol_pool": "emoji"}, ["symbol_pool"]),
+    "missing_terms_file": (
+        {"plugins": [PLUGIN], "trainer": "capt", "event_estimator": "vocabulary", "event_estimator_kwargs": {"terms_file": "nope.txt"}},
+        ["trainer: capt: The vocabulary terms file 'nope.txt' does not exist"],
+    ),
 }
 
 
@@ -468,3 +498,38 @@ def test_axolotl_config_checks(checked, name):
         assert "error" in result, f"{name}: expected an error, got {result}"
         for words in expected:
             assert words in result["error"], result["error"]
+
+
+# Rows that an intervention makes longer than sequence_len lose their answer to the cut: the plugin's codec on
+# rows tokenized by the tiny model's tokenizer, with a pool of long symbols, in the Axolotl venv.
+CUT_ROWS = r"""
+import json, sys
+from datasets import Dataset
+from transformers import AutoTokenizer
+from trl_causal.capt import ListPool, RowInterventions, VocabularyEstimator, estimate_rows
+from trl_causal_axolotl.capt import TokenInterventionDataset, TokenRowCodec, rows_left_untrained
+
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+rows = []
+for prompt, answer in [("Is Sally a cat?", " Sally is."), ("Is the dog red?", " No.")]:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    rows.append({"input_ids": prompt_ids + answer_ids, "labels": [-100] * len(prompt_ids) + answer_ids})
+dataset = Dataset.from_list(rows)
+longest = max(len(row["input_ids"]) for row in rows)
+codec = TokenRowCodec(tokenizer, max_length=longest + 1)
+estimated = estimate_rows(VocabularyEstimator(terms=["Sally"]), (codec.estimation_row(row) for row in dataset))
+pool = ListPool(["Bartholomew Montgomery Fitzgerald Wellington"])
+rows = TokenInterventionDataset(dataset, estimated, RowInterventions(estimated.templates, pool, 0), codec)
+print("RESULT" + json.dumps(rows_left_untrained(rows)))
+"""
+
+
+def test_axolotl_capt_finds_rows_the_intervention_pushes_past_sequence_len(workdir):
+    run = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", CUT_ROWS, str(workdir / "tiny")],
+        cwd=workdir, env=axolotl_env(), capture_output=True, text=True, timeout=300,
+    )
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
+    assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
+    assert json.loads(lines[-1].removeprefix("RESULT")) == [0]  # the row naming Sally; the other has no event

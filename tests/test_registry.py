@@ -146,6 +146,8 @@ def test_registering_a_class_that_is_not_a_trainer_fails_when_selected(tmp_path,
 def test_unknown_trainer_suggests_close_names():
     with pytest.raises(RegistryError, match=r"Unknown trainer 'sfft'\. Did you mean 'sft'"):
         PluginManager().get_trainer("sfft")
+    with pytest.raises(RegistryError, match=r"Unknown trainer 'CAPT'\. Did you mean 'capt'"):
+        PluginManager().get_trainer("CAPT")
 
 
 REGISTERS_ESTIMATORS = """

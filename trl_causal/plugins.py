@@ -138,7 +138,8 @@ class Registry:
             return self.entries[name]
         if name in self.clashes:
             raise RegistryError(self.clash_message(name))
-        close = difflib.get_close_matches(name, list(self.entries), n=3, cutoff=0.5)
+        by_lower = {entry.lower(): entry for entry in self.entries}  # `CAPT` is close to `capt`
+        close = [by_lower[match] for match in difflib.get_close_matches(str(name).lower(), list(by_lower), n=3, cutoff=0.5)]
         message = f"Unknown {self.what} {name!r}."
         if close:
             message += f" Did you mean {' or '.join(repr(c) for c in close)}?"

@@ -319,17 +319,23 @@ def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: b
 
     indices = tqdm(range(len(dataset)), desc="Checking max_length", disable=not progress)
     cut = [dataset.row_indices[i] for i in indices if fills_max_length(i)]
+    fix = f"raise max_length (now {args.max_length}), shorten the prompts, or set truncation_mode: keep_end to cut the prompts' starts instead"
+    report_cut_completions(cut, len(dataset), f"max_length={args.max_length}", fix, warn)
+
+
+def report_cut_completions(cut: Sequence[int], total: int, setting: str, fix: str, warn: bool = True) -> None:
+    """Rows ``cut`` (of ``total`` training rows) keep no completion token under ``setting``: an error when that is
+    every row, else (``warn``) a warning with their count and ``fix``."""
     if not cut:
         return
-    fix = f"raise max_length (now {args.max_length}), shorten the prompts, or set truncation_mode: keep_end to cut the prompts' starts instead"
-    if len(cut) == len(dataset):
-        raise DataError(f"max_length={args.max_length} cuts the completion of every training row off, so nothing would train: {fix}.")
+    if len(cut) == total:
+        raise DataError(f"{setting} cuts the completion of every training row off, so nothing would train: {fix}.")
     if not warn:
         return
     shown = ", ".join(map(str, cut[:10])) + (", ..." if len(cut) > 10 else "")
     logger.warning(
-        f"max_length={args.max_length} cuts the completion of {len(cut)} of {len(dataset)} training rows off (rows "
-        f"{shown}); they train nothing: {fix}."
+        f"{setting} cuts the completion of {len(cut)} of {total} training rows off (rows {shown}); they train "
+        f"nothing: {fix}."
     )
 
 

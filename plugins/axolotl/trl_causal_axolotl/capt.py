@@ -30,6 +30,7 @@ from trl_causal.trainer.capt_trainer import (
     InterventionRows,
     check_interventions,
     estimation_report,
+    report_cut_completions,
     save_symbol_pool,
 )
 
@@ -163,9 +164,22 @@ class TokenInterventionDataset(InterventionRows):
         return int(self.counts[1])
 
 
+def rows_left_untrained(dataset: TokenInterventionDataset, indices=None) -> list[int]:
+    """The rows (input indices) that the symbols of the current draw leave without a trained token (the codec cuts
+    rows that the intervention made longer than its max_length)."""
+    indices = range(len(dataset)) if indices is None else indices
+    return [dataset.row_indices[i] for i in indices if all(label == IGNORE for label in dataset.rebuilt(i)[1]["labels"])]
+
+
 def check_config(values: dict[str, Any], output_dir: str, seed: int, **training: Any) -> CAPTConfig:
-    """trl_causal's own ``CAPTConfig`` for the CAPT keys of the YAML (``args.check_values``)."""
-    return check_values(CAPTConfig, "capt", values, output_dir, seed, **training)
+    """trl_causal's own ``CAPTConfig`` for the CAPT keys of the YAML (``args.check_values``); its event estimator is
+    built once, so that its options (a missing terms_file, a bad prompt_file) fail before anything loads."""
+    config = check_values(CAPTConfig, "capt", values, output_dir, seed, **training)
+    try:
+        config.build_event_estimator()
+    except ConfigError as error:
+        raise ConfigError(f"trainer: capt: {error}") from error
+    return config
 
 
 def check_axolotl_cfg(cfg) -> None:
@@ -240,8 +254,24 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         if eval_plan is not None:
             self.eval_dataset = TokenInterventionDataset(eval_dataset, *eval_plan, self.codec)
         self.add_callback(InterventionEpochCallback(self.train_dataset))
+        if self.codec.max_length is not None:
+            self._check_truncation()
         if self.accelerator.is_main_process:
             self._report(len(train_dataset))
+
+    def _check_truncation(self) -> None:
+        """Rows that the symbols of draw 0 make longer than ``sequence_len`` are cut back to it: those left without a
+        trained token train nothing (Axolotl dropped the rows too long before the intervention, not these)."""
+        from tqdm.auto import tqdm
+
+        dataset, main = self.train_dataset, self.accelerator.is_main_process
+        indices = tqdm(range(len(dataset)), desc="Checking sequence_len", disable=not main or self.args.disable_tqdm)
+        cut = rows_left_untrained(dataset, indices)
+        fix = (
+            f"raise sequence_len (now {self.codec.max_length}), or use a symbol pool of shorter symbols (`symbol_pool: "
+            "letters`); other draws may cut other rows"
+        )
+        report_cut_completions(cut, len(dataset), f"sequence_len={self.codec.max_length} after the intervention", fix, warn=main)
 
     def _estimate(self, rows, require_events: bool = False) -> EstimatedRows:
         args = self.capt_args
@@ -303,7 +333,8 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
                 json.dump(summary, f, indent=2)
         self.accelerator.print(
             f"trl-causal capt (axolotl): {summary['steps']} steps, {summary['rows_intervened']} of "
-            f"{summary['rows_drawn']} drawn rows intervened (draws 0..{summary['last_draw']}); summary in {RUN_FILE}."
+            f"{summary['rows_drawn']} rows the data loader drew intervened (its workers prefetch: more than trained; "
+            f"draws 0..{summary['last_draw']}); summary in {RUN_FILE}."
         )
         return result
 

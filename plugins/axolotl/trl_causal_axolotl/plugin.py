@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
@@ -166,6 +167,15 @@ def other_plugins_keys() -> set[str]:
     return keys
 
 
+def part_of(key: str, keys: list[str]) -> list[str]:
+    """The keys whose words (split at "_", a plural s ignored) hold all of ``key``'s: `estimator` of
+    `event_estimator`, `symbols` of `symbol_pool`."""
+    def words(name: str) -> set[str]:
+        return {word.removesuffix("s") for word in name.lower().split("_") if word}
+
+    return [name for name in keys if words(key) and words(key) <= words(name)][:1]
+
+
 def check_key_spelling(cfg) -> None:
     """A top-level key that neither Axolotl nor a loaded plugin knows but is close to a trl-causal key: a typo that
     Axolotl would drop silently. ``ConfigError`` naming it and the key it is close to."""
@@ -179,7 +189,7 @@ def check_key_spelling(cfg) -> None:
     for key in unknown:
         if key in known:
             continue
-        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.8)
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.8) or part_of(key, ours)
         if close:
             owners = our_keys().get(close[0])
             whose = f" (a key of trainer {', '.join(owners)})" if owners else ""
@@ -189,9 +199,25 @@ def check_key_spelling(cfg) -> None:
             )
 
 
-def trainer_values(cfg, name: str) -> dict[str, Any]:
-    """The YAML keys of trainer ``name`` that are set."""
-    return {key: cfg.get(key) for key, owners in our_keys().items() if name in owners and cfg.get(key) is not None}
+def effective_micro_batch_size(cfg) -> int | None:
+    """``micro_batch_size`` as Axolotl will use it: 1 when unset (its default), unless ``batch_size`` derives it."""
+    value = cfg.get("micro_batch_size")
+    return 1 if value is None and not cfg.get("batch_size") else value
+
+
+def explicit_nulls(cfg) -> list[str]:
+    """The trl-causal keys the raw YAML sets to null (``text_column: null``): once Axolotl has validated the config,
+    every key it declares is None when unset, so only the raw YAML tells "null" from "not given"."""
+    return [key for key in our_keys() if key in cfg and cfg[key] is None]
+
+
+def trainer_values(cfg, name: str, nulls: Sequence[str] = ()) -> dict[str, Any]:
+    """The YAML keys of trainer ``name`` that are set, and those of ``nulls`` (set to null: None, not the default)."""
+    return {
+        key: cfg.get(key)
+        for key, owners in our_keys().items()
+        if name in owners and (cfg.get(key) is not None or key in nulls)
+    }
 
 
 class CausalTrainerPlugin(BasePlugin):
@@ -208,6 +234,7 @@ class CausalTrainerPlugin(BasePlugin):
         keys aside with a note, as ``trl-causal train`` does on its YAML."""
         if plugin_listed(cfg):
             check_key_spelling(cfg)
+        self.explicit_nulls = explicit_nulls(cfg)
         spec = selected_trainer(cfg)
         foreign = foreign_keys(cfg, spec.name) if spec is not None and is_baseline(spec.name) else []
         if foreign:
@@ -224,10 +251,10 @@ class CausalTrainerPlugin(BasePlugin):
         module = importlib.import_module(CHECKS[spec.name], __package__)
         module.check_axolotl_cfg(cfg)
         module.check_config(
-            trainer_values(cfg, spec.name),
+            trainer_values(cfg, spec.name, self.explicit_nulls),
             cfg.get("output_dir") or "./outputs",
             cfg.get("seed") or 42,
-            per_device_train_batch_size=cfg.get("micro_batch_size"),
+            per_device_train_batch_size=effective_micro_batch_size(cfg),
             dataloader_num_workers=cfg.get("dataloader_num_workers"),
             dataloader_persistent_workers=cfg.get("dataloader_persistent_workers"),
         )
@@ -270,4 +297,5 @@ class CausalTrainerPlugin(BasePlugin):
 
         module, _, attr = path.partition(":")
         base = getattr(importlib.import_module(module), attr)
-        return type(base.__name__, (base,), {"trl_causal_values": trainer_values(cfg, spec.name), "__module__": base.__module__})
+        values = trainer_values(cfg, spec.name, getattr(self, "explicit_nulls", ()))
+        return type(base.__name__, (base,), {"trl_causal_values": values, "__module__": base.__module__})
