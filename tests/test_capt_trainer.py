@@ -18,7 +18,7 @@ from trl_causal import CAPTConfig, CAPTTrainer, cli
 from trl_causal.capt import NoEventsFound, PoolExhaustedError, generate_prontoqa
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.configuration import parse_run_config
-from trl_causal.train import SUMMARY_FILE, read_run_record
+from trl_causal.train import SUMMARY_FILE, check_prepared_rows, read_run_record
 from trl_causal.trainer.capt_trainer import InterventionEpochCallback, RowTokenizer, part_text
 
 PROBLEM_ID = re.compile(r"Problem (\d+)\.")
@@ -171,7 +171,8 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
 
     # Another YAML (trainer sft, CAPT's default pool) evaluates the checkpoint as trained: capt, nonsense symbols
     checkpoint = tmp_path / "out" / "checkpoint-2"
-    assert json.loads((checkpoint / SUMMARY_FILE).read_text())["settings"]["symbol_pool"] == "nonsense"
+    record = json.loads((checkpoint / SUMMARY_FILE).read_text())
+    assert record["settings"]["symbol_pool"] == "nonsense" and (record["world_size"], record["distributed"]) == (1, "NO")
     other = write_config(tmp_path / "other.yaml", {**config, "trainer": "sft", "symbol_pool": "letters"})
     assert cli._checkpoint_args(parse_run_config(["--trainer", "capt"], str(other)), read_run_record(str(checkpoint))).symbol_pool == "nonsense"
     assert cli.main(["eval", "--config", str(other), "--checkpoint", str(checkpoint), "--split", f"test={test}", "--output", str(tmp_path / "e.json")]) == 0
@@ -382,8 +383,10 @@ def test_rows_without_events_fail_keep_or_drop_by_on_no_events(tiny_model, tmp_p
     kept = make_trainer(tiny_model, tmp_path, rows).train_dataset
     assert len(kept) == 4 and kept.no_events == [1] and kept.render(1) == ("Hello there.", " Hi.")
     assert "1 without events (kept unchanged)" in capsys.readouterr().out
-    dropped = make_trainer(tiny_model, tmp_path, rows, on_no_events="drop").train_dataset
+    dropping = make_trainer(tiny_model, tmp_path, rows, on_no_events="drop")
+    dropped = dropping.train_dataset
     assert len(dropped) == 3 and dropped.row_indices == [0, 2, 3]
+    assert check_prepared_rows(dropping, rows, "sft") == 3  # the run summary's train_rows
     with pytest.raises(NoEventsFound, match=r"None of the 2 rows has an event that the 'prontoqa' estimator recognises"):
         make_trainer(tmp_path / "no-model", tmp_path, [rows[1], rows[1]], on_no_events="drop")  # before the model loads
 

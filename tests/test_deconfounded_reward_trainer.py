@@ -519,6 +519,7 @@ def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_m
     # the deconfounding used all 40 rows; 35 train
     assert trainer.report["rows"] == {"used": 40, "dropped_invalid": 0, "dropped_longer_than_max_length": 5, "trained": 35}
     assert "35 training rows (0 invalid and 5 longer than max_length dropped" in capsys.readouterr().out
+    assert train.check_prepared_rows(trainer, rows, "reward") == 35  # the run summary's train_rows
     for row in rows[1:40:2]:  # now every group loses a row
         row["text"] = row["text"] * 30
     with pytest.raises(DataError, match="leaves every group with one row, so there is no pair to train on: raise max_length"):

@@ -86,7 +86,7 @@ def test_eval_command_compares_two_checkpoints_per_split(tiny_model, tmp_path, c
     write_jsonl(data / "train.jsonl", ROWS)
     write_jsonl(data / "test.jsonl", ROWS)
     anti = write_jsonl(tmp_path / "anti.jsonl", [dict(row, answer={"True": "False", "False": "True"}[row["answer"]]) for row in ROWS])
-    first, second = tmp_path / "a", tmp_path / "b"
+    first, second = tmp_path / "a", tmp_path / "checkpoint-of-the-second-run"
     for checkpoint in (first, second):
         shutil.copytree(tiny_model, checkpoint)
         (checkpoint / SUMMARY_FILE).write_text(json.dumps({"trainer": "sft"}))
@@ -95,12 +95,13 @@ def test_eval_command_compares_two_checkpoints_per_split(tiny_model, tmp_path, c
     code = cli.main(["eval", "--config", str(config), "--compare", str(second), "--split", "test", "--split", f"anti={anti}"])
     assert code == 0
     report = json.loads((first / "eval_results.json").read_text())
-    assert set(report["results"]) == {"sft", "sft:b"} and report["answers"] == ["False", "True"]
+    assert set(report["results"]) == {"sft", "sft:checkpoint-of-the-second-run"} and report["answers"] == ["False", "True"]
     test, flipped = (report["results"]["sft"]["splits"][s] for s in ("test", "anti"))
     assert test["n"] == flipped["n"] == 3
     assert test["accuracy"] + flipped["accuracy"] == pytest.approx(1.0)  # gold answers are complementary
-    assert report["results"]["sft:b"]["splits"] == report["results"]["sft"]["splits"]  # identical weights
-    assert "anti" in capsys.readouterr().out
+    assert report["results"]["sft:checkpoint-of-the-second-run"]["splits"] == report["results"]["sft"]["splits"]  # identical weights
+    out = capsys.readouterr().out
+    assert "anti" in out and "...t-of-the-second-run" in out  # a long label keeps its end in the table
 
 
 def test_multi_token_answers_are_scored_in_full(tiny_model):

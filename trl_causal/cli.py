@@ -383,7 +383,9 @@ def _command_eval(args: argparse.Namespace) -> int:
                 results[column]["splits"][name] = accuracy_report(predicted, gold[name])
 
     labels = list(results)
-    print("\n" + "split".ljust(16) + "".join(label[:22].rjust(24) for label in labels) + "rows".rjust(8))
+    # a long label keeps its end, where checkpoints of one run differ (latent_shift:checkpoint-10 / -20)
+    headers = [label if len(label) <= 22 else "..." + label[-19:] for label in labels]
+    print("\n" + "split".ljust(16) + "".join(header.rjust(24) for header in headers) + "rows".rjust(8))
     for name, rows in splits:
         cells = "".join(_accuracy_cell(results[label]["splits"][name]).rjust(24) for label in labels)
         print(name[:16].ljust(16) + cells + str(len(rows)).rjust(8))

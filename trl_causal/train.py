@@ -123,9 +123,10 @@ def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict) -> Non
         )
 
 
-def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | None = None):
-    """A callback that writes ``{"trainer", "settings", "answer_prefix"}`` as ``SUMMARY_FILE`` into every
-    ``checkpoint-N`` the run saves, so that eval tells a checkpoint's trainer and settings without the final summary."""
+def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | None = None, **setup):
+    """A callback that writes ``{"trainer", "settings", "answer_prefix", **setup}`` (``setup``: e.g. world_size,
+    distributed) as ``SUMMARY_FILE`` into every ``checkpoint-N`` the run saves, so that eval tells a checkpoint's
+    trainer and settings, and a reader how it was trained, without the final summary."""
     from transformers import TrainerCallback
 
     class RunRecord(TrainerCallback):
@@ -133,7 +134,8 @@ def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | 
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if state.is_world_process_zero and os.path.isdir(folder):
                 with open(os.path.join(folder, SUMMARY_FILE), "w") as f:
-                    json.dump({"trainer": trainer_name, "settings": settings, "answer_prefix": answer_prefix}, f, indent=2)
+                    record = {"trainer": trainer_name, "settings": settings, "answer_prefix": answer_prefix, **setup}
+                    json.dump(record, f, indent=2)
 
     return RunRecord()
 
@@ -188,9 +190,12 @@ def train_or_save_on_interrupt(trainer, resume_from: str | None):
     except KeyboardInterrupt:
         step, output_dir = trainer.state.global_step, trainer.args.output_dir
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 or step == 0:
-            raise TrainingInterrupted(
-                f"interrupted at step {step}; nothing was saved since the last checkpoint in {output_dir}."
-            ) from None
+            _, complete = checkpoints_in(output_dir)
+            last = (
+                f"the last checkpoint is {complete[0]} (`--resume_from_checkpoint true` goes on from there)"
+                if complete else f"no checkpoint was saved in {output_dir}"
+            )
+            raise TrainingInterrupted(f"interrupted at step {step}; nothing was saved since: {last}.") from None
         trainer._save_checkpoint(trainer.model, trial=None)
         trainer.control = trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)  # as a save_steps save
         raise TrainingInterrupted(
@@ -202,6 +207,21 @@ def train_or_save_on_interrupt(trainer, resume_from: str | None):
 TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last into a checkpoint: present = complete
 
 
+def checkpoints_in(output_dir: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """The ``checkpoint-N`` folders of ``output_dir`` as (N, path), newest first, and the paths of the complete ones
+    (holding ``trainer_state.json``), newest first."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    found = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            step = name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+            if step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+                found.append((int(step), os.path.join(output_dir, name)))
+    found.sort(reverse=True)
+    return found, [path for _, path in found if os.path.isfile(os.path.join(path, TRAINER_STATE_FILE))]
+
+
 def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
     """The checkpoint directory to resume from, checked before any model loads. ``true`` (also as the string that
     ``--resume_from_checkpoint true`` gives) means the last complete ``checkpoint-N`` in ``output_dir`` (one a failed
@@ -211,16 +231,7 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
     if not value:
         return None
     if value is True:
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        found = []
-        if os.path.isdir(output_dir):
-            for name in os.listdir(output_dir):
-                step = name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
-                if step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
-                    found.append((int(step), os.path.join(output_dir, name)))
-        found.sort(reverse=True)
-        complete = [path for _, path in found if os.path.isfile(os.path.join(path, TRAINER_STATE_FILE))]
+        found, complete = checkpoints_in(output_dir)
         if not complete:
             raise TrlCausalError(
                 f"resume_from_checkpoint is true, but {output_dir} holds no complete checkpoint-N directory to resume "
@@ -250,9 +261,12 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
 def check_prepared_rows(trainer, loaded, kind: str) -> int | None:
     """The number of training rows that train. For the rows TRL's SFT preparation keeps (a ``datasets.Dataset``),
     fewer than were loaded is a note and none an error: TRL drops the rows that truncation to max_length leaves
-    without a completion token. Trainers that build their own items (capt, the reward trainers' pairs) report theirs."""
+    without a completion token. A trainer that builds its own items says how many rows train (``trained_rows``:
+    capt after on_no_events, deconfounded_reward after max_length)."""
     import datasets
 
+    if getattr(trainer, "trained_rows", None) is not None:
+        return trainer.trained_rows
     if not hasattr(loaded, "__len__"):
         return None
     max_length = getattr(trainer.args, "max_length", None)
@@ -296,7 +310,8 @@ def main(run: RunConfig) -> dict:
         raise TrainingInterrupted("interrupted while preparing the data and model, before training: nothing was trained.") from None
     train_rows = check_prepared_rows(trainer, train_dataset, run.trainer.kind)
     prefix = training_answer_prefix(train_dataset)
-    trainer.add_callback(run_record_callback(run.trainer.name, settings, prefix))
+    setup = {"world_size": trainer.accelerator.num_processes, "distributed": distributed_setup(trainer.accelerator)}
+    trainer.add_callback(run_record_callback(run.trainer.name, settings, prefix, **setup))
     result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
@@ -307,8 +322,7 @@ def main(run: RunConfig) -> dict:
         "train_rows": train_rows,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
-        "world_size": trainer.accelerator.num_processes,
-        "distributed": distributed_setup(trainer.accelerator),
+        **setup,
         "seconds": round(time.time() - start, 1),
         "output_dir": os.path.abspath(training_args.output_dir),
         "settings": settings,
@@ -361,7 +375,8 @@ def cli(argv: list[str] | None = None) -> int:
         config_path, rest = _split_config_flag(argv)
         main(parse_run_config(rest, config_path))
     except TrainingInterrupted as error:
-        print(f"trl-causal: {error}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # one line for all the processes
+            print(f"trl-causal: {error}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except TrlCausalError as error:
         print(f"trl-causal: error: {error}", file=sys.stderr)

@@ -407,6 +407,11 @@ class CAPTTrainer(SFTTrainer):
         if self.accelerator.is_main_process:
             self._report(self.train_dataset, len(train_dataset))
 
+    @property
+    def trained_rows(self) -> int:
+        """Training rows that train: all but those ``on_no_events: drop`` drops."""
+        return len(self.train_dataset)
+
     @staticmethod
     def _capt_config(model, args) -> CAPTConfig:
         if isinstance(args, CAPTConfig):

@@ -567,6 +567,11 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             self.save_report(args.output_dir)
             self._print_summary()
 
+    @property
+    def trained_rows(self) -> int:
+        """Training rows that train: the valid ones within max_length (pairs are built from them)."""
+        return self.report["rows"]["trained"]
+
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Rows are prepared after ``RewardTrainer.__init__`` (their targets need the loaded model): unchanged here."""
         return dataset
