@@ -533,3 +533,28 @@ def test_axolotl_capt_finds_rows_the_intervention_pushes_past_sequence_len(workd
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
     assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
     assert json.loads(lines[-1].removeprefix("RESULT")) == [0]  # the row naming Sally; the other has no event
+
+
+SPLIT_GROUPS = r"""
+import json
+from datasets import Dataset
+from trl_causal_axolotl.reward import split_off_validation
+
+rows = Dataset.from_list([{"group": i // 4, "text": str(i)} for i in range(120)])  # 30 groups of 4
+train, validation = split_off_validation(rows, 0.25, "group", 42)
+plain_train, plain_validation = split_off_validation(rows, 0.25, None, 42)
+print("RESULT" + json.dumps([list(train["group"]), list(validation["group"]), len(plain_validation)]))
+"""
+
+
+def test_axolotl_val_set_size_keeps_groups_whole(workdir):
+    """`val_set_size` with a group_column splits off whole groups: a random split of rows left groups of one
+    (an error under `objective: pairwise`, blaming the data)."""
+    run = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", SPLIT_GROUPS], cwd=workdir, env=axolotl_env(), capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
+    assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
+    train, validation, plain = json.loads(lines[-1].removeprefix("RESULT"))
+    assert not set(train) & set(validation) and len(validation) == 32 and plain == 30  # 8 of 30 groups; 25% of rows
+    assert all(train.count(group) == 4 for group in train) and all(validation.count(group) == 4 for group in validation)

@@ -107,6 +107,20 @@ def _load_split(cfg, entries: list, split: str) -> datasets.Dataset:
         ) from error
 
 
+def split_off_validation(rows, size: float, group_column: str | None, seed: int):
+    """(train, validation): ``size`` (a share, or a number of rows when >= 1) of the rows; with a group column, whole
+    groups (rows sharing a prompt), so that neither side gets a group cut to one row."""
+    if group_column is None or group_column not in rows.column_names:
+        split = rows.train_test_split(test_size=int(size) if size >= 1 else float(size), seed=seed)
+        return split["train"], split["test"]
+    from sklearn.model_selection import GroupShuffleSplit
+
+    share = size / len(rows) if size >= 1 else float(size)
+    groups = [repr(value) for value in rows[group_column]]
+    train_rows, test_rows = next(GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed).split(groups, groups=groups))
+    return rows.select(sorted(train_rows)), rows.select(sorted(test_rows))
+
+
 def load_observational_datasets(cfg):
     """Axolotl's ``TrainDatasetMeta`` holding the raw rows (untokenized): ``datasets:`` for training; for
     evaluation ``test_datasets:``, or a ``val_set_size`` share of the training rows."""
@@ -118,9 +132,7 @@ def load_observational_datasets(cfg):
     if cfg.test_datasets:
         evaluation = _load_split(cfg, cfg.test_datasets, "test")
     elif cfg.val_set_size:
-        size = cfg.val_set_size
-        split = train.train_test_split(test_size=int(size) if size >= 1 else float(size), seed=cfg.seed or 42)
-        train, evaluation = split["train"], split["test"]
+        train, evaluation = split_off_validation(train, cfg.val_set_size, cfg.get("group_column"), cfg.seed or 42)
     steps = cfg.max_steps or calculate_total_num_steps(cfg, train)
     return TrainDatasetMeta(train_dataset=train, eval_dataset=evaluation, total_num_steps=steps)
 
