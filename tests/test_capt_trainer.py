@@ -408,17 +408,17 @@ def test_max_length_that_cuts_completions_off_warns_or_fails_naming_it(tiny_mode
 
 
 def test_the_max_length_check_tokenizes_only_prompts_long_enough_to_fill_it(tiny_model, tmp_path, monkeypatch):
-    from trl_causal.trainer.capt_trainer import InterventionDataset, check_truncation
+    from trl_causal.trainer.capt_trainer import check_truncation
 
     trainer = make_trainer(tiny_model, tmp_path, prontoqa_rows(4), max_length=4096)
     tokenized = []
-    monkeypatch.setattr(InterventionDataset, "__getitem__", lambda self, index: tokenized.append(index) or {"labels": [-100]})
+    monkeypatch.setattr(RowTokenizer, "__call__", lambda self, prompt, completion: tokenized.append(prompt) or {"labels": [-100]})
     check_truncation(trainer.train_dataset, trainer.args)  # every prompt is far shorter than 4096 bytes
     assert tokenized == []
     trainer.args.max_length = 5
     with pytest.raises(DataError, match="cuts the completion of every training row off"):
         check_truncation(trainer.train_dataset, trainer.args)
-    assert tokenized == [0, 1, 2, 3]
+    assert tokenized == [trainer.train_dataset.render(i)[0] for i in range(4)]  # each row rendered and tokenized once
 
 
 def test_a_plain_sft_config_is_taken_with_capt_defaults_and_a_warning(tiny_model, tmp_path, caplog):

@@ -311,11 +311,11 @@ def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: b
     tokenizer = dataset.tokenize.tokenizer
 
     def fills_max_length(index: int) -> bool:
-        prompt, _ = dataset.render(index)
+        prompt, completion = dataset.render(index)
         text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         if len(text.encode("utf-8")) + ADDED_TOKENS_MARGIN < args.max_length:
             return False
-        return all(label == -100 for label in dataset[index]["labels"])
+        return all(label == -100 for label in dataset.tokenize(prompt, completion)["labels"])  # the item, rendered once
 
     indices = tqdm(range(len(dataset)), desc="Checking max_length", disable=not progress)
     cut = [dataset.row_indices[i] for i in indices if fills_max_length(i)]
