@@ -262,7 +262,9 @@ def test_evaluation_rows_get_targets_from_the_training_theta(tiny_model, tmp_pat
     ) / targets.std
     np.testing.assert_allclose(trainer.eval_dataset["target"], expected, rtol=1e-6)
     assert np.isfinite(trainer.evaluate()["eval_loss"])
-    assert trainer.predict(trainer.eval_dataset).predictions.shape[0] == 40
+    predicted = trainer.predict(trainer.eval_dataset)
+    assert predicted.predictions.shape[0] == 40
+    np.testing.assert_allclose(predicted.label_ids, expected, rtol=1e-5)  # compute_metrics gets the targets
     for method in (trainer.evaluate, trainer.predict):  # raw rows have no targets without the training theta
         with pytest.raises(DataError, match=rf"{method.__name__}\(\) takes rows this trainer prepared"):
             method(Dataset.from_list(rows[120:]))

@@ -448,7 +448,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
     ``eval_dataset``) are map-style ``datasets.Dataset`` of rows with the text, outcome and confounder columns named in
     the config; evaluation targets use theta and the standardisation of the training rows. After ``train()``,
     ``save_model`` writes a single-logit sequence classifier that TRL's GRPO / RLOO / PPO trainers take as a reward
-    model, and ``deconfounding_report.json``.
+    model, and ``deconfounding_report.json``. With ``objective: regression``, ``compute_metrics`` receives the rewards
+    as predictions and the standardised targets t as ``label_ids``.
     """
 
     _tag_names = ["trl", "reward-trainer", "trl-causal", "deconfounded-reward"]
@@ -515,6 +516,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             self.data_collator = DataCollatorForObservationalRewards(
                 self.processing_class.pad_token_id, args.pad_to_multiple_of
             )
+        if args.objective == "regression":  # compute_metrics gets the rewards and their targets t as label_ids
+            self.label_names = ["target"]
 
         main = self.accelerator.is_main_process
         rows = {split: splits[split].select(obs.rows) for split, obs in observations.items()}
