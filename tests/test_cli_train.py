@@ -149,10 +149,14 @@ def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_
     from trl_causal.train import check_resumed_run
 
     (tmp_path / SUMMARY_FILE).write_text(json_module.dumps({"trainer": "capt", "settings": {"symbol_pool": "nonsense"}}))
+    (tmp_path / "trainer_state.json").write_text(json_module.dumps({"global_step": 10}))
     with pytest.raises(TrlCausalError, match="was saved by trainer 'capt'; resume it with `trainer: capt`, not 'sft'"):
         check_resumed_run(str(tmp_path), "sft", {})
-    check_resumed_run(str(tmp_path), "capt", {"symbol_pool": "letters"})
+    check_resumed_run(str(tmp_path), "capt", {"symbol_pool": "letters"}, max_steps=12)
     assert "trained with symbol_pool='nonsense' (now 'letters')" in capsys.readouterr().err
+    # a finished run resumed with the same max_steps: transformers would train an 11th step
+    with pytest.raises(TrlCausalError, match=r"is at step 10 and max_steps is 10: nothing is left to train.*Raise max_steps"):
+        check_resumed_run(str(tmp_path), "capt", {}, max_steps=10)
 
 
 def test_installed_third_party_plugin_trains_by_name_and_a_broken_one_is_reported_once(tmp_path, tiny_model):

@@ -105,9 +105,17 @@ def read_run_record(checkpoint: str) -> dict:
         return {**json.load(f), "checkpoint": checkpoint}
 
 
-def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict) -> None:
-    """Before any model loads: a checkpoint another trainer saved is an error; recorded method settings that this run
-    sets otherwise are named in a note (the heads' sizes must match; weights, draws and rates may change)."""
+def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict, max_steps: int = -1) -> None:
+    """Before any model loads: a checkpoint another trainer saved, or one already at ``max_steps``, is an error;
+    recorded method settings that this run sets otherwise are named in a note (the heads' sizes must match;
+    weights, draws and rates may change)."""
+    with open(os.path.join(checkpoint, TRAINER_STATE_FILE)) as f:
+        step = json.load(f).get("global_step", 0)
+    if 0 < max_steps <= step:
+        raise TrlCausalError(
+            f"{checkpoint} is at step {step} and max_steps is {max_steps}: nothing is left to train (transformers "
+            "would still train one more step). Raise max_steps to go on training."
+        )
     record = read_run_record(checkpoint)
     if record.get("trainer", trainer_name) != trainer_name:
         raise TrlCausalError(
@@ -303,7 +311,7 @@ def main(run: RunConfig) -> dict:
     check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
     settings = method_settings(training_args)
     if resume_from is not None:
-        check_resumed_run(resume_from, run.trainer.name, settings)
+        check_resumed_run(resume_from, run.trainer.name, settings, training_args.max_steps)
     try:
         trainer = build_trainer(run, train_dataset, eval_dataset)
     except KeyboardInterrupt:  # e.g. during capt's event estimation (the llm estimator has cached its answers so far)
