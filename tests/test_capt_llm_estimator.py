@@ -55,6 +55,7 @@ class StandInEndpoint(ThreadingHTTPServer):
         self.fail_status = 401
         self.delays: list[float] = []  # seconds to wait before answering each chat request, in order
         self.retry_after: str | None = None  # a Retry-After header on error answers
+        self.drops = 0  # chat requests to answer by closing the connection without a reply
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
 
     def handle_error(self, request, client_address):
@@ -91,6 +92,10 @@ class StandInHandler(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.server.delays:
             time.sleep(self.server.delays.pop(0))
+        if self.server.drops:
+            self.server.drops -= 1
+            self.close_connection = True
+            return
         if self.server.fail_after is not None and len(self.server.chat_requests) >= self.server.fail_after:
             return self._send(self.server.fail_status, {"error": "refused"})
         if self.server.statuses:
@@ -306,7 +311,11 @@ def test_timeouts_are_retried_and_a_row_the_endpoint_refuses_counts_as_failed(en
     server.fail_after, server.fail_status = 0, 400  # e.g. a row too long for the server's context
     result = estimate_rows(estimator, rows)  # row 0 is cached; the endpoint refuses row 1
     assert result.failed == [1] and result.no_events == [1] and result.templates[0].names["e3"] == "Sally"
-    server.delays, server.fail_after = [], None
+    server.delays, server.fail_after, server.drops = [], None, 1  # a dropped connection is asked again
+    with caplog.at_level("WARNING"):
+        assert estimator.estimate(**rows[1]).names["e3"] == "Max"
+    assert "closed the connection without an answer" in caplog.text
+    estimator.cache.directory = tmp_path / "other"
     server.statuses, server.retry_after = [429], "0"
     with caplog.at_level("WARNING"):
         assert estimator.estimate(**rows[1]).names["e3"] == "Max"
@@ -322,6 +331,10 @@ def test_a_training_set_without_any_event_is_an_error(endpoint, tmp_path):
     assert estimate_rows(estimator, rows).failed == [0, 1]  # inference, evaluation: kept as they are
     with pytest.raises(NoEventsFound, match=r"The 'llm' estimator failed on all 2 rows .*plain SFT"):
         estimate_rows(estimator, rows, require_events=True)
+    with pytest.raises(NoEventsFound, match=r"failed on all 2 rows .*'drop': no row is left.*or set on_no_events to 'keep'"):
+        estimate_rows(estimator, rows, on_no_events="drop")
+    with pytest.raises(NoEventsFound, match=r"failed on all 2 rows .*no row is left\. Check event_estimator and event_estimator_kwargs\.$"):
+        estimate_rows(estimator, rows, on_no_events="drop", require_events=True)  # training rows: keep would fail too
     with pytest.raises(NoEventsFound, match=r"None of the 2 rows has an event that the 'vocabulary' estimator"):
         estimate_rows(VocabularyEstimator(terms=["gorgon"]), rows, require_events=True)
     with pytest.raises(ConfigError, match=r"terms is one string, 'wumpus, cat'.*`terms: \[wumpus, cat\]`"):

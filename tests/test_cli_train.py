@@ -240,13 +240,13 @@ def test_resume_from_checkpoint_true_means_the_last_complete_checkpoint_and_a_ba
     from trl_causal.errors import TrlCausalError
     from trl_causal.train import resume_checkpoint
 
-    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-12"):
+    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-12", "2024"):  # 2024: a folder of the user's
         (tmp_path / name).mkdir()
     for name in ("checkpoint-2", "checkpoint-10"):  # checkpoint-12: a save that died (disk full) before the state
         (tmp_path / name / "trainer_state.json").write_text("{}")
     last = str(tmp_path / "checkpoint-10")
     assert resume_checkpoint(True, str(tmp_path)) == resume_checkpoint("true", str(tmp_path)) == last  # YAML / command line
-    assert "checkpoint-12 lack trainer_state.json (a save that did not finish); resuming from" in capsys.readouterr().err
+    assert "note: checkpoint-12 lack trainer_state.json (a save that did not finish); resuming from" in capsys.readouterr().err
     assert resume_checkpoint(None, str(tmp_path)) is resume_checkpoint("False", str(tmp_path)) is None
     assert resume_checkpoint(str(tmp_path / "checkpoint-2"), str(tmp_path)) == str(tmp_path / "checkpoint-2")
     with pytest.raises(TrlCausalError, match=r"resume_from_checkpoint is true, but .*empty holds no complete checkpoint-N"):

@@ -218,14 +218,16 @@ TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last into a c
 def checkpoints_in(output_dir: str) -> tuple[list[tuple[int, str]], list[str]]:
     """The ``checkpoint-N`` folders of ``output_dir`` as (N, path), newest first, and the paths of the complete ones
     (holding ``trainer_state.json``), newest first."""
+    import re
+
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # as transformers' get_last_checkpoint
     found = []
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
-            step = name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
-            if step.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
-                found.append((int(step), os.path.join(output_dir, name)))
+            if (match := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name)):
+                found.append((int(match[1]), os.path.join(output_dir, name)))
     found.sort(reverse=True)
     return found, [path for _, path in found if os.path.isfile(os.path.join(path, TRAINER_STATE_FILE))]
 
@@ -247,7 +249,8 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
                    "that did not finish); " if found else "from; ")
                 + "name a checkpoint directory, or train without it (checkpoints are written every save_steps)."
             )
-        skipped = [path for step, path in found if step > int(complete[0].rsplit("-", 1)[1])]
+        newest = next(step for step, path in found if path == complete[0])
+        skipped = [path for step, path in found if step > newest]
         if skipped and int(os.environ.get("RANK", "0")) == 0:
             print(
                 f"trl-causal: note: {', '.join(map(os.path.basename, skipped))} lack {TRAINER_STATE_FILE} (a save that "

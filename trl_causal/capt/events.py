@@ -603,20 +603,23 @@ def estimate_rows(
             result.row_indices.append(index)
     if on_no_events == "drop" and result.no_events and not result.templates:
         raise NoEventsFound(
-            f"None of the {len(result.no_events)} rows has an event that the {estimator.name!r} estimator recognises, "
-            "and on_no_events is 'drop': no row is left. Check the estimator and its options, or set on_no_events "
-            "to 'keep'."
+            f"{_why_no_events(estimator.name, result)}, and on_no_events is 'drop': no row is left. Check event_estimator and event_estimator_kwargs"
+            + (", or set on_no_events to 'keep' to train on the rows unchanged." if not require_events else ".")
         )
     if require_events and result.templates and not any(template.names for template in result.templates):
-        failed = len(result.failed)
-        found = (
-            f"the {estimator.name!r} estimator failed on all {failed} rows (it logs each row's last problem)"
-            if failed == len(result.no_events)
-            else f"none of the {len(result.no_events)} rows has an event that the {estimator.name!r} estimator "
-            f"recognises" + (f" ({failed} of them: the estimator failed)" if failed else "")
-        )
         raise NoEventsFound(
-            f"{found[0].upper()}{found[1:]}, so CAPT would train on the rows unchanged, as plain SFT. Check "
-            "event_estimator and event_estimator_kwargs, or train with `trainer: sft`."
+            f"{_why_no_events(estimator.name, result)}, so CAPT would train on the rows unchanged, as plain SFT. "
+            "Check event_estimator and event_estimator_kwargs, or train with `trainer: sft`."
         )
     return result
+
+
+def _why_no_events(estimator: str, result: EstimatedRows) -> str:
+    """Why no row has an event: the estimator failed on every row, or found none (in some, failing)."""
+    failed = len(result.failed)
+    if failed == len(result.no_events):
+        return f"The {estimator!r} estimator failed on all {failed} rows (it logs each row's last problem)"
+    return (
+        f"None of the {len(result.no_events)} rows has an event that the {estimator!r} estimator recognises"
+        + (f" ({failed} of them: the estimator failed)" if failed else "")
+    )

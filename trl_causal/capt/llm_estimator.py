@@ -8,8 +8,8 @@ template, filled with its names, must give back the row's text) and, if invalid,
 fed back, at most ``max_retries`` times. A row that still fails, or that the endpoint refuses (HTTP 400, 413, 422:
 e.g. too long for its context), raises ``EventEstimationFailed``, a ``NoEventsFound``, so ``estimate_rows`` counts it
 under ``on_no_events``. Valid answers are cached on disk as each arrives (the HTTP backend asks one row at a time), so
-an interrupted or failed run loses none. Timeouts, 429 and 5xx answers are retried with growing waits (a Retry-After
-header wins), each retry logged.
+an interrupted or failed run loses none. Timeouts, dropped connections, 429 and 5xx answers are retried with growing
+waits (a Retry-After header wins), each retry logged.
 
 Importing this module imports neither torch nor transformers; the local backend loads them on first use.
 """
@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_PROMPT_FILE = "event_estimation.json"
-# Waits (seconds) before re-sending a chat request that timed out or got HTTP 429 or a 5xx answer (about a minute in all).
+# Waits (seconds) before re-sending a chat request that timed out, lost its connection, or got HTTP 429 or a 5xx answer:
+# about a minute of waiting in all, besides up to `timeout` for each of the 7 attempts.
 TRANSIENT_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 MAX_RETRY_AFTER = 120.0  # the longest Retry-After wait honoured (seconds)
 _TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
@@ -282,6 +283,11 @@ class OpenAIChatBackend:
                     "it for a slow server).",
                     transient=True,
                 ) from None
+            if isinstance(reason, ConnectionResetError):  # also http.client.RemoteDisconnected: the server went away
+                raise EndpointError(
+                    f"The LLM endpoint {url} closed the connection without an answer ({self._redact(str(reason))}).",
+                    transient=True,
+                ) from None
             raise EndpointError(
                 f"Cannot reach the LLM endpoint {url}: {self._redact(str(reason))}. Check the llm estimator's base_url "
                 "and that the server is running."
@@ -295,7 +301,7 @@ class OpenAIChatBackend:
     def check_available(self) -> None:
         """GET ``{base_url}/models`` with a short timeout; warns if the model is not among those listed."""
         try:
-            listing = self._request("/models", None, timeout=min(self.timeout, 10.0))
+            listing = self._request("/models", None, timeout=self.timeout)
         except EndpointError as error:
             if error.status == 404:  # reachable; this server just lists no models
                 return

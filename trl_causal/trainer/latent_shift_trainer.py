@@ -343,7 +343,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
             first = prepared[bad[0]].get("prompt")
             example = f"; row {bad[0]}'s prompt: {str(first)[:80]!r}" if first is not None else ""
-            raise self._no_prompt_tokens(f"{len(bad)} rows of the {split} (rows {shown}{example})")
+            # numbered as TRL prepared the split: it drops rows that truncation leaves without a completion token
+            raise self._no_prompt_tokens(f"{len(bad)} rows of the {split} as TRL prepared it (rows {shown}{example})")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
