@@ -271,9 +271,12 @@ def capt_pool_run(workdir) -> tuple[str, Path]:
 def test_axolotl_capt_saves_symbol_pool(capt_pool_run):
     """`symbol_pool: pool`: the training rows' names are saved in output_dir beside the final model, where
     `trl-causal eval` reads them (not only in checkpoint-N folders)."""
+    from trl_causal import CAPTTrainer
+
     _, out = capt_pool_run
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "capt_symbol_pool.json").read_text())["symbols"]
+    assert CAPTTrainer.checkpoint_settings(out)["symbol_pool"] == "pool"  # eval predicts as trained, without a YAML
 
 
 def test_axolotl_capt_warns_rows_without_events(capt_pool_run):
@@ -390,6 +393,15 @@ CASES = {
         "REWARD",
         {"ok": "AxolotlDeconfoundedRewardTrainer", "nulls": ["text_column"]},
         {"text_column": NULL},
+    ),
+    "latent_shift_null_size": (
+        {"plugins": [PLUGIN], "trainer": "latent_shift", "verbalizer": VERBALIZER, "n_causal": NULL, "causal_hidden_sizes": NULL},
+        ["trainer: latent_shift: `n_causal`, `causal_hidden_sizes` cannot be null in the Axolotl YAML"],
+    ),
+    "reward_confounder_as_a_string": (  # one item for a list, as `trl-causal train` takes it
+        "REWARD",
+        {"ok": "AxolotlDeconfoundedRewardTrainer"},
+        {"numeric_confounders": "confounder"},
     ),
     "latent_shift_heads_learning_rate_null": (
         {"plugins": [PLUGIN], "trainer": "latent_shift", "verbalizer": VERBALIZER, "heads_learning_rate": NULL},

@@ -179,7 +179,7 @@ def _json_object(key: str, value: str) -> dict:
     return decoded
 
 
-def _admits_none(annotation: Any) -> bool:
+def admits_none(annotation: Any) -> bool:
     """Whether a field annotation takes None (``str | None``, ``Optional[list[str]]``)."""
     return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
@@ -428,7 +428,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     preset = {
         key: None
         for key, values in last.items()
-        if len(values) == 1 and values[0] in NULL_WORDS and key in field_types and _admits_none(field_types[key])
+        if len(values) == 1 and values[0] in NULL_WORDS and key in field_types and admits_none(field_types[key])
     }
     # argparse cannot read a dict field: `--key '{"a": 1}'` is JSON, as the YAML's mapping would be
     preset.update(

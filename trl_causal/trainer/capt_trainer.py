@@ -344,10 +344,16 @@ SYMBOL_POOL_FILE = "capt_symbol_pool.json"
 PREDICTION_FILE = "trl_causal_capt.json"
 
 
-def save_symbol_pool(symbol_pool, directory: str) -> None:
-    """Write the pool's names to ``directory/SYMBOL_POOL_FILE``, where ``build_predictor`` reads them back."""
-    with open(os.path.join(directory, SYMBOL_POOL_FILE), "w") as f:
-        json.dump({"symbols": symbol_pool.symbols}, f, indent=2)
+def save_prediction_files(directory: str, args: CAPTConfig, symbol_pool, answer_prefix: str | None) -> None:
+    """What ``build_predictor`` and eval read back from a checkpoint: ``PREDICTION_FILE`` (the method settings and
+    the text the training rows put before the answer) and, with ``symbol_pool: pool``, the pool's names
+    (``SYMBOL_POOL_FILE``), so that inference draws from the training rows' names too."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, PREDICTION_FILE), "w") as f:
+        json.dump({"settings": method_settings(args), "answer_prefix": answer_prefix}, f, indent=2)
+    if args.symbol_pool == "pool":
+        with open(os.path.join(directory, SYMBOL_POOL_FILE), "w") as f:
+            json.dump({"symbols": symbol_pool.symbols}, f, indent=2)
 
 
 class CAPTTrainer(SFTTrainer):
@@ -477,17 +483,10 @@ class CAPTTrainer(SFTTrainer):
             self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {shown!r}")
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        """The model; ``PREDICTION_FILE``, the method settings and the text the training rows put before the answer
-        (what ``build_predictor`` and eval read back); with ``symbol_pool: pool`` the training rows' names, so
-        inference draws from them too."""
+        """The model and the files it predicts with (``save_prediction_files``)."""
         super()._save(output_dir, state_dict=state_dict)
-        if not self.args.should_save:
-            return
-        output_dir = output_dir or self.args.output_dir
-        with open(os.path.join(output_dir, PREDICTION_FILE), "w") as f:
-            json.dump({"settings": method_settings(self.args), "answer_prefix": self.answer_prefix}, f, indent=2)
-        if self.args.symbol_pool == "pool":
-            save_symbol_pool(self.symbol_pool, output_dir)
+        if self.args.should_save:
+            save_prediction_files(output_dir or self.args.output_dir, self.args, self.symbol_pool, self.answer_prefix)
 
     @staticmethod
     def _prediction_record(checkpoint_dir: str | os.PathLike | None) -> dict:

@@ -11,6 +11,7 @@ arguments where TRL has the same name).
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 import warnings
 from typing import Any, Optional
@@ -38,11 +39,27 @@ def added_fields(config_class: type) -> list[dataclasses.Field]:
     return [field for field in dataclasses.fields(config_class) if field.init and field.name not in inherited]
 
 
+def _list_alternatives(annotation: Any) -> list[Any]:
+    """The ``list[...]`` alternatives of an annotation (``list[str] | None`` -> [list[str]])."""
+    alternatives = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return [arg for arg in alternatives if typing.get_origin(arg) is list]
+
+
+def _takes_one_item(annotation: Any) -> bool:
+    """A list field that takes nothing but lists (and None): one item given for it means a list of one."""
+    alternatives = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return bool(_list_alternatives(annotation)) and all(typing.get_origin(arg) is list or arg is type(None) for arg in alternatives)
+
+
 def _field_type(config_class: type, name: str) -> Any:
+    """The field's annotation; a list also takes one item (``numeric_confounders: clicks``), which the trainer's
+    config turns into a list of one, as for ``trl-causal train``."""
     try:
-        return typing.get_type_hints(config_class)[name]
+        annotation = typing.get_type_hints(config_class)[name]
     except Exception:  # an annotation that cannot be evaluated: accept any value, the config validates it
         return Any
+    items = [item for arg in _list_alternatives(annotation) for item in typing.get_args(arg)]
+    return typing.Union[(annotation, *items)] if items else annotation
 
 
 def trainer_fields() -> dict[str, dict[str, Any]]:
@@ -140,7 +157,12 @@ def build_input_model() -> tuple[type[BaseModel], dict[str, list[str]]]:
 
 def build_config(config_class: type, trainer: str, settings: dict[str, Any]) -> Any:
     """``config_class(**settings)``; its ``ConfigError`` is raised again under ``trainer: <name>:``, with Axolotl's
-    name for the per-device batch size."""
+    name for the per-device batch size. One item where a list is expected is a list of one (``_field_type``)."""
+    hints = typing.get_type_hints(config_class)
+    settings = {
+        key: [value] if value is not None and not isinstance(value, list) and key in hints and _takes_one_item(hints[key]) else value
+        for key, value in settings.items()
+    }
     try:
         return config_class(**settings)
     except ConfigError as error:

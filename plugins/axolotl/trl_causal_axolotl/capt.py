@@ -31,7 +31,7 @@ from trl_causal.trainer.capt_trainer import (
     check_interventions,
     estimation_report,
     report_cut_completions,
-    save_symbol_pool,
+    save_prediction_files,
 )
 
 from .args import check_values, prompt_trained_setting
@@ -339,13 +339,13 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         return result
 
     def save_final(self, output_dir: str) -> None:
-        """Right after training (the plugin's ``post_train``): with ``symbol_pool: pool``, the training rows' names
-        (``capt_symbol_pool.json``) in ``output_dir``, beside the model Axolotl saves there next."""
-        if self.args.should_save and self.capt_args.symbol_pool == "pool":
-            os.makedirs(output_dir, exist_ok=True)
-            save_symbol_pool(self.symbol_pool, output_dir)
+        """Right after training (the plugin's ``post_train``): the files the model predicts with
+        (``save_prediction_files``: CAPT's settings, and with ``symbol_pool: pool`` the training rows' names) in
+        ``output_dir``, beside the model Axolotl saves there next. Axolotl's rows take no answer prefix."""
+        if self.args.should_save:
+            save_prediction_files(output_dir, self.capt_args, self.symbol_pool, None)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save and self.capt_args.symbol_pool == "pool":
-            save_symbol_pool(self.symbol_pool, output_dir or self.args.output_dir)
+        if self.args.should_save:
+            save_prediction_files(output_dir or self.args.output_dir, self.capt_args, self.symbol_pool, None)

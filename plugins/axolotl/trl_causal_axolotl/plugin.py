@@ -211,6 +211,21 @@ def explicit_nulls(cfg) -> list[str]:
     return [key for key in our_keys() if key in cfg and cfg[key] is None]
 
 
+def check_nulls(nulls: Sequence[str], trainer: str) -> None:
+    """A key of ``trainer`` set to null whose field takes no None is an error (as in ``trl-causal train``)."""
+    from trl_causal.configuration import admits_none
+
+    from .args import trainer_fields
+
+    fields = trainer_fields().get(trainer, {})
+    refused = [key for key in nulls if key in fields and not admits_none(fields[key][0])]
+    if refused:
+        raise ConfigError(
+            f"trainer: {trainer}: {', '.join(f'`{key}`' for key in refused)} cannot be null in the Axolotl YAML: give "
+            "a value, or remove the line for the default."
+        )
+
+
 def trainer_values(cfg, name: str, nulls: Sequence[str] = ()) -> dict[str, Any]:
     """The YAML keys of trainer ``name`` that are set, and those of ``nulls`` (set to null: None, not the default)."""
     return {
@@ -234,8 +249,10 @@ class CausalTrainerPlugin(BasePlugin):
         keys aside with a note, as ``trl-causal train`` does on its YAML."""
         if plugin_listed(cfg):
             check_key_spelling(cfg)
-        self.explicit_nulls = explicit_nulls(cfg)
         spec = selected_trainer(cfg)
+        self.explicit_nulls = explicit_nulls(cfg)
+        if spec is not None:
+            check_nulls(self.explicit_nulls, spec.name)
         foreign = foreign_keys(cfg, spec.name) if spec is not None and is_baseline(spec.name) else []
         if foreign:
             trainers = ", ".join(sorted({t for key in foreign for t in our_keys()[key]}))
