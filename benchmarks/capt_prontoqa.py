@@ -23,13 +23,12 @@ JSON); results go to results/capt_prontoqa_reasoning.{json,png}.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from datasets import Dataset
 
-from common import RESULTS, mean_std, train_in_process, write_results
+from common import mean_std, smaller_than_committed, train_in_process, write_results
 from trl_causal.capt.prontoqa import generate_prontoqa, to_chat_rows
 from trl_causal.evaluation import accuracy_report, build_predictor
 
@@ -117,7 +116,8 @@ def main() -> None:
         name += f"_lr{args.learning_rate:g}"
     if args.lora_target_modules:
         name += "_lora-" + "-".join(args.lora_target_modules)
-    if smaller_than_committed(name, results):
+    floor = {"train_rows": 100, "eval_rows_per_split": 300, "steps": 40, "seeds": 3} if name == "capt_prontoqa" else None
+    if smaller_than_committed(name, results, ("train_rows", "eval_rows_per_split", "steps", "seeds"), floor):
         name += "_smoke"  # never over committed results made with more rows, seeds or steps
     path = write_results(name, results)
     plot(results, path.with_suffix(".png"))
@@ -129,17 +129,6 @@ def main() -> None:
     for name, target in targets.items():
         print(f"{name}: {target['measured']:.2f} (target {target['target']})")
     print(f"wrote {path} and {path.with_suffix('.png')}")
-
-
-def smaller_than_committed(name: str, results: dict) -> bool:
-    """Whether a run is smaller, in training rows, evaluation rows per split, steps or seeds, than the issue's run (for
-    the main results: 100, 300, 40, 3) or than the run that wrote ``results/<name>.json``."""
-    sizes = ("train_rows", "eval_rows_per_split", "steps")
-    path = RESULTS / f"{name}.json"
-    committed = json.loads(path.read_text()) if path.is_file() else {}
-    floor = {"train_rows": 100, "eval_rows_per_split": 300, "steps": 40} if name == "capt_prontoqa" else {}
-    fewer_seeds = len(results["seeds"]) < max(len(committed.get("seeds", [])), 3 if name == "capt_prontoqa" else 0)
-    return fewer_seeds or any(results[size] < max(committed.get(size, 0), floor.get(size, 0)) for size in sizes)
 
 
 def plot(results: dict, path: Path) -> None:

@@ -59,3 +59,16 @@ def write_results(name: str, results: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(results, indent=2))
     return path
+
+
+def smaller_than_committed(name: str, results: dict, sizes: tuple[str, ...], floor: dict | None = None) -> bool:
+    """Whether a run is smaller, in any of ``sizes`` (keys of ``results``: a number, or a list counted by its length:
+    seeds, kinds, step checkpoints), than the run that wrote ``results/<name>.json`` or than ``floor`` (the issue's
+    sizes). Such a run writes ``<name>_smoke``: a smoke run never overwrites the committed results."""
+    path = RESULTS / f"{name}.json"
+    committed = json.loads(path.read_text()) if path.is_file() else {}
+
+    def size(value) -> float:
+        return len(value) if isinstance(value, list) else value or 0
+
+    return any(size(results[key]) < max(size(committed.get(key)), (floor or {}).get(key, 0)) for key in sizes)

@@ -73,7 +73,7 @@ from datasets import Dataset
 from scipy.stats import spearmanr
 from torch import nn
 
-from common import train_in_process, write_results
+from common import smaller_than_committed, train_in_process, write_results
 from trl_causal.deconfound import add_marker, has_marker, remove_marker, simulate_observational_texts
 from trl_causal.deconfound.pairs import dpo_rows, preference_pairs
 from trl_causal.trainer.deconfounded_reward_config import DeconfoundedRewardConfig
@@ -697,7 +697,9 @@ def main() -> None:
         "targets": targets,
         "wall_seconds": time.perf_counter() - started,
     }
-    name = "deconfounded_reward" + ("_smoke" if cli.smoke else "") + ("" if cli.feature_source == "model" else f"_{cli.feature_source}")
+    name = "deconfounded_reward" + ("" if cli.feature_source == "model" else f"_{cli.feature_source}")
+    if cli.smoke or smaller_than_committed(name, results, ("seeds", "train_rows")):
+        name += "_smoke"  # never over committed results made with more seeds or rows
     path = write_results(name, results)
     plot(results, path.with_suffix(".png"))
 

@@ -1,7 +1,7 @@
 """Latent-shift adjusted SFT against SFT and WiSE-FT under a shifting spurious feature (issue 5, METHODS.md section 3).
 
     .venv/bin/python benchmarks/latent_shift.py                                              # the issue's run
-    .venv/bin/python benchmarks/latent_shift.py --kinds platform --seeds 0 --steps 2 --eval_rows 8   # smoke run (-> *_smoke)
+    .venv/bin/python benchmarks/latent_shift.py --kinds platform --seeds 0 --steps 2 --train_rows 16 --eval_rows 4   # smoke run (-> *_smoke)
 
 Model: the embedded SmolLM2-135M-Instruct with LoRA; every method trains from example_configs/latent_shift.yaml
 (its LoRA, learning rate, batch size 8, ...), built as `trl-causal train` builds it (common.train_in_process), on the

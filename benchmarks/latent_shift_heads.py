@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common import write_results
+from common import smaller_than_committed, write_results
 from trl_causal.configuration import parse_run_config
 from trl_causal.embedded import ensure_embedded_model
 from trl_causal.latent_shift.adjustment import CausalHead, LatentShiftHeads, masked_mean_pool, patch_features
@@ -182,7 +182,11 @@ def main() -> None:
         "accuracy_definition": "accuracy (%) at test agreement 90 and 10 after each number of head steps, mean over kinds and head seeds",
         "per_kind": {name: {kind: mean_curve(curves, checkpoints) for kind, curves in by_kind.items()} for name, by_kind in runs.items()},
     }
-    out = write_results("latent_shift_heads", results)
+    results["steps"] = checkpoints
+    name = "latent_shift_heads"
+    if smaller_than_committed(name, results, ("kinds", "head_seeds", "train_rows", "eval_rows_per_level", "steps")):
+        name += "_smoke"  # never over committed results made with more kinds, seeds, rows or step counts
+    out = write_results(name, results)
     plot(results, checkpoints, out.with_suffix(".png"))
     print(f"\naccuracy (%) at agreement 90 / 10, mean over {len(cli.kinds)} kind(s) x {len(cli.head_seeds)} head seed(s)")
     print(f"{'steps':<22}" + "".join(f"{s:>12}" for s in checkpoints))

@@ -1,0 +1,25 @@
+"""The benchmark scripts' guard: a run smaller than the committed one writes NAME_smoke, never over the results."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import common  # noqa: E402  (benchmarks/common.py, as the scripts import it)
+
+
+def test_a_smaller_run_than_the_committed_one_is_a_smoke_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    (tmp_path / "bench.json").write_text(json.dumps({"kinds": ["a", "b"], "train_rows": 640, "steps": [40, 100]}))
+    sizes = ("kinds", "train_rows", "steps")
+    committed = {"kinds": ["a", "b"], "train_rows": 640, "steps": [40, 100]}
+    assert not common.smaller_than_committed("bench", committed, sizes)  # the same run again may replace it
+    for smaller in ({"kinds": ["a"]}, {"train_rows": 64}, {"steps": [20]}):
+        assert common.smaller_than_committed("bench", {**committed, **smaller}, sizes), smaller
+    assert not common.smaller_than_committed("bench", {**committed, "train_rows": 6400}, sizes)
+    # no committed file: only the issue's sizes (floor) count
+    assert common.smaller_than_committed("new", {"seeds": [0]}, ("seeds",), floor={"seeds": 3})
+    assert not common.smaller_than_committed("new", {"seeds": [0, 1, 2]}, ("seeds",), floor={"seeds": 3})
