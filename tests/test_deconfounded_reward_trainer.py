@@ -329,6 +329,31 @@ def test_dpo_pairs_are_ranked_by_the_deconfounded_outcome_within_groups(tiny_mod
             assert group == other_group and pair["prompt"] == prompt
             assert chosen > rejected and pair["score_chosen"] > pair["score_rejected"]
     assert "ranked by the raw outcome" in capsys.readouterr().out
+    # covariate / invariance change how a reward model trains, not the outcome: no ranking of their own
+    assert cli.main(["dpo-pairs", "--config", str(config), "--output", str(tmp_path / "p.jsonl"), "--mode", "covariate"]) == 2
+    assert "mode 'covariate' changes how a reward model trains, not the outcome" in capsys.readouterr().err
+
+
+def test_dpo_pairs_load_the_model_in_the_dtype_training_loads_it(tiny_model, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.deconfound.pairs import _model_features
+    from trl_causal.trainer import deconfounded_reward_trainer as trainer_module
+
+    bf16 = tmp_path / "tiny-bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model).to(torch.bfloat16).save_pretrained(bf16)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(bf16)
+    config = cli_config(tmp_path, bf16, observational_rows(), feature_source="model", dtype="auto")
+    features, seen = trainer_module.text_features, []
+
+    def spy(args, rows, sequences, model=None, *rest):
+        seen.append(next(model.parameters()).dtype)
+        return features(args, rows, sequences, model, *rest)
+
+    monkeypatch.setattr(trainer_module, "text_features", spy)
+    _model_features(parse_run_config([], str(config)), Dataset.from_list(observational_rows()[:8]))
+    assert seen == [torch.bfloat16]  # `dtype: auto` is the checkpoint's dtype, as TRL loads the reward model
 
 
 def test_dpo_pairs_count_a_repeated_answer_once_with_its_mean_outcome(tiny_model, tmp_path):
@@ -408,6 +433,18 @@ def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model
         build_trainer(tiny_model, tmp_path, rows)  # a missing group id is not a group of its own
     trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
     assert trainer.report["rows"] == {"used": 117, "dropped_invalid": 3, "dropped_longer_than_max_length": 0, "trained": 117}
+    # evaluation rows are counted too, per split
+    held_out = observational_rows(n=40, seed=5)
+    held_out[1]["outcome"] = None
+    with_eval = DeconfoundedRewardTrainer(
+        model=str(tiny_model),
+        args=reward_args(tmp_path, drop_invalid=True),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset={"held_out": Dataset.from_list(held_out)},
+    )
+    assert len(with_eval.eval_dataset["held_out"]) == 39
+    assert with_eval.report["eval_rows"] == {"held_out": {"used": 39, "dropped_invalid": 1, "dropped_longer_than_max_length": 0}}
+    assert "eval_rows" not in trainer.report  # no evaluation split
 
 
 def test_drop_invalid_drops_nan_and_inf_written_as_strings_in_a_numeric_confounder(tiny_model, tmp_path):

@@ -118,6 +118,12 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
 
     run = parse_run_config(["--trainer", "deconfounded_reward", *overrides], config_path)
     args = run.training_args
+    if args.mode not in ("deconfounded", "naive"):
+        raise ConfigError(
+            f"dpo-pairs ranks by the deconfounded outcome (mode deconfounded) or by the raw outcome (--mode naive); "
+            f"mode {args.mode!r} changes how a reward model trains, not the outcome, so it has no ranking of its own. "
+            "Pass --mode deconfounded or --mode naive."
+        )
     if args.group_column is None:
         raise ConfigError(
             f"dpo-pairs compares rows that share a context: set group_column in {config_path} "
@@ -168,7 +174,7 @@ def _model_features(run, rows):
     )
     if args.eos_token is not None:
         tokenizer.eos_token = args.eos_token
-    dtype = run.model_args.dtype if run.model_args.dtype not in (None, "auto") else torch.float32
+    dtype = run.model_args.dtype if run.model_args.dtype is not None else torch.float32  # as TRL loads it: "auto" too
     model = AutoModel.from_pretrained(
         path, revision=run.model_args.model_revision, dtype=dtype, trust_remote_code=args.trust_remote_code
     )

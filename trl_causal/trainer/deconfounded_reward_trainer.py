@@ -548,6 +548,17 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         )
         prepared = {split: self._training_rows(tokenized[split], observations[split], split) for split in observations}
         self.train_dataset, too_long = prepared.pop("train")
+        eval_rows = {
+            split: {
+                "used": len(observations[split].rows),
+                "dropped_invalid": observations[split].dropped,
+                "dropped_longer_than_max_length": long_rows,
+            }
+            for split, (_, long_rows) in prepared.items()
+        }
+        for split, counts in eval_rows.items():
+            if counts["dropped_invalid"] and main:
+                logger.warning(f"{counts['dropped_invalid']} {split} rows with a missing or non-finite value are dropped (drop_invalid).")
         if eval_dataset is not None:
             self.eval_dataset = {split: dataset for split, (dataset, _) in prepared.items()}
             if not isinstance(eval_dataset, dict):
@@ -559,6 +570,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 "dropped_longer_than_max_length": too_long,
                 "trained": self.targets.report["rows"]["used"] - too_long,
             },
+            **({"eval_rows": eval_rows} if eval_rows else {}),
         }
         if self.report["feature_source"] == "model":
             model_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
