@@ -602,9 +602,10 @@ def estimate_rows(
             result.templates.append(outcome)
             result.row_indices.append(index)
     if on_no_events == "drop" and result.no_events and not result.templates:
+        keep = "" if require_events else ", or set on_no_events to 'keep' to train on the rows unchanged"
         raise NoEventsFound(
-            f"{_why_no_events(estimator.name, result)}, and on_no_events is 'drop': no row is left. Check event_estimator and event_estimator_kwargs"
-            + (", or set on_no_events to 'keep' to train on the rows unchanged." if not require_events else ".")
+            f"{_why_no_events(estimator.name, result)}, and on_no_events is 'drop': no row is left. Check "
+            f"event_estimator and event_estimator_kwargs{keep}."
         )
     if require_events and result.templates and not any(template.names for template in result.templates):
         raise NoEventsFound(

@@ -65,7 +65,7 @@ Conversation = list[dict[str, str]]
 class EndpointError(ConfigError):
     """The LLM endpoint cannot be reached, rejects the request, or answers something that is not a chat reply.
     ``status`` is the HTTP status of an error answer, None when there was none; ``transient``: worth asking again
-    (a timeout, 429, 5xx); ``retry_after``: the wait in seconds the server asked for, if any."""
+    (a timeout, a dropped connection, 429, 5xx); ``retry_after``: the wait in seconds the server asked for, if any."""
 
     def __init__(self, message: str, status: int | None = None, transient: bool = False, retry_after: float | None = None):
         super().__init__(message)
@@ -299,7 +299,7 @@ class OpenAIChatBackend:
             raise EndpointError(f"The LLM endpoint {url} answered something that is not JSON: {snippet!r}.") from None
 
     def check_available(self) -> None:
-        """GET ``{base_url}/models`` with a short timeout; warns if the model is not among those listed."""
+        """GET ``{base_url}/models`` (within ``timeout``); warns if the model is not among those listed."""
         try:
             listing = self._request("/models", None, timeout=self.timeout)
         except EndpointError as error:
