@@ -179,6 +179,11 @@ def _json_object(key: str, value: str) -> dict:
     return decoded
 
 
+def union_members(annotation: Any) -> tuple:
+    """The alternatives of a union annotation (``int | None`` -> (int, NoneType)); any other annotation alone."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+
+
 def admits_none(annotation: Any) -> bool:
     """Whether a field annotation takes None (``str | None``, ``Optional[list[str]]``)."""
     return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
@@ -208,7 +213,7 @@ def _numbers_as_lists(values: dict[str, Any], field_types: dict[str, Any]) -> di
 
 def _number_type(annotation: Any) -> type | None:
     """int or float for a (possibly optional) number field, else None."""
-    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    options = union_members(annotation)
     numbers = [option for option in options if option in (int, float)]
     return numbers[0] if len(numbers) == 1 else None
 

@@ -13,5 +13,10 @@ class DataError(TrlCausalError):
     """A dataset is missing, or lacks the columns or values a trainer needs."""
 
 
+def first_rows(rows, shown: int = 10) -> str:
+    """"3, 8, 11" or "3, 8, 11, ..." past ``shown`` rows: the row numbers an error or warning names."""
+    return ", ".join(map(str, rows[:shown])) + (", ..." if len(rows) > shown else "")
+
+
 class RegistryError(TrlCausalError):
     """A plugin registered something invalid, or a registered name cannot be resolved."""

@@ -16,6 +16,7 @@ from .configuration import RunConfig, method_settings, parse_run_config
 from .data import check_columns, load_run_datasets
 from .errors import TrlCausalError
 from .evaluation import training_answer_prefix
+from .paths import read_checkpoint_file
 
 SUMMARY_FILE = "trl_causal_run.json"
 INTERRUPTED_EXIT_CODE = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
@@ -95,22 +96,23 @@ def remove_stale_adapter(output_dir: str, since: float) -> None:
               "this run saved full weights there.", file=sys.stderr)
 
 
+def is_first_process() -> bool:
+    """Rank 0 of a launch (or no launch): the process that prints what all of them would."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def read_run_record(checkpoint: str) -> dict:
     """What training recorded in a checkpoint (``SUMMARY_FILE``): its trainer and method settings, with
     ``checkpoint`` added; {} if it has none."""
-    path = os.path.join(checkpoint, SUMMARY_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return {**json.load(f), "checkpoint": checkpoint}
+    record = read_checkpoint_file(checkpoint, SUMMARY_FILE)
+    return {} if record is None else {**record, "checkpoint": checkpoint}
 
 
 def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict, max_steps: int = -1) -> None:
     """Before any model loads: a checkpoint another trainer saved, or one already at ``max_steps``, is an error;
     recorded method settings that this run sets otherwise are named in a note (the heads' sizes must match;
     weights, draws and rates may change)."""
-    with open(os.path.join(checkpoint, TRAINER_STATE_FILE)) as f:
-        step = json.load(f).get("global_step", 0)
+    step = (read_checkpoint_file(checkpoint, TRAINER_STATE_FILE) or {}).get("global_step", 0)
     if 0 < max_steps <= step:
         raise TrlCausalError(
             f"{checkpoint} is at step {step} and max_steps is {max_steps}: nothing is left to train (transformers "
@@ -123,7 +125,7 @@ def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict, max_st
             f"not {trainer_name!r}."
         )
     changed = {key: value for key, value in record.get("settings", {}).items() if key in settings and settings[key] != value}
-    if changed and int(os.environ.get("RANK", "0")) == 0:
+    if changed and is_first_process():
         print(
             f"trl-causal: note: resuming {checkpoint}, trained with "
             + ", ".join(f"{key}={value!r} (now {settings[key]!r})" for key, value in changed.items()),
@@ -251,7 +253,7 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
             )
         newest = next(step for step, path in found if path == complete[0])
         skipped = [path for step, path in found if step > newest]
-        if skipped and int(os.environ.get("RANK", "0")) == 0:
+        if skipped and is_first_process():
             print(
                 f"trl-causal: note: {', '.join(map(os.path.basename, skipped))} lack {TRAINER_STATE_FILE} (a save that "
                 f"did not finish); resuming from {complete[0]}.",
@@ -386,7 +388,7 @@ def cli(argv: list[str] | None = None) -> int:
         config_path, rest = _split_config_flag(argv)
         main(parse_run_config(rest, config_path))
     except TrainingInterrupted as error:
-        if int(os.environ.get("RANK", "0")) == 0:  # one line for all the processes
+        if is_first_process():  # one line for all the processes
             print(f"trl-causal: {error}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except TrlCausalError as error:

@@ -36,8 +36,9 @@ from ..capt import (
 )
 from ..configuration import method_settings
 from ..data import named_splits
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_rows
 from ..evaluation import LMPredictor, Prompt, common_prefix_length, training_answer_prefix
+from ..paths import read_checkpoint_file
 from .capt_config import CAPTConfig
 from .zero3 import whole_model_loading
 
@@ -256,7 +257,7 @@ def estimation_report(
     )
     if not no_events:
         return summary, None
-    shown = ", ".join(map(str, no_events[:10])) + (", ..." if len(no_events) > 10 else "")
+    shown = first_rows(no_events)
     return summary, (
         f"{who}: {len(no_events)} of {rows} training rows have no event that the {args.event_estimator!r} estimator "
         f"recognises, or gave no valid template for (rows {shown}); they are {fate}. Check event_estimator and "
@@ -332,9 +333,8 @@ def report_cut_completions(cut: Sequence[int], total: int, setting: str, fix: st
         raise DataError(f"{setting} cuts the completion of every training row off, so nothing would train: {fix}.")
     if not warn:
         return
-    shown = ", ".join(map(str, cut[:10])) + (", ..." if len(cut) > 10 else "")
     logger.warning(
-        f"{setting} cuts the completion of {len(cut)} of {total} training rows off (rows {shown}); they train "
+        f"{setting} cuts the completion of {len(cut)} of {total} training rows off (rows {first_rows(cut)}); they train "
         f"nothing: {fix}."
     )
 
@@ -488,19 +488,11 @@ class CAPTTrainer(SFTTrainer):
         if self.args.should_save:
             save_prediction_files(output_dir or self.args.output_dir, self.args, self.symbol_pool, self.answer_prefix)
 
-    @staticmethod
-    def _prediction_record(checkpoint_dir: str | os.PathLike | None) -> dict:
-        path = None if checkpoint_dir is None else os.path.join(checkpoint_dir, PREDICTION_FILE)
-        if path is None or not os.path.isfile(path):
-            return {}
-        with open(path) as f:
-            return json.load(f)
-
     @classmethod
     def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:
         """The method settings saved with the model (estimator, symbol pool, seed, ...): what eval uses for a
         checkpoint without a run record (trained from a TRL script or Axolotl)."""
-        return cls._prediction_record(checkpoint_dir).get("settings", {})
+        return (read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}).get("settings", {})
 
     @classmethod
     def check_predictor(cls, args: CAPTConfig) -> None:
@@ -517,7 +509,7 @@ class CAPTTrainer(SFTTrainer):
         prompt_column, answer_prefix)."""
         symbol_pool = args.symbol_pool
         if "answer_prefix" not in kwargs:  # rows without a completion: their answers follow what training put first
-            kwargs["answer_prefix"] = cls._prediction_record(checkpoint_dir).get("answer_prefix")
+            kwargs["answer_prefix"] = (read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}).get("answer_prefix")
         saved_pool = None if checkpoint_dir is None else os.path.join(checkpoint_dir, SYMBOL_POOL_FILE)
         if symbol_pool == "pool" and saved_pool and os.path.isfile(saved_pool):
             with open(saved_pool) as f:

@@ -33,8 +33,9 @@ from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ..data import check_columns, named_splits
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_rows
 from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_prefix
+from ..paths import read_checkpoint_file
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
 from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
@@ -340,11 +341,10 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             return
         bad = [row for row, labels in enumerate(prepared["labels"]) if labels and labels[0] != -100]
         if bad:
-            shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
             first = prepared[bad[0]].get("prompt")
             example = f"; row {bad[0]}'s prompt: {str(first)[:80]!r}" if first is not None else ""
             # numbered as TRL prepared the split: it drops rows that truncation leaves without a completion token
-            raise self._no_prompt_tokens(f"{len(bad)} rows of the {split} as TRL prepared it (rows {shown}{example})")
+            raise self._no_prompt_tokens(f"{len(bad)} rows of the {split} as TRL prepared it (rows {first_rows(bad)}{example})")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -439,25 +439,17 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             with open(os.path.join(output_dir or self.args.output_dir, LATENT_SHIFT_FILE), "w") as f:
                 json.dump(description, f, indent=2)
 
-    @staticmethod
-    def _description(checkpoint_dir: str | os.PathLike) -> dict | None:
-        path = os.path.join(checkpoint_dir, LATENT_SHIFT_FILE)
-        if not os.path.isfile(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
-
     @classmethod
     def checkpoint_answers(cls, checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
         """The classes a checkpoint predicts: (labels, verbalizer answers) saved with its heads; None without them."""
-        description = cls._description(checkpoint_dir)
+        description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE)
         return None if description is None else (list(description["verbalizer"]), list(description["verbalizer"].values()))
 
     @classmethod
     def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:
         """The prediction settings saved with the heads, as config fields: what eval uses for a checkpoint without
         a run record (trained from a TRL script or Axolotl)."""
-        predictor = (cls._description(checkpoint_dir) or {}).get("predictor", {})
+        predictor = (read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE) or {}).get("predictor", {})
         names = {"phi_samples": "phi_samples", "phi_source": "phi_source", "seed": "latent_shift_seed"}
         return {field: predictor[key] for key, field in names.items() if key in predictor}
 

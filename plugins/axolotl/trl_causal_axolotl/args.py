@@ -11,12 +11,12 @@ arguments where TRL has the same name).
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 import warnings
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from trl_causal.configuration import union_members
 from trl_causal.errors import ConfigError
 
 TRAINER_KEY = "trainer"
@@ -41,13 +41,12 @@ def added_fields(config_class: type) -> list[dataclasses.Field]:
 
 def _list_alternatives(annotation: Any) -> list[Any]:
     """The ``list[...]`` alternatives of an annotation (``list[str] | None`` -> [list[str]])."""
-    alternatives = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
-    return [arg for arg in alternatives if typing.get_origin(arg) is list]
+    return [arg for arg in union_members(annotation) if typing.get_origin(arg) is list]
 
 
 def _takes_one_item(annotation: Any) -> bool:
     """A list field that takes nothing but lists (and None): one item given for it means a list of one."""
-    alternatives = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    alternatives = union_members(annotation)
     return bool(_list_alternatives(annotation)) and all(typing.get_origin(arg) is list or arg is type(None) for arg in alternatives)
 
 
