@@ -13,10 +13,12 @@ from .adjustment import (
     adjusted_loss,
     adjusted_predict,
     causal_alignment_loss,
+    conditional_independence_penalty,
     derangement,
     entropy,
     masked_mean_pool,
     patch_features,
+    unbiased_linear_hsic,
 )
 from .data import (
     DEFAULT_INSTRUCTION,
@@ -49,6 +51,7 @@ __all__ = [
     "adjusted_loss",
     "adjusted_predict",
     "causal_alignment_loss",
+    "conditional_independence_penalty",
     "derangement",
     "entropy",
     "generate_shift_dataset",
@@ -57,5 +60,6 @@ __all__ = [
     "patch_features",
     "split_name",
     "to_prompt_completion",
+    "unbiased_linear_hsic",
     "write_jsonl",
 ]
