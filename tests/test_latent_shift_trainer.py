@@ -332,7 +332,6 @@ def test_batch_size_one_is_rejected_from_the_yaml(tiny_model, tmp_path):
         ({"frozen_view": "copy"}, "frozen_view='copy'"),
         ({"n_patches": 0}, "n_patches=0"),
         ({"lambda_adj": -1.0}, "lambda_adj=-1.0"),
-        ({"lambda_independence": -0.5}, "lambda_independence=-0.5"),
         ({"heads_learning_rate": 0.0}, "heads_learning_rate=0.0"),
         ({"verbalizer": "{not json"}, "verbalizer is not valid JSON"),
         ({"verbalizer": {"a": "yes", "b": "yes"}}, "the same answer 'yes'"),
@@ -356,21 +355,6 @@ def test_heads_train_at_their_own_learning_rate(tiny_model, tmp_path, heads_lr):
     assert {lr for i, lr, _ in in_groups if i in heads} == {heads_lr or 1e-3}
     assert {lr for i, lr, _ in in_groups if i in model_params} == {1e-3}
     assert {decay for i, _, decay in in_groups if i in heads} == {0.0, 0.1}  # the decay split survives
-
-
-def test_lambda_independence_adds_the_logged_penalty_to_the_loss(tiny_model, tmp_path):
-    rows = shift_rows(16, seed=3)
-    plain = make_trainer(tiny_model, tmp_path / "plain", rows, per_device_train_batch_size=16, logging_steps=1)
-    plain.train()
-    assert "loss_independence" not in step_logs(plain)[0]
-    weighted = make_trainer(tiny_model, tmp_path / "weighted", rows, per_device_train_batch_size=16, logging_steps=1,
-                            lambda_independence=100.0)
-    weighted.train()
-    log, plain_log = step_logs(weighted)[0], step_logs(plain)[0]
-    assert log["loss_independence"] != 0
-    for key in ("loss_sft", "loss_causal", "loss_adj"):  # same data, seed and heads: only the new term differs
-        assert log[key] == pytest.approx(plain_log[key], rel=1e-4)
-    assert log["loss"] == pytest.approx(plain_log["loss"] + 100.0 * log["loss_independence"], rel=1e-3, abs=1e-3)
 
 
 def test_more_patches_than_prompt_tokens_fall_back_and_are_counted(tiny_model, tmp_path):

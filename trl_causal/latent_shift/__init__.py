@@ -13,12 +13,10 @@ from .adjustment import (
     adjusted_loss,
     adjusted_predict,
     causal_alignment_loss,
-    conditional_independence_penalty,
     derangement,
     entropy,
     masked_mean_pool,
     patch_features,
-    unbiased_linear_hsic,
 )
 from .data import (
     DEFAULT_INSTRUCTION,
@@ -51,7 +49,6 @@ __all__ = [
     "adjusted_loss",
     "adjusted_predict",
     "causal_alignment_loss",
-    "conditional_independence_penalty",
     "derangement",
     "entropy",
     "generate_shift_dataset",
@@ -60,6 +57,5 @@ __all__ = [
     "patch_features",
     "split_name",
     "to_prompt_completion",
-    "unbiased_linear_hsic",
     "write_jsonl",
 ]

@@ -10,7 +10,6 @@ model being fine-tuned with ``output_hidden_states=True`` and one no-grad forwar
 and this module computes
     q0 = softmax(g(R0)),  q1 = softmax(g(R1)),   L_C = mean ||q0 - q1||^2 - H(q0) - H(q1),
     L_adj = CE(h([q1, Phi[perm]]), y)            (perm: a derangement of the batch),
-    L_ind = sum_y (n_y / B) mean_ij Corr_{b: y_b = y}(q1_bi, Phi_bj)^2   (q1 free of Phi given the label; opt-in),
     p(y | do(x)) ~= 1/K sum_k softmax(h([q1(x), Phi'_k]))   (Phi'_k drawn independently of x).
 
 Every pooling runs over *prompt* tokens only: completion tokens contain the answer, and pooling
@@ -217,46 +216,6 @@ def adjusted_loss(
     return F.cross_entropy(adjusted_head(q1, phi), labels)
 
 
-def unbiased_linear_hsic(x: Tensor, z: Tensor) -> Tensor:
-    """||Cov(x, z)||_F^2 estimated without bias from n >= 4 paired rows (Song et al. 2012, linear kernels):
-    HSIC_u = [tr(K L) + 1'K1 1'L1 / ((n-1)(n-2)) - 2/(n-2) 1'K L1] / (n (n-3)), K = x x', L = z z' with zero diagonals.
-    Can be negative; its mean over batches is the squared cross-covariance, 0 under independence."""
-    n = x.shape[0]
-    kernel_x = (x @ x.T) * (1 - torch.eye(n, dtype=x.dtype, device=x.device))
-    kernel_z = (z @ z.T) * (1 - torch.eye(n, dtype=z.dtype, device=z.device))
-    ones = torch.ones(n, 1, dtype=x.dtype, device=x.device)
-    trace = (kernel_x * kernel_z).sum()
-    sums = kernel_x.sum() * kernel_z.sum() / ((n - 1) * (n - 2))
-    cross = (ones.T @ kernel_x @ kernel_z @ ones).squeeze() * 2 / (n - 2)
-    return (trace + sums - cross) / (n * (n - 3))
-
-
-def conditional_independence_penalty(q: Tensor, phi: Tensor, labels: Tensor) -> Tensor:
-    """L_ind = sum_y (n_y / B) HSIC_u(q_{y_b = y}, z_{y_b = y}): the squared cross-covariance of q with the standardised
-    Phi (z) within each class, estimated without bias (``unbiased_linear_hsic``).
-
-    Where the spurious feature S depends on x only through the label and the latent environment, the causal
-    content c is independent of S given y, so a q that tracks c does not covary with Phi (the low-level detector of S)
-    within a class, and a q that has taken S in does. The unbiased estimate does not reward a q that merely varies
-    less. Phi enters detached: the penalty moves q, never Phi. Classes with fewer than 4 rows in the batch add nothing.
-    """
-    if q.dim() != 2 or phi.dim() != 2 or labels.shape != q.shape[:1] or phi.shape[0] != q.shape[0]:
-        raise DataError(
-            f"q [B, C], Phi [B, d] and labels [B] must share B; got {tuple(q.shape)}, {tuple(phi.shape)} and "
-            f"{tuple(labels.shape)}."
-        )
-    phi = phi.detach()
-    penalty = q.new_zeros(())
-    for label in labels.unique():
-        rows = labels == label
-        n_rows = int(rows.sum())
-        if n_rows < 4:
-            continue
-        z = phi[rows] / (phi[rows].var(0, unbiased=False) + 1e-8).sqrt()
-        penalty = penalty + (n_rows / q.shape[0]) * unbiased_linear_hsic(q[rows], z)
-    return penalty
-
-
 class MemoryBank(nn.Module):
     """A FIFO buffer of the last ``capacity`` vectors seen in training (a ring over ``vectors`` [capacity, dim]).
 
@@ -344,13 +303,11 @@ def adjusted_predict(
 
 @dataclass
 class LatentShiftLosses:
-    """The auxiliary losses of one batch: add ``lambda_C * causal + lambda_adj * adjusted`` (+ ``lambda_independence *
-    independence``) to L_SFT."""
+    """The auxiliary losses of one batch: add ``lambda_C * causal + lambda_adj * adjusted`` to L_SFT."""
 
     causal: Tensor
     adjusted: Tensor
     n_patch_fallback: int
-    independence: Tensor | None = None  # L_ind, when asked for
 
 
 class LatentShiftHeads(nn.Module):
@@ -426,7 +383,6 @@ class LatentShiftHeads(nn.Module):
         entropy_mode: EntropyMode = "mutual_information",
         generator: torch.Generator | None = None,
         gather: Callable[[Tensor], Tensor] | None = None,
-        independence: bool = False,
     ) -> LatentShiftLosses:
         """L_C and L_adj of one batch. In training mode (``self.training``) the batch's patch features also enter the
         memory bank: under data parallelism ``gather`` (e.g. ``accelerator.gather``) collects every process's rows, so
@@ -435,8 +391,7 @@ class LatentShiftHeads(nn.Module):
         ``last_hidden``: last hidden layer of the model being fine-tuned (with grad);
         ``frozen_last_hidden``: the same layer of the frozen view (no grad);
         ``low_hidden``: the low layer for Phi (``hidden_states[0]``, the embeddings, by default);
-        ``labels``: class indices [B] into the verbalizer's label set;
-        ``independence``: also compute L_ind (``conditional_independence_penalty`` of q1 and Phi).
+        ``labels``: class indices [B] into the verbalizer's label set.
         """
         q0 = self.causal_probs(frozen_last_hidden.detach(), prompt_mask)
         q1 = self.causal_probs(last_hidden, prompt_mask)
@@ -448,7 +403,6 @@ class LatentShiftHeads(nn.Module):
             causal=causal_alignment_loss(q0, q1, entropy_mode),
             adjusted=adjusted_loss(self.adjusted_head, q1, phi, labels, generator, adjustment),
             n_patch_fallback=n_fallback,
-            independence=conditional_independence_penalty(q1, phi, labels) if independence else None,
         )
 
     def predict(

@@ -19,8 +19,7 @@ TRL_COLUMNS = ("labels", "input_ids", "attention_mask", "completion_mask", "assi
 class LatentShiftConfig(SFTConfig):
     r"""
     [`~trl.SFTConfig`] plus the settings of latent-shift adjusted SFT:
-    L = L_SFT + lambda_causal * L_C + lambda_adj * L_adj (+ lambda_independence * L_ind), and the adjusted prediction
-    at test time.
+    L = L_SFT + lambda_causal * L_C + lambda_adj * L_adj, and the adjusted prediction at test time.
 
     Parameters:
         verbalizer (`dict[str, str]` or `str`, *optional*):
@@ -44,8 +43,6 @@ class LatentShiftConfig(SFTConfig):
             Weight of L_C.
         lambda_adj (`float`, *optional*, defaults to `1.0`):
             Weight of L_adj.
-        lambda_independence (`float`, *optional*, defaults to `0.0`):
-            Weight of L_ind, the squared within-class correlation of q1 with Phi (not in the paper; 0 = off).
         adjustment (`str`, *optional*, defaults to `"shuffle_train"`):
             `"shuffle_train"`: h is trained on Phi of other rows; `"shuffle_test"`: h is trained on the true pairs
             and only the prediction mixes in other rows' Phi.
@@ -121,13 +118,6 @@ class LatentShiftConfig(SFTConfig):
     )
     lambda_causal: float = field(default=1.0, metadata={"help": "Weight of the causal alignment loss L_C (paper: 1)."})
     lambda_adj: float = field(default=1.0, metadata={"help": "Weight of the adjusted-head loss L_adj (paper: 1)."})
-    lambda_independence: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of L_ind, the squared within-class correlation of q1 with Phi (not in the paper; 0 = off): "
-            "keeps the causal states from taking in what the low-level features already say about the label."
-        },
-    )
     adjustment: str = field(
         default="shuffle_train",
         metadata={
@@ -227,7 +217,7 @@ class LatentShiftConfig(SFTConfig):
         ):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least {minimum}.")
-        for name in ("lambda_causal", "lambda_adj", "lambda_independence"):
+        for name in ("lambda_causal", "lambda_adj"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be non-negative.")
         if self.heads_learning_rate is not None and self.heads_learning_rate <= 0:

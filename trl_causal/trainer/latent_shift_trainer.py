@@ -379,12 +379,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             entropy_mode=self.args.entropy_mode,
             generator=None if mode == "train" else self._eval_generator,
             gather=self.accelerator.gather if self.accelerator.num_processes > 1 else None,
-            independence=self.args.lambda_independence > 0,
         )
-        auxiliary_loss = self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted
-        if auxiliary.independence is not None:
-            auxiliary_loss = auxiliary_loss + self.args.lambda_independence * auxiliary.independence
-        loss = loss + self.example_mean(auxiliary_loss)
+        loss = loss + self.example_mean(self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted)
         self._log_losses(mode, loss_sum.detach() / n_tokens.clamp(min=1), auxiliary)
         return (loss, outputs) if return_outputs else loss
 
@@ -410,10 +406,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
     def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
         metrics = self._metrics[mode]
-        logged = [("loss_sft", loss_sft), ("loss_causal", auxiliary.causal), ("loss_adj", auxiliary.adjusted)]
-        if auxiliary.independence is not None:
-            logged.append(("loss_independence", auxiliary.independence))
-        for name, value in logged:
+        for name, value in (("loss_sft", loss_sft), ("loss_causal", auxiliary.causal), ("loss_adj", auxiliary.adjusted)):
             metrics[name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
         fallback = torch.tensor(auxiliary.n_patch_fallback, device=loss_sft.device)
         n_fallback = int(self.accelerator.gather_for_metrics(fallback).sum().item())
