@@ -510,10 +510,9 @@ class CAPTTrainer(SFTTrainer):
         symbol_pool = args.symbol_pool
         if "answer_prefix" not in kwargs:  # rows without a completion: their answers follow what training put first
             kwargs["answer_prefix"] = (read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}).get("answer_prefix")
-        saved_pool = None if checkpoint_dir is None else os.path.join(checkpoint_dir, SYMBOL_POOL_FILE)
-        if symbol_pool == "pool" and saved_pool and os.path.isfile(saved_pool):
-            with open(saved_pool) as f:
-                symbol_pool = json.load(f)["symbols"]
+        saved_pool = read_checkpoint_file(checkpoint_dir, SYMBOL_POOL_FILE) if symbol_pool == "pool" else None
+        if saved_pool is not None:
+            symbol_pool = saved_pool["symbols"]
         return CAPTPredictor(
             model,
             tokenizer,

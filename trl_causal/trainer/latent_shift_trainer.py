@@ -538,8 +538,7 @@ class LatentShiftPredictor(LMPredictor):
                 f"{checkpoint_dir} lacks {', '.join(map(os.path.basename, missing))}: it was not saved by the "
                 "latent_shift trainer."
             )
-        with open(paths[0]) as f:
-            description = json.load(f)
+        description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE)
         heads = LatentShiftHeads.from_config(description["heads"])
         heads.load_state_dict(load_file(paths[1]))
         return cls(
