@@ -142,6 +142,16 @@ def test_the_run_record_holds_the_fields_a_config_adds_to_its_base():
     assert capt["intervention_seed"] == 3  # None follows `seed`: recorded as used, so eval draws as training did
 
 
+def test_a_checkpoint_file_whose_writing_fails_keeps_the_previous_one_whole(tmp_path):
+    from trl_causal.paths import read_checkpoint_file, write_checkpoint_file
+
+    write_checkpoint_file(tmp_path / "checkpoint-5", SUMMARY_FILE, {"trainer": "capt", "steps": 5})
+    with pytest.raises(TypeError):  # json.dump fails after it has written the first key
+        write_checkpoint_file(tmp_path / "checkpoint-5", SUMMARY_FILE, {"trainer": "capt", "steps": object()})
+    assert read_checkpoint_file(tmp_path / "checkpoint-5", SUMMARY_FILE) == {"trainer": "capt", "steps": 5}
+    assert sorted(path.name for path in (tmp_path / "checkpoint-5").iterdir()) == [SUMMARY_FILE]
+
+
 def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_path, capsys):
     import json as json_module
 

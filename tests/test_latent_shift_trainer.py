@@ -431,11 +431,11 @@ def test_a_checkpoint_predicts_raw_prompts_with_the_options_it_was_trained_with(
 
 
 def test_rows_without_prompt_tokens_fail_before_training_naming_the_rows(tiny_model, tmp_path):
-    with pytest.raises(DataError, match=r"8 rows of the training split as TRL prepared it \(rows 0, 1, .*\) have no prompt tokens.*max_length=3 with truncation_mode keep_end cut their prompt off.*raise max_length"):
+    with pytest.raises(DataError, match=r"8 rows of the training split as TRL prepared it \(rows \[0, 1, 2, 3, 4\] and 3 more.*\) have no prompt tokens.*max_length=3 with truncation_mode keep_end cut their prompt off.*raise max_length"):
         make_trainer(tiny_model, tmp_path, max_length=3, truncation_mode="keep_end")
     rows = shift_rows()
     rows[5]["prompt"] = ""  # a row whose prompt is empty (TRL then supervises its first token)
-    with pytest.raises(DataError, match=r"1 rows of the training split as TRL prepared it \(rows 5; row 5's prompt: ''\) have no prompt tokens"):
+    with pytest.raises(DataError, match=r"1 rows of the training split as TRL prepared it \(rows \[5\]; row 5's prompt: ''\) have no prompt tokens"):
         make_trainer(tiny_model, tmp_path, rows)
 
 

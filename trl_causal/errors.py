@@ -13,9 +13,11 @@ class DataError(TrlCausalError):
     """A dataset is missing, or lacks the columns or values a trainer needs."""
 
 
-def first_rows(rows, shown: int = 10) -> str:
-    """"3, 8, 11" or "3, 8, 11, ..." past ``shown`` rows: the row numbers an error or warning names."""
-    return ", ".join(map(str, rows[:shown])) + (", ..." if len(rows) > shown else "")
+def describe_rows(rows, shown: int = 5) -> str:
+    """'rows [3, 8, 11]' or 'rows [3, 8, 11, 14, 20] and 7 more': the row numbers an error or warning names."""
+    rows = [int(row) for row in rows]
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    return f"rows {rows[:shown]}{more}"
 
 
 class RegistryError(TrlCausalError):

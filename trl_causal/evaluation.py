@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, describe_rows
 
 Prompt = str | list[dict[str, str]]
 
@@ -329,8 +329,7 @@ def check_gold_in_answers(gold: dict[str, list[str]], answers: Sequence[str], co
         if outside:
             rows = [row for row, value in enumerate(values) if value.lower() not in known]
             raise DataError(
-                f"Split {split!r} has gold answers {outside[:5]} (column {column!r}, rows {rows[:5]}"
-                f"{' ...' if len(rows) > 5 else ''}) outside the answer set {list(answers)}: no prediction can match "
+                f"Split {split!r} has gold answers {outside[:5]} (column {column!r}, {describe_rows(rows)}) outside the answer set {list(answers)}: no prediction can match "
                 "them. Add them to --answers, or name the column that holds the answers with --answer_column."
             )
 

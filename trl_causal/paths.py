@@ -21,3 +21,18 @@ def read_checkpoint_file(checkpoint_dir: str | os.PathLike | None, name: str) ->
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def write_checkpoint_file(directory: str | os.PathLike, name: str, content: dict) -> None:
+    """Save ``content`` as the JSON file ``name`` in ``directory`` (made if missing), whole or not at all: it is
+    written beside the target and renamed over it, so a run killed mid-write leaves the previous file, never half
+    of one."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(content, f, indent=2)
+        os.replace(path + ".tmp", path)
+    finally:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")

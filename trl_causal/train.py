@@ -7,7 +7,6 @@ Accelerate keys in the YAML are ignored here (the launcher consumed them).
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ from .configuration import RunConfig, method_settings, parse_run_config
 from .data import check_columns, load_run_datasets
 from .errors import TrlCausalError
 from .evaluation import training_answer_prefix
-from .paths import read_checkpoint_file
+from .paths import read_checkpoint_file, write_checkpoint_file
 
 SUMMARY_FILE = "trl_causal_run.json"
 INTERRUPTED_EXIT_CODE = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
@@ -143,9 +142,8 @@ def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | 
         def on_save(self, args, state, control, **kwargs):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if state.is_world_process_zero and os.path.isdir(folder):
-                with open(os.path.join(folder, SUMMARY_FILE), "w") as f:
-                    record = {"trainer": trainer_name, "settings": settings, "answer_prefix": answer_prefix, **setup}
-                    json.dump(record, f, indent=2)
+                record = {"trainer": trainer_name, "settings": settings, "answer_prefix": answer_prefix, **setup}
+                write_checkpoint_file(folder, SUMMARY_FILE, record)
 
     return RunRecord()
 
@@ -344,8 +342,7 @@ def main(run: RunConfig) -> dict:
     if eval_dataset is not None:
         summary["eval"] = trainer.evaluate()
     if trainer.accelerator.is_main_process:
-        with open(os.path.join(training_args.output_dir, SUMMARY_FILE), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_checkpoint_file(training_args.output_dir, SUMMARY_FILE, summary)
         setup = "" if summary["distributed"] == "NO" else f", {summary['distributed']}"
         trainer.accelerator.print(
             f"\ntrl-causal: trained {summary['trainer']!r} on {summary['train_rows']} rows for {summary['steps']} steps "

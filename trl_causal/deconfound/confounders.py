@@ -11,7 +11,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, describe_rows
 
 TIMESTAMP_FEATURES = ("weekday", "month", "trend")
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -22,13 +22,6 @@ CALENDAR_FEATURES = {
     "weekday": (datetime.weekday, dict(enumerate(WEEKDAY_NAMES))),
     "month": (lambda moment: moment.month, dict(enumerate(MONTH_NAMES, start=1))),
 }
-
-
-def describe_rows(rows: Sequence[int] | np.ndarray, shown: int = 5) -> str:
-    """'rows [3, 8, 11]' or 'rows [3, 8, 11, 14, 20] and 7 more', for error messages."""
-    rows = [int(row) for row in rows]
-    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
-    return f"rows {rows[:shown]}{more}"
 
 
 def describe_invalid_columns(masks: Mapping[str, np.ndarray]) -> str:

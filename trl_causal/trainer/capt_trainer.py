@@ -10,7 +10,6 @@ gives the same symbols, and nothing but the templates is stored. The epoch comes
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,9 +35,9 @@ from ..capt import (
 )
 from ..configuration import method_settings
 from ..data import named_splits
-from ..errors import ConfigError, DataError, first_rows
+from ..errors import ConfigError, DataError, describe_rows
 from ..evaluation import LMPredictor, Prompt, common_prefix_length, training_answer_prefix
-from ..paths import read_checkpoint_file
+from ..paths import read_checkpoint_file, write_checkpoint_file
 from .capt_config import CAPTConfig
 from .zero3 import whole_model_loading
 
@@ -257,10 +256,9 @@ def estimation_report(
     )
     if not no_events:
         return summary, None
-    shown = first_rows(no_events)
     return summary, (
         f"{who}: {len(no_events)} of {rows} training rows have no event that the {args.event_estimator!r} estimator "
-        f"recognises, or gave no valid template for (rows {shown}); they are {fate}. Check event_estimator and "
+        f"recognises, or gave no valid template for ({describe_rows(no_events)}); they are {fate}. Check event_estimator and "
         f"event_estimator_kwargs (the llm estimator logs each row it failed on){hint}."
     )
 
@@ -334,7 +332,7 @@ def report_cut_completions(cut: Sequence[int], total: int, setting: str, fix: st
     if not warn:
         return
     logger.warning(
-        f"{setting} cuts the completion of {len(cut)} of {total} training rows off (rows {first_rows(cut)}); they train "
+        f"{setting} cuts the completion of {len(cut)} of {total} training rows off ({describe_rows(cut)}); they train "
         f"nothing: {fix}."
     )
 
@@ -348,12 +346,9 @@ def save_prediction_files(directory: str, args: CAPTConfig, symbol_pool, answer_
     """What ``build_predictor`` and eval read back from a checkpoint: ``PREDICTION_FILE`` (the method settings and
     the text the training rows put before the answer) and, with ``symbol_pool: pool``, the pool's names
     (``SYMBOL_POOL_FILE``), so that inference draws from the training rows' names too."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, PREDICTION_FILE), "w") as f:
-        json.dump({"settings": method_settings(args), "answer_prefix": answer_prefix}, f, indent=2)
+    write_checkpoint_file(directory, PREDICTION_FILE, {"settings": method_settings(args), "answer_prefix": answer_prefix})
     if args.symbol_pool == "pool":
-        with open(os.path.join(directory, SYMBOL_POOL_FILE), "w") as f:
-            json.dump({"symbols": symbol_pool.symbols}, f, indent=2)
+        write_checkpoint_file(directory, SYMBOL_POOL_FILE, {"symbols": symbol_pool.symbols})
 
 
 class CAPTTrainer(SFTTrainer):

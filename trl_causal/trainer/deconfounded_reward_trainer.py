@@ -24,7 +24,6 @@ keep the adapters, for resuming).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -46,10 +45,11 @@ from trl.trainer.utils import global_then_local_main_first, pad
 from ..data import named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.partial_out import check_design
-from ..deconfound.confounders import describe_invalid_columns, describe_rows, is_missing, parse_numbers
+from ..deconfound.confounders import describe_invalid_columns, is_missing, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, describe_rows
+from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
 from .mixins import CausalLossMixin, HeadsMixin
 from .zero3 import full_parameters
@@ -728,6 +728,4 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if self.args.mode == "covariate":
             weights = self.heads.weight.detach().float().cpu().view(-1).tolist()
             report["covariate_head"] = dict(zip(self.confounder_names, weights, strict=True))
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
-            json.dump(report, f, indent=2)
+        write_checkpoint_file(output_dir, REPORT_FILE, report)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -33,9 +32,9 @@ from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ..data import check_columns, named_splits
-from ..errors import ConfigError, DataError, first_rows
+from ..errors import ConfigError, DataError, describe_rows
 from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_prefix
-from ..paths import read_checkpoint_file
+from ..paths import read_checkpoint_file, write_checkpoint_file
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
 from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
@@ -344,7 +343,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             first = prepared[bad[0]].get("prompt")
             example = f"; row {bad[0]}'s prompt: {str(first)[:80]!r}" if first is not None else ""
             # numbered as TRL prepared the split: it drops rows that truncation leaves without a completion token
-            raise self._no_prompt_tokens(f"{len(bad)} rows of the {split} as TRL prepared it (rows {first_rows(bad)}{example})")
+            raise self._no_prompt_tokens(f"{len(bad)} rows of the {split} as TRL prepared it ({describe_rows(bad)}{example})")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -436,8 +435,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                     "truncation_mode": getattr(self.args, "truncation_mode", "keep_start"),
                 },
             }
-            with open(os.path.join(output_dir or self.args.output_dir, LATENT_SHIFT_FILE), "w") as f:
-                json.dump(description, f, indent=2)
+            write_checkpoint_file(output_dir or self.args.output_dir, LATENT_SHIFT_FILE, description)
 
     @classmethod
     def checkpoint_answers(cls, checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:

@@ -13,8 +13,6 @@ which turns are trained) is kept piece by piece.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +21,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from transformers.utils import logging
 from trl_causal.capt import EstimatedRows, RowInterventions, build_symbol_pool, estimate_rows
 from trl_causal.errors import ConfigError, DataError
+from trl_causal.paths import write_checkpoint_file
 from trl_causal.trainer.capt_config import CAPTConfig
 from trl_causal.trainer.capt_trainer import (
     MESSAGE_SEPARATOR,
@@ -328,9 +327,7 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             "train_loss": result.training_loss,
         }
         if self.args.should_save:
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            with open(os.path.join(self.args.output_dir, RUN_FILE), "w") as f:
-                json.dump(summary, f, indent=2)
+            write_checkpoint_file(self.args.output_dir, RUN_FILE, summary)
         self.accelerator.print(
             f"trl-causal capt (axolotl): {summary['steps']} steps, {summary['rows_intervened']} of "
             f"{summary['rows_drawn']} rows the data loader drew intervened (its workers prefetch: more than trained; "
