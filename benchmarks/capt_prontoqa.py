@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/capt_prontoqa.py --seeds 0 --steps 4 --eval_rows 16  # smoke run (-> *_smoke: a run smaller than the committed one never overwrites it)
     .venv/bin/python benchmarks/capt_prontoqa.py --target reasoning                  # -> capt_prontoqa_reasoning.json
     .venv/bin/python benchmarks/capt_prontoqa.py --hops 1                            # one-hop problems -> capt_prontoqa_hops1.json
+    .venv/bin/python benchmarks/capt_prontoqa.py --hops 1 --distractors 0            # no distractor rules -> capt_prontoqa_hops1_distractors0.json
     .venv/bin/python benchmarks/capt_prontoqa.py --lora_target_modules all-linear    # -> capt_prontoqa_lora-all-linear.json
 
 Model: the embedded SmolLM2-135M-Instruct with LoRA. Both methods train from the same YAML
@@ -50,15 +51,16 @@ def main() -> None:
     parser.add_argument("--target", choices=["answer", "reasoning"], default="answer")
     parser.add_argument("--max_new_tokens", type=int, default=96, help="generation budget for --target reasoning")
     parser.add_argument("--hops", type=int, nargs="+", default=[1, 2, 3], help="rule applications per problem, cycled over the rows of every split")
+    parser.add_argument("--distractors", type=int, default=2, help="rules per problem that cannot change the answer (generate_prontoqa's distractors)")
     args = parser.parse_args()
 
-    evaluation = {split: to_chat_rows(generate_prontoqa(args.eval_rows, split, hops=args.hops, seed=10_000)) for split in SPLITS}
+    evaluation = {split: to_chat_rows(generate_prontoqa(args.eval_rows, split, hops=args.hops, seed=10_000, distractors=args.distractors)) for split in SPLITS}
     per_seed: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SPLITS} for m in METHODS}
     unparsed: dict[str, dict[str, list[int]]] = {m: {s: [] for s in SPLITS} for m in METHODS}
     mode = "score" if args.target == "answer" else "generate"
     step_seconds: dict[str, list[float]] = {m: [] for m in METHODS}
     for seed in args.seeds:
-        train = Dataset.from_list(to_chat_rows(generate_prontoqa(args.train_rows, "id", hops=args.hops, seed=seed, target=args.target)))
+        train = Dataset.from_list(to_chat_rows(generate_prontoqa(args.train_rows, "id", hops=args.hops, seed=seed, target=args.target, distractors=args.distractors)))
         for method in METHODS:
             with tempfile.TemporaryDirectory() as output_dir:
                 overrides = ["--trainer", method, "--seed", str(seed), "--max_steps", str(args.steps), "--output_dir", output_dir]
@@ -97,6 +99,7 @@ def main() -> None:
         if args.target == "answer"
         else f"reasoning (chain of claims, then Answer: True/False), greedy generation of <= {args.max_new_tokens} tokens, parsed",
         "hops": args.hops,
+        "distractors": args.distractors,
         "train_rows": args.train_rows,
         "eval_rows_per_split": args.eval_rows,
         "steps": args.steps,
@@ -112,6 +115,8 @@ def main() -> None:
     name = "capt_prontoqa" if args.target == "answer" else "capt_prontoqa_reasoning"
     if args.hops != [1, 2, 3]:
         name += "_hops" + "".join(map(str, args.hops))
+    if args.distractors != 2:
+        name += f"_distractors{args.distractors}"
     if args.learning_rate is not None:
         name += f"_lr{args.learning_rate:g}"
     if args.lora_target_modules:
