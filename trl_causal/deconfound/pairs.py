@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..errors import describe_rows
+from ..errors import ConfigError, DataError, describe_rows
 
 
 def check_pair_groups(groups: np.ndarray | None, what: str, row_numbers: Sequence[int] | None = None) -> None:

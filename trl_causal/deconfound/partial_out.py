@@ -25,8 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import get_tags
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError
-from ..errors import describe_rows
+from ..errors import ConfigError, DataError, describe_rows
 
 LEARNER_NAMES = ("ridge", "lasso", "random_forest", "gradient_boosting", "linear")
 RIDGE_ALPHAS = np.logspace(-2, 5, 8)

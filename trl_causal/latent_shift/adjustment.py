@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, describe_rows
 
 Adjustment = Literal["shuffle_train", "shuffle_test"]
 EntropyMode = Literal["mutual_information", "marginal", "per_example"]
@@ -57,7 +57,7 @@ def _raise_on_empty_rows(lengths: Tensor) -> None:
     empty = (lengths == 0).nonzero().flatten().tolist()
     if empty:
         raise DataError(
-            f"rows {empty} of the batch have no masked tokens to pool; the mask must select at least one "
+            f"{describe_rows(empty)} of the batch have no masked tokens to pool; the mask must select at least one "
             "prompt token per row (check truncation: max_length may cut the whole prompt)."
         )
 

@@ -353,7 +353,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         prompt_mask = prompt_token_mask(labels, inputs["attention_mask"])
         no_prompt = (prompt_mask.sum(1) == 0).nonzero().flatten().tolist()
         if no_prompt:  # a streamed split, which is not checked before training
-            raise self._no_prompt_tokens(f"Rows {no_prompt} of the batch")
+            raise self._no_prompt_tokens(f"{describe_rows(no_prompt).capitalize()} of the batch")
 
         # A batch of one row has no other row to shuffle with: L_SFT alone. In evaluation that is a last batch; in
         # training (where a last batch of one is dropped) the end of a one-process stream, which no sampler can drop
