@@ -332,6 +332,13 @@ def test_dpo_pairs_are_ranked_by_the_deconfounded_outcome_within_groups(tiny_mod
     # covariate / invariance change how a reward model trains, not the outcome: no ranking of their own
     assert cli.main(["dpo-pairs", "--config", str(config), "--output", str(tmp_path / "p.jsonl"), "--mode", "covariate"]) == 2
     assert "mode 'covariate' changes how a reward model trains, not the outcome" in capsys.readouterr().err
+    assert cli.main(["dpo-pairs", "--config", str(config), "--output", str(tmp_path)]) == 2
+    assert f"--output {tmp_path} is a directory; dpo-pairs writes one JSON lines file" in capsys.readouterr().err
+    from trl_causal.configuration import read_yaml
+
+    sft_config = write_config(tmp_path / "sft.yaml", {**read_yaml(config), "trainer": "sft", "numeric_confounders": None})
+    assert cli.main(["dpo-pairs", "--config", str(sft_config), "--output", str(tmp_path / "p.jsonl")]) == 2
+    assert f"({sft_config} is a config of trainer 'sft'; dpo-pairs reads a deconfounded_reward config" in capsys.readouterr().err
 
 
 def test_dpo_pairs_load_the_model_in_the_dtype_training_loads_it(tiny_model, tmp_path, monkeypatch):

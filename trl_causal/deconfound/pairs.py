@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, describe_rows
+from ..errors import ConfigError, DataError, TrlCausalError, describe_rows
 
 
 def check_pair_groups(groups: np.ndarray | None, what: str, row_numbers: Sequence[int] | None = None) -> None:
@@ -111,11 +111,22 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
     ``overrides`` are ``--key value`` settings of the ``deconfounded_reward`` trainer that win over the YAML (e.g.
     ``--mode naive`` ranks by the raw outcome). Targets are computed as the trainer computes them.
     """
-    from ..configuration import parse_run_config
+    from ..configuration import parse_run_config, read_yaml
     from ..data import load_run_datasets
     from ..trainer.deconfounded_reward_trainer import read_observations, reward_targets, text_features
 
-    run = parse_run_config(["--trainer", "deconfounded_reward", *overrides], config_path)
+    if Path(output).is_dir():
+        raise ConfigError(f"--output {output} is a directory; dpo-pairs writes one JSON lines file: name the file, e.g. {Path(output) / 'pairs.jsonl'}.")
+    trainer = read_yaml(config_path).get("trainer", "deconfounded_reward")
+    try:
+        run = parse_run_config(["--trainer", "deconfounded_reward", *overrides], config_path)
+    except TrlCausalError as error:
+        if trainer in ("deconfounded_reward", "reward"):  # `trainer: reward` on a deconfounded_reward file: its baseline
+            raise
+        raise type(error)(
+            f"{error} ({config_path} is a config of trainer {trainer!r}; dpo-pairs reads a deconfounded_reward config: "
+            "outcome and confounder columns, group_column.)"
+        ) from error
     args = run.training_args
     if args.mode not in ("deconfounded", "naive"):
         raise ConfigError(

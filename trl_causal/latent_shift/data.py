@@ -353,6 +353,8 @@ def write_splits(
     conversational: bool = False,
 ) -> dict[str, Path]:
     """Write ``out/train.jsonl`` and ``out/test_XX.jsonl`` of ``make_splits`` as prompt/completion SFT rows; returns {split: path}."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file; the split files go into a directory: name a new or existing one.")
     return {
         name: write_jsonl(to_prompt_completion(rows, conversational=conversational), Path(out) / f"{name}.jsonl")
         for name, rows in make_splits(n_train, n_test, kind, seed, ambiguous=ambiguous).items()
