@@ -152,6 +152,20 @@ def test_a_checkpoint_file_whose_writing_fails_keeps_the_previous_one_whole(tmp_
     assert sorted(path.name for path in (tmp_path / "checkpoint-5").iterdir()) == [SUMMARY_FILE]
 
 
+def test_a_fresh_run_into_another_trainers_output_dir_fails_naming_its_files(tmp_path):
+    from trl_causal.errors import TrlCausalError
+    from trl_causal.paths import write_checkpoint_file
+    from trl_causal.train import check_output_dir_holds_no_other_run
+
+    check_output_dir_holds_no_other_run(str(tmp_path / "new"), "capt")  # no such folder yet
+    for folder in (tmp_path, tmp_path / "checkpoint-1", tmp_path / "checkpoint-3"):
+        write_checkpoint_file(folder, SUMMARY_FILE, {"trainer": "latent_shift"})
+    check_output_dir_holds_no_other_run(str(tmp_path), "latent_shift")  # a rerun of the same trainer: TRL's way
+    message = r"holds a run of trainer 'latent_shift' \(the final model, checkpoint-3, checkpoint-1\)\. A 'capt' run there would mix"
+    with pytest.raises(TrlCausalError, match=message):
+        check_output_dir_holds_no_other_run(str(tmp_path), "capt")
+
+
 def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_path, capsys):
     import json as json_module
 

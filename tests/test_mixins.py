@@ -130,7 +130,7 @@ def test_resume_from_a_checkpoint_without_heads_fails_clearly(tiny_model, tmp_pa
     trainer = head_trainer(tiny_model, tmp_path / "a", max_steps=1)
     trainer.train()
     os.remove(tmp_path / "a" / "checkpoint-1" / HEADS_FILE)
-    with pytest.raises(FileNotFoundError, match=HEADS_FILE):
+    with pytest.raises(ConfigError, match=rf"checkpoint-1 holds no {HEADS_FILE}, which this trainer saves with every checkpoint"):
         head_trainer(tiny_model, tmp_path / "b").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))
 
 

@@ -107,6 +107,24 @@ def read_run_record(checkpoint: str) -> dict:
     return {} if record is None else {**record, "checkpoint": checkpoint}
 
 
+def check_output_dir_holds_no_other_run(output_dir: str, trainer_name: str) -> None:
+    """Before a fresh run: an ``output_dir`` whose run records (its own, its checkpoint-N folders') name another
+    trainer is an error. The two runs' files would mix (that trainer's heads or report beside this one's model), and
+    ``resume_from_checkpoint: true`` would later pick a checkpoint of either."""
+    folders = [output_dir] + [path for _, path in checkpoints_in(output_dir)[0]]
+    others = {}
+    for folder in folders:
+        trainer = read_run_record(folder).get("trainer", trainer_name)
+        if trainer != trainer_name:
+            others.setdefault(trainer, []).append(os.path.basename(folder) if folder != output_dir else "the final model")
+    if others:
+        held = "; ".join(f"trainer {name!r} ({', '.join(where)})" for name, where in others.items())
+        raise TrlCausalError(
+            f"output_dir {output_dir} holds a run of {held}. A {trainer_name!r} run there would mix the two runs' files "
+            f"and checkpoints. Set another output_dir, or delete that one."
+        )
+
+
 def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict, max_steps: int = -1) -> None:
     """Before any model loads: a checkpoint another trainer saved, or one already at ``max_steps``, is an error;
     recorded method settings that this run sets otherwise are named in a note (the heads' sizes must match;
@@ -315,6 +333,8 @@ def main(run: RunConfig) -> dict:
     settings = method_settings(training_args)
     if resume_from is not None:
         check_resumed_run(resume_from, run.trainer.name, settings, training_args.max_steps)
+    else:
+        check_output_dir_holds_no_other_run(training_args.output_dir, run.trainer.name)
     try:
         trainer = build_trainer(run, train_dataset, eval_dataset)
     except KeyboardInterrupt:  # e.g. during capt's event estimation (the llm estimator has cached its answers so far)

@@ -257,7 +257,9 @@ def parse_verbalizer(value: dict | str | None) -> dict[str, str] | None:
             value = json.loads(value)
         except json.JSONDecodeError as error:
             raise ConfigError(
-                f"verbalizer is not valid JSON ({error}); give a mapping such as '{{\"pos\": \"yes\"}}'."
+                f"verbalizer is {value!r}, which is no mapping of labels to answer texts ({error} as JSON). In the "
+                "YAML write a mapping: `verbalizer: {positive: positive, negative: negative}`; on the command line, "
+                "JSON: --verbalizer '{\"positive\": \"positive\", \"negative\": \"negative\"}'."
             ) from error
     if not isinstance(value, dict):
         raise ConfigError(f"verbalizer must map labels to answer texts, got {type(value).__name__}: {value!r}.")

@@ -96,34 +96,65 @@ def verbalizer_from_data(dataset: Dataset, label_column: str) -> dict[str, str]:
     return dict(sorted(answers.items()))
 
 
+def loaded_row_numbers(prepared: Dataset, loaded) -> list[int] | None:
+    """For each row of ``prepared`` (the split after TRL's preparation, which keeps the rows' order and drops some),
+    its number in ``loaded`` (the split as given), matched in order by the prompt (TRL adds EOS to the completion);
+    None where they cannot be matched."""
+    if not isinstance(loaded, Dataset):
+        return None
+    if len(loaded) == len(prepared):
+        return list(range(len(prepared)))
+    key = next((column for column in ("prompt", "messages") if column in prepared.column_names and column in loaded.column_names), None)
+    if key is None:
+        return None
+    given = loaded[key]
+    numbers, position = [], 0
+    for row in prepared[key]:
+        while position < len(given) and given[position] != row:
+            position += 1
+        if position == len(given):
+            return None
+        numbers.append(position)
+        position += 1
+    return numbers
+
+
 def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str], split: str) -> None:
-    """Fail on the first row whose label is not a key of the verbalizer, or whose completion is not its label's
-    verbalizer answer (SFT would learn one answer, L_adj another class), naming the row and the label."""
+    """Fail on the rows whose label is not a key of the verbalizer, or whose completion is not its label's
+    verbalizer answer (SFT would learn one answer, L_adj another class), naming the rows and the first one's label."""
     # the answer SFT learns: the completion, or a messages row's last turn
     answer_column = next((c for c in ("completion", "messages") if c in dataset.column_names), None)
     completions = dataset[answer_column] if answer_column else None
-    for row, label in enumerate(dataset[label_column]):
-        if str(label) not in verbalizer:
-            source = "its completion" if label_column == COMPLETION_LABEL_COLUMN else f"column {label_column!r}"
-            same_text = [key for key in verbalizer if key.lower() == str(label).lower()]
-            hint = (
-                f" Labels compare as text: write {str(label)!r}, not {same_text[0]!r}."
-                if same_text
-                else " (YAML reads unquoted yes/no/true/false labels as booleans, named 'True'/'False': quote them.)"
-                if {"True", "False"} & set(verbalizer)
-                else ""
-            )
-            raise DataError(
-                f"Row {row} of the {split} split has label {label!r} ({source}), which is not in the verbalizer "
-                f"(labels: {', '.join(map(repr, verbalizer))}). Add it to `verbalizer` or fix the row.{hint}"
-            )
-        if completions is not None and completion_text(completions[row]) != verbalizer[str(label)]:
-            raise DataError(
-                f"Row {row} of the {split} split has label {label!r} (column {label_column!r}) and the "
-                f"{'completion' if answer_column == 'completion' else 'last message'} "
-                f"{completion_text(completions[row])!r}, but the verbalizer answers {str(label)!r} with "
-                f"{verbalizer[str(label)]!r}. Fix the row or the verbalizer."
-            )
+    labels = dataset[label_column]
+    unknown = [row for row, label in enumerate(labels) if str(label) not in verbalizer]
+    if unknown:
+        row, label = unknown[0], labels[unknown[0]]
+        source = "its completion" if label_column == COMPLETION_LABEL_COLUMN else f"column {label_column!r}"
+        same_text = [key for key in verbalizer if key.lower() == str(label).lower()]
+        hint = (
+            f" Labels compare as text: write {str(label)!r}, not {same_text[0]!r}."
+            if same_text
+            else " (YAML reads unquoted yes/no/true/false labels as booleans, named 'True'/'False': quote them.)"
+            if {"True", "False"} & set(verbalizer)
+            else ""
+        )
+        raise DataError(
+            f"{len(unknown)} rows of the {split} split ({describe_rows(unknown)}) have a label that is not in the "
+            f"verbalizer (labels: {', '.join(map(repr, verbalizer))}); row {row} has {label!r} ({source}). Add it to "
+            f"`verbalizer` or fix the rows.{hint}"
+        )
+    if completions is None:
+        return
+    answered = [completion_text(completion) for completion in completions]
+    mismatched = [row for row, label in enumerate(labels) if answered[row] != verbalizer[str(label)]]
+    if mismatched:
+        row, label = mismatched[0], labels[mismatched[0]]
+        raise DataError(
+            f"{len(mismatched)} rows of the {split} split ({describe_rows(mismatched)}) have a "
+            f"{'completion' if answer_column == 'completion' else 'last message'} that is not their label's "
+            f"verbalizer answer: row {row} has label {label!r} (column {label_column!r}) and {answered[row]!r}, but the "
+            f"verbalizer answers {str(label)!r} with {verbalizer[str(label)]!r}. Fix the rows or the verbalizer."
+        )
 
 
 def check_answer_tokens(tokenizer, verbalizer: dict[str, str], prefix: str = "") -> None:
@@ -208,8 +239,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         check_answer_tokens(getattr(self.processing_class, "tokenizer", self.processing_class), self.verbalizer, prefix)
+        loaded = named_splits(train_dataset, eval_dataset)
         for name, prepared in named_splits(self.train_dataset, self.eval_dataset).items():
-            self._check_prompt_tokens(prepared, "training split" if name == "train" else f"evaluation split {name!r}")
+            self._check_prompt_tokens(prepared, "training split" if name == "train" else f"evaluation split {name!r}", loaded.get(name))
         self.answer_prefix = prefix
         self.class_of_label = {label: index for index, label in enumerate(self.verbalizer)}
         self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
@@ -332,18 +364,21 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             "assistant_only_loss=True)" + (", or raise max_length." if cut else ".")
         )
 
-    def _check_prompt_tokens(self, prepared, split: str) -> None:
+    def _check_prompt_tokens(self, prepared, split: str, loaded=None) -> None:
         """Before training: rows of a prepared map-style split (TRL has tokenized, truncated and labelled them) whose
         first token is supervised (an empty prompt; keep_end cutting the prompt off) fail now, by row, rather than at
-        the batch that draws them."""
+        the batch that draws them. Rows are numbered as in ``loaded`` (the split as given) where they can be
+        matched to it, else as TRL prepared it (it drops the rows that truncation leaves without a completion)."""
         if not isinstance(prepared, Dataset) or "labels" not in prepared.column_names:
             return
         bad = [row for row, labels in enumerate(prepared["labels"]) if labels and labels[0] != -100]
         if bad:
             first = prepared[bad[0]].get("prompt")
-            example = f"; row {bad[0]}'s prompt: {str(first)[:80]!r}" if first is not None else ""
-            # numbered as TRL prepared the split: it drops rows that truncation leaves without a completion token
-            raise self._no_prompt_tokens(f"{len(bad)} rows of the {split} as TRL prepared it ({describe_rows(bad)}{example})")
+            numbers = loaded_row_numbers(prepared, loaded)
+            where = f"{len(bad)} rows of the {split}" if numbers else f"{len(bad)} rows of the {split} as TRL prepared it"
+            rows = [numbers[row] for row in bad] if numbers else bad
+            example = f"; row {rows[0]}'s prompt: {str(first)[:80]!r}" if first is not None else ""
+            raise self._no_prompt_tokens(f"{where} ({describe_rows(rows)}{example})")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"

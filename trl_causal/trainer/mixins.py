@@ -221,7 +221,11 @@ class HeadsMixin:
         if not os.path.isfile(path):
             if self.is_deepspeed_enabled:
                 return  # saved without gathered weights: DeepSpeed's engine restored the heads with the model
-            raise FileNotFoundError(f"{checkpoint_dir} holds no {HEADS_FILE}: it was not saved by this trainer.")
+            raise ConfigError(
+                f"{checkpoint_dir} holds no {HEADS_FILE}, which this trainer saves with every checkpoint: the checkpoint "
+                "is incomplete (a file removed, or a save that did not finish). Resume from another checkpoint-N, or "
+                "train without resume_from_checkpoint."
+            )
         try:
             heads.load_state_dict(load_file(path, device=str(next(heads.parameters()).device)))
         except RuntimeError as error:  # e.g. a size the config now sets otherwise (d_phi, n_causal, ...)
