@@ -158,9 +158,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
-def interrupt_after_first_step(*args: str) -> tuple[int, str]:
+def interrupt_after_first_step(*args: str, terminate: str | None = None) -> tuple[int, str]:
     """Run ``trl-causal`` as a user would, press Ctrl-C once a training step is logged (SIGINT to the whole process
-    group, as a terminal does), and return its exit code and output (stdout and stderr)."""
+    group, as a terminal does), and return its exit code and output (stdout and stderr). ``terminate``: send SIGTERM
+    instead, to the "group" (as a scheduler stops a job) or to the "command" alone (`kill PID`)."""
     import signal
 
     process = subprocess.Popen(
@@ -172,6 +173,14 @@ def interrupt_after_first_step(*args: str) -> tuple[int, str]:
         seen.append(line)
         if "'loss'" in line:
             break
-    os.killpg(process.pid, signal.SIGINT)
-    output = "".join(seen) + process.stdout.read()
-    return process.wait(timeout=120), output
+    if terminate == "command":
+        os.kill(process.pid, signal.SIGTERM)
+    else:
+        os.killpg(process.pid, signal.SIGTERM if terminate == "group" else signal.SIGINT)
+    try:
+        rest, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # still training (e.g. a training process the signal never reached): stop it all
+        os.killpg(process.pid, signal.SIGKILL)
+        rest, _ = process.communicate()
+        rest += "\n[still running 120 s after the signal: killed]"
+    return process.returncode, "".join(seen) + rest

@@ -314,6 +314,17 @@ def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path,
     assert json.loads((out / SUMMARY_FILE).read_text())["steps"] == step + 2
 
 
+@pytest.mark.parametrize("terminate", ["command", "group"])
+def test_sigterm_saves_the_completed_steps_as_ctrl_c_does(tmp_path, tiny_model, terminate):
+    """A scheduler stops a job with SIGTERM to its processes; `kill PID` sends it to the command alone."""
+    data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, tmp_path / "out", max_steps=100_000)})
+    code, output = interrupt_after_first_step("train", "--config", str(config), terminate=terminate)
+    assert code == 130 and "Traceback" not in output, output[-3000:]
+    saved = re.search(r"interrupted after step (\d+); saved (\S+checkpoint-\d+)\. Continue with", output)
+    assert saved and (Path(saved[2]) / "trainer_state.json").is_file(), output[-3000:]
+
+
 def test_an_output_dir_that_cannot_be_written_fails_before_launch(tmp_path, tiny_model, capsys):
     from trl_causal import cli
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -69,11 +70,13 @@ def _command_shift_data(args: argparse.Namespace) -> int:
 def _run_training_process(launch_args: argparse.Namespace) -> None:
     """accelerate's one-process launcher (``simple_launcher``), except on Ctrl-C: the training process gets it too
     and saves a checkpoint, so wait for it before passing the KeyboardInterrupt on. accelerate >= 1.16 terminates it
-    instead (after 5 s, kills it), which lost the checkpoint and the message saying where it is."""
+    instead (after 5 s, kills it), which lost the checkpoint and the message saying where it is. A SIGTERM sent to
+    this process alone (`kill PID`) is passed on to the training process, which saves as on Ctrl-C."""
     from accelerate.commands.launch import prepare_simple_launcher_cmd_env
 
     command, env = prepare_simple_launcher_cmd_env(launch_args)
     process = subprocess.Popen(command, env=env)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
     try:
         process.wait()
     except KeyboardInterrupt:
@@ -81,6 +84,8 @@ def _run_training_process(launch_args: argparse.Namespace) -> None:
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C reaches the training process as well
                 process.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command)
 

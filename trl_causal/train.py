@@ -6,9 +6,12 @@ Accelerate keys in the YAML are ignored here (the launcher consumed them).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import signal
 import sys
+import threading
 import time
 
 from .configuration import RunConfig, method_settings, parse_run_config
@@ -207,27 +210,57 @@ class TrainingInterrupted(TrlCausalError):
     """Training was stopped by Ctrl-C; the message says what was saved."""
 
 
-def train_or_save_on_interrupt(trainer, resume_from: str | None):
-    """``trainer.train()``. Ctrl-C in a one-process run first saves the completed steps as ``checkpoint-N`` in
-    ``output_dir`` (model, optimizer, scheduler, RNG and trainer state), so ``resume_from_checkpoint: true`` goes on
-    from there. A multi-process run keeps what ``save_steps`` saved (saving would need every process)."""
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """While inside, the first SIGTERM (what a scheduler sends before it stops a job, or `kill PID`) raises
+    KeyboardInterrupt as Ctrl-C does, so that training saves what it has done; later ones (the launcher passes it on
+    too) are ignored, so they cannot cut that save short."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
+        yield
+        return
+    received = []
+
+    def interrupt(signum, frame):
+        if not received:
+            received.append(signum)
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        return trainer.train(resume_from_checkpoint=resume_from)
-    except KeyboardInterrupt:
-        step, output_dir = trainer.state.global_step, trainer.args.output_dir
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or step == 0:
-            _, complete = checkpoints_in(output_dir)
-            last = (
-                f"the last checkpoint is {complete[0]} (`--resume_from_checkpoint true` goes on from there)"
-                if complete else f"no checkpoint was saved in {output_dir}"
-            )
-            raise TrainingInterrupted(f"interrupted at step {step}; nothing was saved since: {last}.") from None
-        trainer._save_checkpoint(trainer.model, trial=None)
-        trainer.control = trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)  # as a save_steps save
-        raise TrainingInterrupted(
-            f"interrupted after step {step}; saved {os.path.join(output_dir, f'checkpoint-{step}')}. Continue with "
-            "`--resume_from_checkpoint true`."
-        ) from None
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train_or_save_on_interrupt(trainer, resume_from: str | None):
+    """``trainer.train()``. Ctrl-C (or SIGTERM) in a one-process run first saves the completed steps as
+    ``checkpoint-N`` in ``output_dir`` (model, optimizer, scheduler, RNG and trainer state), so
+    ``resume_from_checkpoint: true`` goes on from there. A multi-process run keeps what ``save_steps`` saved (saving
+    would need every process)."""
+    with sigterm_as_ctrl_c():
+        try:
+            return trainer.train(resume_from_checkpoint=resume_from)
+        except KeyboardInterrupt:
+            save_on_interrupt(trainer)
+
+
+def save_on_interrupt(trainer) -> None:
+    """After Ctrl-C: save the completed steps of a one-process run as ``checkpoint-N``, then raise
+    ``TrainingInterrupted`` saying what was saved."""
+    step, output_dir = trainer.state.global_step, trainer.args.output_dir
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or step == 0:
+        _, complete = checkpoints_in(output_dir)
+        last = (
+            f"the last checkpoint is {complete[0]} (`--resume_from_checkpoint true` goes on from there)"
+            if complete else f"no checkpoint was saved in {output_dir}"
+        )
+        raise TrainingInterrupted(f"interrupted at step {step}; nothing was saved since: {last}.") from None
+    trainer._save_checkpoint(trainer.model, trial=None)
+    trainer.control = trainer.callback_handler.on_save(trainer.args, trainer.state, trainer.control)  # as a save_steps save
+    raise TrainingInterrupted(
+        f"interrupted after step {step}; saved {os.path.join(output_dir, f'checkpoint-{step}')}. Continue with "
+        "`--resume_from_checkpoint true`."
+    ) from None
 
 
 TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last into a checkpoint: present = complete
