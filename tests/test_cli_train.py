@@ -314,6 +314,26 @@ def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path,
     assert json.loads((out / SUMMARY_FILE).read_text())["steps"] == step + 2
 
 
+def test_sigterm_interrupts_once_and_then_waits_for_the_save():
+    import signal
+    import threading
+
+    from trl_causal.train import sigterm_as_ctrl_c
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set in the main thread")
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_ctrl_c() as interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's copy, during the save: ignored
+        assert interrupted == [signal.SIGTERM]
+    with sigterm_as_ctrl_c() as interrupted:
+        interrupted.append("saving")  # after Ctrl-C, the caller's mark: a SIGTERM waits for the save too
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 @pytest.mark.parametrize("terminate", ["command", "group"])
 def test_sigterm_saves_the_completed_steps_as_ctrl_c_does(tmp_path, tiny_model, terminate):
     """A scheduler stops a job with SIGTERM to its processes; `kill PID` sends it to the command alone."""

@@ -213,12 +213,13 @@ class TrainingInterrupted(TrlCausalError):
 @contextlib.contextmanager
 def sigterm_as_ctrl_c():
     """While inside, the first SIGTERM (what a scheduler sends before it stops a job, or `kill PID`) raises
-    KeyboardInterrupt as Ctrl-C does, so that training saves what it has done; later ones (the launcher passes it on
-    too) are ignored, so they cannot cut that save short."""
+    KeyboardInterrupt as Ctrl-C does, so that training saves what it has done. Yields a list: once anything is in it
+    (the first SIGTERM, or the caller's mark after Ctrl-C), SIGTERMs are ignored, so that one a launcher passes on
+    cannot cut the save short."""
+    received: list = []
     if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
-        yield
+        yield received
         return
-    received = []
 
     def interrupt(signum, frame):
         if not received:
@@ -227,7 +228,7 @@ def sigterm_as_ctrl_c():
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -237,10 +238,11 @@ def train_or_save_on_interrupt(trainer, resume_from: str | None):
     ``checkpoint-N`` in ``output_dir`` (model, optimizer, scheduler, RNG and trainer state), so
     ``resume_from_checkpoint: true`` goes on from there. A multi-process run keeps what ``save_steps`` saved (saving
     would need every process)."""
-    with sigterm_as_ctrl_c():
+    with sigterm_as_ctrl_c() as interrupted:
         try:
             return trainer.train(resume_from_checkpoint=resume_from)
         except KeyboardInterrupt:
+            interrupted.append("saving")  # a SIGTERM from now on (e.g. torchrun's after Ctrl-C) waits for the save
             save_on_interrupt(trainer)
 
 
