@@ -568,9 +568,9 @@ def test_eval_settings_are_checked_and_those_the_heads_fix_are_refused(trained_c
         assert f"{fixed.partition('=')[0]} is fixed by what the checkpoint saved" in capsys.readouterr().err
     assert cli.main(argv + ["--setting", "latent_shift_seed_value=3"]) == 2  # a property, not a field
     assert "give KEY=VALUE with KEY a field of LatentShiftConfig" in capsys.readouterr().err
-    for wrong in ("phi_samples=abc", "phi_samples=true"):  # a word or a bool for a number: named before any check
+    for wrong, shown in (("phi_samples=abc", "'abc' (str)"), ("phi_samples=true", "True (bool)")):  # checked as the YAML's values are
         assert cli.main(argv + ["--setting", wrong]) == 2
-        assert f"--setting '{wrong}': phi_samples takes a whole number (the config's value is " in capsys.readouterr().err
+        assert f"Key 'phi_samples' in --setting '{wrong}' expects int, got {shown}." in capsys.readouterr().err
     assert cli.main(argv + ["--setting", "phi_samples=0"]) == 2  # the config's own check, the error first
     assert "error: phi_samples=0 must be at least 1 (prediction uses the settings the checkpoint recorded and --setting phi_samples=0)." in capsys.readouterr().err
     assert cli.main(argv + ["--compare", str(tmp_path / "nowhere")]) == 2

@@ -224,9 +224,11 @@ def _json_value(value):
 def _eval_settings(pairs: list[str] | None, runs: dict) -> dict:
     """``--setting KEY=VALUE`` of eval, per checkpoint of ``runs`` {checkpoint: its trainer's run config}: each
     checkpoint takes the settings its config has (a value that reads as JSON is taken as JSON: 40, true, {...}).
-    A key no checkpoint's config has is an error, checked before any model loads."""
+    A key no checkpoint's config has, or a value its field does not take, is an error, checked before any model loads."""
     import dataclasses
     import json
+
+    from .configuration import checked_values, config_field_types
 
     settings: dict = {checkpoint: {} for checkpoint in runs}
     for pair in pairs or []:
@@ -244,23 +246,11 @@ def _eval_settings(pairs: list[str] | None, runs: dict) -> dict:
             parsed = value
         for checkpoint in takers:
             _check_eval_setting(pair, key, runs[checkpoint])
-            _check_setting_type(pair, key, parsed, getattr(runs[checkpoint].training_args, key))
-            settings[checkpoint][key] = parsed
+            field_types = config_field_types((type(runs[checkpoint].training_args),))
+            settings[checkpoint][key] = checked_values({key: parsed}, field_types, f"--setting {pair!r}")[key]
         for checkpoint in runs.keys() - set(takers):
             print(f"trl-causal: note: --setting {pair} does not apply to {checkpoint} (trainer {runs[checkpoint].trainer.name!r}).", file=sys.stderr)
     return settings
-
-
-def _check_setting_type(pair: str, key: str, value, current) -> None:
-    """A ``--setting`` value of another kind than the config's value (a word for a number, ...) fails naming both."""
-    if current is None or value is None:
-        return
-    kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "a text", list: "a JSON list", dict: "a JSON object"}
-    kind = type(current)
-    takes = {float: (int, float)}.get(kind, (kind,))
-    if kind not in kinds or (isinstance(value, takes) and (kind is bool or not isinstance(value, bool))):
-        return
-    raise TrlCausalError(f"--setting {pair!r}: {key} takes {kinds[kind]} (the config's value is {current!r}), not {value!r}.")
 
 
 def _check_eval_setting(pair: str, key: str, run) -> None:
@@ -354,8 +344,8 @@ def _command_eval(args: argparse.Namespace) -> int:
             "the answers with --answers."
         )
     check_gold_in_answers(gold, answers, column)
-    given = {value for values in gold.values() for value in values}
-    recased = sorted({f"{answer!r} (gold: {value!r})" for value in given for answer in answers if answer != value and answer.lower() == value.lower()})
+    gold_texts = {value for values in gold.values() for value in values}
+    recased = sorted({f"{answer!r} (gold: {value!r})" for value in gold_texts for answer in answers if answer != value and answer.lower() == value.lower()})
     if recased and args.mode == "score":  # right for CLadder (answer "yes", trained on "Yes"), wrong if trained on "yes"
         print(
             f"trl-causal: note: the model is scored on the answer texts as given, {', '.join(recased)}; gold answers "

@@ -92,7 +92,8 @@ def dataclass_types(spec: TrainerSpec) -> tuple[type, ...]:
     return (ScriptArguments, spec.config_class, ModelConfig, DatasetMixtureConfig)
 
 
-def _field_types(classes: tuple[type, ...]) -> dict[str, Any]:
+def config_field_types(classes: tuple[type, ...]) -> dict[str, Any]:
+    """{field name: its type annotation} over the init fields of ``classes`` (the first class to name a field wins)."""
     types_by_name: dict[str, Any] = {}
     for cls in classes:
         hints = typing.get_type_hints(cls)
@@ -232,6 +233,14 @@ def _numbers_as_their_type(values: dict[str, Any], field_types: dict[str, Any]) 
             continue
         converted[key] = int(number) if kind is int and number.is_integer() else number if kind is float else value
     return converted
+
+
+def checked_values(values: dict[str, Any], field_types: dict[str, Any], source: str) -> dict[str, Any]:
+    """YAML-style ``values`` as their fields take them: a number where a list goes as a list of one, each checked
+    against its field's type (a ConfigError names the key, the value and ``source``), numbers as the field's type."""
+    values = _numbers_as_lists(values, field_types)
+    _check_value_types({k: v for k, v in values.items() if k in field_types}, field_types, source)
+    return _numbers_as_their_type(values, field_types)
 
 
 def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], source: str) -> None:
@@ -403,7 +412,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     spec = get_plugin_manager().get_trainer(trainer_name)
 
     classes = dataclass_types(spec)
-    field_types = _field_types(classes)
+    field_types = config_field_types(classes)
     launch_keys = accelerate_launch_keys() - set(field_types)
     known = set(field_types) | launch_keys | {TRAINER_KEY, ENV_KEY}
 
@@ -415,9 +424,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
         negated = key.removeprefix("no_")  # `--no_KEY` sets a boolean field that defaults to true to false, as in --help
         if key not in known and key != "help" and not (negated != key and field_types.get(negated) is bool):
             raise _unknown_key_error(key, "the command line", spec, known)
-    yaml_values = _numbers_as_lists(yaml_values, field_types)
-    _check_value_types({k: v for k, v in yaml_values.items() if k in field_types}, field_types, source)
-    yaml_values = _numbers_as_their_type(yaml_values, field_types)
+    yaml_values = checked_values(yaml_values, field_types, source)
 
     # the command line overrides the YAML's launch settings key by key (`--multi_gpu false` undoes `multi_gpu: true`)
     launch_values = {key: value for key, value in yaml_values.items() if key in launch_keys}
