@@ -117,10 +117,10 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
 
     if Path(output).is_dir():
         raise ConfigError(f"--output {output} is a directory; dpo-pairs writes one JSON lines file: name the file, e.g. {Path(output) / 'pairs.jsonl'}.")
-    trainer = read_yaml(config_path).get("trainer", "deconfounded_reward")
     try:
         run = parse_run_config(["--trainer", "deconfounded_reward", *overrides], config_path)
     except TrlCausalError as error:
+        trainer = read_yaml(config_path).get("trainer", "deconfounded_reward")
         if trainer in ("deconfounded_reward", "reward"):  # `trainer: reward` on a deconfounded_reward file: its baseline
             raise
         raise type(error)(
