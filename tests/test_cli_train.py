@@ -181,6 +181,14 @@ def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_
     # a finished run resumed with the same max_steps: transformers would train an 11th step
     with pytest.raises(TrlCausalError, match=r"is at step 10 and max_steps is 10: nothing is left to train.*Raise max_steps"):
         check_resumed_run(str(tmp_path), "capt", {}, max_steps=10)
+    # an epoch-based run that finished (as transformers records it): resumed with the same epochs, no step is left
+    (tmp_path / "trainer_state.json").write_text(json_module.dumps({"global_step": 10, "max_steps": 10, "epoch": 2.0}))
+    with pytest.raises(TrlCausalError, match=r"finished its run \(step 10 of 10, epoch 2\) and num_train_epochs is 2.*Raise num_train_epochs"):
+        check_resumed_run(str(tmp_path), "capt", {}, num_train_epochs=2)
+    check_resumed_run(str(tmp_path), "capt", {}, num_train_epochs=3)
+    check_resumed_run(str(tmp_path), "capt", {}, max_steps=12, num_train_epochs=2)
+    (tmp_path / "trainer_state.json").write_text(json_module.dumps({"global_step": 5, "max_steps": 10, "epoch": 1.0}))
+    check_resumed_run(str(tmp_path), "capt", {}, num_train_epochs=2)  # stopped halfway: goes on
 
 
 def test_installed_third_party_plugin_trains_by_name_and_a_broken_one_is_reported_once(tmp_path, tiny_model):

@@ -128,15 +128,26 @@ def check_output_dir_holds_no_other_run(output_dir: str, trainer_name: str) -> N
         )
 
 
-def check_resumed_run(checkpoint: str, trainer_name: str, settings: dict, max_steps: int = -1) -> None:
-    """Before any model loads: a checkpoint another trainer saved, or one already at ``max_steps``, is an error;
-    recorded method settings that this run sets otherwise are named in a note (the heads' sizes must match;
-    weights, draws and rates may change)."""
-    step = (read_checkpoint_file(checkpoint, TRAINER_STATE_FILE) or {}).get("global_step", 0)
+def check_resumed_run(
+    checkpoint: str, trainer_name: str, settings: dict, max_steps: int = -1, num_train_epochs: float = 3.0
+) -> None:
+    """Before any model loads: a checkpoint another trainer saved, or one that already finished what this run asks
+    for (``max_steps``; without max_steps, the last step of ``num_train_epochs`` epochs), is an error; recorded
+    method settings that this run sets otherwise are named in a note (the heads' sizes must match; weights, draws
+    and rates may change)."""
+    state = read_checkpoint_file(checkpoint, TRAINER_STATE_FILE) or {}
+    step = state.get("global_step", 0)
     if 0 < max_steps <= step:
         raise TrlCausalError(
             f"{checkpoint} is at step {step} and max_steps is {max_steps}: nothing is left to train (transformers "
             "would still train one more step). Raise max_steps to go on training."
+        )
+    finished = 0 < state.get("max_steps", 0) <= step and state.get("epoch", 0) >= num_train_epochs
+    if max_steps <= 0 and finished:
+        raise TrlCausalError(
+            f"{checkpoint} finished its run (step {step} of {state['max_steps']}, epoch {state['epoch']:g}) and "
+            f"num_train_epochs is {num_train_epochs:g}: nothing is left to train (transformers would train no step "
+            "and save the same weights again). Raise num_train_epochs (or set max_steps) to go on training."
         )
     record = read_run_record(checkpoint)
     if record.get("trainer", trainer_name) != trainer_name:
@@ -367,7 +378,9 @@ def main(run: RunConfig) -> dict:
     check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
     settings = method_settings(training_args)
     if resume_from is not None:
-        check_resumed_run(resume_from, run.trainer.name, settings, training_args.max_steps)
+        check_resumed_run(
+            resume_from, run.trainer.name, settings, training_args.max_steps, training_args.num_train_epochs
+        )
     else:
         check_output_dir_holds_no_other_run(training_args.output_dir, run.trainer.name)
     try:
