@@ -103,6 +103,29 @@ def test_whole_numbers_written_as_floats_or_exponents_are_read_as_ints(config_fo
         parse_run_config([], str(config_for(max_steps=2.5)))
 
 
+def test_trls_gradient_checkpointing_default_warns_only_when_the_config_sets_it(config_for):
+    import warnings
+
+    import yaml
+
+    from trl_causal.configuration import parse_run_config
+
+    def deprecation_warnings(argv, config):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parse_run_config(argv, str(config))
+        return [w for w in caught if "gradient_checkpointing" in str(w.message)]
+
+    config = config_for()
+    unset = yaml.safe_load(config.read_text())
+    del unset["gradient_checkpointing"]
+    config.write_text(yaml.safe_dump(unset))
+    assert deprecation_warnings([], config) == []  # TRL's default, not the user's key
+    assert deprecation_warnings(["--trainer", "capt"], config) == []
+    assert deprecation_warnings(["--no_gradient_checkpointing"], config)  # what the user wrote is deprecated
+    assert deprecation_warnings([], config_for(gradient_checkpointing=False))
+
+
 def test_a_model_that_is_nowhere_fails_before_launch_with_a_suggestion(capsys, config_for, tmp_path):
     fails_with(capsys, ["train", "--config", str(config_for(model_name_or_path="smollm2-135m"))], "'smollm2-135m' is neither a local directory", "Did you mean 'smollm2-135m-instruct'?")
     fails_with(capsys, ["train", "--config", str(config_for())], "no-model-here' is neither a local directory")

@@ -23,6 +23,7 @@ import os
 import sys
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -464,7 +465,12 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     parser.error = one_line_error
     parser.set_defaults_with_config(**{**{k: v for k, v in yaml_values.items() if k in field_types}, **preset})
     try:
-        script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=parsed_argv)
+        with warnings.catch_warnings():
+            if not any("gradient_checkpointing" in key for key in [*yaml_values, *last]):
+                # TRL's configs default gradient_checkpointing to True, which transformers 5 reports as a deprecated
+                # name on every run: say nothing about a key the user did not write
+                warnings.filterwarnings("ignore", message="`gradient_checkpointing", category=FutureWarning)
+            script_args, training_args, model_args, dataset_args = parser.parse_args_into_dataclasses(args=parsed_argv)
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:  # a config's __post_init__ on a combination of values; a `datasets:` entry's unknown key
