@@ -305,6 +305,17 @@ def test_every_trainer_prints_its_help(spec, capsys):
         assert "--output_dir" in capsys.readouterr().out
 
 
+def test_ctrl_c_before_the_training_process_starts_is_one_line_and_exit_code_130(tmp_path, monkeypatch, capsys):
+    from trl_causal import cli, configuration
+
+    def pressed_ctrl_c(*args, **kwargs):  # Ctrl-C while the launcher still imports and reads the config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(configuration, "parse_run_config", pressed_ctrl_c)
+    assert cli.main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 130
+    assert capsys.readouterr().err.strip() == "trl-causal: interrupted before training started; nothing was saved."
+
+
 def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path, tiny_model):
     data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
     out = tmp_path / "out"

@@ -571,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrlCausalError as error:
         print(f"trl-causal: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # train: before the training process started (importing, reading data); or another command
+        before = " before training started; nothing was saved" if args.command == "train" else ""
+        print(f"\ntrl-causal: interrupted{before}.", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
