@@ -157,3 +157,12 @@ def test_plugin_registering_a_non_trainer_class(capsys, config_for, tmp_path, mo
     monkeypatch.syspath_prepend(str(pip_install_target(source, tmp_path / "site")))
     importlib.invalidate_caches()
     fails_with(capsys, ["train", "--config", str(config_for(trainer="odd"))], "odd-plugin", "not a subclass of transformers.Trainer")
+
+
+def test_messages_name_one_row_or_many_in_the_right_number():
+    from trl_causal.errors import count_rows, describe_rows
+
+    assert describe_rows([3]) == "row 3"
+    assert describe_rows([3, 8]) == "rows [3, 8]"
+    assert describe_rows(range(12)) == "rows [0, 1, 2, 3, 4] and 7 more"
+    assert (count_rows(1), count_rows(8)) == ("1 row", "8 rows")

@@ -36,13 +36,13 @@ def test_timestamp_feature_subset():
 
 
 def test_non_numeric_value_in_numeric_column_names_column_and_rows():
-    with pytest.raises(DataError, match=r"'price' has non-numeric values at rows \[2\] \(e.g. 'cheap'\)"):
+    with pytest.raises(DataError, match=r"'price' has non-numeric values at row 2 \(e.g. 'cheap'\)"):
         build_confounder_matrix({"price": [1, 2, "cheap", 4]}, numeric=["price"])
 
 
 def test_missing_values_are_counted_per_column():
     columns = {"price": [1.0, float("nan"), 3.0, float("inf"), 5.0], "channel": ["a", "b", None, "a", "b"]}
-    message = r"3 of 5 rows .*'price': 2 \(rows \[1, 3\]\); 'channel': 1 \(rows \[2\]\).*drop_invalid"
+    message = r"3 of 5 rows .*'price': 2 \(rows \[1, 3\]\); 'channel': 1 \(row 2\).*drop_invalid"
     with pytest.raises(DataError, match=message):
         build_confounder_matrix(columns, numeric=["price"], categorical=["channel"])
     columns["channel"][0] = " "  # a blank cell is missing too, not a level of its own
@@ -54,7 +54,7 @@ def test_a_pandas_nat_timestamp_is_missing():
     import pandas as pd
 
     columns = {"posted": [pd.Timestamp("2026-01-05"), pd.NaT, pd.Timestamp("2026-02-03"), pd.Timestamp("2026-03-02")]}
-    with pytest.raises(DataError, match=r"1 of 4 rows .*'posted': 1 \(rows \[1\]\)"):
+    with pytest.raises(DataError, match=r"1 of 4 rows .*'posted': 1 \(row 1\)"):
         build_confounder_matrix(columns, timestamps=["posted"])
     _, names, kept, dropped = build_confounder_matrix(columns, timestamps=["posted"], drop_invalid=True)
     assert kept.tolist() == [True, False, True, True] and dropped == 1 and "posted_trend_days" in names
@@ -100,7 +100,7 @@ def test_bad_column_choices(kinds, message):
 
 
 def test_unparsable_timestamp_names_column_and_row():
-    with pytest.raises(DataError, match=r"'t' has values that are not timestamps at rows \[1\] \(e.g. 'yesterday'\)"):
+    with pytest.raises(DataError, match=r"'t' has values that are not timestamps at row 1 \(e.g. 'yesterday'\)"):
         build_confounder_matrix({"t": ["2024-01-01", "yesterday"]}, timestamps=["t"])
 
 

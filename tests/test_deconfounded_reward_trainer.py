@@ -412,7 +412,7 @@ def test_missing_outcome_column_fails_before_launch(tmp_path, tiny_model, capsys
 def test_non_numeric_outcome(tmp_path, tiny_model, capsys):
     rows = [dict(row, outcome="high" if row["outcome"] > 0 else "low") for row in observational_rows()]
     train_fails_with(
-        capsys, cli_config(tmp_path, tiny_model, rows), "outcome column 'outcome'", "must be numeric; rows [0, 1, 2, 3, 4] and 115 more hold non-numbers (e.g. row 0:"
+        capsys, cli_config(tmp_path, tiny_model, rows), "outcome column 'outcome'", "must be numeric; it has non-numbers at rows [0, 1, 2, 3, 4] and 115 more (e.g. row 0:"
     )
 
 
@@ -427,7 +427,7 @@ def test_missing_values_through_trl_causal_train_are_counted_in_one_line(tmp_pat
     for fragment in (
         "3 of 120 rows",
         "'outcome': 2 (rows [3, 8])",
-        "'confounder': 1 (rows [11])",
+        "'confounder': 1 (row 11)",
         "drop_invalid: true",
     ):
         assert fragment in error[0]
@@ -436,7 +436,7 @@ def test_missing_values_through_trl_causal_train_are_counted_in_one_line(tmp_pat
 def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model, tmp_path):
     rows = observational_rows()
     rows[2]["outcome"], rows[5]["confounder"], rows[9]["group"] = float("inf"), float("nan"), None
-    with pytest.raises(DataError, match=r"3 of 120 rows .*'group': 1 \(rows \[9\]\)"):
+    with pytest.raises(DataError, match=r"3 of 120 rows .*'group': 1 \(row 9\)"):
         build_trainer(tiny_model, tmp_path, rows)  # a missing group id is not a group of its own
     trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
     assert trainer.report["rows"] == {"used": 117, "dropped_invalid": 3, "dropped_longer_than_max_length": 0, "trained": 117}
@@ -462,7 +462,7 @@ def test_drop_invalid_drops_nan_and_inf_written_as_strings_in_a_numeric_confound
     trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
     assert trainer.report["rows"]["dropped_invalid"] == 2
     rows[4]["confounder"] = "cheap"
-    with pytest.raises(DataError, match=r"numeric confounder column 'confounder' of the train split must be numeric; rows \[4\]"):
+    with pytest.raises(DataError, match=r"numeric confounder column 'confounder' of the train split must be numeric; it has non-numbers at row 4\b"):
         build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
 
 

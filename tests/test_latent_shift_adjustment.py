@@ -57,7 +57,7 @@ def test_masked_mean_pool_accepts_int_masks_and_rejects_empty_rows_and_bad_shape
     hidden = torch.randn(2, 4, 3)
     int_mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
     torch.testing.assert_close(masked_mean_pool(hidden, int_mask), masked_mean_pool(hidden, int_mask.bool()))
-    with pytest.raises(DataError, match=r"rows \[1\].*at least one"):
+    with pytest.raises(DataError, match=r"No masked tokens to pool in row 1 of the batch.*at least one"):
         masked_mean_pool(hidden, torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]]))
     with pytest.raises(DataError, match="one mask entry per token"):
         masked_mean_pool(hidden, torch.ones(2, 5))

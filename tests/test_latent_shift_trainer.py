@@ -174,7 +174,7 @@ def test_evaluate_takes_raw_rows_and_reads_their_labels_from_the_completions(tin
     assert math.isfinite(metrics["eval_shift_10_loss"]) and math.isfinite(metrics["eval_shift_90_loss"])
     bad = shift_rows(4, seed=1)
     bad[2]["completion"] = " neutral"
-    with pytest.raises(DataError, match=r"1 rows of the evaluation 'eval' split \(rows \[2\]\) have a label that is not in the verbalizer.*row 2 has 'neutral'"):
+    with pytest.raises(DataError, match=r"The evaluation 'eval' split has labels that are not in the verbalizer .* in 1 row \(row 2\); row 2 has 'neutral'"):
         trainer.evaluate(Dataset.from_list(bad))
 
 
@@ -252,7 +252,7 @@ def test_label_outside_the_verbalizer_names_the_row(tiny_model, tmp_path, label_
         rows[row].update(label="neutral", completion=" neutral")
     verbalizer = {"pos": "positive", "neg": "negative"} if label_column is None else {"positive": "positive", "negative": "negative"}
     labels = ", ".join(map(repr, verbalizer))
-    with pytest.raises(DataError, match=rf"2 rows of the training split \(rows \[3, 7\]\) have a label that is not in the verbalizer \(labels: {labels}\); row 3 has 'neutral' \({source}\)"):
+    with pytest.raises(DataError, match=rf"The training split has labels that are not in the verbalizer \(labels: {labels}\) in 2 rows \(rows \[3, 7\]\); row 3 has 'neutral' \({source}\)"):
         make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=verbalizer, label_column=label_column)
 
 
@@ -292,11 +292,11 @@ def test_a_boolean_label_column_takes_a_yaml_boolean_verbalizer_and_says_how_lab
 def test_a_completion_that_is_not_its_labels_verbalizer_answer_names_the_row(tiny_model, tmp_path):
     rows = shift_rows()
     rows[5]["completion"] = " positive" if rows[5]["label"] == "negative" else " negative"
-    with pytest.raises(DataError, match=rf"1 rows of the training split \(rows \[5\]\) have a completion that is not their label's verbalizer answer: row 5 has label '{rows[5]['label']}' \(column 'label'\)"):
+    with pytest.raises(DataError, match=rf"In 1 row of the training split \(row 5\) the completion is not the label's verbalizer answer: row 5 has label '{rows[5]['label']}' \(column 'label'\)"):
         make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=dict(zip(ANSWERS, ANSWERS)))
     messages = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
                  "label": r["label"]} for r in rows]
-    with pytest.raises(DataError, match=rf"\(rows \[5\]\) have a last message that is not their label's verbalizer answer: row 5 has label '{rows[5]['label']}'"):
+    with pytest.raises(DataError, match=rf"\(row 5\) the last message is not the label's verbalizer answer: row 5 has label '{rows[5]['label']}'"):
         make_trainer(tmp_path / "no-model", tmp_path, rows=messages, verbalizer=dict(zip(ANSWERS, ANSWERS)), assistant_only_loss=True)
 
 
@@ -432,18 +432,18 @@ def test_a_checkpoint_predicts_raw_prompts_with_the_options_it_was_trained_with(
 
 
 def test_rows_without_prompt_tokens_fail_before_training_naming_the_rows(tiny_model, tmp_path):
-    with pytest.raises(DataError, match=r"8 rows of the training split \(rows \[0, 1, 2, 3, 4\] and 3 more.*\) have no prompt tokens.*max_length=3 with truncation_mode keep_end cut their prompt off.*raise max_length"):
+    with pytest.raises(DataError, match=r"No prompt tokens in 8 rows of the training split \(rows \[0, 1, 2, 3, 4\] and 3 more.*\): the first token is already supervised.*max_length=3 with truncation_mode keep_end cut their prompt off.*raise max_length"):
         make_trainer(tiny_model, tmp_path, max_length=3, truncation_mode="keep_end")
     rows = shift_rows()
     rows[5]["prompt"] = ""  # a row whose prompt is empty (TRL then supervises its first token)
-    with pytest.raises(DataError, match=r"1 rows of the training split \(rows \[5\]; row 5's prompt: ''\) have no prompt tokens"):
+    with pytest.raises(DataError, match=r"No prompt tokens in 1 row of the training split \(row 5; row 5's prompt: ''\)"):
         make_trainer(tiny_model, tmp_path, rows)
     rows = shift_rows(12)
     for row in (0, 1):  # prompts so long that max_length leaves no completion token: TRL drops these rows
         rows[row]["prompt"] = "word " * 200 + rows[row]["prompt"]
     for row in (5, 9):
         rows[row]["prompt"] = ""
-    with pytest.raises(DataError, match=r"2 rows of the training split \(rows \[5, 9\]; row 5's prompt: ''\) have no prompt tokens"):
+    with pytest.raises(DataError, match=r"No prompt tokens in 2 rows of the training split \(rows \[5, 9\]; row 5's prompt: ''\)"):
         make_trainer(tiny_model, tmp_path, rows, max_length=64)  # numbered as in the data, not as TRL kept them
 
 

@@ -14,10 +14,17 @@ class DataError(TrlCausalError):
 
 
 def describe_rows(rows, shown: int = 5) -> str:
-    """'rows [3, 8, 11]' or 'rows [3, 8, 11, 14, 20] and 7 more': the row numbers an error or warning names."""
+    """'row 3', 'rows [3, 8, 11]' or 'rows [3, 8, 11, 14, 20] and 7 more': the row numbers an error or warning names."""
     rows = [int(row) for row in rows]
+    if len(rows) == 1:
+        return f"row {rows[0]}"
     more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
     return f"rows {rows[:shown]}{more}"
+
+
+def count_rows(n: int) -> str:
+    """'1 row', '8 rows'."""
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 class RegistryError(TrlCausalError):

@@ -57,7 +57,7 @@ def _raise_on_empty_rows(lengths: Tensor) -> None:
     empty = (lengths == 0).nonzero().flatten().tolist()
     if empty:
         raise DataError(
-            f"{describe_rows(empty)} of the batch have no masked tokens to pool; the mask must select at least one "
+            f"No masked tokens to pool in {describe_rows(empty)} of the batch; the mask must select at least one "
             "prompt token per row (check truncation: max_length may cut the whole prompt)."
         )
 

@@ -107,8 +107,8 @@ def _numeric_column(dataset: datasets.Dataset, column: str, what: str, split: st
     out, bad_rows = parse_numbers(values)
     if bad_rows:
         raise DataError(
-            f"The {what} column {column!r} of the {split} split must be numeric; {describe_rows(bad_rows)} hold "
-            f"non-numbers (e.g. row {bad_rows[0]}: {values[bad_rows[0]]!r})."
+            f"The {what} column {column!r} of the {split} split must be numeric; it has non-numbers at "
+            f"{describe_rows(bad_rows)} (e.g. row {bad_rows[0]}: {values[bad_rows[0]]!r})."
             + (" Convert them, or make it a categorical confounder (`categorical_confounders`)." if what == "numeric confounder" else "")
         )
     return out

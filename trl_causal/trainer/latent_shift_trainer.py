@@ -32,7 +32,7 @@ from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ..data import check_columns, named_splits
-from ..errors import ConfigError, DataError, describe_rows
+from ..errors import ConfigError, DataError, count_rows, describe_rows
 from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_prefix
 from ..paths import read_checkpoint_file, write_checkpoint_file
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
@@ -139,8 +139,8 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
             else ""
         )
         raise DataError(
-            f"{len(unknown)} rows of the {split} split ({describe_rows(unknown)}) have a label that is not in the "
-            f"verbalizer (labels: {', '.join(map(repr, verbalizer))}); row {row} has {label!r} ({source}). Add it to "
+            f"The {split} split has labels that are not in the verbalizer (labels: {', '.join(map(repr, verbalizer))}) "
+            f"in {count_rows(len(unknown))} ({describe_rows(unknown)}); row {row} has {label!r} ({source}). Add it to "
             f"`verbalizer` or fix the rows.{hint}"
         )
     if completions is None:
@@ -150,9 +150,9 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
     if mismatched:
         row, label = mismatched[0], labels[mismatched[0]]
         raise DataError(
-            f"{len(mismatched)} rows of the {split} split ({describe_rows(mismatched)}) have a "
-            f"{'completion' if answer_column == 'completion' else 'last message'} that is not their label's "
-            f"verbalizer answer: row {row} has label {label!r} (column {label_column!r}) and {answered[row]!r}, but the "
+            f"In {count_rows(len(mismatched))} of the {split} split ({describe_rows(mismatched)}) the "
+            f"{'completion' if answer_column == 'completion' else 'last message'} is not the label's verbalizer "
+            f"answer: row {row} has label {label!r} (column {label_column!r}) and {answered[row]!r}, but the "
             f"verbalizer answers {str(label)!r} with {verbalizer[str(label)]!r}. Fix the rows or the verbalizer."
         )
 
@@ -354,12 +354,12 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 return model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
     def _no_prompt_tokens(self, rows: str) -> DataError:
-        """The error for ``rows`` ("Rows [2] of the batch") whose first token is already supervised."""
+        """The error for ``rows`` ("rows [2, 5] of the batch") whose first token is already supervised."""
         cut = f" or max_length={self.args.max_length} with truncation_mode keep_end cut their prompt off" if (
             self.args.max_length is not None and self.args.truncation_mode == "keep_end"
         ) else ""
         return DataError(
-            f"{rows} have no prompt tokens (their first token is already supervised: the rows have no prompt{cut}). "
+            f"No prompt tokens in {rows}: the first token is already supervised (no prompt{cut}). "
             "latent_shift pools over the prompt: use prompt/completion data (or messages with "
             "assistant_only_loss=True)" + (", or raise max_length." if cut else ".")
         )
@@ -375,7 +375,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         if bad:
             first = prepared[bad[0]].get("prompt")
             numbers = loaded_row_numbers(prepared, loaded)
-            where = f"{len(bad)} rows of the {split}" if numbers else f"{len(bad)} rows of the {split} as TRL prepared it"
+            where = f"{count_rows(len(bad))} of the {split}" + ("" if numbers else " as TRL prepared it")
             rows = [numbers[row] for row in bad] if numbers else bad
             example = f"; row {rows[0]}'s prompt: {str(first)[:80]!r}" if first is not None else ""
             raise self._no_prompt_tokens(f"{where} ({describe_rows(rows)}{example})")
@@ -388,7 +388,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         prompt_mask = prompt_token_mask(labels, inputs["attention_mask"])
         no_prompt = (prompt_mask.sum(1) == 0).nonzero().flatten().tolist()
         if no_prompt:  # a streamed split, which is not checked before training
-            raise self._no_prompt_tokens(f"{describe_rows(no_prompt).capitalize()} of the batch")
+            raise self._no_prompt_tokens(f"{describe_rows(no_prompt)} of the batch")
 
         # A batch of one row has no other row to shuffle with: L_SFT alone. In evaluation that is a last batch; in
         # training (where a last batch of one is dropped) the end of a one-process stream, which no sampler can drop
