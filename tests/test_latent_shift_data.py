@@ -36,6 +36,17 @@ def test_splits_hit_their_agreement_levels_with_balanced_labels(splits):
             assert sum(row["spurious"] == value for row in rows) > 0
 
 
+@pytest.mark.parametrize("n", [3, 7, 10, 11])
+def test_small_splits_round_their_agreement_and_ambiguous_counts_over_the_whole_split(n):
+    for agreement in (0.1, 0.3, 0.5, 0.7, 0.9):
+        rows = generate_shift_dataset(n, agreement, "platform", seed=1, ambiguous=0.5)
+        assert sum(row["agrees"] for row in rows) == round(agreement * n), agreement  # per label, 10 rows at 0.5 gave 4
+        assert sum(row["ambiguous"] for row in rows) == round(0.5 * n)
+        for label in ("positive", "negative"):  # spread over the labels: each within one row of its share
+            rows_of_label = [row for row in rows if row["label"] == label]
+            assert abs(sum(row["agrees"] for row in rows_of_label) - agreement * len(rows_of_label)) < 1
+
+
 def test_agreement_is_the_label_link_of_the_spurious_value(splits):
     kind, named = splits
     aligned = {"positive": SPURIOUS_VALUES[kind]["env_a"], "negative": SPURIOUS_VALUES[kind]["env_b"]}

@@ -23,6 +23,7 @@ splits hold the same reviews and differ only in their spurious features.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -210,11 +211,18 @@ def mixed_review_text(rng: random.Random) -> str:
 
 
 def _stratified(rng: random.Random, labels: Sequence[str], fraction: float) -> set[int]:
-    """round(fraction * count) row indices of each label, drawn with ``rng``."""
+    """round(fraction * n) row indices, drawn with ``rng`` within each label: floor(fraction * count) of a label's
+    count rows, and the rows that rounding the whole split leaves go to the labels with the largest remainders (so a
+    split of 10 at 0.5 has 5 such rows, not 2 + 2)."""
+    rows_of = {label: [i for i, row_label in enumerate(labels) if row_label == label] for label in LABELS}
+    wanted = {label: fraction * len(rows) for label, rows in rows_of.items()}
+    counts = {label: math.floor(want) for label, want in wanted.items()}
+    by_remainder = sorted(LABELS, key=lambda label: counts[label] - wanted[label])  # largest remainder first
+    for label in by_remainder[: round(fraction * len(labels)) - sum(counts.values())]:
+        counts[label] += 1
     chosen: set[int] = set()
     for label in LABELS:
-        rows_of_label = [i for i, row_label in enumerate(labels) if row_label == label]
-        chosen.update(rng.sample(rows_of_label, round(fraction * len(rows_of_label))))
+        chosen.update(rng.sample(rows_of[label], counts[label]))
     return chosen
 
 
@@ -238,9 +246,9 @@ def generate_shift_dataset(
 ) -> list[dict[str, Any]]:
     """``n`` rows {text, label, spurious, environment, agrees, ambiguous} with P(spurious agrees with label) = ``agreement``.
 
-    Labels are balanced (an odd n gets one extra positive) and, within each label, exactly
-    round(agreement * count) rows come from the label's aligned environment and round(ambiguous * count)
-    rows have mixed text (``mixed_review_text``). The labels and review texts depend on (n, seed,
+    Labels are balanced (an odd n gets one extra positive); exactly round(agreement * n) rows come from their
+    label's aligned environment and round(ambiguous * n) rows have mixed text (``mixed_review_text``), each
+    spread over the labels as evenly as their counts allow. The labels and review texts depend on (n, seed,
     ambiguous) only, so splits that differ only in ``agreement`` or ``kind`` hold the same reviews with
     different spurious features. Deterministic in ``seed``.
     """
