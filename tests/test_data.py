@@ -35,6 +35,24 @@ def test_a_directory_of_split_files(tmp_path):
     assert len(loaded["train"]) == 4 and len(loaded["test"]) == 2
 
 
+def test_a_compressed_file_and_a_glob_of_files_become_the_train_split(tmp_path):
+    import gzip
+    import json
+
+    with gzip.open(tmp_path / "rows.jsonl.gz", "wt") as file:
+        file.write("\n".join(json.dumps(row) for row in ROWS))
+    assert load_any_dataset(str(tmp_path / "rows.jsonl.gz"))["train"]["prompt"] == [row["prompt"] for row in ROWS]
+    write_jsonl(tmp_path / "part-1.jsonl", ROWS[:2])
+    write_jsonl(tmp_path / "part-2.jsonl", ROWS[2:])
+    assert len(load_any_dataset(str(tmp_path / "part-*.jsonl"))["train"]) == len(ROWS)
+    assert len(load_any_dataset(str(tmp_path / "*.jsonl*"))["train"]) == 2 * len(ROWS)  # plain and compressed JSON lines
+    with pytest.raises(DataError, match=r"'.*\*\.csv' matches no file"):
+        load_any_dataset(str(tmp_path / "*.csv"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match=r"matches files of .jsonl, .jsonl.gz, .txt; use files of one of"):
+        load_any_dataset(str(tmp_path / "*"))
+
+
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("hello")
@@ -45,6 +63,18 @@ def test_unsupported_suffix(tmp_path):
 def test_extra_required_columns_are_named(tmp_path):
     with pytest.raises(DataError, match=r"lacks the columns this trainer needs: environment\. It has: completion, prompt"):
         check_columns(Dataset.from_list(ROWS), "sft", ("environment",))
+
+
+def test_text_rows_are_read_from_the_configs_dataset_text_field():
+    from trl import SFTConfig
+
+    from trl_causal import CAPTConfig
+
+    rows = Dataset.from_list([{"content": "Every cat is a mammal."}])
+    for config in (SFTConfig, CAPTConfig):
+        check_columns(rows, "sft", args=config(output_dir="unused", bf16=False, dataset_text_field="content"))
+        with pytest.raises(DataError, match=r"needs: messages or prompt\+completion or text\. It has: content"):
+            check_columns(rows, "sft", args=config(output_dir="unused", bf16=False))
 
 
 def test_columns_of_a_streamed_csv_are_read_from_its_first_row(tmp_path):

@@ -171,13 +171,13 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     """Rows of a split of the config's dataset, or of a file given as ``NAME=FILE``."""
     from pathlib import Path
 
-    from .data import FILE_BUILDERS, load_any_dataset
+    from .data import file_builder, load_any_dataset
 
     name, _, path = split.partition("=")
     if path:  # data of one split (a file, or a folder of files) is NAME; a saved DatasetDict or split folder must hold NAME
         source = Path(path)
         if source.is_dir():  # the folder's NAME.jsonl (datasets would file test_10.jsonl ... test_90.jsonl under "test")
-            named = [file for file in source.glob(f"{name}.*") if file.suffix.lower() in FILE_BUILDERS]
+            named = [file for file in source.glob(f"{name}.*") if file_builder(file) is not None]
             source = named[0] if len(named) == 1 else source
         try:
             dataset = load_any_dataset(str(source))

@@ -10,6 +10,8 @@ from typing import Any
 from .errors import ConfigError, DataError
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # of a .json / .jsonl / .csv file, which `datasets` reads as it is
+GLOB_CHARACTERS = "*?["
 # Columns a trainer kind can train on: any one of these sets must be present.
 KIND_COLUMN_SETS = {
     "sft": (("messages",), ("prompt", "completion"), ("text",)),
@@ -18,22 +20,50 @@ KIND_COLUMN_SETS = {
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in FILE_BUILDERS
+    return name.startswith((".", "/", "~")) or file_builder(Path(name)) is not None
+
+
+def file_builder(path: Path) -> str | None:
+    """The `datasets` builder of a data file by its suffix ("rows.jsonl.gz" -> "json"); None for another suffix."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if len(suffixes) > 1 and suffixes[-1] in COMPRESSIONS and suffixes[-2] != ".parquet":
+        suffixes.pop()
+    return FILE_BUILDERS.get(suffixes[-1]) if suffixes else None
+
+
+def _data_files(name: str, files: list[Path], streaming: bool):
+    """The ``train`` split of data files of one format."""
+    import datasets
+
+    builders = {file_builder(path) for path in files}
+    if None in builders or len(builders) > 1:
+        kinds = ", ".join(sorted({"".join(path.suffixes) or path.name for path in files}))
+        what = f"file {name} has an unsupported suffix" if len(files) == 1 else f"{name!r} matches files of {kinds}"
+        raise DataError(
+            f"Dataset {what}; use {'' if len(files) == 1 else 'files of '}one of {', '.join(FILE_BUILDERS)} (json, "
+            f"jsonl and csv also compressed: {', '.join(COMPRESSIONS)})."
+        )
+    return datasets.load_dataset(builders.pop(), data_files={"train": [str(path) for path in files]}, streaming=streaming)
 
 
 def load_any_dataset(name: str, config: str | None = None, streaming: bool = False):
-    """A ``DatasetDict`` from a hub id, a directory saved by ``datasets``, a data directory, or a data file.
+    """A ``DatasetDict`` from a hub id, a directory saved by ``datasets``, a data directory, a data file (also
+    compressed: rows.jsonl.gz), or a glob of data files ("data/*.jsonl").
 
-    A single file becomes the ``train`` split.
+    A single file, or the files of a glob, become the ``train`` split.
     """
+    import glob
+
     import datasets
 
     path = Path(name).expanduser()
     if path.is_file():
-        builder = FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise DataError(f"Dataset file {name} has an unsupported suffix; use one of {', '.join(FILE_BUILDERS)}.")
-        return datasets.load_dataset(builder, data_files={"train": str(path)}, streaming=streaming)
+        return _data_files(name, [path], streaming)
+    if any(character in name for character in GLOB_CHARACTERS) and not path.exists():
+        files = sorted(Path(match) for match in glob.glob(str(path), recursive=True) if Path(match).is_file())
+        if not files:
+            raise DataError(f"Dataset {name!r} matches no file (resolved from {Path.cwd()}).")
+        return _data_files(name, files, streaming)
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             loaded = datasets.load_from_disk(str(path))
@@ -100,7 +130,8 @@ def check_columns(
 ) -> None:
     """Fail early when a split lacks the columns a trainer needs, saying which ones exist.
 
-    One of ``column_sets`` (default: the text columns of the trainer's kind) must be present, and all of ``required``:
+    One of ``column_sets`` (default: the text columns of the trainer's kind, where an SFT config's
+    ``dataset_text_field`` names the text column) must be present, and all of ``required``:
     a missing one is named with the fields of the config ``args`` that set it and the existing columns whose names
     are close. ``hint`` (how to name the text columns) is added when no column set is present.
     """
@@ -119,6 +150,9 @@ def check_columns(
             + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "")
         )
     candidates = column_sets if column_sets is not None else KIND_COLUMN_SETS[kind]
+    text_field = getattr(args, "dataset_text_field", None)
+    if text_field:
+        candidates = tuple((text_field,) if option == ("text",) else option for option in candidates)
     text_missing = not any(set(option) <= columns for option in candidates)
     if text_missing:
         missing.insert(0, " or ".join("+".join(option) for option in candidates))
