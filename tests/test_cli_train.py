@@ -107,6 +107,22 @@ def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_pa
     assert train_module.cli(["--config", str(config), "--max_length", "8"]) == 2
     assert "No training row is left of the 8 loaded" in capsys.readouterr().err
 
+    pairs = reward_rows(8)
+    for row in pairs[:3]:
+        row["chosen"] *= 12  # longer than max_length: TRL's RewardTrainer drops the pair
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    settings = base_config(tiny_model, data, tmp_path / "out-reward", max_length=60, max_steps=1)
+    config = write_config(tmp_path / "reward.yaml", {"trainer": "reward", **settings})
+    assert train_module.cli(["--config", str(config)]) == 0
+    out = capsys.readouterr()
+    assert "3 of 8 training rows were dropped (TRL's RewardTrainer drops the pairs whose chosen or rejected" in out.err
+    assert "trained 'reward' on 5 rows" in out.out
+    assert json.loads((tmp_path / "out-reward" / SUMMARY_FILE).read_text())["train_rows"] == 5
+
+    streamed = write_config(tmp_path / "streamed.yaml", {"trainer": "sft", **settings, "dataset_name": str(tmp_path / "data.jsonl"), "output_dir": str(tmp_path / "out-streamed"), "dataset_streaming": True})
+    assert train_module.cli(["--config", str(streamed)]) == 0
+    assert "trained 'sft' on streamed rows for 1 steps" in capsys.readouterr().out
+
 
 def test_full_weights_saved_over_an_earlier_lora_run_remove_its_adapter(tmp_path, tiny_model):
     from peft import PeftModel

@@ -16,7 +16,7 @@ import time
 
 from .configuration import RunConfig, method_settings, parse_run_config
 from .data import check_columns, load_run_datasets
-from .errors import TrlCausalError
+from .errors import TrlCausalError, count_rows
 from .evaluation import training_answer_prefix
 from .paths import read_checkpoint_file, write_checkpoint_file
 
@@ -334,9 +334,10 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
 
 
 def check_prepared_rows(trainer, loaded, kind: str) -> int | None:
-    """The number of training rows that train. For the rows TRL's SFT preparation keeps (a ``datasets.Dataset``),
-    fewer than were loaded is a note and none an error: TRL drops the rows that truncation to max_length leaves
-    without a completion token. A trainer that builds its own items says how many rows train (``trained_rows``:
+    """The number of training rows that train (None for a streamed split). For the rows TRL's preparation keeps
+    (a ``datasets.Dataset``), fewer than were loaded is a note and none an error: TRL's SFT drops the rows that
+    truncation to max_length leaves without a completion token, its RewardTrainer the pairs whose chosen or rejected
+    text is longer than max_length. A trainer that builds its own items says how many rows train (``trained_rows``:
     capt after on_no_events, deconfounded_reward after max_length)."""
     import datasets
 
@@ -345,18 +346,20 @@ def check_prepared_rows(trainer, loaded, kind: str) -> int | None:
     if not hasattr(loaded, "__len__"):
         return None
     max_length = getattr(trainer.args, "max_length", None)
-    if kind != "sft" or max_length is None or not isinstance(trainer.train_dataset, datasets.Dataset):
+    if max_length is None or not isinstance(trainer.train_dataset, datasets.Dataset):
         return len(loaded)
     kept = len(trainer.train_dataset)
-    cause = (
-        f"TRL drops the rows that max_length={max_length} leaves without a completion token (truncation_mode "
-        f"{getattr(trainer.args, 'truncation_mode', 'keep_start')!r})"
-    )
-    if kept == 0:
-        raise TrlCausalError(
-            f"No training row is left of the {len(loaded)} loaded: {cause}. Raise max_length, set truncation_mode: "
-            "keep_end, or shorten the prompts."
+    if kind == "sft":
+        cause = (
+            f"TRL drops the rows that max_length={max_length} leaves without a completion token (truncation_mode "
+            f"{getattr(trainer.args, 'truncation_mode', 'keep_start')!r})"
         )
+        fix = "Raise max_length, set truncation_mode: keep_end, or shorten the prompts."
+    else:
+        cause = f"TRL's RewardTrainer drops the pairs whose chosen or rejected text is longer than max_length={max_length} tokens"
+        fix = "Raise max_length, or shorten the texts."
+    if kept == 0:
+        raise TrlCausalError(f"No training row is left of the {len(loaded)} loaded: {cause}. {fix}")
     if kept < len(loaded) and trainer.accelerator.is_main_process:
         print(f"trl-causal: {len(loaded) - kept} of {len(loaded)} training rows were dropped ({cause}); {kept} train.",
               file=sys.stderr)
@@ -413,7 +416,9 @@ def main(run: RunConfig) -> dict:
         write_checkpoint_file(training_args.output_dir, SUMMARY_FILE, summary)
         setup = "" if summary["distributed"] == "NO" else f", {summary['distributed']}"
         trainer.accelerator.print(
-            f"\ntrl-causal: trained {summary['trainer']!r} on {summary['train_rows']} rows for {summary['steps']} steps "
+            f"\ntrl-causal: trained {summary['trainer']!r} on "
+            + ("streamed rows" if summary["train_rows"] is None else count_rows(summary["train_rows"]))
+            + f" for {summary['steps']} steps "
             f"(world size {summary['world_size']}{setup}) in {summary['seconds']} s; final train loss "
             f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"
         )
