@@ -52,9 +52,14 @@ def test_every_builtin_trainer_trains_and_saves_a_reloadable_checkpoint(spec, tm
     assert model.config.hidden_size == 32
 
 
-def test_command_line_overrides_win_over_the_yaml(tmp_path, tiny_model):
-    summary, _ = train(tmp_path, tiny_model, "sft", sft_rows(), "--max_steps", "1", "--trainer", "sft", max_steps=3)
+def test_command_line_overrides_win_over_the_yaml_and_the_configs_notes_show_once(tmp_path, tiny_model):
+    mixture = [{"path": "json", "data_files": str(tmp_path / "data.jsonl")}]  # beside dataset_name, which TRL then ignores
+    summary, result = train(
+        tmp_path, tiny_model, "sft", sft_rows(), "--max_steps", "1", "--trainer", "sft", max_steps=3, symbol_pool="letters", datasets=mixture
+    )
     assert summary["steps"] == 1
+    assert result.stderr.count("note: ignoring 'symbol_pool'") == 1  # the launcher's, not again the training process's
+    assert result.stderr.count("sets both `datasets` and `dataset_name`: the `datasets` mixture is loaded") == 1
 
 
 def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):

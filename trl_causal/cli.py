@@ -125,7 +125,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .configuration import parse_run_config
     from .data import load_run_datasets
     from .embedded import check_model_source
-    from .plugins import PLUGINS_REPORTED_ENV
+    from .plugins import CONFIG_REPORTED_ENV
     from .train import INTERRUPTED_EXIT_CODE, REQUESTED_PROCESSES_ENV, check_run_columns
 
     run = parse_run_config(rest, args.config)
@@ -143,7 +143,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     launch_args = launch_command_parser().parse_args(run.launch_args + ["--module", "trl_causal.train"] + script_args)
     if launch_args.num_processes:  # the training processes check that they got what was asked for
         os.environ[REQUESTED_PROCESSES_ENV] = str(launch_args.num_processes)
-    os.environ[PLUGINS_REPORTED_ENV] = "1"  # plugins that failed to load were named above, when the config was read
+    os.environ[CONFIG_REPORTED_ENV] = "1"  # the config's notes, and plugins that failed to load, were shown above
     try:
         with _one_process_launcher():
             launch_command(launch_args)
@@ -160,7 +160,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         return next((code for code in codes if code > 0), 1)  # -15: a process the launcher stopped
     finally:
         os.environ.pop(REQUESTED_PROCESSES_ENV, None)
-        os.environ.pop(PLUGINS_REPORTED_ENV, None)
+        os.environ.pop(CONFIG_REPORTED_ENV, None)
     return 0
 
 

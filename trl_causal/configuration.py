@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .plugins import TrainerSpec, get_plugin_manager
+from .plugins import CONFIG_REPORTED_ENV, TrainerSpec, get_plugin_manager
 
 TRAINER_KEY = "trainer"
 ENV_KEY = "env"
@@ -271,13 +271,19 @@ def _fields_of_other_trainers(selected: TrainerSpec) -> dict[str, str]:
     return owners
 
 
+def config_note(message: str) -> None:
+    """A note on the config, shown once: by ``trl-causal train``, not again by the training processes it launches."""
+    if not os.environ.get(CONFIG_REPORTED_ENV) and int(os.environ.get("RANK", "0")) == 0:
+        print(f"trl-causal: note: {message}", file=sys.stderr)
+
+
 def _drop_keys_of_other_trainers(values: dict[str, Any], known: set[str], spec: TrainerSpec, source: str) -> dict[str, Any]:
     """So one YAML serves `trainer: sft` and `trainer: capt`: the other trainer's keys are set aside, with a notice."""
     owners = _fields_of_other_trainers(spec) if any(key not in known for key in values) else {}
     kept = {}
     for key, value in values.items():
         if key not in known and key in owners:
-            print(f"trl-causal: note: ignoring {key!r} from {source}: it configures trainer {owners[key]!r}, not {spec.name!r}.", file=sys.stderr)
+            config_note(f"ignoring {key!r} from {source}: it configures trainer {owners[key]!r}, not {spec.name!r}.")
         else:
             kept[key] = value
     return kept
@@ -478,6 +484,9 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
         raise ConfigError(f"Invalid settings in {source}: {error}{hint}") from error
     if model_args.model_name_or_path is None:
         raise ConfigError(f"No model: set `model_name_or_path` in {source} (a hub id, a local directory, or an embedded model name such as 'smollm2-135m-instruct').")
+    if dataset_args.datasets and script_args.dataset_name:
+        config_note(f"{source} sets both `datasets` and `dataset_name`: the `datasets` mixture is loaded and "
+                    f"dataset_name {script_args.dataset_name!r} is ignored, as TRL does.")
     if not dataset_args.datasets and not script_args.dataset_name:
         raise ConfigError(f"No data: set `dataset_name` in {source} (a hub id, a directory saved by `datasets`, or a .json/.jsonl/.csv/.parquet file).")
     return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)

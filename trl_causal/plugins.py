@@ -23,8 +23,9 @@ from .errors import RegistryError
 
 ENTRY_POINT_GROUP = "trl_causal"
 DISABLE_AUTOLOAD_ENV = "TRL_CAUSAL_DISABLE_PLUGIN_AUTOLOAD"
-# Set by `trl-causal train` for the processes it launches: it has already warned about the plugins that failed to load.
-PLUGINS_REPORTED_ENV = "_TRL_CAUSAL_PLUGINS_REPORTED"
+# Set by `trl-causal train` for the processes it launches: it has already read the config, and shown its notes and
+# the warnings about plugins that failed to load.
+CONFIG_REPORTED_ENV = "_TRL_CAUSAL_CONFIG_REPORTED"
 OWN_DISTRIBUTION = "trl-causal"
 TRAINER_KINDS = ("sft", "reward")
 
@@ -262,7 +263,7 @@ class PluginManager:
     @staticmethod
     def _warn(message: str) -> None:
         """A ``PluginWarning``, unless the launching ``trl-causal train`` has shown it already."""
-        if not os.environ.get(PLUGINS_REPORTED_ENV):
+        if not os.environ.get(CONFIG_REPORTED_ENV):
             warnings.warn(message, PluginWarning, stacklevel=4)
 
     def _collect_trainers(self) -> Registry:
