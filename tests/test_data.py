@@ -97,3 +97,22 @@ def test_named_splits_name_one_evaluation_dataset_eval_and_refuse_one_named_trai
     assert list(named_splits(train, {"a": held_out, "b": held_out})) == ["train", "a", "b"]
     with pytest.raises(ConfigError, match=r"An evaluation split is named 'train'.*'train_eval'"):
         named_splits(train, {"train": held_out})
+
+
+@pytest.mark.parametrize("trainer", ["capt", "deconfounded_reward", "latent_shift"])
+def test_a_trainer_given_a_list_or_a_datasetdict_says_how_to_pass_a_split(trainer):
+    from trl_causal import CAPTConfig, CAPTTrainer, DeconfoundedRewardConfig, DeconfoundedRewardTrainer, LatentShiftConfig, LatentShiftTrainer
+
+    trainer_cls, config = {
+        "capt": (CAPTTrainer, CAPTConfig(output_dir="unused", bf16=False)),
+        "deconfounded_reward": (DeconfoundedRewardTrainer, DeconfoundedRewardConfig(output_dir="unused", bf16=False, numeric_confounders=["c"])),
+        "latent_shift": (LatentShiftTrainer, LatentShiftConfig(output_dir="unused", bf16=False, verbalizer={"positive": "positive", "negative": "negative"})),
+    }[trainer]
+    rows = Dataset.from_list(ROWS)  # no model loads: the container fails first
+    with pytest.raises(DataError, match=rf"The {trainer} trainer needs the train rows as .*, not list\. Make one with datasets\.Dataset\.from_list\(rows\)"):
+        trainer_cls("no-model-here", config, train_dataset=ROWS)
+    with pytest.raises(DataError, match=r"needs the train rows as .*, not DatasetDict\. Pass one of its splits, e\.g\. dataset\['train'\]"):
+        trainer_cls("no-model-here", config, train_dataset=DatasetDict({"train": rows, "test": rows}))
+    if trainer != "latent_shift":  # it streams
+        with pytest.raises(DataError, match=r"needs the train rows as a map-style datasets.Dataset \(it .* before training\), not IterableDataset"):
+            trainer_cls("no-model-here", config, train_dataset=rows.to_iterable_dataset())

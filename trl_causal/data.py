@@ -119,6 +119,29 @@ def named_splits(train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
     return {"train": train_dataset, **evaluation}
 
 
+def check_split_types(splits: dict[str, Any], trainer: str, why: str = "", streamed: bool = False) -> None:
+    """Every split of ``named_splits`` is a ``datasets.Dataset`` (or, if ``streamed``, an ``IterableDataset``): a
+    list, a ``DatasetDict`` or anything else is an error naming the split and how to pass it. ``why``: why the
+    trainer needs map-style rows."""
+    import datasets
+
+    accepted = (datasets.Dataset, datasets.IterableDataset) if streamed else (datasets.Dataset,)
+    for name, dataset in splits.items():
+        if isinstance(dataset, accepted):
+            continue
+        fix = (
+            f" Pass one of its splits, e.g. dataset[{next(iter(dataset), 'train')!r}]."
+            if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict))
+            else " Make one with datasets.Dataset.from_list(rows)." if isinstance(dataset, (list, tuple))
+            else ""
+        )
+        raise DataError(
+            f"The {trainer} trainer needs the {name} rows as a "
+            + ("datasets.Dataset or IterableDataset" if streamed else f"map-style datasets.Dataset{why}")
+            + f", not {type(dataset).__name__}.{fix}"
+        )
+
+
 def check_columns(
     dataset,
     kind: str,

@@ -34,7 +34,7 @@ from ..capt import (
     render_names,
 )
 from ..configuration import method_settings
-from ..data import named_splits
+from ..data import check_split_types, named_splits
 from ..errors import ConfigError, DataError, describe_rows
 from ..evaluation import LMPredictor, Prompt, common_prefix_length, training_answer_prefix
 from ..paths import read_checkpoint_file, write_checkpoint_file
@@ -372,12 +372,7 @@ class CAPTTrainer(SFTTrainer):
                 "or text rows."
             )
         splits = named_splits(train_dataset, eval_dataset)
-        for name, dataset in splits.items():
-            if not isinstance(dataset, datasets.Dataset):
-                raise DataError(
-                    f"The capt trainer needs the {name} rows as a map-style datasets.Dataset (it estimates every row "
-                    f"before training), not {type(dataset).__name__}."
-                )
+        check_split_types(splits, "capt", " (it estimates every row before training)")
         # Everything about the data is settled before the model loads, so bad rows fail fast. Under DDP the main
         # process estimates first: an `llm` estimator's disk cache then serves the other ranks.
         self.event_estimator = args.build_event_estimator()

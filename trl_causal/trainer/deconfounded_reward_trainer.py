@@ -42,7 +42,7 @@ from trl import RewardTrainer
 from trl.data_utils import _tokenize, is_conversational
 from trl.trainer.utils import global_then_local_main_first, pad
 
-from ..data import named_splits
+from ..data import check_split_types, named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.partial_out import check_design
 from ..deconfound.confounders import describe_invalid_columns, is_missing, parse_numbers
@@ -486,12 +486,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 f"not {type(args).__name__}."
             )
         splits = named_splits(train_dataset, eval_dataset)
-        for name, dataset in splits.items():
-            if not isinstance(dataset, datasets.Dataset):
-                raise DataError(
-                    f"The deconfounded_reward trainer needs {name} as a map-style datasets.Dataset (it deconfounds "
-                    f"all rows before training), not {type(dataset).__name__}."
-                )
+        check_split_types(splits, "deconfounded_reward", " (it deconfounds all rows before training)")
         observations = read_observations(splits, args)  # bad data fails here, before the model loads
         if args.mode == "deconfounded":
             train = observations["train"]

@@ -31,7 +31,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
-from ..data import check_columns, named_splits
+from ..data import check_columns, check_split_types, named_splits
 from ..errors import ConfigError, DataError, count_rows, describe_rows
 from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_prefix
 from ..paths import read_checkpoint_file, write_checkpoint_file
@@ -227,9 +227,11 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 "frozen_view='adapters' takes the frozen view from the PEFT model with its adapters disabled, but this "
                 "model has no PEFT adapters: set `use_peft: true` (or pass peft_config), or use `frozen_view: reference`."
             )
-        for name, dataset in named_splits(train_dataset, eval_dataset).items():
+        splits = named_splits(train_dataset, eval_dataset)
+        check_split_types(splits, "latent_shift", streamed=True)
+        for name, dataset in splits.items():
             # rows a tokenizing front end (Axolotl) prepared carry input_ids and are checked there
-            if hasattr(dataset, "column_names") and "input_ids" not in (dataset.column_names or []):
+            if "input_ids" not in (dataset.column_names or []):
                 split = "training split" if name == "train" else f"evaluation split {name!r}"
                 if args.label_column is None:
                     check_completion_column(dataset.column_names, split.replace(" split", ""))
