@@ -364,9 +364,11 @@ def test_row_with_more_events_than_the_pool_names_the_row(tmp_path):
     ("completions", "message"),
     [
         ([" True", None], r"Row 1: its 'completion' is empty \(null\): give every prompt its completion, or drop the row\."),
-        ([0, 1], r"Row 0: a prompt or completion must be text or a list of messages; this row has int 0\."),
+        ([0, 1], r"Row 0: 'completion' must be a text or a list of messages \(\{'role': ..., 'content': ...\}\); this row has int '0'\."),
+        ([[" True", " False"], [" True"]], r"Row 0: 'completion' must be a text or a list of messages .* this row has list \"\[' True', ' False'\]\"\."),
+        ([[{"role": "assistant", "content": " True"}]] * 2, r"Row 0: its 'prompt' is text and its 'completion' a list of messages: give both as text, or both as messages"),
     ],
-    ids=["null", "int"],
+    ids=["null", "int", "list of texts", "text prompt, message completion"],
 )
 def test_a_completion_that_is_not_text_names_the_row_instead_of_training_the_prompt_alone(tmp_path, completions, message):
     rows = [dict(row, completion=completion) for row, completion in zip(prontoqa_rows(2), completions)]

@@ -52,9 +52,19 @@ def split_row(row: dict[str, Any], text_field: str = "text") -> tuple[Prompt, Pr
     (the messages before the last one, and the last one, which must be the assistant's); or ``text_field``
     (completion None: the loss covers the whole text)."""
     if row.get("prompt") is not None:
-        if "completion" in row and row["completion"] is None:
+        prompt, completion = row["prompt"], row.get("completion")
+        if "completion" in row and completion is None:
             raise DataError("its 'completion' is empty (null): give every prompt its completion, or drop the row.")
-        return row["prompt"], row.get("completion")
+        check_part(prompt, "'prompt'")
+        if completion is not None:
+            check_part(completion, "'completion'")
+            if isinstance(prompt, str) != isinstance(completion, str):
+                kinds = ["text" if isinstance(part, str) else "a list of messages" for part in (prompt, completion)]
+                raise DataError(
+                    f"its 'prompt' is {kinds[0]} and its 'completion' {kinds[1]}: give both as text, or both as "
+                    "messages (the completion as [{'role': 'assistant', 'content': ...}])."
+                )
+        return prompt, completion
     if row.get("messages") is not None:
         messages = row["messages"]
         if not messages or messages[-1].get("role") != "assistant":
@@ -70,14 +80,20 @@ def split_row(row: dict[str, Any], text_field: str = "text") -> tuple[Prompt, Pr
     )
 
 
+def check_part(part: Any, what: str = "a prompt or completion") -> None:
+    """A prompt or completion is a text or a list of messages (dicts)."""
+    if not isinstance(part, str) and not (isinstance(part, list) and all(isinstance(message, dict) for message in part)):
+        raise DataError(
+            f"{what} must be a text or a list of messages ({{'role': ..., 'content': ...}}); this row has "
+            f"{type(part).__name__} {str(part)[:80]!r}."
+        )
+
+
 def part_text(part: Prompt) -> str:
     """A prompt or completion as one text: a message list's contents joined by ``MESSAGE_SEPARATOR``."""
     if isinstance(part, str):
         return part
-    if not isinstance(part, list) or not all(isinstance(message, dict) for message in part):
-        raise DataError(
-            f"a prompt or completion must be text or a list of messages; this row has {type(part).__name__} {part!r}."
-        )
+    check_part(part)
     contents = [message.get("content") for message in part]
     if not all(isinstance(content, str) for content in contents):
         raise DataError("The capt trainer reads messages whose content is text; this row has non-text message content.")
