@@ -256,6 +256,23 @@ def test_label_outside_the_verbalizer_names_the_row(tiny_model, tmp_path, label_
         make_trainer(tiny_model, tmp_path, rows=rows, verbalizer=verbalizer, label_column=label_column)
 
 
+@pytest.mark.parametrize(
+    "completions, message",
+    [
+        ({5: None}, r"Row 5 of the training rows: its completion is empty \(null\)"),
+        (dict.fromkeys(range(8), 7), r"Row 0 of the training rows: its completion must be a text or a list of messages .* it is int '7'"),
+        (dict.fromkeys(range(8), [" positive"]), r"Row 0 of the training rows: .* it is list \"\[' positive'\]\""),
+    ],
+    ids=["null", "int", "list of texts"],
+)
+@pytest.mark.parametrize("label_column", ["label", None], ids=["label-column", "completion"])
+def test_a_completion_that_is_neither_text_nor_messages_names_the_row(tmp_path, completions, message, label_column):
+    rows = [dict(row, completion=completions.get(index, row["completion"])) for index, row in enumerate(shift_rows())]
+    verbalizer = {"positive": " positive", "negative": " negative"}
+    with pytest.raises(DataError, match=message):  # before any model loads
+        make_trainer(tmp_path / "no-model-here", tmp_path, rows=rows, verbalizer=verbalizer, label_column=label_column)
+
+
 def test_colliding_verbalizer_answers_are_rejected(tiny_model, tmp_path):
     verbalizer = {"positive": "True", "negative": "True story"}
     rows = [{**row, "completion": " " + verbalizer[row["label"]]} for row in shift_rows()]

@@ -39,7 +39,14 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
     """The answer text of a completion: the stripped string, or the content of its last message."""
     if isinstance(completion, str):
         return completion.strip()
-    return str(completion[-1]["content"]).strip()
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict) and isinstance(completion[-1].get("content"), str):
+        return completion[-1]["content"].strip()
+    if completion is None:
+        raise DataError("its completion is empty (null): give every row its answer, or drop the row.")
+    raise DataError(
+        "its completion must be a text or a list of messages whose last one holds the answer text; it is "
+        f"{type(completion).__name__} {str(completion)[:80]!r}."
+    )
 
 
 def answer_prefix(completion: str | list[dict[str, Any]] | None) -> str:

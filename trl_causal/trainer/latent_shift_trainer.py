@@ -46,6 +46,14 @@ LATENT_SHIFT_FILE = "trl_causal_latent_shift.json"
 COMPLETION_LABEL_COLUMN = "completion_label"  # added when `label_column` is None: the completion text
 
 
+def answer_of(completion: Prompt, row: int, split: str) -> str:
+    """``completion_text``, naming the row whose completion is neither a text nor messages."""
+    try:
+        return completion_text(completion)
+    except DataError as error:
+        raise DataError(f"Row {row} of the {split} rows: {error}") from None
+
+
 def with_completion_labels(dataset, args: LatentShiftConfig, split: str):
     """The rows with a ``completion_label`` column, the label whose verbalizer answer is the row's completion (read
     before TRL appends EOS), when ``label_column`` is None; otherwise the rows unchanged."""
@@ -54,11 +62,11 @@ def with_completion_labels(dataset, args: LatentShiftConfig, split: str):
     check_completion_column(dataset.column_names, split)
     label_of_answer = {answer: label for label, answer in (args.verbalizer or {}).items()}
 
-    def add_label(row):
-        answer = completion_text(row["completion"])
+    def add_label(row, index):
+        answer = answer_of(row["completion"], index, split)
         return {COMPLETION_LABEL_COLUMN: label_of_answer.get(answer, answer)}
 
-    return dataset.map(add_label)
+    return dataset.map(add_label, with_indices=True)
 
 
 def check_completion_column(columns: Sequence[str] | None, split: str) -> None:
@@ -85,7 +93,7 @@ def verbalizer_from_data(dataset: Dataset, label_column: str) -> dict[str, str]:
         )
     answers: dict[str, str] = {}
     for row, (label, completion) in enumerate(zip(dataset[label_column], dataset["completion"])):
-        answer = completion_text(completion)
+        answer = answer_of(completion, row, "training")
         if answers.setdefault(str(label), answer) != answer:
             raise DataError(
                 f"Cannot read the verbalizer from the data: label {label!r} has the completion {answers[str(label)]!r} "
@@ -145,7 +153,7 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
         )
     if completions is None:
         return
-    answered = [completion_text(completion) for completion in completions]
+    answered = [answer_of(completion, row, split) for row, completion in enumerate(completions)]
     mismatched = [row for row, label in enumerate(labels) if answered[row] != verbalizer[str(label)]]
     if mismatched:
         row, label = mismatched[0], labels[mismatched[0]]
