@@ -490,6 +490,19 @@ def test_a_messages_column_as_text_column_points_to_prompt_and_completion(tiny_m
         build_trainer(tiny_model, tmp_path, rows, text_column="messages")
 
 
+def test_a_text_column_of_numbers_is_named_and_a_null_text_in_a_column_of_two_roles_counts(tiny_model, tmp_path):
+    rows = observational_rows()
+    with pytest.raises(DataError, match=r"Column 'group' of the train split holds the scored text, but it has int values at rows \[0, 1, 2, 3, 4\] and 115 more \(e\.g\. row 0: 0\), not strings\. Is text_column"):
+        build_trainer(tiny_model, tmp_path, rows, text_column="group", group_column="group")
+    prompt_completion = [dict(row, completion=7) for row in observational_rows(prompt_completion=True)]
+    with pytest.raises(DataError, match=r"Column 'completion' .* int values at rows \[0, 1, 2, 3, 4\] and 115 more \(e\.g\. row 0: 7\), not strings or message lists"):
+        build_trainer(tiny_model, tmp_path, prompt_completion, text_column=None)
+    texts = [dict(row, label=row["text"]) for row in rows]
+    texts[5]["label"] = None  # the text, and a categorical confounder: the missing text is counted, not overwritten
+    with pytest.raises(DataError, match=r"1 of 120 rows of the train split have a missing .* 'label': 1 \(row 5\)"):
+        build_trainer(tiny_model, tmp_path, texts, text_column="label", categorical_confounders=["label"])
+
+
 def test_confounder_without_variance(tmp_path, tiny_model, capsys):
     rows = [dict(row, confounder=1.0) for row in observational_rows()]
     train_fails_with(capsys, cli_config(tmp_path, tiny_model, rows), "'confounder'", "no variance")

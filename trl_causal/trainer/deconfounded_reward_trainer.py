@@ -101,6 +101,31 @@ def _valid_text(row: Mapping[str, Any], text_column: str | None) -> bool:
     return isinstance(row["prompt"], type(row["completion"])) and isinstance(row["prompt"], (str, list))
 
 
+def check_text_types(dataset: datasets.Dataset, args: DeconfoundedRewardConfig, split: str) -> None:
+    """The scored texts are strings (``prompt`` / ``completion`` may also be message lists); a null counts as a missing
+    text (``drop_invalid``), a number or any other value is an error naming the rows."""
+    if args.text_column is not None:
+        lists = [row for row, value in enumerate(dataset[args.text_column]) if isinstance(value, list)]
+        if lists:
+            raise DataError(
+                f"text_column {args.text_column!r} of the {split} split holds message lists (e.g. row {lists[0]}), "
+                "not strings. For chat data, give the prompt and the answer as message lists in `prompt` and "
+                "`completion` and set `text_column: null`; they are then scored through the chat template."
+            )
+    allowed = str if args.text_column is not None else (str, list)
+    for column in text_column_sets(args)[0]:
+        values = dataset[column]
+        wrong = [row for row, value in enumerate(values) if value is not None and not isinstance(value, allowed)]
+        if wrong:
+            value = values[wrong[0]]
+            raise DataError(
+                f"Column {column!r} of the {split} split holds the scored text, but it has {type(value).__name__} "
+                f"values at {describe_rows(wrong)} (e.g. row {wrong[0]}: {value!r}), not "
+                + ("strings. Is text_column the column of the texts?" if args.text_column is not None
+                   else "strings or message lists. Convert them to strings.")
+            )
+
+
 def _numeric_column(dataset: datasets.Dataset, column: str, what: str, split: str) -> np.ndarray:
     """Floats of a column (``parse_numbers``: None -> NaN); a non-numeric value is an error naming the rows."""
     values = dataset[column]
@@ -147,18 +172,21 @@ def _invalid_rows(
     numeric confounder's "NaN" string included)."""
     text_columns = text_column_sets(args)[0]
     texts = dataset.select_columns(list(text_columns))
-    problems = {
-        args.outcome_column: ~np.isfinite(outcome),
-        "+".join(text_columns): ~np.array([_valid_text(row, args.text_column) for row in texts], dtype=bool),
-    }
+    problems: dict[str, np.ndarray] = {}
+
+    def add(column: str, mask: np.ndarray) -> None:  # a column in two roles (the text and the group) keeps both masks
+        problems[column] = problems[column] | mask if column in problems else mask
+
+    add(args.outcome_column, ~np.isfinite(outcome))
+    add("+".join(text_columns), ~np.array([_valid_text(row, args.text_column) for row in texts], dtype=bool))
     for j, column in enumerate(args.instrument_columns):
-        problems[column] = ~np.isfinite(instrument[:, j])
+        add(column, ~np.isfinite(instrument[:, j]))
     # a missing group id would put unrelated rows into one group (and one cluster)
     groups = [args.group_column] if args.group_column is not None else []
     for column in args.numeric_confounders:
-        problems[column] = ~np.isfinite(_numeric_column(dataset, column, "numeric confounder", split))
+        add(column, ~np.isfinite(_numeric_column(dataset, column, "numeric confounder", split)))
     for column in (*args.categorical_confounders, *args.timestamp_confounders, *groups):
-        problems[column] = np.array([is_missing(value) for value in dataset[column]], dtype=bool)
+        add(column, np.array([is_missing(value) for value in dataset[column]], dtype=bool))
     return problems
 
 
@@ -180,14 +208,7 @@ def read_observations(
                 f"The {split} split lacks the columns {missing} named in the config; it has: "
                 f"{', '.join(sorted(dataset.column_names))}."
             )
-        if args.text_column is not None:
-            lists = [row for row, value in enumerate(dataset[args.text_column]) if isinstance(value, list)]
-            if lists:
-                raise DataError(
-                    f"text_column {args.text_column!r} of the {split} split holds message lists (e.g. row {lists[0]}), "
-                    "not strings. For chat data, give the prompt and the answer as message lists in `prompt` and "
-                    "`completion` and set `text_column: null`; they are then scored through the chat template."
-                )
+        check_text_types(dataset, args, split)
         outcome = _numeric_column(dataset, args.outcome_column, "outcome", split)
         instrument = None
         if args.instrument_columns:
