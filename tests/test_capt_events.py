@@ -255,6 +255,13 @@ def test_prontoqa_terms_follow_the_sentence_patterns():
     ]
 
 
+def test_prontoqa_terms_and_names_in_any_script_are_events():
+    text = "Every café is a bücher. Bücher are warm. Zoë is a café. sally is a café.\nTrue or false: Zoë is warm."
+    assert prontoqa_event_terms(text) == ["café", "bücher", "warm", "Zoë"]  # a lowercase subject is no name
+    template = ProntoQAEstimator().estimate(text, " True")
+    assert surviving_names(template) == [] and "Zoë" not in template.prompt and "café" not in template.prompt
+
+
 @pytest.mark.parametrize("split", ["id", "anti", "nonsense"])
 def test_prontoqa_estimator_finds_exactly_the_generated_events(split):
     for row in generate_prontoqa(12, split, hops=(1, 3, 5), seed=3, target="reasoning", distractors=3):

@@ -40,7 +40,8 @@ QUERY_PREFIX = "True or false: "
 
 _LABEL_PREFIX = re.compile(r"^(?:[A-Za-z][A-Za-z ]{0,29}:\s*)+")  # "True or false: ", "Q: ", "Facts: "
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
-_TERM = r"[A-Za-z][A-Za-z-]*(?: [A-Za-z][A-Za-z-]*){0,2}"
+_WORD = r"[^\W\d_](?:[^\W\d_]|-)*"  # letters of any script ("Zoë", "café") and hyphens
+_TERM = rf"{_WORD}(?: {_WORD}){{0,2}}"
 _QUANTIFIED = re.compile(
     rf"(?:every|each|all|no) (?P<subject>{_TERM}) (?P<verb>is|are) (?P<negated>not )?(?P<article>(?:a|an) )?"
     rf"(?P<object>{_TERM})",
@@ -48,7 +49,7 @@ _QUANTIFIED = re.compile(
 )
 _GENERIC_PLURAL = re.compile(rf"(?P<subject>{_TERM}) are (?P<negated>not )?(?P<object>{_TERM})")
 _INDIVIDUAL = re.compile(
-    rf"(?P<subject>[A-Z][A-Za-z-]*|\d+) is (?P<negated>not )?(?P<article>(?:a|an) )?(?P<object>{_TERM})"
+    rf"(?P<subject>{_WORD}|\d+) is (?P<negated>not )?(?P<article>(?:a|an) )?(?P<object>{_TERM})"
 )
 _FUNCTION_WORDS = {"is", "are", "not", "a", "an", "every", "each", "all", "no", "and", "or", "the"}
 
@@ -85,7 +86,7 @@ def prontoqa_event_terms(text: str) -> list[str]:
             found = [(match["subject"], subject_role), (match["object"], object_role)]
         elif match := _GENERIC_PLURAL.fullmatch(sentence):
             found = [(_uncapitalize(match["subject"]), "plural-noun"), (match["object"], "plural-object")]
-        elif match := _INDIVIDUAL.fullmatch(sentence):
+        elif (match := _INDIVIDUAL.fullmatch(sentence)) and not match["subject"][0].islower():  # a name or a number
             found = [(match["subject"], "individual"), (match["object"], "noun" if match["article"] else "property")]
         else:
             continue
