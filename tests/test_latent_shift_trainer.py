@@ -200,6 +200,15 @@ def test_a_streamed_training_set_ending_in_one_row_trains_that_batch_by_sft_alon
     assert len(losses) == 3 and all(math.isfinite(log["loss"]) for log in losses)
 
 
+def test_streamed_rows_are_checked_against_the_verbalizer_as_they_are_drawn(tiny_model, tmp_path):
+    rows = shift_rows(8)
+    rows[5]["completion"] = " negative" if rows[5]["label"] == "positive" else " positive"  # the other label's answer
+    stream = IterableDataset.from_generator(lambda: iter(rows))
+    trainer = make_trainer(tiny_model, tmp_path, rows=stream, max_steps=3, verbalizer=dict(zip(ANSWERS, ANSWERS)))
+    with pytest.raises(DataError, match=r"In 1 row of the training split \(row 5\) the completion is not the label's verbalizer answer"):
+        trainer.train()
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -127,14 +127,15 @@ def loaded_row_numbers(prepared: Dataset, loaded) -> list[int] | None:
     return numbers
 
 
-def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str], split: str) -> None:
+def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str], split: str, first_row: int = 0) -> None:
     """Fail on the rows whose label is not a key of the verbalizer, or whose completion is not its label's
-    verbalizer answer (SFT would learn one answer, L_adj another class), naming the rows and the first one's label."""
+    verbalizer answer (SFT would learn one answer, L_adj another class), naming the rows (``dataset`` holds the rows
+    from number ``first_row`` on) and the first one's label."""
     # the answer SFT learns: the completion, or a messages row's last turn
     answer_column = next((c for c in ("completion", "messages") if c in dataset.column_names), None)
     completions = dataset[answer_column] if answer_column else None
-    labels = dataset[label_column]
-    unknown = [row for row, label in enumerate(labels) if str(label) not in verbalizer]
+    labels = dict(enumerate(dataset[label_column], start=first_row))
+    unknown = [row for row, label in labels.items() if str(label) not in verbalizer]
     if unknown:
         row, label = unknown[0], labels[unknown[0]]
         source = "its completion" if label_column == COMPLETION_LABEL_COLUMN else f"column {label_column!r}"
@@ -153,8 +154,8 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
         )
     if completions is None:
         return
-    answered = [answer_of(completion, row, split) for row, completion in enumerate(completions)]
-    mismatched = [row for row, label in enumerate(labels) if answered[row] != verbalizer[str(label)]]
+    answered = {row: answer_of(completion, row, split) for row, completion in enumerate(completions, start=first_row)}
+    mismatched = [row for row, label in labels.items() if answered[row] != verbalizer[str(label)]]
     if mismatched:
         row, label = mismatched[0], labels[mismatched[0]]
         raise DataError(
@@ -163,6 +164,16 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
             f"answer: row {row} has label {label!r} (column {label_column!r}) and {answered[row]!r}, but the "
             f"verbalizer answers {str(label)!r} with {verbalizer[str(label)]!r}. Fix the rows or the verbalizer."
         )
+
+
+def checked_stream(dataset, label_column: str, verbalizer: dict[str, str], split: str):
+    """A streamed split, which cannot be checked up front, with each row checked by ``check_labels`` as it is drawn."""
+
+    def check(row, index):
+        check_labels(Dataset.from_list([row]), label_column, verbalizer, split, first_row=index)
+        return {}
+
+    return dataset.map(check, with_indices=True)
 
 
 def check_answer_tokens(tokenizer, verbalizer: dict[str, str], prefix: str = "") -> None:
@@ -274,6 +285,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         self.verbalizer: dict[str, str] = args.verbalizer or verbalizer_from_data(train_dataset, label_column)
         if isinstance(train_dataset, Dataset):
             check_labels(train_dataset, label_column, self.verbalizer, "training")
+        else:
+            train_dataset = checked_stream(train_dataset, label_column, self.verbalizer, "training")
         return train_dataset, self._labelled_eval(eval_dataset, args)
 
     def _labelled_eval(self, eval_dataset, args: LatentShiftConfig | None = None, name: str = "eval"):
@@ -290,9 +303,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         if "input_ids" in columns and self.extra_columns(args)[0] in columns:
             return eval_dataset
         eval_dataset = with_completion_labels(eval_dataset, args, f"evaluation {name!r}")
-        if isinstance(eval_dataset, Dataset):
-            check_labels(eval_dataset, self.extra_columns(args)[0], self.verbalizer, f"evaluation {name!r}")
-        return eval_dataset
+        check = check_labels if isinstance(eval_dataset, Dataset) else checked_stream
+        checked = check(eval_dataset, self.extra_columns(args)[0], self.verbalizer, f"evaluation {name!r}")
+        return eval_dataset if checked is None else checked
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """``SFTTrainer.evaluate``; raw rows passed here get their labels like the evaluation rows given at init. The
