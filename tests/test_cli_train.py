@@ -83,7 +83,7 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
     assert parsed.label_column is None and parsed.verbalizer is None
 
 
-def test_a_dict_field_takes_json_on_the_command_line(tmp_path, tiny_model):
+def test_a_dict_or_list_field_takes_json_on_the_command_line(tmp_path, tiny_model):
     from trl_causal.configuration import parse_run_config
     from trl_causal.errors import ConfigError
 
@@ -93,6 +93,14 @@ def test_a_dict_field_takes_json_on_the_command_line(tmp_path, tiny_model):
     assert parsed.liger_kernel_config == {"rope": False}
     with pytest.raises(ConfigError, match=r"--liger_kernel_config takes a JSON object"):
         parse_run_config(["--liger_kernel_config", "rope=false"], str(config))
+    # a list field: `--symbol_pool Foo Bar` (argparse), or the JSON list a YAML user writes
+    capt = ["--trainer", "capt", "--symbol_pool"]
+    assert parse_run_config([*capt, '["Foo", "Bar"]'], str(config)).training_args.symbol_pool == ["Foo", "Bar"]
+    assert parse_run_config([*capt, "Foo", "Bar"], str(config)).training_args.symbol_pool == ["Foo", "Bar"]
+    with pytest.raises(ConfigError, match=r"""--symbol_pool takes a JSON list, e.g. --symbol_pool '\["a", "b"\]'; got '\[Foo'"""):
+        parse_run_config([*capt, "[Foo"], str(config))
+    with pytest.raises(ConfigError, match=r"Unknown symbol pool 'Foo,Bar'.*on the command line `--symbol_pool A B C`"):
+        parse_run_config([*capt, "Foo,Bar"], str(config))
 
 
 def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_path, tiny_model, capsys):

@@ -170,14 +170,15 @@ def _is_dict_type(annotation: Any) -> bool:
     return bool(args) and all(a is dict or typing.get_origin(a) is dict for a in args)
 
 
-def _json_object(key: str, value: str) -> dict:
-    """The value of ``--key '{...}'`` for a dict field."""
+def _json_value(key: str, value: str, expected: type) -> Any:
+    """The value of ``--key '{...}'`` for a dict field, or of ``--key '[...]'`` for a list field: JSON, as the YAML's."""
+    name, example = ("object", '{"name": 1}') if expected is dict else ("list", '["a", "b"]')
     try:
         decoded = json.loads(value)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"--{key} takes a JSON object, e.g. --{key} '{{\"name\": 1}}'; got {value!r} ({error}).") from None
-    if not isinstance(decoded, dict):
-        raise ConfigError(f"--{key} takes a JSON object, e.g. --{key} '{{\"name\": 1}}'; got {value!r}.")
+        raise ConfigError(f"--{key} takes a JSON {name}, e.g. --{key} '{example}'; got {value!r} ({error}).") from None
+    if not isinstance(decoded, expected):
+        raise ConfigError(f"--{key} takes a JSON {name}, e.g. --{key} '{example}'; got {value!r}.")
     return decoded
 
 
@@ -451,10 +452,18 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     }
     # argparse cannot read a dict field: `--key '{"a": 1}'` is JSON, as the YAML's mapping would be
     preset.update(
-        (key, _json_object(key, " ".join(values)))
+        (key, _json_value(key, " ".join(values), dict))
         for key, values in last.items()
         if key not in preset and key in field_types and _is_dict_type(field_types[key])
     )
+    # a list field takes `--key a b` (argparse) or, as the YAML's list would be written, `--key '["a", "b"]'`
+    json_lists = {
+        key: _json_value(key, values[0], list)
+        for key, values in last.items()
+        if key not in preset and key in field_types and _is_list_type(field_types[key])
+        and len(values) == 1 and values[0].lstrip().startswith("[")
+    }
+    preset.update(checked_values(json_lists, field_types, "the command line"))
     parsed_argv = script_argv
     for key in preset:
         parsed_argv = _without_option(parsed_argv, key)

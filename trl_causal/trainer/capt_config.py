@@ -101,7 +101,11 @@ class CAPTConfig(SFTConfig):
             try:
                 build_symbol_pool(self.symbol_pool)
             except ConfigError as error:
-                raise ConfigError(f"symbol_pool: {error}") from error
+                how = (
+                    " A list is a YAML list, or on the command line `--symbol_pool A B C` or "
+                    "`--symbol_pool '[\"A\", \"B\", \"C\"]'`." if isinstance(self.symbol_pool, str) else ""
+                )
+                raise ConfigError(f"symbol_pool: {error}{how}") from error
         if self.intervention_seed is not None and self.intervention_seed < 0:
             raise ConfigError(f"intervention_seed must be a non-negative integer, not {self.intervention_seed}.")
         if self.on_no_events not in NO_EVENTS_POLICIES:
