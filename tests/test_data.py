@@ -53,6 +53,23 @@ def test_a_compressed_file_and_a_glob_of_files_become_the_train_split(tmp_path):
         load_any_dataset(str(tmp_path / "*"))
 
 
+def test_files_that_datasets_merges_into_one_split_are_also_splits_of_their_own(tmp_path, capsys):
+    folder = tmp_path / "shift"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", ROWS[:2])
+    write_jsonl(folder / "test_10.jsonl", ROWS[2:3])
+    write_jsonl(folder / "test_90.jsonl", ROWS[3:6])
+    loaded = load_any_dataset(str(folder))
+    assert {split: len(rows) for split, rows in loaded.items()} == {"train": 2, "test": 4, "test_10": 1, "test_90": 3}
+    assert "split 'test' of" in capsys.readouterr().err
+    shards = tmp_path / "shards"  # the parts of one split stay that split alone
+    shards.mkdir()
+    write_jsonl(shards / "train-00000-of-00002.jsonl", ROWS[:3])
+    write_jsonl(shards / "train-00001-of-00002.jsonl", ROWS[3:])
+    assert {split: len(rows) for split, rows in load_any_dataset(str(shards)).items()} == {"train": 6}
+    assert "holds" not in capsys.readouterr().err
+
+
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("hello")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from .errors import ConfigError, DataError
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # of a .json / .jsonl / .csv file, which `datasets` reads as it is
 GLOB_CHARACTERS = "*?["
+SHARD_NAME = re.compile(r"-\d+-of-\d+$")  # train-00000-of-00002.parquet: one split written in parts
 # Columns a trainer kind can train on: any one of these sets must be present.
 KIND_COLUMN_SETS = {
     "sft": (("messages",), ("prompt", "completion"), ("text",)),
@@ -46,6 +48,40 @@ def _data_files(name: str, files: list[Path], streaming: bool):
     return datasets.load_dataset(builders.pop(), data_files={"train": [str(path) for path in files]}, streaming=streaming)
 
 
+def _data_directory(path: Path, config: str | None, streaming: bool):
+    """A folder of data files, split as `datasets` splits it by file name (train.jsonl -> train; test_10.jsonl and
+    test_90.jsonl -> test). Where one split merges files of different names, each of them is also a split of its own
+    name (test_10, test_90), with a note, so that a merged split is never read unknowingly and each file can be
+    named."""
+    import datasets
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    from .configuration import config_note
+
+    try:
+        grouped = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    except Exception:  # no data files, or a layout datasets resolves otherwise: its own error and rules
+        return datasets.load_dataset(str(path), name=config, streaming=streaming)
+    files = {str(split): [Path(str(file)) for file in split_files] for split, split_files in grouped.items()}
+    stems = {split: [file.name.split(".")[0] for file in split_files] for split, split_files in files.items()}
+    merged = {
+        split: names for split, names in stems.items()
+        if len(set(names)) > 1 and not any(SHARD_NAME.search(stem) for stem in names)
+    }
+    builders = {file_builder(file) for split_files in files.values() for file in split_files}
+    if not merged or len(builders) != 1 or None in builders:
+        return datasets.load_dataset(str(path), name=config, streaming=streaming)
+    data_files = {split: [str(file) for file in split_files] for split, split_files in files.items()}
+    for split, names in merged.items():
+        own = [stem for stem in names if re.fullmatch(r"\w+", stem) and stem not in data_files]
+        data_files.update((stem, [str(file)]) for stem, file in zip(names, files[split]) if stem in own)
+        config_note(
+            f"split {split!r} of {path} holds {len(names)} files ({', '.join(file.name for file in files[split])}), "
+            f"as datasets groups files by name; splits of their own: {', '.join(own)}."
+        )
+    return datasets.load_dataset(builders.pop(), data_files=data_files, streaming=streaming)
+
+
 def load_any_dataset(name: str, config: str | None = None, streaming: bool = False):
     """A ``DatasetDict`` from a hub id, a directory saved by ``datasets``, a data directory, a data file (also
     compressed: rows.jsonl.gz), or a glob of data files ("data/*.jsonl").
@@ -68,7 +104,7 @@ def load_any_dataset(name: str, config: str | None = None, streaming: bool = Fal
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             loaded = datasets.load_from_disk(str(path))
             return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
-        return datasets.load_dataset(str(path), name=config, streaming=streaming)
+        return _data_directory(path, config, streaming)
     if _looks_like_path(name):
         raise DataError(
             f"Dataset {name!r} looks like a local path but does not exist (resolved to {path.resolve()}); paths in a "
