@@ -70,6 +70,17 @@ def test_files_that_datasets_merges_into_one_split_are_also_splits_of_their_own(
     assert "holds" not in capsys.readouterr().err
 
 
+def test_a_json_object_wrapping_the_rows_is_read_from_its_field_and_a_one_row_chat_file_is_not(tmp_path, capsys):
+    import json
+
+    (tmp_path / "wrapped.json").write_text(json.dumps({"version": 2, "data": ROWS}))
+    assert load_any_dataset(str(tmp_path / "wrapped.json"))["train"].to_list() == ROWS
+    assert "is one JSON object; its rows are read from its field 'data'" in capsys.readouterr().err
+    chat = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Yes."}]}
+    (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n")
+    assert load_any_dataset(str(tmp_path / "chat.jsonl"))["train"].to_list() == [chat]
+
+
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("hello")

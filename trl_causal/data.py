@@ -45,7 +45,29 @@ def _data_files(name: str, files: list[Path], streaming: bool):
             f"Dataset {what}; use {'' if len(files) == 1 else 'files of '}one of {', '.join(FILE_BUILDERS)} (json, "
             f"jsonl and csv also compressed: {', '.join(COMPRESSIONS)})."
         )
-    return datasets.load_dataset(builders.pop(), data_files={"train": [str(path) for path in files]}, streaming=streaming)
+    builder, data_files = builders.pop(), {"train": [str(path) for path in files]}
+    loaded = datasets.load_dataset(builder, data_files=data_files, streaming=streaming)
+    field = _wrapped_rows_field(loaded["train"]) if builder == "json" and not streaming else None
+    if field is None:
+        return loaded
+    from .configuration import config_note
+
+    config_note(f"{name} is one JSON object; its rows are read from its field {field!r}.")
+    return datasets.load_dataset(builder, data_files=data_files, field=field)
+
+
+def _wrapped_rows_field(rows) -> str | None:
+    """The field of a JSON file that is one object wrapping the rows ({"data": [{...}, ...]}): `datasets` reads such a
+    file as one row; the one column that holds a list of objects, other than chat messages (a one-row file of
+    conversations), is then the rows' field."""
+    if rows.num_rows != 1:
+        return None
+    lists = [
+        key for key, value in rows[0].items()
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)
+        and not all({"role", "content"} <= set(item) for item in value)
+    ]
+    return lists[0] if len(lists) == 1 else None
 
 
 def _data_directory(path: Path, config: str | None, streaming: bool):
