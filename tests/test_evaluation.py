@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import base_config, write_config, write_jsonl
 from trl_causal import cli
+from trl_causal.errors import DataError
 from trl_causal.evaluation import LMPredictor, gold_answers, load_checkpoint, parse_answer
 from trl_causal.train import SUMMARY_FILE
 
@@ -166,6 +167,10 @@ def test_a_conversational_answer_column_gives_the_answer_texts():
     rows = [{"completion": [{"role": "assistant", "content": "yes"}]}, {"completion": [{"role": "assistant", "content": " no"}]}]
     assert gold_answers(rows, "completion", "test") == ["yes", "no"]  # not the repr of the message list
     assert gold_answers([{"label": 1}, {"label": True}], "label", "test") == ["1", "True"]
+    asked = [{"messages": [{"role": "user", "content": "Is it?"}, {"role": "assistant", "content": "Yes"}]},
+             {"messages": [{"role": "user", "content": "Is Wren a frog?"}]}]  # no answer: the question is no gold
+    with pytest.raises(DataError, match=r"Split 'test': the 'messages' of row 1 does not end with an assistant message \(row 1 ends with 'user'\)"):
+        gold_answers(asked, "messages", "test")
 
 
 def test_macro_f1_averages_the_per_class_f1():
@@ -344,7 +349,7 @@ def test_rows_without_a_completion_are_scored_with_the_answer_prefix_training_re
     assert result["splits"]["test"]["accuracy"] == sum(p == row["answer"] for p, row in zip(expected, plain)) / len(plain)
 
 
-def test_each_split_finds_its_own_gold_column(tiny_model, tmp_path):
+def test_each_split_finds_its_own_gold_column_and_splits_of_other_answers_get_a_note(tiny_model, tmp_path, capsys):
     config, _ = eval_config(tiny_model, tmp_path, ROWS)
     with_completion = write_jsonl(tmp_path / "completion.jsonl", [{"prompt": r["prompt"], "completion": " " + r["answer"]} for r in ROWS])
     output = tmp_path / "eval.json"
@@ -352,3 +357,7 @@ def test_each_split_finds_its_own_gold_column(tiny_model, tmp_path):
     assert cli.main(argv) == 0  # `answer` in one split, `completion` in the other
     splits = json.loads(output.read_text())["results"]["sft"]["splits"]
     assert splits["test"]["n"] == splits["other"]["n"] == len(ROWS)
+    assert "share no gold answer" not in capsys.readouterr().err
+    names = write_jsonl(tmp_path / "names.jsonl", [{"prompt": r["prompt"], "answer": name} for r, name in zip(ROWS, ["Wren", "Sally"] * len(ROWS))])
+    assert cli.main([*argv[:-2], "--split", f"names={names}", "--output", str(output)]) == 0
+    assert "splits 'test' and 'names', 'other' and 'names' share no gold answer, yet every split chooses from one answer set" in capsys.readouterr().err

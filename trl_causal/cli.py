@@ -333,6 +333,14 @@ def _command_eval(args: argparse.Namespace) -> int:
     column = ", ".join(dict.fromkeys(columns.values()))
     gold = {name: gold_answers(rows, columns[name], name) for name, rows in splits}
     answers = [a.strip() for a in args.answers.split(",") if a.strip()] if args.answers else sorted({a for values in gold.values() for a in values})
+    apart = [(a, b) for i, (a, gold_a) in enumerate(gold.items()) for b, gold_b in list(gold.items())[i + 1 :] if not set(gold_a) & set(gold_b)]
+    if apart and not args.answers:  # e.g. a True/False split beside a split of names
+        print(
+            f"trl-causal: note: splits {', '.join(f'{a!r} and {b!r}' for a, b in apart[:3])} share no gold answer, yet "
+            "every split chooses from one answer set, all splits' gold answers together. Evaluate such splits in "
+            "separate runs, or give --answers.",
+            file=sys.stderr,
+        )
     classes, text_of_label = (None, None) if args.answers else _checkpoint_classes(
         checkpoints, trainer_names, answers, column, bool(args.answer_column)
     )

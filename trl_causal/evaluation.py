@@ -324,6 +324,17 @@ def gold_answers(rows: Sequence[dict[str, Any]], column: str, split: str) -> lis
     if rows and column not in rows[0]:
         raise DataError(f"Split {split!r} has no gold answer column {column!r}; it has: {', '.join(sorted(rows[0]))}.")
     # A conversational completion column holds messages: its answer is the last message's content; " True" is "True".
+    unanswered = [
+        row for row, value in enumerate(row[column] for row in rows)
+        if isinstance(value, list) and not (value and isinstance(value[-1], dict) and value[-1].get("role") == "assistant")
+    ]
+    if unanswered:
+        last = rows[unanswered[0]][column][-1:] or [{}]
+        raise DataError(
+            f"Split {split!r}: the {column!r} of {describe_rows(unanswered)} does not end with an assistant message "
+            f"(row {unanswered[0]} ends with {last[0].get('role', 'nothing')!r}), which would be its gold answer. "
+            "Give those rows their answer, or name the gold column with --answer_column."
+        )
     return [completion_text(row[column]) if isinstance(row[column], (list, str)) else str(row[column]) for row in rows]
 
 
