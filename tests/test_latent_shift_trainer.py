@@ -191,6 +191,18 @@ def test_compute_metrics_gets_the_labels(tiny_model, tmp_path):
     assert seen and seen[0].shape[0] == 4 and (seen[0] != -100).any()  # the LM labels, completion tokens unmasked
 
 
+def test_the_pooled_prompt_of_a_conversation_is_everything_before_its_last_trained_answer():
+    from trl_causal.trainer.latent_shift_trainer import prompt_token_mask
+
+    ignored = -100  # user "Hi" | assistant "Sure" (trained) | user <review> | assistant "positive" (trained) | padding
+    labels = torch.tensor([[ignored, ignored, 5, 6, ignored, ignored, 7, 8, ignored], [ignored, ignored, ignored, 4, 4, ignored, ignored, ignored, ignored]])
+    attention = torch.tensor([[1] * 9, [1] * 7 + [0, 0]])
+    assert prompt_token_mask(labels, attention).int().tolist() == [
+        [1, 1, 1, 1, 1, 1, 0, 0, 0],  # the review (positions 4-5) is pooled, not only the first user turn
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],
+    ]
+
+
 def test_a_streamed_training_set_ending_in_one_row_trains_that_batch_by_sft_alone(tiny_model, tmp_path):
     rows = shift_rows(5)  # batches of 4 and 1: a stream's last batch cannot be dropped by a sampler
     stream = IterableDataset.from_generator(lambda: iter(rows))

@@ -232,7 +232,7 @@ class LatentShiftConfig(SFTConfig):
         if self.completion_only_loss is False:
             raise ConfigError(
                 "completion_only_loss=False: latent_shift pools over the prompt tokens, which it finds as the tokens "
-                "before the first supervised one; leave completion_only_loss unset (or true)."
+                "before the last supervised span; leave completion_only_loss unset (or true)."
             )
         if self.packing or self.padding_free:
             raise ConfigError(

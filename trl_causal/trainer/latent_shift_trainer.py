@@ -10,7 +10,7 @@ Per batch, ``L = L_SFT + lambda_causal * L_C + lambda_adj * L_adj`` from two for
 
 Pooling runs over the prompt tokens. In TRL 1.16 only ``input_ids``, ``attention_mask`` and ``labels`` reach
 ``compute_loss`` (the ``completion_mask`` is folded into ``labels`` when the dataset is prepared), so the prompt of a
-row is its tokens before the first supervised one.
+row is its tokens before its last supervised span (the answer the label belongs to).
 """
 
 from __future__ import annotations
@@ -80,8 +80,15 @@ def check_completion_column(columns: Sequence[str] | None, split: str) -> None:
 
 
 def prompt_token_mask(labels: Tensor, attention_mask: Tensor) -> Tensor:
-    """[B, T] bool: the tokens before each row's first supervised token (label != -100), i.e. its prompt."""
-    return labels.ne(-100).cumsum(1).eq(0) & attention_mask.bool()
+    """[B, T] bool: the tokens before the start of each row's last supervised span (label != -100), i.e. its prompt:
+    in a conversation whose assistant turns are all trained (assistant_only_loss), everything before the final
+    answer, which the label belongs to, as prediction pools it."""
+    supervised = labels.ne(-100)
+    starts = supervised & ~torch.nn.functional.pad(supervised[:, :-1], (1, 0), value=False)
+    positions = torch.arange(labels.shape[1], device=labels.device)
+    last_start = torch.where(starts, positions, -1).amax(dim=1, keepdim=True)
+    last_start = torch.where(last_start < 0, labels.shape[1], last_start)  # no supervised token: every token
+    return (positions < last_start) & attention_mask.bool()
 
 
 def verbalizer_from_data(dataset: Dataset, label_column: str) -> dict[str, str]:

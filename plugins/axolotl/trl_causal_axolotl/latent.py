@@ -2,9 +2,10 @@
 
 Latent-shift SFT (METHODS.md section 3) needs, per row, the prompt / completion boundary and the row's label.
 Axolotl has already tokenized every row with the dataset's ``type:``, and its ``labels`` mask the untrained tokens
-with -100, so the boundary is the first trained token: exactly what ``LatentShiftTrainer`` uses (it pools over the
-tokens before the first supervised one). The label is read from the trained text: each row's trained tokens are
-decoded (special tokens skipped) into a ``completion`` column, and ``LatentShiftTrainer`` maps it to its label
+with -100, so the boundary is where the last trained span starts: exactly what ``LatentShiftTrainer`` uses (it pools
+over the tokens before it; in a conversation whose assistant turns are all trained, that is all but the final
+answer). The label is read from the trained text: each row's last trained span is decoded (special tokens skipped)
+into a ``completion`` column, and ``LatentShiftTrainer`` maps it to its label
 through the ``verbalizer`` (label -> answer text), as ``trl-causal train`` does with ``label_column: null``
 (without a verbalizer, it is read from the data: each distinct answer is a label). A raw ``label_column`` cannot
 be used: Axolotl drops the raw columns when it tokenizes.
@@ -94,7 +95,8 @@ def latent_shift_config_from(args, values: dict[str, Any]) -> AxolotlLatentShift
 
 
 def with_completion_text(dataset, tokenizer, split: str):
-    """Axolotl's tokenized rows plus ``completion``: the decoded trained tokens (special tokens skipped)."""
+    """Axolotl's tokenized rows plus ``completion``: the decoded last trained span, the final answer (special tokens
+    skipped)."""
     for name in ("input_ids", "labels"):
         if name not in dataset.column_names:
             raise DataError(
@@ -103,8 +105,12 @@ def with_completion_text(dataset, tokenizer, split: str):
             )
 
     def add(row):
-        trained = [token for token, label in zip(row["input_ids"], row["labels"]) if label != IGNORE]
-        return {"completion": tokenizer.decode(trained, skip_special_tokens=True)}
+        labels = row["labels"]
+        end = max((position for position, label in enumerate(labels) if label != IGNORE), default=-1) + 1
+        start = end
+        while start > 0 and labels[start - 1] != IGNORE:
+            start -= 1
+        return {"completion": tokenizer.decode(row["input_ids"][start:end], skip_special_tokens=True)}
 
     return dataset.map(add, desc=f"trl-causal latent_shift: reading the {split} labels")
 
