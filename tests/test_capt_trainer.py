@@ -95,7 +95,7 @@ def test_prompt_and_completion_of_a_row_share_one_mapping(tiny_model, tmp_path, 
     for index in range(len(dataset)):
         template = dataset.interventions.templates[index]
         mapping = dataset.interventions.intervene(index, dataset.draw).mapping
-        prompt, completion = (part_text(part) for part in dataset.render(index))
+        prompt, completion = (part_text(part) for part in dataset.render(index)[:2])
         used_in_completion = re.findall(r"\{(e\d+)\}", template.completion)
         assert used_in_completion, template.completion
         for key in used_in_completion:
@@ -104,12 +104,36 @@ def test_prompt_and_completion_of_a_row_share_one_mapping(tiny_model, tmp_path, 
         assert template.completion_is_message == (fmt != "text")  # a chat answer opens its own sentence
 
 
+def test_a_rows_tools_and_chat_template_kwargs_reach_the_chat_template_as_in_trl(tiny_model, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "model"  # the tiny model with a template that writes the row's tools and persona
+    shutil.copytree(tiny_model, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = (
+        "{% if tools %}TOOLS: {{ tools | map(attribute='name') | join(',') }}\n{% endif %}"
+        "{% if persona is defined %}PERSONA {{ persona }}\n{% endif %}" + tokenizer.chat_template
+    )
+    tokenizer.save_pretrained(model)
+    rows = [
+        dict(row, tools=json.dumps([{"name": "get_frog"}]), chat_template_kwargs={"persona": "pirate"})
+        for row in prontoqa_rows(2, "messages")
+    ]
+    dataset = make_trainer(model, tmp_path, rows).train_dataset
+    text = tokenizer.decode(dataset[0]["input_ids"])
+    assert text.startswith("TOOLS: get_frog\nPERSONA pirate\n<|im_start|>user"), text[:80]
+    sft = SFTTrainer(model=str(model), args=SFTConfig(**cpu_training_args(tmp_path / "sft")), train_dataset=datasets.Dataset.from_list(rows))
+    assert tokenizer.decode(sft.train_dataset[0]["input_ids"]).startswith("TOOLS: get_frog\nPERSONA pirate\n")  # as TRL does
+
+
 @pytest.mark.parametrize("fmt", ["text", "conversational", "messages"])
 def test_loss_covers_the_completion_only_unless_capt_prompt_loss(tiny_model, tmp_path, fmt):
     rows = prontoqa_rows(2, fmt)
     default = make_trainer(tiny_model, tmp_path, rows).train_dataset
     item = default[0]
-    _, completion = default.render(0)
+    _, completion, _ = default.render(0)
     start = next(i for i, label in enumerate(item["labels"]) if label != -100)
     assert start > 0 and set(item["labels"][:start]) == {-100}
     assert item["labels"][start:] == item["input_ids"][start:]
@@ -383,7 +407,7 @@ def test_rows_without_events_fail_keep_or_drop_by_on_no_events(tiny_model, tmp_p
         make_trainer(tmp_path / "no-model", tmp_path, rows, on_no_events="error")
 
     kept = make_trainer(tiny_model, tmp_path, rows).train_dataset
-    assert len(kept) == 4 and kept.no_events == [1] and kept.render(1) == ("Hello there.", " Hi.")
+    assert len(kept) == 4 and kept.no_events == [1] and kept.render(1) == ("Hello there.", " Hi.", {})
     assert "1 without events (kept unchanged)" in capsys.readouterr().out
     dropping = make_trainer(tiny_model, tmp_path, rows, on_no_events="drop")
     dropped = dropping.train_dataset

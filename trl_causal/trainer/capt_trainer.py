@@ -10,6 +10,7 @@ gives the same symbols, and nothing but the templates is stored. The epoch comes
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,6 +90,14 @@ def check_part(part: Any, what: str = "a prompt or completion") -> None:
         )
 
 
+def chat_template_kwargs(row: dict[str, Any]) -> dict[str, Any]:
+    """What TRL's SFT tokenization hands ``apply_chat_template`` from a row besides its messages: the row's ``tools``
+    (a list, or its JSON text) and its ``chat_template_kwargs``."""
+    tools = row.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    return {**({"tools": tools} if tools is not None else {}), **(row.get("chat_template_kwargs") or {})}
+
+
 def part_text(part: Prompt) -> str:
     """A prompt or completion as one text: a message list's contents joined by ``MESSAGE_SEPARATOR``."""
     if isinstance(part, str):
@@ -124,7 +133,7 @@ class RowTokenizer:
     truncation_mode: str = "keep_start"
 
     def ids(self, part: Prompt, **chat_kwargs) -> list[int]:
-        if isinstance(part, str):
+        if isinstance(part, str):  # text: no chat template, so none of its arguments
             return self.tokenizer(text=part)["input_ids"]
         encoded = self.tokenizer.apply_chat_template(part, tokenize=True, return_dict=True, **chat_kwargs)
         return encoded["input_ids"]
@@ -133,15 +142,16 @@ class RowTokenizer:
         eos = self.tokenizer.eos_token
         return text if text.endswith(eos) else text + eos
 
-    def __call__(self, prompt: Prompt, completion: Prompt | None) -> dict[str, list[int]]:
+    def __call__(self, prompt: Prompt, completion: Prompt | None, **chat_kwargs) -> dict[str, list[int]]:
+        """``chat_kwargs``: the row's ``chat_template_kwargs`` for message lists (its tools, ...)."""
         if completion is None:  # language modeling: loss on every token
-            input_ids = self.ids(prompt if isinstance(prompt, list) else self.with_eos(prompt))
+            input_ids = self.ids(prompt if isinstance(prompt, list) else self.with_eos(prompt), **chat_kwargs)
             labels = list(input_ids)
         else:
             if isinstance(completion, str):
                 completion = self.with_eos(completion)
-            prompt_ids = self.ids(prompt, add_generation_prompt=True)
-            input_ids = self.ids(prompt + completion)
+            prompt_ids = self.ids(prompt, add_generation_prompt=True, **chat_kwargs)
+            input_ids = self.ids(prompt + completion, **chat_kwargs)
             start = common_prefix_length(prompt_ids, input_ids)  # where the completion starts, as in TRL
             labels = list(input_ids) if self.prompt_loss else [-100] * start + input_ids[start:]
         if self.max_length is not None:
@@ -194,15 +204,17 @@ class InterventionDataset(InterventionRows):
         self.tokenize = tokenize
         self.text_field = text_field
 
-    def render(self, index: int) -> tuple[Prompt, Prompt | None]:
-        """Item ``index``'s prompt and completion, in the row's own format, with the symbols of the current draw."""
+    def render(self, index: int) -> tuple[Prompt, Prompt | None, dict[str, Any]]:
+        """Item ``index``'s prompt and completion, in the row's own format, with the symbols of the current draw, and
+        the row's ``chat_template_kwargs``."""
         row, result = self.intervention(index)
         prompt, completion = split_row(row, self.text_field)
         completion = None if completion is None else with_text(completion, result.completion)
-        return with_text(prompt, result.prompt), completion
+        return with_text(prompt, result.prompt), completion, chat_template_kwargs(row)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return self.tokenize(*self.render(index))
+        prompt, completion, chat_kwargs = self.render(index)
+        return self.tokenize(prompt, completion, **chat_kwargs)
 
 
 class InterventionEpochCallback(TrainerCallback):
@@ -326,11 +338,13 @@ def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: b
     tokenizer = dataset.tokenize.tokenizer
 
     def fills_max_length(index: int) -> bool:
-        prompt, completion = dataset.render(index)
-        text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        prompt, completion, chat_kwargs = dataset.render(index)
+        text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True, **chat_kwargs
+        )
         if len(text.encode("utf-8")) + ADDED_TOKENS_MARGIN < args.max_length:
             return False
-        return all(label == -100 for label in dataset.tokenize(prompt, completion)["labels"])  # the item, rendered once
+        return all(label == -100 for label in dataset.tokenize(prompt, completion, **chat_kwargs)["labels"])  # rendered once
 
     indices = tqdm(range(len(dataset)), desc="Checking max_length", disable=not progress)
     cut = [dataset.row_indices[i] for i in indices if fills_max_length(i)]
@@ -483,7 +497,7 @@ class CAPTTrainer(SFTTrainer):
         if warning:
             logger.warning(warning)
         for index in range(min(examples, len(dataset))):
-            prompt, completion = dataset.render(index)
+            prompt, completion, _ = dataset.render(index)
             text = part_text(prompt) + ("" if completion is None else " => " + part_text(completion))
             shown = text.replace(MESSAGE_SEPARATOR, " | ")[:400]
             self.accelerator.print(f"  row {dataset.row_indices[index]}, epoch 0: {shown!r}")
