@@ -417,6 +417,18 @@ def test_rows_without_events_fail_keep_or_drop_by_on_no_events(tiny_model, tmp_p
         make_trainer(tmp_path / "no-model", tmp_path, [rows[1], rows[1]], on_no_events="drop")  # before the model loads
 
 
+def test_conversations_name_an_answer_without_a_prompt_and_count_earlier_answers(tiny_model, tmp_path, caplog):
+    rows = prontoqa_rows(3, "messages")
+    alone = [dict(rows[0], messages=rows[0]["messages"][-1:]), *rows[1:]]  # TRL trains it; capt has no prompt
+    with pytest.raises(DataError, match=r"Row 0: its `messages` hold only the assistant's answer: capt estimates the events from the turns before it"):
+        make_trainer(tiny_model, tmp_path, alone)
+    user, answer = rows[1]["messages"]
+    chat = [*rows[:1], {"messages": [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}, user, answer]}, rows[2]]
+    with caplog.at_level("WARNING"):
+        make_trainer(tiny_model, tmp_path, chat)
+    assert "capt: 1 of 3 training rows (row 1) are conversations with assistant turns before the last one" in caplog.text
+
+
 def test_max_length_that_cuts_completions_off_warns_or_fails_naming_it(tiny_model, tmp_path, caplog):
     rows = prontoqa_rows(4)
     uncut = make_trainer(tiny_model, tmp_path, rows).train_dataset

@@ -57,6 +57,8 @@ def split_row(row: dict[str, Any], text_field: str = "text") -> tuple[Prompt, Pr
         if "completion" in row and completion is None:
             raise DataError("its 'completion' is empty (null): give every prompt its completion, or drop the row.")
         check_part(prompt, "'prompt'")
+        if isinstance(prompt, list) and not prompt:
+            raise DataError("its 'prompt' is an empty list of messages: capt estimates the events from the prompt.")
         if completion is not None:
             check_part(completion, "'completion'")
             if isinstance(prompt, str) != isinstance(completion, str):
@@ -72,6 +74,11 @@ def split_row(row: dict[str, Any], text_field: str = "text") -> tuple[Prompt, Pr
             raise DataError(
                 "A `messages` row must end with an assistant message (the completion); this one ends with "
                 f"{messages[-1].get('role') if messages else 'nothing'!r}."
+            )
+        if len(messages) == 1:
+            raise DataError(
+                "its `messages` hold only the assistant's answer: capt estimates the events from the turns before it "
+                "(the prompt). Add the user's turn, or drop the row."
             )
         return messages[:-1], messages[-1:]
     if row.get(text_field) is not None:
@@ -291,6 +298,19 @@ def estimation_report(
     )
 
 
+def earlier_answers(rows: datasets.Dataset) -> list[int]:
+    """The rows whose prompt holds an assistant message: conversations of several turns, of which capt trains the
+    last answer."""
+    column = "messages" if "messages" in rows.column_names else "prompt" if "prompt" in rows.column_names else None
+    if column is None:
+        return []
+    prompts = [value[:-1] if column == "messages" and isinstance(value, list) else value for value in rows[column]]
+    return [
+        row for row, prompt in enumerate(prompts)
+        if isinstance(prompt, list) and any(isinstance(m, dict) and m.get("role") == "assistant" for m in prompt)
+    ]
+
+
 def message_roles(part: Prompt | None) -> tuple[str, ...] | None:
     """The roles of a message list's messages; None for text."""
     return tuple(str(message.get("role")) for message in part) if isinstance(part, list) else None
@@ -491,11 +511,19 @@ class CAPTTrainer(SFTTrainer):
         return super().evaluate(self._intervene_eval(eval_dataset), ignore_keys, metric_key_prefix)
 
     def _report(self, dataset: InterventionDataset, rows: int, examples: int = 2) -> None:
-        """Print the rows without events and a few intervened rows (main process)."""
+        """Print the rows without events, the conversations with earlier assistant turns, and a few intervened rows
+        (main process)."""
         summary, warning = estimation_report(self.args, dataset.no_events, rows, self.symbol_pool.name, failed=dataset.failed)
         self.accelerator.print(summary)
         if warning:
             logger.warning(warning)
+        multi_turn = earlier_answers(dataset.rows)
+        if multi_turn:
+            logger.warning(
+                f"capt: {len(multi_turn)} of {rows} training rows ({describe_rows(multi_turn)}) are conversations with "
+                "assistant turns before the last one: capt trains the last assistant message; the earlier ones are "
+                "part of the prompt and get no loss."
+            )
         for index in range(min(examples, len(dataset))):
             prompt, completion, _ = dataset.render(index)
             text = part_text(prompt) + ("" if completion is None else " => " + part_text(completion))
