@@ -137,6 +137,27 @@ def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_pa
     assert "trained 'sft' on streamed rows for 1 steps" in capsys.readouterr().out
 
 
+def test_settings_that_trls_trainer_refuses_are_one_line(tmp_path, tiny_model, capsys):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from trl_causal import train as train_module
+
+    model = tmp_path / "model"  # a chat template without {% generation %} markers, which TRL cannot patch
+    shutil.copytree(tiny_model, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    tokenizer.save_pretrained(model)
+    rows = [{"messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]} for row in sft_rows(4)]
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(model, data, tmp_path / "out", assistant_only_loss=True)})
+    assert train_module.cli(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "trl-causal: error: TRL refused the settings or data: The chat template is not training-compatible" in err
+    assert "chat_template_path), or drop assistant_only_loss." in err and "Traceback" not in err
+
+
 def test_full_weights_saved_over_an_earlier_lora_run_remove_its_adapter(tmp_path, tiny_model):
     from peft import PeftModel
 

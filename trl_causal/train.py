@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 
 from .configuration import RunConfig, method_settings, parse_run_config
 from .data import check_columns, load_run_datasets
@@ -50,7 +51,25 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
+    try:
+        return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
+    except ValueError as error:
+        if not raised_by_trl(error):
+            raise
+        hint = (
+            " Give a chat template with `{% generation %}` markers (chat_template_path), or drop assistant_only_loss."
+            if "{% generation %}" in str(error) else ""
+        )
+        raise TrlCausalError(f"TRL refused the settings or data: {error}{hint}") from error
+
+
+def raised_by_trl(error: BaseException) -> bool:
+    """Whether ``error`` was raised in TRL's own code: its trainers' checks of the config and data (e.g. a chat template
+    without `{% generation %}` markers under assistant_only_loss), which a user fixes in the YAML or the data."""
+    import trl
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and frames[-1].filename.startswith(os.path.dirname(trl.__file__) + os.sep)
 
 
 def accepted_kwargs(name: str, trainer_cls, kwargs: dict) -> dict:
