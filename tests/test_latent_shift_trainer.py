@@ -240,17 +240,21 @@ def test_an_optimizer_passed_in_is_refused_since_the_heads_would_not_train(tiny_
     assert all(not torch.equal(before[name], value) for name, value in trainer.heads.named_parameters())
 
 
-def test_messages_rows_without_a_label_column_name_the_setting(tiny_model, tmp_path):
+def test_messages_rows_without_a_label_column_name_the_setting(tiny_model, tmp_path, capsys):
     rows = [{"messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]} for row in shift_rows()]
     with pytest.raises(ConfigError, match=r"training rows have no 'completion' column \(columns: messages\).*set label_column"):
         make_trainer(tiny_model, tmp_path, rows=rows, label_column=None, assistant_only_loss=True)
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)  # the command line checks the columns before the trainer does
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **base_config(tiny_model, data, tmp_path / "out", assistant_only_loss=True)})
+    assert cli.main(["train", "--config", str(config)]) == 2
+    assert "`messages` rows need `label_column`" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "make_rows, settings, expected",
     [
         (lambda rows: [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
-                        "label": r["label"]} for r in rows], {}, r"needs: prompt\+completion\. It has: label, messages\..*`messages` rows need `assistant_only_loss: true`"),
+                        "label": r["label"]} for r in rows], {}, r"needs: prompt\+completion\. It has: label, messages\..*`messages` rows need `label_column` .*, `assistant_only_loss: true`"),
         (lambda rows: [{"text": r["prompt"] + r["completion"], "label": r["label"]} for r in rows], {}, r"needs: prompt\+completion\. It has: label, text"),
         (lambda rows: [{**r, "sentiment_label": r["label"]} for r in rows], {"label_column": "sentiment"},
          r"needs: sentiment \(from label_column\) \(did you mean 'sentiment_label'"),

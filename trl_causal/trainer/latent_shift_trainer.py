@@ -346,19 +346,22 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
     @staticmethod
     def required_columns(args: LatentShiftConfig) -> tuple[str, ...]:
-        return (args.label_column,) if args.label_column else ("completion",)
+        return (args.label_column,) if args.label_column else ()
 
     @staticmethod
     def column_sets(args: LatentShiftConfig) -> tuple[tuple[str, ...], ...]:
-        """Rows with a prompt to pool: prompt/completion, or messages whose loss covers the assistant turns only."""
-        return (("prompt", "completion"), ("messages",)) if args.assistant_only_loss else (("prompt", "completion"),)
+        """Rows with a prompt to pool: prompt/completion, or messages whose loss covers the assistant turns only and
+        whose label a column gives (without one, the label is the completion's text)."""
+        messages = args.assistant_only_loss and args.label_column is not None
+        return (("prompt", "completion"), ("messages",)) if messages else (("prompt", "completion"),)
 
     @staticmethod
     def columns_hint(args: LatentShiftConfig) -> str:
         return (
             "latent_shift pools each row's prompt, so rows are prompt/completion (conversational too: "
             "prompt = the messages before the answer, completion = [the assistant message]); `messages` rows need "
-            "`assistant_only_loss: true` and a chat template that marks the assistant turns with {% generation %}."
+            "`label_column` (the column of each row's label), `assistant_only_loss: true` and a chat template that "
+            "marks the assistant turns with {% generation %}."
         )
 
     def extra_columns(self, args: LatentShiftConfig | None = None) -> list[str]:
