@@ -161,7 +161,7 @@ def check_resumed_run(
             f"{checkpoint} is at step {step} and max_steps is {max_steps}: nothing is left to train (transformers "
             "would still train one more step). Raise max_steps to go on training."
         )
-    finished = 0 < state.get("max_steps", 0) <= step and state.get("epoch", 0) >= num_train_epochs
+    finished = 0 < (state.get("max_steps") or 0) <= step and (state.get("epoch") or 0) >= num_train_epochs
     if max_steps <= 0 and finished:
         raise TrlCausalError(
             f"{checkpoint} finished its run (step {step} of {state['max_steps']}, epoch {state['epoch']:g}) and "
