@@ -391,11 +391,16 @@ def test_row_with_more_events_than_the_pool_names_the_row(tmp_path):
         ([0, 1], r"Row 0: 'completion' must be a text or a list of messages \(\{'role': ..., 'content': ...\}\); this row has int '0'\."),
         ([[" True", " False"], [" True"]], r"Row 0: 'completion' must be a text or a list of messages .* this row has list \"\[' True', ' False'\]\"\."),
         ([[{"role": "assistant", "content": " True"}]] * 2, r"Row 0: its 'prompt' is text and its 'completion' a list of messages: give both as text, or both as messages"),
+        (None, r"Row 1: The capt trainer reads messages whose content is text; message 1 \('assistant'\) of this row has NoneType content \(e.g. a tool call"),
     ],
-    ids=["null", "int", "list of texts", "text prompt, message completion"],
+    ids=["null", "int", "list of texts", "text prompt, message completion", "tool call"],
 )
 def test_a_completion_that_is_not_text_names_the_row_instead_of_training_the_prompt_alone(tmp_path, completions, message):
-    rows = [dict(row, completion=completion) for row, completion in zip(prontoqa_rows(2), completions)]
+    if completions is not None:
+        rows = [dict(row, completion=completion) for row, completion in zip(prontoqa_rows(2), completions)]
+    else:  # a chat row with a tool call: an assistant message without text
+        rows = prontoqa_rows(2, "messages")
+        rows[1]["messages"] = [*rows[1]["messages"][:1], {"role": "assistant", "content": None}, *rows[1]["messages"][1:]]
     with pytest.raises(DataError, match=message):
         make_trainer(tmp_path / "no-model", tmp_path, rows)
 

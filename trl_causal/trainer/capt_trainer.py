@@ -111,8 +111,13 @@ def part_text(part: Prompt) -> str:
         return part
     check_part(part)
     contents = [message.get("content") for message in part]
-    if not all(isinstance(content, str) for content in contents):
-        raise DataError("The capt trainer reads messages whose content is text; this row has non-text message content.")
+    other = next((index for index, content in enumerate(contents) if not isinstance(content, str)), None)
+    if other is not None:
+        raise DataError(
+            f"The capt trainer reads messages whose content is text; message {other} ({part[other].get('role')!r}) of "
+            f"this row has {type(contents[other]).__name__} content (e.g. a tool call or an image): give it text, or "
+            "drop the row."
+        )
     return MESSAGE_SEPARATOR.join(contents)
 
 
