@@ -272,9 +272,14 @@ def _fields_of_other_trainers(selected: TrainerSpec) -> dict[str, str]:
     return owners
 
 
+def is_first_process() -> bool:
+    """Rank 0 of a launch (or no launch): the process that prints what all of them would."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def config_note(message: str) -> None:
     """A note on the config, shown once: by ``trl-causal train``, not again by the training processes it launches."""
-    if not os.environ.get(CONFIG_REPORTED_ENV) and int(os.environ.get("RANK", "0")) == 0:
+    if not os.environ.get(CONFIG_REPORTED_ENV) and is_first_process():
         print(f"trl-causal: note: {message}", file=sys.stderr)
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 
-from .configuration import RunConfig, method_settings, parse_run_config
+from .configuration import RunConfig, is_first_process, method_settings, parse_run_config
 from .data import check_columns, load_run_datasets
 from .errors import TrlCausalError, count_rows
 from .evaluation import training_answer_prefix
@@ -115,11 +115,6 @@ def remove_stale_adapter(output_dir: str, since: float) -> None:
             os.remove(os.path.join(output_dir, name))
         print(f"trl-causal: removed the LoRA adapter an earlier run left in {output_dir} ({', '.join(stale)}): "
               "this run saved full weights there.", file=sys.stderr)
-
-
-def is_first_process() -> bool:
-    """Rank 0 of a launch (or no launch): the process that prints what all of them would."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def read_run_record(checkpoint: str) -> dict:
