@@ -173,8 +173,12 @@ def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str]
         )
 
 
-def checked_stream(dataset, label_column: str, verbalizer: dict[str, str], split: str):
-    """A streamed split, which cannot be checked up front, with each row checked by ``check_labels`` as it is drawn."""
+def labels_checked(dataset, label_column: str, verbalizer: dict[str, str], split: str):
+    """The split, its labels checked by ``check_labels``: a map-style one now, a streamed one (which cannot be checked
+    up front) row by row as it is drawn."""
+    if isinstance(dataset, Dataset):
+        check_labels(dataset, label_column, verbalizer, split)
+        return dataset
 
     def check(row, index):
         check_labels(Dataset.from_list([row]), label_column, verbalizer, split, first_row=index)
@@ -290,10 +294,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         if args.verbalizer is None and not isinstance(train_dataset, Dataset):
             raise ConfigError("verbalizer must be set for streamed (iterable) training data: it cannot be read up front.")
         self.verbalizer: dict[str, str] = args.verbalizer or verbalizer_from_data(train_dataset, label_column)
-        if isinstance(train_dataset, Dataset):
-            check_labels(train_dataset, label_column, self.verbalizer, "training")
-        else:
-            train_dataset = checked_stream(train_dataset, label_column, self.verbalizer, "training")
+        train_dataset = labels_checked(train_dataset, label_column, self.verbalizer, "training")
         return train_dataset, self._labelled_eval(eval_dataset, args)
 
     def _labelled_eval(self, eval_dataset, args: LatentShiftConfig | None = None, name: str = "eval"):
@@ -310,9 +311,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         if "input_ids" in columns and self.extra_columns(args)[0] in columns:
             return eval_dataset
         eval_dataset = with_completion_labels(eval_dataset, args, f"evaluation {name!r}")
-        check = check_labels if isinstance(eval_dataset, Dataset) else checked_stream
-        checked = check(eval_dataset, self.extra_columns(args)[0], self.verbalizer, f"evaluation {name!r}")
-        return eval_dataset if checked is None else checked
+        return labels_checked(eval_dataset, self.extra_columns(args)[0], self.verbalizer, f"evaluation {name!r}")
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """``SFTTrainer.evaluate``; raw rows passed here get their labels like the evaluation rows given at init. The
