@@ -303,16 +303,12 @@ def estimation_report(
     )
 
 
-def earlier_answers(rows: datasets.Dataset) -> list[int]:
-    """The rows whose prompt holds an assistant message: conversations of several turns, of which capt trains the
-    last answer."""
-    column = "messages" if "messages" in rows.column_names else "prompt" if "prompt" in rows.column_names else None
-    if column is None:
-        return []
-    prompts = [value[:-1] if column == "messages" and isinstance(value, list) else value for value in rows[column]]
+def earlier_answers(dataset: InterventionDataset) -> list[int]:
+    """The rows whose prompt (``split_row``) holds an assistant message: conversations of several turns, of which capt
+    trains the last answer."""
     return [
-        row for row, prompt in enumerate(prompts)
-        if isinstance(prompt, list) and any(isinstance(m, dict) and m.get("role") == "assistant" for m in prompt)
+        row for row, values in enumerate(dataset.rows)
+        if "assistant" in (message_roles(split_row(values, dataset.text_field)[0]) or ())
     ]
 
 
@@ -522,7 +518,7 @@ class CAPTTrainer(SFTTrainer):
         self.accelerator.print(summary)
         if warning:
             logger.warning(warning)
-        multi_turn = earlier_answers(dataset.rows)
+        multi_turn = earlier_answers(dataset)
         if multi_turn:
             logger.warning(
                 f"capt: {len(multi_turn)} of {rows} training rows ({describe_rows(multi_turn)}) are conversations with "
