@@ -232,6 +232,24 @@ def test_eval_reads_messages_rows_and_a_named_prompt_column_like_prompt_rows(tin
     assert "Row 0 has no prompt column 'prompt' and no `messages`; it has: answer, question. Name the prompt column with --prompt_column." in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["score", "generate"])
+def test_eval_hands_a_rows_tools_and_chat_template_kwargs_to_the_chat_template_as_training_does(tiny_model, tmp_path, mode):
+    rows = [dict(row, tools=json.dumps([{"name": "get_frog"}]), chat_template_kwargs={"persona": "pirate"}) for row in CHAT_ROWS]
+    config, checkpoint = eval_config(tiny_model, tmp_path, rows)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.chat_template = (  # writes the tools and the persona, and refuses a prompt rendered without the persona
+        "{% if persona is not defined %}{{ raise_exception('rendered without the row settings') }}{% endif %}"
+        "{% if tools %}TOOLS: {{ tools | map(attribute='name') | join(',') }}\n{% endif %}PERSONA {{ persona }}\n"
+        + tokenizer.chat_template
+    )
+    tokenizer.save_pretrained(checkpoint)
+    assert set(eval_splits(config, "test", "", "--mode", mode)) >= {"accuracy"}
+    predictor = LMPredictor(AutoModelForCausalLM.from_pretrained(checkpoint), tokenizer, ["True", "False"], mode=mode, max_new_tokens=2)
+    context = predictor.answer_tokens(rows[0]["prompt"], "", None, predictor.template_kwargs(rows)[0])[0][0]
+    assert tokenizer.decode(context).startswith("TOOLS: get_frog\nPERSONA pirate\n<|im_start|>user")
+    assert len(predictor.predict(rows)) == len(rows)
+
+
 def test_eval_of_a_reward_checkpoint_says_why_before_reading_data(tiny_model, tmp_path, capsys):
     config, checkpoint = eval_config(tiny_model, tmp_path, [{"chosen": "a", "rejected": "b"}], trainer="reward")
     assert cli.main(["eval", "--config", config]) == 2

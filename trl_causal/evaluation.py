@@ -18,6 +18,14 @@ from .errors import ConfigError, DataError, describe_rows
 Prompt = str | list[dict[str, str]]
 
 
+def chat_template_kwargs(row: dict[str, Any]) -> dict[str, Any]:
+    """What TRL's SFT tokenization hands ``apply_chat_template`` from a row besides its messages: the row's ``tools``
+    (a list, or its JSON text) and its ``chat_template_kwargs``."""
+    tools = row.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    return {**({"tools": tools} if tools is not None else {}), **(row.get("chat_template_kwargs") or {})}
+
+
 def parse_answer(text: str, answers: Sequence[str]) -> str | None:
     """The answer a generation commits to: the content of the last ``<answer>...</answer>`` if any,
     else the last whole-word occurrence of one of ``answers``; None if neither. Case is ignored, except that outside
@@ -140,18 +148,30 @@ class LMPredictor:
             return [self.answer_prefix] * len(rows)
         return [answer_prefix(row.get("completion")) for row in self.as_rows(rows)]
 
-    def answer_tokens(self, prompt: Prompt, prefix: str = "", answers: Sequence[str] | None = None) -> list[tuple[list[int], list[int]]]:
+    def template_kwargs(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[dict[str, Any]]:
+        """Per row, what its chat prompt hands the chat template besides the messages (``chat_template_kwargs``), as
+        in training; {} for a raw prompt."""
+        return [chat_template_kwargs(row) if isinstance(row, dict) else {} for row in rows]
+
+    def answer_tokens(
+        self,
+        prompt: Prompt,
+        prefix: str = "",
+        answers: Sequence[str] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[tuple[list[int], list[int]]]:
         """Per answer, (context ids, answer ids) as TRL tokenizes a prompt/completion row for training: the prompt alone
         and prompt + completion are tokenized (plain text with the tokenizer's special tokens, chats through the
         template), and the completion starts where the two diverge. A plain-text completion is ``prefix + answer``
         (an answer that already starts with whitespace is used as is); a chat answer follows the generation prompt.
-        The chat's end-of-turn tokens are not scored. ``answers``: how this row writes the answers (default: as given)."""
+        The chat's end-of-turn tokens are not scored. ``answers``: how this row writes the answers (default: as given);
+        ``template_kwargs``: the row's tools etc. for the chat template."""
         answers = self.answers if answers is None else list(answers)
         if isinstance(prompt, str):
             text, special = prompt, True
             completions = [answer if answer[:1].isspace() else prefix + answer for answer in answers]
         else:
-            text, special = self.prompt_text(prompt), False  # the template writes the special tokens
+            text, special = self.prompt_text(prompt, template_kwargs), False  # the template writes the special tokens
             completions = list(answers)
         prompt_ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         pairs = []
@@ -166,11 +186,14 @@ class LMPredictor:
             pairs.append((full[:start], full[start:]))
         return pairs
 
-    def prompt_text(self, prompt: Prompt) -> str:
-        """Conversational prompts go through the chat template with the generation prompt."""
+    def prompt_text(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> str:
+        """Conversational prompts go through the chat template with the generation prompt and ``template_kwargs``
+        (the row's tools, ...)."""
         if isinstance(prompt, str):
             return prompt
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+        )
 
     def _batches(self, items: list, desc: str, min_last: int = 1):
         """``items`` in batches of ``batch_size``, with a progress bar; a last batch of fewer than ``min_last`` items
@@ -184,11 +207,18 @@ class LMPredictor:
         for start, end in tqdm(list(zip(starts, ends)), desc=desc, disable=len(starts) < 2, leave=False):
             yield items[start:end]
 
-    def score(self, prompts: Sequence[Prompt], prefixes: Sequence[str] | None = None, written: Sequence[Sequence[str]] | None = None):
+    def score(
+        self,
+        prompts: Sequence[Prompt],
+        prefixes: Sequence[str] | None = None,
+        written: Sequence[Sequence[str]] | None = None,
+        template_kwargs: Sequence[dict[str, Any]] | None = None,
+    ):
         """Log-likelihood of every answer after every prompt: a [rows, answers] tensor.
 
         ``prefixes`` (one per prompt, default "") go between a plain-text prompt and the answer (``answer_tokens``);
-        ``written`` (one list per prompt, default: the answers as given) is how each prompt's row writes the answers.
+        ``written`` (one list per prompt, default: the answers as given) is how each prompt's row writes the answers;
+        ``template_kwargs`` (one per prompt, default none) what each chat prompt hands the chat template.
         A prompt whose answers are single tokens after one shared context takes one forward; otherwise each
         (prompt, answer) pair takes one.
         """
@@ -196,11 +226,15 @@ class LMPredictor:
 
         prefixes = [""] * len(prompts) if prefixes is None else list(prefixes)
         written = [self.answers] * len(prompts) if written is None else list(written)
-        if not len(prefixes) == len(written) == len(prompts):
-            raise DataError(f"{len(prefixes)} answer prefixes and {len(written)} answer lists for {len(prompts)} prompts.")
+        template_kwargs = [{}] * len(prompts) if template_kwargs is None else list(template_kwargs)
+        if not len(prefixes) == len(written) == len(template_kwargs) == len(prompts):
+            raise DataError(
+                f"{len(prefixes)} answer prefixes, {len(written)} answer lists and {len(template_kwargs)} chat "
+                f"template settings for {len(prompts)} prompts."
+            )
         jobs: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (sequence, [(answer start, answer ids)])
-        for prompt, prefix, answers in zip(prompts, prefixes, written):
-            pairs = self.answer_tokens(prompt, prefix, answers)
+        for prompt, prefix, answers, kwargs in zip(prompts, prefixes, written, template_kwargs):
+            pairs = self.answer_tokens(prompt, prefix, answers, kwargs)
             context = pairs[0][0]
             if all(len(ids) == 1 and ctx == context for ctx, ids in pairs):
                 jobs.append((context, [(len(context), ids) for _, ids in pairs]))
@@ -231,12 +265,13 @@ class LMPredictor:
                 for i, ids in enumerate(batch):
                     yield logits[i, : len(ids)].float().log_softmax(-1).cpu()
 
-    def generate(self, prompts: Sequence[Prompt]) -> list[str]:
-        """Greedy continuations (new text only)."""
+    def generate(self, prompts: Sequence[Prompt], template_kwargs: Sequence[dict[str, Any]] | None = None) -> list[str]:
+        """Greedy continuations (new text only); ``template_kwargs`` as in ``score``."""
         import torch
 
         device = next(self.model.parameters()).device
-        texts = [self.prompt_text(p) for p in prompts]
+        template_kwargs = [{}] * len(prompts) if template_kwargs is None else template_kwargs
+        texts = [self.prompt_text(p, kwargs) for p, kwargs in zip(prompts, template_kwargs)]
         # Plain text takes the tokenizer's special tokens (a BOS), as training and score() tokenize it; a chat
         # template writes its own.
         special = all(isinstance(p, str) for p in prompts)
@@ -261,10 +296,12 @@ class LMPredictor:
         names none of the answers."""
         prompts, written = self.prepare(rows)
         written = [self.answers] * len(prompts) if written is None else written
+        template_kwargs = self.template_kwargs(rows)
         if self.mode == "score":
-            scores = self.score(prompts, self.answer_prefixes(rows), written)
+            scores = self.score(prompts, self.answer_prefixes(rows), written, template_kwargs)
             return [self.answers[i] for i in scores.argmax(dim=1).tolist()]
-        parsed = [parse_answer(text, answers) for text, answers in zip(self.generate(prompts), written)]
+        generated = self.generate(prompts, template_kwargs)
+        parsed = [parse_answer(text, answers) for text, answers in zip(generated, written)]
         return [None if found is None else self.answers[answers.index(found)] for found, answers in zip(parsed, written)]
 
 

@@ -10,7 +10,6 @@ gives the same symbols, and nothing but the templates is stored. The epoch comes
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from ..capt import (
 from ..configuration import method_settings
 from ..data import check_split_types, named_splits
 from ..errors import ConfigError, DataError, describe_rows
-from ..evaluation import LMPredictor, Prompt, common_prefix_length, training_answer_prefix
+from ..evaluation import LMPredictor, Prompt, chat_template_kwargs, common_prefix_length, training_answer_prefix
 from ..paths import read_checkpoint_file, write_checkpoint_file
 from .capt_config import CAPTConfig
 from .zero3 import whole_model_loading
@@ -95,14 +94,6 @@ def check_part(part: Any, what: str = "a prompt or completion") -> None:
             f"{what} must be a text or a list of messages ({{'role': ..., 'content': ...}}); this row has "
             f"{type(part).__name__} {str(part)[:80]!r}."
         )
-
-
-def chat_template_kwargs(row: dict[str, Any]) -> dict[str, Any]:
-    """What TRL's SFT tokenization hands ``apply_chat_template`` from a row besides its messages: the row's ``tools``
-    (a list, or its JSON text) and its ``chat_template_kwargs``."""
-    tools = row.get("tools")
-    tools = json.loads(tools) if isinstance(tools, str) else tools
-    return {**({"tools": tools} if tools is not None else {}), **(row.get("chat_template_kwargs") or {})}
 
 
 def part_text(part: Prompt) -> str:

@@ -627,14 +627,19 @@ class LatentShiftPredictor(LMPredictor):
         prompt keeps its first max_length - 1 tokens); ``keep_end`` keeps the prompt's last max_length - n tokens, n
         the tokens of the longest answer after it plus one for the end-of-sequence (or end-of-turn) token."""
         prompts = self.prepare_prompts(rows)
-        token_ids = [self.tokenizer(self.prompt_text(p), add_special_tokens=isinstance(p, str))["input_ids"] for p in prompts]
+        template_kwargs = self.template_kwargs(rows)
+        token_ids = [
+            self.tokenizer(self.prompt_text(p, kwargs), add_special_tokens=isinstance(p, str))["input_ids"]
+            for p, kwargs in zip(prompts, template_kwargs)
+        ]
         if self.max_length is None:
             return token_ids
         if self.truncation_mode == "keep_start":
             return [ids[: self.max_length - 1] for ids in token_ids]
         cut = []
-        for ids, prompt, prefix in zip(token_ids, prompts, self.answer_prefixes(rows)):
-            answer_length = max(len(answer) for _, answer in self.answer_tokens(prompt, prefix, self.written_answers)) + 1
+        for ids, prompt, prefix, kwargs in zip(token_ids, prompts, self.answer_prefixes(rows), template_kwargs):
+            answers = self.answer_tokens(prompt, prefix, self.written_answers, kwargs)
+            answer_length = max(len(answer) for _, answer in answers) + 1
             cut.append(ids[-max(self.max_length - answer_length, 1) :])
         return cut
 
