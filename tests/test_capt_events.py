@@ -314,6 +314,9 @@ def test_estimate_rows_policies():
     assert dropped.row_indices == [0] and dropped.no_events == [1]
     with pytest.raises(NoEventsFound, match="Row 1"):
         estimate_rows(estimator, rows, on_no_events="error")
+    more = rows + [{"prompt": "A cat.", "completion": "z"}, {"prompt": "A cow.", "completion": "w"}]
+    with pytest.raises(NoEventsFound, match=r"^No events in 2 rows \(rows \[1, 3\]\); the first, row 1: .* Set on_no_events"):
+        estimate_rows(estimator, more, on_no_events="error")  # every such row named at once, not one per run
     with pytest.raises(ConfigError, match="on_no_events"):
         estimate_rows(estimator, rows, on_no_events="skip")
 

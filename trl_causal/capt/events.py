@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, count_rows, describe_rows
 from .cladder import cladder_variables
 from .morphology import plural_forms, pluralize
 from .prontoqa import prontoqa_event_terms
@@ -572,6 +572,7 @@ def estimate_rows(
     if on_no_events not in ("error", "keep", "drop"):
         raise ConfigError(f"on_no_events is {on_no_events!r}; use 'error', 'keep' or 'drop'.")
     result = EstimatedRows([], [], [])
+    first_missing: tuple[int, NoEventsFound] | None = None  # under "error": the first row without events
     numbered = enumerate(rows)
     while chunk := list(itertools.islice(numbered, max(1, estimator.batch_size))):
         items = []
@@ -588,11 +589,8 @@ def estimate_rows(
             progress(len(chunk))
         for (index, _), (prompt, completion, _), outcome in zip(chunk, items, outcomes):
             if isinstance(outcome, NoEventsFound):
-                if on_no_events == "error":
-                    raise NoEventsFound(
-                        f"Row {index}: {outcome} Set on_no_events to 'keep' or 'drop' to train on such rows unchanged "
-                        "or skip them."
-                    ) from outcome
+                if on_no_events == "error" and first_missing is None:
+                    first_missing = index, outcome
                 result.no_events.append(index)
                 if isinstance(outcome, EstimationFailed):
                     result.failed.append(index)
@@ -601,6 +599,14 @@ def estimate_rows(
                 outcome = EventTemplate(prompt, completion, {})
             result.templates.append(outcome)
             result.row_indices.append(index)
+    if first_missing is not None:
+        index, outcome = first_missing
+        where = f"Row {index}" if len(result.no_events) == 1 else (
+            f"No events in {count_rows(len(result.no_events))} ({describe_rows(result.no_events)}); the first, row {index}"
+        )
+        raise NoEventsFound(
+            f"{where}: {outcome} Set on_no_events to 'keep' or 'drop' to train on such rows unchanged or skip them."
+        ) from outcome
     if on_no_events == "drop" and result.no_events and not result.templates:
         keep = "" if require_events else ", or set on_no_events to 'keep' to train on the rows unchanged"
         raise NoEventsFound(
