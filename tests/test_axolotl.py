@@ -283,7 +283,7 @@ def test_axolotl_capt_warns_rows_without_events(capt_pool_run):
     """Rows in which the estimator finds no event are counted and named in a warning, as by `trl-causal train`."""
     log, _ = capt_pool_run
     assert "on 9 training rows, 1 without events (kept unchanged)" in log
-    assert "1 of 9 training rows have no event that the 'prontoqa' estimator recognises, or gave no valid template for (row " in log  # which row: shuffled
+    assert "1 of 9 training rows has no event that the 'prontoqa' estimator recognises, or gave no valid template for (row " in log  # which row: shuffled
 
 
 # A trl-causal trainer (from a third-party distribution) that has no Axolotl trainer class: registered in the

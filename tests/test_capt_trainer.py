@@ -431,7 +431,7 @@ def test_conversations_name_an_answer_without_a_prompt_and_count_earlier_answers
     chat = [*rows[:1], {"messages": [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}, user, answer]}, rows[2]]
     with caplog.at_level("WARNING"):
         make_trainer(tiny_model, tmp_path, chat)
-    assert "capt: 1 of 3 training rows (row 1) are conversations with assistant turns before the last one" in caplog.text
+    assert "capt: 1 of 3 training rows (row 1) is a conversation with assistant turns before the last one" in caplog.text
 
 
 def test_max_length_that_cuts_completions_off_warns_or_fails_naming_it(tiny_model, tmp_path, caplog):

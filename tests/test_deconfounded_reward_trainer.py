@@ -499,7 +499,7 @@ def test_a_text_column_of_numbers_is_named_and_a_null_text_in_a_column_of_two_ro
         build_trainer(tiny_model, tmp_path, prompt_completion, text_column=None)
     texts = [dict(row, label=row["text"]) for row in rows]
     texts[5]["label"] = None  # the text, and a categorical confounder: the missing text is counted, not overwritten
-    with pytest.raises(DataError, match=r"1 of 120 rows of the train split have a missing .* 'label': 1 \(row 5\)"):
+    with pytest.raises(DataError, match=r"1 of 120 rows of the train split has a missing .* 'label': 1 \(row 5\)"):
         build_trainer(tiny_model, tmp_path, texts, text_column="label", categorical_confounders=["label"])
 
 

@@ -22,6 +22,11 @@ def describe_rows(rows, shown: int = 5) -> str:
     return f"rows {rows[:shown]}{more}"
 
 
+def for_count(n: int, one: str, many: str) -> str:
+    """The word that agrees with a count: ``one`` for 1 ("has", "is"), else ``many``."""
+    return one if n == 1 else many
+
+
 def count_rows(n: int) -> str:
     """'1 row', '8 rows'."""
     return f"{n} row" if n == 1 else f"{n} rows"

@@ -11,7 +11,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from ..errors import DataError, describe_rows
+from ..errors import DataError, describe_rows, for_count
 
 TIMESTAMP_FEATURES = ("weekday", "month", "trend")
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -236,7 +236,7 @@ def build_confounder_matrix(
     if invalid.any() and not drop_invalid:
         per_column = describe_invalid_columns(invalid_by_column)
         raise DataError(
-            f"{int(invalid.sum())} of {n_rows} rows have missing or non-finite (None/NaN/inf) confounder values — "
+            f"{int(invalid.sum())} of {n_rows} rows {for_count(int(invalid.sum()), 'has', 'have')} missing or non-finite (None/NaN/inf) confounder values — "
             f"{per_column}. Fix the data, or pass drop_invalid=True to drop these rows (you get the row mask back)."
         )
     kept_rows = ~invalid

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, TrlCausalError, describe_rows
+from ..errors import ConfigError, DataError, TrlCausalError, describe_rows, for_count
 
 
 def check_pair_groups(groups: np.ndarray | None, what: str, row_numbers: Sequence[int] | None = None) -> None:
@@ -31,7 +31,7 @@ def check_pair_groups(groups: np.ndarray | None, what: str, row_numbers: Sequenc
         lone = np.flatnonzero(sizes[inverse] == 1)
         where = f" ({describe_rows(np.asarray(row_numbers)[lone])})" if row_numbers is not None else ""
         raise DataError(
-            f"{what}: {singletons} of {len(codes)} groups have a single row{where}, and a pair needs 2 rows of one "
+            f"{what}: {singletons} of {len(codes)} groups {for_count(singletons, 'has', 'have')} a single row{where}, and a pair needs 2 rows of one "
             "group. Drop those rows, or choose a coarser group_column (or, for the reward model, use objective: regression)."
         )
 

@@ -35,7 +35,7 @@ from ..capt import (
 )
 from ..configuration import method_settings
 from ..data import check_split_types, named_splits
-from ..errors import ConfigError, DataError, describe_rows
+from ..errors import ConfigError, DataError, describe_rows, for_count
 from ..evaluation import LMPredictor, Prompt, chat_template_kwargs, common_prefix_length, training_answer_prefix
 from ..paths import read_checkpoint_file, write_checkpoint_file
 from .capt_config import CAPTConfig
@@ -288,8 +288,8 @@ def estimation_report(
     if not no_events:
         return summary, None
     return summary, (
-        f"{who}: {len(no_events)} of {rows} training rows have no event that the {args.event_estimator!r} estimator "
-        f"recognises, or gave no valid template for ({describe_rows(no_events)}); they are {fate}. Check event_estimator and "
+        f"{who}: {len(no_events)} of {rows} training rows {for_count(len(no_events), 'has', 'have')} no event that the "
+        f"{args.event_estimator!r} estimator recognises, or gave no valid template for ({describe_rows(no_events)}); they are {fate}. Check event_estimator and "
         f"event_estimator_kwargs (the llm estimator logs each row it failed on){hint}."
     )
 
@@ -512,9 +512,10 @@ class CAPTTrainer(SFTTrainer):
         multi_turn = earlier_answers(dataset)
         if multi_turn:
             logger.warning(
-                f"capt: {len(multi_turn)} of {rows} training rows ({describe_rows(multi_turn)}) are conversations with "
-                "assistant turns before the last one: capt trains the last assistant message; the earlier ones are "
-                "part of the prompt and get no loss."
+                f"capt: {len(multi_turn)} of {rows} training rows ({describe_rows(multi_turn)}) "
+                f"{for_count(len(multi_turn), 'is a conversation', 'are conversations')} with assistant turns before "
+                "the last one: capt trains the last assistant message; the earlier ones are part of the prompt and get "
+                "no loss."
             )
         for index in range(min(examples, len(dataset))):
             prompt, completion, _ = dataset.render(index)

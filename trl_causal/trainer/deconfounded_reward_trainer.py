@@ -48,7 +48,7 @@ from ..deconfound.partial_out import check_design
 from ..deconfound.confounders import describe_invalid_columns, is_missing, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
-from ..errors import ConfigError, DataError, describe_rows
+from ..errors import ConfigError, DataError, describe_rows, for_count
 from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
 from .mixins import CausalLossMixin, HeadsMixin
@@ -220,7 +220,8 @@ def read_observations(
         if invalid.any() and not args.drop_invalid:
             listed = describe_invalid_columns(problems)
             raise DataError(
-                f"{int(invalid.sum())} of {len(dataset)} rows of the {split} split have a missing or non-finite value "
+                f"{int(invalid.sum())} of {len(dataset)} rows of the {split} split "
+                f"{for_count(int(invalid.sum()), 'has', 'have')} a missing or non-finite value "
                 f"(NaN/inf/None, or no text) - {listed}. Fix the data, or set `drop_invalid: true` to drop these rows."
             )
         rows = np.flatnonzero(~invalid)
