@@ -119,6 +119,10 @@ def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_pa
     assert summary["answer_prefix"] == " "  # " True": eval scores answers of rows without a completion after a space
     assert train_module.cli(["--config", str(config), "--max_length", "8"]) == 2
     assert "No training row is left of the 8 loaded" in capsys.readouterr().err
+    # packing puts all 8 rows into fewer sequences of max_length tokens: none is dropped
+    assert train_module.cli(["--config", str(config), "--packing", "true", "--output_dir", str(tmp_path / "packed")]) == 0
+    assert "dropped" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "packed" / SUMMARY_FILE).read_text())["train_rows"] == 8
 
     pairs = reward_rows(8)
     for row in pairs[:3]:

@@ -351,8 +351,9 @@ def check_prepared_rows(trainer, loaded, kind: str) -> int | None:
     """The number of training rows that train (None for a streamed split). For the rows TRL's preparation keeps
     (a ``datasets.Dataset``), fewer than were loaded is a note and none an error: TRL's SFT drops the rows that
     truncation to max_length leaves without a completion token, its RewardTrainer the pairs whose chosen or rejected
-    text is longer than max_length. A trainer that builds its own items says how many rows train (``trained_rows``:
-    capt after on_no_events, deconfounded_reward after max_length)."""
+    text is longer than max_length. Packed rows (``packing``) all train, as sequences of max_length tokens that TRL's
+    packing fills, so their count is not compared. A trainer that builds its own items says how many rows train
+    (``trained_rows``: capt after on_no_events, deconfounded_reward after max_length)."""
     import datasets
 
     if getattr(trainer, "trained_rows", None) is not None:
@@ -360,7 +361,7 @@ def check_prepared_rows(trainer, loaded, kind: str) -> int | None:
     if not hasattr(loaded, "__len__"):
         return None
     max_length = getattr(trainer.args, "max_length", None)
-    if max_length is None or not isinstance(trainer.train_dataset, datasets.Dataset):
+    if max_length is None or getattr(trainer.args, "packing", False) or not isinstance(trainer.train_dataset, datasets.Dataset):
         return len(loaded)
     kept = len(trainer.train_dataset)
     if kind == "sft":
