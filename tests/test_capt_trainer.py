@@ -422,6 +422,22 @@ def test_rows_without_events_fail_keep_or_drop_by_on_no_events(tiny_model, tmp_p
         make_trainer(tmp_path / "no-model", tmp_path, [rows[1], rows[1]], on_no_events="drop")  # before the model loads
 
 
+def test_evaluation_rows_without_events_are_all_evaluated_counted_and_named_by_split(tiny_model, tmp_path, caplog):
+    rows = prontoqa_rows(3)
+    test = [*prontoqa_rows(2), {"prompt": "Hello there.", "completion": " Hi.", "answer": "True", "events": []}]
+    splits = {"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(test)}
+
+    def trainer(model, **overrides):
+        args = capt_args(tmp_path, **overrides)
+        return CAPTTrainer(model=str(model), args=args, train_dataset=splits["train"], eval_dataset={"test": splits["test"]})
+
+    dropping = trainer(tiny_model, on_no_events="drop")  # drops training rows only: eval_loss covers every test row, as sft's
+    assert len(dropping.eval_dataset["test"]) == 3 and dropping.eval_dataset["test"].render(2)[:2] == ("Hello there.", " Hi.")
+    assert "capt: 1 of 3 rows of the evaluation 'test' split has no events (row 2); they are evaluated unchanged." in caplog.text
+    with pytest.raises(NoEventsFound, match=r"^In the evaluation 'test' split: Row 2: No PrOntoQA sentence"):
+        trainer(tmp_path / "no-model", on_no_events="error")
+
+
 def test_conversations_name_an_answer_without_a_prompt_and_count_earlier_answers(tiny_model, tmp_path, caplog):
     rows = prontoqa_rows(3, "messages")
     alone = [dict(rows[0], messages=rows[0]["messages"][-1:]), *rows[1:]]  # TRL trains it; capt has no prompt

@@ -466,16 +466,31 @@ class CAPTTrainer(SFTTrainer):
         )
         return converted
 
-    def _estimate(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False, require_events: bool = False):
-        return estimate_dataset(
-            self.event_estimator,
-            rows,
-            on_no_events=args.on_no_events,
-            text_field=args.dataset_text_field,
-            desc=f"Estimating events ({split} rows, {args.event_estimator!r})",
-            disable_progress=not progress,
-            require_events=require_events,
-        )
+    def _estimate(
+        self,
+        args: CAPTConfig,
+        rows: datasets.Dataset,
+        split: str,
+        progress: bool = False,
+        require_events: bool = False,
+        on_no_events: str | None = None,
+    ):
+        """``estimate_dataset`` under ``on_no_events`` (default: the config's); an error in an evaluation split says
+        which split it is in."""
+        try:
+            return estimate_dataset(
+                self.event_estimator,
+                rows,
+                on_no_events=on_no_events or args.on_no_events,
+                text_field=args.dataset_text_field,
+                desc=f"Estimating events ({split} rows, {args.event_estimator!r})",
+                disable_progress=not progress,
+                require_events=require_events,
+            )
+        except (DataError, ConfigError) as error:
+            if split == "training":
+                raise
+            raise type(error)(f"In the {split} split: {error}") from error
 
     def _interventions(self, args: CAPTConfig, estimated: EstimatedRows) -> RowInterventions:
         interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value)
@@ -483,8 +498,16 @@ class CAPTTrainer(SFTTrainer):
         return interventions
 
     def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str):
-        """Estimate the rows of an evaluation split and check that the (training rows') pool serves them."""
-        estimated = self._estimate(args, rows, split)
+        """Estimate the rows of an evaluation split and check that the (training rows') pool serves them. Every
+        evaluation row is evaluated, as with plain SFT: ``on_no_events: drop`` keeps evaluation rows without events
+        unchanged (``error`` still fails), and a count of them is logged."""
+        estimated = self._estimate(args, rows, split, on_no_events="error" if args.on_no_events == "error" else "keep")
+        if estimated.no_events and args.process_index == 0:
+            logger.warning(
+                f"capt: {len(estimated.no_events)} of {len(rows)} rows of the {split} split "
+                f"{for_count(len(estimated.no_events), 'has', 'have')} no events ({describe_rows(estimated.no_events)}); "
+                "they are evaluated unchanged."
+            )
         return estimated, self._interventions(args, estimated)
 
     def _intervention_dataset(self, rows, estimated: EstimatedRows, interventions: RowInterventions):
