@@ -81,6 +81,16 @@ def test_a_json_object_wrapping_the_rows_is_read_from_its_field_and_a_one_row_ch
     assert load_any_dataset(str(tmp_path / "chat.jsonl"))["train"].to_list() == [chat]
 
 
+def test_a_file_or_folder_without_rows_is_one_line_naming_it(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "header.csv").write_text("prompt,completion\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "train.jsonl").write_text("")
+    for name in ("empty.jsonl", "header.csv", "folder"):
+        with pytest.raises(DataError, match=rf"^Dataset {tmp_path / name} holds no rows \(an empty file, or a CSV of only its header\)\.$"):
+            load_any_dataset(str(tmp_path / name))
+
+
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("hello")

@@ -33,10 +33,21 @@ def file_builder(path: Path) -> str | None:
     return FILE_BUILDERS.get(suffixes[-1]) if suffixes else None
 
 
-def _data_files(name: str, files: list[Path], streaming: bool):
-    """The ``train`` split of data files of one format."""
+def _load_local(source: str, *args, **kwargs):
+    """``datasets.load_dataset`` on local data; data without rows (an empty file, a CSV of only its header) is one
+    line naming it, where `datasets` raises a bare StopIteration or "Instruction "train" corresponds to no data"."""
     import datasets
 
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except (StopIteration, ValueError) as error:
+        if isinstance(error, ValueError) and "corresponds to no data" not in str(error):
+            raise
+        raise DataError(f"Dataset {source} holds no rows (an empty file, or a CSV of only its header).") from None
+
+
+def _data_files(name: str, files: list[Path], streaming: bool):
+    """The ``train`` split of data files of one format."""
     builders = {file_builder(path) for path in files}
     if None in builders or len(builders) > 1:
         kinds = ", ".join(sorted({"".join(path.suffixes) or path.name for path in files}))
@@ -46,14 +57,14 @@ def _data_files(name: str, files: list[Path], streaming: bool):
             f"jsonl and csv also compressed: {', '.join(COMPRESSIONS)})."
         )
     builder, data_files = builders.pop(), {"train": [str(path) for path in files]}
-    loaded = datasets.load_dataset(builder, data_files=data_files, streaming=streaming)
+    loaded = _load_local(name, builder, data_files=data_files, streaming=streaming)
     field = _wrapped_rows_field(loaded["train"]) if builder == "json" and not streaming else None
     if field is None:
         return loaded
     from .configuration import config_note
 
     config_note(f"{name} is one JSON object; its rows are read from its field {field!r}.")
-    return datasets.load_dataset(builder, data_files=data_files, field=field)
+    return _load_local(name, builder, data_files=data_files, field=field)
 
 
 def _wrapped_rows_field(rows) -> str | None:
@@ -75,7 +86,6 @@ def _data_directory(path: Path, config: str | None, streaming: bool):
     test_90.jsonl -> test). Where one split merges files of different names, each of them is also a split of its own
     name (test_10, test_90), with a note, so that a merged split is never read unknowingly and each file can be
     named."""
-    import datasets
     from datasets.data_files import DataFilesDict, get_data_patterns
 
     from .configuration import config_note
@@ -83,7 +93,7 @@ def _data_directory(path: Path, config: str | None, streaming: bool):
     try:
         grouped = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
     except Exception:  # no data files, or a layout datasets resolves otherwise: its own error and rules
-        return datasets.load_dataset(str(path), name=config, streaming=streaming)
+        return _load_local(str(path), str(path), name=config, streaming=streaming)
     files = {str(split): [Path(str(file)) for file in split_files] for split, split_files in grouped.items()}
     stems = {split: [file.name.split(".")[0] for file in split_files] for split, split_files in files.items()}
     merged = {
@@ -92,7 +102,7 @@ def _data_directory(path: Path, config: str | None, streaming: bool):
     }
     builders = {file_builder(file) for split_files in files.values() for file in split_files}
     if not merged or len(builders) != 1 or None in builders:
-        return datasets.load_dataset(str(path), name=config, streaming=streaming)
+        return _load_local(str(path), str(path), name=config, streaming=streaming)
     data_files = {split: [str(file) for file in split_files] for split, split_files in files.items()}
     for split, names in merged.items():
         own = [stem for stem in names if re.fullmatch(r"\w+", stem) and stem not in data_files]
@@ -101,7 +111,7 @@ def _data_directory(path: Path, config: str | None, streaming: bool):
             f"split {split!r} of {path} holds {len(names)} files ({', '.join(file.name for file in files[split])}), "
             f"as datasets groups files by name; splits of their own: {', '.join(own)}."
         )
-    return datasets.load_dataset(builders.pop(), data_files=data_files, streaming=streaming)
+    return _load_local(str(path), builders.pop(), data_files=data_files, streaming=streaming)
 
 
 def load_any_dataset(name: str, config: str | None = None, streaming: bool = False):
