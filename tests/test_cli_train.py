@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO, base_config, interrupt_after_first_step, reward_rows, run_cli, sft_rows, write_config, write_jsonl
 from plugin_helpers import make_distribution, pip_install_target
+from trl_causal.errors import ConfigError
 from trl_causal.plugins import PluginManager
 from trl_causal.train import SUMMARY_FILE
 
@@ -72,6 +73,23 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
     assert parse_run_config(["--report_to", "none"], str(config)).training_args.report_to == []  # TRL's "none", not None
     assert parse_run_config(["--text_column", "null", "--text_column", "body"], str(config)).training_args.text_column == "body"
     assert parse_run_config(["--outcome_column", "null"], str(config)).training_args.outcome_column == "null"  # not optional
+    # a list field takes no null, as in the YAML (argparse read it as the list ["null"], a column named "null")
+    with pytest.raises(ConfigError, match=r"Key 'categorical_confounders' in the command line expects list, got None .* For none, give the empty list \[\] \(--categorical_confounders '\[\]'\)"):
+        parse_run_config(["--categorical_confounders", "null"], str(config))
+    assert parse_run_config(["--categorical_confounders", "[]"], str(config)).training_args.categorical_confounders == []
+
+
+def test_a_report_to_integration_whose_package_is_missing_is_one_line_before_launch(tmp_path, tiny_model):
+    from transformers.integrations import get_available_reporting_integrations
+
+    from trl_causal.configuration import parse_run_config
+
+    if "swanlab" in get_available_reporting_integrations():
+        pytest.skip("swanlab is installed here")
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, tmp_path / "d.jsonl", tmp_path / "out")})
+    with pytest.raises(ConfigError, match=r"report_to in .*cfg.yaml names swanlab, whose package is not installed: `pip install swanlab`, or set `report_to: none`"):
+        parse_run_config(["--report_to", "swanlab"], str(config))
+    assert parse_run_config(["--report_to", "none"], str(config)).training_args.report_to == []
     from trl import TrlParser  # a TRL script's own parser hands "null" over as a string
 
     from trl_causal import DeconfoundedRewardConfig, LatentShiftConfig
@@ -85,7 +103,6 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
 
 def test_a_dict_or_list_field_takes_json_on_the_command_line(tmp_path, tiny_model):
     from trl_causal.configuration import parse_run_config
-    from trl_causal.errors import ConfigError
 
     config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, tmp_path / "d.jsonl", tmp_path / "out")})
     # liger_kernel_config is `dict[str, bool] | None`: argparse read it with dict() ("invalid dict value")

@@ -251,6 +251,8 @@ def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], sour
         if not _conforms(value, annotation):
             choices = _enum_values(annotation)
             hint = f" Choose one of: {', '.join(map(str, choices))}." if choices else ""
+            if value is None and _is_list_type(annotation):
+                hint = " For none, give the empty list []" + (f" (--{key} '[]')." if source == "the command line" else ".")
             raise ConfigError(
                 f"Key {key!r} in {source} expects {_type_name(annotation)}, got {value!r} "
                 f"({type(value).__name__}).{hint}"
@@ -450,11 +452,10 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     launch_args = [arg for key, value in launch_values.items() for arg in _launch_arg(key, value)]
     # `--text_column null` unsets a field as `text_column: null` does, which argparse cannot: the last setting counts
     last = dict(cli)
-    preset = {
-        key: None
-        for key, values in last.items()
-        if len(values) == 1 and values[0] in NULL_WORDS and key in field_types and admits_none(field_types[key])
-    }
+    nulls = {key: None for key, values in last.items() if len(values) == 1 and values[0] in NULL_WORDS and key in field_types}
+    # a list field that takes no None refuses null, as in the YAML, where argparse would read a list of the word
+    checked_values({key: None for key in nulls if _is_list_type(field_types[key])}, field_types, "the command line")
+    preset = {key: None for key in nulls if admits_none(field_types[key])}
     # argparse cannot read a dict field: `--key '{"a": 1}'` is JSON, as the YAML's mapping would be
     preset.update(
         (key, _json_value(key, " ".join(values), dict))
@@ -496,6 +497,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     except (ValueError, TypeError) as error:  # a config's __post_init__ on a combination of values; a `datasets:` entry's unknown key
         hint = " TRL turns bf16 on by default: on a CPU-only machine set `bf16: false`." if "bf16" in str(error) else ""
         raise ConfigError(f"Invalid settings in {source}: {error}{hint}") from error
+    check_reporting_packages(training_args.report_to, source)
     if model_args.model_name_or_path is None:
         raise ConfigError(f"No model: set `model_name_or_path` in {source} (a hub id, a local directory, or an embedded model name such as 'smollm2-135m-instruct').")
     if dataset_args.datasets and script_args.dataset_name:
@@ -504,6 +506,28 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     if not dataset_args.datasets and not script_args.dataset_name:
         raise ConfigError(f"No data: set `dataset_name` in {source} (a hub id, a directory saved by `datasets`, or a .json/.jsonl/.csv/.parquet file).")
     return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)
+
+
+REPORTING_PACKAGES = {  # report_to integrations whose package transformers looks for, and its pip name
+    "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet-ml", "clearml": "clearml",
+    "dvclive": "dvclive", "neptune": "neptune", "codecarbon": "codecarbon", "swanlab": "swanlab", "trackio": "trackio",
+    "dagshub": "dagshub", "azure_ml": "azureml-core", "kubeflow": "kubeflow-training",
+}
+
+
+def check_reporting_packages(report_to: list[str] | str | None, source: str) -> None:
+    """A ``report_to`` integration whose package is missing is one line before launch, where transformers fails with a
+    traceback once the data is loaded and the model built."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    named = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    missing = [name for name in named if name in REPORTING_PACKAGES and name not in get_available_reporting_integrations()]
+    if missing:
+        packages = " ".join(REPORTING_PACKAGES[name] for name in missing)
+        raise ConfigError(
+            f"report_to in {source} names {', '.join(missing)}, whose package is not installed: `pip install {packages}`, "
+            "or set `report_to: none`."
+        )
 
 
 def method_settings(args) -> dict:
