@@ -380,6 +380,7 @@ def test_batch_size_one_is_rejected_from_the_yaml(tiny_model, tmp_path):
         ({"verbalizer": {"a": "yes", "b": "yes"}}, "the same answer 'yes'"),
         ({"verbalizer": {"positive": True, "negative": False}}, "answers with a boolean: YAML reads unquoted yes/no"),
         ({"completion_only_loss": False}, "completion_only_loss=False"),
+        ({"neftune_noise_alpha": 5.0}, "neftune_noise_alpha=5.0: NEFTune adds noise to the embedding layer's output"),
     ],
 )
 def test_bad_settings_name_the_field(tmp_path, overrides, field):

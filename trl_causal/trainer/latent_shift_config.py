@@ -239,6 +239,13 @@ class LatentShiftConfig(SFTConfig):
                 "packing / padding_free merge rows, but latent_shift pools each row's own prompt; set `packing: false` "
                 "and `padding_free: false`."
             )
+        if self.neftune_noise_alpha:
+            raise ConfigError(
+                f"neftune_noise_alpha={self.neftune_noise_alpha}: NEFTune adds noise to the embedding layer's output, "
+                "which latent_shift also reads for its frozen view R0 (the adapters-disabled model) and its patch "
+                "features Phi, so training would store noised Phi in the memory bank that clean prediction draws "
+                "from. Leave neftune_noise_alpha unset."
+            )
         if self.ddp_find_unused_parameters:
             raise ConfigError(
                 "ddp_find_unused_parameters=True: the heads run after the model's DDP forward, and DDP would mark them "
