@@ -576,13 +576,28 @@ def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_m
     assert f"5 train groups have one row left after dropping the rows longer than max_length={max_length}" in caplog.text
     assert len(trainer.train_dataset) > 0
     # the deconfounding used all 40 rows; 35 train
-    assert trainer.report["rows"] == {"used": 40, "dropped_invalid": 0, "dropped_longer_than_max_length": 5, "trained": 35}
-    assert "35 training rows (0 invalid and 5 longer than max_length dropped" in capsys.readouterr().out
+    pairs = len(trainer.train_dataset)
+    assert trainer.report["rows"] == {"used": 40, "dropped_invalid": 0, "dropped_longer_than_max_length": 5, "trained": 35, "pairs": pairs}
+    assert f"35 training rows in {pairs} within-group pairs (0 invalid and 5 longer than max_length dropped" in capsys.readouterr().out
     assert train.check_prepared_rows(trainer, rows, "reward") == 35  # the run summary's train_rows
     for row in rows[1:40:2]:  # now every group loses a row
         row["text"] = row["text"] * 30
     with pytest.raises(DataError, match="leaves every group with one row, so there is no pair to train on: raise max_length"):
         build_trainer(tiny_model, tmp_path, rows, objective="pairwise", max_length=max_length)
+
+
+def test_pairwise_counts_its_pairs_and_warns_when_large_groups_make_many(tiny_model, tmp_path, caplog, capsys):
+    rows = [dict(row, group=i // 40) for i, row in enumerate(observational_rows(n=120))]  # 3 groups of 40 rows
+    with caplog.at_level("WARNING"):
+        trainer = build_trainer(tiny_model, tmp_path, rows, objective="pairwise", feature_source="tfidf")
+    pairs = len(trainer.train_dataset)
+    assert pairs > 10 * 120 and trainer.report["rows"]["pairs"] == pairs
+    assert f"The train split's 120 rows give {pairs} within-group pairs (largest group: 40 rows)" in caplog.text
+    assert f"120 training rows in {pairs} within-group pairs" in capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        small = build_trainer(tiny_model, tmp_path, observational_rows(n=120), objective="pairwise", feature_source="tfidf")
+    assert small.report["rows"]["pairs"] == len(small.train_dataset) <= 30 * 6 and "within-group pairs (largest" not in caplog.text
 
 
 def test_pairwise_needs_a_group_column(tmp_path):

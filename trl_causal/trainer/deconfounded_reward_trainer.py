@@ -57,6 +57,7 @@ from .zero3 import full_parameters
 logger = logging.get_logger(__name__)
 
 REPORT_FILE = "deconfounding_report.json"
+MANY_PAIRS_PER_ROW = 10  # more within-group pairs per row than this (groups of about 20 rows or more) is warned about
 
 
 def text_column_sets(args: DeconfoundedRewardConfig) -> tuple[tuple[str, ...], ...]:
@@ -586,6 +587,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 **self.targets.report["rows"],
                 "dropped_longer_than_max_length": too_long,
                 "trained": self.targets.report["rows"]["used"] - too_long,
+                **({"pairs": len(self.train_dataset)} if args.objective == "pairwise" else {}),
             },
             **({"eval_rows": eval_rows} if eval_rows else {}),
         }
@@ -642,8 +644,14 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         )
         if too_long and (single := int((group_sizes == 1).sum())):
             logger.warning(
-                f"{single} {split} groups have one row left after dropping the rows longer than "
-                f"max_length={args.max_length}; they give no pair. Raise max_length to keep them."
+                f"{single} {split} {for_count(single, 'group has', 'groups have')} one row left after dropping the "
+                f"rows longer than max_length={args.max_length}; they give no pair. Raise max_length to keep them."
+            )
+        if len(pairs) > MANY_PAIRS_PER_ROW * len(input_ids):
+            logger.warning(
+                f"The {split} split's {len(input_ids)} rows give {len(pairs)} within-group pairs (largest group: "
+                f"{group_sizes.max()} rows): pairs grow with the square of a group's size, and each is a training "
+                "example. A finer group_column, or a larger min_pair_gap, gives fewer."
             )
         columns = {
             "chosen_ids": [input_ids[i] for i in pairs[:, 0]],
@@ -660,7 +668,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         rows = report["rows"]
         line = (
             f"trl-causal deconfounded_reward: mode {report['mode']!r}, objective {report['objective']!r}, "
-            f"{rows['trained']} training rows"
+            f"{rows['trained']} training rows" + (f" in {rows['pairs']} within-group pairs" if "pairs" in rows else "")
         )
         if rows["dropped_invalid"] or rows["dropped_longer_than_max_length"]:
             line += (
