@@ -535,6 +535,11 @@ def projection(cli, pool: dict, median_step: float, feature_rates: dict[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; results go to *_smoke.{json,png}")
+    parser.add_argument(
+        "--estimator_only",
+        action="store_true",
+        help="part 1 only (seconds): writes deconfounded_reward_estimator.{json,png}, never the full results",
+    )
     parser.add_argument("--estimator_datasets", type=int, default=50)
     parser.add_argument("--estimator_rows", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -578,6 +583,23 @@ def main() -> None:
     cli.speed_batch = yaml_args.per_device_train_batch_size * yaml_args.gradient_accumulation_steps
     cli.min_pair_gap = yaml_args.min_pair_gap
     started = time.perf_counter()
+    if cli.estimator_only:
+        with tempfile.TemporaryDirectory() as scratch:
+            estimator = estimator_study(cli.estimator_datasets, cli.estimator_rows, scratch)
+        name = "deconfounded_reward_estimator" + ("_smoke" if cli.smoke else "")
+        path = write_results(name, {**estimator, "wall_seconds": time.perf_counter() - started})
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.8))
+        plot_estimator(ax, estimator)
+        fig.tight_layout()
+        fig.savefig(path.with_suffix(".png"), dpi=120)
+        print(f"CI coverage {estimator['ci_coverage']:.2f}, median |theta - gamma| {estimator['median_abs_error']:.4f}")
+        print(f"wrote {path} and {path.with_suffix('.png')}")
+        return
 
     with tempfile.TemporaryDirectory() as scratch:
         cache_dir = cli.feature_cache_dir
@@ -731,6 +753,21 @@ def main() -> None:
     print(f"wrote {path} and {path.with_suffix('.png')} in {results['wall_seconds'] / 60:.1f} min")
 
 
+def plot_estimator(ax, estimator: dict) -> None:
+    """Part 1: each simulated dataset's theta_hat and 95% CI, sorted; red where the CI misses gamma."""
+    order = np.argsort(estimator["theta"])
+    theta = np.array(estimator["theta"])[order]
+    low, high = np.array(estimator["ci_low"])[order], np.array(estimator["ci_high"])[order]
+    covered = (low <= GAMMA) & (GAMMA <= high)
+    x = np.arange(len(theta))
+    for mask, color in ((covered, "C0"), (~covered, "C3")):
+        ax.errorbar(x[mask], theta[mask], yerr=[(theta - low)[mask], (high - theta)[mask]], fmt="o", ms=2, color=color,
+                    lw=0.8)
+    ax.axhline(GAMMA, color="k", lw=0.8)
+    ax.set_title(f"theta_hat, 95% CI ({estimator['ci_coverage']:.0%} cover gamma)", fontsize=10)
+    ax.set_xlabel("simulated dataset (sorted)")
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -755,19 +792,7 @@ def plot(results: dict, path: Path) -> None:
     axes[2].axhline(quality["objective_random_pick"], color="k", lw=0.8, ls=":", label="random pick")
     axes[2].axhline(quality["objective_best_pick"], color="k", lw=0.8, ls="--", label="best pick")
     axes[2].legend(fontsize=8)
-    estimator = results["estimator"]
-    order = np.argsort(estimator["theta"])
-    theta = np.array(estimator["theta"])[order]
-    low, high = np.array(estimator["ci_low"])[order], np.array(estimator["ci_high"])[order]
-    covered = (low <= GAMMA) & (GAMMA <= high)
-    x = np.arange(len(theta))
-    axes[3].errorbar(x[covered], theta[covered], yerr=[(theta - low)[covered], (high - theta)[covered]], fmt="o",
-                     ms=2, color="C0", lw=0.8)
-    axes[3].errorbar(x[~covered], theta[~covered], yerr=[(theta - low)[~covered], (high - theta)[~covered]],
-                     fmt="o", ms=2, color="C3", lw=0.8)
-    axes[3].axhline(GAMMA, color="k", lw=0.8)
-    axes[3].set_title(f"theta_hat, 95% CI ({results['ci_coverage']:.0%} cover gamma)", fontsize=10)
-    axes[3].set_xlabel("simulated dataset (sorted)")
+    plot_estimator(axes[3], results["estimator"])
     sweep = results["text_confounding_sweep"]
     kappas = sorted(sweep, key=float)  # float keys, or their strings when re-plotted from the JSON
     x = [float(k) for k in kappas]

@@ -30,6 +30,7 @@ from ..errors import ConfigError, DataError, describe_rows
 LEARNER_NAMES = ("ridge", "lasso", "random_forest", "gradient_boosting", "linear")
 RIDGE_ALPHAS = np.logspace(-2, 5, 8)
 MIN_RESIDUAL_SHARE = 0.01
+INNER_FOLDS = 3  # folds of whole clusters in which a nuisance learner chooses its penalty (with_group_folds)
 WEAK_INSTRUMENT_F = 10.0
 
 
@@ -37,10 +38,12 @@ class WeakInstrumentWarning(UserWarning):
     """The first-stage F statistic of an instrument is below 10 (Staiger & Stock rule of thumb)."""
 
 
-def make_learner(learner: str | RegressorMixin, seed: int = 0) -> RegressorMixin:
+def make_learner(learner: str | RegressorMixin, seed: int = 0, sparse: bool = False) -> RegressorMixin:
     """A fresh scikit-learn regressor for a nuisance function E[target | phi].
 
-    ``ridge``: RidgeCV (alpha by leave-one-out over 1e-2..1e5, one per target) on standardised features;
+    ``ridge``: RidgeCV (alpha by leave-one-out over 1e-2..1e5, one per target) on standardised features, or, for
+    ``sparse`` features (TF-IDF, whose rows are already on one scale), on the features as they are: scaling each
+    column by its spread blows rare terms (a campaign's id in its prompt) up into what the fit leans on;
     ``lasso``: LassoCV (3-fold) on standardised features; ``random_forest``: RandomForestRegressor (200 trees,
     leaves >= 5 rows); ``gradient_boosting``: HistGradientBoostingRegressor (dense features only);
     ``linear``: LinearRegression. An estimator instance is cloned (unfitted copy), never modified.
@@ -52,7 +55,8 @@ def make_learner(learner: str | RegressorMixin, seed: int = 0) -> RegressorMixin
             )
         return clone(learner)
     if learner == "ridge":
-        return make_pipeline(StandardScaler(with_mean=False), RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True))
+        ridge = RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True)
+        return ridge if sparse else make_pipeline(StandardScaler(with_mean=False), ridge)
     if learner == "lasso":
         return make_pipeline(StandardScaler(with_mean=False), LassoCV(cv=3))
     if learner == "random_forest":
@@ -277,6 +281,23 @@ def _fits_targets_jointly(learner: RegressorMixin) -> bool:
     return type(final_step) in (LinearRegression, Ridge)
 
 
+def with_group_folds(learner: RegressorMixin, groups: np.ndarray) -> RegressorMixin:
+    """``learner`` choosing its penalty by folds that keep the clusters ``groups`` whole, as the cross-fitting folds
+    do, where RidgeCV (leave-one-out) and LassoCV (k-fold) split rows: rows of one cluster share a prompt, so a held-out
+    row's cluster mates vouch for a penalty that fits the clusters' own words and misses on new clusters. RidgeCV then
+    takes one alpha for all targets (``_fit_predict`` fits each target on its own). Other learners, and fewer than 2
+    clusters, are left as they are."""
+    final_step = learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
+    n_groups = len(np.unique(groups))
+    if type(final_step) not in (RidgeCV, LassoCV) or n_groups < 2:
+        return learner
+    learner = clone(learner)
+    final_step = learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
+    folds = list(GroupKFold(min(INNER_FOLDS, n_groups)).split(groups, groups=groups))
+    final_step.set_params(cv=folds, **({"alpha_per_target": False} if isinstance(final_step, RidgeCV) else {}))
+    return learner
+
+
 def _fit_predict(learner: RegressorMixin, x_train: Any, targets_train: np.ndarray, x_test: Any) -> np.ndarray:
     """Predictions [n_test, t] of E[target|phi] for each target column."""
     if _fits_targets_jointly(learner):
@@ -286,22 +307,32 @@ def _fit_predict(learner: RegressorMixin, x_train: Any, targets_train: np.ndarra
 
 
 def _cross_fit_residuals(
-    blocks: Sequence[tuple[np.ndarray, str | RegressorMixin]], features: Any, folds: list, seed: int, progress: bool
+    blocks: Sequence[tuple[np.ndarray, str | RegressorMixin]],
+    features: Any,
+    folds: list,
+    seed: int,
+    progress: bool,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """target - E^(-k)[target|phi] for each (target [n, t], learner) block, nuisances fitted on the folds but k.
+    """target - E^(-k)[target|phi] for each (target [n, t], learner) block, nuisances fitted on the folds but k; with
+    ``groups``, a learner given by name chooses its penalty by folds of whole clusters (``with_group_folds``); an
+    instance is used as given.
 
     Blocks with the same learner are stacked into one target matrix, so a linear learner fits once per fold.
     """
+    sparse = sp.issparse(features)
     by_learner: dict[Any, list[int]] = {}
     for index, (_, learner) in enumerate(blocks):
         by_learner.setdefault(learner if isinstance(learner, str) else id(learner), []).append(index)
     stacked = [
-        (np.hstack([blocks[index][0] for index in indices]), make_learner(blocks[indices[0]][1], seed))
+        (np.hstack([blocks[index][0] for index in indices]), make_learner(blocks[indices[0]][1], seed, sparse))
         for indices in by_learner.values()
     ]
+    named = [isinstance(blocks[indices[0]][1], str) for indices in by_learner.values()]
     stacked_residuals = [np.empty_like(target) for target, _ in stacked]
     for train, test in tqdm(folds, desc="deconfound: cross-fitting folds", disable=not progress):
-        for residual, (target, model) in zip(stacked_residuals, stacked):
+        for residual, (target, model), by_name in zip(stacked_residuals, stacked, named):
+            model = with_group_folds(model, groups[train]) if groups is not None and by_name else model
             residual[test] = target[test] - _fit_predict(model, features[train], target[train], features[test])
     residuals: list[np.ndarray] = [np.empty(0)] * len(blocks)
     for indices, residual in zip(by_learner.values(), stacked_residuals):
@@ -478,7 +509,7 @@ def partial_out(
         folds = list(KFold(n_folds, shuffle=True, random_state=seed).split(outcome))
     else:
         folds = list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(outcome, groups=group_ids))
-    residuals = _cross_fit_residuals(blocks, features, folds, seed, progress)
+    residuals = _cross_fit_residuals(blocks, features, folds, seed, progress, group_ids)
     y_res, c_res = residuals[0][:, 0], residuals[1]
     residual_share = _residual_share(c_res, confounder_matrix)
     _check_not_text_function(residual_share, names, "confounder", min_residual_share)

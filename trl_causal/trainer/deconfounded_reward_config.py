@@ -122,7 +122,11 @@ class DeconfoundedRewardConfig(RewardConfig):
     n_folds: int = field(default=5, metadata={"help": "Cross-fitting folds K of the partialling out."})
     outcome_learner: str = field(
         default="ridge",
-        metadata={"help": "scikit-learn learner of E[Y|phi].", "choices": list(LEARNER_NAMES)},
+        metadata={
+            "help": "scikit-learn learner of E[Y|phi]. ridge: RidgeCV (standardised model features; TF-IDF as it is), "
+            "its alpha chosen by leave-one-out, or with group_column by folds of whole groups.",
+            "choices": list(LEARNER_NAMES),
+        },
     )
     confounder_learner: str = field(
         default="ridge",
