@@ -8,7 +8,7 @@ import pytest
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LinearRegression, RidgeCV
 
-from trl_causal.deconfound import WeakInstrumentWarning, partial_out, simulate_observational_texts
+from trl_causal.deconfound import TextDeterminedWarning, WeakInstrumentWarning, partial_out, simulate_observational_texts
 from trl_causal.errors import ConfigError, DataError
 
 GAMMA = 1.0
@@ -138,7 +138,8 @@ def test_with_groups_the_nuisance_penalty_is_chosen_on_whole_clusters_and_finds_
     from trl_causal.deconfound.partial_out import make_learner, with_group_folds
 
     outcome, confounders, features, groups = campaign_log()
-    result = partial_out(outcome, confounders, features, n_folds=3, groups=groups, progress=False, feature_names=["budget", "has_free"])
+    with pytest.warns(TextDeterminedWarning, match=r"The text nearly determines the confounder 'has_free' \(\d\.\d% left\): its theta"):
+        result = partial_out(outcome, confounders, features, n_folds=3, groups=groups, progress=False, feature_names=["budget", "has_free"])
     # leave-one-out on standardised TF-IDF chose the smallest penalty, fitted each campaign's id and left 29% of
     # has_free's variance here (126% on a reviewer's log): a word of the text looked partly free of the text
     assert result.residual_r2[1] < 0.2 and result.residual_r2[0] > 0.9

@@ -10,6 +10,7 @@ from .confounders import build_confounder_matrix
 from .partial_out import (
     LEARNER_NAMES,
     DeconfoundResult,
+    TextDeterminedWarning,
     WeakInstrumentWarning,
     make_learner,
     partial_out,
@@ -28,6 +29,7 @@ __all__ = [
     "LEARNER_NAMES",
     "MARKER",
     "DeconfoundResult",
+    "TextDeterminedWarning",
     "WeakInstrumentWarning",
     "add_marker",
     "build_confounder_matrix",

@@ -25,13 +25,18 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import get_tags
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError, describe_rows
+from ..errors import ConfigError, DataError, describe_rows, for_count
 
 LEARNER_NAMES = ("ridge", "lasso", "random_forest", "gradient_boosting", "linear")
 RIDGE_ALPHAS = np.logspace(-2, 5, 8)
 MIN_RESIDUAL_SHARE = 0.01
+MOSTLY_TEXT_SHARE = 0.1  # a confounder with less of its variance left than this is warned about (without instrument)
 INNER_FOLDS = 3  # folds of whole clusters in which a nuisance learner chooses its penalty (with_group_folds)
 WEAK_INSTRUMENT_F = 10.0
+
+
+class TextDeterminedWarning(UserWarning):
+    """Partialling out the text leaves a confounder little of its variance (under ``MOSTLY_TEXT_SHARE``)."""
 
 
 class WeakInstrumentWarning(UserWarning):
@@ -359,6 +364,22 @@ def _check_not_text_function(share: np.ndarray, names: Sequence[str], what: str,
         )
 
 
+def _warn_mostly_text(share: np.ndarray, names: Sequence[str]) -> None:
+    """Warn of confounders the text nearly determines: their theta rests on the little variance left, and takes up
+    whatever of the text's own effect the nuisance fit misses."""
+    mostly = [(name, value) for name, value in zip(names, share) if value < MOSTLY_TEXT_SHARE]
+    if mostly:
+        listed = ", ".join(f"{name!r} ({value:.1%} left)" for name, value in mostly)
+        warnings.warn(
+            f"The text nearly determines the confounder{'s' if len(mostly) > 1 else ''} {listed}: "
+            f"{for_count(len(mostly), 'its', 'their')} theta rests on the little variance that partialling out the text "
+            "leaves, and takes up what the text features miss of the text's own effect. Pass an instrument column "
+            "that moves it independently of the text, or drop it.",
+            TextDeterminedWarning,
+            stacklevel=3,
+        )
+
+
 def _check_full_rank(matrix: np.ndarray, names: Sequence[str], what: str) -> None:
     """Fail when the columns of ``matrix`` are linearly dependent, naming each column that the ones before it span.
     One rank computation when they are independent; column by column only to name the culprits."""
@@ -513,6 +534,8 @@ def partial_out(
     y_res, c_res = residuals[0][:, 0], residuals[1]
     residual_share = _residual_share(c_res, confounder_matrix)
     _check_not_text_function(residual_share, names, "confounder", min_residual_share)
+    if instrument is None:
+        _warn_mostly_text(residual_share, names)
     _check_full_rank(c_res, names, "confounder")
 
     first_stage_f = None
