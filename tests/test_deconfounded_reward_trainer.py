@@ -523,6 +523,24 @@ def test_weak_instrument_warns_with_the_first_stage_f(tiny_model, tmp_path):
     assert trainer.report["deconfounding"]["method"] == "partialling_out_iv"
 
 
+def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenous_one_only(tiny_model, tmp_path):
+    rows = observational_rows(n=800, instrument_strength=1.0, hidden_confounding=1.0, seed=4)
+    for i, row in enumerate(rows):
+        row["channel"] = ("email", "app", "web")[i % 3]  # exogenous: one-hot, 2 columns of the confounder matrix
+    settings = {"instrument_columns": "instrument", "categorical_confounders": ["channel"], "feature_source": "tfidf"}
+    with pytest.raises(DataError, match=r"1 instrument column\(s\) for 3 endogenous confounder-matrix columns \(confounder, channel=email, channel=web\).*`endogenous_confounders`"):
+        build_trainer(tmp_path / "no-model", tmp_path, rows, **settings)  # before the model loads
+    trainer = build_trainer(tiny_model, tmp_path, rows, **settings, endogenous_confounders=["confounder"])
+    deconfounding = trainer.report["deconfounding"]
+    assert deconfounding["method"] == "partialling_out_iv"
+    effect = deconfounding["effects"]["confounder"]
+    assert effect["ci_low"] < 1.0 < effect["ci_high"] and effect["first_stage_f"] > 10  # gamma = 1
+    with pytest.raises(ConfigError, match=r"endogenous_confounders names \['chanel'\], which are not confounder columns"):
+        reward_args(tmp_path, **settings, endogenous_confounders=["chanel"])
+    with pytest.raises(ConfigError, match="endogenous_confounders names the confounders that instrument_columns move"):
+        reward_args(tmp_path, endogenous_confounders=["confounder"])
+
+
 def test_fewer_rows_than_folds(tmp_path, tiny_model, capsys):
     train_fails_with(
         capsys,

@@ -21,6 +21,7 @@ _LIST_FIELDS = (
     "timestamp_confounders",
     "timestamp_features",
     "instrument_columns",
+    "endogenous_confounders",
 )
 
 
@@ -71,8 +72,16 @@ class DeconfoundedRewardConfig(RewardConfig):
         default_factory=list,
         metadata={
             "help": "Instrument columns Z that move the confounders but not the outcome directly; theta is then "
-            "estimated by partialling-out IV (at least one instrument per confounder column). A first-stage F below "
-            "10 gives a warning."
+            "estimated by partialling-out IV, which needs at least one instrument per column of the confounder "
+            "matrix that the instruments move (see endogenous_confounders). A first-stage F below 10 gives a warning."
+        },
+    )
+    endogenous_confounders: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "With instrument_columns: the confounder columns the instruments move. The other confounders "
+            "are taken as exogenous and serve as their own instruments, so a categorical or timestamp confounder "
+            "(several matrix columns) needs no instrument of its own. Default: every confounder column is endogenous."
         },
     )
     group_column: str | None = field(
@@ -210,6 +219,17 @@ class DeconfoundedRewardConfig(RewardConfig):
                     f"{role} lists the outcome column {self.outcome_column!r}: the outcome cannot explain itself "
                     f"(partialling it out leaves nothing to learn). Remove it from {role}."
                 )
+        confounder_columns = [*self.numeric_confounders, *self.categorical_confounders, *self.timestamp_confounders]
+        if self.endogenous_confounders and not self.instrument_columns:
+            raise ConfigError(
+                "endogenous_confounders names the confounders that instrument_columns move; set instrument_columns, "
+                "or remove endogenous_confounders."
+            )
+        if unknown := [column for column in self.endogenous_confounders or [] if column not in confounder_columns]:
+            raise ConfigError(
+                f"endogenous_confounders names {unknown}, which are not confounder columns; use some of "
+                f"{confounder_columns}."
+            )
         unknown = [feature for feature in self.timestamp_features if feature not in TIMESTAMP_FEATURES]
         if unknown or not self.timestamp_features:
             raise ConfigError(

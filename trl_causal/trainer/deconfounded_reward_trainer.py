@@ -260,6 +260,40 @@ def read_observations(
     return observations
 
 
+def confounder_column_of(name: str, args: DeconfoundedRewardConfig) -> str:
+    """The config column a confounder-matrix column comes from: itself (numeric), ``column=level`` (categorical, and a
+    timestamp's weekday / month) or ``column_trend_days``."""
+    for column in (*args.categorical_confounders, *args.timestamp_confounders):
+        if name.startswith(f"{column}=") or name == f"{column}_trend_days":
+            return column
+    return name
+
+
+def instruments(observations: Observations, args: DeconfoundedRewardConfig) -> tuple[np.ndarray | None, list[str] | None]:
+    """The instrument matrix of the 2SLS and its column names: Z, and beside it the columns of the confounders not in
+    ``endogenous_confounders`` (exogenous: their own instruments); (None, None) without instruments. Fewer instruments
+    than endogenous columns is an error naming those columns and the fix."""
+    if observations.instrument is None:
+        return None, None
+    names = observations.confounder_names
+    endogenous = args.endogenous_confounders or {confounder_column_of(name, args) for name in names}
+    exogenous = [j for j, name in enumerate(names) if confounder_column_of(name, args) not in endogenous]
+    moved = [name for j, name in enumerate(names) if j not in exogenous]
+    if len(args.instrument_columns) < len(moved):
+        fix = (
+            "Name the confounders the instruments move in `endogenous_confounders`: the others then serve as their "
+            "own instruments."
+            if not args.endogenous_confounders
+            else "Add instruments, or move fewer confounders into `endogenous_confounders`."
+        )
+        raise DataError(
+            f"{len(args.instrument_columns)} instrument column(s) for {len(moved)} endogenous confounder-matrix columns "
+            f"({', '.join(moved)}): 2SLS needs at least one instrument per such column. {fix}"
+        )
+    matrix = np.hstack([observations.instrument, observations.confounders[:, exogenous]])
+    return matrix, [*args.instrument_columns, *(names[j] for j in exogenous)]
+
+
 @dataclass
 class RewardTargets:
     """t = (s - mean) / std with s = r~ = Y - theta'(C - mean C) (``result`` given) or s = Y (baselines)."""
@@ -291,6 +325,7 @@ def reward_targets(
         phi = features()
         seconds["features"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
+        instrument, instrument_names = instruments(observations, args)
         result = partial_out(
             observations.outcome,
             observations.confounders,
@@ -298,11 +333,11 @@ def reward_targets(
             n_folds=args.n_folds,
             outcome_learner=args.outcome_learner,
             confounder_learner=args.confounder_learner,
-            instrument=observations.instrument,
+            instrument=instrument,
             seed=args.seed,
             feature_names=observations.confounder_names,
             progress=progress,
-            instrument_names=args.instrument_columns or None,
+            instrument_names=instrument_names,
             groups=observations.groups,
         )
         seconds["partial_out"] = round(time.perf_counter() - start, 3)
@@ -514,6 +549,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if args.mode == "deconfounded":
             train = observations["train"]
             check_design(train.confounders, train.confounder_names, args.n_folds, train.groups)
+            instruments(train, args)  # enough instruments, before the feature pass
         if args.objective == "pairwise":
             for split, obs in observations.items():
                 check_pair_groups(
