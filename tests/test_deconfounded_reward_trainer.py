@@ -455,14 +455,15 @@ def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model
 
 
 def test_drop_invalid_drops_nan_and_inf_written_as_strings_in_a_numeric_confounder(tiny_model, tmp_path):
-    rows = [dict(row, confounder=str(row["confounder"])) for row in observational_rows()]  # quoted, as some exports write them
+    rows = [dict(row, confounder=str(row["confounder"]), outcome=str(row["outcome"])) for row in observational_rows()]  # quoted, as some exports write them
     rows[4]["confounder"], rows[7]["confounder"] = "NaN", "-inf"
-    with pytest.raises(DataError, match=r"2 of 120 rows .*'confounder': 2 \(rows \[4, 7\]\).*drop_invalid: true"):
+    rows[9]["outcome"], rows[12]["outcome"] = " ", "n/a"  # a CSV's blank cell, a spreadsheet's missing mark
+    with pytest.raises(DataError, match=r"4 of 120 rows .*'outcome': 2 \(rows \[9, 12\]\).*'confounder': 2 \(rows \[4, 7\]\).*drop_invalid: true"):
         build_trainer(tiny_model, tmp_path, rows)
     trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
-    assert trainer.report["rows"]["dropped_invalid"] == 2
+    assert trainer.report["rows"]["dropped_invalid"] == 4
     rows[4]["confounder"] = "cheap"
-    with pytest.raises(DataError, match=r"numeric confounder column 'confounder' of the train split must be numeric; it has non-numbers at row 4\b"):
+    with pytest.raises(DataError, match=r"numeric confounder column 'confounder' of the train split must be numeric; it has non-numbers at row 4\b.*Convert them to numbers; a missing value may be left empty or written NA"):
         build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
 
 

@@ -54,13 +54,16 @@ def _sorted_levels(values: Sequence[Any]) -> list[Any]:
     return sorted(set(values), key=key)
 
 
+MISSING_WORDS = frozenset({"", "NA", "N/A", "n/a", "na", "#N/A", "<NA>", "NULL", "null", "None", "none"})  # as pandas reads
+
+
 def parse_numbers(values: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
-    """Floats of ``values`` (None -> NaN; NaN and inf, also written as strings such as "NaN", stay NaN / inf, to be
-    counted as invalid) and the rows whose value is not a number."""
+    """Floats of ``values`` (None, a blank text and the words of ``MISSING_WORDS`` -> NaN; NaN and inf, also written
+    as strings such as "NaN", stay NaN / inf, to be counted as invalid) and the rows whose value is not a number."""
     out = np.full(len(values), np.nan)
     bad_rows = []
     for row, value in enumerate(values):
-        if value is None:
+        if value is None or isinstance(value, str) and value.strip() in MISSING_WORDS:
             continue
         try:
             out[row] = float(value)

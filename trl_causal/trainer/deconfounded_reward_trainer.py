@@ -134,8 +134,9 @@ def _numeric_column(dataset: datasets.Dataset, column: str, what: str, split: st
     if bad_rows:
         raise DataError(
             f"The {what} column {column!r} of the {split} split must be numeric; it has non-numbers at "
-            f"{describe_rows(bad_rows)} (e.g. row {bad_rows[0]}: {values[bad_rows[0]]!r})."
-            + (" Convert them, or make it a categorical confounder (`categorical_confounders`)." if what == "numeric confounder" else "")
+            f"{describe_rows(bad_rows)} (e.g. row {bad_rows[0]}: {values[bad_rows[0]]!r}). Convert them to numbers; a "
+            "missing value may be left empty or written NA, and is then counted as missing (`drop_invalid`)"
+            + (", or make it a categorical confounder (`categorical_confounders`)." if what == "numeric confounder" else ".")
         )
     return out
 
