@@ -542,6 +542,13 @@ def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenou
         reward_args(tmp_path, endogenous_confounders=["confounder"])
 
 
+def test_an_outcome_of_one_value_fails_before_the_model_loads_in_every_mode(tmp_path):
+    rows = [dict(row, outcome=1.0) for row in observational_rows()]
+    for mode in ("deconfounded", "naive"):
+        with pytest.raises(DataError, match=r"^The outcome column 'outcome' has the same value in every training row: nothing to learn\.$"):
+            build_trainer(tmp_path / "no-model", tmp_path, rows, mode=mode)  # before the feature pass and partial_out
+
+
 def test_fewer_rows_than_folds(tmp_path, tiny_model, capsys):
     train_fails_with(
         capsys,

@@ -314,6 +314,14 @@ class RewardTargets:
         return (scores - self.mean) / self.std
 
 
+def check_outcome_varies(observations: Observations, args: DeconfoundedRewardConfig) -> None:
+    """An outcome with one value in every training row is an error: there is nothing to learn."""
+    if not observations.outcome.std() > 0:
+        raise DataError(
+            f"The outcome column {args.outcome_column!r} has the same value in every training row: nothing to learn."
+        )
+
+
 def reward_targets(
     observations: Observations, args: DeconfoundedRewardConfig, features: Callable[[], Any], progress: bool = True
 ) -> RewardTargets:
@@ -345,10 +353,7 @@ def reward_targets(
         scores = result.deconfounded_outcome
     std = float(scores.std())
     if not std > 1e3 * np.finfo(float).eps * float(np.abs(observations.outcome).max()):  # zero up to rounding
-        if result is None or not observations.outcome.std() > 0:
-            raise DataError(
-                f"The outcome column {args.outcome_column!r} has the same value in every training row: nothing to learn."
-            )
+        check_outcome_varies(observations, args)
         raise DataError(
             f"The confounders explain all of the outcome {args.outcome_column!r}: after partialling them out "
             f"r~ = Y - theta'(C - mean C) is the same in every training row (sd {std:.2g}, against sd(Y) = "
@@ -547,6 +552,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         splits = named_splits(train_dataset, eval_dataset)
         check_split_types(splits, "deconfounded_reward", " (it deconfounds all rows before training)")
         observations = read_observations(splits, args)  # bad data fails here, before the model loads
+        check_outcome_varies(observations["train"], args)
         if args.mode == "deconfounded":
             train = observations["train"]
             check_design(train.confounders, train.confounder_names, args.n_folds, train.groups)
