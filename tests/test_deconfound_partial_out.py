@@ -61,6 +61,14 @@ def test_deconfounded_outcome_drops_the_confounder_effect_and_keeps_the_text_eff
     with pytest.raises(DataError, match=r"The new rows have 2 confounder columns; theta has 1 \(confounder_0\)"):
         result.deconfound(outcome, np.column_stack([confounder, confounder]))
     assert abs(deconfounded.mean() - outcome.mean()) < 1e-9
+    # shapes and values are checked as partial_out checks them, never reshaped into other rows
+    np.testing.assert_allclose(result.deconfound(outcome[:, None], confounder[:, None]), deconfounded)  # columns
+    with pytest.raises(DataError, match=rf"The confounder matrix has 2 rows but the outcome has {N_ROWS}"):
+        result.deconfound(outcome, np.column_stack([confounder, confounder]).T)  # [k, n]: k confounders of n rows
+    with pytest.raises(DataError, match=r"The outcome has NaN/inf in 1 of \d+ rows \(row 3;"):
+        result.deconfound(np.where(np.arange(len(outcome)) == 3, np.nan, outcome), confounder)
+    with pytest.raises(DataError, match=r"The confounder matrix has NaN/inf in 1 of \d+ rows \(row 5;"):
+        result.deconfound(outcome, np.where(np.arange(len(outcome)) == 5, np.inf, confounder))
 
 
 def test_report_is_json_and_has_no_per_row_arrays():

@@ -82,9 +82,17 @@ def _learner_label(learner: str | RegressorMixin) -> str:
 def remove_confounder_effect(
     y: Sequence[float] | np.ndarray, confounders: np.ndarray, theta: np.ndarray, confounder_mean: np.ndarray
 ) -> np.ndarray:
-    """r~ = y - theta'(C - mean C): the confounders' causal effect removed, the outcome's mean kept."""
-    confounders = np.asarray(confounders, dtype=float).reshape(len(y), -1)
-    return np.asarray(y, dtype=float) - (confounders - confounder_mean) @ theta
+    """r~ = y - theta'(C - mean C): the confounders' causal effect removed, the outcome's mean kept. y [n] (or [n, 1]),
+    C [n] or [n, k] with k = len(theta), all finite."""
+    outcome = _outcome_vector(y)
+    confounders = _as_float_matrix(confounders, "confounder matrix", len(outcome))
+    if confounders.shape[1] != len(theta):
+        raise DataError(
+            f"The confounder matrix has {confounders.shape[1]} columns but theta has {len(theta)}: give C as [n, k], "
+            "one row per outcome, in the columns theta was estimated on."
+        )
+    _check_finite(confounders, "confounder matrix", [f"column {j}" for j in range(confounders.shape[1])])
+    return outcome - (confounders - confounder_mean) @ theta
 
 
 @dataclass
@@ -130,7 +138,7 @@ class DeconfoundResult:
         order). New rows built alone may one-hot other levels: build C over the estimation rows and the new rows
         together (``build_confounder_matrix(..., fit_rows=n_estimation_rows)``) so that the columns agree.
         """
-        confounders = np.asarray(confounders, dtype=float).reshape(len(y), -1)
+        confounders = _as_float_matrix(confounders, "confounder matrix", len(_outcome_vector(y)))
         if feature_names is not None:
             added, missing = sorted(set(feature_names) - set(self.feature_names)), sorted(set(self.feature_names) - set(feature_names))
             if added or missing or len(feature_names) != confounders.shape[1]:
@@ -189,6 +197,15 @@ def _as_float_matrix(values: Any, what: str, n_rows: int | None) -> np.ndarray:
     if n_rows is not None and len(matrix) != n_rows:
         raise DataError(f"The {what} has {len(matrix)} rows but the outcome has {n_rows}.")
     return matrix
+
+
+def _outcome_vector(y: Any) -> np.ndarray:
+    """The outcome [n] from a vector or an [n, 1] column, numeric and finite."""
+    outcome = _as_float_matrix(y, "outcome", None)
+    if outcome.shape[1] != 1:
+        raise DataError(f"The outcome must be one value per row; got shape {np.shape(y)}.")
+    _check_finite(outcome, "outcome", ["outcome"])
+    return outcome[:, 0]
 
 
 def _check_finite(matrix: np.ndarray, what: str, column_names: Sequence[str]) -> None:
@@ -510,11 +527,8 @@ def partial_out(
     """
     if not 0 < ci_level < 1:
         raise ConfigError(f"ci_level={ci_level!r} must be a probability between 0 and 1, e.g. 0.95 for 95% intervals.")
-    outcome = _as_float_matrix(y, "outcome", None)
-    if outcome.shape[1] != 1:
-        raise DataError(f"The outcome must be one value per row; got shape {np.shape(y)}.")
+    outcome = _outcome_vector(y)[:, None]
     n = len(outcome)
-    _check_finite(outcome, "outcome", ["outcome"])
     confounder_matrix, names = _named_finite_matrix(confounders, "confounder matrix", n, feature_names, "feature_names")
     n_units = check_design(confounder_matrix, names, n_folds, groups)
     features = _check_features(features, n)
