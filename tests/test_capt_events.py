@@ -104,6 +104,15 @@ def test_vocabulary_matches_whole_words_only():
     assert template.prompt == "The {e1} sat on a catalog; concat cat-like {e1}s."
 
 
+def test_a_row_whose_text_spells_a_placeholder_has_no_events_rather_than_a_replaced_literal():
+    estimator = VocabularyEstimator(terms=["cat"])
+    for prompt, completion in (("Use '{e1}'.format(x). The cat sat.", None), ("The cat sat.", " Print {e2}.")):
+        with pytest.raises(NoEventsFound, match=r"The row's text itself holds \{e[12]\}, the spelling of CAPT's event placeholders"):
+            estimator.estimate(prompt, completion)
+    rows = estimate_rows(estimator, [{"prompt": "Use '{e1}' with the cat.", "completion": " ok"}, {"prompt": "A cat.", "completion": " ok"}])
+    assert rows.no_events == [0] and rows.templates[0].render({}) == ("Use '{e1}' with the cat.", " ok")  # kept as written
+
+
 def test_vocabulary_longest_term_first_and_same_term_same_placeholder():
     estimator = VocabularyEstimator(terms=["number", "prime number"])
     template = estimator.estimate("Every prime number is a number. Prime numbers are numbers.", "A prime number.")

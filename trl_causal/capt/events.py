@@ -143,7 +143,10 @@ class EventTemplate:
         return sorted(self.names, key=placeholder_index)
 
     def render(self, mapping: Mapping[str, str]) -> tuple[str, str | None]:
-        """Prompt and completion with every placeholder replaced by ``mapping[key]`` (one mapping for both)."""
+        """Prompt and completion with every placeholder replaced by ``mapping[key]`` (one mapping for both). A template
+        without events is its row's text as written, braces and all."""
+        if not self.names:
+            return self.prompt, self.completion
         used = placeholders_in(self.prompt + "\n" + (self.completion or ""))
         missing = [key for key in used if key not in mapping]
         if missing:
@@ -323,7 +326,13 @@ def template_from_matcher(prompt: str, completion: str | None, matcher: TermMatc
     """Replace every term occurrence by its placeholder (``{eN}``, or ``{eN}s`` for a plural), numbered by first
     appearance in the prompt. The prompt decides the events, as at inference, where it is estimated alone: a term
     keeps its placeholder in the completion, and one that occurs only in the completion stays as written ("Where is
-    the Louvre?" -> " In Paris."). The result is validated; ``NoEventsFound`` if no term occurs in the prompt."""
+    the Louvre?" -> " In Paris."). The result is validated; ``NoEventsFound`` if no term occurs in the prompt, or if
+    the row's own text holds a placeholder's spelling ("'{e1}'.format(x)"), which rendering would replace."""
+    if literal := list(dict.fromkeys(PLACEHOLDER_PATTERN.findall(prompt + "\n" + (completion or "")))):
+        raise NoEventsFound(
+            f"The row's text itself holds {', '.join('{' + key + '}' for key in literal)}, the spelling of CAPT's event "
+            "placeholders, which intervention would replace by a symbol; the row is left without events."
+        )
     placeholder_of: dict[str, str] = {}
 
     def key_of(term: str) -> str:
