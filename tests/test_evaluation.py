@@ -56,6 +56,24 @@ def test_score_is_the_answer_log_likelihood_and_batching_does_not_change_it(tiny
     assert predictor.predict(ROWS) == [["True", "False"][i] for i in scores.argmax(dim=1).tolist()]
 
 
+def test_the_predictor_refuses_an_answer_set_or_rows_of_the_wrong_shape(tiny_model):
+    from trl_causal.errors import ConfigError
+    from trl_causal.evaluation import accuracy_report
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    for answers, message in (("True", r"answers is the text 'True': give a list"), (["True", " "], "non-empty text"), (["True", "True"], "'True' twice")):
+        with pytest.raises(ConfigError, match=message):
+            LMPredictor(model, tokenizer, answers)  # a text was read as the answer set T, r, u, e
+    predictor = LMPredictor(model, tokenizer, ["True", "False"])
+    chat = [{"role": "user", "content": "Happy Monday! True or false: it is Monday."}]
+    for rows, kind in ((ROWS[0]["prompt"], "str"), (ROWS[0], "dict"), (chat, "chat")):
+        with pytest.raises(DataError, match=rf"Give a list of rows or prompts .* not one {kind}\."):
+            predictor.predict(rows)  # a text was read letter by letter, a chat's messages as rows
+    assert predictor.predict([chat]) == predictor.predict([ROWS[1]])
+    with pytest.raises(DataError, match="3 predictions for 1 gold answers"):
+        accuracy_report(["True", "False", "False"], ["True"])  # zip paired the first only: accuracy 1.0 of n=1
+
+
 def test_generate_mode_parses_or_reports_none(tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

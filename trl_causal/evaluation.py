@@ -98,8 +98,14 @@ class LMPredictor:
     ):
         if mode not in ("score", "generate"):
             raise ConfigError(f"Prediction mode {mode!r} is not one of 'score', 'generate'.")
+        if isinstance(answers, str):
+            raise ConfigError(f"answers is the text {answers!r}: give a list of the answers to choose from, e.g. ['True', 'False'].")
         if not answers:
             raise ConfigError("The answer set is empty: give the answers to choose from (e.g. True, False).")
+        if bad := [answer for answer in answers if not isinstance(answer, str) or not answer.strip()]:
+            raise ConfigError(f"Every answer must be a non-empty text; the answer set has {bad[0]!r}.")
+        if repeated := sorted({answer for answer in answers if list(answers).count(answer) > 1}):
+            raise ConfigError(f"The answer set names {', '.join(map(repr, repeated))} twice: give each answer once.")
         self.model = model
         self.tokenizer = tokenizer
         self.answers = list(answers)
@@ -110,7 +116,15 @@ class LMPredictor:
         self.answer_prefix = answer_prefix
 
     def as_rows(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[dict[str, Any]]:
-        """Rows as mappings: a raw prompt (a string, or a list of messages) is the row ``{prompt_column: prompt}``."""
+        """Rows as mappings: a raw prompt (a string, or a list of messages) is the row ``{prompt_column: prompt}``. A
+        single row or prompt where the list of them belongs is an error (a string would be read letter by letter, a
+        chat's messages as rows)."""
+        one_chat = rows and all(isinstance(row, dict) and "role" in row and self.prompt_column not in row for row in rows)
+        if isinstance(rows, (str, dict)) or one_chat:
+            raise DataError(
+                "Give a list of rows or prompts (one prompt is [prompt]; one chat is [[{'role': ..., 'content': ...}]]), "
+                f"not one {'chat' if not isinstance(rows, (str, dict)) else type(rows).__name__}."
+            )
         return [row if isinstance(row, dict) else {self.prompt_column: row} for row in rows]
 
     def row_prompts(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[Prompt]:
@@ -404,6 +418,8 @@ def macro_f1(predicted: Sequence[str | None], gold: Sequence[str]) -> float:
 
 def accuracy_report(predicted: Sequence[str | None], gold: Sequence[str]) -> dict[str, float | int]:
     """Accuracy, macro-F1 over the gold classes, rows and unparsed predictions."""
+    if len(predicted) != len(gold):
+        raise DataError(f"{len(predicted)} predictions for {len(gold)} gold answers: give one prediction per row.")
     correct = sum(p is not None and p.lower() == g.lower() for p, g in zip(predicted, gold))
     return {
         "accuracy": correct / max(len(gold), 1),
