@@ -89,8 +89,21 @@ def test_patch_features_match_tensor_split_reference_and_count_fallbacks(left_pa
 
 
 def test_patch_features_reject_bad_patch_count():
-    with pytest.raises(ConfigError, match="n_patches=0"):
-        patch_features(torch.randn(1, 3, 2), torch.ones(1, 3), n_patches=0)
+    for n_patches in (0, 2.5):  # 2.5 was taken, with weights of neither 2 nor 3 patches
+        with pytest.raises(ConfigError, match=rf"n_patches={n_patches} must be a whole number"):
+            patch_features(torch.randn(1, 3, 2), torch.ones(1, 3), n_patches=n_patches)
+
+
+def test_pooling_in_bf16_is_the_bf16_of_the_exact_mean():
+    # weights 1/L rounded to bf16 put the mean of 300 ones at 0.996
+    ones = torch.ones(2, 300, 3, dtype=torch.bfloat16)
+    mask = mask_from_lengths([300, 299], 300)
+    assert masked_mean_pool(ones, mask.tolist()).tolist() == [[1.0] * 3] * 2  # nested lists work as the mask too
+    features, _ = patch_features(ones, mask, n_patches=7)  # patches of 43 and 42 tokens
+    assert features.dtype == torch.bfloat16 and features.tolist() == [[1.0] * 3] * 2
+    hidden = torch.randn(2, 300, 3, generator=seeded(1))
+    exact = patch_features(hidden.double(), mask, n_patches=7)[0]
+    torch.testing.assert_close(patch_features(hidden.bfloat16(), mask, n_patches=7)[0], exact.bfloat16(), atol=0.01, rtol=0.01)
 
 
 # ---------------------------------------------------------------- L_C
@@ -303,6 +316,14 @@ def test_adjusted_predict_rejects_bad_requests():
         adjusted_predict(head, q1, torch.randn(3, 3), exclude_self=True)
     with pytest.raises(ConfigError, match="k"):
         adjusted_predict(head, q1, torch.randn(3, 3), k=0)
+    with pytest.raises(DataError, match=r"takes q1 \[rows, n_causal\] and phi_candidates \[M, d_phi\]; got \(2,\) .*q1\[None\]"):
+        adjusted_predict(head, q1[0], torch.randn(3, 3))  # one row without its batch dimension
+    with pytest.raises(DataError, match=r"The adjusted head takes q \[\.\.\., 2\] and Phi \[\.\.\., 3\] .* got q \(1, 20, 2\) and Phi \(1, 20, 5\)"):
+        adjusted_predict(head, q1, torch.randn(3, 5))  # candidates of another width
+    torch.testing.assert_close(  # q1 in float64 is taken in the head's dtype
+        adjusted_predict(head, q1.double(), torch.randn(3, 3, generator=seeded(2)), generator=seeded(3)),
+        adjusted_predict(head, q1, torch.randn(3, 3, generator=seeded(2)), generator=seeded(3)),
+    )
 
 
 # ---------------------------------------------------------------- memory bank
@@ -378,6 +399,10 @@ def test_heads_losses_backpropagate_to_the_fine_tuned_view_and_fill_the_bank(adj
     heads.eval()
     heads.losses(last, frozen, low, prompt_mask, labels, adjustment=adjustment, generator=seeded(0))
     assert len(heads.memory_bank) == 4  # evaluation batches stay out of the bank
+    heads.train()
+    with pytest.raises(ValueError, match="batch_size"):
+        heads.losses(last, frozen, low, prompt_mask, labels[:3], adjustment=adjustment)  # one label short
+    assert len(heads.memory_bank) == 4  # a refused batch leaves the bank as it was
 
 
 def test_heads_accept_low_precision_hidden_states():

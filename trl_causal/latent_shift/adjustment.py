@@ -42,7 +42,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _token_mask(hidden: Tensor, mask: Tensor) -> Tensor:
-    """The mask as bool [B, T], after checking it matches the hidden states."""
+    """The mask (a tensor, or nested lists) as bool [B, T] on the hidden states' device, after checking it matches them."""
+    mask = torch.as_tensor(mask, device=hidden.device)
     if hidden.dim() != 3:
         raise DataError(f"hidden states must be [batch, tokens, features]; got shape {tuple(hidden.shape)}.")
     if tuple(mask.shape) != tuple(hidden.shape[:2]):
@@ -67,8 +68,9 @@ def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     token_mask = _token_mask(hidden, mask)
     lengths = token_mask.sum(1)
     _raise_on_empty_rows(lengths)
-    weights = token_mask.to(hidden.dtype) / lengths.unsqueeze(1).to(hidden.dtype)
-    return torch.einsum("bt,btd->bd", weights, hidden)
+    # sum with exact 0/1 weights, divide in float32: 1/L rounded to bf16 put the mean of 300 ones at 0.996
+    summed = torch.einsum("bt,btd->bd", token_mask.to(hidden.dtype), hidden)
+    return (summed.float() / lengths.unsqueeze(1).float()).to(hidden.dtype)
 
 
 def patch_features(hidden: Tensor, mask: Tensor, n_patches: int) -> tuple[Tensor, int]:
@@ -78,8 +80,8 @@ def patch_features(hidden: Tensor, mask: Tensor, n_patches: int) -> tuple[Tensor
     does (the first L mod P' patches hold one token more). Rows with L < P fall back to L one-token
     patches (then f_b is the plain mean). Returns ``(f [B, D], number of rows that fell back)``.
     """
-    if n_patches < 1:
-        raise ConfigError(f"n_patches={n_patches} must be at least 1 (the paper uses 10).")
+    if not isinstance(n_patches, int) or isinstance(n_patches, bool) or n_patches < 1:
+        raise ConfigError(f"n_patches={n_patches!r} must be a whole number of at least 1 (the paper uses 10).")
     token_mask = _token_mask(hidden, mask)
     lengths = token_mask.sum(1)
     _raise_on_empty_rows(lengths)
@@ -88,10 +90,16 @@ def patch_features(hidden: Tensor, mask: Tensor, n_patches: int) -> tuple[Tensor
     n_long = lengths % n_used  # patches 0 .. n_long-1 hold base_size + 1 tokens
     rank = token_mask.long().cumsum(1) - 1  # position of each masked token among its row's masked tokens
     in_long_patch = rank < (n_long * (base_size + 1)).unsqueeze(1)
-    patch_size = base_size.unsqueeze(1) + in_long_patch.long()
-    weights = token_mask.to(hidden.dtype) / (patch_size * n_used.unsqueeze(1)).to(hidden.dtype)
+    # each token weighs 1 / (its patch's size * P'): sums over the tokens of long and of short patches with exact 0/1
+    # weights, scaled in float32 (weights rounded to bf16 are off by up to 0.4%)
+    long_sum, short_sum = (
+        torch.einsum("bt,btd->bd", (token_mask & part).to(hidden.dtype), hidden).float()
+        for part in (in_long_patch, ~in_long_patch)
+    )
+    n_used = n_used.unsqueeze(1).float()
+    features = long_sum / ((base_size.unsqueeze(1) + 1) * n_used) + short_sum / (base_size.unsqueeze(1) * n_used)
     n_fallback = int((lengths < n_patches).sum())
-    return torch.einsum("bt,btd->bd", weights, hidden), n_fallback
+    return features.to(hidden.dtype), n_fallback
 
 
 def _mlp(in_features: int, hidden_sizes: Sequence[int], out_features: int) -> nn.Sequential:
@@ -190,10 +198,20 @@ class AdjustedHead(nn.Module):
     def __init__(self, n_causal: int, d_phi: int, n_labels: int, hidden_sizes: Sequence[int] = (64,)) -> None:
         super().__init__()
         _check_size("n_labels", n_labels, 2)
+        self.d_phi = d_phi
         self.mlp = _mlp(n_causal + d_phi, hidden_sizes, n_labels)
 
     def forward(self, q: Tensor, phi: Tensor) -> Tensor:
-        return self.mlp(torch.cat([q, phi], dim=-1))
+        """Logits [..., n_labels] of q [..., n_causal] and Phi [..., d_phi] with the same leading dimensions, taken in
+        the head's dtype."""
+        first = self.mlp[0]
+        n_causal = first.in_features - self.d_phi
+        if q.shape[-1] != n_causal or phi.shape[-1] != self.d_phi or q.shape[:-1] != phi.shape[:-1]:
+            raise DataError(
+                f"The adjusted head takes q [..., {n_causal}] and Phi [..., {self.d_phi}] with the same leading "
+                f"dimensions (one Phi per q); got q {tuple(q.shape)} and Phi {tuple(phi.shape)}."
+            )
+        return self.mlp(torch.cat([q, phi], dim=-1).to(first.weight.dtype))
 
 
 def adjusted_loss(
@@ -281,6 +299,11 @@ def adjusted_predict(
     seeded ``generator``. Returns probabilities [B, n_labels].
     """
     _check_size("k (number of Phi' draws)", k, 1)
+    if q1.dim() != 2 or phi_candidates.dim() != 2:
+        raise DataError(
+            f"adjusted_predict takes q1 [rows, n_causal] and phi_candidates [M, d_phi]; got {tuple(q1.shape)} and "
+            f"{tuple(phi_candidates.shape)} (one row is q1[None])."
+        )
     n_rows, n_candidates = q1.shape[0], phi_candidates.shape[0]
     if exclude_self and n_candidates != n_rows:
         raise DataError(
@@ -396,14 +419,15 @@ class LatentShiftHeads(nn.Module):
         q0 = self.causal_probs(frozen_last_hidden.detach(), prompt_mask)
         q1 = self.causal_probs(last_hidden, prompt_mask)
         features, n_fallback = self.low_level_features(low_hidden, prompt_mask)
-        if self.training:
-            self.memory_bank.add(features if gather is None else gather(features.detach()))
         phi = self.low_level_encoder(features)
-        return LatentShiftLosses(
+        losses = LatentShiftLosses(
             causal=causal_alignment_loss(q0, q1, entropy_mode),
             adjusted=adjusted_loss(self.adjusted_head, q1, phi, labels, generator, adjustment),
             n_patch_fallback=n_fallback,
         )
+        if self.training:  # after the losses: a batch they refuse leaves the bank as it was
+            self.memory_bank.add(features if gather is None else gather(features.detach()))
+        return losses
 
     def predict(
         self,
