@@ -188,6 +188,10 @@ def test_a_lowercase_term_of_several_words_matches_as_a_title():
     template = VocabularyEstimator(terms=["new york", "york", "san francisco"]).estimate("Is New York bigger than San Francisco?")
     assert template.prompt == "Is {e1} bigger than {e2}?"  # not "Is New {e1} ...", which kept "New" and matched "york"
     assert template.names == {"e1": "new york", "e2": "san francisco"}
+    import numpy as np  # terms in any script, given as any sequence
+
+    template = VocabularyEstimator(terms=np.array(["école normale", "ölfeld"])).estimate("École Normale near Ölfeld.")
+    assert template.prompt == "{e1} near {e2}."
 
 
 def test_vocabulary_terms_file_and_pattern(tmp_path):

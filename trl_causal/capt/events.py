@@ -275,7 +275,7 @@ class TermMatcher:
         variants = {form, form.upper()}
         if form[:1].islower():
             variants.add(form[0].upper() + form[1:])
-            variants.add(re.sub(r"(?<![\w'])[a-z]", lambda letter: letter[0].upper(), form))
+            variants.add(re.sub(r"(?<![\w'])[^\W\d_]", lambda letter: letter[0].upper(), form))  # any script
         return variants
 
     def find(self, text: str) -> list[TermMatch]:
@@ -470,7 +470,7 @@ class VocabularyEstimator(EventEstimator):
                 f"The 'vocabulary' estimator's terms is one string, {terms!r}, which would be a single term; give a "
                 "list: `terms: [" + ", ".join(term.strip() for term in terms.split(",") if term.strip()) + "]`."
             )
-        listed = [terms] if isinstance(terms, str) else list(terms or [])
+        listed = [terms] if isinstance(terms, str) else [] if terms is None else list(terms)
         if terms_file is not None:
             listed += read_terms_file(terms_file)
         if not listed and pattern is None:
