@@ -268,7 +268,8 @@ class MemoryBank(nn.Module):
         self.num_seen += batch.shape[0] + skipped
 
     def stored(self) -> Tensor:
-        """The filled part of the bank [len(self), dim]."""
+        """The filled part of the bank [len(self), dim], in slot order: oldest first until the bank wraps, then the
+        ring as it lies (which rows are kept is FIFO; their order here is not)."""
         if len(self) == 0:
             raise DataError(
                 "the memory bank is empty: train first (the bank fills during training and is saved with the "
