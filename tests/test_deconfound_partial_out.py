@@ -156,6 +156,18 @@ def test_with_groups_the_nuisance_penalty_is_chosen_on_whole_clusters_and_finds_
     assert learner.alpha_per_target is False and make_learner("ridge", sparse=True).cv is None  # a copy, not changed
 
 
+def test_torch_tensors_in_any_dtype_are_taken_as_floats():
+    data = simulate_observational_texts(n=600, seed=5)
+    features = word_features(data["text"]).toarray()
+    expected = partial_out(data["outcome"], data["confounder"], features, progress=False).theta
+    import torch
+
+    as_tensors = [torch.tensor(np.asarray(values, dtype=float)) for values in (data["outcome"], data["confounder"], features)]
+    np.testing.assert_allclose(partial_out(*as_tensors, progress=False).theta, expected)
+    bf16 = partial_out(*(tensor.bfloat16() for tensor in as_tensors), progress=False).theta  # numpy has no bf16
+    assert abs(bf16[0] - expected[0]) < 0.05
+
+
 def test_learner_instances_and_names():
     data = simulate_observational_texts(n=600, seed=5)
     features = word_features(data["text"]).toarray()

@@ -181,6 +181,11 @@ def test_model_features_are_masked_means_cached_by_backbone_and_tokens(tiny_mode
         hidden_state_features(classifier, sequences, 0, cache_dir=tmp_path, progress=False), phi
     )
     assert len(list(tmp_path.glob("*.npy"))) == 1
+    # no sequence, or one without tokens, is named rather than cached as None or pooled to a zero vector
+    for empty, message in (([], "No token sequences to pool"), ([[5, 6], []], r"1 row \(row 1\) has none")):
+        with pytest.raises(DataError, match=message):
+            hidden_state_features(backbone, empty, 0, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
 
 
 def test_model_features_concatenate_the_pooled_layers(tiny_model, tmp_path):
@@ -361,6 +366,13 @@ def test_dpo_pairs_load_the_model_in_the_dtype_training_loads_it(tiny_model, tmp
     monkeypatch.setattr(trainer_module, "text_features", spy)
     _model_features(parse_run_config([], str(config)), Dataset.from_list(observational_rows()[:8]))
     assert seen == [torch.bfloat16]  # `dtype: auto` is the checkpoint's dtype, as TRL loads the reward model
+
+
+def test_pairs_refuse_scores_that_rank_nothing():
+    from trl_causal.deconfound.pairs import preference_pairs
+
+    with pytest.raises(DataError, match=r"the scores of row 1 are NaN or infinite"):
+        preference_pairs([0.1, np.nan, 0.3, 0.9], np.array([0, 0, 1, 1]))  # its pairs were dropped silently
 
 
 def test_dpo_pairs_count_a_repeated_answer_once_with_its_mean_outcome(tiny_model, tmp_path):

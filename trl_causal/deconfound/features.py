@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
 from ..paths import cache_root
 
 # autocast precisions of the model feature pass: None runs the model in its own dtype
@@ -116,6 +116,12 @@ def hidden_state_features(
 
     if autocast not in AUTOCAST_DTYPES:
         raise ConfigError(f"autocast={autocast!r} is not one of {', '.join(map(repr, AUTOCAST_DTYPES))}.")
+    if not len(sequences) or (empty := [row for row, ids in enumerate(sequences) if not len(ids)]):
+        raise DataError(
+            "No token sequences to pool." if not len(sequences)
+            else f"Text features need at least one token per row; {count_rows(len(empty))} ({describe_rows(empty)}) "
+            f"{for_count(len(empty), 'has', 'have')} none."
+        )
     cache = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
     layers = [int(layer) for layer in layers]
     _check_layers(layers, model.config.get_text_config().num_hidden_layers + 1)

@@ -46,6 +46,9 @@ def preference_pairs(
     """(chosen i, rejected j) [m, 2]: every pair of rows of one group with s_i - s_j > ``min_gap``, group by group.
     A group of one row is an error unless ``single_row_groups`` (it then gives no pair)."""
     scores = np.asarray(scores, dtype=float)
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise DataError(f"{what}: the scores of {describe_rows(bad)} are NaN or infinite, so they rank nothing; drop those rows.")
     if groups is None or not single_row_groups:
         check_pair_groups(groups, what)
     pairs = []
