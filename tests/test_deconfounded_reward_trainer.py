@@ -375,20 +375,23 @@ def test_pairs_refuse_scores_that_rank_nothing():
         preference_pairs([0.1, np.nan, 0.3, 0.9], np.array([0, 0, 1, 1]))  # its pairs were dropped silently
 
 
-def test_dpo_pairs_count_a_repeated_answer_once_with_its_mean_outcome(tiny_model, tmp_path):
-    rows = observational_rows(n=40, prompt_completion=True, seed=1)  # 10 groups of 4
+def test_dpo_pairs_count_a_repeated_answer_once_with_its_mean_outcome(tiny_model, tmp_path, capsys):
+    rows = observational_rows(n=44, prompt_completion=True, seed=1)  # 11 groups of 4
     rows[1]["completion"] = rows[0]["completion"]  # group 0 samples one answer twice, with two outcomes
-    config = cli_config(tmp_path, tiny_model, rows, text_column=None, n_folds=5)
+    rows[40]["outcome"] = None  # group 10 keeps 3 rows
+    config = cli_config(tmp_path, tiny_model, rows, text_column=None, n_folds=5, drop_invalid=True)
     output = tmp_path / "pairs.jsonl"
     assert cli.main(["dpo-pairs", "--config", str(config), "--output", str(output), "--mode", "naive"]) == 0
+    assert "from 43 rows ranked by the raw outcome" in (out := capsys.readouterr().out)
+    assert "; 1 row with a missing or non-finite value dropped; 1 row that repeats an answer of its group merged with it (mean outcome)" in out
     pairs = [json.loads(line) for line in output.read_text().splitlines()]
-    assert len(pairs) == 9 * 6 + 3  # group 0 has 3 distinct answers
+    assert len(pairs) == 9 * 6 + 3 + 3  # group 0 has 3 distinct answers, group 10 three rows
     assert all(pair["chosen"] != pair["rejected"] for pair in pairs)
     ordered = {(pair["chosen"], pair["rejected"]) for pair in pairs}
     assert not any((rejected, chosen) in ordered for chosen, rejected in ordered)
     repeated = [pair for pair in pairs if rows[0]["completion"] in (pair["chosen"], pair["rejected"])]
     mean = np.mean([rows[0]["outcome"], rows[1]["outcome"]])
-    outcomes = np.array([row["outcome"] for row in rows])
+    outcomes = np.array([row["outcome"] for row in rows if row["outcome"] is not None])
     standardised = (mean - outcomes.mean()) / outcomes.std()
     for pair in repeated:
         score = pair["score_chosen"] if pair["chosen"] == rows[0]["completion"] else pair["score_rejected"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, TrlCausalError, describe_rows, for_count
+from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
 
 
 def check_pair_groups(groups: np.ndarray | None, what: str, row_numbers: Sequence[int] | None = None) -> None:
@@ -168,7 +168,16 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
         + ", ".join(f"theta[{name}] = {e['theta']:.4g}" for name, e in effects.items())
         + ")"
     )
-    print(f"trl-causal: wrote {len(lines)} DPO pairs from {len(rows)} rows ranked by the {ranked_by} to {path}")
+    dropped = f"; {count_rows(observations.dropped)} with a missing or non-finite value dropped" if observations.dropped else ""
+    merged = len(all_rows) - len(kept)
+    merged = (
+        f"; {count_rows(merged)} that {for_count(merged, 'repeats', 'repeat')} an answer of "
+        f"{for_count(merged, 'its', 'their')} group merged with it (mean outcome)" if merged else ""
+    )
+    print(
+        f"trl-causal: wrote {len(lines)} DPO pairs from {len(rows)} rows ranked by the {ranked_by} to {path}"
+        f"{dropped}{merged}"
+    )
     return len(lines)
 
 
