@@ -539,7 +539,7 @@ def test_weak_instrument_warns_with_the_first_stage_f(tiny_model, tmp_path):
     assert trainer.report["deconfounding"]["method"] == "partialling_out_iv"
 
 
-def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenous_one_only(tiny_model, tmp_path):
+def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenous_one_only(tiny_model, tmp_path, capsys):
     rows = observational_rows(n=800, instrument_strength=1.0, hidden_confounding=1.0, seed=4)
     for i, row in enumerate(rows):
         row["channel"] = ("email", "app", "web")[i % 3]  # exogenous: one-hot, 2 columns of the confounder matrix
@@ -551,6 +551,10 @@ def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenou
     assert deconfounding["method"] == "partialling_out_iv"
     effect = deconfounding["effects"]["confounder"]
     assert effect["ci_low"] < 1.0 < effect["ci_high"] and effect["first_stage_f"] > 10  # gamma = 1
+    assert deconfounding["instruments"] == ["instrument", "channel=email", "channel=web"]  # the exogenous ones too
+    out = capsys.readouterr().out
+    assert "partialling-out IV (2SLS), instruments: instrument, channel=email, channel=web" in out
+    assert f"first-stage F {effect['first_stage_f']:.3g})" in out
     with pytest.raises(ConfigError, match=r"endogenous_confounders names \['chanel'\], which are not confounder columns"):
         reward_args(tmp_path, **settings, endogenous_confounders=["chanel"])
     with pytest.raises(ConfigError, match="endogenous_confounders names the confounders that instrument_columns move"):

@@ -122,6 +122,7 @@ class DeconfoundResult:
     outcome_learner: str
     confounder_learner: str
     n_groups: int | None
+    instrument_names: list[str] | None = None
 
     @property
     def p_value(self) -> np.ndarray:
@@ -173,6 +174,7 @@ class DeconfoundResult:
         }
         return {
             "method": "partialling_out_iv" if self.first_stage_f is not None else "partialling_out",
+            **({"instruments": list(self.instrument_names)} if self.instrument_names is not None else {}),
             "n": self.n,
             "n_folds": self.n_folds,
             "n_groups": self.n_groups,
@@ -586,4 +588,5 @@ def partial_out(
         outcome_learner=_learner_label(outcome_learner),
         confounder_learner=_learner_label(confounder_learner),
         n_groups=None if group_ids is None else n_units,
+        instrument_names=None if instrument is None else list(z_names),
     )

@@ -718,11 +718,15 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 f" ({rows['dropped_invalid']} invalid and {rows['dropped_longer_than_max_length']} longer than "
                 "max_length dropped; the deconfounding used the valid ones)"
             )
-        for name, effect in (report["deconfounding"] or {}).get("effects", {}).items():
+        deconfounding = report["deconfounding"] or {}
+        if "instruments" in deconfounding:
+            line += f"\n  partialling-out IV (2SLS), instruments: {', '.join(deconfounding['instruments'])}"
+        for name, effect in deconfounding.get("effects", {}).items():
             line += (
                 f"\n  theta[{name}] = {effect['theta']:.4g} (se {effect['se']:.3g}, "
-                f"{report['deconfounding']['ci_level']:.0%} CI [{effect['ci_low']:.4g}, {effect['ci_high']:.4g}], "
-                f"text-free variance share {min(effect['residual_r2'], 1.0):.2f})"  # over 1: the text predicts none
+                f"{deconfounding['ci_level']:.0%} CI [{effect['ci_low']:.4g}, {effect['ci_high']:.4g}], "
+                f"text-free variance share {min(effect['residual_r2'], 1.0):.2f}"  # over 1: the text predicts none
+                + (f", first-stage F {effect['first_stage_f']:.3g})" if "first_stage_f" in effect else ")")
             )
         self.accelerator.print(line + f"\n  report: {os.path.join(self.args.output_dir, REPORT_FILE)}")
 
