@@ -118,6 +118,24 @@ def test_frozen_view_stays_the_pretrained_model(tiny_model, tmp_path, view):
     assert not torch.allclose(trained, pretrained), "training changed nothing, so the test proves nothing"
 
 
+def test_logs_the_token_metrics_sft_logs_with_the_same_values_where_they_agree(tiny_model, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    rows = shift_rows(16)
+    trainer = make_trainer(tiny_model, tmp_path / "ls", rows=rows, max_steps=2, logging_steps=1)
+    trainer.train()
+    settings = dict(max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2, lr_scheduler_type="constant", logging_steps=1)
+    sft = SFTTrainer(model=str(tiny_model), args=SFTConfig(**cpu_training_args(tmp_path / "sft", **settings)), train_dataset=Dataset.from_list(rows))
+    sft.train()
+    first, sft_first = step_logs(trainer)[0], step_logs(sft)[0]
+    for key in ("entropy", "mean_token_accuracy", "num_tokens"):  # absent before: dashboards could not compare runs
+        assert key in first, key
+    assert first["num_tokens"] == sft_first["num_tokens"] and step_logs(trainer)[1]["num_tokens"] == step_logs(sft)[1]["num_tokens"]
+    # the first step's predictions come from the same initial weights and batch: same entropy and accuracy
+    assert first["entropy"] == pytest.approx(sft_first["entropy"], rel=1e-4)
+    assert first["mean_token_accuracy"] == pytest.approx(sft_first["mean_token_accuracy"])
+
+
 def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_path):
     settings = dict(max_steps=2, gradient_accumulation_steps=2, save_strategy="steps", save_steps=1)
     rows = shift_rows(16)  # 4 rows per batch: the derangement is a random draw

@@ -431,6 +431,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels)
         loss_sum, n_tokens = token_losses.sum(), token_mask.sum()
         loss = self.token_mean(loss_sum, n_tokens, num_items_in_batch)
+        self._log_token_metrics(mode, outputs.logits, labels, inputs["attention_mask"])
         if sft_only:
             if mode == "train":
                 self._warn_one_row_batch()
@@ -469,6 +470,25 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             )
         finally:
             self.args.dataloader_drop_last = drop_last
+
+    def _log_token_metrics(self, mode: str, logits: Tensor, labels: Tensor, attention_mask: Tensor) -> None:
+        """The metrics TRL's SFTTrainer logs, so that dashboards compare the two: ``entropy`` and
+        ``mean_token_accuracy`` of the next-token predictions on the supervised tokens, and ``num_tokens``, the tokens
+        trained on so far (all processes)."""
+        with torch.no_grad():
+            supervised = labels[:, 1:].ne(-100)
+            log_probs = logits[:, :-1][supervised].float().log_softmax(-1)  # [supervised tokens, vocabulary]
+            entropy_sum = -(log_probs.exp() * log_probs).sum()
+            correct = log_probs.argmax(-1).eq(labels[:, 1:][supervised]).sum()
+            n_valid, entropy_sum, correct = (
+                self.accelerator.gather_for_metrics(value).sum() for value in (supervised.sum(), entropy_sum, correct)
+            )
+        metrics = self._metrics[mode]
+        metrics["entropy"].append((entropy_sum / n_valid).item() if n_valid > 0 else 0.0)
+        metrics["mean_token_accuracy"].append((correct / n_valid).item() if n_valid > 0 else 0.0)
+        if mode == "train":
+            self._total_train_tokens += self.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
+        metrics["num_tokens"] = [self._total_train_tokens]
 
     def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
         metrics = self._metrics[mode]
