@@ -454,14 +454,15 @@ def test_max_length_that_cuts_completions_off_warns_or_fails_naming_it(tiny_mode
     rows = prontoqa_rows(4)
     uncut = make_trainer(tiny_model, tmp_path, rows).train_dataset
     prompt_lengths = [uncut[i]["labels"].index(next(t for t in uncut[i]["labels"] if t != -100)) for i in range(len(uncut))]
-    with pytest.raises(DataError, match=r"max_length=5 cuts the completion of every training row off.*truncation_mode: keep_end"):
+    with pytest.raises(DataError, match=r"max_length=5 \(with the first epoch.s symbols\) cuts the completion of every training row off.*truncation_mode: keep_end"):
         make_trainer(tiny_model, tmp_path, rows, max_length=5)
     longest = max(prompt_lengths)  # fills max_length: that row keeps no completion token, the shorter ones do
     assert min(prompt_lengths) < longest
     with caplog.at_level("WARNING"):
         trainer = make_trainer(tiny_model, tmp_path, rows, max_length=longest)
     cut = sum(length >= longest for length in prompt_lengths)
-    assert f"cuts the completion of {cut} of 4 training rows off" in caplog.text
+    assert f"max_length={longest} (with the first epoch's symbols) cuts the completion of {cut} of 4 training rows off" in caplog.text
+    assert check_prepared_rows(trainer, rows, "sft") == 4 - cut  # the run summary's train_rows: the rows that train
     assert any(label != -100 for label in trainer.train_dataset[prompt_lengths.index(min(prompt_lengths))]["labels"])
     make_trainer(tiny_model, tmp_path, rows, max_length=5, truncation_mode="keep_end")  # keeps every row's end
 

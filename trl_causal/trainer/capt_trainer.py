@@ -336,9 +336,10 @@ def check_interventions(interventions: RowInterventions, row_indices: Sequence[i
 ADDED_TOKENS_MARGIN = 8  # tokens a tokenizer may add to a text beyond one per byte (BOS, ...)
 
 
-def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: bool = False, warn: bool = True) -> None:
+def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: bool = False, warn: bool = True) -> list[int]:
     """Rows that ``max_length`` leaves without a completion token train nothing (TRL's SFTTrainer drops them): an
-    error when that is every row, else (``warn``) a warning with their count. Checked with the symbols of draw 0.
+    error when that is every row, else (``warn``) a warning with their count; returns them. Checked with the symbols
+    of draw 0 (the first epoch's): a row near the limit may be cut in one epoch and not in another.
 
     Only ``keep_start`` can cut a completion off (``keep_end`` keeps every row's end), and only from a row whose prompt
     fills max_length. A token covers at least one byte of text, so a prompt (as templated) of fewer UTF-8 bytes than
@@ -346,7 +347,7 @@ def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: b
     from tqdm.auto import tqdm
 
     if args.truncation_mode != "keep_start":
-        return
+        return []
     tokenizer = dataset.tokenize.tokenizer
 
     def fills_max_length(index: int) -> bool:
@@ -361,7 +362,8 @@ def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: b
     indices = tqdm(range(len(dataset)), desc="Checking max_length", disable=not progress)
     cut = [dataset.row_indices[i] for i in indices if fills_max_length(i)]
     fix = f"raise max_length (now {args.max_length}), shorten the prompts, or set truncation_mode: keep_end to cut the prompts' starts instead"
-    report_cut_completions(cut, len(dataset), f"max_length={args.max_length}", fix, warn)
+    report_cut_completions(cut, len(dataset), f"max_length={args.max_length} (with the first epoch's symbols)", fix, warn)
+    return cut
 
 
 def report_cut_completions(cut: Sequence[int], total: int, setting: str, fix: str, warn: bool = True) -> None:
@@ -440,15 +442,17 @@ class CAPTTrainer(SFTTrainer):
             wrapped = {key: self._intervention_dataset(splits[key], *plan) for key, plan in eval_plans.items()}
             self.eval_dataset = wrapped if isinstance(eval_dataset, dict) else wrapped["eval"]
         self.add_callback(InterventionEpochCallback(self.train_dataset))
+        self.cut_rows: list[int] = []  # rows max_length leaves without a completion token (first epoch's symbols)
         if args.max_length is not None and not args.capt_prompt_loss:
-            check_truncation(self.train_dataset, args, show_progress, warn=self.accelerator.is_main_process)
+            self.cut_rows = check_truncation(self.train_dataset, args, show_progress, warn=self.accelerator.is_main_process)
         if self.accelerator.is_main_process:
             self._report(self.train_dataset, len(train_dataset))
 
     @property
     def trained_rows(self) -> int:
-        """Training rows that train: all but those ``on_no_events: drop`` drops."""
-        return len(self.train_dataset)
+        """Training rows that train: all but those ``on_no_events: drop`` drops and those max_length leaves without a
+        completion token (with the first epoch's symbols)."""
+        return len(self.train_dataset) - len(self.cut_rows)
 
     @staticmethod
     def _capt_config(model, args) -> CAPTConfig:
