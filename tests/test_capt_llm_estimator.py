@@ -11,13 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from trl_causal.capt import EventTemplate, NoEventsFound, TemplateError, estimate_rows
+from trl_causal.capt import EventTemplate, LLMEstimator, NoEventsFound, TemplateError, estimate_rows
 from trl_causal.capt import llm_estimator
 from trl_causal.capt.llm_estimator import (
     EndpointError,
     EventEstimationFailed,
     FewShotPrompt,
-    LLMEstimator,
     default_cache_dir,
     parse_answer,
     template_from_answer,

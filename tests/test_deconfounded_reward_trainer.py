@@ -14,7 +14,8 @@ from datasets import Dataset
 from conftest import base_config, run_cli, write_config, write_jsonl
 from trl_causal import DeconfoundedRewardConfig, DeconfoundedRewardTrainer, cli, train
 from trl_causal.deconfound import WeakInstrumentWarning, partial_out, simulate_observational_texts
-from trl_causal.deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
+from trl_causal.deconfound import hidden_state_features, tfidf_features
+from trl_causal.deconfound.features import runs_bf16_natively
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.trainer.deconfounded_reward_trainer import REPORT_FILE
 
@@ -369,7 +370,7 @@ def test_dpo_pairs_load_the_model_in_the_dtype_training_loads_it(tiny_model, tmp
 
 
 def test_pairs_refuse_scores_that_rank_nothing():
-    from trl_causal.deconfound.pairs import preference_pairs
+    from trl_causal.deconfound import preference_pairs  # exported with the other array functions
 
     with pytest.raises(DataError, match=r"the scores of row 1 are NaN or infinite"):
         preference_pairs([0.1, np.nan, 0.3, 0.9], np.array([0, 0, 1, 1]))  # its pairs were dropped silently

@@ -46,6 +46,7 @@ from .intervention import (
     build_symbol_pool,
     intervene,
 )
+from .llm_estimator import LLMEstimator
 from .prontoqa import (
     SPLITS,
     answer_from_claims,
@@ -69,6 +70,7 @@ __all__ = [
     "EventEstimator",
     "EventTemplate",
     "InterventionResult",
+    "LLMEstimator",
     "ListPool",
     "NoEventsFound",
     "NonsensePool",

@@ -2,11 +2,15 @@
 
 ``build_confounder_matrix`` turns confounder columns into C, ``partial_out`` estimates the confounders' causal
 effect theta by cross-fitted partialling out (or partialling-out IV) and returns the deconfounded outcome
-r~ = Y - theta'(C - mean C); ``simulate_observational_texts`` makes data with a known truth.
+r~ = Y - theta'(C - mean C) from text features (``tfidf_features``, or a model's pooled hidden states:
+``hidden_state_features``); ``preference_pairs`` ranks rows within groups by it; ``simulate_observational_texts``
+makes data with a known truth.
 No torch / transformers / TRL imports here.
 """
 
 from .confounders import build_confounder_matrix
+from .features import hidden_state_features, tfidf_features
+from .pairs import preference_pairs
 from .partial_out import (
     LEARNER_NAMES,
     DeconfoundResult,
@@ -35,9 +39,12 @@ __all__ = [
     "build_confounder_matrix",
     "causal_score",
     "has_marker",
+    "hidden_state_features",
     "make_learner",
     "partial_out",
+    "preference_pairs",
     "remove_confounder_effect",
     "remove_marker",
     "simulate_observational_texts",
+    "tfidf_features",
 ]
