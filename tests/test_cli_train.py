@@ -401,7 +401,9 @@ def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path,
     assert json.loads((checkpoint / SUMMARY_FILE).read_text())["trainer"] == "sft"  # eval tells its trainer
     resumed = run_cli("train", "--config", str(config), "--max_steps", str(step + 2), "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((out / SUMMARY_FILE).read_text())["steps"] == step + 2
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["steps"] == step + 2 and summary["resumed_from_step"] == step
+    assert f"for 2 steps (resumed at step {step}, {step + 2} in all; world size 1)" in resumed.stdout  # it said "for {step + 2} steps"
 
 
 def test_sigterm_interrupts_once_and_then_waits_for_the_save():

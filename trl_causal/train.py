@@ -144,11 +144,11 @@ def check_output_dir_holds_no_other_run(output_dir: str, trainer_name: str) -> N
 
 def check_resumed_run(
     checkpoint: str, trainer_name: str, settings: dict, max_steps: int = -1, num_train_epochs: float = 3.0
-) -> None:
+) -> int:
     """Before any model loads: a checkpoint another trainer saved, or one that already finished what this run asks
     for (``max_steps``; without max_steps, the last step of ``num_train_epochs`` epochs), is an error; recorded
     method settings that this run sets otherwise are named in a note (the heads' sizes must match; weights, draws
-    and rates may change)."""
+    and rates may change). Returns the checkpoint's step."""
     state = read_checkpoint_file(checkpoint, TRAINER_STATE_FILE) or {}
     step = state.get("global_step", 0)
     if 0 < max_steps <= step:
@@ -176,6 +176,7 @@ def check_resumed_run(
             + ", ".join(f"{key}={value!r} (now {settings[key]!r})" for key, value in changed.items()),
             file=sys.stderr,
         )
+    return step
 
 
 def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | None = None, **setup):
@@ -395,8 +396,9 @@ def main(run: RunConfig) -> dict:
     state = training_args.distributed_state
     check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
     settings = method_settings(training_args)
+    first_step = 0
     if resume_from is not None:
-        check_resumed_run(
+        first_step = check_resumed_run(
             resume_from, run.trainer.name, settings, training_args.max_steps, training_args.num_train_epochs
         )
     else:
@@ -418,7 +420,8 @@ def main(run: RunConfig) -> dict:
         "model": run.model_args.model_name_or_path,
         "train_rows": train_rows,
         "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        **({"resumed_from_step": first_step} if resume_from is not None else {}),
+        "train_loss": result.training_loss,  # the mean over the steps of this run (transformers' training_loss)
         **setup,
         "seconds": round(time.time() - start, 1),
         "output_dir": os.path.abspath(training_args.output_dir),
@@ -433,8 +436,9 @@ def main(run: RunConfig) -> dict:
         trainer.accelerator.print(
             f"\ntrl-causal: trained {summary['trainer']!r} on "
             + ("streamed rows" if summary["train_rows"] is None else count_rows(summary["train_rows"]))
-            + f" for {summary['steps']} steps "
-            f"(world size {summary['world_size']}{setup}) in {summary['seconds']} s; final train loss "
+            + f" for {summary['steps'] - first_step} steps ("
+            + (f"resumed at step {first_step}, {summary['steps']} in all; " if resume_from is not None else "")
+            + f"world size {summary['world_size']}{setup}) in {summary['seconds']} s; mean train loss "
             f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"
         )
     trainer.accelerator.wait_for_everyone()  # no rank tears the process group down while another still uses it
