@@ -562,6 +562,15 @@ def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenou
         reward_args(tmp_path, endogenous_confounders=["confounder"])
 
 
+def test_rows_that_repeat_an_earlier_row_are_counted(tiny_model, tmp_path, caplog):
+    rows = observational_rows()
+    rows[7] = dict(rows[3])  # a log that wrote one event twice
+    rows[9] = dict(rows[3], outcome=rows[3]["outcome"] + 1)  # the same text and context, another outcome: no copy
+    with caplog.at_level("WARNING"):
+        build_trainer(tiny_model, tmp_path, rows)
+    assert "1 row of the 120 training rows repeats an earlier row in every column the trainer reads (row 7)" in caplog.text
+
+
 def test_an_outcome_of_one_value_fails_before_the_model_loads_in_every_mode(tmp_path):
     rows = [dict(row, outcome=1.0) for row in observational_rows()]
     for mode in ("deconfounded", "naive"):

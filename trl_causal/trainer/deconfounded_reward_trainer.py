@@ -24,6 +24,7 @@ keep the adapters, for resuming).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -48,7 +49,7 @@ from ..deconfound.partial_out import check_design
 from ..deconfound.confounders import describe_invalid_columns, is_missing, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
-from ..errors import ConfigError, DataError, describe_rows, for_count
+from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
 from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
 from .mixins import CausalLossMixin, HeadsMixin
@@ -75,6 +76,21 @@ def observation_columns(args: DeconfoundedRewardConfig) -> tuple[str, ...]:
     ]
     columns += [*args.instrument_columns, *([args.group_column] if args.group_column else [])]
     return tuple(columns)
+
+
+def repeated_rows(dataset: datasets.Dataset, args: DeconfoundedRewardConfig) -> list[int]:
+    """The rows that repeat an earlier row in every column the trainer reads (text, outcome, confounders, instrument,
+    group): a log that holds an event twice, which then weighs twice in the partialling out, its standard errors and
+    the pairs."""
+    columns = [*text_column_sets(args)[0], *observation_columns(args)]
+    seen: set[str] = set()
+    repeated = []
+    for index, values in enumerate(zip(*(dataset[column] for column in columns))):
+        key = json.dumps(values, default=str)
+        if key in seen:
+            repeated.append(index)
+        seen.add(key)
+    return repeated
 
 
 def scored_input(row: Mapping[str, Any], text_column: str | None, eos_token: str) -> str | list[dict[str, Any]]:
@@ -553,6 +569,13 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         check_split_types(splits, "deconfounded_reward", " (it deconfounds all rows before training)")
         observations = read_observations(splits, args)  # bad data fails here, before the model loads
         check_outcome_varies(observations["train"], args)
+        if (repeated := repeated_rows(train_dataset, args)) and args.process_index == 0:
+            logger.warning(
+                f"{count_rows(len(repeated))} of the {len(train_dataset)} training rows "
+                f"{for_count(len(repeated), 'repeats', 'repeat')} an earlier row in every column the trainer reads "
+                f"({describe_rows(repeated)}): each copy weighs in the partialling out and its pairs. If the log holds "
+                "events twice by mistake, drop the copies."
+            )
         if args.mode == "deconfounded":
             train = observations["train"]
             check_design(train.confounders, train.confounder_names, args.n_folds, train.groups)
