@@ -125,6 +125,17 @@ def test_groups_give_cluster_robust_errors_and_tf_idf_features_work():
     assert abs(result.theta[0] - GAMMA) < 4 * result.se[0]
 
 
+def test_the_readme_array_example_runs_as_written_and_finds_gamma(capsys):
+    from conftest import REPO
+
+    code = (REPO / "README.md").read_text().split("<!-- deconfound-api -->\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.ci_low[0] < GAMMA < result.ci_high[0] and result.n_groups == 500
+    assert len(namespace["targets"]) == 2000 and str(result.theta) in capsys.readouterr().out
+
+
 def campaign_log(seed: int = 0):
     """A click log as users keep one: 60 campaigns of 4 subject lines, each prompt naming its campaign; `has_free`
     (the line says "free") is a word of the text, the outcome the count of good words plus a promotion budget."""
