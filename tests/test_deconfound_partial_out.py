@@ -241,6 +241,12 @@ def test_fewer_rows_than_folds(small):
         partial_out(outcome[:3], confounder[:3], features[:3], progress=False)
 
 
+def test_few_groups_warn_that_the_cluster_robust_errors_are_too_small(small):
+    outcome, confounder, features = small
+    with pytest.warns(UserWarning, match=r"Only 10 groups: cluster-robust standard errors from fewer than 20 groups"):
+        partial_out(outcome, confounder, features, groups=np.arange(200) % 10, progress=False)
+
+
 def test_fewer_groups_than_folds(small):
     outcome, confounder, features = small
     with pytest.raises(DataError, match=r"Only 2 groups for n_folds=5"):

@@ -31,6 +31,7 @@ LEARNER_NAMES = ("ridge", "lasso", "random_forest", "gradient_boosting", "linear
 RIDGE_ALPHAS = np.logspace(-2, 5, 8)
 MIN_RESIDUAL_SHARE = 0.01
 MOSTLY_TEXT_SHARE = 0.1  # a confounder with less of its variance left than this is warned about (without instrument)
+FEW_GROUPS = 20  # fewer clusters than this make cluster-robust standard errors too small (a warning)
 INNER_FOLDS = 3  # folds of whole clusters in which a nuisance learner chooses its penalty (with_group_folds)
 WEAK_INSTRUMENT_F = 10.0
 
@@ -539,6 +540,12 @@ def partial_out(
     n_units = check_design(confounder_matrix, names, n_folds, groups)
     features = _check_features(features, n)
     group_ids = None if groups is None else np.asarray(groups)
+    if group_ids is not None and n_units < FEW_GROUPS:
+        warnings.warn(
+            f"Only {n_units} groups: cluster-robust standard errors from fewer than {FEW_GROUPS} groups understate the "
+            "uncertainty, so the confidence intervals are too narrow. A finer group column gives more groups.",
+            stacklevel=2,
+        )
 
     _check_learners((outcome_learner, confounder_learner), features, seed)
     blocks = [(outcome, outcome_learner), (confounder_matrix, confounder_learner)]
