@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -104,6 +105,14 @@ def test_pooling_in_bf16_is_the_bf16_of_the_exact_mean():
     hidden = torch.randn(2, 300, 3, generator=seeded(1))
     exact = patch_features(hidden.double(), mask, n_patches=7)[0]
     torch.testing.assert_close(patch_features(hidden.bfloat16(), mask, n_patches=7)[0], exact.bfloat16(), atol=0.01, rtol=0.01)
+    manual = torch.stack([torch.stack([part.mean(0) for part in row[m].tensor_split(7)]).mean(0) for row, m in zip(hidden.double(), mask)])
+    torch.testing.assert_close(exact, manual, atol=1e-12, rtol=1e-12)  # float64 stays float64
+    large = torch.randn(2, 512, 3, generator=seeded(2)) * 30 + 200  # 512 tokens near 200 sum past fp16's 65504
+    mask = mask_from_lengths([512, 300], 512)
+    for pooled in (masked_mean_pool(large.half(), mask), patch_features(large.half(), mask, n_patches=10)[0]):
+        assert pooled.dtype == torch.float16 and torch.isfinite(pooled).all()
+    torch.testing.assert_close(masked_mean_pool(large.half(), mask).float(), masked_mean_pool(large, mask), atol=0.2, rtol=0.002)
+    assert patch_features(large, mask, n_patches=np.int64(4))[1] == 0  # a numpy count of patches
 
 
 # ---------------------------------------------------------------- L_C

@@ -18,6 +18,7 @@ them would leak the label into Phi.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
@@ -63,14 +64,24 @@ def _raise_on_empty_rows(lengths: Tensor) -> None:
         )
 
 
+def _weighted_sum(hidden: Tensor, token_mask: Tensor, count: Tensor) -> Tensor:
+    """sum_t m_bt h_bt / count_b [B, D], exact up to one rounding in any dtype: the tokens are summed with the weight
+    2^-ceil(log2 count_b), a power of two that every float format holds exactly and that keeps the sum at the size of a
+    mean (fp16 overflows past 65504), and the rest of 1/count_b is applied in float32 (float64 for float64 input).
+    Weights of 1/count rounded to bf16 put the mean of 300 ones at 0.996."""
+    exponent = torch.ceil(torch.log2(count.double().clamp(min=1)))
+    weights = token_mask.to(hidden.dtype) * torch.exp2(-exponent).to(hidden.dtype).unsqueeze(1)
+    summed = torch.einsum("bt,btd->bd", weights, hidden)
+    precise = torch.promote_types(hidden.dtype, torch.float32)
+    return summed.to(precise) * (torch.exp2(exponent) / count.double()).to(precise).unsqueeze(1)
+
+
 def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     """R_b = sum_t m_bt h_bt / sum_t m_bt: the mean of ``hidden`` [B, T, D] over the tokens where ``mask`` [B, T] is set."""
     token_mask = _token_mask(hidden, mask)
     lengths = token_mask.sum(1)
     _raise_on_empty_rows(lengths)
-    # sum with exact 0/1 weights, divide in float32: 1/L rounded to bf16 put the mean of 300 ones at 0.996
-    summed = torch.einsum("bt,btd->bd", token_mask.to(hidden.dtype), hidden)
-    return (summed.float() / lengths.unsqueeze(1).float()).to(hidden.dtype)
+    return _weighted_sum(hidden, token_mask, lengths).to(hidden.dtype)
 
 
 def patch_features(hidden: Tensor, mask: Tensor, n_patches: int) -> tuple[Tensor, int]:
@@ -80,7 +91,7 @@ def patch_features(hidden: Tensor, mask: Tensor, n_patches: int) -> tuple[Tensor
     does (the first L mod P' patches hold one token more). Rows with L < P fall back to L one-token
     patches (then f_b is the plain mean). Returns ``(f [B, D], number of rows that fell back)``.
     """
-    if not isinstance(n_patches, int) or isinstance(n_patches, bool) or n_patches < 1:
+    if not isinstance(n_patches, numbers.Integral) or isinstance(n_patches, bool) or n_patches < 1:
         raise ConfigError(f"n_patches={n_patches!r} must be a whole number of at least 1 (the paper uses 10).")
     token_mask = _token_mask(hidden, mask)
     lengths = token_mask.sum(1)
@@ -90,14 +101,10 @@ def patch_features(hidden: Tensor, mask: Tensor, n_patches: int) -> tuple[Tensor
     n_long = lengths % n_used  # patches 0 .. n_long-1 hold base_size + 1 tokens
     rank = token_mask.long().cumsum(1) - 1  # position of each masked token among its row's masked tokens
     in_long_patch = rank < (n_long * (base_size + 1)).unsqueeze(1)
-    # each token weighs 1 / (its patch's size * P'): sums over the tokens of long and of short patches with exact 0/1
-    # weights, scaled in float32 (weights rounded to bf16 are off by up to 0.4%)
-    long_sum, short_sum = (
-        torch.einsum("bt,btd->bd", (token_mask & part).to(hidden.dtype), hidden).float()
-        for part in (in_long_patch, ~in_long_patch)
+    # each token weighs 1 / (its patch's size * P'): the tokens of the long and of the short patches summed apart
+    features = _weighted_sum(hidden, token_mask & in_long_patch, (base_size + 1) * n_used) + _weighted_sum(
+        hidden, token_mask & ~in_long_patch, base_size * n_used
     )
-    n_used = n_used.unsqueeze(1).float()
-    features = long_sum / ((base_size.unsqueeze(1) + 1) * n_used) + short_sum / (base_size.unsqueeze(1) * n_used)
     n_fallback = int((lengths < n_patches).sum())
     return features.to(hidden.dtype), n_fallback
 
