@@ -177,6 +177,10 @@ def test_torch_tensors_in_any_dtype_are_taken_as_floats():
     np.testing.assert_allclose(partial_out(*as_tensors, progress=False).theta, expected)
     bf16 = partial_out(*(tensor.bfloat16() for tensor in as_tensors), progress=False).theta  # numpy has no bf16
     assert abs(bf16[0] - expected[0]) < 0.05
+    seconds = torch.tensor([1_700_000_001.0, 1_700_000_050.0, 1_700_000_100.0], dtype=torch.float64)  # epoch seconds
+    confounder = seconds.repeat(4) + torch.arange(12.0, dtype=torch.float64)
+    result = partial_out(np.arange(12.0) ** 1.5, confounder, np.eye(12)[:, :2], n_folds=3, progress=False)
+    np.testing.assert_allclose(result.confounder_mean, [confounder.numpy().mean()], rtol=0, atol=1e-6)  # float32: 128 s steps
 
 
 def test_learner_instances_and_names():

@@ -189,8 +189,8 @@ class DeconfoundResult:
 
 
 def _as_float_matrix(values: Any, what: str, n_rows: int | None) -> np.ndarray:
-    if hasattr(values, "detach"):  # a torch tensor, on any device and in any dtype (numpy has no bf16)
-        values = values.detach().float().cpu().numpy()
+    if hasattr(values, "detach"):  # a torch tensor, on any device and in any dtype (numpy has no bf16), as float64
+        values = values.detach().cpu().double().numpy()
     try:
         matrix = np.asarray(values, dtype=float)
     except (TypeError, ValueError) as error:
@@ -229,7 +229,7 @@ def _check_finite(matrix: np.ndarray, what: str, column_names: Sequence[str]) ->
 def _check_features(features: Any, n_rows: int) -> Any:
     """Dense float array (a torch tensor too) or scipy sparse matrix [n, d] without NaN/inf."""
     if hasattr(features, "detach"):
-        features = features.detach().float().cpu().numpy()
+        features = features.detach().cpu().double().numpy()
     if sp.issparse(features):
         features = sp.csr_matrix(features, dtype=float)
         row_of_entry = np.repeat(np.arange(features.shape[0]), np.diff(features.indptr))
