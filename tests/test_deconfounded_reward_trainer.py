@@ -572,10 +572,27 @@ def test_rows_that_repeat_an_earlier_row_are_counted(tiny_model, tmp_path, caplo
 
 
 def test_an_outcome_of_one_value_fails_before_the_model_loads_in_every_mode(tmp_path):
+    from trl_causal.trainer.deconfounded_reward_trainer import Observations, reward_targets
+
     rows = [dict(row, outcome=1.0) for row in observational_rows()]
     for mode in ("deconfounded", "naive"):
         with pytest.raises(DataError, match=r"^The outcome column 'outcome' has the same value in every training row: nothing to learn\.$"):
             build_trainer(tmp_path / "no-model", tmp_path, rows, mode=mode)  # before the feature pass and partial_out
+    # reward_targets, which dpo-pairs calls without a trainer, checks what the data decides before the feature pass
+    rng = np.random.default_rng(0)
+    observations = Observations(np.arange(50), np.ones(50), rng.normal(size=(50, 2)), ["a", "b"], rng.normal(size=(50, 1)), None)
+
+    def feature_pass():
+        raise AssertionError("the feature pass ran before the data checks")
+
+    with pytest.raises(DataError, match="same value in every training row"):
+        reward_targets(observations, reward_args(tmp_path, numeric_confounders=["a", "b"]), feature_pass, progress=False)
+    observations.outcome = rng.normal(size=50)
+    with pytest.raises(DataError, match=r"1 instrument column\(s\) for 2 endogenous confounder-matrix columns"):
+        reward_targets(observations, reward_args(tmp_path, numeric_confounders=["a", "b"], instrument_columns=["z"]), feature_pass, progress=False)
+    observations.outcome = 1e6 + 1e-8 * rng.normal(size=50)  # one value up to rounding, in a mode that partials out nothing
+    with pytest.raises(DataError, match=r"varies by sd .* one value in every training row up to rounding"):
+        reward_targets(observations, reward_args(tmp_path, numeric_confounders=["a", "b"], mode="naive"), feature_pass, progress=False)
 
 
 def test_fewer_rows_than_folds(tmp_path, tiny_model, capsys):

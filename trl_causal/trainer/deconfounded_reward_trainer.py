@@ -341,16 +341,18 @@ def check_outcome_varies(observations: Observations, args: DeconfoundedRewardCon
 def reward_targets(
     observations: Observations, args: DeconfoundedRewardConfig, features: Callable[[], Any], progress: bool = True
 ) -> RewardTargets:
-    """Deconfound the training rows (``features()`` is called only in deconfounded mode) and standardise the target."""
+    """Deconfound the training rows (``features()`` is called only in deconfounded mode) and standardise the target.
+    The data alone decides an outcome of one value and too few instruments: both fail before ``features()``."""
+    check_outcome_varies(observations, args)
     seconds: dict[str, float] = {}
     result = None
     scores = observations.outcome
     if args.mode == "deconfounded":
+        instrument, instrument_names = instruments(observations, args)
         start = time.perf_counter()
         phi = features()
         seconds["features"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        instrument, instrument_names = instruments(observations, args)
         result = partial_out(
             observations.outcome,
             observations.confounders,
@@ -369,7 +371,11 @@ def reward_targets(
         scores = result.deconfounded_outcome
     std = float(scores.std())
     if not std > 1e3 * np.finfo(float).eps * float(np.abs(observations.outcome).max()):  # zero up to rounding
-        check_outcome_varies(observations, args)
+        if result is None:  # nothing was partialled out: the outcome itself is one value, to rounding
+            raise DataError(
+                f"The outcome column {args.outcome_column!r} varies by sd {std:.2g} around {scores.mean():.6g}, one "
+                "value in every training row up to rounding: nothing to learn."
+            )
         raise DataError(
             f"The confounders explain all of the outcome {args.outcome_column!r}: after partialling them out "
             f"r~ = Y - theta'(C - mean C) is the same in every training row (sd {std:.2g}, against sd(Y) = "
