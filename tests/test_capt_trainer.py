@@ -310,7 +310,7 @@ def test_an_answer_that_names_an_event_is_written_with_the_rows_symbol(tiny_mode
         absent = next(name for name in names if name not in (first, second))
         assert answers[names.index(absent)] == absent  # not an event of this row: written as given
     # A generation that names the symbol of an event is that event's answer.
-    predictor.generate = lambda prompts, template_kwargs: [f" {answers[names.index(row['completion'].strip())]}" for answers, row in zip(written, rows)]
+    predictor.generate = lambda prompts: [f" {answers[names.index(row['completion'].strip())]}" for answers, row in zip(written, rows)]
     assert predictor.predict(rows) == ["Alice", "Bob"]
 
 

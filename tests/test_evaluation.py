@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -72,6 +73,23 @@ def test_the_predictor_refuses_an_answer_set_or_rows_of_the_wrong_shape(tiny_mod
     assert predictor.predict([chat]) == predictor.predict([ROWS[1]])
     with pytest.raises(DataError, match="3 predictions for 1 gold answers"):
         accuracy_report(["True", "False", "False"], ["True"])  # zip paired the first only: accuracy 1.0 of n=1
+    assert LMPredictor(model, tokenizer, (answer for answer in ["True", "False"])).answers == ["True", "False"]
+    assert len(predictor.predict(np.array([ROWS[0]["prompt"]], dtype=object))) == 1  # an array of prompts
+
+
+def test_a_predictor_subclass_written_before_the_chat_template_settings_keeps_working(tiny_model):
+    class Older(LMPredictor):  # overrides with the signatures LMPredictor had before template_kwargs
+        def prompt_text(self, prompt):
+            return super().prompt_text(prompt)
+
+        def generate(self, prompts):
+            return super().generate(prompts)
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    for mode in ("score", "generate"):
+        assert Older(model, tokenizer, ["True", "False"], mode=mode, max_new_tokens=2).predict(CHAT_ROWS) == LMPredictor(
+            model, tokenizer, ["True", "False"], mode=mode, max_new_tokens=2
+        ).predict(CHAT_ROWS)
 
 
 def test_generate_mode_parses_or_reports_none(tiny_model):

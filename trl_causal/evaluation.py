@@ -100,15 +100,16 @@ class LMPredictor:
             raise ConfigError(f"Prediction mode {mode!r} is not one of 'score', 'generate'.")
         if isinstance(answers, str):
             raise ConfigError(f"answers is the text {answers!r}: give a list of the answers to choose from, e.g. ['True', 'False'].")
+        answers = list(answers)  # a generator is read once
         if not answers:
             raise ConfigError("The answer set is empty: give the answers to choose from (e.g. True, False).")
         if bad := [answer for answer in answers if not isinstance(answer, str) or not answer.strip()]:
             raise ConfigError(f"Every answer must be a non-empty text; the answer set has {bad[0]!r}.")
-        if repeated := sorted({answer for answer in answers if list(answers).count(answer) > 1}):
+        if repeated := sorted({answer for answer in answers if answers.count(answer) > 1}):
             raise ConfigError(f"The answer set names {', '.join(map(repr, repeated))} twice: give each answer once.")
         self.model = model
         self.tokenizer = tokenizer
-        self.answers = list(answers)
+        self.answers = answers
         self.mode = mode
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -119,7 +120,7 @@ class LMPredictor:
         """Rows as mappings: a raw prompt (a string, or a list of messages) is the row ``{prompt_column: prompt}``. A
         single row or prompt where the list of them belongs is an error (a string would be read letter by letter, a
         chat's messages as rows)."""
-        one_chat = rows and all(isinstance(row, dict) and "role" in row and self.prompt_column not in row for row in rows)
+        one_chat = len(rows) > 0 and all(isinstance(row, dict) and "role" in row and self.prompt_column not in row for row in rows)
         if isinstance(rows, (str, dict)) or one_chat:
             raise DataError(
                 "Give a list of rows or prompts (one prompt is [prompt]; one chat is [[{'role': ..., 'content': ...}]]), "
@@ -185,7 +186,10 @@ class LMPredictor:
             text, special = prompt, True
             completions = [answer if answer[:1].isspace() else prefix + answer for answer in answers]
         else:
-            text, special = self.prompt_text(prompt, template_kwargs), False  # the template writes the special tokens
+            # the template writes the special tokens; template_kwargs only where the row has some, so that a subclass
+            # written against prompt_text(prompt) keeps working
+            text = self.prompt_text(prompt, template_kwargs) if template_kwargs else self.prompt_text(prompt)
+            special = False
             completions = list(answers)
         prompt_ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         pairs = []
@@ -285,7 +289,7 @@ class LMPredictor:
 
         device = next(self.model.parameters()).device
         template_kwargs = [{}] * len(prompts) if template_kwargs is None else template_kwargs
-        texts = [self.prompt_text(p, kwargs) for p, kwargs in zip(prompts, template_kwargs)]
+        texts = [self.prompt_text(p, kwargs) if kwargs else self.prompt_text(p) for p, kwargs in zip(prompts, template_kwargs)]
         # Plain text takes the tokenizer's special tokens (a BOS), as training and score() tokenize it; a chat
         # template writes its own.
         special = all(isinstance(p, str) for p in prompts)
@@ -310,11 +314,13 @@ class LMPredictor:
         names none of the answers."""
         prompts, written = self.prepare(rows)
         written = [self.answers] * len(prompts) if written is None else written
-        template_kwargs = self.template_kwargs(rows)
+        # the rows' chat template settings only where some row has them: a subclass written against
+        # score(prompts, prefixes, written) / generate(prompts) keeps working
+        settings = (self.template_kwargs(rows),) if any(self.template_kwargs(rows)) else ()
         if self.mode == "score":
-            scores = self.score(prompts, self.answer_prefixes(rows), written, template_kwargs)
+            scores = self.score(prompts, self.answer_prefixes(rows), written, *settings)
             return [self.answers[i] for i in scores.argmax(dim=1).tolist()]
-        generated = self.generate(prompts, template_kwargs)
+        generated = self.generate(prompts, *settings)
         parsed = [parse_answer(text, answers) for text, answers in zip(generated, written)]
         return [None if found is None else self.answers[answers.index(found)] for found, answers in zip(parsed, written)]
 

@@ -30,7 +30,7 @@ from ..errors import ConfigError, DataError, describe_rows, for_count
 LEARNER_NAMES = ("ridge", "lasso", "random_forest", "gradient_boosting", "linear")
 RIDGE_ALPHAS = np.logspace(-2, 5, 8)
 MIN_RESIDUAL_SHARE = 0.01
-MOSTLY_TEXT_SHARE = 0.1  # a confounder with less of its variance left than this is warned about (without instrument)
+MOSTLY_TEXT_SHARE = 0.25  # a confounder with less of its variance left than this is warned about (without instrument)
 FEW_GROUPS = 20  # fewer clusters than this make cluster-robust standard errors too small (a warning)
 INNER_FOLDS = 3  # folds of whole clusters in which a nuisance learner chooses its penalty (with_group_folds)
 WEAK_INSTRUMENT_F = 10.0
