@@ -77,6 +77,15 @@ def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
     with pytest.raises(ConfigError, match=r"Key 'categorical_confounders' in the command line expects list, got None .* For none, give the empty list \[\] \(--categorical_confounders '\[\]'\)"):
         parse_run_config(["--categorical_confounders", "null"], str(config))
     assert parse_run_config(["--categorical_confounders", "[]"], str(config)).training_args.categorical_confounders == []
+    from trl import TrlParser  # a TRL script's own parser hands "null" over as a string
+
+    from trl_causal import DeconfoundedRewardConfig, LatentShiftConfig
+
+    base = ["--output_dir", str(tmp_path), "--bf16", "false"]
+    parsed, = TrlParser((DeconfoundedRewardConfig,)).parse_args_into_dataclasses(base + ["--outcome_column", "y", "--numeric_confounders", "c", "--text_column", "null"])
+    assert parsed.text_column is None and parsed.outcome_column == "y"
+    parsed, = TrlParser((LatentShiftConfig,)).parse_args_into_dataclasses(base + ["--label_column", "~", "--verbalizer", "None"])
+    assert parsed.label_column is None and parsed.verbalizer is None
 
 
 def test_a_report_to_integration_whose_package_is_missing_is_one_line_before_launch(tmp_path, tiny_model):
@@ -90,15 +99,6 @@ def test_a_report_to_integration_whose_package_is_missing_is_one_line_before_lau
     with pytest.raises(ConfigError, match=r"report_to in .*cfg.yaml names swanlab, whose package is not installed: `pip install swanlab`, or set `report_to: none`"):
         parse_run_config(["--report_to", "swanlab"], str(config))
     assert parse_run_config(["--report_to", "none"], str(config)).training_args.report_to == []
-    from trl import TrlParser  # a TRL script's own parser hands "null" over as a string
-
-    from trl_causal import DeconfoundedRewardConfig, LatentShiftConfig
-
-    base = ["--output_dir", str(tmp_path), "--bf16", "false"]
-    parsed, = TrlParser((DeconfoundedRewardConfig,)).parse_args_into_dataclasses(base + ["--outcome_column", "y", "--numeric_confounders", "c", "--text_column", "null"])
-    assert parsed.text_column is None and parsed.outcome_column == "y"
-    parsed, = TrlParser((LatentShiftConfig,)).parse_args_into_dataclasses(base + ["--label_column", "~", "--verbalizer", "None"])
-    assert parsed.label_column is None and parsed.verbalizer is None
 
 
 def test_a_dict_or_list_field_takes_json_on_the_command_line(tmp_path, tiny_model):

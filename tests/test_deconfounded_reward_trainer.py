@@ -556,6 +556,7 @@ def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenou
     out = capsys.readouterr().out
     assert "partialling-out IV (2SLS), instruments: instrument, channel=email, channel=web" in out
     assert f"first-stage F {effect['first_stage_f']:.3g})" in out
+    assert "theta[channel=email]" in out and "exogenous: its own instrument)" in out  # no F of a column with itself
     with pytest.raises(ConfigError, match=r"endogenous_confounders names \['chanel'\], which are not confounder columns"):
         reward_args(tmp_path, **settings, endogenous_confounders=["chanel"])
     with pytest.raises(ConfigError, match="endogenous_confounders names the confounders that instrument_columns move"):

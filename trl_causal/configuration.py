@@ -508,10 +508,11 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)
 
 
-REPORTING_PACKAGES = {  # report_to integrations whose package transformers looks for, and its pip name
+REPORTING_PACKAGES = {  # report_to integrations that need one package of their own, and its pip name (azure_ml and
+    # dagshub depend on mlflow as well, in ways transformers decides; they are left to it)
     "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet-ml", "clearml": "clearml",
     "dvclive": "dvclive", "neptune": "neptune", "codecarbon": "codecarbon", "swanlab": "swanlab", "trackio": "trackio",
-    "dagshub": "dagshub", "azure_ml": "azureml-core", "kubeflow": "kubeflow-training",
+    "kubeflow": "kubeflow-training",
 }
 
 

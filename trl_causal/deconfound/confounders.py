@@ -54,7 +54,9 @@ def _sorted_levels(values: Sequence[Any]) -> list[Any]:
     return sorted(set(values), key=key)
 
 
-MISSING_WORDS = frozenset({"", "NA", "N/A", "n/a", "na", "#N/A", "<NA>", "NULL", "null", "None", "none"})  # as pandas reads
+# Words that mean "missing" in a numeric cell: pandas' defaults (which also read "nan", "-nan", "#NA" as NaN, as
+# float() does) and their lowercase forms
+MISSING_WORDS = frozenset({"", "NA", "N/A", "n/a", "na", "#N/A", "<NA>", "NULL", "null", "None", "none"})
 
 
 def parse_numbers(values: Sequence[Any]) -> tuple[np.ndarray, list[int]]:

@@ -49,8 +49,9 @@ def make_learner(learner: str | RegressorMixin, seed: int = 0, sparse: bool = Fa
 
     ``ridge``: RidgeCV (alpha by leave-one-out over 1e-2..1e5, one per target) on standardised features, or, for
     ``sparse`` features (TF-IDF, whose rows are already on one scale), on the features as they are: scaling each
-    column by its spread blows rare terms (a campaign's id in its prompt) up into what the fit leans on;
-    ``lasso``: LassoCV (3-fold) on standardised features; ``random_forest``: RandomForestRegressor (200 trees,
+    column by its spread blows rare terms (a campaign's id in its prompt) up into what an L2 fit leans on;
+    ``lasso``: LassoCV (3-fold) on standardised features, sparse ones too (L1 selects terms rather than spreading
+    weight over them, and behaved on the logs where the scaled ridge did not); ``random_forest``: RandomForestRegressor (200 trees,
     leaves >= 5 rows); ``gradient_boosting``: HistGradientBoostingRegressor (dense features only);
     ``linear``: LinearRegression. An estimator instance is cloned (unfitted copy), never modified.
     """

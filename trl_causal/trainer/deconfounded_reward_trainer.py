@@ -719,7 +719,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 f"{single} {split} {for_count(single, 'group has', 'groups have')} one row left after dropping the "
                 f"rows longer than max_length={args.max_length}; they give no pair. Raise max_length to keep them."
             )
-        if len(pairs) > MANY_PAIRS_PER_ROW * len(input_ids):
+        if len(pairs) > MANY_PAIRS_PER_ROW * len(input_ids) and args.process_index == 0:
             logger.warning(
                 f"The {split} split's {len(input_ids)} rows give {len(pairs)} within-group pairs (largest group: "
                 f"{group_sizes.max()} rows): pairs grow with the square of a group's size, and each is a training "
@@ -755,7 +755,11 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 f"\n  theta[{name}] = {effect['theta']:.4g} (se {effect['se']:.3g}, "
                 f"{deconfounding['ci_level']:.0%} CI [{effect['ci_low']:.4g}, {effect['ci_high']:.4g}], "
                 f"text-free variance share {min(effect['residual_r2'], 1.0):.2f}"  # over 1: the text predicts none
-                + (f", first-stage F {effect['first_stage_f']:.3g})" if "first_stage_f" in effect else ")")
+                + (
+                    f", first-stage F {effect['first_stage_f']:.3g})"
+                    if "first_stage_f" in effect and name not in deconfounding["instruments"]
+                    else ", exogenous: its own instrument)" if "first_stage_f" in effect else ")"
+                )
             )
         self.accelerator.print(line + f"\n  report: {os.path.join(self.args.output_dir, REPORT_FILE)}")
 
