@@ -123,6 +123,22 @@ def test_levels_come_from_the_fit_rows_and_a_level_only_later_rows_hold_counts_a
     assert np.ptp(matrix[:4], axis=0).all()  # every column varies over the training rows
 
 
+def test_reference_levels_name_the_level_each_one_hot_block_leaves_out():
+    from trl_causal.deconfound.confounders import reference_levels
+
+    columns = {
+        "device": ["tablet", "mobile", None, "tablet", "mobile"],
+        "ts": ["2024-03-05T10:00:00", "2024-02-07T10:00:00", "2024-04-12T10:00:00", "2024-03-08T10:00:00", None],
+    }
+    kept = [0, 1, 3]  # the rows build_confounder_matrix keeps: no missing value
+    _, names, _, _ = build_confounder_matrix(columns, categorical=["device"], timestamps=["ts"], drop_invalid=True)
+    references = reference_levels({key: [values[row] for row in kept] for key, values in columns.items()}, ["device"], ["ts"])
+    assert references == {"device": "mobile", "ts weekday": "Tue", "ts month": "Feb"}  # Tue, Wed, Fri; Feb, Mar
+    assert "device=mobile" not in names and "device=tablet" in names
+    assert "ts=Tue" not in names and {"ts=Wed", "ts=Fri", "ts=Mar"} <= set(names) and "ts=Feb" not in names
+    assert reference_levels(columns, ["device"], ["ts"], ["trend"]) == {"device": "mobile"}  # a trend has no reference
+
+
 def test_a_categorical_level_is_its_text_whatever_type_each_split_gives_it():
     import warnings
 

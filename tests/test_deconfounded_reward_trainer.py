@@ -557,6 +557,8 @@ def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenou
     assert "partialling-out IV (2SLS), instruments: instrument, channel=email, channel=web" in out
     assert f"first-stage F {effect['first_stage_f']:.3g})" in out
     assert "theta[channel=email]" in out and "exogenous: its own instrument)" in out  # no F of a column with itself
+    assert trainer.report["reference_levels"] == {"channel": "app"}  # theta[channel=email] is measured from "app"
+    assert "one-hot thetas are measured from the reference levels channel=app" in out
     with pytest.raises(ConfigError, match=r"endogenous_confounders names \['chanel'\], which are not confounder columns"):
         reward_args(tmp_path, **settings, endogenous_confounders=["chanel"])
     with pytest.raises(ConfigError, match="endogenous_confounders names the confounders that instrument_columns move"):

@@ -171,6 +171,25 @@ def _timestamp_features(
     return blocks, names
 
 
+def reference_levels(
+    columns: Mapping[str, Sequence[Any]],
+    categorical: Sequence[str] = (),
+    timestamps: Sequence[str] = (),
+    timestamp_features: Sequence[str] = TIMESTAMP_FEATURES,
+) -> dict[str, str]:
+    """The level that each one-hot block of ``build_confounder_matrix`` leaves out, over the rows given (the training
+    rows): its reference, absorbed by the intercept, which the theta of every other level of the block is measured
+    from. {"device": "desktop", "ts weekday": "Mon", "ts month": "Jan"}; missing values are passed over."""
+    references = {name: str(_sorted_levels([str(v) for v in columns[name] if not is_missing(v)])[0]) for name in categorical}
+    for name in timestamps:
+        moments = [moment for moment in _timestamp_column(name, columns[name]) if moment is not None]
+        for feature in timestamp_features:
+            if feature in CALENDAR_FEATURES:
+                code_of, level_names = CALENDAR_FEATURES[feature]
+                references[f"{name} {feature}"] = level_names[_sorted_levels([code_of(moment) for moment in moments])[0]]
+    return references
+
+
 @overload
 def build_confounder_matrix(
     columns: Mapping[str, Sequence[Any]],

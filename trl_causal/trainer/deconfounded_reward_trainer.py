@@ -46,7 +46,7 @@ from trl.trainer.utils import global_then_local_main_first, pad
 from ..data import check_split_types, named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.partial_out import check_design
-from ..deconfound.confounders import describe_invalid_columns, is_missing, parse_numbers
+from ..deconfound.confounders import describe_invalid_columns, is_missing, parse_numbers, reference_levels
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
 from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
@@ -663,6 +663,14 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             },
             **({"eval_rows": eval_rows} if eval_rows else {}),
         }
+        if args.categorical_confounders or args.timestamp_confounders:  # what each one-hot theta is measured from
+            train_rows = rows["train"]
+            self.report["reference_levels"] = reference_levels(
+                {column: train_rows[column] for column in (*args.categorical_confounders, *args.timestamp_confounders)},
+                args.categorical_confounders,
+                args.timestamp_confounders,
+                args.timestamp_features,
+            )
         if self.report["feature_source"] == "model":
             model_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             self.report["feature_precision"] = feature_precision(args, self.model) or model_dtype
@@ -748,6 +756,10 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 "max_length dropped; the deconfounding used the valid ones)"
             )
         deconfounding = report["deconfounding"] or {}
+        if deconfounding and report.get("reference_levels"):
+            line += "\n  one-hot thetas are measured from the reference levels " + ", ".join(
+                f"{block}={level}" for block, level in report["reference_levels"].items()
+            )
         if "instruments" in deconfounding:
             line += f"\n  partialling-out IV (2SLS), instruments: {', '.join(deconfounding['instruments'])}"
         for name, effect in deconfounding.get("effects", {}).items():
