@@ -96,7 +96,14 @@ def test_patch_features_reject_bad_patch_count():
 
 
 def test_pooling_in_bf16_is_the_bf16_of_the_exact_mean():
-    # weights 1/L rounded to bf16 put the mean of 300 ones at 0.996
+    # weights 1/L rounded to bf16, or a sum rounded to bf16, put the mean of 257 ones at 0.996
+    lengths = list(range(1, 1025))
+    for dtype in (torch.bfloat16, torch.float16):
+        ones = torch.ones(len(lengths), 1024, 2, dtype=dtype)
+        mask = mask_from_lengths(lengths, 1024)
+        assert (masked_mean_pool(ones, mask) == 1).all() and (patch_features(ones, mask, n_patches=10)[0] == 1).all()
+    with_nan = torch.ones(1, 4, 2).index_fill(1, torch.tensor([3]), float("nan"))  # a masked-out position holds NaN
+    assert masked_mean_pool(with_nan, mask_from_lengths([3], 4)).tolist() == [[1.0, 1.0]]
     ones = torch.ones(2, 300, 3, dtype=torch.bfloat16)
     mask = mask_from_lengths([300, 299], 300)
     assert masked_mean_pool(ones, mask.tolist()).tolist() == [[1.0] * 3] * 2  # nested lists work as the mask too

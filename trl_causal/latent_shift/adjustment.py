@@ -64,16 +64,13 @@ def _raise_on_empty_rows(lengths: Tensor) -> None:
         )
 
 
-def _weighted_sum(hidden: Tensor, token_mask: Tensor, count: Tensor) -> Tensor:
-    """sum_t m_bt h_bt / count_b [B, D], exact up to one rounding in any dtype: the tokens are summed with the weight
-    2^-ceil(log2 count_b), a power of two that every float format holds exactly and that keeps the sum at the size of a
-    mean (fp16 overflows past 65504), and the rest of 1/count_b is applied in float32 (float64 for float64 input).
-    Weights of 1/count rounded to bf16 put the mean of 300 ones at 0.996."""
-    exponent = torch.ceil(torch.log2(count.double().clamp(min=1)))
-    weights = token_mask.to(hidden.dtype) * torch.exp2(-exponent).to(hidden.dtype).unsqueeze(1)
-    summed = torch.einsum("bt,btd->bd", weights, hidden)
+def _masked_mean(hidden: Tensor, token_mask: Tensor, count: Tensor) -> Tensor:
+    """sum_t m_bt h_bt / count_b [B, D], summed and divided in float32 (float64 for float64 input), so a bf16 / fp16
+    sum is neither rounded to 8 or 11 bits (the mean of 257 ones in bf16 was 0.996) nor overflows fp16's 65504. Masked
+    positions count as 0, whatever they hold (NaN too)."""
     precise = torch.promote_types(hidden.dtype, torch.float32)
-    return summed.to(precise) * (torch.exp2(exponent) / count.double()).to(precise).unsqueeze(1)
+    summed = hidden.masked_fill(~token_mask.unsqueeze(-1), 0).sum(1, dtype=precise)
+    return summed / count.to(precise).unsqueeze(1)
 
 
 def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
@@ -81,7 +78,7 @@ def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     token_mask = _token_mask(hidden, mask)
     lengths = token_mask.sum(1)
     _raise_on_empty_rows(lengths)
-    return _weighted_sum(hidden, token_mask, lengths).to(hidden.dtype)
+    return _masked_mean(hidden, token_mask, lengths).to(hidden.dtype)
 
 
 def patch_features(hidden: Tensor, mask: Tensor, n_patches: int) -> tuple[Tensor, int]:
@@ -102,7 +99,7 @@ def patch_features(hidden: Tensor, mask: Tensor, n_patches: int) -> tuple[Tensor
     rank = token_mask.long().cumsum(1) - 1  # position of each masked token among its row's masked tokens
     in_long_patch = rank < (n_long * (base_size + 1)).unsqueeze(1)
     # each token weighs 1 / (its patch's size * P'): the tokens of the long and of the short patches summed apart
-    features = _weighted_sum(hidden, token_mask & in_long_patch, (base_size + 1) * n_used) + _weighted_sum(
+    features = _masked_mean(hidden, token_mask & in_long_patch, (base_size + 1) * n_used) + _masked_mean(
         hidden, token_mask & ~in_long_patch, base_size * n_used
     )
     n_fallback = int((lengths < n_patches).sum())
