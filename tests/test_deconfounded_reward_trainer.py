@@ -557,6 +557,7 @@ def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenou
     assert "partialling-out IV (2SLS), instruments: instrument, channel=email, channel=web" in out
     assert f"first-stage F {effect['first_stage_f']:.3g})" in out
     assert "theta[channel=email]" in out and "exogenous: its own instrument)" in out  # no F of a column with itself
+    assert deconfounding["effects"]["channel=web"]["exogenous"] and "first_stage_f" not in deconfounding["effects"]["channel=web"]
     assert trainer.report["reference_levels"] == {"channel": "app"}  # theta[channel=email] is measured from "app"
     assert "one-hot thetas are measured from the reference levels channel=app" in out
     with pytest.raises(ConfigError, match=r"endogenous_confounders names \['chanel'\], which are not confounder columns"):
@@ -579,7 +580,7 @@ def test_an_outcome_of_one_value_fails_before_the_model_loads_in_every_mode(tmp_
 
     rows = [dict(row, outcome=1.0) for row in observational_rows()]
     for mode in ("deconfounded", "naive"):
-        with pytest.raises(DataError, match=r"^The outcome column 'outcome' has the same value in every training row: nothing to learn\.$"):
+        with pytest.raises(DataError, match=r"^The outcome column 'outcome' has the same value in every training row \(sd 0\): nothing to learn\.$"):
             build_trainer(tmp_path / "no-model", tmp_path, rows, mode=mode)  # before the feature pass and partial_out
     # reward_targets, which dpo-pairs calls without a trainer, checks what the data decides before the feature pass
     rng = np.random.default_rng(0)
@@ -593,9 +594,10 @@ def test_an_outcome_of_one_value_fails_before_the_model_loads_in_every_mode(tmp_
     observations.outcome = rng.normal(size=50)
     with pytest.raises(DataError, match=r"1 instrument column\(s\) for 2 endogenous confounder-matrix columns"):
         reward_targets(observations, reward_args(tmp_path, numeric_confounders=["a", "b"], instrument_columns=["z"]), feature_pass, progress=False)
-    observations.outcome = 1e6 + 1e-8 * rng.normal(size=50)  # one value up to rounding, in a mode that partials out nothing
-    with pytest.raises(DataError, match=r"varies by sd .* one value in every training row up to rounding"):
-        reward_targets(observations, reward_args(tmp_path, numeric_confounders=["a", "b"], mode="naive"), feature_pass, progress=False)
+    observations.outcome = 1e6 + 1e-8 * rng.normal(size=50)  # one value up to rounding: no mode has anything to learn
+    for mode in ("naive", "deconfounded"):
+        with pytest.raises(DataError, match=r"same value in every training row \(sd 1\.\de-08\): nothing to learn"):
+            reward_targets(observations, reward_args(tmp_path, numeric_confounders=["a", "b"], mode=mode), feature_pass, progress=False)
 
 
 def test_fewer_rows_than_folds(tmp_path, tiny_model, capsys):

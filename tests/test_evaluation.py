@@ -90,6 +90,8 @@ def test_a_predictor_subclass_written_before_the_chat_template_settings_keeps_wo
         assert Older(model, tokenizer, ["True", "False"], mode=mode, max_new_tokens=2).predict(CHAT_ROWS) == LMPredictor(
             model, tokenizer, ["True", "False"], mode=mode, max_new_tokens=2
         ).predict(CHAT_ROWS)
+    with pytest.raises(DataError, match="1 chat template settings for 3 prompts"):
+        LMPredictor(model, tokenizer, ["True", "False"]).generate([row["prompt"] for row in ROWS], [{}])  # zip dropped two
 
 
 def test_generate_mode_parses_or_reports_none(tiny_model):

@@ -508,11 +508,11 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)
 
 
-REPORTING_PACKAGES = {  # report_to integrations that need one package of their own, and its pip name (azure_ml and
-    # dagshub depend on mlflow as well, in ways transformers decides; they are left to it)
-    "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet-ml", "clearml": "clearml",
-    "dvclive": "dvclive", "neptune": "neptune", "codecarbon": "codecarbon", "swanlab": "swanlab", "trackio": "trackio",
-    "kubeflow": "kubeflow-training",
+REPORTING_PACKAGES = {  # report_to integrations that transformers finds by their package alone, and its pip name
+    # (azure_ml and dagshub depend on mlflow as well, comet_ml on its configuration, kubeflow on an environment
+    # variable: they are left to transformers)
+    "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive",
+    "neptune": "neptune", "codecarbon": "codecarbon", "swanlab": "swanlab", "trackio": "trackio",
 }
 
 

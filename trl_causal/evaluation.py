@@ -83,6 +83,10 @@ class LMPredictor:
     the leading whitespace of the row's string ``completion`` (" positive" -> " "), i.e. from how the data renders
     the answer for training; rows without a string completion get "". Chat prompts never take a prefix: the answer
     is the assistant message's content after the template's generation prompt.
+
+    A row's ``tools`` / ``chat_template_kwargs`` reach ``prompt_text``, ``score`` and ``generate`` as
+    ``template_kwargs``, passed only where some row has them: a subclass that overrides them should accept
+    ``template_kwargs=None``.
     """
 
     def __init__(
@@ -289,6 +293,8 @@ class LMPredictor:
 
         device = next(self.model.parameters()).device
         template_kwargs = [{}] * len(prompts) if template_kwargs is None else template_kwargs
+        if len(template_kwargs) != len(prompts):
+            raise DataError(f"{len(template_kwargs)} chat template settings for {len(prompts)} prompts.")
         texts = [self.prompt_text(p, kwargs) if kwargs else self.prompt_text(p) for p, kwargs in zip(prompts, template_kwargs)]
         # Plain text takes the tokenizer's special tokens (a BOS), as training and score() tokenize it; a chat
         # template writes its own.

@@ -330,11 +330,28 @@ class RewardTargets:
         return (scores - self.mean) / self.std
 
 
+def varies(values: np.ndarray) -> bool:
+    """Whether ``values`` spread beyond rounding: sd above 1000 float eps of their largest magnitude."""
+    return bool(values.std() > 1e3 * np.finfo(float).eps * float(np.abs(values).max()))
+
+
+def exogenous_marked(deconfounding: dict[str, Any]) -> dict[str, Any]:
+    """The deconfounding report with each confounder that is its own instrument marked ``exogenous`` in place of its
+    first-stage F (the F of a column regressed on itself means nothing)."""
+    for name in deconfounding.get("instruments", []):
+        if name in deconfounding["effects"]:
+            effect = deconfounding["effects"][name]
+            effect.pop("first_stage_f", None)
+            effect["exogenous"] = True
+    return deconfounding
+
+
 def check_outcome_varies(observations: Observations, args: DeconfoundedRewardConfig) -> None:
-    """An outcome with one value in every training row is an error: there is nothing to learn."""
-    if not observations.outcome.std() > 0:
+    """An outcome with one value in every training row (up to rounding) is an error: there is nothing to learn."""
+    if not varies(observations.outcome):
         raise DataError(
-            f"The outcome column {args.outcome_column!r} has the same value in every training row: nothing to learn."
+            f"The outcome column {args.outcome_column!r} has the same value in every training row (sd "
+            f"{observations.outcome.std():.2g}): nothing to learn."
         )
 
 
@@ -370,12 +387,8 @@ def reward_targets(
         seconds["partial_out"] = round(time.perf_counter() - start, 3)
         scores = result.deconfounded_outcome
     std = float(scores.std())
-    if not std > 1e3 * np.finfo(float).eps * float(np.abs(observations.outcome).max()):  # zero up to rounding
-        if result is None:  # nothing was partialled out: the outcome itself is one value, to rounding
-            raise DataError(
-                f"The outcome column {args.outcome_column!r} varies by sd {std:.2g} around {scores.mean():.6g}, one "
-                "value in every training row up to rounding: nothing to learn."
-            )
+    # zero up to rounding; the outcome varies (checked above), so only partialling out can have made it so
+    if not std > 1e3 * np.finfo(float).eps * float(np.abs(observations.outcome).max()):
         raise DataError(
             f"The confounders explain all of the outcome {args.outcome_column!r}: after partialling them out "
             f"r~ = Y - theta'(C - mean C) is the same in every training row (sd {std:.2g}, against sd(Y) = "
@@ -390,7 +403,7 @@ def reward_targets(
         "feature_source": args.feature_source if result is not None else None,
         "rows": {"used": len(observations.rows), "dropped_invalid": observations.dropped},
         "target": {"mean": mean, "std": std},  # the reward model learns t = (s - mean) / std
-        "deconfounding": None if result is None else result.to_report(),
+        "deconfounding": None if result is None else exogenous_marked(result.to_report()),
         "seconds": seconds,
     }
     return RewardTargets(result, mean, std, report)
@@ -768,9 +781,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 f"{deconfounding['ci_level']:.0%} CI [{effect['ci_low']:.4g}, {effect['ci_high']:.4g}], "
                 f"text-free variance share {min(effect['residual_r2'], 1.0):.2f}"  # over 1: the text predicts none
                 + (
-                    f", first-stage F {effect['first_stage_f']:.3g})"
-                    if "first_stage_f" in effect and name not in deconfounding["instruments"]
-                    else ", exogenous: its own instrument)" if "first_stage_f" in effect else ")"
+                    f", first-stage F {effect['first_stage_f']:.3g})" if "first_stage_f" in effect
+                    else ", exogenous: its own instrument)" if effect.get("exogenous") else ")"
                 )
             )
         self.accelerator.print(line + f"\n  report: {os.path.join(self.args.output_dir, REPORT_FILE)}")
