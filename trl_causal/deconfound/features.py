@@ -116,10 +116,11 @@ def hidden_state_features(
 
     if autocast not in AUTOCAST_DTYPES:
         raise ConfigError(f"autocast={autocast!r} is not one of {', '.join(map(repr, AUTOCAST_DTYPES))}.")
-    if not len(sequences) or (empty := [row for row, ids in enumerate(sequences) if not len(ids)]):
+    if not len(sequences):
+        raise DataError("No token sequences to pool.")
+    if empty := [row for row, ids in enumerate(sequences) if not len(ids)]:
         raise DataError(
-            "No token sequences to pool." if not len(sequences)
-            else f"Text features need at least one token per row; {count_rows(len(empty))} ({describe_rows(empty)}) "
+            f"Text features need at least one token per row; {count_rows(len(empty))} ({describe_rows(empty)}) "
             f"{for_count(len(empty), 'has', 'have')} none."
         )
     cache = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()

@@ -302,10 +302,15 @@ def _warn_weak_instruments(first_stage_f: np.ndarray, names: Sequence[str]) -> N
             )
 
 
+def _final_step(learner: RegressorMixin) -> RegressorMixin:
+    """The estimator that fits: the last step of a pipeline, or the learner itself."""
+    return learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
+
+
 def _fits_targets_jointly(learner: RegressorMixin) -> bool:
     """True where one multi-output fit equals separate per-target fits (and is cheaper): least squares, ridge with a
     fixed alpha, RidgeCV choosing an alpha per target. Not a RidgeCV with one shared alpha, nor multi-task models."""
-    final_step = learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
+    final_step = _final_step(learner)
     if type(final_step) is RidgeCV:
         return bool(final_step.alpha_per_target)
     return type(final_step) in (LinearRegression, Ridge)
@@ -317,12 +322,11 @@ def with_group_folds(learner: RegressorMixin, groups: np.ndarray) -> RegressorMi
     row's cluster mates vouch for a penalty that fits the clusters' own words and misses on new clusters. RidgeCV then
     takes one alpha for all targets (``_fit_predict`` fits each target on its own). Other learners, and fewer than 2
     clusters, are left as they are."""
-    final_step = learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
     n_groups = len(np.unique(groups))
-    if type(final_step) not in (RidgeCV, LassoCV) or n_groups < 2:
+    if type(_final_step(learner)) not in (RidgeCV, LassoCV) or n_groups < 2:
         return learner
     learner = clone(learner)
-    final_step = learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
+    final_step = _final_step(learner)
     folds = list(GroupKFold(min(INNER_FOLDS, n_groups)).split(groups, groups=groups))
     final_step.set_params(cv=folds, **({"alpha_per_target": False} if isinstance(final_step, RidgeCV) else {}))
     return learner
