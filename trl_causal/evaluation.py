@@ -190,10 +190,7 @@ class LMPredictor:
             text, special = prompt, True
             completions = [answer if answer[:1].isspace() else prefix + answer for answer in answers]
         else:
-            # the template writes the special tokens; template_kwargs only where the row has some, so that a subclass
-            # written against prompt_text(prompt) keeps working
-            text = self.prompt_text(prompt, template_kwargs) if template_kwargs else self.prompt_text(prompt)
-            special = False
+            text, special = self.row_prompt_text(prompt, template_kwargs), False  # the template writes the special tokens
             completions = list(answers)
         prompt_ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         pairs = []
@@ -216,6 +213,11 @@ class LMPredictor:
         return self.tokenizer.apply_chat_template(
             prompt, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
         )
+
+    def row_prompt_text(self, prompt: Prompt, template_kwargs: dict[str, Any] | None) -> str:
+        """``prompt_text`` with a row's template settings, called without them where the row has none, so that a
+        subclass written against ``prompt_text(prompt)`` keeps working."""
+        return self.prompt_text(prompt, template_kwargs) if template_kwargs else self.prompt_text(prompt)
 
     def _batches(self, items: list, desc: str, min_last: int = 1):
         """``items`` in batches of ``batch_size``, with a progress bar; a last batch of fewer than ``min_last`` items
@@ -295,7 +297,7 @@ class LMPredictor:
         template_kwargs = [{}] * len(prompts) if template_kwargs is None else template_kwargs
         if len(template_kwargs) != len(prompts):
             raise DataError(f"{len(template_kwargs)} chat template settings for {len(prompts)} prompts.")
-        texts = [self.prompt_text(p, kwargs) if kwargs else self.prompt_text(p) for p, kwargs in zip(prompts, template_kwargs)]
+        texts = [self.row_prompt_text(p, kwargs) for p, kwargs in zip(prompts, template_kwargs)]
         # Plain text takes the tokenizer's special tokens (a BOS), as training and score() tokenize it; a chat
         # template writes its own.
         special = all(isinstance(p, str) for p in prompts)
@@ -322,7 +324,8 @@ class LMPredictor:
         written = [self.answers] * len(prompts) if written is None else written
         # the rows' chat template settings only where some row has them: a subclass written against
         # score(prompts, prefixes, written) / generate(prompts) keeps working
-        settings = (self.template_kwargs(rows),) if any(self.template_kwargs(rows)) else ()
+        template_kwargs = self.template_kwargs(rows)
+        settings = (template_kwargs,) if any(template_kwargs) else ()
         if self.mode == "score":
             scores = self.score(prompts, self.answer_prefixes(rows), written, *settings)
             return [self.answers[i] for i in scores.argmax(dim=1).tolist()]

@@ -649,7 +649,7 @@ class LatentShiftPredictor(LMPredictor):
         prompts = self.prepare_prompts(rows)
         template_kwargs = self.template_kwargs(rows)
         token_ids = [
-            self.tokenizer(self.prompt_text(p, kwargs) if kwargs else self.prompt_text(p), add_special_tokens=isinstance(p, str))["input_ids"]
+            self.tokenizer(self.row_prompt_text(p, kwargs), add_special_tokens=isinstance(p, str))["input_ids"]
             for p, kwargs in zip(prompts, template_kwargs)
         ]
         if self.max_length is None:
