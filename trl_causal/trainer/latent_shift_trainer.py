@@ -30,6 +30,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.utils import entropy_from_logits
 
 from ..data import check_columns, check_split_types, named_splits
 from ..errors import ConfigError, DataError, count_rows, describe_rows
@@ -477,9 +478,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         trained on so far (all processes)."""
         with torch.no_grad():
             supervised = labels[:, 1:].ne(-100)
-            log_probs = logits[:, :-1][supervised].float().log_softmax(-1)  # [supervised tokens, vocabulary]
-            entropy_sum = -(log_probs.exp() * log_probs).sum()
-            correct = log_probs.argmax(-1).eq(labels[:, 1:][supervised]).sum()
+            predicted = logits[:, :-1][supervised].float()  # [supervised tokens, vocabulary]
+            entropy_sum = entropy_from_logits(predicted).sum()  # TRL's, as SFTTrainer computes it
+            correct = predicted.argmax(-1).eq(labels[:, 1:][supervised]).sum()
             n_valid, entropy_sum, correct = (
                 self.accelerator.gather_for_metrics(value).sum() for value in (supervised.sum(), entropy_sum, correct)
             )
