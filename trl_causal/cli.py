@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -333,7 +334,7 @@ def _command_eval(args: argparse.Namespace) -> int:
     column = ", ".join(dict.fromkeys(columns.values()))
     gold = {name: gold_answers(rows, columns[name], name) for name, rows in splits}
     answers = [a.strip() for a in args.answers.split(",") if a.strip()] if args.answers else sorted({a for values in gold.values() for a in values})
-    apart = [(a, b) for i, (a, gold_a) in enumerate(gold.items()) for b, gold_b in list(gold.items())[i + 1 :] if not set(gold_a) & set(gold_b)]
+    apart = [(a, b) for (a, gold_a), (b, gold_b) in itertools.combinations(gold.items(), 2) if not set(gold_a) & set(gold_b)]
     if apart and not args.answers:  # e.g. a True/False split beside a split of names
         print(
             f"trl-causal: note: splits {', '.join(f'{a!r} and {b!r}' for a, b in apart[:3])} share no gold answer, yet "

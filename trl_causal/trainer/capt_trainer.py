@@ -294,6 +294,12 @@ def estimation_report(
     )
 
 
+def evaluation_policy(on_no_events: str) -> str:
+    """``on_no_events`` for evaluation rows, which are never dropped (every row is scored, as plain SFT scores it):
+    ``drop`` keeps them unchanged; ``error`` still fails."""
+    return "error" if on_no_events == "error" else "keep"
+
+
 def earlier_answers(dataset: InterventionDataset) -> list[int]:
     """The rows whose prompt (``split_row``) holds an assistant message: conversations of several turns, of which capt
     trains the last answer."""
@@ -505,7 +511,7 @@ class CAPTTrainer(SFTTrainer):
         """Estimate the rows of an evaluation split and check that the (training rows') pool serves them. Every
         evaluation row is evaluated, as with plain SFT: ``on_no_events: drop`` keeps evaluation rows without events
         unchanged (``error`` still fails), and a count of them is logged."""
-        estimated = self._estimate(args, rows, split, on_no_events="error" if args.on_no_events == "error" else "keep")
+        estimated = self._estimate(args, rows, split, on_no_events=evaluation_policy(args.on_no_events))
         if estimated.no_events and args.process_index == 0:
             logger.warning(
                 f"capt: {len(estimated.no_events)} of {len(rows)} rows of the {split} split "
@@ -634,7 +640,7 @@ class CAPTPredictor(LMPredictor):
             self.estimator,
             ({**row, "prompt": part_text(prompt)} for row, prompt in zip(self.as_rows(rows), prompts)),
             completion_column=None,
-            on_no_events="error" if self.on_no_events == "error" else "keep",  # a test row is never dropped
+            on_no_events=evaluation_policy(self.on_no_events),
         )
         for row_index, (template, prompt) in enumerate(zip(estimated.templates, prompts)):
             check_message_parts(template, (message_roles(prompt), None), row_index, self.estimator.name)
