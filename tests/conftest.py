@@ -127,7 +127,7 @@ def cpu_training_args(output_dir: Path, **overrides) -> dict:
         "report_to": "none",
         "bf16": False,
         "use_cpu": True,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "dataloader_num_workers": 0,
         "seed": 0,
     }

@@ -118,12 +118,16 @@ def test_trls_gradient_checkpointing_default_warns_only_when_the_config_sets_it(
 
     config = config_for()
     unset = yaml.safe_load(config.read_text())
-    del unset["gradient_checkpointing"]
+    del unset["activation_checkpointing"]
     config.write_text(yaml.safe_dump(unset))
     assert deprecation_warnings([], config) == []  # TRL's default, not the user's key
     assert deprecation_warnings(["--trainer", "capt"], config) == []
     assert deprecation_warnings(["--no_gradient_checkpointing"], config)  # what the user wrote is deprecated
-    assert deprecation_warnings([], config_for(gradient_checkpointing=False))
+    config.write_text(yaml.safe_dump({**unset, "gradient_checkpointing": False}))
+    assert deprecation_warnings([], config)
+    assert deprecation_warnings([], config_for()) == []  # the example configs' key, `activation_checkpointing: false`
+    run = parse_run_config([], str(config_for()))
+    assert run.training_args.activation_checkpointing is False and run.training_args.gradient_checkpointing is False
 
 
 def test_a_model_that_is_nowhere_fails_before_launch_with_a_suggestion(capsys, config_for, tmp_path):
