@@ -430,6 +430,33 @@ def test_adapters_view_without_peft_is_rejected(tiny_model, tmp_path):
         make_trainer(tiny_model, tmp_path, frozen_view="adapters")
 
 
+@pytest.mark.parametrize("low_level_layer, low_level_size", [(0, 32), (2, 16)])
+def test_heads_take_the_widths_a_projecting_model_returns(tiny_model, tmp_path, low_level_layer, low_level_size):
+    """OPT (e.g. opt-350m) projects its last hidden state to word_embed_proj_dim before the LM head: the causal head
+    reads that width, the low-level encoder the width of its layer; the checkpoint predicts with them."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    config = OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    opt = tmp_path / "opt"
+    OPTForCausalLM(config).save_pretrained(opt)
+    tokenizer.save_pretrained(opt)
+    trainer = make_trainer(opt, tmp_path / "out", max_steps=2, low_level_layer=low_level_layer)
+    assert (trainer.heads.config["hidden_size"], trainer.heads.config["low_level_size"]) == (16, low_level_size)
+    trainer.train()
+    assert all(math.isfinite(log["loss_adj"]) for log in step_logs(trainer))
+    out = tmp_path / "out"
+    trainer.save_model(str(out))
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    predictor = LatentShiftTrainer.build_predictor(trainer.args, model, tokenizer, ANSWERS, checkpoint_dir=str(out))
+    assert set(predictor.predict(shift_rows(3, seed=1))) <= set(ANSWERS)
+
+
 # ---------------------------------------------------------------- prediction
 
 

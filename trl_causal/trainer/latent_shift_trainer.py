@@ -204,9 +204,12 @@ def check_answer_tokens(tokenizer, verbalizer: dict[str, str], prefix: str = "")
             )
 
 
-def build_heads(args: LatentShiftConfig, hidden_size: int, n_labels: int, seed: int) -> LatentShiftHeads:
-    """The heads the config describes, for a model of ``hidden_size`` and ``n_labels`` labels, initialised from
-    ``seed`` without touching the global RNG."""
+def build_heads(
+    args: LatentShiftConfig, hidden_size: int, n_labels: int, seed: int, low_level_size: int | None = None
+) -> LatentShiftHeads:
+    """The heads the config describes, for a model whose last hidden state has ``hidden_size`` features (and its
+    low-level layer ``low_level_size``, default the same) and ``n_labels`` labels, initialised from ``seed`` without
+    touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LatentShiftHeads(
@@ -214,12 +217,22 @@ def build_heads(args: LatentShiftConfig, hidden_size: int, n_labels: int, seed: 
             args.n_causal,
             args.d_phi,
             n_labels,
+            low_level_size=low_level_size,
             n_patches=args.n_patches,
             bank_size=args.memory_bank_size,
             causal_hidden_sizes=args.causal_hidden_sizes,
             encoder_hidden_sizes=args.encoder_hidden_sizes,
             adjusted_hidden_sizes=args.adjusted_hidden_sizes,
         )
+
+
+def hidden_state_widths(model: torch.nn.Module, hidden_size: int, layer: int, n_layers: int) -> tuple[int, int]:
+    """Widths of the last hidden state (what the LM head reads) and of ``hidden_states[layer]``: ``hidden_size``,
+    except the last one where the model projects it before its LM head (OPT's ``project_out`` to
+    ``word_embed_proj_dim``, e.g. opt-350m: 512 of 1024)."""
+    head = model.get_output_embeddings()
+    last = head.in_features if isinstance(head, torch.nn.Linear) else hidden_size
+    return last, last if layer == n_layers else hidden_size
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -342,7 +355,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 f"low_level_layer={args.low_level_layer}, but the model's hidden_states run from 0 (embeddings) to "
                 f"{text_config.num_hidden_layers}."
             )
-        return build_heads(args, text_config.hidden_size, len(self.verbalizer), args.latent_shift_seed_value)
+        last, low_level = hidden_state_widths(self.model, text_config.hidden_size, args.low_level_layer, text_config.num_hidden_layers)
+        return build_heads(args, last, len(self.verbalizer), args.latent_shift_seed_value, low_level_size=low_level)
 
     @staticmethod
     def required_columns(args: LatentShiftConfig) -> tuple[str, ...]:
