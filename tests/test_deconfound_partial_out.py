@@ -169,7 +169,35 @@ def test_with_groups_the_nuisance_penalty_is_chosen_on_whole_clusters_and_finds_
     assert result.residual_r2[1] < 0.2 and result.residual_r2[0] > 0.9
     learner = with_group_folds(make_learner("ridge", sparse=True), groups[:120])
     assert all(not set(groups[train]) & set(groups[test]) for train, test in learner.cv)  # folds of whole campaigns
-    assert learner.alpha_per_target is False and make_learner("ridge", sparse=True).cv is None  # a copy, not changed
+    assert make_learner("ridge", sparse=True).cv is None  # a new learner, the named one unchanged
+
+
+@pytest.mark.parametrize("rows, columns, sparse", [(300, 40, False), (120, 400, False), (300, 60, True), (100, 500, True)])
+def test_group_fold_ridge_chooses_each_targets_penalty_as_ridgecv_and_fits_as_ridge(rows, columns, sparse):
+    """One eigendecomposition per fold (of X'X, or of XX' where rows are fewer) gives every target and penalty: the
+    same penalties RidgeCV(cv=folds) picks target by target, the same coefficients as Ridge, dense or sparse."""
+    import scipy.sparse
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+
+    from trl_causal.deconfound.partial_out import RIDGE_ALPHAS, GroupFoldRidgeCV
+
+    rng = np.random.default_rng(0)
+    x = scipy.sparse.random(rows, columns, density=0.1, random_state=1, format="csr") if sparse else rng.normal(size=(rows, columns))
+    targets = np.column_stack([np.asarray(x @ rng.normal(size=columns)) * scale + rng.normal(size=rows) for scale in (0.01, 0.3, 3)])
+    groups = np.arange(rows) // 4
+    folds = list(GroupKFold(3).split(groups, groups=groups))
+    fitted = GroupFoldRidgeCV(alphas=tuple(RIDGE_ALPHAS), cv=folds).fit(x, targets)
+    expected = [RidgeCV(alphas=RIDGE_ALPHAS, cv=folds).fit(x, column).alpha_ for column in targets.T]
+    np.testing.assert_array_equal(fitted.alpha_, expected)
+    assert len(set(expected)) > 1  # a penalty per target: the text explains them from not at all to closely
+    for j, column in enumerate(targets.T):
+        ridge = Ridge(alpha=fitted.alpha_[j], solver="sparse_cg" if sparse else "auto", tol=1e-12).fit(x, column)
+        np.testing.assert_allclose(fitted.coef_[:, j], ridge.coef_, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(fitted.intercept_[j], ridge.intercept_, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(fitted.predict(x), np.asarray(x @ fitted.coef_) + fitted.intercept_)
+    one = GroupFoldRidgeCV(alphas=tuple(RIDGE_ALPHAS), cv=folds).fit(x, targets[:, 1])
+    assert one.predict(x).shape == (rows,) and one.alpha_[0] == expected[1]
 
 
 def test_torch_tensors_in_any_dtype_are_taken_as_floats():

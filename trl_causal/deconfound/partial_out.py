@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import RegressorMixin, clone
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.linear_model import LassoCV, LinearRegression, Ridge, RidgeCV
+from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -307,29 +308,95 @@ def _final_step(learner: RegressorMixin) -> RegressorMixin:
     return learner.steps[-1][1] if isinstance(learner, Pipeline) else learner
 
 
+class _RidgePath:
+    """Ridge fits (with intercept) of every target column of T on X for any penalties, from one eigendecomposition:
+    with Xc, Tc centred, G = Xc'Xc = V diag(lam) V' gives W(alpha) = V diag(1/(lam + alpha)) V'Xc'Tc; where rows are
+    fewer than features, the kernel K = Xc Xc' = U diag(lam) U' gives W(alpha) = Xc'U diag(1/(lam + alpha)) U'Tc.
+    X dense or sparse [n, p], T [n, k]."""
+
+    def __init__(self, x: Any, targets: np.ndarray):
+        self.x, self.x_mean = x, np.asarray(x.mean(axis=0)).ravel()
+        self.t_mean = targets.mean(axis=0)
+        centered_targets = targets - self.t_mean
+        self.primal = x.shape[1] <= x.shape[0]
+        if self.primal:  # G = X'X - n m m'
+            gram = x.T @ x
+            gram = (gram.toarray() if sp.issparse(gram) else gram) - x.shape[0] * np.outer(self.x_mean, self.x_mean)
+            self.eigenvalues, self.vectors = np.linalg.eigh(gram)
+            self.projected = self.vectors.T @ np.asarray(x.T @ centered_targets)  # V'Xc'Tc = V'X'Tc (Tc sums to 0) [p, k]
+        else:  # K = X X' - (X m) 1' - 1 (X m)' + m'm
+            row_dot_mean = np.asarray(x @ self.x_mean).ravel()
+            kernel = x @ x.T
+            kernel = (kernel.toarray() if sp.issparse(kernel) else kernel) - row_dot_mean[:, None] - row_dot_mean[None, :]
+            self.eigenvalues, self.vectors = np.linalg.eigh(kernel + self.x_mean @ self.x_mean)
+            self.projected = self.vectors.T @ centered_targets  # U'Tc [n, k]
+        self.eigenvalues = np.clip(self.eigenvalues, 0.0, None)  # round-off below zero
+
+    def coefficients(self, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W [p, k], intercepts [k]) with target j penalised by alphas[j]."""
+        weights = self.vectors @ (self.projected / (self.eigenvalues[:, None] + alphas[None, :]))
+        if not self.primal:  # dual weights D [n, k]: W = Xc'D = X'D - m (1'D)
+            weights = np.asarray(self.x.T @ weights) - np.outer(self.x_mean, weights.sum(axis=0))
+        return weights, self.t_mean - self.x_mean @ weights
+
+
+class GroupFoldRidgeCV(RegressorMixin, BaseEstimator):
+    """Ridge regression with its own penalty per target column, chosen from ``alphas`` by the best mean R^2 over the
+    given ``cv`` folds (train, test row indices), as ``RidgeCV(cv=folds)`` chooses for one target; all targets and
+    penalties come from one eigendecomposition per fold (``_RidgePath``), where RidgeCV would search each target on
+    its own. ``with_group_folds`` passes folds of whole clusters."""
+
+    def __init__(self, alphas: Sequence[float] = tuple(RIDGE_ALPHAS), cv: Sequence[tuple[np.ndarray, np.ndarray]] = ()):
+        self.alphas = alphas
+        self.cv = cv
+
+    def fit(self, x: Any, y: np.ndarray) -> GroupFoldRidgeCV:
+        targets = np.asarray(y, dtype=float).reshape(x.shape[0], -1)
+        alphas = np.asarray(self.alphas, dtype=float)
+        scores = np.zeros((len(alphas), targets.shape[1]))
+        for train, test in self.cv:
+            path = _RidgePath(x[train], targets[train])
+            for index, alpha in enumerate(alphas):
+                weights, intercepts = path.coefficients(np.full(targets.shape[1], alpha))
+                predicted = np.asarray(x[test] @ weights) + intercepts
+                scores[index] += r2_score(targets[test], predicted, multioutput="raw_values")
+        self.alpha_ = alphas[scores.argmax(axis=0)]  # first best on ties, as GridSearchCV
+        self.coef_, self.intercept_ = _RidgePath(x, targets).coefficients(self.alpha_)
+        self._one_target = np.ndim(y) == 1
+        return self
+
+    def predict(self, x: Any) -> np.ndarray:
+        predicted = np.asarray(x @ self.coef_) + self.intercept_
+        return predicted[:, 0] if self._one_target else predicted
+
+
 def _fits_targets_jointly(learner: RegressorMixin) -> bool:
     """True where one multi-output fit equals separate per-target fits (and is cheaper): least squares, ridge with a
-    fixed alpha, RidgeCV choosing an alpha per target. Not a RidgeCV with one shared alpha, nor multi-task models."""
+    fixed alpha, RidgeCV or GroupFoldRidgeCV choosing an alpha per target. Not a RidgeCV with one shared alpha, nor
+    multi-task models."""
     final_step = _final_step(learner)
     if type(final_step) is RidgeCV:
         return bool(final_step.alpha_per_target)
-    return type(final_step) in (LinearRegression, Ridge)
+    return type(final_step) in (LinearRegression, Ridge, GroupFoldRidgeCV)
 
 
 def with_group_folds(learner: RegressorMixin, groups: np.ndarray) -> RegressorMixin:
     """``learner`` choosing its penalty by folds that keep the clusters ``groups`` whole, as the cross-fitting folds
     do, where RidgeCV (leave-one-out) and LassoCV (k-fold) split rows: rows of one cluster share a prompt, so a held-out
-    row's cluster mates vouch for a penalty that fits the clusters' own words and misses on new clusters. RidgeCV then
-    takes one alpha for all targets (``_fit_predict`` fits each target on its own). Other learners, and fewer than 2
+    row's cluster mates vouch for a penalty that fits the clusters' own words and misses on new clusters. RidgeCV
+    becomes a GroupFoldRidgeCV over its alphas (a penalty per target, as before). Other learners, and fewer than 2
     clusters, are left as they are."""
     n_groups = len(np.unique(groups))
-    if type(_final_step(learner)) not in (RidgeCV, LassoCV) or n_groups < 2:
-        return learner
-    learner = clone(learner)
     final_step = _final_step(learner)
+    if type(final_step) not in (RidgeCV, LassoCV) or n_groups < 2:
+        return learner
     folds = list(GroupKFold(min(INNER_FOLDS, n_groups)).split(groups, groups=groups))
-    final_step.set_params(cv=folds, **({"alpha_per_target": False} if isinstance(final_step, RidgeCV) else {}))
-    return learner
+    if isinstance(final_step, LassoCV):
+        learner = clone(learner)
+        _final_step(learner).set_params(cv=folds)
+        return learner
+    ridge = GroupFoldRidgeCV(alphas=tuple(final_step.alphas), cv=folds)
+    return make_pipeline(*[clone(step) for _, step in learner.steps[:-1]], ridge) if isinstance(learner, Pipeline) else ridge
 
 
 def _fit_predict(learner: RegressorMixin, x_train: Any, targets_train: np.ndarray, x_test: Any) -> np.ndarray:
