@@ -152,6 +152,10 @@ def test_modes_and_objectives_train_and_save_a_plain_checkpoint(mode, objective,
     assert ("chosen_ids" in columns and "margin" in columns) if objective == "pairwise" else ("target" in columns)
     if objective == "pairwise":
         assert len(trainer.train_dataset) <= 30 * 6  # within-group pairs only: 30 groups of 4
+    # the confounders travel with the rows only where the loss reads them, as float32
+    confounder_columns = [column for column in columns if column.endswith("confounders")]
+    assert confounder_columns == ([] if mode in ("deconfounded", "naive") else ["chosen_confounders", "rejected_confounders"] if objective == "pairwise" else ["confounders"])
+    assert all(trainer.train_dataset.features[column].feature.dtype == "float32" for column in confounder_columns)
     trainer.train()
     logs = trainer.state.log_history[0]
     assert np.isfinite(logs["loss"]) and ("accuracy" in logs) == (objective == "pairwise")

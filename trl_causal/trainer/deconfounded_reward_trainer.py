@@ -58,6 +58,7 @@ from .zero3 import full_parameters
 logger = logging.get_logger(__name__)
 
 REPORT_FILE = "deconfounding_report.json"
+CONFOUNDER_MODES = ("covariate", "invariance")  # the modes whose loss reads the confounders
 MANY_PAIRS_PER_ROW = 10  # more within-group pairs per row than this (groups of about 20 rows or more) is warned about
 
 
@@ -476,7 +477,8 @@ def squared_correlations(rewards: torch.Tensor, confounders: torch.Tensor) -> to
 
 @dataclass
 class DataCollatorForObservationalRewards(DataCollatorMixin):
-    """Pads rows into ``input_ids`` / ``attention_mask`` (right) and stacks ``confounders`` [B, k] and ``target`` [B].
+    """Pads rows into ``input_ids`` / ``attention_mask`` (right) and stacks ``target`` [B] and, where the rows have
+    them, ``confounders`` [B, k].
 
     Pair rows (``chosen_ids``, ``rejected_ids``) are stacked chosen first, then rejected, as TRL's
     ``DataCollatorForPreference`` does; their confounders follow the same order, and ``margin`` [B/2] comes along.
@@ -487,18 +489,19 @@ class DataCollatorForObservationalRewards(DataCollatorMixin):
     return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if "chosen_ids" in examples[0]:
+        pairs = "chosen_ids" in examples[0]
+        if pairs:
             sequences = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-            confounders = [e["chosen_confounders"] for e in examples] + [e["rejected_confounders"] for e in examples]
         else:
             sequences = [e["input_ids"] for e in examples]
-            confounders = [e["confounders"] for e in examples]
         input_ids = [torch.tensor(ids) for ids in sequences]
         output = {
             "input_ids": pad(input_ids, self.pad_token_id, "right", self.pad_to_multiple_of),
             "attention_mask": pad([torch.ones_like(ids) for ids in input_ids], 0, "right", self.pad_to_multiple_of),
-            "confounders": torch.tensor(confounders, dtype=torch.float),
         }
+        if ("chosen_confounders" if pairs else "confounders") in examples[0]:
+            sides = ("chosen_confounders", "rejected_confounders") if pairs else ("confounders",)
+            output["confounders"] = torch.tensor([e[side] for side in sides for e in examples], dtype=torch.float)
         for key in ("target", "margin"):
             if key in examples[0]:
                 output[key] = torch.tensor([e[key] for e in examples], dtype=torch.float)
@@ -706,8 +709,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
     def _training_rows(
         self, tokenized: datasets.Dataset, observations: Observations, split: str
     ) -> tuple[datasets.Dataset, int]:
-        """Rows (regression) or within-group pairs (pairwise) with targets and standardised confounders, and the number
-        of rows dropped for being longer than ``max_length`` (as ``RewardTrainer`` drops long pairs)."""
+        """Rows (regression) or within-group pairs (pairwise) with targets, and standardised confounders where the mode
+        reads them (covariate, invariance), and the number of rows dropped for being longer than ``max_length`` (as
+        ``RewardTrainer`` drops long pairs)."""
         args = self.args
         lengths = np.array([len(ids) for ids in tokenized["input_ids"]])
         keep = lengths <= args.max_length if args.max_length is not None else np.ones(len(lengths), dtype=bool)
@@ -719,11 +723,12 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         observations = observations.select(keep)
         input_ids = [ids for ids, kept in zip(tokenized["input_ids"], keep, strict=True) if kept]
         target = self.targets.of(observations)
-        confounders = ((observations.confounders - self.confounder_scale[0]) / self.confounder_scale[1]).tolist()
+        confounders = None
+        if args.mode in CONFOUNDER_MODES:  # float32 [rows, k], stored as such (no per-row Python lists)
+            confounders = ((observations.confounders - self.confounder_scale[0]) / self.confounder_scale[1]).astype(np.float32)
         if args.objective == "regression":
-            return datasets.Dataset.from_dict(
-                {"input_ids": input_ids, "target": target.tolist(), "confounders": confounders}
-            ), too_long
+            columns = {"input_ids": input_ids, "target": target.tolist()}
+            return datasets.Dataset.from_dict(columns | ({} if confounders is None else {"confounders": confounders})), too_long
         # a group that dropping long rows leaves with one row gives no pair (a group of one in the data is an error)
         _, group_sizes = np.unique(observations.groups, return_counts=True)
         if too_long and (group_sizes == 1).all():
@@ -746,12 +751,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 f"{group_sizes.max()} rows): pairs grow with the square of a group's size, and each is a training "
                 "example. A finer group_column, or a larger min_pair_gap, gives fewer."
             )
-        columns = {
-            "chosen_ids": [input_ids[i] for i in pairs[:, 0]],
-            "rejected_ids": [input_ids[j] for j in pairs[:, 1]],
-            "chosen_confounders": [confounders[i] for i in pairs[:, 0]],
-            "rejected_confounders": [confounders[j] for j in pairs[:, 1]],
-        }
+        columns = {"chosen_ids": [input_ids[i] for i in pairs[:, 0]], "rejected_ids": [input_ids[j] for j in pairs[:, 1]]}
+        if confounders is not None:
+            columns |= {"chosen_confounders": confounders[pairs[:, 0]], "rejected_confounders": confounders[pairs[:, 1]]}
         if args.margin_scale is not None:
             columns["margin"] = (args.margin_scale * (target[pairs[:, 0]] - target[pairs[:, 1]])).tolist()
         return datasets.Dataset.from_dict(columns), too_long
@@ -804,7 +806,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        confounders = inputs["confounders"]
+        confounders = inputs.get("confounders")  # covariate and invariance modes only
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         rewards = outputs.logits.squeeze(-1).float()
         fitted = rewards + self.heads(confounders).squeeze(-1) if self.args.mode == "covariate" else rewards
