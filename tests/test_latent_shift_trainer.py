@@ -563,6 +563,25 @@ def test_prediction_pools_the_prompt_tokens_training_pooled_under_max_length(tin
     assert all(len(ids) < max_length for ids in predictor.pooled_prompt_ids(too_long))
 
 
+def test_prediction_pools_what_training_pooled_when_the_prompts_space_merges_into_the_answer(tiny_model, tmp_path):
+    """A prompt ending in a space before a completion without one: the tiny tokenizer merges the space into
+    "negative" (not into "positive"), and TRL starts the completion where prompt and prompt + completion diverge,
+    leaving the lone space out of the prompt. The prediction, not knowing the answer, pools the context no answer's
+    tokens reach into: that of "negative" rows."""
+    rows = [{**row, "prompt": row["prompt"] + " ", "completion": row["completion"].strip()} for row in shift_rows(8)]
+    assert {row["completion"] for row in rows} == set(ANSWERS)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    trainer = make_trainer(tiny_model, tmp_path, rows=rows)
+    trainer.train()
+    trainer.save_model(str(tmp_path))
+    predictor = LatentShiftTrainer.build_predictor(trainer.args, trainer.model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path))
+    trained = {row["prompt"]: [t for t, label in zip(row["input_ids"], row["labels"]) if label == -100] for row in trainer.train_dataset}
+    for row, pooled in zip(rows, predictor.pooled_prompt_ids(rows)):
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        assert pooled == prompt_ids[:-1]  # without the lone space
+        assert trained[row["prompt"]] == (pooled if row["completion"] == "negative" else prompt_ids)
+
+
 def test_batch_source_needs_two_rows_and_the_checkpoint_needs_its_heads(trained_checkpoint, tmp_path):
     args, out = trained_checkpoint
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)

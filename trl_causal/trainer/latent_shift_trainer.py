@@ -656,27 +656,24 @@ class LatentShiftPredictor(LMPredictor):
         return self.prepare_prompts(rows), [self.written_answers] * len(rows)
 
     def pooled_prompt_ids(self, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
-        """Per row, the prompt tokens that training pooled for such a row: tokenized as TRL tokenizes training prompts
-        (plain text with the tokenizer's special tokens, chats by template) and cut as TRL cuts prompt + completion to
-        ``max_length``. ``keep_start`` keeps the prompt whole (TRL drops a row whose prompt fills max_length; a longer
-        prompt keeps its first max_length - 1 tokens); ``keep_end`` keeps the prompt's last max_length - n tokens, n
-        the tokens of the longest answer after it plus one for the end-of-sequence (or end-of-turn) token."""
-        prompts = self.prepare_prompts(rows)
-        template_kwargs = self.template_kwargs(rows)
-        token_ids = [
-            self.tokenizer(self.row_prompt_text(p, kwargs), add_special_tokens=isinstance(p, str))["input_ids"]
-            for p, kwargs in zip(prompts, template_kwargs)
-        ]
-        if self.max_length is None:
-            return token_ids
-        if self.truncation_mode == "keep_start":
-            return [ids[: self.max_length - 1] for ids in token_ids]
-        cut = []
-        for ids, prompt, prefix, kwargs in zip(token_ids, prompts, self.answer_prefixes(rows), template_kwargs):
+        """Per row, the prompt tokens that training pooled for such a row: tokenized as TRL tokenizes training rows
+        (plain text with the tokenizer's special tokens, chats by template), up to where the prompt and prompt + answer
+        diverge (a prompt ending in a space that merges into the answer's first token loses it, as in training; the
+        shortest such context over the answers), and cut as TRL cuts prompt + completion to ``max_length``.
+        ``keep_start`` keeps the prompt whole (TRL drops a row whose prompt fills max_length; a longer prompt keeps its
+        first max_length - 1 tokens); ``keep_end`` keeps the prompt's last max_length - n tokens, n the tokens of the
+        longest answer after it plus one for the end-of-sequence (or end-of-turn) token."""
+        pooled = []
+        for prompt, prefix, kwargs in zip(self.prepare_prompts(rows), self.answer_prefixes(rows), self.template_kwargs(rows)):
             answers = self.answer_tokens(prompt, prefix, self.written_answers, kwargs)
-            answer_length = max(len(answer) for _, answer in answers) + 1
-            cut.append(ids[-max(self.max_length - answer_length, 1) :])
-        return cut
+            ids = min((context for context, _ in answers), key=len)
+            if self.max_length is not None and self.truncation_mode == "keep_start":
+                ids = ids[: self.max_length - 1]
+            elif self.max_length is not None:
+                answer_length = max(len(answer) for _, answer in answers) + 1
+                ids = ids[-max(self.max_length - answer_length, 1) :]
+            pooled.append(ids)
+        return pooled
 
     def adjusted_probabilities(self, rows: Sequence[dict[str, Any]]) -> Tensor:
         """p(y | do(x)) per row over the verbalizer's labels: a [rows, labels] tensor."""
