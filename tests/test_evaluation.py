@@ -348,6 +348,13 @@ def test_checkpoints_of_one_name_and_repeated_split_names_keep_every_result(tiny
     assert report["splits"] == {"test": str(tmp_path / "data")}  # where each split's rows came from
     assert cli.main(args + ["--compare", str(tmp_path / "nowhere")]) == 2
     assert f"Checkpoint directory not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    failed = tmp_path / "failed"  # a run that failed before saving: its output_dir, a checkpoint-2 saved on the way
+    (failed / "checkpoint-10").mkdir(parents=True)
+    shutil.copytree(tiny_model, failed / "checkpoint-2")
+    assert cli.main(args + ["--compare", str(failed)]) == 2
+    err = capsys.readouterr().err
+    assert f"{failed} (--compare) holds no trained model" in err and f"--checkpoint {failed / 'checkpoint-2'}," in err
+    assert "Traceback" not in err
     assert cli.main(args + ["--split", "test=" + str(tmp_path / "data" / "test.jsonl")]) == 2
     assert "--split names ['test'] are given more than once" in capsys.readouterr().err
 

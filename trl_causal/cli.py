@@ -165,6 +165,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+MODEL_FILES = ("config.json", "adapter_config.json")  # a full checkpoint's, a PEFT adapter's
 MAX_IMPLIED_ANSWERS = 20  # more distinct completions than this are texts, not an answer set
 
 
@@ -300,16 +301,23 @@ def _command_eval(args: argparse.Namespace) -> int:
     from .configuration import parse_run_config
     from .evaluation import accuracy_report, build_predictor, check_gold_in_answers, default_answer_column, gold_answers, load_checkpoint
     from .plugins import get_plugin_manager
-    from .train import read_run_record
+    from .train import checkpoints_in, read_run_record
 
     run = parse_run_config([], args.config)
     checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
     for index, checkpoint in enumerate(checkpoints):
+        given = "--compare" if index else ("--checkpoint" if args.checkpoint else f"the output_dir of {args.config}")
         if not Path(checkpoint).is_dir():
-            given = "--compare" if index else ("--checkpoint" if args.checkpoint else f"the output_dir of {args.config}")
             raise TrlCausalError(
                 f"Checkpoint directory not found: {checkpoint} ({given}). Train first, or pass the directory of a "
                 "trained model (one with config.json, or an adapter's adapter_config.json)."
+            )
+        if not any((Path(checkpoint) / name).is_file() for name in MODEL_FILES):
+            saved = [path for _, path in checkpoints_in(checkpoint)[0] if any(Path(path, name).is_file() for name in MODEL_FILES)]
+            raise TrlCausalError(
+                f"{checkpoint} ({given}) holds no trained model: neither config.json nor adapter_config.json (a run "
+                "that failed or stopped before its final save leaves it so). "
+                + (f"Pass one of its checkpoints, e.g. --checkpoint {saved[0]}, or train again." if saved else "Train first.")
             )
     records = [read_run_record(checkpoint) for checkpoint in checkpoints]
     trainer_names = [record.get("trainer", run.trainer.name) for record in records]
