@@ -170,3 +170,29 @@ def test_messages_name_one_row_or_many_in_the_right_number():
     assert describe_rows([3, 8]) == "rows [3, 8]"
     assert describe_rows(range(12)) == "rows [0, 1, 2, 3, 4] and 7 more"
     assert (count_rows(1), count_rows(8)) == ("1 row", "8 rows")
+
+
+def test_lora_without_target_modules_on_a_model_type_peft_has_no_default_for_names_the_key(config_for, tiny_model, tmp_path):
+    """Phi3's attention is one fused qkv_proj, for which PEFT has no default LoRA targets: one line before the model
+    loads, not PEFT's traceback after it; with lora_target_modules the trainer builds."""
+    from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
+
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.errors import ConfigError
+    from trl_causal.train import build_trainer, load_run_datasets
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    config = Phi3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    phi3 = tmp_path / "phi3"
+    Phi3ForCausalLM(config).save_pretrained(phi3)
+    tokenizer.save_pretrained(phi3)
+    run = parse_run_config([], str(config_for(model_name_or_path=str(phi3), use_peft=True)))
+    datasets = load_run_datasets(run.script_args, run.dataset_args, need_eval=False)
+    with pytest.raises(ConfigError, match=r"PEFT has no default LoRA target modules for model_type 'phi3'. Set lora_target_modules: `all-linear`"):
+        build_trainer(run, *datasets)
+    run = parse_run_config([], str(config_for(model_name_or_path=str(phi3), use_peft=True, lora_target_modules="all-linear")))
+    assert build_trainer(run, *datasets).model.peft_config["default"].target_modules

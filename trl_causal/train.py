@@ -17,7 +17,7 @@ import traceback
 
 from .configuration import RunConfig, is_first_process, method_settings, parse_run_config
 from .data import check_columns, load_run_datasets
-from .errors import TrlCausalError, count_rows
+from .errors import ConfigError, TrlCausalError, count_rows
 from .evaluation import training_answer_prefix
 from .paths import read_checkpoint_file, write_checkpoint_file
 
@@ -51,6 +51,7 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
+    check_lora_targets(kwargs["model"], kwargs["peft_config"], model_init_kwargs)
     try:
         return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
     except ValueError as error:
@@ -61,6 +62,28 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
             if "{% generation %}" in str(error) else ""
         )
         raise TrlCausalError(f"TRL refused the settings or data: {error}{hint}") from error
+
+
+def check_lora_targets(model: str, peft_config, model_init_kwargs: dict) -> None:
+    """``use_peft`` without ``lora_target_modules`` takes PEFT's default LoRA targets for the model's type: for a type
+    PEFT has none for (e.g. phi3, whose attention is one fused qkv_proj), fail in one line naming the key, before the
+    model loads (PEFT's own error is a traceback after it)."""
+    if peft_config is None or peft_config.target_modules is not None or getattr(peft_config, "target_parameters", None):
+        return
+    import transformers
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
+
+    try:
+        model_type = transformers.AutoConfig.from_pretrained(
+            model, revision=model_init_kwargs.get("revision"), trust_remote_code=model_init_kwargs.get("trust_remote_code", False)
+        ).model_type
+    except (OSError, ValueError):  # loading the model says what is wrong
+        return
+    if model_type not in DEFAULT_TARGETS:
+        raise ConfigError(
+            f"use_peft: PEFT has no default LoRA target modules for model_type {model_type!r}. Set lora_target_modules: "
+            "`all-linear` (every linear layer but the output head), or the names of the model's projections."
+        )
 
 
 def raised_by_trl(error: BaseException) -> bool:
