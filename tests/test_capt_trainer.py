@@ -379,6 +379,13 @@ def test_missing_vocabulary_terms_file_fails_before_the_model_loads(tmp_path):
         make_trainer(tmp_path / "no-model", tmp_path, prontoqa_rows(2), event_estimator="vocabulary", event_estimator_kwargs=options)
 
 
+def test_the_passes_over_every_row_before_training_show_progress_bars(tiny_model, tmp_path, capsys):
+    make_trainer(tiny_model, tmp_path, prontoqa_rows(4), disable_tqdm=False, max_length=64)
+    err = capsys.readouterr().err
+    for stage in ("Estimating events (training rows", "Checking the symbol pool on the training rows: 100%", "Checking max_length: 100%"):
+        assert stage in err, err[-2000:]
+
+
 def test_row_with_more_events_than_the_pool_names_the_row(tmp_path):
     with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'list' symbol pool has 3 symbols"):
         make_trainer(tmp_path / "no-model", tmp_path, prontoqa_rows(2), symbol_pool=["X", "Y", "Z"])

@@ -327,11 +327,16 @@ def check_message_parts(template: EventTemplate, roles: tuple[tuple[str, ...] | 
             )
 
 
-def check_interventions(interventions: RowInterventions, row_indices: Sequence[int]) -> list[InterventionResult]:
+def check_interventions(
+    interventions: RowInterventions, row_indices: Sequence[int], progress: bool = False, split: str = "training"
+) -> list[InterventionResult]:
     """Every row with the symbols of draw 0, so that a row the symbol pool cannot serve fails now, naming the row, not
     in the middle of training. (A list pool's usable symbols do not depend on the draw, so one draw tells.)"""
+    from tqdm.auto import tqdm
+
     results = []
-    for index, row_index in enumerate(row_indices):
+    rows = tqdm(row_indices, desc=f"Checking the symbol pool on the {split} rows", disable=not progress)
+    for index, row_index in enumerate(rows):
         try:
             results.append(interventions.intervene(index, 0))
         except PoolExhaustedError as error:
@@ -430,8 +435,10 @@ class CAPTTrainer(SFTTrainer):
         with args.main_process_first(desc="event estimation"), whole_model_loading():
             train_estimated = self._estimate(args, train_dataset, "training", show_progress, require_events=True)
             self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
-            train_interventions = self._interventions(args, train_estimated)
-            eval_plans = {key: self._plan_eval(args, rows, f"evaluation {key!r}") for key, rows in splits.items() if key != "train"}
+            train_interventions = self._interventions(args, train_estimated, "training", show_progress)
+            eval_plans = {
+                key: self._plan_eval(args, rows, f"evaluation {key!r}", show_progress) for key, rows in splits.items() if key != "train"
+            }
             self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
 
         self.answer_prefix = training_answer_prefix(train_dataset)
@@ -502,23 +509,23 @@ class CAPTTrainer(SFTTrainer):
                 raise
             raise type(error)(f"In the {split} split: {error}") from error
 
-    def _interventions(self, args: CAPTConfig, estimated: EstimatedRows) -> RowInterventions:
+    def _interventions(self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool) -> RowInterventions:
         interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value)
-        check_interventions(interventions, estimated.row_indices)
+        check_interventions(interventions, estimated.row_indices, progress, split)
         return interventions
 
-    def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str):
+    def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
         """Estimate the rows of an evaluation split and check that the (training rows') pool serves them. Every
         evaluation row is evaluated, as with plain SFT: ``on_no_events: drop`` keeps evaluation rows without events
         unchanged (``error`` still fails), and a count of them is logged."""
-        estimated = self._estimate(args, rows, split, on_no_events=evaluation_policy(args.on_no_events))
+        estimated = self._estimate(args, rows, split, progress, on_no_events=evaluation_policy(args.on_no_events))
         if estimated.no_events and args.process_index == 0:
             logger.warning(
                 f"capt: {len(estimated.no_events)} of {len(rows)} rows of the {split} split "
                 f"{for_count(len(estimated.no_events), 'has', 'have')} no events ({describe_rows(estimated.no_events)}); "
                 "they are evaluated unchanged."
             )
-        return estimated, self._interventions(args, estimated)
+        return estimated, self._interventions(args, estimated, split, progress)
 
     def _intervention_dataset(self, rows, estimated: EstimatedRows, interventions: RowInterventions):
         return InterventionDataset(rows, estimated, interventions, self.row_tokenizer, self.args.dataset_text_field)
