@@ -330,6 +330,13 @@ def test_constant_and_collinear_confounders(small):
     collinear = np.column_stack([confounder, 2 * confounder])
     with pytest.raises(DataError, match=r"columns \['c2'\] are .*linear combinations"):
         partial_out(outcome, collinear, features, feature_names=["c", "c2"], progress=False)
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=(3, 200))  # each column that the ones before it span is named, however many there are
+    several = np.column_stack([a, b, a - 0.5 * b, c, b + c, 3 * c])
+    with pytest.raises(DataError, match=r"columns \['a-b/2', 'b\+c', '3c'\] are .*linear combinations"):
+        partial_out(  # least squares keeps the columns' linear relations in their residuals (ridge's own penalties need not)
+            outcome, several, features, confounder_learner="linear", feature_names=["a", "b", "a-b/2", "c", "b+c", "3c"], progress=False
+        )
 
 
 def test_too_few_instruments(small):

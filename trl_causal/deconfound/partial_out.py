@@ -477,16 +477,12 @@ def _warn_mostly_text(share: np.ndarray, names: Sequence[str]) -> None:
 
 
 def _check_full_rank(matrix: np.ndarray, names: Sequence[str], what: str) -> None:
-    """Fail when the columns of ``matrix`` are linearly dependent, naming each column that the ones before it span.
-    One rank computation when they are independent; column by column only to name the culprits."""
-    if np.linalg.matrix_rank(matrix) == matrix.shape[1]:
-        return
-    redundant, kept = [], []
-    for j in range(matrix.shape[1]):
-        if np.linalg.matrix_rank(matrix[:, kept + [j]]) == len(kept) + 1:
-            kept.append(j)
-        else:
-            redundant.append(names[j])
+    """Fail when the columns of ``matrix`` are linearly dependent, naming each column that the ones before it span:
+    from one QR decomposition, column j is spanned where |R_jj| (its distance from the columns before it) is within
+    numpy's matrix_rank tolerance, sigma_max * max(n, k) * eps."""
+    r = np.linalg.qr(matrix, mode="r")
+    tolerance = np.linalg.norm(r, 2) * max(matrix.shape) * np.finfo(r.dtype).eps
+    redundant = [name for name, distance in zip(names, np.abs(np.diag(r))) if distance <= tolerance]
     if redundant:
         raise DataError(
             f"The {what} columns {redundant} are (after partialling out the text) linear combinations of the other "
