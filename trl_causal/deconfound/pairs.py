@@ -52,8 +52,9 @@ def preference_pairs(
     if groups is None or not single_row_groups:
         check_pair_groups(groups, what)
     pairs = []
-    for group in np.unique(groups):
-        rows = np.flatnonzero(groups == group)
+    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    by_group = np.split(np.argsort(inverse, kind="stable"), np.cumsum(sizes)[:-1])  # each group's rows, in order
+    for rows in by_group:
         first, second = np.triu_indices(len(rows), k=1)
         gap = scores[rows[first]] - scores[rows[second]]
         pairs.append(np.column_stack([rows[first], rows[second]])[gap > min_gap])
