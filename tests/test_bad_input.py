@@ -196,3 +196,27 @@ def test_lora_without_target_modules_on_a_model_type_peft_has_no_default_for_nam
         build_trainer(run, *datasets)
     run = parse_run_config([], str(config_for(model_name_or_path=str(phi3), use_peft=True, lora_target_modules="all-linear")))
     assert build_trainer(run, *datasets).model.peft_config["default"].target_modules
+
+
+def test_conversations_with_a_tokenizer_without_a_chat_template_name_chat_template_path(config_for, tiny_model, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.errors import ConfigError
+    from trl_causal.train import build_trainer, load_run_datasets
+
+    plain = tmp_path / "no-template"
+    shutil.copytree(tiny_model, plain)
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    tokenizer.chat_template = None
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer.save_pretrained(plain)
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}] * 4)
+    run = parse_run_config([], str(config_for(model_name_or_path=str(plain), dataset_name=str(chats))))
+    datasets = load_run_datasets(run.script_args, run.dataset_args, need_eval=False)
+    with pytest.raises(ConfigError, match=r"are conversations .* has no chat template to render them\. Set chat_template_path"):
+        build_trainer(run, *datasets)
+    run = parse_run_config([], str(config_for(model_name_or_path=str(plain), dataset_name=str(chats), chat_template_path=str(tiny_model))))
+    assert build_trainer(run, *datasets).processing_class.chat_template

@@ -52,6 +52,7 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         quantization_config=get_quantization_config(model_args),
     )
     check_lora_targets(kwargs["model"], kwargs["peft_config"], model_init_kwargs)
+    check_chat_template(kwargs["model"], training_args, train_dataset, model_init_kwargs)
     try:
         return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
     except ValueError as error:
@@ -83,6 +84,31 @@ def check_lora_targets(model: str, peft_config, model_init_kwargs: dict) -> None
         raise ConfigError(
             f"use_peft: PEFT has no default LoRA target modules for model_type {model_type!r}. Set lora_target_modules: "
             "`all-linear` (every linear layer but the output head), or the names of the model's projections."
+        )
+
+
+def check_chat_template(model: str, training_args, train_dataset, model_init_kwargs: dict) -> None:
+    """Conversational rows are rendered by a chat template: a tokenizer without one, and no ``chat_template_path``,
+    fail in one line before the model loads (transformers' error is a traceback from inside the trainer)."""
+    import datasets
+    import transformers
+    from trl.data_utils import is_conversational
+
+    if getattr(training_args, "chat_template_path", None) or not isinstance(train_dataset, datasets.Dataset):
+        return
+    if not len(train_dataset) or not is_conversational(train_dataset[0]):
+        return
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            model, revision=model_init_kwargs.get("revision"), trust_remote_code=model_init_kwargs.get("trust_remote_code", False)
+        )
+    except (OSError, ValueError):  # loading the model says what is wrong
+        return
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ConfigError(
+            f"The training rows are conversations (lists of messages), but the tokenizer of {model} has no chat "
+            "template to render them. Set chat_template_path (a Jinja template file, or a tokenizer directory whose "
+            "template to use), or give the rows as text (prompt / completion strings)."
         )
 
 
