@@ -220,3 +220,17 @@ def test_conversations_with_a_tokenizer_without_a_chat_template_name_chat_templa
         build_trainer(run, *datasets)
     run = parse_run_config([], str(config_for(model_name_or_path=str(plain), dataset_name=str(chats), chat_template_path=str(tiny_model))))
     assert build_trainer(run, *datasets).processing_class.chat_template
+    # a processor's own template (chat_template.json beside a tokenizer without one), which TRL's AutoProcessor reads
+    import json
+    from types import SimpleNamespace
+
+    from transformers import AutoProcessor, CLIPImageProcessor
+
+    from trl_causal.train import check_chat_template
+
+    CLIPImageProcessor().save_pretrained(plain)
+    preprocessor = json.loads((plain / "preprocessor_config.json").read_text())
+    (plain / "preprocessor_config.json").write_text(json.dumps({**preprocessor, "processor_class": "LlavaProcessor"}))
+    (plain / "chat_template.json").write_text(json.dumps({"chat_template": AutoTokenizer.from_pretrained(tiny_model).chat_template}))
+    assert AutoTokenizer.from_pretrained(plain).chat_template is None and AutoProcessor.from_pretrained(plain).chat_template
+    check_chat_template(str(plain), SimpleNamespace(chat_template_path=None), datasets[0], {})  # passes

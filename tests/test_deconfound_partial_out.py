@@ -198,6 +198,23 @@ def test_group_fold_ridge_chooses_each_targets_penalty_as_ridgecv_and_fits_as_ri
     np.testing.assert_allclose(fitted.predict(x), np.asarray(x @ fitted.coef_) + fitted.intercept_)
     one = GroupFoldRidgeCV(alphas=tuple(RIDGE_ALPHAS), cv=folds).fit(x, targets[:, 1])
     assert one.predict(x).shape == (rows,) and one.alpha_[0] == expected[1]
+    if sparse:  # any scipy format: rows are indexed
+        np.testing.assert_allclose(GroupFoldRidgeCV(cv=folds).fit(x.tocoo(), targets).coef_, fitted.coef_)
+    with pytest.raises(ConfigError, match="chooses its penalties on the folds `cv`"):
+        GroupFoldRidgeCV().fit(x, targets)
+
+
+def test_a_rank_deficiency_that_no_single_column_shows_is_still_refused():
+    """A Kahan matrix (times orthonormal columns): every column stands well off the ones before it, yet together they
+    are singular to working precision, as numpy's matrix_rank says."""
+    from trl_causal.deconfound.partial_out import _check_full_rank
+
+    k, theta = 100, 1.2
+    kahan = np.diag(np.sin(theta) ** np.arange(k)) @ (np.eye(k) - np.cos(theta) * np.triu(np.ones((k, k)), 1))
+    matrix = np.linalg.qr(np.random.default_rng(0).normal(size=(400, k)))[0] @ kahan
+    assert np.linalg.matrix_rank(matrix) < k
+    with pytest.raises(DataError, match=r"nearly linearly dependent together"):
+        _check_full_rank(matrix, [f"c{j}" for j in range(k)], "confounder")
 
 
 def test_torch_tensors_in_any_dtype_are_taken_as_floats():

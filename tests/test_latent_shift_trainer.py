@@ -430,10 +430,14 @@ def test_adapters_view_without_peft_is_rejected(tiny_model, tmp_path):
         make_trainer(tiny_model, tmp_path, frozen_view="adapters")
 
 
-@pytest.mark.parametrize("low_level_layer, low_level_size", [(0, 32), (2, 16)])
-def test_heads_take_the_widths_a_projecting_model_returns(tiny_model, tmp_path, low_level_layer, low_level_size):
+@pytest.mark.parametrize(
+    "low_level_layer, low_level_size, lora",
+    [(0, 32, None), (2, 16, None), (0, 32, {"modules_to_save": ["lm_head"]})],  # TRL refuses LoRA on lm_head itself
+)
+def test_heads_take_the_widths_a_projecting_model_returns(tiny_model, tmp_path, low_level_layer, low_level_size, lora):
     """OPT (e.g. opt-350m) projects its last hidden state to word_embed_proj_dim before the LM head: the causal head
-    reads that width, the low-level encoder the width of its layer; the checkpoint predicts with them."""
+    reads that width (also where PEFT wraps the LM head), the low-level encoder the width of its layer; the checkpoint
+    predicts with them."""
     from transformers import OPTConfig, OPTForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -446,7 +450,8 @@ def test_heads_take_the_widths_a_projecting_model_returns(tiny_model, tmp_path, 
     opt = tmp_path / "opt"
     OPTForCausalLM(config).save_pretrained(opt)
     tokenizer.save_pretrained(opt)
-    trainer = make_trainer(opt, tmp_path / "out", max_steps=2, low_level_layer=low_level_layer)
+    peft_config = None if lora is None else LoraConfig(**{**LORA, **lora})
+    trainer = make_trainer(opt, tmp_path / "out", max_steps=2, low_level_layer=low_level_layer, peft_config=peft_config)
     assert (trainer.heads.config["hidden_size"], trainer.heads.config["low_level_size"]) == (16, low_level_size)
     trainer.train()
     assert all(math.isfinite(log["loss_adj"]) for log in step_logs(trainer))

@@ -98,13 +98,13 @@ def check_chat_template(model: str, training_args, train_dataset, model_init_kwa
         return
     if not len(train_dataset) or not is_conversational(train_dataset[0]):
         return
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
+    try:  # as TRL's trainers load it: a processor keeps its own chat template (chat_template.json)
+        processor = transformers.AutoProcessor.from_pretrained(
             model, revision=model_init_kwargs.get("revision"), trust_remote_code=model_init_kwargs.get("trust_remote_code", False)
         )
     except (OSError, ValueError):  # loading the model says what is wrong
         return
-    if getattr(tokenizer, "chat_template", None) is None:
+    if getattr(processor, "chat_template", None) is None and getattr(getattr(processor, "tokenizer", None), "chat_template", None) is None:
         raise ConfigError(
             f"The training rows are conversations (lists of messages), but the tokenizer of {model} has no chat "
             "template to render them. Set chat_template_path (a Jinja template file, or a tokenizer directory whose "

@@ -351,6 +351,9 @@ class GroupFoldRidgeCV(RegressorMixin, BaseEstimator):
         self.cv = cv
 
     def fit(self, x: Any, y: np.ndarray) -> GroupFoldRidgeCV:
+        if not len(self.cv):
+            raise ConfigError("GroupFoldRidgeCV chooses its penalties on the folds `cv`: give at least one (train, test) split.")
+        x = x.tocsr() if sp.issparse(x) else x  # rows are indexed
         targets = np.asarray(y, dtype=float).reshape(x.shape[0], -1)
         alphas = np.asarray(self.alphas, dtype=float)
         scores = np.zeros((len(alphas), targets.shape[1]))
@@ -477,18 +480,21 @@ def _warn_mostly_text(share: np.ndarray, names: Sequence[str]) -> None:
 
 
 def _check_full_rank(matrix: np.ndarray, names: Sequence[str], what: str) -> None:
-    """Fail when the columns of ``matrix`` are linearly dependent, naming each column that the ones before it span:
-    from one QR decomposition, column j is spanned where |R_jj| (its distance from the columns before it) is within
-    numpy's matrix_rank tolerance, sigma_max * max(n, k) * eps."""
+    """Fail when the columns of ``matrix`` are linearly dependent (rank under numpy's matrix_rank tolerance,
+    sigma_max * max(n, k) * eps), naming each column that the ones before it span: from one QR decomposition, column j
+    is spanned where |R_jj| (its distance from the columns before it) is within that tolerance."""
+    singular_values = np.linalg.svd(matrix, compute_uv=False)
+    tolerance = singular_values.max() * max(matrix.shape) * np.finfo(singular_values.dtype).eps  # matrix_rank's
+    if (singular_values > tolerance).sum() == matrix.shape[1]:
+        return
     r = np.linalg.qr(matrix, mode="r")
-    tolerance = np.linalg.norm(r, 2) * max(matrix.shape) * np.finfo(r.dtype).eps
     redundant = [name for name, distance in zip(names, np.abs(np.diag(r))) if distance <= tolerance]
-    if redundant:
-        raise DataError(
-            f"The {what} columns {redundant} are (after partialling out the text) linear combinations of the other "
-            "columns, so their effects are not identified. Drop them (e.g. a derived feature already implied by "
-            "another column, or all levels of a one-hot group)."
-        )
+    raise DataError(
+        f"The {what} columns {redundant or list(names)} are (after partialling out the text) "
+        + ("linear combinations of the other columns" if redundant else "nearly linearly dependent together")
+        + ", so their effects are not identified. Drop them (e.g. a derived feature already implied by another column, "
+        "or all levels of a one-hot group)."
+    )
 
 
 def _first_stage_f(c_res: np.ndarray, z_res: np.ndarray) -> np.ndarray:

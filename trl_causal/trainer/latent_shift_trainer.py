@@ -230,8 +230,8 @@ def hidden_state_widths(model: torch.nn.Module, hidden_size: int, layer: int, n_
     """Widths of the last hidden state (what the LM head reads) and of ``hidden_states[layer]``: ``hidden_size``,
     except the last one where the model projects it before its LM head (OPT's ``project_out`` to
     ``word_embed_proj_dim``, e.g. opt-350m: 512 of 1024)."""
-    head = model.get_output_embeddings()
-    last = head.in_features if isinstance(head, torch.nn.Linear) else hidden_size
+    head = model.get_output_embeddings()  # a Linear, or PEFT's wrapper of it (LoRA, modules_to_save), which tell in_features
+    last = getattr(head, "in_features", None) or hidden_size
     return last, last if layer == n_layers else hidden_size
 
 
