@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 
 import datasets
 import pytest
@@ -240,8 +241,9 @@ def test_eval_checks_the_llm_endpoint_before_loading_a_model(tiny_model, tmp_pat
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"  # closed once the block ends
-    checkpoint = tmp_path / "ckpt"  # a run record, and no model: loading one first would fail on that instead
+    checkpoint = tmp_path / "ckpt"  # a run record and a config, no weights: loading the model first would fail on that
     checkpoint.mkdir()
+    shutil.copy(tiny_model / "config.json", checkpoint)
     settings = {"event_estimator": "llm", "event_estimator_kwargs": {"model": "m", "base_url": base_url, "timeout": 5}}
     (checkpoint / SUMMARY_FILE).write_text(json.dumps({"trainer": "capt", "settings": settings}))
     test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "Is Sally a cat?", "answer": "True"}])
