@@ -388,6 +388,20 @@ def test_the_passes_over_every_row_before_training_show_progress_bars(tiny_model
         assert stage in err, err[-2000:]
 
 
+def test_each_row_is_intervened_once_before_training_and_the_max_length_check_sees_the_first_draw(tiny_model, tmp_path, monkeypatch):
+    from trl_causal.capt.intervention import RowInterventions
+
+    calls = []
+    intervene = RowInterventions.intervene
+    monkeypatch.setattr(RowInterventions, "intervene", lambda self, index, draw: calls.append((index, draw)) or intervene(self, index, draw))
+    rows = prontoqa_rows(6)
+    rows[2]["prompt"] = "Every wumpus is a tumpus. " * 60 + rows[2]["prompt"]  # max_length cuts its completion off
+    trainer = make_trainer(tiny_model, tmp_path, rows, max_length=192)
+    assert trainer.cut_rows == [2]
+    training = [call for call in calls if call[1] == 0]
+    assert sorted(set(training)) == [(index, 0) for index in range(6)] and len(training) <= 6 + 2  # + the 2 rows the summary shows
+
+
 def test_row_with_more_events_than_the_pool_names_the_row(tmp_path):
     with pytest.raises(PoolExhaustedError, match=r"Row 0: The row has \d+ events but the 'list' symbol pool has 3 symbols"):
         make_trainer(tmp_path / "no-model", tmp_path, prontoqa_rows(2), symbol_pool=["X", "Y", "Z"])

@@ -207,10 +207,13 @@ class InterventionDataset(InterventionRows):
         self.tokenize = tokenize
         self.text_field = text_field
 
-    def render(self, index: int) -> tuple[Prompt, Prompt | None, dict[str, Any]]:
-        """Item ``index``'s prompt and completion, in the row's own format, with the symbols of the current draw, and
-        the row's ``chat_template_kwargs``."""
-        row, result = self.intervention(index)
+    def render(self, index: int, result: InterventionResult | None = None) -> tuple[Prompt, Prompt | None, dict[str, Any]]:
+        """Item ``index``'s prompt and completion, in the row's own format, with the symbols of the current draw (or of
+        ``result``, its intervention already worked out), and the row's ``chat_template_kwargs``."""
+        if result is None:
+            row, result = self.intervention(index)
+        else:
+            row = self.rows[self.row_indices[index]]
         prompt, completion = split_row(row, self.text_field)
         completion = None if completion is None else with_text(completion, result.completion)
         return with_text(prompt, result.prompt), completion, chat_template_kwargs(row)
@@ -347,14 +350,21 @@ def check_interventions(
 ADDED_TOKENS_MARGIN = 8  # tokens a tokenizer may add to a text beyond one per byte (BOS, ...)
 
 
-def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: bool = False, warn: bool = True) -> list[int]:
+def check_truncation(
+    dataset: InterventionDataset,
+    args: CAPTConfig,
+    progress: bool = False,
+    warn: bool = True,
+    first_draw: Sequence[InterventionResult] | None = None,
+) -> list[int]:
     """Rows that ``max_length`` leaves without a completion token train nothing (TRL's SFTTrainer drops them): an
     error when that is every row, else (``warn``) a warning with their count; returns them. Checked with the symbols
     of draw 0 (the first epoch's): a row near the limit may be cut in one epoch and not in another.
 
     Only ``keep_start`` can cut a completion off (``keep_end`` keeps every row's end), and only from a row whose prompt
     fills max_length. A token covers at least one byte of text, so a prompt (as templated) of fewer UTF-8 bytes than
-    max_length, less a margin for the tokens a tokenizer adds (BOS), cannot: only longer prompts are tokenized."""
+    max_length, less a margin for the tokens a tokenizer adds (BOS), cannot: only longer prompts are tokenized.
+    ``first_draw``: the rows' draw-0 interventions where ``check_interventions`` has worked them out already."""
     from tqdm.auto import tqdm
 
     if args.truncation_mode != "keep_start":
@@ -362,7 +372,7 @@ def check_truncation(dataset: InterventionDataset, args: CAPTConfig, progress: b
     tokenizer = dataset.tokenize.tokenizer
 
     def fills_max_length(index: int) -> bool:
-        prompt, completion, chat_kwargs = dataset.render(index)
+        prompt, completion, chat_kwargs = dataset.render(index, None if first_draw is None else first_draw[index])
         text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(
             prompt, tokenize=False, add_generation_prompt=True, **chat_kwargs
         )
@@ -435,7 +445,7 @@ class CAPTTrainer(SFTTrainer):
         with args.main_process_first(desc="event estimation"), whole_model_loading():
             train_estimated = self._estimate(args, train_dataset, "training", show_progress, require_events=True)
             self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
-            train_interventions = self._interventions(args, train_estimated, "training", show_progress)
+            train_interventions, first_draw = self._interventions(args, train_estimated, "training", show_progress)
             eval_plans = {
                 key: self._plan_eval(args, rows, f"evaluation {key!r}", show_progress) for key, rows in splits.items() if key != "train"
             }
@@ -457,7 +467,9 @@ class CAPTTrainer(SFTTrainer):
         self.add_callback(InterventionEpochCallback(self.train_dataset))
         self.cut_rows: list[int] = []  # rows max_length leaves without a completion token (first epoch's symbols)
         if args.max_length is not None and not args.capt_prompt_loss:
-            self.cut_rows = check_truncation(self.train_dataset, args, show_progress, warn=self.accelerator.is_main_process)
+            self.cut_rows = check_truncation(
+                self.train_dataset, args, show_progress, warn=self.accelerator.is_main_process, first_draw=first_draw
+            )
         if self.accelerator.is_main_process:
             self._report(self.train_dataset, len(train_dataset))
 
@@ -509,10 +521,12 @@ class CAPTTrainer(SFTTrainer):
                 raise
             raise type(error)(f"In the {split} split: {error}") from error
 
-    def _interventions(self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool) -> RowInterventions:
+    def _interventions(
+        self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool
+    ) -> tuple[RowInterventions, list[InterventionResult]]:
+        """The rows' interventions, and their draw-0 results (checked: the pool serves every row)."""
         interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value)
-        check_interventions(interventions, estimated.row_indices, progress, split)
-        return interventions
+        return interventions, check_interventions(interventions, estimated.row_indices, progress, split)
 
     def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
         """Estimate the rows of an evaluation split and check that the (training rows') pool serves them. Every
@@ -525,7 +539,7 @@ class CAPTTrainer(SFTTrainer):
                 f"{for_count(len(estimated.no_events), 'has', 'have')} no events ({describe_rows(estimated.no_events)}); "
                 "they are evaluated unchanged."
             )
-        return estimated, self._interventions(args, estimated, split, progress)
+        return estimated, self._interventions(args, estimated, split, progress)[0]
 
     def _intervention_dataset(self, rows, estimated: EstimatedRows, interventions: RowInterventions):
         return InterventionDataset(rows, estimated, interventions, self.row_tokenizer, self.args.dataset_text_field)
