@@ -164,9 +164,10 @@ def interrupt_after_first_step(*args: str, terminate: str | None = None) -> tupl
     instead, to the "group" (as a scheduler stops a job) or to the "command" alone (`kill PID`)."""
     import signal
 
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # SIGINT as a terminal leaves it: a suite run in the background (`cmd &`) ignores it
         [sys.executable, "-m", "trl_causal.cli", *args],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
     for line in process.stdout:
