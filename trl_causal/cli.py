@@ -166,6 +166,15 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 MODEL_FILES = ("config.json", "adapter_config.json")  # a full checkpoint's, a PEFT adapter's
+
+
+def holds_model(directory: str) -> bool:
+    """Whether ``directory`` holds a saved model: a full checkpoint or a PEFT adapter (``MODEL_FILES``)."""
+    from pathlib import Path
+
+    return any(Path(directory, name).is_file() for name in MODEL_FILES)
+
+
 MAX_IMPLIED_ANSWERS = 20  # more distinct completions than this are texts, not an answer set
 
 
@@ -312,8 +321,8 @@ def _command_eval(args: argparse.Namespace) -> int:
                 f"Checkpoint directory not found: {checkpoint} ({given}). Train first, or pass the directory of a "
                 "trained model (one with config.json, or an adapter's adapter_config.json)."
             )
-        if not any((Path(checkpoint) / name).is_file() for name in MODEL_FILES):
-            saved = [path for _, path in checkpoints_in(checkpoint)[0] if any(Path(path, name).is_file() for name in MODEL_FILES)]
+        if not holds_model(checkpoint):
+            saved = [path for _, path in checkpoints_in(checkpoint)[0] if holds_model(path)]
             raise TrlCausalError(
                 f"{checkpoint} ({given}) holds no trained model: neither config.json nor adapter_config.json (a run "
                 "that failed or stopped before its final save leaves it so). "

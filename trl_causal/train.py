@@ -74,17 +74,23 @@ def check_lora_targets(model: str, peft_config, model_init_kwargs: dict) -> None
     import transformers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
 
-    try:
-        model_type = transformers.AutoConfig.from_pretrained(
-            model, revision=model_init_kwargs.get("revision"), trust_remote_code=model_init_kwargs.get("trust_remote_code", False)
-        ).model_type
-    except (OSError, ValueError):  # loading the model says what is wrong
-        return
-    if model_type not in DEFAULT_TARGETS:
+    config = _load_or_none(transformers.AutoConfig, model, model_init_kwargs)
+    if config is not None and config.model_type not in DEFAULT_TARGETS:
         raise ConfigError(
-            f"use_peft: PEFT has no default LoRA target modules for model_type {model_type!r}. Set lora_target_modules: "
+            f"use_peft: PEFT has no default LoRA target modules for model_type {config.model_type!r}. Set lora_target_modules: "
             "`all-linear` (every linear layer but the output head), or the names of the model's projections."
         )
+
+
+def _load_or_none(auto_class, model: str, model_init_kwargs: dict):
+    """``auto_class.from_pretrained(model)`` at the run's revision and trust_remote_code, or None where it fails (loading
+    the model later says what is wrong)."""
+    try:
+        return auto_class.from_pretrained(
+            model, revision=model_init_kwargs.get("revision"), trust_remote_code=model_init_kwargs.get("trust_remote_code", False)
+        )
+    except (OSError, ValueError):
+        return None
 
 
 def check_chat_template(model: str, training_args, train_dataset, model_init_kwargs: dict) -> None:
@@ -98,13 +104,10 @@ def check_chat_template(model: str, training_args, train_dataset, model_init_kwa
         return
     if not len(train_dataset) or not is_conversational(train_dataset[0]):
         return
-    try:  # as TRL's trainers load it: a processor keeps its own chat template (chat_template.json)
-        processor = transformers.AutoProcessor.from_pretrained(
-            model, revision=model_init_kwargs.get("revision"), trust_remote_code=model_init_kwargs.get("trust_remote_code", False)
-        )
-    except (OSError, ValueError):  # loading the model says what is wrong
-        return
-    if getattr(processor, "chat_template", None) is None and getattr(getattr(processor, "tokenizer", None), "chat_template", None) is None:
+    # as TRL's trainers load it: a processor keeps its own chat template (chat_template.json)
+    processor = _load_or_none(transformers.AutoProcessor, model, model_init_kwargs)
+    templates = (getattr(processor, "chat_template", None), getattr(getattr(processor, "tokenizer", None), "chat_template", None))
+    if processor is not None and templates == (None, None):
         raise ConfigError(
             f"The training rows are conversations (lists of messages), but the tokenizer of {model} has no chat "
             "template to render them. Set chat_template_path (a Jinja template file, or a tokenizer directory whose "

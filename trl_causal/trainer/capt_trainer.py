@@ -183,9 +183,13 @@ class InterventionRows(torch.utils.data.Dataset):
         """Use the symbols of draw ``epoch`` from now on."""
         self.draw = int(epoch)
 
+    def row(self, index: int) -> Any:
+        """Item ``index``'s source row."""
+        return self.rows[self.row_indices[index]]
+
     def intervention(self, index: int) -> tuple[Any, InterventionResult]:
         """Item ``index``'s source row and its intervention under the current draw."""
-        return self.rows[self.row_indices[index]], self.interventions.intervene(index, self.draw)
+        return self.row(index), self.interventions.intervene(index, self.draw)
 
 
 class InterventionDataset(InterventionRows):
@@ -210,10 +214,7 @@ class InterventionDataset(InterventionRows):
     def render(self, index: int, result: InterventionResult | None = None) -> tuple[Prompt, Prompt | None, dict[str, Any]]:
         """Item ``index``'s prompt and completion, in the row's own format, with the symbols of the current draw (or of
         ``result``, its intervention already worked out), and the row's ``chat_template_kwargs``."""
-        if result is None:
-            row, result = self.intervention(index)
-        else:
-            row = self.rows[self.row_indices[index]]
+        row, result = self.intervention(index) if result is None else (self.row(index), result)
         prompt, completion = split_row(row, self.text_field)
         completion = None if completion is None else with_text(completion, result.completion)
         return with_text(prompt, result.prompt), completion, chat_template_kwargs(row)

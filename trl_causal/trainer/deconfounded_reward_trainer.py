@@ -331,9 +331,11 @@ class RewardTargets:
         return (scores - self.mean) / self.std
 
 
-def varies(values: np.ndarray) -> bool:
-    """Whether ``values`` spread beyond rounding: sd above 1000 float eps of their largest magnitude."""
-    return bool(values.std() > 1e3 * np.finfo(float).eps * float(np.abs(values).max()))
+def varies(values: np.ndarray, scale: np.ndarray | None = None) -> bool:
+    """Whether ``values`` spread beyond rounding: sd above 1000 float eps of the largest magnitude of ``scale`` (default
+    ``values``: the numbers they were computed from)."""
+    scale = values if scale is None else scale
+    return bool(values.std() > 1e3 * np.finfo(float).eps * float(np.abs(scale).max()))
 
 
 def exogenous_marked(deconfounding: dict[str, Any]) -> dict[str, Any]:
@@ -389,7 +391,7 @@ def reward_targets(
         scores = result.deconfounded_outcome
     std = float(scores.std())
     # zero up to rounding; the outcome varies (checked above), so only partialling out can have made it so
-    if not std > 1e3 * np.finfo(float).eps * float(np.abs(observations.outcome).max()):
+    if not varies(scores, scale=observations.outcome):
         raise DataError(
             f"The confounders explain all of the outcome {args.outcome_column!r}: after partialling them out "
             f"r~ = Y - theta'(C - mean C) is the same in every training row (sd {std:.2g}, against sd(Y) = "
