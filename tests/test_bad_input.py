@@ -146,6 +146,8 @@ def test_a_dataset_that_is_nowhere_and_a_mixture_entry_with_an_unknown_key(capsy
 def test_command_line_values_argparse_rejects_give_one_line_and_no_flags_are_known(capsys, config_for):
     err = fails_with(capsys, ["train", "--config", str(config_for()), "--learning_rate", "abc"], "--learning_rate", "invalid float value: 'abc'", "--help")
     assert len(err.strip().splitlines()) == 1 and "usage:" not in err
+    # a combination the config rejects names both places its values come from
+    fails_with(capsys, ["train", "--config", str(config_for()), "--load_best_model_at_end", "true", "--eval_strategy", "steps"], "Invalid settings in", ".yaml and the command line", "load_best_model_at_end")
     from trl_causal.configuration import parse_run_config
 
     assert parse_run_config(["--no_remove_unused_columns"], str(config_for())).training_args.remove_unused_columns is False
@@ -154,6 +156,8 @@ def test_command_line_values_argparse_rejects_give_one_line_and_no_flags_are_kno
 def test_unknown_keys_of_another_trainer_or_of_axolotl_say_where_they_belong(capsys, config_for):
     fails_with(capsys, ["train", "--config", str(config_for()), "--event_estimator", "vocabulary"], "It configures trainer 'capt': add `--trainer capt`")
     fails_with(capsys, ["train", "--config", str(config_for(base_model="x"))], "'base_model' is Axolotl's name: here it is 'model_name_or_path'")
+    # an SFTConfig field on a reward trainer belongs to `sft`, not to the plugin trainer whose config extends SFTConfig
+    fails_with(capsys, ["train", "--config", str(config_for()), "--trainer", "reward", "--packing", "true"], "It configures trainer 'sft': add `--trainer sft`")
 
 
 def test_plugin_registering_a_non_trainer_class(capsys, config_for, tmp_path, monkeypatch):

@@ -96,8 +96,11 @@ def test_a_report_to_integration_whose_package_is_missing_is_one_line_before_lau
     if "swanlab" in get_available_reporting_integrations():
         pytest.skip("swanlab is installed here")
     config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, tmp_path / "d.jsonl", tmp_path / "out")})
-    with pytest.raises(ConfigError, match=r"report_to in .*cfg.yaml names swanlab, whose package is not installed: `pip install swanlab`, or set `report_to: none`"):
+    with pytest.raises(ConfigError, match=r"report_to in the command line names swanlab, whose package is not installed: `pip install swanlab`, or set `report_to: none`"):
         parse_run_config(["--report_to", "swanlab"], str(config))
+    in_yaml = write_config(tmp_path / "swan.yaml", {"trainer": "sft", **base_config(tiny_model, tmp_path / "d.jsonl", tmp_path / "out", report_to="swanlab")})
+    with pytest.raises(ConfigError, match=r"report_to in .*swan.yaml names swanlab"):
+        parse_run_config([], str(in_yaml))
     assert parse_run_config(["--report_to", "none"], str(config)).training_args.report_to == []
 
 

@@ -260,17 +260,21 @@ def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], sour
 
 
 def _fields_of_other_trainers(selected: TrainerSpec) -> dict[str, str]:
-    """Config fields of the other registered trainers -> the trainer they belong to."""
-    owners: dict[str, str] = {}
+    """Config fields of the other registered trainers -> the trainer they belong to: of the trainers that have the
+    field, the one with the fewest fields (`packing` belongs to `sft`, not to a plugin whose config extends SFTConfig)."""
+    configs: list[tuple[int, str, tuple]] = []
     for spec in get_plugin_manager().trainers:
         if spec.name == selected.name:
             continue
         try:
-            config_class = spec.config_class
+            fields = dataclasses.fields(spec.config_class)
         except Exception:  # a broken plugin must not break another trainer's run
             continue
-        for f in dataclasses.fields(config_class):
-            owners.setdefault(f.name, spec.name)
+        configs.append((len(fields), spec.name, fields))
+    owners: dict[str, str] = {}
+    for _, name, fields in sorted(configs, key=lambda config: config[0]):
+        for f in fields:
+            owners.setdefault(f.name, name)
     return owners
 
 
@@ -496,8 +500,9 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
         raise
     except (ValueError, TypeError) as error:  # a config's __post_init__ on a combination of values; a `datasets:` entry's unknown key
         hint = " TRL turns bf16 on by default: on a CPU-only machine set `bf16: false`." if "bf16" in str(error) else ""
-        raise ConfigError(f"Invalid settings in {source}: {error}{hint}") from error
-    check_reporting_packages(training_args.report_to, source)
+        where = f"{source} and the command line" if config_path and script_argv else source
+        raise ConfigError(f"Invalid settings in {where}: {error}{hint}") from error
+    check_reporting_packages(training_args.report_to, "the command line" if "report_to" in last else source)
     if model_args.model_name_or_path is None:
         raise ConfigError(f"No model: set `model_name_or_path` in {source} (a hub id, a local directory, or an embedded model name such as 'smollm2-135m-instruct').")
     if dataset_args.datasets and script_args.dataset_name:
