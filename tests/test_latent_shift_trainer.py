@@ -221,13 +221,49 @@ def test_the_pooled_prompt_of_a_conversation_is_everything_before_its_last_train
     ]
 
 
-def test_a_streamed_training_set_ending_in_one_row_trains_that_batch_by_sft_alone(tiny_model, tmp_path):
+def test_a_streamed_training_set_ending_in_one_row_trains_that_batch_by_sft_alone(tiny_model, tmp_path, caplog):
     rows = shift_rows(5)  # batches of 4 and 1: a stream's last batch cannot be dropped by a sampler
     stream = IterableDataset.from_generator(lambda: iter(rows))
     trainer = make_trainer(tiny_model, tmp_path, rows=stream, max_steps=3, verbalizer=dict(zip(ANSWERS, ANSWERS)))
     trainer.train()
     losses = step_logs(trainer)
     assert len(losses) == 3 and all(math.isfinite(log["loss"]) for log in losses)
+    assert "(the end of a streamed dataset;" in caplog.text
+    # rows in memory leave a last batch of one only when the user keeps it: the warning names that setting
+    caplog.clear()
+    make_trainer(tiny_model, tmp_path / "kept", rows=rows, max_steps=2, dataloader_drop_last=False).train()
+    assert "a training batch of one row" in caplog.text and "`dataloader_drop_last: false`" in caplog.text
+    assert "streamed" not in caplog.text
+
+
+def test_label_smoothing_applies_to_l_sft_as_sft_applies_it(tiny_model, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    rows = shift_rows(8)
+    settings = dict(max_steps=1, per_device_train_batch_size=4, learning_rate=1e-2, lr_scheduler_type="constant", label_smoothing_factor=0.5)
+    sft = SFTTrainer(model=str(tiny_model), args=SFTConfig(**cpu_training_args(tmp_path / "sft", **settings)), train_dataset=Dataset.from_list(rows))
+    sft.train()
+    smoothed = make_trainer(tiny_model, tmp_path / "smoothed", rows=rows, label_smoothing_factor=0.5)
+    smoothed.train()
+    plain = make_trainer(tiny_model, tmp_path / "plain", rows=rows)
+    plain.train()
+    assert step_logs(smoothed)[0]["loss_sft"] == pytest.approx(step_logs(sft)[0]["loss"], rel=1e-5)
+    assert step_logs(smoothed)[0]["loss_sft"] != pytest.approx(step_logs(plain)[0]["loss_sft"], rel=1e-4)
+
+
+def test_evaluating_during_training_leaves_the_training_losses_as_they_were(tiny_model, tmp_path):
+    """The training shuffles come from their own seeded generator: an evaluation's data loader, which draws from the
+    global RNG, does not move them."""
+    rows, held_out = shift_rows(16), Dataset.from_list(shift_rows(4, seed=1))
+    settings = dict(max_steps=3, logging_steps=1)
+    quiet = make_trainer(tiny_model, tmp_path / "quiet", rows=rows, **settings)
+    quiet.train()
+    evaluated = make_trainer(tiny_model, tmp_path / "evaluated", rows=rows, eval_strategy="steps", eval_steps=2, trainer_kwargs={"eval_dataset": held_out}, **settings)
+    evaluated.train()
+    assert any("eval_loss_adj" in log for log in evaluated.state.log_history)
+    for log, evaluated_log in zip(step_logs(quiet), step_logs(evaluated), strict=True):
+        for key in ("loss", "loss_adj", "loss_causal"):
+            assert evaluated_log[key] == pytest.approx(log[key], rel=1e-6), (log["step"], key)
 
 
 def test_streamed_rows_are_checked_against_the_verbalizer_as_they_are_drawn(tiny_model, tmp_path):

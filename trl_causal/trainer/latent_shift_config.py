@@ -61,8 +61,8 @@ class LatentShiftConfig(SFTConfig):
             `"reference"` (a frozen copy of the model made before training) or `"auto"` (adapters with PEFT,
             reference without).
         latent_shift_seed (`int` or `None`, *optional*):
-            Seed of the heads' initialisation and of the test-time draws; `None` uses `seed`. The training shuffles
-            draw from the global RNG, which `seed` sets and checkpoints restore on resume.
+            Seed of the heads' initialisation, of the training shuffles (drawn per optimizer step and micro-batch,
+            so a resumed run draws the same ones) and of the test-time draws; `None` uses `seed`.
 
     Defaults that differ from [`~trl.SFTConfig`]: `dataloader_drop_last=True` (the shuffle needs 2 rows per batch,
     so a last batch of one row is dropped) and `ddp_find_unused_parameters=False` (the heads run after the model's
@@ -163,8 +163,8 @@ class LatentShiftConfig(SFTConfig):
     latent_shift_seed: int | None = field(
         default=None,
         metadata={
-            "help": "Seed of the heads' initialisation and of the test-time draws; None uses `seed`. The training "
-            "shuffles draw from the global RNG, which `seed` sets and checkpoints restore on resume."
+            "help": "Seed of the heads' initialisation, of the training shuffles (drawn per optimizer step and "
+            "micro-batch, so a resumed run draws the same ones) and of the test-time draws; None uses `seed`."
         },
     )
     dataloader_drop_last: bool = field(
@@ -184,7 +184,7 @@ class LatentShiftConfig(SFTConfig):
 
     @property
     def latent_shift_seed_value(self) -> int:
-        """The seed of the heads and of the test-time draws: ``latent_shift_seed``, or ``seed`` when that is None (read
+        """The seed of the heads, the training shuffles and the test-time draws: ``latent_shift_seed``, or ``seed`` when that is None (read
         when used, so a copy of the config with another ``seed`` starts other heads)."""
         return self.seed if self.latent_shift_seed is None else self.latent_shift_seed
 

@@ -21,9 +21,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import is_peft_model
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from safetensors.torch import load_file
 from torch import Tensor
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -294,6 +295,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         self.attach_heads(self._new_heads())
         self._patch_fallback_rows = {"train": 0, "eval": 0}
         self._eval_generator = torch.Generator().manual_seed(args.latent_shift_seed_value)  # `predict` shuffles from it too
+        self._shuffle_step, self._micro_batch = -1, 0  # where the last training shuffle was drawn
         if eval_dataset is not None and args.per_device_eval_batch_size < 2:
             logger.warning(
                 "latent_shift: per_device_eval_batch_size=1 scores every evaluation row by L_SFT alone (the shuffle of "
@@ -443,7 +445,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         sft_only = labels.shape[0] < 2
         frozen_last_hidden = None if sft_only else self._frozen_last_hidden(model, model_inputs)
         outputs = model(**model_inputs, output_hidden_states=True)
-        token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels)
+        token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels, self.args.label_smoothing_factor)
         loss_sum, n_tokens = token_losses.sum(), token_mask.sum()
         loss = self.token_mean(loss_sum, n_tokens, num_items_in_batch)
         self._log_token_metrics(mode, outputs.logits, labels, inputs["attention_mask"])
@@ -459,20 +461,35 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             class_index,
             adjustment=self.args.adjustment,
             entropy_mode=self.args.entropy_mode,
-            generator=None if mode == "train" else self._eval_generator,
+            generator=self._training_shuffle_generator() if mode == "train" else self._eval_generator,
             gather=self.accelerator.gather if self.accelerator.num_processes > 1 else None,
         )
         loss = loss + self.example_mean(self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted)
         self._log_losses(mode, loss_sum.detach() / n_tokens.clamp(min=1), auxiliary)
         return (loss, outputs) if return_outputs else loss
 
+    def _training_shuffle_generator(self) -> torch.Generator:
+        """The generator of this micro-batch's shuffle, seeded from (``latent_shift_seed``, optimizer step, micro-batch
+        within the step, process): the training shuffles depend on nothing else that draws random numbers (an
+        evaluation's data loader turned on mid-run changed them), and a resumed run draws the same ones again."""
+        step = self.state.global_step
+        self._micro_batch = self._micro_batch + 1 if step == self._shuffle_step else 0
+        self._shuffle_step = step
+        entropy = [self.args.latent_shift_seed_value % 2**63, step, self._micro_batch, self.accelerator.process_index]
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+
     def _warn_one_row_batch(self) -> None:
         if not self._warned_one_row_batch:
             self._warned_one_row_batch = True
+            cause = (
+                "the end of a streamed dataset; a stream whose length is a multiple of per_device_train_batch_size "
+                "avoids it"
+                if isinstance(self.train_dataset, IterableDataset)
+                else "the last batch of an epoch under `dataloader_drop_last: false`; the default, true, drops it"
+            )
             logger.warning(
-                "latent_shift: a training batch of one row (the end of a streamed dataset) trains L_SFT alone: the "
-                "shuffle of Phi needs another row. Said once per run; a stream whose length is a multiple of "
-                "per_device_train_batch_size avoids it."
+                f"latent_shift: a training batch of one row trains L_SFT alone, since the shuffle of Phi needs another "
+                f"row ({cause}). Said once per run."
             )
 
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):

@@ -77,13 +77,19 @@ class ExtraColumnsMixin:
         return {c: inputs.pop(c) for c in self.extra_columns() if c in inputs}
 
 
-def causal_lm_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token losses ``l_t = -log p(y_{t+1} | y_<=t)`` ([B, T-1]) and their mask (labels != -100)."""
+def causal_lm_token_losses(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token losses ``l_t = -(1 - eps) log p(y_{t+1} | y_<=t) - eps / V sum_v log p(v | y_<=t)`` ([B, T-1]; eps
+    = ``label_smoothing``, transformers' ``label_smoothing_factor``, 0: the plain NLL) and their mask (labels != -100)."""
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     mask = shift_labels.ne(-100)
     losses = nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.clamp(min=0).reshape(-1), reduction="none"
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.clamp(min=0).reshape(-1),
+        reduction="none",
+        label_smoothing=label_smoothing,
     ).view_as(shift_labels)
     return losses * mask, mask
 
