@@ -159,6 +159,8 @@ def test_modes_and_objectives_train_and_save_a_plain_checkpoint(mode, objective,
     trainer.train()
     logs = trainer.state.log_history[0]
     assert np.isfinite(logs["loss"]) and ("accuracy" in logs) == (objective == "pairwise")
+    assert ("margin" in logs) == (objective == "pairwise")  # metric_for_best_model: margin works as with RewardTrainer
+    assert logs["min_reward"] <= logs["mean_reward"] <= logs["max_reward"] and logs["num_tokens"] > 0  # RewardTrainer's too
     assert ("confounder_corr2" in logs) == (mode == "invariance")
     assert (trainer.report["deconfounding"] is None) == (mode != "deconfounded")
     if mode == "deconfounded":  # feature_autocast auto, training in fp32: bf16 where the CPU has bf16 units

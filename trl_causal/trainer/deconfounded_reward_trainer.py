@@ -824,14 +824,29 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 losses = losses + self.args.center_rewards_coefficient * rewards.view(2, -1).sum(dim=0) ** 2
             accuracy = (chosen > rejected).float().mean()
             metrics["accuracy"].append(self.accelerator.gather_for_metrics(accuracy).mean().item())
+            margin = (chosen - rejected).detach().mean()
+            metrics["margin"].append(self.accelerator.gather_for_metrics(margin).mean().item())
         loss_sum = losses.sum()
         if self.args.mode == "invariance":
             correlation = squared_correlations(rewards, confounders).sum()
             loss_sum = loss_sum + self.args.invariance_weight * correlation * len(losses)
             metrics["confounder_corr2"].append(self.accelerator.gather_for_metrics(correlation.detach()).mean().item())
-        metrics["mean_reward"].append(self.accelerator.gather_for_metrics(rewards.detach()).mean().item())
+        self._log_reward_metrics(mode, rewards.detach(), inputs["attention_mask"])
         loss = self.token_mean(loss_sum, torch.tensor(float(len(losses)), device=loss_sum.device), num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _log_reward_metrics(self, mode: str, rewards: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """The metrics TRL's RewardTrainer logs besides accuracy and margin, so that dashboards and
+        ``metric_for_best_model`` carry over: ``min_reward`` / ``mean_reward`` / ``max_reward`` of the model's rewards
+        over all processes, and ``num_tokens``, the tokens trained on so far."""
+        if mode == "train":
+            self._total_train_tokens += self.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
+        metrics = self._metrics[mode]
+        metrics["num_tokens"] = [self._total_train_tokens]
+        everyone = self.accelerator.gather_for_metrics(rewards)
+        metrics["min_reward"].append(everyone.min().item())
+        metrics["mean_reward"].append(everyone.mean().item())
+        metrics["max_reward"].append(everyone.max().item())
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """``RewardTrainer.evaluate`` on the evaluation rows given at init (raw rows need the training theta: pass them
