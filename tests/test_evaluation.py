@@ -267,7 +267,7 @@ def test_eval_reads_messages_rows_and_a_named_prompt_column_like_prompt_rows(tin
     config = eval_config(tiny_model, tmp_path / "question", questions)[0]
     assert eval_splits(config, "test", "", "--prompt_column", "question") == expected
     assert cli.main(["eval", "--config", config, "--split", "test"]) == 2
-    assert "Row 0 has no prompt column 'prompt' and no `messages`; it has: answer, question. Name the prompt column with --prompt_column." in capsys.readouterr().err
+    assert "Row 0 of split 'test' has no prompt column 'prompt' and no `messages`; it has: answer, question. Name the prompt column with --prompt_column." in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["score", "generate"])
@@ -424,3 +424,27 @@ def test_each_split_finds_its_own_gold_column_and_splits_of_other_answers_get_a_
     names = write_jsonl(tmp_path / "names.jsonl", [{"prompt": r["prompt"], "answer": name} for r, name in zip(ROWS, ["Wren", "Sally"] * len(ROWS))])
     assert cli.main([*argv[:-2], "--split", f"names={names}", "--output", str(output)]) == 0
     assert "splits 'test' and 'names', 'other' and 'names' share no gold answer, yet every split chooses from one answer set" in capsys.readouterr().err
+
+
+def test_a_stop_midway_keeps_the_splits_already_scored_and_bad_rows_fail_before_any_scoring(tiny_model, tmp_path, capsys):
+    config, checkpoint = eval_config(tiny_model, tmp_path, ROWS)
+    broken = tmp_path / "broken"  # a copy cut short: its weights file is truncated
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    output = tmp_path / "partial.json"
+    args = ["eval", "--config", config, "--split", "test", "--output", str(output)]
+    assert cli.main(args + ["--compare", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot load the checkpoint {broken}:" in err and "Traceback" not in err
+    assert f"the splits scored before the stop are in {output}" in err
+    report = json.loads(output.read_text())
+    assert report["complete"] is False and report["results"]["sft"]["splits"]["test"]["n"] == len(ROWS)
+    assert cli.main(args) == 0 and json.loads(output.read_text())["complete"] is True
+
+    later = write_jsonl(tmp_path / "later.jsonl", [*ROWS[:2], {"prompt": None, "answer": "True"}])
+    output.unlink()
+    assert cli.main(args + ["--split", f"later={later}"]) == 2
+    err = capsys.readouterr().err
+    assert "Row 2 of split 'later' has an empty prompt: its 'prompt' is null" in err
+    assert not output.exists()  # checked before the first split was scored

@@ -308,7 +308,7 @@ def _command_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .configuration import parse_run_config
-    from .evaluation import accuracy_report, build_predictor, check_gold_in_answers, default_answer_column, gold_answers, load_checkpoint
+    from .evaluation import accuracy_report, build_predictor, check_gold_in_answers, default_answer_column, gold_answers, load_checkpoint, row_prompt
     from .plugins import get_plugin_manager
     from .train import checkpoints_in, read_run_record
 
@@ -388,48 +388,62 @@ def _command_eval(args: argparse.Namespace) -> int:
         trainer_cls = runs[checkpoint].trainer.trainer_class
         if hasattr(trainer_cls, "check_predictor"):
             trainer_cls.check_predictor(checkpoint_args[checkpoint])
-    results = {}
-    for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
-        checkpoint_run = runs[checkpoint]
-        trainer_cls = checkpoint_run.trainer.trainer_class
-        # Labels of a checkpoint's verbalizer: one without a verbalizer of its own (a `--compare`d sft baseline) scores
-        # the label's answer text, which it learned, and its prediction is read back as the label.
-        texts = text_of_label if text_of_label and not hasattr(trainer_cls, "checkpoint_answers") else None
-        model, tokenizer = load_checkpoint(checkpoint)
-        predictor = build_predictor(
-            trainer_cls,
-            checkpoint_args[checkpoint],
-            model,
-            tokenizer,
-            [texts[answer] for answer in answers] if texts else answers,
-            args.mode,
-            checkpoint,
-        )
-        predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
-        if predictor.answer_prefix is None and record.get("answer_prefix") is not None:
-            predictor.answer_prefix = record["answer_prefix"]  # rows without a completion: as training wrote answers
-        label_of = {text: label for label, text in texts.items()} if texts else {}
-        candidates = (trainer_name, f"{trainer_name}:{Path(checkpoint).name}", f"{trainer_name}:{checkpoint}")
-        taken = {result_label.removesuffix(":adjusted").removesuffix(":plain") for result_label in results}
-        label = next((candidate for candidate in candidates if candidate not in taken), f"{trainer_name}:{checkpoint}#{len(results)}")
-        # A predictor with `predict_both` (latent_shift) gives its own prediction and the plain LM head's side by side.
-        kinds = ("adjusted", "plain") if hasattr(predictor, "predict_both") else (None,)
-        labels = {kind: label if kind is None else f"{label}:{kind}" for kind in kinds}
-        for kind, column in labels.items():
-            results[column] = {
-                "trainer": trainer_name,
-                "checkpoint": str(Path(checkpoint).resolve()),
-                "scored_answers": predictor.answers,  # what it chose from (a label's answer text for a baseline)
-                "answer_prefix": predictor.answer_prefix,  # None: each row's completion tells it
-                "splits": {},
-            }
-            if kind is not None:
-                results[column]["prediction"] = kind
-        for name, rows in splits:
-            predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
-            for column, predicted in zip(labels.values(), predictions):
-                predicted = [label_of.get(answer, answer) for answer in predicted]
-                results[column]["splits"][name] = accuracy_report(predicted, gold[name])
+    for name, rows in splits:  # before any model loads: a bad row of the last split would cost the others' scoring
+        for index, row in enumerate(rows):
+            row_prompt(row, index, args.prompt_column, f" of split {name!r}")
+    output = Path(args.output or Path(checkpoints[0]) / "eval_results.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
+    report = {"answers": answers, "mode": args.mode, "splits": sources, "complete": False, "results": {}}
+    results = report["results"]
+    try:
+        for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
+            checkpoint_run = runs[checkpoint]
+            trainer_cls = checkpoint_run.trainer.trainer_class
+            # Labels of a checkpoint's verbalizer: one without a verbalizer of its own (a `--compare`d sft baseline) scores
+            # the label's answer text, which it learned, and its prediction is read back as the label.
+            texts = text_of_label if text_of_label and not hasattr(trainer_cls, "checkpoint_answers") else None
+            model, tokenizer = load_checkpoint(checkpoint)
+            predictor = build_predictor(
+                trainer_cls,
+                checkpoint_args[checkpoint],
+                model,
+                tokenizer,
+                [texts[answer] for answer in answers] if texts else answers,
+                args.mode,
+                checkpoint,
+            )
+            predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
+            if predictor.answer_prefix is None and record.get("answer_prefix") is not None:
+                predictor.answer_prefix = record["answer_prefix"]  # rows without a completion: as training wrote answers
+            label_of = {text: label for label, text in texts.items()} if texts else {}
+            candidates = (trainer_name, f"{trainer_name}:{Path(checkpoint).name}", f"{trainer_name}:{checkpoint}")
+            taken = {result_label.removesuffix(":adjusted").removesuffix(":plain") for result_label in results}
+            label = next((candidate for candidate in candidates if candidate not in taken), f"{trainer_name}:{checkpoint}#{len(results)}")
+            # A predictor with `predict_both` (latent_shift) gives its own prediction and the plain LM head's side by side.
+            kinds = ("adjusted", "plain") if hasattr(predictor, "predict_both") else (None,)
+            labels = {kind: label if kind is None else f"{label}:{kind}" for kind in kinds}
+            for kind, column in labels.items():
+                results[column] = {
+                    "trainer": trainer_name,
+                    "checkpoint": str(Path(checkpoint).resolve()),
+                    "scored_answers": predictor.answers,  # what it chose from (a label's answer text for a baseline)
+                    "answer_prefix": predictor.answer_prefix,  # None: each row's completion tells it
+                    "splits": {},
+                }
+                if kind is not None:
+                    results[column]["prediction"] = kind
+            for name, rows in splits:
+                predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
+                for column, predicted in zip(labels.values(), predictions):
+                    predicted = [label_of.get(answer, answer) for answer in predicted]
+                    results[column]["splits"][name] = accuracy_report(predicted, gold[name])
+                output.write_text(json.dumps(report, indent=2))  # a finished split survives a later failure or Ctrl-C
+    except BaseException:
+        if any(result["splits"] for result in results.values()):
+            print(f"trl-causal: the splits scored before the stop are in {output} (\"complete\": false).", file=sys.stderr)
+        raise
+    report["complete"] = True
 
     labels = list(results)
     # a long label keeps its end, where checkpoints of one run differ (latent_shift:checkpoint-10 / -20)
@@ -438,10 +452,6 @@ def _command_eval(args: argparse.Namespace) -> int:
     for name, rows in splits:
         cells = "".join(_accuracy_cell(results[label]["splits"][name]).rjust(24) for label in labels)
         print(name[:16].ljust(16) + cells + str(len(rows)).rjust(8))
-    output = Path(args.output or Path(checkpoints[0]) / "eval_results.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
-    report = {"answers": answers, "mode": args.mode, "splits": sources, "results": results}
     output.write_text(json.dumps(report, indent=2))
     print(f"\ntrl-causal: wrote {output}")
     return 0

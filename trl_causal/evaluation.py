@@ -72,6 +72,24 @@ def training_answer_prefix(dataset) -> str | None:
     return answer_prefix(completion) if isinstance(completion, str) else None
 
 
+def row_prompt(row: dict[str, Any], index: int, prompt_column: str = "prompt", where: str = "") -> Prompt:
+    """The prompt of one row as the data holds it: its ``prompt_column``, or, in a conversational ``messages`` row, the
+    messages before the final assistant answer (all of them when the last is not the assistant's). ``where`` names the
+    rows in the error, e.g. " of split 'test'"."""
+    if row.get(prompt_column) is not None:
+        return row[prompt_column]
+    if prompt_column == "prompt" and row.get("messages"):
+        messages = row["messages"]
+        return messages[:-1] if messages[-1].get("role") == "assistant" else messages
+    messages = " and no `messages`" if prompt_column == "prompt" else ""
+    if prompt_column in row:
+        raise DataError(f"Row {index}{where} has an empty prompt: its {prompt_column!r} is null{messages}. Give every row its prompt, or drop the row.")
+    raise DataError(
+        f"Row {index}{where} has no prompt column {prompt_column!r}{messages}; it has: {', '.join(sorted(row))}. Name "
+        "the prompt column with --prompt_column."
+    )
+
+
 class LMPredictor:
     """Predicts one of ``answers`` per row with a causal LM.
 
@@ -133,23 +151,8 @@ class LMPredictor:
         return [row if isinstance(row, dict) else {self.prompt_column: row} for row in rows]
 
     def row_prompts(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[Prompt]:
-        """Each row's prompt as the data holds it: its ``prompt_column``, or, in a conversational ``messages`` row, the
-        messages before the final assistant answer (all of them when the last is not the assistant's); a raw prompt
-        as it is."""
-        prompts = []
-        for index, row in enumerate(self.as_rows(rows)):
-            if row.get(self.prompt_column) is not None:
-                prompts.append(row[self.prompt_column])
-            elif self.prompt_column == "prompt" and row.get("messages"):
-                messages = row["messages"]
-                prompts.append(messages[:-1] if messages[-1].get("role") == "assistant" else messages)
-            else:
-                raise DataError(
-                    f"Row {index} has no prompt column {self.prompt_column!r}"
-                    + (" and no `messages`" if self.prompt_column == "prompt" else "")
-                    + f"; it has: {', '.join(sorted(row))}. Name the prompt column with --prompt_column."
-                )
-        return prompts
+        """Each row's prompt as the data holds it (``row_prompt``); a raw prompt as it is."""
+        return [row_prompt(row, index, self.prompt_column) for index, row in enumerate(self.as_rows(rows))]
 
     def prepare_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
         """The prompts to decode from; subclasses rewrite them here."""
@@ -353,13 +356,20 @@ def load_checkpoint(checkpoint: str | Path):
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise ConfigError(f"Checkpoint directory not found: {checkpoint}. Train first, or pass --checkpoint DIR.")
-    if (checkpoint / "adapter_config.json").is_file():
-        from peft import PeftModel
+    try:
+        if (checkpoint / "adapter_config.json").is_file():
+            from peft import PeftModel
 
-        base = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base), str(checkpoint))
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint))
+            base = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
+            model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base), str(checkpoint))
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint))
+    except Exception as error:  # a truncated weights file (an interrupted copy) gives safetensors' or torch's own error
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"Cannot load the checkpoint {checkpoint}: {type(error).__name__}: {first_line}. If its files are incomplete "
+            "or corrupt (an interrupted save or copy), save or copy it again."
+        ) from error
     if torch.cuda.is_available():
         model.to("cuda")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
