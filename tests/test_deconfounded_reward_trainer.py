@@ -747,3 +747,20 @@ def test_tfidf_without_words_names_the_fix():
 
     with pytest.raises(DataError, match=r"TF-IDF found no words in the 3 texts .*`feature_source: model`"):
         tfidf_features(["A", "B", "5"])
+
+
+def test_a_cache_file_that_cannot_be_read_or_has_other_rows_is_computed_again(tiny_model, tmp_path):
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(tiny_model)
+    sequences = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    phi = hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False)
+    cached, = tmp_path.glob("*.npy")
+    for damage in (cached.read_bytes()[:100], b"", np.zeros((10, phi.shape[1]), dtype=np.float32)):
+        if isinstance(damage, np.ndarray):
+            np.save(cached, damage)
+        else:
+            cached.write_bytes(damage)
+        with pytest.warns(UserWarning, match=f"The cached text features {cached} (cannot be read|holds an array of shape)"):
+            np.testing.assert_array_equal(hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False), phi)
+        np.testing.assert_array_equal(np.load(cached), phi)  # replaced by the features computed again

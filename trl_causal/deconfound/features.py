@@ -131,8 +131,8 @@ def hidden_state_features(
     key = f"{pooled_layers}|{model_fingerprint(model)}|{_sequences_hash(sequences)}{precision}"
     key = hashlib.sha256(key.encode()).hexdigest()
     path = cache / f"{key}.npy"
-    if path.is_file():
-        return np.load(path)
+    if (cached := _cached_features(path, len(sequences))) is not None:
+        return cached
 
     device = next(model.parameters()).device
     order = np.argsort([len(ids) for ids in sequences], kind="stable")
@@ -179,6 +179,23 @@ def hidden_state_features(
         warnings.warn(f"Could not cache the text features in {cache} ({error}); set feature_cache_dir to a writable "
                       "directory to reuse them.", stacklevel=2)
     return features
+
+
+def _cached_features(path: Path, n_rows: int) -> np.ndarray | None:
+    """The features cached at ``path``, or None when there are none; a file that cannot be read or holds another number
+    of rows (cut short by a full disk, written by something else) is said so and left to be computed again."""
+    if not path.is_file():
+        return None
+    try:
+        features = np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        problem = f"cannot be read ({type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]})"
+    else:
+        if features.ndim == 2 and features.shape[0] == n_rows:
+            return features
+        problem = f"holds an array of shape {features.shape}, not {n_rows} rows of features"
+    warnings.warn(f"The cached text features {path} {problem}; computing them again, and replacing the file.", stacklevel=3)
+    return None
 
 
 def _check_layers(layers: Sequence[int], n_states: int) -> None:

@@ -124,8 +124,9 @@ class DeconfoundedRewardConfig(RewardConfig):
     feature_cache_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Directory of cached model features, keyed by model and token ids. Default: "
-            "$TRL_CAUSAL_CACHE/features, else ~/.cache/trl_causal/features."
+            "help": "Directory of cached model features, keyed by model and token ids; nothing deletes them (rows "
+            "x hidden size x layers x 4 bytes per file). Default: $TRL_CAUSAL_CACHE/features, else "
+            "~/.cache/trl_causal/features."
         },
     )
     n_folds: int = field(default=5, metadata={"help": "Cross-fitting folds K of the partialling out."})
