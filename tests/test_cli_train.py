@@ -159,6 +159,11 @@ def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_pa
     streamed = write_config(tmp_path / "streamed.yaml", {"trainer": "sft", **settings, "dataset_name": str(tmp_path / "data.jsonl"), "output_dir": str(tmp_path / "out-streamed"), "dataset_streaming": True})
     assert train_module.cli(["--config", str(streamed)]) == 0
     assert "trained 'sft' on streamed rows for 1 steps" in capsys.readouterr().out
+    from trl_causal.configuration import read_yaml
+
+    unbounded = write_config(tmp_path / "unbounded.yaml", {**read_yaml(streamed), "max_steps": -1, "num_train_epochs": 1})
+    assert train_module.cli(["--config", str(unbounded)]) == 2  # transformers' traceback, once the model had loaded
+    assert "The training rows are streamed (`dataset_streaming: true`), so they have no length to count epochs by: set `max_steps`" in capsys.readouterr().err
 
 
 def test_settings_that_trls_trainer_refuses_are_one_line(tmp_path, tiny_model, capsys):

@@ -152,5 +152,5 @@ def test_a_trainer_given_a_list_or_a_datasetdict_says_how_to_pass_a_split(traine
     with pytest.raises(DataError, match=r"needs the train rows as .*, not DatasetDict\. Pass one of its splits, e\.g\. dataset\['train'\]"):
         trainer_cls("no-model-here", config, train_dataset=DatasetDict({"train": rows, "test": rows}))
     if trainer != "latent_shift":  # it streams
-        with pytest.raises(DataError, match=r"needs the train rows as a map-style datasets.Dataset \(it .* before training\), not IterableDataset"):
+        with pytest.raises(DataError, match=r"needs the train rows as a map-style datasets.Dataset \(it .* before training\), not IterableDataset\. Load it without streaming: remove `dataset_streaming: true`"):
             trainer_cls("no-model-here", config, train_dataset=rows.to_iterable_dataset())

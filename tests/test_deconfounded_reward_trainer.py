@@ -351,6 +351,10 @@ def test_dpo_pairs_are_ranked_by_the_deconfounded_outcome_within_groups(tiny_mod
     sft_config = write_config(tmp_path / "sft.yaml", {**read_yaml(config), "trainer": "sft", "numeric_confounders": None})
     assert cli.main(["dpo-pairs", "--config", str(sft_config), "--output", str(tmp_path / "p.jsonl")]) == 2
     assert f"({sft_config} is a config of trainer 'sft'; dpo-pairs reads a deconfounded_reward config" in capsys.readouterr().err
+    streamed = write_config(tmp_path / "streamed.yaml", {**read_yaml(config), "dataset_streaming": True})
+    assert cli.main(["dpo-pairs", "--config", str(streamed), "--output", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err  # was a TypeError traceback from the first numeric column
+    assert "needs the train rows as a map-style datasets.Dataset (dpo-pairs ranks all rows" in err and "Traceback" not in err
 
 
 def test_dpo_pairs_load_the_model_in_the_dtype_training_loads_it(tiny_model, tmp_path, monkeypatch):

@@ -187,6 +187,17 @@ def named_splits(train_dataset: Any, eval_dataset: Any) -> dict[str, Any]:
     return {"train": train_dataset, **evaluation}
 
 
+def check_streamed_steps(train_dataset: Any, max_steps: int) -> None:
+    """A streamed training split has no length, so transformers cannot count its steps: ``max_steps`` must be set."""
+    import datasets
+
+    if isinstance(train_dataset, datasets.IterableDataset) and max_steps <= 0:
+        raise ConfigError(
+            "The training rows are streamed (`dataset_streaming: true`), so they have no length to count epochs by: "
+            "set `max_steps` (e.g. max_steps: 1000), or load them without streaming."
+        )
+
+
 def check_split_types(splits: dict[str, Any], trainer: str, why: str = "", streamed: bool = False) -> None:
     """Every split of ``named_splits`` is a ``datasets.Dataset`` (or, if ``streamed``, an ``IterableDataset``): a
     list, a ``DatasetDict`` or anything else is an error naming the split and how to pass it. ``why``: why the
@@ -201,6 +212,8 @@ def check_split_types(splits: dict[str, Any], trainer: str, why: str = "", strea
             f" Pass one of its splits, e.g. dataset[{next(iter(dataset), 'train')!r}]."
             if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict))
             else " Make one with datasets.Dataset.from_list(rows)." if isinstance(dataset, (list, tuple))
+            else " Load it without streaming: remove `dataset_streaming: true` from the config (in a script, call "
+            "load_dataset without streaming=True)." if isinstance(dataset, datasets.IterableDataset)
             else ""
         )
         raise DataError(

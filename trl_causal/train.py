@@ -16,7 +16,7 @@ import time
 import traceback
 
 from .configuration import RunConfig, is_first_process, method_settings, parse_run_config
-from .data import check_columns, load_run_datasets
+from .data import check_columns, check_streamed_steps, load_run_datasets
 from .errors import ConfigError, TrlCausalError, count_rows
 from .evaluation import training_answer_prefix
 from .paths import read_checkpoint_file, write_checkpoint_file
@@ -441,6 +441,7 @@ def main(run: RunConfig) -> dict:
     training_args = run.training_args
     need_eval = training_args.eval_strategy != "no"
     train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, need_eval)
+    check_streamed_steps(train_dataset, training_args.max_steps)
     check_run_columns(run, train_dataset, eval_dataset)
 
     resume_from = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)

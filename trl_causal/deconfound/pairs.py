@@ -116,7 +116,7 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
     ``--mode naive`` ranks by the raw outcome). Targets are computed as the trainer computes them.
     """
     from ..configuration import parse_run_config, read_yaml
-    from ..data import load_run_datasets
+    from ..data import check_split_types, load_run_datasets
     from ..trainer.deconfounded_reward_trainer import read_observations, reward_targets, text_features
 
     if Path(output).is_dir():
@@ -144,6 +144,7 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
             "(e.g. `group_column: prompt`)."
         )
     train, _ = load_run_datasets(run.script_args, run.dataset_args, need_eval=False)
+    check_split_types({"train": train}, "deconfounded_reward", " (dpo-pairs ranks all rows by their deconfounded outcome)")
     observations = read_observations({"train": train}, args)["train"]
     check_pair_groups(observations.groups, "dpo-pairs", observations.rows)
     rows = train.select(observations.rows)
