@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, base_config, interrupt_after_first_step, reward_rows, run_cli, sft_rows, write_config, write_jsonl
+from conftest import REPO, base_config, cpu_training_args, interrupt_after_first_step, reward_rows, run_cli, sft_rows, write_config, write_jsonl
 from plugin_helpers import make_distribution, pip_install_target
 from trl_causal.errors import ConfigError
 from trl_causal.plugins import PluginManager
@@ -455,3 +455,26 @@ def test_an_output_dir_that_cannot_be_written_fails_before_launch(tmp_path, tiny
     err = capsys.readouterr().err
     assert f"trl-causal: error: output_dir {tmp_path / 'afile' / 'out'} cannot be written (Not a directory)" in err
     assert "Traceback" not in err
+
+
+
+@pytest.mark.parametrize(
+    "settings, new_evaluations",
+    [({"eval_steps": 2}, 0), ({"eval_steps": 3}, 0), ({"eval_steps": 2, "save_strategy": "steps", "save_steps": 2, "load_best_model_at_end": True}, 1)],
+)
+def test_the_final_evaluation_is_the_one_of_the_last_step_unless_the_best_model_was_loaded(tmp_path, tiny_model, settings, new_evaluations):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from trl_causal.train import final_evaluation
+
+    settings = cpu_training_args(tmp_path, max_steps=4, eval_strategy="steps", **settings)
+    trainer = SFTTrainer(model=str(tiny_model), args=SFTConfig(**settings), train_dataset=Dataset.from_list(sft_rows(8)), eval_dataset=Dataset.from_list(sft_rows(4)))
+    trainer.train()
+    logged = len(trainer.state.log_history)
+    metrics = final_evaluation(trainer)
+    # scoring the weights of step 4 again logged the same numbers twice, to every tracker (transformers evaluates
+    # after the last step); the best checkpoint loaded at the end is another model, scored anew
+    assert len(trainer.state.log_history) == logged + new_evaluations
+    last = [log for log in trainer.state.log_history if "eval_loss" in log][-1]
+    assert last["step"] == 4 and metrics["eval_loss"] == last["eval_loss"] and metrics["epoch"] == last["epoch"]

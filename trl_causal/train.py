@@ -434,6 +434,21 @@ def check_prepared_rows(trainer, loaded, kind: str) -> int | None:
     return kept
 
 
+def final_evaluation(trainer) -> dict:
+    """The metrics of the trained model: those of the evaluation that ``eval_strategy`` ran after the last step (all of
+    its splits; transformers evaluates there), else a new ``trainer.evaluate()``: the same weights are not scored, and
+    logged to every tracker, twice. With ``load_best_model_at_end`` the model is the best checkpoint's, scored anew."""
+    state = trainer.state
+    if not trainer.args.load_best_model_at_end:
+        last = [
+            log for log in state.log_history
+            if log.get("step") == state.global_step and any(key.startswith("eval_") and key.endswith("_runtime") for key in log)
+        ]
+        if last:
+            return {key: value for log in last for key, value in log.items() if key != "step"}
+    return trainer.evaluate()
+
+
 def main(run: RunConfig) -> dict:
     """Load data, check it, train, save, and print a short summary; returns the summary.
     Under a distributed launch (WORLD_SIZE > 1) every rank exits the process here instead, once all have saved."""
@@ -482,7 +497,7 @@ def main(run: RunConfig) -> dict:
         "answer_prefix": prefix,
     }
     if eval_dataset is not None:
-        summary["eval"] = trainer.evaluate()
+        summary["eval"] = final_evaluation(trainer)
     if trainer.accelerator.is_main_process:
         write_checkpoint_file(training_args.output_dir, SUMMARY_FILE, summary)
         setup = "" if summary["distributed"] == "NO" else f", {summary['distributed']}"
