@@ -505,6 +505,13 @@ def test_the_outcome_listed_as_a_confounder_or_instrument_is_refused(tmp_path):
     assert reward_args(tmp_path, instrument_columns=None).instrument_columns is None  # None: no instruments
 
 
+def test_length_grouped_sampling_is_refused_for_pairs_and_kept_for_rows(tmp_path):
+    # transformers' LengthGroupedSampler reads input_ids, which pairs lack: a traceback after the feature pass
+    with pytest.raises(ConfigError, match="group_by_length sorts rows by their input_ids, and the pairwise objective"):
+        reward_args(tmp_path, objective="pairwise", train_sampling_strategy="group_by_length")
+    assert reward_args(tmp_path, objective="regression", train_sampling_strategy="group_by_length").train_sampling_strategy == "group_by_length"
+
+
 def test_confounders_that_explain_all_of_the_outcome_leave_nothing_to_learn(tiny_model, tmp_path):
     rows = [dict(row, clicks=2 * row["outcome"] + 1) for row in observational_rows()]  # the outcome under another name
     with pytest.raises(DataError, match=r"The confounders explain all of the outcome 'outcome'.*sd\(Y\)"):

@@ -203,6 +203,11 @@ class DeconfoundedRewardConfig(RewardConfig):
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}.")
+        if self.objective == "pairwise" and getattr(self, "train_sampling_strategy", None) == "group_by_length":
+            raise ConfigError(
+                "train_sampling_strategy: group_by_length sorts rows by their input_ids, and the pairwise objective "
+                "trains on pairs (chosen_ids / rejected_ids): use the default `random`, or `objective: regression`."
+            )
         if not (self.numeric_confounders or self.categorical_confounders or self.timestamp_confounders):
             raise ConfigError(
                 "No confounder columns: name at least one under numeric_confounders, categorical_confounders or "
