@@ -81,12 +81,15 @@ def row_prompt(row: dict[str, Any], index: int, prompt_column: str = "prompt", w
     if prompt_column == "prompt" and row.get("messages"):
         messages = row["messages"]
         return messages[:-1] if messages[-1].get("role") == "assistant" else messages
-    messages = " and no `messages`" if prompt_column == "prompt" else ""
+    no_messages = " and no `messages`" if prompt_column == "prompt" else ""
     if prompt_column in row:
-        raise DataError(f"Row {index}{where} has an empty prompt: its {prompt_column!r} is null{messages}. Give every row its prompt, or drop the row.")
+        raise DataError(
+            f"Row {index}{where} has an empty prompt: its {prompt_column!r} is null{no_messages}. Give every row its "
+            "prompt, or drop the row."
+        )
     raise DataError(
-        f"Row {index}{where} has no prompt column {prompt_column!r}{messages}; it has: {', '.join(sorted(row))}. Name "
-        "the prompt column with --prompt_column."
+        f"Row {index}{where} has no prompt column {prompt_column!r}{no_messages}; it has: {', '.join(sorted(row))}. "
+        "Name the prompt column with --prompt_column."
     )
 
 
