@@ -139,8 +139,9 @@ def test_eval_command_compares_two_checkpoints_per_split(tiny_model, tmp_path, c
     assert test["n"] == flipped["n"] == 3
     assert test["accuracy"] + flipped["accuracy"] == pytest.approx(1.0)  # gold answers are complementary
     assert report["results"]["sft:checkpoint-of-the-second-run"]["splits"] == report["results"]["sft"]["splits"]  # identical weights
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "anti" in out and "...t-of-the-second-run" in out  # a long label keeps its end in the table
+    assert "trl-causal: sft:checkpoint-of-the-second-run: split 'anti', 3 rows" in err  # which one its progress bar counts
 
 
 def test_multi_token_answers_are_scored_in_full(tiny_model):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import warnings
 
-from .errors import TrlCausalError
+from .errors import TrlCausalError, count_rows
 
 _python_format_warning = warnings.formatwarning
 SPURIOUS_KINDS = ("platform", "stopword")  # trl_causal.latent_shift.data.SPURIOUS_VALUES, without importing torch
@@ -434,6 +434,7 @@ def _command_eval(args: argparse.Namespace) -> int:
                 if kind is not None:
                     results[column]["prediction"] = kind
             for name, rows in splits:
+                print(f"trl-causal: {label}: split {name!r}, {count_rows(len(rows))}", file=sys.stderr)  # above its progress bar
                 predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
                 for column, predicted in zip(labels.values(), predictions):
                     predicted = [label_of.get(answer, answer) for answer in predicted]
