@@ -41,17 +41,30 @@ QUERY_PREFIX = "True or false: "
 _LABEL_PREFIX = re.compile(r"^(?:[A-Za-z][A-Za-z ]{0,29}:\s*)+")  # "True or false: ", "Q: ", "Facts: "
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = r"[^\W\d_](?:[^\W\d_]|-)*"  # letters of any script ("Zoë", "café") and hyphens
-_TERM = rf"{_WORD}(?: {_WORD}){{0,2}}"
+# a word of a term: not one of the sentence pattern's own words, so "a jompus and a brimpus" parses as two terms
+_CONTENT_WORD = rf"(?!(?i:a|an|and|or|is|are|not|that)\b){_WORD}"
+_TERM = rf"{_CONTENT_WORD}(?: {_CONTENT_WORD}){{0,2}}"
+
+
+def _conjuncts(group: str) -> str:
+    """Terms joined by and / or, each with its own article or "not": "a jompus and a brimpus", "mean or small"."""
+    one = rf"(?:not )?(?:(?:a|an) )?{_TERM}"
+    return rf"(?P<{group}>{one}(?:,? (?:and|or) {one})*)"
+
+
 _QUANTIFIED = re.compile(
-    rf"(?:every|each|all|no) (?P<subject>{_TERM}) (?P<verb>is|are) (?P<negated>not )?(?P<article>(?:a|an) )?"
-    rf"(?P<object>{_TERM})",
+    rf"(?:every|each|all|no) (?P<subject>{_TERM}) (?P<verb>is|are) (?P<negated>not )?{_conjuncts('objects')}",
     re.IGNORECASE,
 )
-_GENERIC_PLURAL = re.compile(rf"(?P<subject>{_TERM}) are (?P<negated>not )?(?P<object>{_TERM})")
-_INDIVIDUAL = re.compile(
-    rf"(?P<subject>{_WORD}|\d+) is (?P<negated>not )?(?P<article>(?:a|an) )?(?P<object>{_TERM})"
+# PrOntoQA-OOD's compound rule: "Everything that is a zumpus or a rompus is a gorpus."
+_EVERYTHING = re.compile(
+    rf"everything that is {_conjuncts('conditions')} is (?P<negated>not )?{_conjuncts('objects')}", re.IGNORECASE
 )
-_FUNCTION_WORDS = {"is", "are", "not", "a", "an", "every", "each", "all", "no", "and", "or", "the"}
+_GENERIC_PLURAL = re.compile(rf"(?P<subject>{_TERM}) are (?P<negated>not )?{_conjuncts('objects')}")
+_INDIVIDUAL = re.compile(rf"(?P<subject>{_WORD}|\d+) is (?P<negated>not )?{_conjuncts('objects')}")
+_CONJUNCT = re.compile(r"(?:^|,? (?:and|or) )(?:not )?(?P<article>(?:a|an) )?", re.IGNORECASE)
+# the answers of a query: never an event, or "All statements below are true." would rename the answer True
+_FUNCTION_WORDS = {"is", "are", "not", "a", "an", "every", "each", "all", "no", "and", "or", "the", "true", "false"}
 
 
 def _uncapitalize(phrase: str) -> str:
@@ -60,6 +73,12 @@ def _uncapitalize(phrase: str) -> str:
 
 def _is_term(phrase: str) -> bool:
     return not any(word.lower() in _FUNCTION_WORDS for word in phrase.split())
+
+
+def _objects(conjuncts: str, role_without_article: str) -> list[tuple[str, str]]:
+    """(term, role) of each conjunct: a noun after an article, else ``role_without_article``."""
+    pieces = _CONJUNCT.split(conjuncts)  # ["", article or None, term, article or None, term, ...]
+    return [(term, "noun" if article else role_without_article) for article, term in zip(pieces[1::2], pieces[2::2])]
 
 
 def _singular(word: str, nouns: set[str]) -> str:
@@ -71,7 +90,9 @@ def _singular(word: str, nouns: set[str]) -> str:
 def prontoqa_event_terms(text: str) -> list[str]:
     """Event terms of a PrOntoQA text, in order of first appearance: concepts (singular, lowercase), properties
     and named individuals, read from sentences of the forms "Every/Each/All/No X is (not) (a) Y.", "Xs are (not)
-    Y(s).", "Sally is (not) (a) Y." (a leading label such as "True or false:" is ignored). In "Xs are Ys" the
+    Y(s).", "Sally is (not) (a) Y.", "Everything that is (a) X or (a) Y is (a) Z.", where each Y may be terms joined by
+    and / or ("a jompus and a brimpus", "mean or small"); a leading label such as "True or false:" is ignored, and
+    the answer words true / false are never terms. In "Xs are Ys" the
     object is a noun if its singular is a concept seen elsewhere in the text or if it reads as a plural
     (``looks_plural``), else a property. Other sentences are ignored.
     """
@@ -81,13 +102,14 @@ def prontoqa_event_terms(text: str) -> list[str]:
         sentence = _LABEL_PREFIX.sub("", sentence.strip()).rstrip(".!? ")
         if match := _QUANTIFIED.fullmatch(sentence):
             plural = match["verb"].lower() == "are"
-            subject_role = "plural-noun" if plural else "noun"
-            object_role = "noun" if match["article"] else "plural-object" if plural else "property"
-            found = [(match["subject"], subject_role), (match["object"], object_role)]
+            subject = (match["subject"], "plural-noun" if plural else "noun")
+            found = [subject, *_objects(match["objects"], "plural-object" if plural else "property")]
+        elif match := _EVERYTHING.fullmatch(sentence):
+            found = [*_objects(match["conditions"], "property"), *_objects(match["objects"], "property")]
         elif match := _GENERIC_PLURAL.fullmatch(sentence):
-            found = [(_uncapitalize(match["subject"]), "plural-noun"), (match["object"], "plural-object")]
+            found = [(_uncapitalize(match["subject"]), "plural-noun"), *_objects(match["objects"], "plural-object")]
         elif (match := _INDIVIDUAL.fullmatch(sentence)) and not match["subject"][0].islower():  # a name or a number
-            found = [(match["subject"], "individual"), (match["object"], "noun" if match["article"] else "property")]
+            found = [(match["subject"], "individual"), *_objects(match["objects"], "property")]
         else:
             continue
         if all(_is_term(phrase) for phrase, _ in found):
