@@ -268,6 +268,16 @@ def test_prontoqa_terms_follow_the_sentence_patterns():
     ]
 
 
+def test_prontoqa_terms_of_compound_rules_and_never_the_answer_words():
+    text = (
+        "All statements below are true. Every lempus is a jompus and a brimpus. Each wumpus is mean or small. "
+        "Everything that is a zumpus or a rompus is a gorpus. Max is a lempus.\nTrue or false: Max is not small."
+    )
+    assert prontoqa_event_terms(text) == ["lempus", "jompus", "brimpus", "wumpus", "mean", "small", "zumpus", "rompus", "gorpus", "Max"]
+    template = ProntoQAEstimator().estimate(text, " True")  # "true" an event would rename the answer True
+    assert surviving_names(template) == [] and template.completion == " True" and "are true." in template.prompt
+
+
 def test_prontoqa_terms_and_names_in_any_script_are_events():
     text = "Every café is a bücher. Bücher are warm. Zoë is a café. sally is a café.\nTrue or false: Zoë is warm."
     assert prontoqa_event_terms(text) == ["café", "bücher", "warm", "Zoë"]  # a lowercase subject is no name
@@ -362,11 +372,29 @@ def test_terms_that_differ_in_case_are_two_events_and_ignore_case_keeps_plurals(
     assert VocabularyEstimator(terms=["Wumpus"], ignore_case=True).estimate("Wumpuses are big.").prompt == "{e1}s are big."
 
 
+def test_names_are_found_again_with_the_rules_of_the_estimator_that_found_them():
+    # plurals: false leaves "cats" as written; the check for names left in the text took it for the name "cat"
+    template = VocabularyEstimator(terms=["cat"], plurals=False).estimate("Do cats bark? My cat does not.")
+    assert template.prompt == "Do cats bark? My {e1} does not."
+    # an answer is written with the symbols as the completion would be: "paris" under ignore_case is the event PARIS
+    upper = VocabularyEstimator(terms=["PARIS", "LONDON"], ignore_case=True).estimate("Capital of France, Paris or London?")
+    assert render_names("paris", upper, {"e1": "V", "e2": "Q"}) == "V"
+    plain = VocabularyEstimator(terms=["cat"], plurals=False).estimate("Is a cat a pet?")
+    assert render_names("cats", plain, {"e1": "V"}) == "cats"
+
+
+def test_a_longer_term_only_in_the_completion_keeps_the_prompts_event_inside_it():
+    # "red panda" is a term, but the prompt decides the events: the completion's "panda" is the prompt's event
+    template = VocabularyEstimator(terms=["panda", "red panda"]).estimate("Is a panda a bear?", " No, the red panda is not.")
+    assert template.completion == " No, the red {e1} is not." and template.names == {"e1": "panda"}
+    assert template.render({"e1": "V"}) == ("Is a V a bear?", " No, the red V is not.")
+
+
 def test_a_chat_answer_opens_a_sentence_whatever_ends_the_prompt():
     names, mapping = {"e1": "wumpus"}, {"e1": "ozaf"}
     chat = EventTemplate("Tell me one fact about the {e1}", "{e1}s are cold-blooded.", names, completion_is_message=True)
     assert chat.render(mapping) == ("Tell me one fact about the ozaf", "Ozafs are cold-blooded.")
-    assert render_names("wumpus", names, mapping, chat.completion_context) == "Ozaf"
+    assert render_names("wumpus", chat, mapping) == "Ozaf"
 
 
 def test_a_completion_continues_its_prompt_so_only_a_sentence_start_capitalises_its_first_symbol():
@@ -376,8 +404,8 @@ def test_a_completion_continues_its_prompt_so_only_a_sentence_start_capitalises_
     new_sentence = EventTemplate("Which is bigger, the {e1} or the {e2}?", " {e1}.", names)
     assert new_sentence.render(mapping)[1] == " Ozaf."
     # eval writes an answer as training writes the completion after that prompt
-    assert render_names("elephant", names, mapping, mid_sentence.prompt) == "ozaf"
-    assert render_names("elephant", names, mapping, new_sentence.prompt) == "Ozaf"
+    assert render_names("elephant", mid_sentence, mapping) == "ozaf"
+    assert render_names("elephant", new_sentence, mapping) == "Ozaf"
 
 
 def test_the_prontoqa_prompt_decides_the_events_as_at_inference():

@@ -17,7 +17,7 @@ import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -124,13 +124,21 @@ class EventTemplate:
     ``names`` maps each placeholder key ("e1", without braces) to the original name. ``completion`` is
     None at inference, where only the prompt is estimated. A template with empty ``names`` renders the
     row unchanged. ``completion_is_message``: the completion is a message of its own (a chat answer), so its start
-    opens a sentence; otherwise it continues the prompt's text.
+    opens a sentence; otherwise it continues the prompt's text. ``ignore_case`` and ``plurals``: the rules of the
+    ``TermMatcher`` that found the names, which later searches for them (names left in the text, an answer that names
+    an event) follow.
     """
 
     prompt: str
     completion: str | None = None
     names: dict[str, str] = field(default_factory=dict)
     completion_is_message: bool = False
+    ignore_case: bool = False  # how the names are found in text: the estimator's TermMatcher rules
+    plurals: bool = True
+
+    def matcher(self, names: Iterable[str]) -> TermMatcher:
+        """A ``TermMatcher`` of ``names`` with the rules that found this template's names."""
+        return TermMatcher(names, ignore_case=self.ignore_case, plurals=self.plurals)
 
     @property
     def completion_context(self) -> str:
@@ -206,7 +214,7 @@ def surviving_names(template: EventTemplate) -> list[str]:
     text = PLACEHOLDER_PATTERN.sub(" ", template.prompt + "\n" + (template.completion or ""))
     names = list(dict.fromkeys(template.names.values()))
     matchable = [name for name in names if is_matchable(name)]
-    found = {match.term for match in TermMatcher(matchable).find(text)} if matchable else set()
+    found = {match.term for match in template.matcher(matchable).find(text)} if matchable else set()
     return [name for name in names if name in found or (not is_matchable(name) and name.strip() and name in text)]
 
 
@@ -245,6 +253,7 @@ class TermMatcher:
 
     def __init__(self, terms: Iterable[str], *, ignore_case: bool = False, plurals: bool = True):
         self.ignore_case = ignore_case
+        self.plurals = plurals
         cleaned = list(dict.fromkeys(" ".join(term.split()) for term in terms if term.strip()))
         unmatchable = [term for term in cleaned if not is_matchable(term)]
         if unmatchable:
@@ -312,21 +321,23 @@ def substitute_terms(text: str, matcher: TermMatcher, key_of: Callable[[str], st
     return "".join(pieces)
 
 
-def render_names(text: str, names: Mapping[str, str], mapping: Mapping[str, str], before: str = "") -> str:
-    """``text`` (an answer) written as a row's intervention writes its completion: each event name of the row
-    (``names``: key -> name) replaced by the key's symbol in ``mapping``, e.g. "Alice" -> "V"; other text unchanged.
-    ``before``: the row's prompt template, which the answer continues (``render_text``)."""
-    key_of = {name: key for key, name in names.items() if is_matchable(name)}
+def render_names(text: str, template: EventTemplate, mapping: Mapping[str, str]) -> str:
+    """``text`` (an answer) written as the intervention of ``template``'s row writes its completion: each event name
+    of the row, found by the template's matching rules, replaced by its placeholder's symbol in ``mapping``, e.g.
+    "Alice" -> "V"; other text unchanged. The answer continues the prompt as the template's completion does."""
+    key_of = {name: key for key, name in template.names.items() if is_matchable(name)}
     if not key_of:
         return text
-    return render_text(substitute_terms(text, TermMatcher(key_of), key_of.__getitem__), mapping, names, before)
+    placeholders = substitute_terms(text, template.matcher(key_of), key_of.__getitem__)
+    return render_text(placeholders, mapping, template.names, template.completion_context)
 
 
 def template_from_matcher(prompt: str, completion: str | None, matcher: TermMatcher) -> EventTemplate:
     """Replace every term occurrence by its placeholder (``{eN}``, or ``{eN}s`` for a plural), numbered by first
     appearance in the prompt. The prompt decides the events, as at inference, where it is estimated alone: a term
     keeps its placeholder in the completion, and one that occurs only in the completion stays as written ("Where is
-    the Louvre?" -> " In Paris."). The result is validated; ``NoEventsFound`` if no term occurs in the prompt, or if
+    the Louvre?" -> " In Paris."), also where it holds one of the prompt's events ("panda" in the prompt, "red panda"
+    in the completion -> "red {e1}"). The result is validated; ``NoEventsFound`` if no term occurs in the prompt, or if
     the row's own text holds a placeholder's spelling ("'{e1}'.format(x)"), which rendering would replace."""
     if literal := list(dict.fromkeys(PLACEHOLDER_PATTERN.findall(prompt + "\n" + (completion or "")))):
         raise NoEventsFound(
@@ -339,10 +350,13 @@ def template_from_matcher(prompt: str, completion: str | None, matcher: TermMatc
         return placeholder_of.setdefault(term, f"e{len(placeholder_of) + 1}")
 
     prompt_template = substitute_terms(prompt, matcher, key_of)
-    completion_template = None if completion is None else substitute_terms(completion, matcher, placeholder_of.get)
     if not placeholder_of:
         raise NoEventsFound(f"No event term occurs in the row's prompt: {prompt[:200]!r}")
-    template = EventTemplate(prompt_template, completion_template, {key: term for term, key in placeholder_of.items()})
+    names = {key: term for term, key in placeholder_of.items()}
+    template = EventTemplate(prompt_template, None, names, ignore_case=matcher.ignore_case, plurals=matcher.plurals)
+    if completion is not None:  # only the prompt's events: "red panda" there, "panda" in the prompt -> "red {e1}"
+        completion = substitute_terms(completion, template.matcher(placeholder_of), placeholder_of.get)
+    template = replace(template, completion=completion)
     template.validate()
     return template
 

@@ -672,7 +672,7 @@ class CAPTPredictor(LMPredictor):
         interventions = RowInterventions(estimated.templates, pool, self.seed)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
         written = [
-            [render_names(answer, template.names, result.mapping, template.completion_context) for answer in self.answers]
+            [render_names(answer, template, result.mapping) for answer in self.answers]
             for template, result in zip(estimated.templates, results)
         ]
         return [with_text(prompt, result.prompt) for prompt, result in zip(prompts, results)], written
