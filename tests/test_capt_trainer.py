@@ -233,6 +233,12 @@ def test_a_checkpoint_saved_from_a_trl_script_predicts_as_trained(tiny_model, tm
     assert cli.main(["eval", "--config", str(config), "--checkpoint", checkpoint, "--split", f"test={test}", "--output", str(output)]) == 0
     assert json.loads(output.read_text())["results"]["capt"]["answer_prefix"] == " "
     assert "was trained with symbol_pool='nonsense'" in capsys.readouterr().err
+    assert json.loads(output.read_text())["results"]["capt"]["splits"]["test"]["rows_without_events"] == 0
+    # a prompt without events is scored as written: said, and counted, since its accuracy is not CAPT's
+    plain = write_jsonl(tmp_path / "plain.jsonl", [*(json.loads(line) for line in test.read_text().splitlines()), {"prompt": "Is the sky blue?", "answer": "True"}])
+    assert cli.main(["eval", "--config", str(config), "--checkpoint", checkpoint, "--split", f"plain={plain}", "--output", str(output)]) == 0
+    assert "capt: 1 row of 5 in split 'plain' has no event its estimator recognises; it was scored unchanged" in capsys.readouterr().err
+    assert json.loads(output.read_text())["results"]["capt"]["splits"]["plain"]["rows_without_events"] == 1
 
 
 def test_eval_checks_the_llm_endpoint_before_loading_a_model(tiny_model, tmp_path, capsys):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import warnings
 
-from .errors import TrlCausalError, count_rows
+from .errors import TrlCausalError, count_rows, for_count
 
 _python_format_warning = warnings.formatwarning
 SPURIOUS_KINDS = ("platform", "stopword")  # trl_causal.latent_shift.data.SPURIOUS_VALUES, without importing torch
@@ -436,9 +436,19 @@ def _command_eval(args: argparse.Namespace) -> int:
             for name, rows in splits:
                 print(f"trl-causal: {label}: split {name!r}, {count_rows(len(rows))}", file=sys.stderr)  # above its progress bar
                 predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
+                unchanged = getattr(predictor, "rows_without_events", None)  # capt: prompts it found no event in
+                if unchanged:
+                    print(
+                        f"trl-causal: note: {label}: {count_rows(len(unchanged))} of {len(rows)} in split {name!r} "
+                        f"{for_count(len(unchanged), 'has', 'have')} no event its estimator recognises; "
+                        f"{for_count(len(unchanged), 'it was', 'they were')} scored unchanged (rows_without_events in the JSON).",
+                        file=sys.stderr,
+                    )
                 for column, predicted in zip(labels.values(), predictions):
                     predicted = [label_of.get(answer, answer) for answer in predicted]
                     results[column]["splits"][name] = accuracy_report(predicted, gold[name])
+                    if unchanged is not None:
+                        results[column]["splits"][name]["rows_without_events"] = len(unchanged)
                 output.write_text(json.dumps(report, indent=2))  # a finished split survives a later failure or Ctrl-C
     except BaseException:
         if any(result["splits"] for result in results.values()):

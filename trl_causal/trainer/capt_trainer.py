@@ -649,6 +649,7 @@ class CAPTPredictor(LMPredictor):
         self.symbol_pool = symbol_pool
         self.seed = seed
         self.on_no_events = on_no_events
+        self.rows_without_events: list[int] = []  # of the last `prepare`: their prompts went to the model unchanged
 
     def prepare_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
         """Each row's prompt, in its own format, with its events (estimated on the prompt alone) replaced by symbols."""
@@ -664,6 +665,7 @@ class CAPTPredictor(LMPredictor):
             completion_column=None,
             on_no_events=evaluation_policy(self.on_no_events),
         )
+        self.rows_without_events = estimated.no_events
         for row_index, (template, prompt) in enumerate(zip(estimated.templates, prompts)):
             check_message_parts(template, (message_roles(prompt), None), row_index, self.estimator.name)
             # a chat prompt's answer is a message of its own, as training renders chat completions
