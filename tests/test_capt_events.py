@@ -383,6 +383,14 @@ def test_names_are_found_again_with_the_rules_of_the_estimator_that_found_them()
     assert render_names("cats", plain, {"e1": "V"}) == "cats"
 
 
+def test_terms_match_text_whatever_its_unicode_composition():
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "Zoë ordered a café.")
+    template = VocabularyEstimator(terms=["Zoë", "café"]).estimate(decomposed)
+    assert template.prompt == "{e1} ordered a {e2}." and surviving_names(template) == []
+
+
 def test_a_longer_term_only_in_the_completion_keeps_the_prompts_event_inside_it():
     # "red panda" is a term, but the prompt decides the events: the completion's "panda" is the prompt's event
     template = VocabularyEstimator(terms=["panda", "red panda"]).estimate("Is a panda a bear?", " No, the red panda is not.")

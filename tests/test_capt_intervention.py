@@ -40,6 +40,13 @@ def test_letters_give_distinct_symbols_and_one_mapping_for_prompt_and_completion
     assert re.fullmatch(rf"{d} is an? {a}\. {d} is an? {b}\. {d} is {c}\.\nAnswer: True", result.completion)
 
 
+def test_a_shared_name_table_spends_symbols_only_on_the_placeholders_a_row_uses():
+    table = {f"e{i}": f"thing{i}" for i in range(1, 31)}  # 30 names, more than the 26 letters
+    template = EventTemplate("Is {e1} bigger than {e2}?", " {e2}.", table)
+    result = intervene(template, build_symbol_pool("letters"), np.random.default_rng(0))
+    assert set(result.mapping) == {"e1", "e2"} and result.completion == f" {result.mapping['e2']}."
+
+
 def test_same_seed_draw_row_gives_same_text_and_new_draws_give_new_symbols():
     rows = RowInterventions([TEMPLATE, TEMPLATE], build_symbol_pool("letters"), seed=7)
     again = RowInterventions([TEMPLATE, TEMPLATE], build_symbol_pool("letters"), seed=7)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -147,16 +148,16 @@ class EventTemplate:
 
     @property
     def placeholders(self) -> list[str]:
-        """The keys of ``names`` in numeric order: e1, e2, ..., e10."""
-        return sorted(self.names, key=placeholder_index)
+        """The placeholders the text uses, in numeric order: e1, e2, ..., e10 (a name table shared by several rows may
+        name more)."""
+        return sorted(placeholders_in(self.prompt + "\n" + (self.completion or "")), key=placeholder_index)
 
     def render(self, mapping: Mapping[str, str]) -> tuple[str, str | None]:
         """Prompt and completion with every placeholder replaced by ``mapping[key]`` (one mapping for both). A template
         without events is its row's text as written, braces and all."""
         if not self.names:
             return self.prompt, self.completion
-        used = placeholders_in(self.prompt + "\n" + (self.completion or ""))
-        missing = [key for key in used if key not in mapping]
+        missing = [key for key in self.placeholders if key not in mapping]
         if missing:
             raise TemplateError(
                 f"The mapping gives no symbol for {', '.join('{' + key + '}' for key in missing)}; it covers "
@@ -273,7 +274,9 @@ class TermMatcher:
         self._max_words = max((len(WORD_PATTERN.findall(term)) for term in cleaned), default=0)
 
     def _key(self, text: str) -> str:
-        text = " ".join(text.split())
+        """How a spelling is looked up: spaces collapsed, Unicode composed (NFC: a term written "Zoe" + combining
+        diaeresis is the text's "Zoë"), case folded under ``ignore_case``."""
+        text = unicodedata.normalize("NFC", " ".join(text.split()))
         return text.casefold() if self.ignore_case else text
 
     def _case_variants(self, form: str) -> set[str]:
@@ -339,6 +342,8 @@ def template_from_matcher(prompt: str, completion: str | None, matcher: TermMatc
     the Louvre?" -> " In Paris."), also where it holds one of the prompt's events ("panda" in the prompt, "red panda"
     in the completion -> "red {e1}"). The result is validated; ``NoEventsFound`` if no term occurs in the prompt, or if
     the row's own text holds a placeholder's spelling ("'{e1}'.format(x)"), which rendering would replace."""
+    # composed Unicode: "Zoe" + a combining diaeresis (macOS file names, some editors) is the word "Zoë"
+    prompt, completion = (None if text is None else unicodedata.normalize("NFC", text) for text in (prompt, completion))
     if literal := list(dict.fromkeys(PLACEHOLDER_PATTERN.findall(prompt + "\n" + (completion or "")))):
         raise NoEventsFound(
             f"The row's text itself holds {', '.join('{' + key + '}' for key in literal)}, the spelling of CAPT's event "
