@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import base_config, write_config, write_jsonl
 from trl_causal import cli
+from trl_causal.configuration import read_yaml
 from trl_causal.errors import DataError
 from trl_causal.evaluation import LMPredictor, gold_answers, load_checkpoint, parse_answer
 from trl_causal.train import SUMMARY_FILE
@@ -449,3 +450,33 @@ def test_a_stop_midway_keeps_the_splits_already_scored_and_bad_rows_fail_before_
     err = capsys.readouterr().err
     assert "Row 2 of split 'later' has an empty prompt: its 'prompt' is null" in err
     assert not output.exists()  # checked before the first split was scored
+
+
+def test_a_lora_checkpoint_whose_base_moved_loads_onto_the_configs_model(tiny_model, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    config, checkpoint = eval_config(tiny_model, tmp_path, ROWS)
+    shutil.rmtree(checkpoint)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(checkpoint)  # records base
+    AutoTokenizer.from_pretrained(base).save_pretrained(checkpoint)
+    expected = eval_splits(config)
+    moved = base.rename(tmp_path / "moved")  # the base model's new place; the config says where it is now
+    assert eval_splits(str(write_config(Path(config), {**read_yaml(config), "model_name_or_path": str(moved)}))) == expected
+    assert f"the base model that {checkpoint} was trained on, {base}, is not there; loading its adapter onto the config's model {moved}" in capsys.readouterr().err
+    nowhere = write_config(Path(config), {**read_yaml(config), "model_name_or_path": str(tmp_path / "nowhere")})
+    assert cli.main(["eval", "--config", str(nowhere), "--split", "test", "--output", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"was trained on the base model {base} (base_model_name_or_path in its adapter_config.json), which is not there" in err
+    assert "Traceback" not in err
+
+
+def test_a_results_file_that_cannot_be_written_fails_before_any_model_loads(tiny_model, tmp_path, capsys):
+    config, _ = eval_config(tiny_model, tmp_path, ROWS)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert cli.main(["eval", "--config", config, "--split", "test", "--output", str(blocked / "eval.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot make the folder of the results file {blocked / 'eval.json'}" in err and "scored before the stop" not in err

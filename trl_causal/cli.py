@@ -225,13 +225,6 @@ def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     return name, rows.to_list()
 
 
-def _json_value(value):
-    """A setting as the run record stores it (JSON: tuples as lists, enums as their values)."""
-    import json
-
-    return json.loads(json.dumps(value, default=lambda item: getattr(item, "value", str(item))))
-
-
 def _eval_settings(pairs: list[str] | None, runs: dict) -> dict:
     """``--setting KEY=VALUE`` of eval, per checkpoint of ``runs`` {checkpoint: its trainer's run config}: each
     checkpoint takes the settings its config has (a value that reads as JSON is taken as JSON: 40, true, {...}).
@@ -279,19 +272,16 @@ def _checkpoint_args(run, record: dict, overrides: dict | None = None):
     ``overrides`` (eval's ``--setting``) win over both."""
     import dataclasses
 
+    from .configuration import settings_differing
+
     recorded = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
     settings = {**recorded, **(overrides or {})}
-
-    def yaml_value(key):  # a field left None that follows another (latent_shift_seed: seed) as its `<key>_value`
-        value = getattr(run.training_args, key)
-        return getattr(run.training_args, f"{key}_value", None) if value is None else value
-
-    differing = {key: value for key, value in recorded.items() if key not in (overrides or {}) and _json_value(yaml_value(key)) != value}
+    differing = {key: value for key, value in settings_differing(run.training_args, recorded).items() if key not in (overrides or {})}
     if differing:
         print(
             f"trl-causal: note: {record.get('checkpoint', 'the checkpoint')} was trained with "
             + ", ".join(f"{key}={value!r}" for key, value in differing.items())
-            + ", which the YAML sets otherwise; it predicts as trained.",
+            + ", which the YAML sets otherwise; it predicts as trained (--setting KEY=VALUE overrides one).",
             file=sys.stderr,
         )
     if not settings:
@@ -392,7 +382,12 @@ def _command_eval(args: argparse.Namespace) -> int:
         for index, row in enumerate(rows):
             row_prompt(row, index, args.prompt_column, f" of split {name!r}")
     output = Path(args.output or Path(checkpoints[0]) / "eval_results.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrlCausalError(f"Cannot make the folder of the results file {output}: {error}. Pass --output FILE in a folder you can write to.") from None
+    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise TrlCausalError(f"Cannot write the results file {output} (read-only). Pass --output FILE in a folder you can write to.")
     sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
     report = {"answers": answers, "mode": args.mode, "splits": sources, "complete": False, "results": {}}
     results = report["results"]
@@ -403,7 +398,7 @@ def _command_eval(args: argparse.Namespace) -> int:
             # Labels of a checkpoint's verbalizer: one without a verbalizer of its own (a `--compare`d sft baseline) scores
             # the label's answer text, which it learned, and its prediction is read back as the label.
             texts = text_of_label if text_of_label and not hasattr(trainer_cls, "checkpoint_answers") else None
-            model, tokenizer = load_checkpoint(checkpoint)
+            model, tokenizer = load_checkpoint(checkpoint, checkpoint_run.model_args.model_name_or_path)
             predictor = build_predictor(
                 trainer_cls,
                 checkpoint_args[checkpoint],
@@ -451,7 +446,7 @@ def _command_eval(args: argparse.Namespace) -> int:
                         results[column]["splits"][name]["rows_without_events"] = len(unchanged)
                 output.write_text(json.dumps(report, indent=2))  # a finished split survives a later failure or Ctrl-C
     except BaseException:
-        if any(result["splits"] for result in results.values()):
+        if output.is_file() and any(result["splits"] for result in results.values()):
             print(f"trl-causal: the splits scored before the stop are in {output} (\"complete\": false).", file=sys.stderr)
         raise
     report["complete"] = True

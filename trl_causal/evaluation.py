@@ -8,7 +8,9 @@ rewrites each prompt (event estimation + intervention) in ``prepare_prompts`` be
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -351,27 +353,73 @@ def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
     return length
 
 
-def load_checkpoint(checkpoint: str | Path):
-    """Model (in eval mode, on the GPU when there is one) and tokenizer from a full checkpoint or a PEFT adapter directory."""
+def warn_unlike_training(args: Any, saved: dict[str, Any], checkpoint_dir: str | os.PathLike | None) -> None:
+    """A warning naming the settings that ``args`` sets otherwise than the checkpoint was trained with (``saved``, its
+    trainer's ``checkpoint_settings``): a predictor built from a fresh config would predict unlike training."""
+    import warnings
+
+    from .configuration import settings_differing
+
+    if differing := settings_differing(args, saved):
+        warnings.warn(
+            f"{checkpoint_dir} was trained with {', '.join(f'{key}={value!r}' for key, value in differing.items())}; "
+            "the config given sets otherwise, and the predictor follows it. Set these in the config to predict as "
+            "trained (trl-causal eval does so).",
+            stacklevel=3,
+        )
+
+
+def adapter_base(checkpoint: Path, fallback: str | None = None) -> str:
+    """The base model of a PEFT adapter directory: the ``base_model_name_or_path`` that training recorded, or, where
+    that is a local path no longer there (the base moved, or the adapter came from another machine), ``fallback`` (the
+    config's ``model_name_or_path``: a directory or an embedded model's name), with a note; neither there is an error
+    naming both."""
+    recorded = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not os.path.isabs(os.path.expanduser(recorded)) or os.path.isdir(os.path.expanduser(recorded)):
+        return recorded  # a hub id, or a base still where training found it
+    if fallback is not None:
+        from .embedded import resolve_model_name_or_path
+
+        fallback = resolve_model_name_or_path(fallback)  # an embedded model's name: its checkpoint on this machine
+    if fallback is not None and os.path.isdir(fallback):
+        print(
+            f"trl-causal: note: the base model that {checkpoint} was trained on, {recorded}, is not there; loading its "
+            f"adapter onto the config's model {fallback}.",
+            file=sys.stderr,
+        )
+        return fallback
+    raise ConfigError(
+        f"The LoRA adapter in {checkpoint} was trained on the base model {recorded} (base_model_name_or_path in its "
+        "adapter_config.json), which is not there"
+        + (f", nor is the config's model_name_or_path {fallback}" if fallback is not None else "")
+        + ". Set model_name_or_path in the config to where that base model is now."
+    )
+
+
+def load_checkpoint(checkpoint: str | Path, base_model: str | None = None):
+    """Model (in eval mode, on the GPU when there is one) and tokenizer from a full checkpoint or a PEFT adapter
+    directory (loaded onto ``adapter_base``; ``base_model``: the config's model, where the recorded base is gone)."""
     import torch
     import transformers
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise ConfigError(f"Checkpoint directory not found: {checkpoint}. Train first, or pass --checkpoint DIR.")
+    adapter = (checkpoint / "adapter_config.json").is_file()
+    base = adapter_base(checkpoint, base_model) if adapter else None
     try:
-        if (checkpoint / "adapter_config.json").is_file():
+        if adapter:
             from peft import PeftModel
 
-            base = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
             model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base), str(checkpoint))
         else:
             model = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint))
     except Exception as error:  # a truncated weights file (an interrupted copy) gives safetensors' or torch's own error
         first_line = (str(error).strip().splitlines() or [""])[0]
+        loaded = f" (a LoRA adapter on the base model {base})" if adapter else ""
         raise ConfigError(
-            f"Cannot load the checkpoint {checkpoint}: {type(error).__name__}: {first_line}. If its files are incomplete "
-            "or corrupt (an interrupted save or copy), save or copy it again."
+            f"Cannot load the checkpoint {checkpoint}{loaded}: {type(error).__name__}: {first_line}. If its files are "
+            "incomplete or corrupt (an interrupted save or copy), save or copy it again."
         ) from error
     if torch.cuda.is_available():
         model.to("cuda")
