@@ -222,7 +222,8 @@ def test_a_checkpoint_saved_from_a_trl_script_predicts_as_trained(tiny_model, tm
     checkpoint = trainer.args.output_dir
     assert not (tmp_path / "out" / SUMMARY_FILE).exists()
     assert CAPTTrainer.checkpoint_settings(checkpoint)["symbol_pool"] == "nonsense"
-    predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), trainer.model, trainer.processing_class, ["True", "False"], checkpoint_dir=checkpoint)
+    with pytest.warns(UserWarning, match=rf"{checkpoint} was trained with symbol_pool='nonsense'.*the config given sets otherwise, and the predictor follows it"):
+        predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), trainer.model, trainer.processing_class, ["True", "False"], checkpoint_dir=checkpoint)
     assert predictor.answer_prefix == " "
     assert CAPTTrainer.build_predictor(capt_args(tmp_path), trainer.model, trainer.processing_class, ["True"], checkpoint_dir=checkpoint, answer_prefix="").answer_prefix == ""
 

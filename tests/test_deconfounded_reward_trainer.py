@@ -351,6 +351,10 @@ def test_dpo_pairs_are_ranked_by_the_deconfounded_outcome_within_groups(tiny_mod
     sft_config = write_config(tmp_path / "sft.yaml", {**read_yaml(config), "trainer": "sft", "numeric_confounders": None})
     assert cli.main(["dpo-pairs", "--config", str(sft_config), "--output", str(tmp_path / "p.jsonl")]) == 2
     assert f"({sft_config} is a config of trainer 'sft'; dpo-pairs reads a deconfounded_reward config" in capsys.readouterr().err
+    missing = write_config(tmp_path / "missing.yaml", {**read_yaml(config), "model_name_or_path": str(tmp_path / "no-model")})
+    assert cli.main(["dpo-pairs", "--config", str(missing), "--output", str(tmp_path / "p.jsonl"), "--feature_source", "model"]) == 2
+    err = capsys.readouterr().err  # was a hundred lines of tracebacks ending at the Hub
+    assert f"model_name_or_path '{tmp_path / 'no-model'}' is neither a local directory" in err and "Traceback" not in err
     streamed = write_config(tmp_path / "streamed.yaml", {**read_yaml(config), "dataset_streaming": True})
     assert cli.main(["dpo-pairs", "--config", str(streamed), "--output", str(tmp_path / "p.jsonl")]) == 2
     err = capsys.readouterr().err  # was a TypeError traceback from the first numeric column

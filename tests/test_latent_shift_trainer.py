@@ -558,6 +558,12 @@ def test_a_checkpoint_predicts_raw_prompts_with_the_options_it_was_trained_with(
     )
     assert predictor.predict_both(prompts) == predictor.predict_both(rows)
     assert LatentShiftPredictor.from_checkpoint(tmp_path, model, tokenizer, ANSWERS, phi_samples=5).phi_samples == 5
+    # a predictor built from a config that differs from training says so
+    with pytest.warns(UserWarning, match=r"was trained with phi_samples=3, phi_source='batch', latent_shift_seed=7"):
+        LatentShiftTrainer.build_predictor(LatentShiftConfig(**cpu_training_args(tmp_path / "fresh"), label_column="label"), model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path))
+    (tmp_path / HEADS_FILE).unlink()  # a copy that left the heads behind is no other trainer's checkpoint
+    with pytest.raises(ConfigError, match=rf"lacks {HEADS_FILE}, which the latent_shift trainer saves beside .*: the folder is incomplete"):
+        LatentShiftPredictor.from_checkpoint(tmp_path, model, tokenizer, ANSWERS)
 
 
 def test_rows_without_prompt_tokens_fail_before_training_naming_the_rows(tiny_model, tmp_path):

@@ -536,6 +536,22 @@ def check_reporting_packages(report_to: list[str] | str | None, source: str) -> 
         )
 
 
+def recorded_form(value: Any) -> Any:
+    """A setting as the run record stores it (JSON: tuples as lists, enums as their values)."""
+    return json.loads(json.dumps(value, default=lambda item: getattr(item, "value", str(item))))
+
+
+def settings_differing(args: Any, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The recorded method settings (``method_settings``) that ``args`` sets otherwise, {key: recorded value}; a field
+    left None that follows another (``latent_shift_seed``: ``seed``) counts as its ``<key>_value``."""
+
+    def value_of(key: str) -> Any:
+        value = getattr(args, key)
+        return getattr(args, f"{key}_value", None) if value is None else value
+
+    return {key: value for key, value in recorded.items() if hasattr(args, key) and recorded_form(value_of(key)) != value}
+
+
 def method_settings(args) -> dict:
     """The fields that a trainer's config adds to the TRL config it extends (CAPT's estimator and symbol pool,
     latent_shift's draws, ...), as JSON values: with the trainer's name they tell eval how the checkpoint predicts.

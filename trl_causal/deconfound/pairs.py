@@ -188,10 +188,11 @@ def _model_features(run, rows):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from ..embedded import resolve_model_name_or_path
+    from ..embedded import check_model_source, resolve_model_name_or_path
     from ..trainer.deconfounded_reward_trainer import text_features, tokenize_rows
 
     args = run.training_args
+    check_model_source(run.model_args.model_name_or_path, run.model_args.model_revision, args.trust_remote_code)
     path = resolve_model_name_or_path(run.model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(
         path, revision=run.model_args.model_revision, trust_remote_code=args.trust_remote_code

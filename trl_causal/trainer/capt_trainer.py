@@ -36,7 +36,7 @@ from ..capt import (
 from ..configuration import method_settings
 from ..data import check_split_types, named_splits
 from ..errors import ConfigError, DataError, describe_rows, for_count
-from ..evaluation import LMPredictor, Prompt, chat_template_kwargs, common_prefix_length, training_answer_prefix
+from ..evaluation import LMPredictor, Prompt, chat_template_kwargs, common_prefix_length, training_answer_prefix, warn_unlike_training
 from ..paths import read_checkpoint_file, write_checkpoint_file
 from .capt_config import CAPTConfig
 from .zero3 import whole_model_loading
@@ -603,6 +603,8 @@ class CAPTTrainer(SFTTrainer):
         ``checkpoint_dir`` by training are the pool (else the names of the rows of each predict call); the checkpoint's
         answer prefix is the predictor's. ``kwargs`` go to ``CAPTPredictor`` (batch_size, max_new_tokens,
         prompt_column, answer_prefix)."""
+        if checkpoint_dir is not None:
+            warn_unlike_training(args, cls.checkpoint_settings(checkpoint_dir), checkpoint_dir)
         symbol_pool = args.symbol_pool
         if "answer_prefix" not in kwargs:  # rows without a completion: their answers follow what training put first
             kwargs["answer_prefix"] = (read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}).get("answer_prefix")

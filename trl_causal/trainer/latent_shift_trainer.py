@@ -35,7 +35,7 @@ from trl.trainer.utils import entropy_from_logits
 
 from ..data import check_columns, check_split_types, named_splits
 from ..errors import ConfigError, DataError, count_rows, describe_rows
-from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_prefix
+from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_prefix, warn_unlike_training
 from ..paths import read_checkpoint_file, write_checkpoint_file
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
@@ -578,6 +578,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         """
         if checkpoint_dir is None:
             raise ConfigError("latent_shift predicts with the heads saved in a checkpoint: pass its directory.")
+        warn_unlike_training(args, cls.checkpoint_settings(checkpoint_dir), checkpoint_dir)
         settings = dict(phi_samples=args.phi_samples, phi_source=args.phi_source, seed=args.latent_shift_seed_value)
         settings.update(kwargs)
         return LatentShiftPredictor.from_checkpoint(checkpoint_dir, model, tokenizer, answers, mode=mode, **settings)
@@ -650,10 +651,13 @@ class LatentShiftPredictor(LMPredictor):
         which also gives the options training used (answer prefix, Phi' draws, seed, truncation); ``kwargs`` win."""
         paths = [os.path.join(checkpoint_dir, name) for name in (LATENT_SHIFT_FILE, HEADS_FILE)]
         missing = [path for path in paths if not os.path.isfile(path)]
-        if missing:
+        if len(missing) == len(paths):
+            raise ConfigError(f"{checkpoint_dir} lacks {', '.join(map(os.path.basename, missing))}: it was not saved by the latent_shift trainer.")
+        if missing:  # the trainer saves both: a copy left one behind
             raise ConfigError(
-                f"{checkpoint_dir} lacks {', '.join(map(os.path.basename, missing))}: it was not saved by the "
-                "latent_shift trainer."
+                f"{checkpoint_dir} lacks {os.path.basename(missing[0])}, which the latent_shift trainer saves beside "
+                f"{os.path.basename(next(path for path in paths if path not in missing))}: the folder is incomplete (a "
+                "partial copy?). Copy it again from where training saved it."
             )
         description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE)
         heads = LatentShiftHeads.from_config(description["heads"])
