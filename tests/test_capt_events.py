@@ -381,6 +381,14 @@ def test_names_are_found_again_with_the_rules_of_the_estimator_that_found_them()
     assert render_names("paris", upper, {"e1": "V", "e2": "Q"}) == "V"
     plain = VocabularyEstimator(terms=["cat"], plurals=False).estimate("Is a cat a pet?")
     assert render_names("cats", plain, {"e1": "V"}) == "cats"
+    # a name table shared by rows names events this row does not use: an answer naming one stays as written
+    shared = EventTemplate("Is {e1} taller than {e2}?", None, {"e1": "Alice", "e2": "Bob", "e3": "Carol"})
+    assert [render_names(answer, shared, {"e1": "V", "e2": "Q"}) for answer in ("Bob", "Carol")] == ["Q", "Carol"]
+    # an answer in decomposed Unicode names the event as the composed text that estimation read
+    import unicodedata
+
+    zoe = VocabularyEstimator(terms=["Zoë"]).estimate(unicodedata.normalize("NFD", "Is Zoë here?"))
+    assert render_names(unicodedata.normalize("NFD", "Zoë"), zoe, {"e1": "V"}) == "V"
 
 
 def test_terms_match_text_whatever_its_unicode_composition():

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import shutil
+import warnings
 
 import datasets
 import pytest
@@ -235,6 +236,10 @@ def test_a_checkpoint_saved_from_a_trl_script_predicts_as_trained(tiny_model, tm
     assert json.loads(output.read_text())["results"]["capt"]["answer_prefix"] == " "
     assert "was trained with symbol_pool='nonsense'" in capsys.readouterr().err
     assert json.loads(output.read_text())["results"]["capt"]["splits"]["test"]["rows_without_events"] == 0
+    with warnings.catch_warnings(record=True) as caught:  # eval's --setting is said in its note, not as a warning
+        warnings.simplefilter("always")
+        assert cli.main(["eval", "--config", str(config), "--checkpoint", checkpoint, "--split", f"test={test}", "--output", str(output), "--setting", "symbol_pool=letters"]) == 0
+    assert not [w for w in caught if "sets otherwise" in str(w.message)]
     # a prompt without events is scored as written: said, and counted, since its accuracy is not CAPT's
     plain = write_jsonl(tmp_path / "plain.jsonl", [*(json.loads(line) for line in test.read_text().splitlines()), {"prompt": "Is the sky blue?", "answer": "True"}])
     assert cli.main(["eval", "--config", str(config), "--checkpoint", checkpoint, "--split", f"plain={plain}", "--output", str(output)]) == 0

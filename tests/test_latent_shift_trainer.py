@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -243,7 +244,10 @@ def test_label_smoothing_applies_to_l_sft_as_sft_applies_it(tiny_model, tmp_path
     settings = dict(max_steps=1, per_device_train_batch_size=4, learning_rate=1e-2, lr_scheduler_type="constant", label_smoothing_factor=0.5)
     sft = SFTTrainer(model=str(tiny_model), args=SFTConfig(**cpu_training_args(tmp_path / "sft", **settings)), train_dataset=Dataset.from_list(rows))
     sft.train()
-    smoothed = make_trainer(tiny_model, tmp_path / "smoothed", rows=rows, label_smoothing_factor=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        smoothed = make_trainer(tiny_model, tmp_path / "smoothed", rows=rows, label_smoothing_factor=0.5)
+    assert not [w for w in caught if "label_smoothing_factor" in str(w.message)]  # TRL's "extra forward pass": not here
     smoothed.train()
     plain = make_trainer(tiny_model, tmp_path / "plain", rows=rows)
     plain.train()
@@ -561,7 +565,12 @@ def test_a_checkpoint_predicts_raw_prompts_with_the_options_it_was_trained_with(
     # a predictor built from a config that differs from training says so
     with pytest.warns(UserWarning, match=r"was trained with phi_samples=3, phi_source='batch', latent_shift_seed=7"):
         LatentShiftTrainer.build_predictor(LatentShiftConfig(**cpu_training_args(tmp_path / "fresh"), label_column="label"), model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path))
-    (tmp_path / HEADS_FILE).unlink()  # a copy that left the heads behind is no other trainer's checkpoint
+    other = tmp_path / "other"  # heads alone (deconfounded_reward's covariate head has that file too): not latent_shift's
+    other.mkdir()
+    (other / HEADS_FILE).write_bytes((tmp_path / HEADS_FILE).read_bytes())
+    with pytest.raises(ConfigError, match="it was not saved by the latent_shift trainer"):
+        LatentShiftPredictor.from_checkpoint(other, model, tokenizer, ANSWERS)
+    (tmp_path / HEADS_FILE).unlink()  # a copy that left the heads behind
     with pytest.raises(ConfigError, match=rf"lacks {HEADS_FILE}, which the latent_shift trainer saves beside .*: the folder is incomplete"):
         LatentShiftPredictor.from_checkpoint(tmp_path, model, tokenizer, ANSWERS)
 

@@ -386,6 +386,8 @@ def _command_eval(args: argparse.Namespace) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise TrlCausalError(f"Cannot make the folder of the results file {output}: {error}. Pass --output FILE in a folder you can write to.") from None
+    if output.is_dir():
+        raise TrlCausalError(f"--output {output} is a folder; eval writes one JSON file: name it, e.g. --output {output / 'eval_results.json'}.")
     if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise TrlCausalError(f"Cannot write the results file {output} (read-only). Pass --output FILE in a folder you can write to.")
     sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
@@ -399,15 +401,17 @@ def _command_eval(args: argparse.Namespace) -> int:
             # the label's answer text, which it learned, and its prediction is read back as the label.
             texts = text_of_label if text_of_label and not hasattr(trainer_cls, "checkpoint_answers") else None
             model, tokenizer = load_checkpoint(checkpoint, checkpoint_run.model_args.model_name_or_path)
-            predictor = build_predictor(
-                trainer_cls,
-                checkpoint_args[checkpoint],
-                model,
-                tokenizer,
-                [texts[answer] for answer in answers] if texts else answers,
-                args.mode,
-                checkpoint,
-            )
+            with warnings.catch_warnings():  # its settings are the checkpoint's, but for --setting, said above
+                warnings.filterwarnings("ignore", message=".* the config given sets otherwise, and the predictor follows it")
+                predictor = build_predictor(
+                    trainer_cls,
+                    checkpoint_args[checkpoint],
+                    model,
+                    tokenizer,
+                    [texts[answer] for answer in answers] if texts else answers,
+                    args.mode,
+                    checkpoint,
+                )
             predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
             if predictor.answer_prefix is None and record.get("answer_prefix") is not None:
                 predictor.answer_prefix = record["answer_prefix"]  # rows without a completion: as training wrote answers

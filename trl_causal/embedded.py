@@ -165,6 +165,11 @@ def resolve_model_name_or_path(value: str) -> str:
     return value
 
 
+def looks_like_a_path(value: str) -> bool:
+    """Whether a model name can only be a local path: a hub id is NAME or ORG/NAME."""
+    return value.startswith((".", "/", "~")) or value.count("/") > 1
+
+
 def check_model_source(value: str, revision: str | None = None, trust_remote_code: bool = False) -> None:
     """Fail before training starts when ``model_name_or_path`` is neither an embedded model, a local directory, nor a
     model whose config the hub (or its cache) gives; a near miss of an embedded name gets a suggestion."""
@@ -172,7 +177,7 @@ def check_model_source(value: str, revision: str | None = None, trust_remote_cod
         return
     where = f"neither a local directory (resolved to {os.path.abspath(os.path.expanduser(value))}) nor an embedded model"
     close = difflib.get_close_matches(value, EMBEDDED_MODELS, n=1, cutoff=0.6)
-    if close or value.startswith((".", "/", "~")) or value.count("/") > 1:  # a hub id is NAME or ORG/NAME
+    if close or looks_like_a_path(value):
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model_name_or_path {value!r} is {where}.{hint} Embedded: {', '.join(sorted(EMBEDDED_MODELS))}.")
     import transformers

@@ -374,14 +374,14 @@ def adapter_base(checkpoint: Path, fallback: str | None = None) -> str:
     that is a local path no longer there (the base moved, or the adapter came from another machine), ``fallback`` (the
     config's ``model_name_or_path``: a directory or an embedded model's name), with a note; neither there is an error
     naming both."""
-    recorded = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if not os.path.isabs(os.path.expanduser(recorded)) or os.path.isdir(os.path.expanduser(recorded)):
-        return recorded  # a hub id, or a base still where training found it
-    if fallback is not None:
-        from .embedded import resolve_model_name_or_path
+    from .embedded import looks_like_a_path, resolve_model_name_or_path
 
+    recorded = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if os.path.isdir(os.path.expanduser(recorded)) or not looks_like_a_path(recorded):
+        return recorded  # a base still where training found it, or a hub id
+    if fallback is not None:
         fallback = resolve_model_name_or_path(fallback)  # an embedded model's name: its checkpoint on this machine
-    if fallback is not None and os.path.isdir(fallback):
+    if fallback is not None and (os.path.isdir(fallback) or not looks_like_a_path(fallback)):
         print(
             f"trl-causal: note: the base model that {checkpoint} was trained on, {recorded}, is not there; loading its "
             f"adapter onto the config's model {fallback}.",

@@ -328,9 +328,11 @@ def render_names(text: str, template: EventTemplate, mapping: Mapping[str, str])
     """``text`` (an answer) written as the intervention of ``template``'s row writes its completion: each event name
     of the row, found by the template's matching rules, replaced by its placeholder's symbol in ``mapping``, e.g.
     "Alice" -> "V"; other text unchanged. The answer continues the prompt as the template's completion does."""
-    key_of = {name: key for key, name in template.names.items() if is_matchable(name)}
+    # the events the row's symbols stand for: a shared name table may name others, which stay as written
+    key_of = {name: key for key, name in template.names.items() if is_matchable(name) and key in mapping}
     if not key_of:
         return text
+    text = unicodedata.normalize("NFC", text)  # as the row's text was read (template_from_matcher)
     placeholders = substitute_terms(text, template.matcher(key_of), key_of.__getitem__)
     return render_text(placeholders, mapping, template.names, template.completion_context)
 

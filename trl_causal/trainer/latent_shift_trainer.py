@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -284,7 +285,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         train_dataset, eval_dataset = self._settle_labels(args, train_dataset, eval_dataset)
         prefix = training_answer_prefix(train_dataset) or ""
 
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        with warnings.catch_warnings():  # TRL's warning of an extra forward pass: L_SFT here smooths its own logits
+            warnings.filterwarnings("ignore", message="`label_smoothing_factor` is deprecated in `SFTTrainer`", category=FutureWarning)
+            super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         check_answer_tokens(getattr(self.processing_class, "tokenizer", self.processing_class), self.verbalizer, prefix)
         loaded = named_splits(train_dataset, eval_dataset)
         for name, prepared in named_splits(self.train_dataset, self.eval_dataset).items():
@@ -651,14 +654,13 @@ class LatentShiftPredictor(LMPredictor):
         which also gives the options training used (answer prefix, Phi' draws, seed, truncation); ``kwargs`` win."""
         paths = [os.path.join(checkpoint_dir, name) for name in (LATENT_SHIFT_FILE, HEADS_FILE)]
         missing = [path for path in paths if not os.path.isfile(path)]
-        if len(missing) == len(paths):
-            raise ConfigError(f"{checkpoint_dir} lacks {', '.join(map(os.path.basename, missing))}: it was not saved by the latent_shift trainer.")
-        if missing:  # the trainer saves both: a copy left one behind
+        if missing == paths[1:]:  # its own description is there: a copy left the heads behind
             raise ConfigError(
-                f"{checkpoint_dir} lacks {os.path.basename(missing[0])}, which the latent_shift trainer saves beside "
-                f"{os.path.basename(next(path for path in paths if path not in missing))}: the folder is incomplete (a "
-                "partial copy?). Copy it again from where training saved it."
+                f"{checkpoint_dir} lacks {HEADS_FILE}, which the latent_shift trainer saves beside {LATENT_SHIFT_FILE}: "
+                "the folder is incomplete (a partial copy?). Copy it again from where training saved it."
             )
+        if missing:
+            raise ConfigError(f"{checkpoint_dir} lacks {', '.join(map(os.path.basename, missing))}: it was not saved by the latent_shift trainer.")
         description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE)
         heads = LatentShiftHeads.from_config(description["heads"])
         heads.load_state_dict(load_file(paths[1]))
