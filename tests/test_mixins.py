@@ -61,6 +61,18 @@ def test_weight_column_reaches_the_loss(tiny_model, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in trainer.model.named_parameters())
 
 
+def test_the_example_plugin_applies_label_smoothing_as_sft_does(tiny_model, tmp_path):
+    """Weights of 1: the weighted loss is SFT's, label smoothing included (it was silently ignored)."""
+    rows = Dataset.from_dict(dict(ROWS, weight=[1.0] * 4))
+    settings = dict(per_device_train_batch_size=4, label_smoothing_factor=0.5)
+    losses = []
+    for cls, trainer_cls in ((WeightedSFTConfig, WeightedSFTTrainer), (SFTConfig, SFTTrainer)):
+        trainer = trainer_cls(model=str(tiny_model), args=sgd_args(tmp_path / cls.__name__, cls, **settings), train_dataset=rows)
+        trainer.train()
+        losses.append(trainer.state.log_history[0]["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 class ProbeHead(nn.Module):
     def __init__(self, hidden_size: int):
         super().__init__()

@@ -49,7 +49,7 @@ class WeightedSFTTrainer(CausalLossMixin, ExtraColumnsMixin, SFTTrainer):
         weights = self.pop_extra_columns(inputs)[self.args.weight_column].float()
         labels = inputs.pop("labels")
         outputs = model(**inputs, use_cache=False)
-        token_losses, mask = causal_lm_token_losses(outputs.logits, labels)
+        token_losses, mask = causal_lm_token_losses(outputs.logits, labels, self.args.label_smoothing_factor)
         loss_sum = (token_losses.sum(dim=1) * weights.to(token_losses.device)).sum()
         loss = self.token_mean(loss_sum, mask.sum(), num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
