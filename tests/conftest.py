@@ -117,6 +117,10 @@ def reward_data(tmp_path) -> Path:
 
 def cpu_training_args(output_dir: Path, **overrides) -> dict:
     """TrainingArguments fields for a few fast, deterministic CPU steps."""
+    from transformers import TrainingArguments
+
+    # activation_checkpointing in recent transformers releases, gradient_checkpointing in the oldest this package admits
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
     settings = {
         "output_dir": str(output_dir),
         "max_steps": 2,
@@ -127,7 +131,7 @@ def cpu_training_args(output_dir: Path, **overrides) -> dict:
         "report_to": "none",
         "bf16": False,
         "use_cpu": True,
-        "activation_checkpointing": False,
+        checkpointing: False,
         "dataloader_num_workers": 0,
         "seed": 0,
     }

@@ -478,3 +478,12 @@ def test_the_final_evaluation_is_the_one_of_the_last_step_unless_the_best_model_
     assert len(trainer.state.log_history) == logged + new_evaluations
     last = [log for log in trainer.state.log_history if "eval_loss" in log][-1]
     assert last["step"] == 4 and metrics["eval_loss"] == last["eval_loss"] and metrics["epoch"] == last["epoch"]
+
+
+def test_activation_checkpointing_is_read_as_gradient_checkpointing_where_transformers_lacks_the_new_name():
+    from trl_causal.configuration import with_checkpointing_name
+
+    pairs = [("activation_checkpointing", False), ("max_steps", 2)]
+    older = {"gradient_checkpointing": bool, "max_steps": int}  # transformers 5.20's fields
+    assert with_checkpointing_name(pairs, older) == [("gradient_checkpointing", False), ("max_steps", 2)]
+    assert with_checkpointing_name(pairs, {**older, "activation_checkpointing": bool}) == pairs

@@ -404,6 +404,15 @@ def resolve_accelerate_config(value: str) -> str:
     return str(candidate)
 
 
+def with_checkpointing_name(pairs: list[tuple[str, Any]], field_types: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(key, value) pairs with ``activation_checkpointing`` (the name of recent transformers 5 releases, which the
+    example configs use) as ``gradient_checkpointing`` where the installed transformers has only that older name
+    (5.20, the oldest this package admits)."""
+    if "activation_checkpointing" in field_types or "gradient_checkpointing" not in field_types:
+        return pairs
+    return [("gradient_checkpointing" if key == "activation_checkpointing" else key, value) for key, value in pairs]
+
+
 def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConfig:
     """Parse ``--config cfg.yaml`` plus ``--key value`` overrides (overrides win over the YAML).
 
@@ -432,6 +441,8 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
 
     classes = dataclass_types(spec)
     field_types = config_field_types(classes)
+    yaml_values = dict(with_checkpointing_name(list(yaml_values.items()), field_types))
+    cli = with_checkpointing_name(cli, field_types)
     launch_keys = accelerate_launch_keys() - set(field_types)
     known = set(field_types) | launch_keys | {TRAINER_KEY, ENV_KEY}
 
