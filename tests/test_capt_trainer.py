@@ -225,6 +225,11 @@ def test_a_checkpoint_saved_from_a_trl_script_predicts_as_trained(tiny_model, tm
     assert CAPTTrainer.checkpoint_settings(checkpoint)["symbol_pool"] == "nonsense"
     with pytest.warns(UserWarning, match=rf"{checkpoint} was trained with symbol_pool='nonsense'.*the config given sets otherwise, and the predictor follows it"):
         predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), trainer.model, trainer.processing_class, ["True", "False"], checkpoint_dir=checkpoint)
+    with warnings.catch_warnings(record=True) as caught:  # settings only training reads are no prediction's concern
+        warnings.simplefilter("always")
+        same = dataclasses.replace(capt_args(tmp_path), symbol_pool="nonsense", event_estimator="prontoqa", capt_prompt_loss=True, on_no_events="drop")
+        CAPTTrainer.build_predictor(same, trainer.model, trainer.processing_class, ["True", "False"], checkpoint_dir=checkpoint)
+    assert not [w for w in caught if "sets otherwise" in str(w.message)]
     assert predictor.answer_prefix == " "
     assert CAPTTrainer.build_predictor(capt_args(tmp_path), trainer.model, trainer.processing_class, ["True"], checkpoint_dir=checkpoint, answer_prefix="").answer_prefix == ""
 

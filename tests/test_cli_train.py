@@ -487,3 +487,5 @@ def test_activation_checkpointing_is_read_as_gradient_checkpointing_where_transf
     older = {"gradient_checkpointing": bool, "max_steps": int}  # transformers 5.20's fields
     assert with_checkpointing_name(pairs, older) == [("gradient_checkpointing", False), ("max_steps", 2)]
     assert with_checkpointing_name(pairs, {**older, "activation_checkpointing": bool}) == pairs
+    both = [("activation_checkpointing", False), ("gradient_checkpointing", True)]  # the newer name wins, on any version
+    assert with_checkpointing_name(both, older) == [("gradient_checkpointing", False)]

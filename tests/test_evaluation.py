@@ -467,13 +467,14 @@ def test_a_lora_checkpoint_whose_base_moved_loads_onto_the_configs_model(tiny_mo
     assert eval_splits(str(write_config(Path(config), {**read_yaml(config), "model_name_or_path": str(moved)}))) == expected
     assert f"the base model that {checkpoint} was trained on, {base}, is not there; loading its adapter onto the config's model {moved}" in capsys.readouterr().err
     adapter_config = json.loads((Path(checkpoint) / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = "./gone/base"  # a TRL script's relative path, from elsewhere
-    (Path(checkpoint) / "adapter_config.json").write_text(json.dumps(adapter_config))
-    assert eval_splits(config) == expected and "./gone/base, is not there; loading its adapter onto the config's model" in capsys.readouterr().err
+    for gone in ("./gone/base", "gone-base", "C:\\models\\base"):  # relative paths of a TRL script; another OS's
+        adapter_config["base_model_name_or_path"] = gone
+        (Path(checkpoint) / "adapter_config.json").write_text(json.dumps(adapter_config))
+        assert eval_splits(config) == expected and f"{gone}, is not there; loading its adapter onto the config's model" in capsys.readouterr().err
     nowhere = write_config(Path(config), {**read_yaml(config), "model_name_or_path": str(tmp_path / "nowhere")})
     assert cli.main(["eval", "--config", str(nowhere), "--split", "test", "--output", str(tmp_path / "e.json")]) == 2
     err = capsys.readouterr().err
-    assert "was trained on the base model ./gone/base (base_model_name_or_path in its adapter_config.json), which is not there" in err
+    assert "was trained on the base model C:\\models\\base (base_model_name_or_path in its adapter_config.json), which is not there" in err
     assert "Traceback" not in err
 
 

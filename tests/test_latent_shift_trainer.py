@@ -563,8 +563,13 @@ def test_a_checkpoint_predicts_raw_prompts_with_the_options_it_was_trained_with(
     assert predictor.predict_both(prompts) == predictor.predict_both(rows)
     assert LatentShiftPredictor.from_checkpoint(tmp_path, model, tokenizer, ANSWERS, phi_samples=5).phi_samples == 5
     # a predictor built from a config that differs from training says so
+    fresh = LatentShiftConfig(**cpu_training_args(tmp_path / "fresh"), label_column="label")
     with pytest.warns(UserWarning, match=r"was trained with phi_samples=3, phi_source='batch', latent_shift_seed=7"):
-        LatentShiftTrainer.build_predictor(LatentShiftConfig(**cpu_training_args(tmp_path / "fresh"), label_column="label"), model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path))
+        LatentShiftTrainer.build_predictor(fresh, model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:  # kwargs that give the trained settings back: nothing to say
+        warnings.simplefilter("always")
+        LatentShiftTrainer.build_predictor(fresh, model, tokenizer, ANSWERS, checkpoint_dir=str(tmp_path), phi_samples=3, phi_source="batch", seed=7)
+    assert not [w for w in caught if "sets otherwise" in str(w.message)]
     other = tmp_path / "other"  # heads alone (deconfounded_reward's covariate head has that file too): not latent_shift's
     other.mkdir()
     (other / HEADS_FILE).write_bytes((tmp_path / HEADS_FILE).read_bytes())

@@ -410,6 +410,8 @@ def with_checkpointing_name(pairs: list[tuple[str, Any]], field_types: dict[str,
     (5.20, the oldest this package admits)."""
     if "activation_checkpointing" in field_types or "gradient_checkpointing" not in field_types:
         return pairs
+    if any(key == "activation_checkpointing" for key, _ in pairs):  # the new name wins, as in newer transformers
+        pairs = [(key, value) for key, value in pairs if key != "gradient_checkpointing"]
     return [("gradient_checkpointing" if key == "activation_checkpointing" else key, value) for key, value in pairs]
 
 

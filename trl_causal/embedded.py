@@ -8,6 +8,7 @@ import difflib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,8 +167,8 @@ def resolve_model_name_or_path(value: str) -> str:
 
 
 def looks_like_a_path(value: str) -> bool:
-    """Whether a model name can only be a local path: a hub id is NAME or ORG/NAME."""
-    return value.startswith((".", "/", "~")) or value.count("/") > 1
+    """Whether a model name can only be a local path: a hub id is NAME or ORG/NAME (no backslash, no drive letter)."""
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or "\\" in value or bool(re.match(r"[A-Za-z]:", value))
 
 
 def check_model_source(value: str, revision: str | None = None, trust_remote_code: bool = False) -> None:

@@ -370,18 +370,26 @@ def warn_unlike_training(args: Any, saved: dict[str, Any], checkpoint_dir: str |
 
 
 def adapter_base(checkpoint: Path, fallback: str | None = None) -> str:
-    """The base model of a PEFT adapter directory: the ``base_model_name_or_path`` that training recorded, or, where
-    that is a local path no longer there (the base moved, or the adapter came from another machine), ``fallback`` (the
-    config's ``model_name_or_path``: a directory or an embedded model's name), with a note; neither there is an error
-    naming both."""
+    """The base model of a PEFT adapter directory: the ``base_model_name_or_path`` that training recorded, where it is
+    a local directory or a model the hub (or its cache) gives; else (the base moved, or the adapter came from another
+    machine) ``fallback``, the config's ``model_name_or_path`` (a directory, an embedded model's name or a hub id),
+    with a note; neither there is an error naming both."""
+    import transformers
+
     from .embedded import looks_like_a_path, resolve_model_name_or_path
 
     recorded = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if os.path.isdir(os.path.expanduser(recorded)) or not looks_like_a_path(recorded):
-        return recorded  # a base still where training found it, or a hub id
+    if os.path.isdir(os.path.expanduser(recorded)):
+        return recorded
+    if not looks_like_a_path(recorded):
+        try:
+            transformers.AutoConfig.from_pretrained(recorded)
+            return recorded  # a hub id that the hub or its cache gives
+        except (OSError, ValueError):
+            pass
     if fallback is not None:
         fallback = resolve_model_name_or_path(fallback)  # an embedded model's name: its checkpoint on this machine
-    if fallback is not None and (os.path.isdir(fallback) or not looks_like_a_path(fallback)):
+    if fallback is not None and (os.path.isdir(fallback) or not looks_like_a_path(fallback) and fallback != recorded):
         print(
             f"trl-causal: note: the base model that {checkpoint} was trained on, {recorded}, is not there; loading its "
             f"adapter onto the config's model {fallback}.",

@@ -406,6 +406,8 @@ def report_cut_completions(cut: Sequence[int], total: int, setting: str, fix: st
 SYMBOL_POOL_FILE = "capt_symbol_pool.json"
 # how a checkpoint predicts, for one without trl-causal's run record (trained from a TRL script or Axolotl)
 PREDICTION_FILE = "trl_causal_capt.json"
+# the method settings that CAPT's prediction reads
+PREDICTION_SETTINGS = ("event_estimator", "event_estimator_kwargs", "symbol_pool", "intervention_seed")
 
 
 def save_prediction_files(directory: str, args: CAPTConfig, symbol_pool, answer_prefix: str | None) -> None:
@@ -603,8 +605,12 @@ class CAPTTrainer(SFTTrainer):
         ``checkpoint_dir`` by training are the pool (else the names of the rows of each predict call); the checkpoint's
         answer prefix is the predictor's. ``kwargs`` go to ``CAPTPredictor`` (batch_size, max_new_tokens,
         prompt_column, answer_prefix)."""
-        if checkpoint_dir is not None:
-            warn_unlike_training(args, cls.checkpoint_settings(checkpoint_dir), checkpoint_dir)
+        if checkpoint_dir is not None:  # the settings prediction reads (not capt_prompt_loss; on_no_events as eval reads it)
+            saved = cls.checkpoint_settings(checkpoint_dir)
+            compared = {key: saved[key] for key in PREDICTION_SETTINGS if key in saved}
+            if "on_no_events" in saved and evaluation_policy(saved["on_no_events"]) != evaluation_policy(args.on_no_events):
+                compared["on_no_events"] = saved["on_no_events"]
+            warn_unlike_training(args, compared, checkpoint_dir)
         symbol_pool = args.symbol_pool
         if "answer_prefix" not in kwargs:  # rows without a completion: their answers follow what training put first
             kwargs["answer_prefix"] = (read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}).get("answer_prefix")

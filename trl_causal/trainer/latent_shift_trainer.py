@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +39,7 @@ from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_p
 from ..paths import read_checkpoint_file, write_checkpoint_file
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
-from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses
+from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses, smoothing_own_logits
 from .zero3 import reload_pretrained
 
 logger = logging.get_logger(__name__)
@@ -285,8 +284,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         train_dataset, eval_dataset = self._settle_labels(args, train_dataset, eval_dataset)
         prefix = training_answer_prefix(train_dataset) or ""
 
-        with warnings.catch_warnings():  # TRL's warning of an extra forward pass: L_SFT here smooths its own logits
-            warnings.filterwarnings("ignore", message="`label_smoothing_factor` is deprecated in `SFTTrainer`", category=FutureWarning)
+        with smoothing_own_logits():
             super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         check_answer_tokens(getattr(self.processing_class, "tokenizer", self.processing_class), self.verbalizer, prefix)
         loaded = named_splits(train_dataset, eval_dataset)
@@ -581,7 +579,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         """
         if checkpoint_dir is None:
             raise ConfigError("latent_shift predicts with the heads saved in a checkpoint: pass its directory.")
-        warn_unlike_training(args, cls.checkpoint_settings(checkpoint_dir), checkpoint_dir)
+        overridden = {"latent_shift_seed" if key == "seed" else key for key in kwargs}
+        saved = {key: value for key, value in cls.checkpoint_settings(checkpoint_dir).items() if key not in overridden}
+        warn_unlike_training(args, saved, checkpoint_dir)
         settings = dict(phi_samples=args.phi_samples, phi_source=args.phi_source, seed=args.latent_shift_seed_value)
         settings.update(kwargs)
         return LatentShiftPredictor.from_checkpoint(checkpoint_dir, model, tokenizer, answers, mode=mode, **settings)

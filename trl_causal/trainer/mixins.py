@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -92,6 +94,15 @@ def causal_lm_token_losses(
         label_smoothing=label_smoothing,
     ).view_as(shift_labels)
     return losses * mask, mask
+
+
+@contextlib.contextmanager
+def smoothing_own_logits() -> Iterator[None]:
+    """Around ``SFTTrainer.__init__`` of a trainer whose loss smooths its own logits (``causal_lm_token_losses``):
+    without TRL's warning that ``label_smoothing_factor`` costs an extra forward pass, which it does not there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`label_smoothing_factor` is deprecated in `SFTTrainer`", category=FutureWarning)
+        yield
 
 
 class CausalLossMixin:

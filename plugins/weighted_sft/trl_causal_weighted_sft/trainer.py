@@ -8,7 +8,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from trl_causal.errors import DataError
-from trl_causal.trainer import CausalLossMixin, ExtraColumnsMixin, causal_lm_token_losses
+from trl_causal.trainer import CausalLossMixin, ExtraColumnsMixin, causal_lm_token_losses, smoothing_own_logits
 
 
 @dataclass
@@ -36,7 +36,8 @@ class WeightedSFTTrainer(CausalLossMixin, ExtraColumnsMixin, SFTTrainer):
     def __init__(self, model, args: WeightedSFTConfig | None = None, train_dataset=None, **kwargs):
         if isinstance(train_dataset, Dataset):  # before training, not as a collator error mid-run
             check_weights(train_dataset, getattr(args, "weight_column", "weight"))
-        super().__init__(model, args, train_dataset=train_dataset, **kwargs)
+        with smoothing_own_logits():  # its loss smooths its own logits: no extra forward pass
+            super().__init__(model, args, train_dataset=train_dataset, **kwargs)
 
     @staticmethod
     def required_columns(args: WeightedSFTConfig) -> tuple[str, ...]:
