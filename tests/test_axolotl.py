@@ -155,6 +155,20 @@ def axolotl_train(path: Path, workdir: Path) -> str:
     return log
 
 
+def test_the_example_configs_train_on_the_oldest_transformers_admitted(workdir):
+    """This venv holds Axolotl's pin, transformers 5.20, the pyproject's minimum: the example configs' key
+    activation_checkpointing (a newer name) is read there as gradient_checkpointing."""
+    python = axolotl_bin().parent / "python"
+    for example in ("sft", "latent_shift"):
+        run = subprocess.run(
+            [str(python), "-m", "trl_causal.cli", "train", "--config", f"example_configs/{example}.yaml", "--model_name_or_path",
+             str(workdir / "tiny"), "--max_steps", "1", "--output_dir", str(workdir / f"oldest-{example}")],
+            cwd=REPO, env=axolotl_env(), capture_output=True, text=True, timeout=600,
+        )
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+        assert f"trl-causal: trained '{example}'" in run.stdout
+
+
 def test_axolotl_train_with_capt(workdir):
     """The two added lines make `axolotl train` train with CAPT: events estimated, fresh symbols every epoch."""
     out = workdir / "out-capt"
