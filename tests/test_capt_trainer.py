@@ -194,6 +194,12 @@ def test_cli_trains_lora_on_conversational_rows_then_evaluates_with_the_capt_pip
     assert cli.main(["eval", "--config", str(path), "--split", f"test={test}"]) == 0  # reloads the adapter
     report = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert report["results"]["capt"]["splits"]["test"]["n"] == 4
+    baseline = tmp_path / "sft-baseline"  # compared under the capt YAML, whose capt keys sft does not take
+    shutil.copytree(tiny_model, baseline)
+    (baseline / SUMMARY_FILE).write_text(json.dumps({"trainer": "sft"}))
+    capsys.readouterr()
+    assert cli.main(["eval", "--config", str(path), "--split", f"test={test}", "--compare", str(baseline), "--output", str(tmp_path / "c.json")]) == 0
+    assert "ignoring" not in capsys.readouterr().err  # no "ignoring 'symbol_pool' ... not 'sft'" for the baseline
 
     # Another YAML (trainer sft, CAPT's default pool) evaluates the checkpoint as trained: capt, nonsense symbols
     checkpoint = tmp_path / "out" / "checkpoint-2"

@@ -293,6 +293,20 @@ def _checkpoint_args(run, record: dict, overrides: dict | None = None):
         raise TrlCausalError(f"{str(error).rstrip('.')} (prediction uses the settings the checkpoint recorded{given}).") from error
 
 
+@contextlib.contextmanager
+def _notes_shown():
+    """Within: the config's notes count as shown (``config_note`` says nothing)."""
+    from .plugins import CONFIG_REPORTED_ENV
+
+    shown = os.environ.get(CONFIG_REPORTED_ENV)
+    os.environ[CONFIG_REPORTED_ENV] = "1"
+    try:
+        yield
+    finally:
+        if shown is None:
+            os.environ.pop(CONFIG_REPORTED_ENV, None)
+
+
 def _command_eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -368,10 +382,11 @@ def _command_eval(args: argparse.Namespace) -> int:
             "match them ignoring case. If the model was trained to write the gold texts, give --answers as they are written.",
             file=sys.stderr,
         )
-    runs = {
-        checkpoint: run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
-        for checkpoint, trainer_name in zip(checkpoints, trainer_names)
-    }
+    with _notes_shown():  # the YAML read for another checkpoint's trainer: "ignoring 'symbol_pool'" would be noise
+        runs = {
+            checkpoint: run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
+            for checkpoint, trainer_name in zip(checkpoints, trainer_names)
+        }
     settings = _eval_settings(args.setting, runs)  # before any model loads
     checkpoint_args = {checkpoint: _checkpoint_args(runs[checkpoint], record, settings[checkpoint]) for checkpoint, record in zip(checkpoints, records)}
     for checkpoint in checkpoints:  # e.g. capt's llm estimator: its endpoint is up
