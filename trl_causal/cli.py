@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 from .errors import TrlCausalError, count_rows, for_count
 
@@ -51,7 +52,6 @@ def _command_list(args: argparse.Namespace) -> int:
 
 
 def _command_download_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .embedded import ensure_embedded_model
 
@@ -170,7 +170,6 @@ MODEL_FILES = ("config.json", "adapter_config.json")  # a full checkpoint's, a P
 
 def holds_model(directory: str) -> bool:
     """Whether ``directory`` holds a saved model: a full checkpoint or a PEFT adapter (``MODEL_FILES``)."""
-    from pathlib import Path
 
     return any(Path(directory, name).is_file() for name in MODEL_FILES)
 
@@ -180,7 +179,6 @@ MAX_IMPLIED_ANSWERS = 20  # more distinct completions than this are texts, not a
 
 def _eval_rows(run, split: str, max_rows: int | None) -> tuple[str, list[dict]]:
     """Rows of a split of the config's dataset, or of a file given as ``NAME=FILE``."""
-    from pathlib import Path
 
     from .data import file_builder, load_any_dataset
 
@@ -307,12 +305,33 @@ def _notes_shown():
             os.environ.pop(CONFIG_REPORTED_ENV, None)
 
 
+def _writable_results_file(output: Path) -> Path:
+    """``output``, its folder made, once it is a file eval can write: before any model loads, not after the scoring."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrlCausalError(f"Cannot make the folder of the results file {output}: {error}. Pass --output FILE in a folder you can write to.") from None
+    if output.is_dir():
+        raise TrlCausalError(f"--output {output} is a folder; eval writes one JSON file: name it, e.g. --output {output / 'eval_results.json'}.")
+    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise TrlCausalError(f"Cannot write the results file {output} (read-only). Pass --output FILE in a folder you can write to.")
+    return output
+
+
 def _command_eval(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from .configuration import parse_run_config
-    from .evaluation import accuracy_report, build_predictor, check_gold_in_answers, default_answer_column, gold_answers, load_checkpoint, row_prompt
+    from .evaluation import (
+        UnlikeTrainingWarning,
+        accuracy_report,
+        build_predictor,
+        check_gold_in_answers,
+        default_answer_column,
+        gold_answers,
+        load_checkpoint,
+        row_prompt,
+    )
     from .plugins import get_plugin_manager
     from .train import checkpoints_in, read_run_record
 
@@ -396,15 +415,7 @@ def _command_eval(args: argparse.Namespace) -> int:
     for name, rows in splits:  # before any model loads: a bad row of the last split would cost the others' scoring
         for index, row in enumerate(rows):
             row_prompt(row, index, args.prompt_column, f" of split {name!r}")
-    output = Path(args.output or Path(checkpoints[0]) / "eval_results.json")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TrlCausalError(f"Cannot make the folder of the results file {output}: {error}. Pass --output FILE in a folder you can write to.") from None
-    if output.is_dir():
-        raise TrlCausalError(f"--output {output} is a folder; eval writes one JSON file: name it, e.g. --output {output / 'eval_results.json'}.")
-    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise TrlCausalError(f"Cannot write the results file {output} (read-only). Pass --output FILE in a folder you can write to.")
+    output = _writable_results_file(Path(args.output or Path(checkpoints[0]) / "eval_results.json"))
     sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
     report = {"answers": answers, "mode": args.mode, "splits": sources, "complete": False, "results": {}}
     results = report["results"]
@@ -417,7 +428,7 @@ def _command_eval(args: argparse.Namespace) -> int:
             texts = text_of_label if text_of_label and not hasattr(trainer_cls, "checkpoint_answers") else None
             model, tokenizer = load_checkpoint(checkpoint, checkpoint_run.model_args.model_name_or_path)
             with warnings.catch_warnings():  # its settings are the checkpoint's, but for --setting, said above
-                warnings.filterwarnings("ignore", message=".* the config given sets otherwise, and the predictor follows it")
+                warnings.simplefilter("ignore", UnlikeTrainingWarning)
                 predictor = build_predictor(
                     trainer_cls,
                     checkpoint_args[checkpoint],

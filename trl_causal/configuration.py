@@ -555,14 +555,10 @@ def recorded_form(value: Any) -> Any:
 
 
 def settings_differing(args: Any, recorded: dict[str, Any]) -> dict[str, Any]:
-    """The recorded method settings (``method_settings``) that ``args`` sets otherwise, {key: recorded value}; a field
-    left None that follows another (``latent_shift_seed``: ``seed``) counts as its ``<key>_value``."""
-
-    def value_of(key: str) -> Any:
-        value = getattr(args, key)
-        return getattr(args, f"{key}_value", None) if value is None else value
-
-    return {key: value for key, value in recorded.items() if hasattr(args, key) and recorded_form(value_of(key)) != value}
+    """The recorded method settings that ``args`` sets otherwise, {key: recorded value}: both as ``method_settings``
+    gives them (a field left None that follows another, ``latent_shift_seed``: ``seed``, as its ``<key>_value``)."""
+    current = method_settings(args)
+    return {key: value for key, value in recorded.items() if key in current and recorded_form(current[key]) != value}
 
 
 def method_settings(args) -> dict:

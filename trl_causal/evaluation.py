@@ -353,6 +353,10 @@ def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
     return length
 
 
+class UnlikeTrainingWarning(UserWarning):
+    """A predictor is built with other prediction settings than its checkpoint was trained with."""
+
+
 def warn_unlike_training(args: Any, saved: dict[str, Any], checkpoint_dir: str | os.PathLike | None) -> None:
     """A warning naming the settings that ``args`` sets otherwise than the checkpoint was trained with (``saved``, its
     trainer's ``checkpoint_settings``): a predictor built from a fresh config would predict unlike training."""
@@ -365,6 +369,7 @@ def warn_unlike_training(args: Any, saved: dict[str, Any], checkpoint_dir: str |
             f"{checkpoint_dir} was trained with {', '.join(f'{key}={value!r}' for key, value in differing.items())}; "
             "the config given sets otherwise, and the predictor follows it. Set these in the config to predict as "
             "trained (trl-causal eval does so).",
+            UnlikeTrainingWarning,
             stacklevel=3,
         )
 
@@ -374,19 +379,14 @@ def adapter_base(checkpoint: Path, fallback: str | None = None) -> str:
     a local directory or a model the hub (or its cache) gives; else (the base moved, or the adapter came from another
     machine) ``fallback``, the config's ``model_name_or_path`` (a directory, an embedded model's name or a hub id),
     with a note; neither there is an error naming both."""
-    import transformers
-
-    from .embedded import looks_like_a_path, resolve_model_name_or_path
+    from .embedded import check_model_source, looks_like_a_path, resolve_model_name_or_path
 
     recorded = json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if os.path.isdir(os.path.expanduser(recorded)):
-        return recorded
-    if not looks_like_a_path(recorded):
-        try:
-            transformers.AutoConfig.from_pretrained(recorded)
-            return recorded  # a hub id that the hub or its cache gives
-        except (OSError, ValueError):
-            pass
+    try:
+        check_model_source(recorded)  # a local directory, or a model the hub (or its cache) gives
+        return resolve_model_name_or_path(recorded)
+    except ConfigError:
+        pass
     if fallback is not None:
         fallback = resolve_model_name_or_path(fallback)  # an embedded model's name: its checkpoint on this machine
     if fallback is not None and (os.path.isdir(fallback) or not looks_like_a_path(fallback) and fallback != recorded):

@@ -605,15 +605,16 @@ class CAPTTrainer(SFTTrainer):
         ``checkpoint_dir`` by training are the pool (else the names of the rows of each predict call); the checkpoint's
         answer prefix is the predictor's. ``kwargs`` go to ``CAPTPredictor`` (batch_size, max_new_tokens,
         prompt_column, answer_prefix)."""
-        if checkpoint_dir is not None:  # the settings prediction reads (not capt_prompt_loss; on_no_events as eval reads it)
-            saved = cls.checkpoint_settings(checkpoint_dir)
-            compared = {key: saved[key] for key in PREDICTION_SETTINGS if key in saved}
-            if "on_no_events" in saved and evaluation_policy(saved["on_no_events"]) != evaluation_policy(args.on_no_events):
-                compared["on_no_events"] = saved["on_no_events"]
-            warn_unlike_training(args, compared, checkpoint_dir)
+        prediction = read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}
+        # the settings prediction reads (not capt_prompt_loss; on_no_events as eval reads it)
+        saved = prediction.get("settings", {})
+        compared = {key: saved[key] for key in PREDICTION_SETTINGS if key in saved}
+        if "on_no_events" in saved and evaluation_policy(saved["on_no_events"]) != evaluation_policy(args.on_no_events):
+            compared["on_no_events"] = saved["on_no_events"]
+        warn_unlike_training(args, compared, checkpoint_dir)
         symbol_pool = args.symbol_pool
         if "answer_prefix" not in kwargs:  # rows without a completion: their answers follow what training put first
-            kwargs["answer_prefix"] = (read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}).get("answer_prefix")
+            kwargs["answer_prefix"] = prediction.get("answer_prefix")
         saved_pool = read_checkpoint_file(checkpoint_dir, SYMBOL_POOL_FILE) if symbol_pool == "pool" else None
         if saved_pool is not None:
             symbol_pool = saved_pool["symbols"]

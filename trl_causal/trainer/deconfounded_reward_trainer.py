@@ -52,7 +52,7 @@ from ..deconfound.pairs import check_pair_groups, preference_pairs
 from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
 from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
-from .mixins import CausalLossMixin, HeadsMixin
+from .mixins import CausalLossMixin, HeadsMixin, log_num_tokens
 from .zero3 import full_parameters
 
 logger = logging.get_logger(__name__)
@@ -839,10 +839,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         """The metrics TRL's RewardTrainer logs besides accuracy and margin, so that dashboards and
         ``metric_for_best_model`` carry over: ``min_reward`` / ``mean_reward`` / ``max_reward`` of the model's rewards
         over all processes, and ``num_tokens``, the tokens trained on so far."""
-        if mode == "train":
-            self._total_train_tokens += self.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
+        log_num_tokens(self, mode, attention_mask)
         metrics = self._metrics[mode]
-        metrics["num_tokens"] = [self._total_train_tokens]
         everyone = self.accelerator.gather_for_metrics(rewards)
         metrics["min_reward"].append(everyone.min().item())
         metrics["mean_reward"].append(everyone.mean().item())

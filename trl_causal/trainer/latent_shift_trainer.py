@@ -39,7 +39,15 @@ from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_p
 from ..paths import read_checkpoint_file, write_checkpoint_file
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
-from .mixins import HEADS_FILE, CausalLossMixin, ExtraColumnsMixin, HeadsMixin, causal_lm_token_losses, smoothing_own_logits
+from .mixins import (
+    HEADS_FILE,
+    CausalLossMixin,
+    ExtraColumnsMixin,
+    HeadsMixin,
+    causal_lm_token_losses,
+    log_num_tokens,
+    smoothing_own_logits,
+)
 from .zero3 import reload_pretrained
 
 logger = logging.get_logger(__name__)
@@ -519,9 +527,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         metrics = self._metrics[mode]
         metrics["entropy"].append((entropy_sum / n_valid).item() if n_valid > 0 else 0.0)
         metrics["mean_token_accuracy"].append((correct / n_valid).item() if n_valid > 0 else 0.0)
-        if mode == "train":
-            self._total_train_tokens += self.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
-        metrics["num_tokens"] = [self._total_train_tokens]
+        log_num_tokens(self, mode, attention_mask)
 
     def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
         metrics = self._metrics[mode]

@@ -105,6 +105,14 @@ def smoothing_own_logits() -> Iterator[None]:
         yield
 
 
+def log_num_tokens(trainer: Any, mode: str, attention_mask: torch.Tensor) -> None:
+    """TRL's ``num_tokens`` metric, for a trainer that computes its own loss: the tokens trained on so far, over all
+    processes (``_total_train_tokens``, which TRL's SFTTrainer and RewardTrainer keep); in training the batch adds its."""
+    if mode == "train":
+        trainer._total_train_tokens += trainer.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
+    trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
+
+
 class CausalLossMixin:
     """Loss reductions that are exact under gradient accumulation and DDP.
 
