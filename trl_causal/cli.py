@@ -322,20 +322,60 @@ def _command_eval(args: argparse.Namespace) -> int:
     import json
 
     from .configuration import parse_run_config
-    from .evaluation import (
-        UnlikeTrainingWarning,
-        accuracy_report,
-        build_predictor,
-        check_gold_in_answers,
-        default_answer_column,
-        gold_answers,
-        load_checkpoint,
-        row_prompt,
-    )
+    from .evaluation import row_prompt
+
+    run = parse_run_config([], args.config)
+    checkpoints, records, trainer_names = _eval_checkpoints(args, run)
+    requested = args.split or [run.script_args.dataset_test_split]
+    names = [split.partition("=")[0] for split in requested]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TrlCausalError(f"--split names {repeated} are given more than once; name each split differently (--split NAME=FILE).")
+    splits = [_eval_rows(run, split, args.max_rows) for split in requested]
+    gold, answers, text_of_label = _eval_answer_set(args, splits, checkpoints, trainer_names)
+    with _notes_shown():  # the YAML read for another checkpoint's trainer: "ignoring 'symbol_pool'" would be noise
+        runs = {
+            checkpoint: run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
+            for checkpoint, trainer_name in zip(checkpoints, trainer_names)
+        }
+    settings = _eval_settings(args.setting, runs)  # before any model loads
+    checkpoint_args = {checkpoint: _checkpoint_args(runs[checkpoint], record, settings[checkpoint]) for checkpoint, record in zip(checkpoints, records)}
+    for checkpoint in checkpoints:  # e.g. capt's llm estimator: its endpoint is up
+        trainer_cls = runs[checkpoint].trainer.trainer_class
+        if hasattr(trainer_cls, "check_predictor"):
+            trainer_cls.check_predictor(checkpoint_args[checkpoint])
+    for name, rows in splits:  # before any model loads: a bad row of the last split would cost the others' scoring
+        for index, row in enumerate(rows):
+            row_prompt(row, index, args.prompt_column, f" of split {name!r}")
+    output = _writable_results_file(Path(args.output or Path(checkpoints[0]) / "eval_results.json"))
+    sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
+    report = {"answers": answers, "mode": args.mode, "splits": sources, "complete": False, "results": {}}
+    try:
+        for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
+            # Labels of a checkpoint's verbalizer: one without a verbalizer of its own (a `--compare`d sft baseline) scores
+            # the label's answer text, which it learned, and its prediction is read back as the label.
+            own_verbalizer = hasattr(runs[checkpoint].trainer.trainer_class, "checkpoint_answers")
+            texts = text_of_label if text_of_label and not own_verbalizer else {}
+            scored = [texts[answer] for answer in answers] if texts else answers
+            predictor = _eval_predictor(args, runs[checkpoint], checkpoint_args[checkpoint], checkpoint, record, scored)
+            _score_splits(predictor, trainer_name, checkpoint, splits, gold, {text: label for label, text in texts.items()}, report, output)
+    except BaseException:
+        if output.is_file() and any(result["splits"] for result in report["results"].values()):
+            print(f"trl-causal: the splits scored before the stop are in {output} (\"complete\": false).", file=sys.stderr)
+        raise
+    report["complete"] = True
+    _print_eval_table(report["results"], splits)
+    output.write_text(json.dumps(report, indent=2))
+    print(f"\ntrl-causal: wrote {output}")
+    return 0
+
+
+def _eval_checkpoints(args: argparse.Namespace, run) -> tuple[list[str], list[dict], list[str]]:
+    """The checkpoints eval scores (``--checkpoint`` or the config's output_dir, then every ``--compare``), each
+    checked to hold a trained model of an sft-kind trainer, with its run record and the name of its trainer."""
     from .plugins import get_plugin_manager
     from .train import checkpoints_in, read_run_record
 
-    run = parse_run_config([], args.config)
     checkpoints = [args.checkpoint or run.training_args.output_dir] + (args.compare or [])
     for index, checkpoint in enumerate(checkpoints):
         given = "--compare" if index else ("--checkpoint" if args.checkpoint else f"the output_dir of {args.config}")
@@ -364,12 +404,17 @@ def _command_eval(args: argparse.Namespace) -> int:
             )
         if "settings" not in record and hasattr(spec.trainer_class, "checkpoint_settings"):  # trained from a TRL script, Axolotl
             record.update(settings=spec.trainer_class.checkpoint_settings(checkpoint), checkpoint=checkpoint)
-    requested = args.split or [run.script_args.dataset_test_split]
-    names = [split.partition("=")[0] for split in requested]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise TrlCausalError(f"--split names {repeated} are given more than once; name each split differently (--split NAME=FILE).")
-    splits = [_eval_rows(run, split, args.max_rows) for split in requested]
+    return checkpoints, records, trainer_names
+
+
+def _eval_answer_set(
+    args: argparse.Namespace, splits: list[tuple[str, list[dict]]], checkpoints: list[str], trainer_names: list[str]
+) -> tuple[dict[str, list[str]], list[str], dict[str, str] | None]:
+    """Each split's gold answers, the answer set every split chooses from (``--answers``, else a checkpoint's
+    verbalizer, else all splits' gold answers together), and {label: answer text} when the gold answers are a
+    verbalizer's labels. Checked: every gold answer is in the set."""
+    from .evaluation import check_gold_in_answers, default_answer_column, gold_answers
+
     columns = {name: args.answer_column or default_answer_column(rows) for name, rows in splits}  # each split its own
     column = ", ".join(dict.fromkeys(columns.values()))
     gold = {name: gold_answers(rows, columns[name], name) for name, rows in splits}
@@ -401,86 +446,78 @@ def _command_eval(args: argparse.Namespace) -> int:
             "match them ignoring case. If the model was trained to write the gold texts, give --answers as they are written.",
             file=sys.stderr,
         )
-    with _notes_shown():  # the YAML read for another checkpoint's trainer: "ignoring 'symbol_pool'" would be noise
-        runs = {
-            checkpoint: run if trainer_name == run.trainer.name else parse_run_config(["--trainer", trainer_name], args.config)
-            for checkpoint, trainer_name in zip(checkpoints, trainer_names)
-        }
-    settings = _eval_settings(args.setting, runs)  # before any model loads
-    checkpoint_args = {checkpoint: _checkpoint_args(runs[checkpoint], record, settings[checkpoint]) for checkpoint, record in zip(checkpoints, records)}
-    for checkpoint in checkpoints:  # e.g. capt's llm estimator: its endpoint is up
-        trainer_cls = runs[checkpoint].trainer.trainer_class
-        if hasattr(trainer_cls, "check_predictor"):
-            trainer_cls.check_predictor(checkpoint_args[checkpoint])
-    for name, rows in splits:  # before any model loads: a bad row of the last split would cost the others' scoring
-        for index, row in enumerate(rows):
-            row_prompt(row, index, args.prompt_column, f" of split {name!r}")
-    output = _writable_results_file(Path(args.output or Path(checkpoints[0]) / "eval_results.json"))
-    sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
-    report = {"answers": answers, "mode": args.mode, "splits": sources, "complete": False, "results": {}}
-    results = report["results"]
-    try:
-        for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
-            checkpoint_run = runs[checkpoint]
-            trainer_cls = checkpoint_run.trainer.trainer_class
-            # Labels of a checkpoint's verbalizer: one without a verbalizer of its own (a `--compare`d sft baseline) scores
-            # the label's answer text, which it learned, and its prediction is read back as the label.
-            texts = text_of_label if text_of_label and not hasattr(trainer_cls, "checkpoint_answers") else None
-            model, tokenizer = load_checkpoint(checkpoint, checkpoint_run.model_args.model_name_or_path)
-            with warnings.catch_warnings():  # its settings are the checkpoint's, but for --setting, said above
-                warnings.simplefilter("ignore", UnlikeTrainingWarning)
-                predictor = build_predictor(
-                    trainer_cls,
-                    checkpoint_args[checkpoint],
-                    model,
-                    tokenizer,
-                    [texts[answer] for answer in answers] if texts else answers,
-                    args.mode,
-                    checkpoint,
-                )
-            predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
-            if predictor.answer_prefix is None and record.get("answer_prefix") is not None:
-                predictor.answer_prefix = record["answer_prefix"]  # rows without a completion: as training wrote answers
-            label_of = {text: label for label, text in texts.items()} if texts else {}
-            candidates = (trainer_name, f"{trainer_name}:{Path(checkpoint).name}", f"{trainer_name}:{checkpoint}")
-            taken = {result_label.removesuffix(":adjusted").removesuffix(":plain") for result_label in results}
-            label = next((candidate for candidate in candidates if candidate not in taken), f"{trainer_name}:{checkpoint}#{len(results)}")
-            # A predictor with `predict_both` (latent_shift) gives its own prediction and the plain LM head's side by side.
-            kinds = ("adjusted", "plain") if hasattr(predictor, "predict_both") else (None,)
-            labels = {kind: label if kind is None else f"{label}:{kind}" for kind in kinds}
-            for kind, column in labels.items():
-                results[column] = {
-                    "trainer": trainer_name,
-                    "checkpoint": str(Path(checkpoint).resolve()),
-                    "scored_answers": predictor.answers,  # what it chose from (a label's answer text for a baseline)
-                    "answer_prefix": predictor.answer_prefix,  # None: each row's completion tells it
-                    "splits": {},
-                }
-                if kind is not None:
-                    results[column]["prediction"] = kind
-            for name, rows in splits:
-                print(f"trl-causal: {label}: split {name!r}, {count_rows(len(rows))}", file=sys.stderr)  # above its progress bar
-                predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
-                unchanged = getattr(predictor, "rows_without_events", None)  # capt: prompts it found no event in
-                if unchanged:
-                    print(
-                        f"trl-causal: note: {label}: {count_rows(len(unchanged))} of {len(rows)} in split {name!r} "
-                        f"{for_count(len(unchanged), 'has', 'have')} no event its estimator recognises; "
-                        f"{for_count(len(unchanged), 'it was', 'they were')} scored unchanged (rows_without_events in the JSON).",
-                        file=sys.stderr,
-                    )
-                for column, predicted in zip(labels.values(), predictions):
-                    predicted = [label_of.get(answer, answer) for answer in predicted]
-                    results[column]["splits"][name] = accuracy_report(predicted, gold[name])
-                    if unchanged is not None:
-                        results[column]["splits"][name]["rows_without_events"] = len(unchanged)
-                output.write_text(json.dumps(report, indent=2))  # a finished split survives a later failure or Ctrl-C
-    except BaseException:
-        if output.is_file() and any(result["splits"] for result in results.values()):
-            print(f"trl-causal: the splits scored before the stop are in {output} (\"complete\": false).", file=sys.stderr)
-        raise
-    report["complete"] = True
+    return gold, answers, text_of_label
 
+
+def _eval_predictor(args: argparse.Namespace, run, training_args, checkpoint: str, record: dict, answers: list[str]):
+    """The checkpoint's model and tokenizer in its trainer's predictor, with the settings it predicts by."""
+    from .evaluation import UnlikeTrainingWarning, build_predictor, load_checkpoint
+
+    model, tokenizer = load_checkpoint(checkpoint, run.model_args.model_name_or_path)
+    with warnings.catch_warnings():  # its settings are the checkpoint's, but for --setting, said by _checkpoint_args
+        warnings.simplefilter("ignore", UnlikeTrainingWarning)
+        predictor = build_predictor(run.trainer.trainer_class, training_args, model, tokenizer, answers, args.mode, checkpoint)
+    predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
+    if predictor.answer_prefix is None and record.get("answer_prefix") is not None:
+        predictor.answer_prefix = record["answer_prefix"]  # rows without a completion: as training wrote answers
+    return predictor
+
+
+def _score_splits(
+    predictor,
+    trainer_name: str,
+    checkpoint: str,
+    splits: list[tuple[str, list[dict]]],
+    gold: dict[str, list[str]],
+    label_of: dict[str, str],
+    report: dict,
+    output: Path,
+) -> None:
+    """Every split's accuracy for one checkpoint into ``report["results"]``, under a label that names it apart from
+    the others (the trainer's name, else with the checkpoint's folder), written to ``output`` after each split.
+    ``label_of`` reads a predicted answer text back as its label."""
+    import json
+
+    from .evaluation import accuracy_report
+
+    results = report["results"]
+    candidates = (trainer_name, f"{trainer_name}:{Path(checkpoint).name}", f"{trainer_name}:{checkpoint}")
+    taken = {result_label.removesuffix(":adjusted").removesuffix(":plain") for result_label in results}
+    label = next((candidate for candidate in candidates if candidate not in taken), f"{trainer_name}:{checkpoint}#{len(results)}")
+    # A predictor with `predict_both` (latent_shift) gives its own prediction and the plain LM head's side by side.
+    kinds = ("adjusted", "plain") if hasattr(predictor, "predict_both") else (None,)
+    labels = {kind: label if kind is None else f"{label}:{kind}" for kind in kinds}
+    for kind, column in labels.items():
+        results[column] = {
+            "trainer": trainer_name,
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "scored_answers": predictor.answers,  # what it chose from (a label's answer text for a baseline)
+            "answer_prefix": predictor.answer_prefix,  # None: each row's completion tells it
+            "splits": {},
+        }
+        if kind is not None:
+            results[column]["prediction"] = kind
+    for name, rows in splits:
+        print(f"trl-causal: {label}: split {name!r}, {count_rows(len(rows))}", file=sys.stderr)  # above its progress bar
+        predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
+        unchanged = getattr(predictor, "rows_without_events", None)  # capt: prompts it found no event in
+        if unchanged:
+            print(
+                f"trl-causal: note: {label}: {count_rows(len(unchanged))} of {len(rows)} in split {name!r} "
+                f"{for_count(len(unchanged), 'has', 'have')} no event its estimator recognises; "
+                f"{for_count(len(unchanged), 'it was', 'they were')} scored unchanged (rows_without_events in the JSON).",
+                file=sys.stderr,
+            )
+        for column, predicted in zip(labels.values(), predictions):
+            predicted = [label_of.get(answer, answer) for answer in predicted]
+            results[column]["splits"][name] = accuracy_report(predicted, gold[name])
+            if unchanged is not None:
+                results[column]["splits"][name]["rows_without_events"] = len(unchanged)
+        output.write_text(json.dumps(report, indent=2))  # a finished split survives a later failure or Ctrl-C
+
+
+def _print_eval_table(results: dict, splits: list[tuple[str, list[dict]]]) -> None:
+    """One row per split, one accuracy column per result label, and the split's row count."""
     labels = list(results)
     # a long label keeps its end, where checkpoints of one run differ (latent_shift:checkpoint-10 / -20)
     headers = [label if len(label) <= 22 else "..." + label[-19:] for label in labels]
@@ -488,9 +525,6 @@ def _command_eval(args: argparse.Namespace) -> int:
     for name, rows in splits:
         cells = "".join(_accuracy_cell(results[label]["splits"][name]).rjust(24) for label in labels)
         print(name[:16].ljust(16) + cells + str(len(rows)).rjust(8))
-    output.write_text(json.dumps(report, indent=2))
-    print(f"\ntrl-causal: wrote {output}")
-    return 0
 
 
 def _checkpoint_classes(
