@@ -3,6 +3,8 @@
 import json
 from functools import lru_cache
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
@@ -299,6 +301,32 @@ def test_few_groups_warn_that_the_cluster_robust_errors_are_too_small(small):
     outcome, confounder, features = small
     with pytest.warns(UserWarning, match=r"Only 10 groups: cluster-robust standard errors from fewer than 20 groups"):
         partial_out(outcome, confounder, features, groups=np.arange(200) % 10, progress=False)
+
+
+def test_groups_that_one_group_dominates_warn_like_few_groups():
+    """101 groups, but one holds 300 of 400 rows: they weigh as 1.8 groups of one size (n^2 / sum n_g^2), and the
+    clustered interval covers gamma far less often than 95%, so the warning counts groups by their weight."""
+    rng = np.random.default_rng(0)
+    groups = [0] * 300 + list(range(1, 101))
+    features, confounder = rng.normal(size=(400, 5)), rng.normal(size=400)
+    outcome = features[:, 0] + confounder + rng.normal(size=400)
+    with pytest.warns(UserWarning, match=r"The 101 groups weigh as 1\.8 groups of one size .*largest group holds 300 of 400 rows\)"):
+        result = partial_out(outcome, confounder, features, groups=groups, progress=False)
+    assert result.to_report()["effective_groups"] == 1.78 and result.n_groups == 101
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 100 groups of 4: no warning, and the report says they weigh as 100
+        assert partial_out(outcome, confounder, features, groups=np.arange(400) % 100, progress=False).effective_groups == 100
+
+
+def test_group_ids_are_checked_and_told_apart_by_their_repr(small):
+    """A missing group id is an error naming its row (it would join unrelated rows); 1 and "1" are two groups, as in
+    the trainer, where numpy would refuse to sort them together."""
+    outcome, confounder, features = small
+    ids = [i % 40 for i in range(200)]
+    with pytest.raises(DataError, match=r"groups has missing ids \(None/NaN/blank\) at rows \[3, 7\]"):
+        partial_out(outcome, confounder, features, groups=[None if i in (3, 7) else g for i, g in enumerate(ids)], progress=False)
+    mixed = partial_out(outcome, confounder, features, groups=[str(g) if i >= 100 else g for i, g in enumerate(ids)], progress=False)
+    assert mixed.n_groups == 80
 
 
 def test_fewer_groups_than_folds(small):

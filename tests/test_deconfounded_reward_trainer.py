@@ -390,6 +390,16 @@ def test_pairs_refuse_scores_that_rank_nothing():
         preference_pairs([0.1, np.nan, 0.3, 0.9], np.array([0, 0, 1, 1]))  # its pairs were dropped silently
 
 
+def test_pairs_read_group_ids_as_the_trainer_does():
+    """Group ids of mixed types (1 and "1" are two groups, as in the trainer, where numpy failed to sort them) and a
+    missing id, which would join unrelated rows, named by its row."""
+    from trl_causal.deconfound import preference_pairs
+
+    assert preference_pairs([1, 2, 3, 1, 2, 3], [1, 1, 1, "1", "1", "1"]).tolist() == [[1, 0], [2, 0], [2, 1], [4, 3], [5, 3], [5, 4]]
+    with pytest.raises(DataError, match=r"groups has missing ids \(None/NaN/blank\) at row 1"):
+        preference_pairs([1, 2, 3], [1, float("nan"), "a"])
+
+
 def test_dpo_pairs_count_a_repeated_answer_once_with_its_mean_outcome(tiny_model, tmp_path, capsys):
     rows = observational_rows(n=44, prompt_completion=True, seed=1)  # 11 groups of 4
     rows[1]["completion"] = rows[0]["completion"]  # group 0 samples one answer twice, with two outcomes

@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
+from .partial_out import group_codes
 
 
 def check_pair_groups(groups: np.ndarray | None, what: str, row_numbers: Sequence[int] | None = None) -> None:
     """Every group must have 2 rows or more (a pair compares rows of one group). ``row_numbers``: the rows' numbers in
     the data, to name the lone rows."""
     if groups is None:
-        raise ConfigError(f"{what}: pairs compare rows that share a context; set group_column.")
-    codes, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+        raise ConfigError(f"{what}: pairs compare rows that share a context; give the rows' group ids (the trainer's group_column).")
+    codes, inverse, sizes = np.unique(group_codes(groups, len(groups)), return_inverse=True, return_counts=True)
     singletons = int((sizes == 1).sum())
     if singletons:
         lone = np.flatnonzero(sizes[inverse] == 1)
@@ -52,7 +53,7 @@ def preference_pairs(
     if groups is None or not single_row_groups:
         check_pair_groups(groups, what)
     pairs = []
-    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    _, inverse, sizes = np.unique(group_codes(groups, len(scores)), return_inverse=True, return_counts=True)
     by_group = np.split(np.argsort(inverse, kind="stable"), np.cumsum(sizes)[:-1])  # each group's rows, in order
     for rows in by_group:
         first, second = np.triu_indices(len(rows), k=1)

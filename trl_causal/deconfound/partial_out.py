@@ -27,12 +27,13 @@ from sklearn.utils import get_tags
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, describe_rows, for_count
+from .confounders import is_missing
 
 LEARNER_NAMES = ("ridge", "lasso", "random_forest", "gradient_boosting", "linear")
 RIDGE_ALPHAS = np.logspace(-2, 5, 8)
 MIN_RESIDUAL_SHARE = 0.01
 MOSTLY_TEXT_SHARE = 0.25  # a confounder with less of its variance left than this is warned about (without instrument)
-FEW_GROUPS = 20  # fewer clusters than this make cluster-robust standard errors too small (a warning)
+FEW_GROUPS = 20  # fewer (effective) clusters than this make cluster-robust standard errors too small (a warning)
 INNER_FOLDS = 3  # folds of whole clusters in which a nuisance learner chooses its penalty (with_group_folds)
 WEAK_INSTRUMENT_F = 10.0
 
@@ -106,7 +107,8 @@ class DeconfoundResult:
     variance of confounder j left after partialling out the text, sum (C_j - E[C_j|phi])^2 / sum (C_j - mean C_j)^2;
     ``outcome_residual_r2`` the same share for the outcome. Out-of-fold fits can predict worse than the mean, so a
     share can exceed 1 where the text predicts none of the variance. ``first_stage_f`` (IV only) is the first-stage F
-    statistic of each confounder (Sanderson-Windmeijer conditional F when k > 1).
+    statistic of each confounder (Sanderson-Windmeijer conditional F when k > 1). With groups, ``effective_groups`` is
+    n^2 / sum_g n_g^2 (``effective_groups``), the count the cluster-robust standard errors rest on.
     """
 
     theta: np.ndarray
@@ -126,6 +128,7 @@ class DeconfoundResult:
     confounder_learner: str
     n_groups: int | None
     instrument_names: list[str] | None = None
+    effective_groups: float | None = None
 
     @property
     def p_value(self) -> np.ndarray:
@@ -181,6 +184,7 @@ class DeconfoundResult:
             "n": self.n,
             "n_folds": self.n_folds,
             "n_groups": self.n_groups,
+            **({"effective_groups": self.effective_groups} if self.effective_groups is not None else {}),
             "ci_level": self.ci_level,
             "standard_errors": "cluster_robust_CR1" if self.n_groups is not None else "heteroskedasticity_robust_HC1",
             "outcome_learner": self.outcome_learner,
@@ -543,6 +547,30 @@ def _robust_fit(
     return theta, factor * bread @ (scores.T @ scores) @ bread
 
 
+def group_codes(groups: Sequence[Any] | np.ndarray, n_rows: int) -> np.ndarray:
+    """Integer codes [n] of the group ids, one per row, in order of first appearance; ids are told apart by their
+    repr, so 1 and "1" are two groups (as two files' ids would be). A missing id (None, NaN, blank) is an error
+    naming its rows: it would put unrelated rows into one cluster."""
+    ids = list(groups.tolist() if hasattr(groups, "tolist") else groups)
+    if len(ids) != n_rows or any(isinstance(value, (list, tuple, np.ndarray)) for value in ids):
+        raise DataError(f"groups must hold one id per row ({n_rows}); got shape {np.shape(groups)}.")
+    missing = [row for row, value in enumerate(ids) if is_missing(value)]
+    if missing:
+        raise DataError(
+            f"groups has missing ids (None/NaN/blank) at {describe_rows(missing)}: a missing id would put unrelated "
+            "rows into one cluster. Give those rows an id of their own, or drop them."
+        )
+    codes: dict[str, int] = {}
+    return np.array([codes.setdefault(repr(value), len(codes)) for value in ids], dtype=int)
+
+
+def effective_groups(groups: np.ndarray) -> float:
+    """n^2 / sum_g n_g^2: the number of equal-sized clusters that weigh as much (the number of groups when they are
+    of one size; near 1 when one group holds most rows), which cluster-robust standard errors rest on."""
+    sizes = np.unique(groups, return_counts=True)[1].astype(float)
+    return float(sizes.sum() ** 2 / (sizes**2).sum())
+
+
 def check_design(
     confounders: np.ndarray, names: Sequence[str], n_folds: int, groups: Sequence[Any] | np.ndarray | None = None
 ) -> int:
@@ -552,9 +580,7 @@ def check_design(
     constant = [name for name, spread in zip(names, np.ptp(confounders, axis=0)) if spread == 0]
     if constant:
         raise DataError(f"Confounders {constant} have the same value in every row (no variance); remove them.")
-    group_ids = None if groups is None else np.asarray(groups)
-    if group_ids is not None and group_ids.shape != (n,):
-        raise DataError(f"groups must hold one id per row ({n}); got shape {group_ids.shape}.")
+    group_ids = None if groups is None else group_codes(groups, n)
     n_units = n if group_ids is None else len(np.unique(group_ids))
     if n_folds < 2:
         raise ConfigError(f"n_folds must be at least 2 for cross-fitting; got {n_folds}.")
@@ -613,11 +639,17 @@ def partial_out(
     confounder_matrix, names = _named_finite_matrix(confounders, "confounder matrix", n, feature_names, "feature_names")
     n_units = check_design(confounder_matrix, names, n_folds, groups)
     features = _check_features(features, n)
-    group_ids = None if groups is None else np.asarray(groups)
-    if group_ids is not None and n_units < FEW_GROUPS:
+    group_ids = None if groups is None else group_codes(groups, n)
+    if group_ids is not None and (effective := effective_groups(group_ids)) < FEW_GROUPS:
+        largest = int(np.unique(group_ids, return_counts=True)[1].max())
+        few = f"Only {n_units} groups" if round(effective, 1) == n_units else (
+            f"The {n_units} groups weigh as {effective:.1f} groups of one size (n^2 / sum of squared group sizes; the "
+            f"largest group holds {largest} of {n} rows)"
+        )
         warnings.warn(
-            f"Only {n_units} groups: cluster-robust standard errors from fewer than {FEW_GROUPS} groups understate the "
-            "uncertainty, so the confidence intervals are too narrow. A finer group column gives more groups.",
+            f"{few}: cluster-robust standard errors from fewer than {FEW_GROUPS} groups (of one size) understate the "
+            "uncertainty, so the confidence intervals are too narrow. A finer group column gives more groups, and "
+            "more of a similar size.",
             stacklevel=2,
         )
 
@@ -670,4 +702,5 @@ def partial_out(
         confounder_learner=_learner_label(confounder_learner),
         n_groups=None if group_ids is None else n_units,
         instrument_names=None if instrument is None else list(z_names),
+        effective_groups=None if group_ids is None else round(effective_groups(group_ids), 2),
     )

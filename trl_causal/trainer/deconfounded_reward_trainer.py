@@ -45,7 +45,7 @@ from trl.trainer.utils import global_then_local_main_first, pad
 
 from ..data import check_split_types, named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
-from ..deconfound.partial_out import check_design
+from ..deconfound.partial_out import check_design, group_codes
 from ..deconfound.confounders import describe_invalid_columns, is_missing, parse_numbers, reference_levels
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
@@ -265,12 +265,7 @@ def read_observations(
     )
     observations, start = {}, 0
     for split, (kept, rows, outcome, instrument, dropped) in parts.items():
-        groups = None
-        if args.group_column is not None:
-            codes: dict[str, int] = {}
-            groups = np.array(
-                [codes.setdefault(repr(value), len(codes)) for value in kept[args.group_column]], dtype=int
-            )
+        groups = None if args.group_column is None else group_codes(kept[args.group_column], len(kept))
         observations[split] = Observations(
             rows, outcome, confounders[start : start + len(rows)], names, instrument, groups, dropped
         )
