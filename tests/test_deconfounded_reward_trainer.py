@@ -597,6 +597,25 @@ def test_an_instrument_beside_a_categorical_confounder_instruments_the_endogenou
         reward_args(tmp_path, endogenous_confounders=["confounder"])
 
 
+def test_a_long_tail_of_category_values_is_pooled_and_reported(tiny_model, tmp_path, capsys):
+    """Countries of a click log: three common ones, and 30 seen once each (whose thetas would each absorb one row's
+    outcome). Pooled into one level, in the matrix, the report and the summary; an int column read with an empty
+    cell (floats) gives the same levels as the ints."""
+    rows = observational_rows(n=240, seed=5)
+    for i, row in enumerate(rows):
+        row["country"] = f"C{i}" if i % 8 == 7 else ("DE", "FR", "US")[i % 3]
+        row["hour"] = float(i % 2) if i < 120 else i % 2
+    with pytest.warns(UserWarning, match=r"'country': 30 values held by fewer than 5 training rows each .* are pooled into one level country=\(other\)"):
+        trainer = build_trainer(tiny_model, tmp_path, rows, categorical_confounders=["country", "hour"], feature_source="tfidf")
+    effects = trainer.report["deconfounding"]["effects"]
+    assert [name for name in effects if name != "confounder"] == ["country=FR", "country=US", "country=(other)", "hour=1"]
+    assert trainer.report["pooled_levels"] == {"country": sorted(f"C{i}" for i in range(7, 240, 8))}
+    assert trainer.report["reference_levels"] == {"country": "DE", "hour": "0"}
+    assert "country: 30 values of fewer than 5 training rows each pooled into (other)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"min_level_rows=0 must be at least 1"):
+        reward_args(tmp_path, min_level_rows=0)
+
+
 def test_rows_that_repeat_an_earlier_row_are_counted(tiny_model, tmp_path, caplog):
     rows = observational_rows()
     rows[7] = dict(rows[3])  # a log that wrote one event twice

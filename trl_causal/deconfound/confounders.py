@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any, Literal, overload
@@ -17,6 +19,10 @@ TIMESTAMP_FEATURES = ("weekday", "month", "trend")
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 SECONDS_PER_DAY = 86_400.0
+MIN_LEVEL_ROWS = 5  # levels of fewer training rows are pooled into one (``min_level_rows``)
+POOLED_LEVEL = "(other)"  # the name of the pooled level: x=(other)
+_POOLED = object()  # its code, which no value of a column can equal
+EPOCH_SECONDS = re.compile(r"[+-]?\d{9,}(\.\d*)?")  # epoch seconds as text (after 1973); 8 digits are a date, 20240506
 # calendar feature -> (level code of a datetime, level names)
 CALENDAR_FEATURES = {
     "weekday": (datetime.weekday, dict(enumerate(WEEKDAY_NAMES))),
@@ -32,14 +38,24 @@ def describe_invalid_columns(masks: Mapping[str, np.ndarray]) -> str:
 
 
 def is_missing(value: Any) -> bool:
-    """None, NaN, inf, NaT or a blank string (a CSV's or spreadsheet's empty cell)."""
+    """None, NaN, inf, NaT, pandas' NA or a blank string (a CSV's or spreadsheet's empty cell)."""
     if isinstance(value, str):
         return not value.strip()
+    if type(value).__name__ == "NAType":  # pandas.NA, of nullable dtypes ("Int64", "string"), which refuses bool()
+        return True
     if isinstance(value, np.datetime64):
         return bool(np.isnat(value))
     if isinstance(value, datetime) and value != value:  # pandas' NaT, a datetime that equals nothing
         return True
     return value is None or (isinstance(value, numbers.Real) and not math.isfinite(value))
+
+
+def level_text(value: Any) -> str:
+    """A categorical level as text, so that one value reads the same from every file: a whole-number float as its
+    integer (an int column with an empty cell reads as floats: 16.0 is the level "16"), anything else ``str``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _sorted_levels(values: Sequence[Any]) -> list[Any]:
@@ -65,7 +81,7 @@ def parse_numbers(values: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
     out = np.full(len(values), np.nan)
     bad_rows = []
     for row, value in enumerate(values):
-        if value is None or isinstance(value, str) and value.strip() in MISSING_WORDS:
+        if is_missing(value) and not isinstance(value, numbers.Real) or isinstance(value, str) and value.strip() in MISSING_WORDS:
             continue
         try:
             out[row] = float(value)
@@ -88,9 +104,11 @@ def _numeric_column(name: str, values: Sequence[Any]) -> np.ndarray:
 
 
 def _parse_timestamp(value: Any) -> datetime:
-    """A datetime from an ISO string, a datetime/date, a numpy datetime64, or epoch seconds (UTC)."""
+    """A datetime from an ISO string (a trailing " UTC" too), a datetime/date, a numpy datetime64, or epoch seconds
+    (a number, or digits as text); one with a UTC offset is converted to UTC, so that its weekday and month are
+    those of the same moment written as epoch seconds. A naive one is taken as written (and as UTC for the trend)."""
     if isinstance(value, datetime):
-        return value
+        return value.astimezone(timezone.utc) if value.tzinfo else value
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)
     if isinstance(value, np.datetime64):
@@ -98,7 +116,10 @@ def _parse_timestamp(value: Any) -> datetime:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return datetime.fromtimestamp(float(value), tz=timezone.utc)
     if isinstance(value, str):
-        return datetime.fromisoformat(value.strip())
+        text = value.strip()
+        if EPOCH_SECONDS.fullmatch(text):
+            return _parse_timestamp(float(text))
+        return _parse_timestamp(datetime.fromisoformat(text.removesuffix(" UTC") + ("+00:00" if text.endswith(" UTC") else "")))
     raise TypeError(f"unsupported timestamp type {type(value).__name__}")
 
 
@@ -118,7 +139,8 @@ def _timestamp_column(name: str, values: Sequence[Any]) -> list[datetime | None]
         example = values[bad_rows[0]]
         raise DataError(
             f"Timestamp confounder column {name!r} has values that are not timestamps at {describe_rows(bad_rows)} "
-            f"(e.g. {example!r}). Use ISO 8601 strings ('2024-05-06T09:30:00'), datetimes or epoch seconds."
+            f"(e.g. {example!r}). Use ISO 8601 strings ('2024-05-06T09:30:00', '2024-05-06T09:30:00-05:00'), datetimes or "
+            "epoch seconds (divide epoch milliseconds by 1000)."
         )
     return parsed
 
@@ -128,13 +150,49 @@ def _epoch_seconds(moment: datetime) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def _fit_levels(fit_codes: Sequence[Any], min_rows: int) -> tuple[list[Any], set[Any]]:
+    """The levels of the fit rows in order, the reference first, and the set of rare values (held by fewer than
+    ``min_rows`` fit rows each), which are pooled: into one level ``_POOLED``, the last, where together they hold
+    ``min_rows`` fit rows or more, else into the reference level. Where no value is frequent (a few rows in all),
+    nothing is pooled."""
+    counts = Counter(fit_codes)
+    rare = {code for code, count in counts.items() if count < min_rows}
+    if len(rare) == len(counts):
+        rare = set()
+    pooled = [_POOLED] if sum(counts[code] for code in rare) >= min_rows else []
+    return _sorted_levels([code for code in counts if code not in rare]) + pooled, rare
+
+
 def _one_hot(
-    name: str, codes: Sequence[Any], level_names: Mapping[Any, str], subject: str, fix: str, fit: np.ndarray
+    name: str,
+    codes: Sequence[Any],
+    level_names: Mapping[Any, str],
+    subject: str,
+    fix: str,
+    fit: np.ndarray,
+    min_rows: int,
 ) -> tuple[np.ndarray, list[str]]:
     """One-hot columns of the levels present in the ``fit`` rows but the first (the reference level, absorbed by the
-    intercept). A level seen only outside the ``fit`` rows counts as the reference level, with a warning."""
-    levels = _sorted_levels([code for code, in_fit in zip(codes, fit) if in_fit])
-    unseen = sorted({level_names[code] for code in codes} - {level_names[level] for level in levels})
+    intercept). Levels of fewer than ``min_rows`` fit rows are pooled into one, ``name=(other)``, with a warning:
+    the theta of a level of one row absorbs that row's outcome, with a standard error near 0. A level seen only
+    outside the ``fit`` rows counts as the reference level, with a warning."""
+    levels, rare = _fit_levels([code for code, in_fit in zip(codes, fit) if in_fit], min_rows)
+    if rare:
+        listed = ", ".join(repr(level_names[code]) for code in _sorted_levels(rare)[:5]) + (", ..." if len(rare) > 5 else "")
+        into = (
+            f"pooled into one level {name}={POOLED_LEVEL}" if _POOLED in levels
+            else f"counted as the reference level {level_names[levels[0]]!r} (together they hold fewer than {min_rows})"
+        )
+        warnings.warn(
+            f"{subject}: {for_count(len(rare), 'a value', f'{len(rare)} values')} held by fewer than {min_rows} training "
+            f"rows each ({listed}) {for_count(len(rare), 'is', 'are')} {into}: the effect of a value of a few rows is "
+            "mostly their noise, with a standard error that understates it. `min_level_rows` sets the threshold (1 keeps "
+            "every value).",
+            stacklevel=4,
+        )
+        codes = [_POOLED if code in rare else code for code in codes]  # not a level: the reference's position
+        level_names = {**level_names, _POOLED: POOLED_LEVEL}
+    unseen = sorted({level_names[code] for code in codes if code is not _POOLED} - {level_names[level] for level in levels})
     if unseen:
         warnings.warn(
             f"{subject} has values that only rows outside the training rows hold ({', '.join(map(repr, unseen))}); "
@@ -142,8 +200,9 @@ def _one_hot(
             stacklevel=4,
         )
     if len(levels) < 2:
+        pooled = f" once the values of fewer than {min_rows} training rows are pooled (lower `min_level_rows`)" if rare else ""
         raise DataError(
-            f"{subject} has a single value ({level_names[levels[0]]!r}) in all used rows, "
+            f"{subject} has a single value ({level_names[levels[0]]!r}) in all used rows{pooled}, "
             f"so it has no variance and its effect cannot be estimated; {fix}."
         )
     index = {level: position for position, level in enumerate(levels)}
@@ -153,7 +212,7 @@ def _one_hot(
 
 
 def _timestamp_features(
-    name: str, moments: Sequence[datetime], features: Sequence[str], fit: np.ndarray
+    name: str, moments: Sequence[datetime], features: Sequence[str], fit: np.ndarray, min_rows: int
 ) -> tuple[list[np.ndarray], list[str]]:
     """Weekday one-hot (Mon..Sun), month one-hot (Jan..Dec), trend = days since the earliest row."""
     blocks, names = [], []
@@ -165,29 +224,41 @@ def _timestamp_features(
             code_of, level_names = CALENDAR_FEATURES[feature]
             codes = [code_of(moment) for moment in moments]
             subject = f"The {feature!r} feature of timestamp column {name!r}"
-            block, block_names = _one_hot(name, codes, level_names, subject, "remove it from `timestamp_features`", fit)
+            block, block_names = _one_hot(name, codes, level_names, subject, "remove it from `timestamp_features`", fit, min_rows)
         blocks.append(block)
         names.extend(block_names)
     return blocks, names
 
 
-def reference_levels(
+def one_hot_levels(
     columns: Mapping[str, Sequence[Any]],
     categorical: Sequence[str] = (),
     timestamps: Sequence[str] = (),
     timestamp_features: Sequence[str] = TIMESTAMP_FEATURES,
-) -> dict[str, str]:
-    """The level that each one-hot block of ``build_confounder_matrix`` leaves out, over the rows given (the training
-    rows): its reference, absorbed by the intercept, which the theta of every other level of the block is measured
-    from. {"device": "desktop", "ts weekday": "Mon", "ts month": "Jan"}; missing values are passed over."""
-    references = {name: str(_sorted_levels([str(v) for v in columns[name] if not is_missing(v)])[0]) for name in categorical}
+    min_level_rows: int = MIN_LEVEL_ROWS,
+) -> dict[str, dict[str, Any]]:
+    """For each one-hot block of ``build_confounder_matrix`` over the rows given (the training rows): ``reference``,
+    the level it leaves out, absorbed by the intercept, which the theta of every other level of the block is measured
+    from; ``pooled``, the rare values it pools, and ``pooled_into``, the level they count as: ``(other)`` or the
+    reference. {"device": {"reference": "desktop", "pooled": []}, "ts weekday": {"reference": "Mon", ...}, "ts month":
+    ...}; missing values are passed over."""
+    blocks = {name: ([level_text(v) for v in columns[name] if not is_missing(v)], None) for name in categorical}
     for name in timestamps:
         moments = [moment for moment in _timestamp_column(name, columns[name]) if moment is not None]
         for feature in timestamp_features:
             if feature in CALENDAR_FEATURES:
                 code_of, level_names = CALENDAR_FEATURES[feature]
-                references[f"{name} {feature}"] = level_names[_sorted_levels([code_of(moment) for moment in moments])[0]]
-    return references
+                blocks[f"{name} {feature}"] = ([code_of(moment) for moment in moments], level_names)
+    levels = {}
+    for block, (codes, level_names) in blocks.items():
+        ordered, rare = _fit_levels(codes, min_level_rows)
+        text = {**(level_names or {code: code for code in codes}), _POOLED: POOLED_LEVEL}
+        levels[block] = {
+            "reference": text[ordered[0]],
+            "pooled": [text[code] for code in _sorted_levels(rare)],
+            **({"pooled_into": text[_POOLED if _POOLED in ordered else ordered[0]]} if rare else {}),
+        }
+    return levels
 
 
 @overload
@@ -199,6 +270,7 @@ def build_confounder_matrix(
     timestamp_features: Sequence[str] = ...,
     drop_invalid: Literal[False] = ...,
     fit_rows: int | None = ...,
+    min_level_rows: int = ...,
 ) -> tuple[np.ndarray, list[str]]: ...
 
 
@@ -212,6 +284,7 @@ def build_confounder_matrix(
     *,
     drop_invalid: Literal[True],
     fit_rows: int | None = ...,
+    min_level_rows: int = ...,
 ) -> tuple[np.ndarray, list[str], np.ndarray, int]: ...
 
 
@@ -223,13 +296,17 @@ def build_confounder_matrix(
     timestamp_features: Sequence[str] = TIMESTAMP_FEATURES,
     drop_invalid: bool = False,
     fit_rows: int | None = None,
+    min_level_rows: int = MIN_LEVEL_ROWS,
 ) -> tuple[np.ndarray, list[str]] | tuple[np.ndarray, list[str], np.ndarray, int]:
     """The confounder matrix C [n, k] and its column names, built from named data columns.
 
     - numeric column ``x``: one float column ``x``;
     - categorical column ``x`` with levels l0 < l1 < ...: one-hot columns ``x=l1``, ``x=l2``, ... (l0 dropped,
-      since sum_l 1[x=l] = 1 is collinear with the intercept);
-    - timestamp column ``t`` (ISO string, datetime or epoch seconds): for each of ``timestamp_features``,
+      since sum_l 1[x=l] = 1 is collinear with the intercept); a whole-number float is the level of its integer
+      (16.0 is "16"); the values of fewer than ``min_level_rows`` fit rows each are pooled (with a warning) into
+      one level ``x=(other)``, the last, or, where together they hold fewer rows than that, into the reference level;
+    - timestamp column ``t`` (ISO string, datetime or epoch seconds; weekday and month in UTC where the timestamp
+      has an offset, else as written): for each of ``timestamp_features``,
       ``weekday`` -> one-hot ``t=Tue`` ..., ``month`` -> one-hot ``t=Feb`` ..., ``trend`` -> ``t_trend_days``
       (days since the earliest row).
 
@@ -242,6 +319,8 @@ def build_confounder_matrix(
     categorical and calendar levels and the reference level; a level the others alone hold counts as the reference
     level (a warning names it). Default: all rows.
     """
+    if not isinstance(min_level_rows, int) or min_level_rows < 1:
+        raise DataError(f"min_level_rows must be a whole number of at least 1 (1 keeps every value); got {min_level_rows!r}.")
     kinds = {"numeric": list(numeric), "categorical": list(categorical), "timestamps": list(timestamps)}
     _check_column_names(columns, kinds, timestamp_features)
     names_in_order = [name for kind in kinds.values() for name in kind]
@@ -281,7 +360,7 @@ def build_confounder_matrix(
         blocks.append(values[:, None])
         feature_names.append(name)
     for name in kinds["categorical"]:
-        values = [str(columns[name][row]) for row in kept_indices]  # a level is its text: 2 in one file is "2" in another
+        values = [level_text(columns[name][row]) for row in kept_indices]  # a level is its text: 2 in one file is "2" in another
         block, block_names = _one_hot(
             name,
             values,
@@ -289,6 +368,7 @@ def build_confounder_matrix(
             f"Categorical confounder column {name!r}",
             "remove it from the confounders",
             fit,
+            min_level_rows,
         )
         blocks.append(block)
         feature_names.extend(block_names)
@@ -299,7 +379,7 @@ def build_confounder_matrix(
                 f"Timestamp confounder column {name!r} holds the same moment in all used rows, so it has no "
                 "variance; remove it from the confounders."
             )
-        time_blocks, time_names = _timestamp_features(name, moments, timestamp_features, fit)
+        time_blocks, time_names = _timestamp_features(name, moments, timestamp_features, fit, min_level_rows)
         blocks.extend(time_blocks)
         feature_names.extend(time_names)
     matrix = np.hstack(blocks)

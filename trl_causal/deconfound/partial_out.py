@@ -174,7 +174,11 @@ class DeconfoundResult:
                 "p_value": float(p_values[j]),
                 "residual_r2": float(self.residual_r2[j]),
                 "mean": float(self.confounder_mean[j]),
-                **({"first_stage_f": float(self.first_stage_f[j])} if self.first_stage_f is not None else {}),
+                **(
+                    {"first_stage_f": float(self.first_stage_f[j]), "weak_instrument": bool(self.first_stage_f[j] < WEAK_INSTRUMENT_F)}
+                    if self.first_stage_f is not None
+                    else {}
+                ),
             }
             for j, name in enumerate(self.feature_names)
         }

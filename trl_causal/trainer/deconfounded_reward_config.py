@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from trl import RewardConfig
 
 from ..configuration import unset_null_words
-from ..deconfound.confounders import TIMESTAMP_FEATURES
+from ..deconfound.confounders import MIN_LEVEL_ROWS, TIMESTAMP_FEATURES
 from ..deconfound.partial_out import LEARNER_NAMES
 from ..errors import ConfigError
 
@@ -59,7 +59,19 @@ class DeconfoundedRewardConfig(RewardConfig):
     )
     timestamp_confounders: list[str] = field(
         default_factory=list,
-        metadata={"help": "Columns of timestamps (ISO strings or epoch seconds), turned into `timestamp_features`."},
+        metadata={
+            "help": "Columns of timestamps (ISO strings, or epoch seconds as numbers or text), turned into "
+            "`timestamp_features`. Weekday and month are those in UTC of a timestamp with an offset "
+            "('2024-03-28T20:00:00-05:00' is a Friday, as its epoch seconds are); a timestamp without one is taken as written."
+        },
+    )
+    min_level_rows: int = field(
+        default=MIN_LEVEL_ROWS,
+        metadata={
+            "help": "Values of a categorical confounder (and weekdays, months) held by fewer training rows than this "
+            "are pooled into one level `column=(other)`, with a warning and `pooled_levels` in the report: the effect "
+            "of a value of one row is that row's noise, with a standard error near 0. 1 keeps every value."
+        },
     )
     timestamp_features: list[str] = field(
         default_factory=lambda: list(TIMESTAMP_FEATURES),
@@ -242,7 +254,7 @@ class DeconfoundedRewardConfig(RewardConfig):
                 f"timestamp_features={self.timestamp_features} must be a non-empty subset of "
                 f"{list(TIMESTAMP_FEATURES)}."
             )
-        for name, minimum in (("n_folds", 2), ("feature_batch_size", 1)):
+        for name, minimum in (("n_folds", 2), ("feature_batch_size", 1), ("min_level_rows", 1)):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least {minimum}.")
         for name in ("invariance_weight", "min_pair_gap", "margin_scale"):

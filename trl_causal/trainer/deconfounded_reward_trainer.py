@@ -46,7 +46,7 @@ from trl.trainer.utils import global_then_local_main_first, pad
 from ..data import check_split_types, named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.partial_out import check_design, group_codes
-from ..deconfound.confounders import describe_invalid_columns, is_missing, parse_numbers, reference_levels
+from ..deconfound.confounders import POOLED_LEVEL, describe_invalid_columns, is_missing, one_hot_levels, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, preference_pairs
 from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
@@ -262,6 +262,7 @@ def read_observations(
         args.timestamp_confounders,
         args.timestamp_features,
         fit_rows=len(next(iter(parts.values()))[1]),
+        min_level_rows=args.min_level_rows,
     )
     observations, start = {}, 0
     for split, (kept, rows, outcome, instrument, dropped) in parts.items():
@@ -678,12 +679,15 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         }
         if args.categorical_confounders or args.timestamp_confounders:  # what each one-hot theta is measured from
             train_rows = rows["train"]
-            self.report["reference_levels"] = reference_levels(
+            levels = one_hot_levels(
                 {column: train_rows[column] for column in (*args.categorical_confounders, *args.timestamp_confounders)},
                 args.categorical_confounders,
                 args.timestamp_confounders,
                 args.timestamp_features,
+                args.min_level_rows,
             )
+            self.report["reference_levels"] = {block: level["reference"] for block, level in levels.items()}
+            self.report["pooled_levels"] = {block: level["pooled"] for block, level in levels.items() if level["pooled"]}
         if self.report["feature_source"] == "model":
             model_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             self.report["feature_precision"] = feature_precision(args, self.model) or model_dtype
@@ -772,6 +776,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             line += "\n  one-hot thetas are measured from the reference levels " + ", ".join(
                 f"{block}={level}" for block, level in report["reference_levels"].items()
             )
+        for block, pooled in report.get("pooled_levels", {}).items():
+            line += f"\n  {block}: {len(pooled)} values of fewer than {self.args.min_level_rows} training rows each pooled into {POOLED_LEVEL}"
         if "instruments" in deconfounding:
             line += f"\n  partialling-out IV (2SLS), instruments: {', '.join(deconfounding['instruments'])}"
         for name, effect in deconfounding.get("effects", {}).items():
