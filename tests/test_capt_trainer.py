@@ -11,6 +11,7 @@ import warnings
 
 import datasets
 import pytest
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState
 from trl import SFTConfig, SFTTrainer
@@ -321,6 +322,23 @@ def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model
         small_pool.prepare_prompts(rows)
 
 
+def test_held_out_rows_draw_symbols_of_their_own_and_evaluation_draws_as_prediction(tiny_model, tmp_path):
+    """Evaluation and prediction row k used the seed sequence of training row k's first epoch, so a held-out row with
+    as many events got the very symbols training row k had. They now draw from a stream of their own, the same one."""
+    rows = prontoqa_rows(8)
+    trainer = CAPTTrainer(
+        model=str(tiny_model), args=capt_args(tmp_path), train_dataset=datasets.Dataset.from_list(rows),
+        eval_dataset=datasets.Dataset.from_list(rows),
+    )
+    train, held_out = trainer.train_dataset, trainer.eval_dataset
+    assert train.draw == held_out.draw == 0
+    differs = [k for k in range(8) if train.render(k) != held_out.render(k)]
+    assert len(differs) >= 7, differs  # same rows, same draw: only the stream tells them apart
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), model, tokenizer, ["True", "False"])
+    assert predictor.prepare_prompts(rows) == [held_out.render(k)[0] for k in range(8)]
+
+
 def test_an_answer_that_names_an_event_is_written_with_the_rows_symbol(tiny_model, tmp_path):
     """Training writes the completion " Alice" with Alice's symbol; scoring and parsing at inference must too."""
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
@@ -381,11 +399,25 @@ def test_unknown_estimator_suggests_the_closest_registered_one(tmp_path, capsys)
         ({"on_no_events": "skip"}, "on_no_events is 'skip'"),
         ({"completion_only_loss": False}, "contradicts capt_prompt_loss=False"),
         ({"packing": True}, "packing=True is not supported"),
+        ({"eval_packing": True}, "eval_packing=True is not supported"),  # evaluation rows were padded, unpacked
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         capt_args(tmp_path, **overrides)
+
+
+def test_padding_free_trains_rows_cut_to_max_length_by_capt(tiny_model, tmp_path):
+    """TRL refuses padding_free with a max_length it would not enforce without packing; capt cuts rows itself, so it
+    trains, on rows of at most max_length tokens flattened into one sequence."""
+    trainer = make_trainer(tiny_model, tmp_path, prontoqa_rows(4), padding_free=True, max_length=120, per_device_train_batch_size=2)
+    assert trainer.args.max_length == 120
+    items = [trainer.train_dataset[k] for k in range(4)]
+    assert all(len(item["input_ids"]) <= 120 for item in items) and max(len(item["input_ids"]) for item in items) == 120
+    batch = trainer.data_collator(items)
+    assert batch["input_ids"].shape == (1, sum(len(item["input_ids"]) for item in items)) and "position_ids" in batch
+    trainer.train()
+    assert np.isfinite(trainer.state.log_history[-1]["train_loss"])
 
 
 def test_a_template_without_a_part_per_message_names_the_row_before_training(tiny_model, tmp_path):

@@ -163,7 +163,13 @@ def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_pa
 
     unbounded = write_config(tmp_path / "unbounded.yaml", {**read_yaml(streamed), "max_steps": -1, "num_train_epochs": 1})
     assert train_module.cli(["--config", str(unbounded)]) == 2  # transformers' traceback, once the model had loaded
-    assert "The training rows are streamed (`dataset_streaming: true`), so they have no length to count epochs by: set `max_steps`" in capsys.readouterr().err
+    assert "The training rows are streamed (`dataset_streaming: true`, or `streaming: true` beside `datasets:`), so they have no length to count epochs by: set `max_steps`" in capsys.readouterr().err
+    # TRL's `streaming` streams a `datasets:` mixture only: beside dataset_name it changes nothing, which is said
+    mistaken = write_config(tmp_path / "mistaken.yaml", {**read_yaml(streamed), "dataset_streaming": False, "streaming": True})
+    assert train_module.cli(["--config", str(mistaken)]) == 0
+    out = capsys.readouterr()
+    assert "sets `streaming: true`, which streams a `datasets:` mixture only, so" in out.err and "is loaded whole" in out.err
+    assert "trained 'sft' on 5 rows" in out.out  # not streamed: counted, 3 of 8 over max_length dropped
 
 
 def test_settings_that_trls_trainer_refuses_are_one_line(tmp_path, tiny_model, capsys):

@@ -152,6 +152,9 @@ def load_any_dataset(name: str, config: str | None = None, streaming: bool = Fal
         ) from None
 
 
+STREAMING_KEYS = "`dataset_streaming: true`, or `streaming: true` beside `datasets:`"  # TRL's two ways to stream
+
+
 def load_run_datasets(script_args: Any, dataset_args: Any, need_eval: bool):
     """The train split and (if ``need_eval``) the test split named in the config."""
     if dataset_args.datasets:
@@ -193,7 +196,7 @@ def check_streamed_steps(train_dataset: Any, max_steps: int) -> None:
 
     if isinstance(train_dataset, datasets.IterableDataset) and max_steps <= 0:
         raise ConfigError(
-            "The training rows are streamed (`dataset_streaming: true`), so they have no length to count epochs by: "
+            f"The training rows are streamed ({STREAMING_KEYS}), so they have no length to count epochs by: "
             "set `max_steps` (e.g. max_steps: 1000), or load them without streaming."
         )
 
@@ -212,7 +215,7 @@ def check_split_types(splits: dict[str, Any], trainer: str, why: str = "", strea
             f" Pass one of its splits, e.g. dataset[{next(iter(dataset), 'train')!r}]."
             if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict))
             else " Make one with datasets.Dataset.from_list(rows)." if isinstance(dataset, (list, tuple))
-            else " Load it without streaming: remove `dataset_streaming: true` from the config (in a script, call "
+            else f" Load it without streaming: remove {STREAMING_KEYS} from the config (in a script, call "
             "load_dataset without streaming=True)." if isinstance(dataset, datasets.IterableDataset)
             else ""
         )

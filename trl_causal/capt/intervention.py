@@ -173,25 +173,33 @@ def _check_index(value: int, what: str) -> None:
         raise ValueError(f"{what} must be a non-negative integer, not {value!r}.")
 
 
+HELD_OUT_STREAM = 1  # ``stream`` of evaluation and prediction rows: symbols of their own, not training row i's
+
+
 class RowInterventions:
     """Reproducible fresh symbols for a fixed list of templates: row ``i`` at draw ``d`` is intervened with
-    ``numpy.random.default_rng([seed, d, i])``. Use the epoch (or any draw counter) as ``d``: each draw gets
-    new symbols, the same (seed, d, i) the same text, and nothing but the templates is stored."""
+    ``numpy.random.default_rng([seed, d, i])`` (training, ``stream`` 0), or ``[seed, d, i, stream]`` for another
+    stream of rows (``HELD_OUT_STREAM``: evaluation and prediction rows, whose row i would otherwise get the symbols
+    training row i had in the first epoch). Use the epoch (or any draw counter) as ``d``: each draw gets new
+    symbols, the same (seed, d, i) the same text, and nothing but the templates is stored."""
 
-    def __init__(self, templates: Sequence[EventTemplate], pool: SymbolPool, seed: int = 0):
+    def __init__(self, templates: Sequence[EventTemplate], pool: SymbolPool, seed: int = 0, stream: int = 0):
         _check_index(seed, "seed")
+        _check_index(stream, "stream")
         self.templates = templates
         self.pool = pool
         self.seed = seed
+        self.stream = stream
 
     def __len__(self) -> int:
         return len(self.templates)
 
     def rng(self, row_index: int, draw: int) -> np.random.Generator:
-        """The generator of row ``row_index`` at draw ``draw``: ``default_rng([seed, draw, row_index])``."""
+        """The generator of row ``row_index`` at draw ``draw``: ``default_rng([seed, draw, row_index])``, with
+        ``stream`` appended where it is not 0."""
         _check_index(row_index, "row_index")
         _check_index(draw, "draw")
-        return np.random.default_rng([self.seed, int(draw), int(row_index)])
+        return np.random.default_rng([self.seed, int(draw), int(row_index)] + ([int(self.stream)] if self.stream else []))
 
     def intervene(self, row_index: int, draw: int) -> InterventionResult:
         """Row ``row_index`` with the symbols of draw ``draw``."""

@@ -116,11 +116,12 @@ class CAPTConfig(SFTConfig):
                 f"capt_prompt_loss={self.capt_prompt_loss}; the capt trainer reads capt_prompt_loss (false: loss on the "
                 "completion only), so leave completion_only_loss unset."
             )
-        if self.packing:
-            raise ConfigError(
-                "packing=True is not supported by the capt trainer: rows are tokenized afresh at every draw. Set "
-                "`packing: false`."
-            )
+        for name in ("packing", "eval_packing"):
+            if getattr(self, name):
+                raise ConfigError(
+                    f"{name}=True is not supported by the capt trainer: rows are tokenized afresh at every draw. Set "
+                    f"`{name}: false` (`padding_free: true` drops the padding without packing)."
+                )
         if self.assistant_only_loss:
             raise ConfigError(
                 "assistant_only_loss is not supported by the capt trainer; by default its loss already covers only the "

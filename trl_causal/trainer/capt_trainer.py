@@ -33,6 +33,7 @@ from ..capt import (
     estimate_rows,
     render_names,
 )
+from ..capt.intervention import HELD_OUT_STREAM
 from ..configuration import method_settings
 from ..data import check_split_types, named_splits
 from ..errors import ConfigError, DataError, describe_rows, for_count
@@ -455,7 +456,13 @@ class CAPTTrainer(SFTTrainer):
             self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
 
         self.answer_prefix = training_answer_prefix(train_dataset)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        # TRL refuses padding_free with a max_length it would not enforce without packing; capt's RowTokenizer cuts
+        # every row to max_length itself, so SFTTrainer is shown none while it sets up.
+        max_length, args.max_length = args.max_length, None if args.padding_free else args.max_length
+        try:
+            super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        finally:
+            args.max_length = max_length
         # TRL's compute_loss divides by `num_items_in_batch`: have the Trainer always count it.
         self.model_accepts_loss_kwargs = True
         if not isinstance(self.processing_class, PreTrainedTokenizerBase):
@@ -527,8 +534,10 @@ class CAPTTrainer(SFTTrainer):
     def _interventions(
         self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool
     ) -> tuple[RowInterventions, list[InterventionResult]]:
-        """The rows' interventions, and their draw-0 results (checked: the pool serves every row)."""
-        interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value)
+        """The rows' interventions, and their draw-0 results (checked: the pool serves every row). Evaluation rows
+        draw from the held-out stream, as prediction does."""
+        stream = 0 if split == "training" else HELD_OUT_STREAM
+        interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value, stream)
         return interventions, check_interventions(interventions, estimated.row_indices, progress, split)
 
     def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
@@ -633,7 +642,8 @@ class CAPTTrainer(SFTTrainer):
 
 class CAPTPredictor(LMPredictor):
     """``LMPredictor`` with CAPT's inference pipeline: events are estimated on each prompt alone and replaced by
-    symbols (seeded: row ``k`` of a ``predict`` call uses draw 0 of ``RowInterventions(seed)``), then decoded.
+    symbols (seeded: row ``k`` of a ``predict`` call uses draw 0 of ``RowInterventions(seed, stream=HELD_OUT_STREAM)``,
+    as the trainer's evaluation rows do), then decoded.
 
     ``symbol_pool="pool"`` takes the names of the other rows of the same call; ``CAPTTrainer.build_predictor``
     passes the training rows' names instead when the checkpoint has them. A prompt without events is kept
@@ -680,7 +690,7 @@ class CAPTPredictor(LMPredictor):
             # a chat prompt's answer is a message of its own, as training renders chat completions
             estimated.templates[row_index] = dataclasses.replace(template, completion_is_message=message_roles(prompt) is not None)
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
-        interventions = RowInterventions(estimated.templates, pool, self.seed)
+        interventions = RowInterventions(estimated.templates, pool, self.seed, HELD_OUT_STREAM)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
         written = [
             [render_names(answer, template, result.mapping) for answer in self.answers]
