@@ -732,11 +732,13 @@ def test_pairwise_needs_a_group_column(tmp_path):
         reward_args(tmp_path, objective="pairwise", group_column=None)
 
 
-@pytest.mark.parametrize("objective, unit", [("regression", "rows"), ("pairwise", "pairs")])
-def test_invariance_needs_two_rows_or_pairs_per_batch(tmp_path, objective, unit):
-    # one pair's two rows correlate fully with any confounder that differs: the penalty would be a constant
-    with pytest.raises(ConfigError, match=rf"needs 2 or more {unit}"):
-        reward_args(tmp_path, mode="invariance", objective=objective, per_device_train_batch_size=1)
+@pytest.mark.parametrize("objective, size, needs", [("regression", 2, "3 or more rows"), ("pairwise", 1, "2 or more pairs")])
+def test_invariance_needs_three_rows_or_two_pairs_per_micro_batch(tmp_path, objective, size, needs):
+    # two rewards (two rows, or one pair's two rows) correlate fully with any confounder that differs: the penalty
+    # would be a constant without gradient (at batch 2 a review measured the very update of mode naive)
+    with pytest.raises(ConfigError, match=rf"needs {needs} .*gradient_accumulation_steps does not widen"):
+        reward_args(tmp_path, mode="invariance", objective=objective, per_device_train_batch_size=size)
+    reward_args(tmp_path, mode="invariance", objective=objective, per_device_train_batch_size=size + 1)
 
 
 def test_evaluation_rows_with_a_level_unseen_in_training_count_as_the_reference_level(tiny_model, tmp_path):

@@ -460,9 +460,30 @@ def test_heads_train_at_their_own_learning_rate(tiny_model, tmp_path, heads_lr):
 
 
 def test_more_patches_than_prompt_tokens_fall_back_and_are_counted(tiny_model, tmp_path):
-    trainer = make_trainer(tiny_model, tmp_path, n_patches=10_000, max_steps=2)
+    rows = shift_rows(8)
+    trainer = make_trainer(tiny_model, tmp_path, rows=rows, n_patches=10_000, max_steps=2)
     trainer.train()
     assert [log["patch_fallback_rows"] for log in step_logs(trainer)] == [4, 8]
+    evaluations = [trainer.evaluate(Dataset.from_list(rows[:4]))["eval_patch_fallback_rows"] for _ in range(2)]
+    assert evaluations == [4, 4]  # each evaluation counts its own rows (the second said 8)
+
+
+def test_logged_loss_sft_does_not_depend_on_how_the_batch_is_split(tiny_model, tmp_path):
+    """TRL's `loss` is the token mean over the accumulated batch; loss_sft averaged each micro-batch's own mean, so
+    8 rows as 4 x 2 logged another L_SFT than as 8 x 1 (answers of different lengths), on the same gradients."""
+    verbalizer = {"positive": "good", "negative": "bad, and not good at all"}
+    labels = ["positive"] * 7 + ["negative"]  # whichever micro-batch holds the negative row has more answer tokens
+    rows = [dict(row, label=label, completion=" " + verbalizer[label]) for row, label in zip(shift_rows(8), labels)]
+    first_logs = []
+    for size in (8, 4):
+        trainer = make_trainer(
+            tiny_model, tmp_path / str(size), rows=rows, per_device_train_batch_size=size,
+            gradient_accumulation_steps=8 // size, verbalizer=verbalizer,
+        )
+        trainer.train()
+        first_logs.append(step_logs(trainer)[0])
+    whole, split = first_logs
+    assert split["loss_sft"] == pytest.approx(whole["loss_sft"], rel=1e-5)
 
 
 def test_adapters_view_without_peft_is_rejected(tiny_model, tmp_path):

@@ -271,11 +271,14 @@ class DeconfoundedRewardConfig(RewardConfig):
             raise ConfigError(
                 "center_rewards_coefficient applies to objective: pairwise; the regression target is already centred."
             )
-        if self.mode == "invariance" and self.per_device_train_batch_size < 2:
-            rows = "rows" if self.objective == "regression" else "pairs (the two rows of one pair always correlate fully)"
+        # the correlation of two values is +-1 whatever they are: a penalty without gradient
+        minimum = 3 if self.objective == "regression" else 2
+        if self.mode == "invariance" and self.per_device_train_batch_size < minimum:
+            rows = "rows (two values always correlate fully)" if self.objective == "regression" else "pairs (the two rows of one pair always correlate fully)"
             raise ConfigError(
-                f"mode='invariance' correlates rewards with the confounders over the batch, which needs 2 or more {rows}: "
-                "set per_device_train_batch_size to 2 or more."
+                f"mode='invariance' correlates rewards with the confounders over each micro-batch, which needs {minimum} "
+                f"or more {rows}: set per_device_train_batch_size to {minimum} or more (gradient_accumulation_steps "
+                "does not widen the micro-batch)."
             )
 
     def feature_autocast_precision(self, bf16_native: bool = False) -> str | None:

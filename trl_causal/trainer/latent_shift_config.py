@@ -226,8 +226,8 @@ class LatentShiftConfig(SFTConfig):
             raise ConfigError(
                 f"per_device_train_batch_size={self.per_device_train_batch_size}: latent_shift needs at least 2 rows "
                 "per device batch, because the shuffle pairs each row with another row's Phi and L_C's entropy is "
-                "taken over the batch. Set per_device_train_batch_size to 2 or more (use gradient_accumulation_steps "
-                "to keep the effective batch)."
+                "taken over the batch. Set per_device_train_batch_size to 2 or more (gradient_accumulation_steps keeps "
+                "the effective batch for L_SFT, but the shuffle and L_C's batch entropy stay per micro-batch)."
             )
         if self.completion_only_loss is False:
             raise ConfigError(

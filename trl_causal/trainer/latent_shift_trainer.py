@@ -302,7 +302,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         self.class_of_label = {label: index for index, label in enumerate(self.verbalizer)}
         self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
         self.attach_heads(self._new_heads())
-        self._patch_fallback_rows = {"train": 0, "eval": 0}
+        self._patch_fallback_rows = {"train": 0, "eval": 0}  # rows so far: of the run, and of the current evaluation
+        self._warned_patch_fallback = False
         self._eval_generator = torch.Generator().manual_seed(args.latent_shift_seed_value)  # `predict` shuffles from it too
         self._shuffle_step, self._micro_batch = -1, 0  # where the last training shuffle was drawn
         if eval_dataset is not None and args.per_device_eval_batch_size < 2:
@@ -342,6 +343,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         """``SFTTrainer.evaluate``; raw rows passed here get their labels like the evaluation rows given at init. The
         shuffles of L_adj restart from ``latent_shift_seed`` on every call, so the same model scores the same."""
         self._eval_generator = torch.Generator().manual_seed(self.args.latent_shift_seed_value)
+        self._patch_fallback_rows["eval"] = 0
         return super().evaluate(self._labelled_eval(eval_dataset), ignore_keys, metric_key_prefix)
 
     def _frozen_reference(self) -> torch.nn.Module:
@@ -455,8 +457,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         frozen_last_hidden = None if sft_only else self._frozen_last_hidden(model, model_inputs)
         outputs = model(**model_inputs, output_hidden_states=True)
         token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels, self.args.label_smoothing_factor)
-        loss_sum, n_tokens = token_losses.sum(), token_mask.sum()
-        loss = self.token_mean(loss_sum, n_tokens, num_items_in_batch)
+        loss = self.token_mean(token_losses.sum(), token_mask.sum(), num_items_in_batch)
         self._log_token_metrics(mode, outputs.logits, labels, inputs["attention_mask"])
         if sft_only:
             if mode == "train":
@@ -473,8 +474,11 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             generator=self._training_shuffle_generator() if mode == "train" else self._eval_generator,
             gather=self.accelerator.gather if self.accelerator.num_processes > 1 else None,
         )
+        # L_SFT's share of the logged loss, so that its mean over a step's micro-batches and processes is the token
+        # mean over the whole accumulated batch, as TRL logs `loss` (each micro-batch's own mean was not)
+        loss_sft = loss.detach() * (self.current_gradient_accumulation_steps if self._training() else 1)
         loss = loss + self.example_mean(self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted)
-        self._log_losses(mode, loss_sum.detach() / n_tokens.clamp(min=1), auxiliary)
+        self._log_losses(mode, loss_sft, auxiliary)
         return (loss, outputs) if return_outputs else loss
 
     def _training_shuffle_generator(self) -> torch.Generator:
@@ -535,7 +539,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             metrics[name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
         fallback = torch.tensor(auxiliary.n_patch_fallback, device=loss_sft.device)
         n_fallback = int(self.accelerator.gather_for_metrics(fallback).sum().item())
-        if n_fallback and not any(self._patch_fallback_rows.values()):
+        if n_fallback and not self._warned_patch_fallback:
+            self._warned_patch_fallback = True
             logger.warning(
                 f"{n_fallback} row(s) have fewer prompt tokens than n_patches={self.args.n_patches}; they use one patch "
                 "per token. The metric `patch_fallback_rows` counts them."

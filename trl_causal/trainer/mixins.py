@@ -122,6 +122,9 @@ class CausalLossMixin:
       all ranks (``num_items_in_batch``), times the number of processes (DDP averages gradients);
     - ``example_mean``: ``mean_i l_i / G`` over the ``G`` accumulation steps (exact when every
       micro-batch has the same number of rows, which the Trainer's samplers give).
+
+    Where transformers passes no ``num_items_in_batch`` (a model whose forward takes no loss kwargs, e.g. Gemma 3),
+    ``token_mean`` falls back to each micro-batch's own token mean, as TRL's SFTTrainer then does.
     """
 
     loss_is_scaled_for_ga = True
