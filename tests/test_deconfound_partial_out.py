@@ -318,6 +318,16 @@ def test_groups_that_one_group_dominates_warn_like_few_groups():
         assert partial_out(outcome, confounder, features, groups=np.arange(400) % 100, progress=False).effective_groups == 100
 
 
+def test_a_dataframe_of_confounders_gives_its_column_names_or_names_its_text_columns(small):
+    pd = pytest.importorskip("pandas")
+    outcome, confounder, features = small
+    frame = pd.DataFrame({"hour": confounder, "device": ["mobile", "desktop"] * 100})
+    with pytest.raises(DataError, match=r"must be numeric \(columns \['device'\] hold text\).*build_confounder_matrix"):
+        partial_out(outcome, frame, features, progress=False)
+    assert partial_out(outcome, frame[["hour"]], features, progress=False).feature_names == ["hour"]  # not confounder_0
+    assert partial_out(outcome, frame["hour"], features, progress=False).feature_names == ["hour"]
+
+
 def test_group_ids_are_checked_and_told_apart_by_their_repr(small):
     """A missing group id is an error naming its row (it would join unrelated rows); 1 and "1" are two groups, as in
     the trainer, where numpy would refuse to sort them together."""

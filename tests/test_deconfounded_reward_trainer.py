@@ -423,6 +423,26 @@ def test_dpo_pairs_count_a_repeated_answer_once_with_its_mean_outcome(tiny_model
         assert score == pytest.approx(standardised, rel=1e-6)
 
 
+def test_dpo_pairs_skip_and_count_rows_alone_in_their_group_and_warn_of_many_pairs(tiny_model, tmp_path, capsys):
+    """dpo-pairs refused singleton groups (advising `objective: regression`, which it refuses too) though it then
+    handled them; it now writes the other groups' pairs and counts the lone rows. A group of 40 rows (780 pairs
+    from 44 rows) is warned about, as in training."""
+    rows = observational_rows(n=44, prompt_completion=True, seed=1)  # 11 groups of 4
+    for row in rows[40:]:
+        row["group"] = f"alone-{row['outcome']}"  # group 10's four rows each alone
+    config = cli_config(tmp_path, tiny_model, rows, text_column=None, n_folds=5)
+    output = tmp_path / "pairs.jsonl"
+    assert cli.main(["dpo-pairs", "--config", str(config), "--output", str(output), "--mode", "naive"]) == 0
+    out = capsys.readouterr()
+    assert "wrote 60 DPO pairs from 44 rows" in out.out and "; 4 rows alone in their group, which make no pair" in out.out
+    assert len(output.read_text().splitlines()) == 10 * 6 and "within-group pairs" not in out.err
+    for row in rows[:40]:
+        row["group"], row["prompt"] = 0, rows[0]["prompt"]
+    config = cli_config(tmp_path, tiny_model, rows, text_column=None, n_folds=5)
+    assert cli.main(["dpo-pairs", "--config", str(config), "--output", str(output), "--mode", "naive"]) == 0
+    assert "dpo-pairs: 44 rows give 780 within-group pairs (largest group: 40 rows)" in capsys.readouterr().err
+
+
 # --- bad input: one line from the training script, before the model loads where the data alone decides --------
 
 
@@ -688,6 +708,13 @@ def test_singleton_groups_under_pairwise(tmp_path, tiny_model, capsys):
         cli_config(tmp_path, tiny_model, rows, objective="pairwise"),
         "20 of 70 groups have a single row (rows [100, 101, 102, 103, 104] and 15 more)",
     )
+    rows = [dict(row, group=i // 2) for i, row in enumerate(observational_rows())]
+    rows[31]["outcome"] = None  # its pair mate, row 30, is left alone by drop_invalid: the message says why
+    train_fails_with(
+        capsys,
+        cli_config(tmp_path, tiny_model, rows, objective="pairwise", drop_invalid=True),
+        "train split, group_column 'group' once 1 row with a missing value was dropped (drop_invalid): 1 of 60 groups has a single row (row 30)",
+    )
 
 
 def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_model, tmp_path, caplog, capsys):
@@ -719,7 +746,7 @@ def test_pairwise_counts_its_pairs_and_warns_when_large_groups_make_many(tiny_mo
         trainer = build_trainer(tiny_model, tmp_path, rows, objective="pairwise", feature_source="tfidf")
     pairs = len(trainer.train_dataset)
     assert pairs > 10 * 120 and trainer.report["rows"]["pairs"] == pairs
-    assert f"The train split's 120 rows give {pairs} within-group pairs (largest group: 40 rows)" in caplog.text
+    assert f"The train split: 120 rows give {pairs} within-group pairs (largest group: 40 rows)" in caplog.text
     assert f"120 training rows in {pairs} within-group pairs" in capsys.readouterr().out
     caplog.clear()
     with caplog.at_level("WARNING"):

@@ -11,6 +11,7 @@ with the mean t of its copies.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,19 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
 from .partial_out import group_codes
+
+
+MANY_PAIRS_PER_ROW = 10  # more within-group pairs per row than this (groups of about 20 rows or more) is warned about
+
+
+def many_pairs_warning(n_rows: int, n_pairs: int, largest_group: int, what: str) -> str | None:
+    """The warning for more than ``MANY_PAIRS_PER_ROW`` pairs per row, else None."""
+    if n_pairs <= MANY_PAIRS_PER_ROW * n_rows:
+        return None
+    return (
+        f"{what}: {n_rows} rows give {n_pairs} within-group pairs (largest group: {largest_group} rows): pairs grow with "
+        "the square of a group's size. A finer group_column, or a larger min_pair_gap, gives fewer."
+    )
 
 
 def check_pair_groups(groups: np.ndarray | None, what: str, row_numbers: Sequence[int] | None = None) -> None:
@@ -147,7 +161,9 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
     train, _ = load_run_datasets(run.script_args, run.dataset_args, need_eval=False)
     check_split_types({"train": train}, "deconfounded_reward", " (dpo-pairs ranks all rows by their deconfounded outcome)")
     observations = read_observations({"train": train}, args)["train"]
-    check_pair_groups(observations.groups, "dpo-pairs", observations.rows)
+    _, group_sizes = np.unique(observations.groups, return_counts=True)
+    if (group_sizes == 1).all():
+        check_pair_groups(observations.groups, "dpo-pairs", observations.rows)  # the error: no group has a pair
     rows = train.select(observations.rows)
 
     def features():
@@ -159,6 +175,8 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
     all_rows = rows.to_list()
     kept, scores = merge_repeated_answers(all_rows, observations.groups, targets.of(observations), args.text_column or "completion")
     pairs = preference_pairs(scores, observations.groups[kept], args.min_pair_gap, "dpo-pairs", single_row_groups=True)
+    if warning := many_pairs_warning(len(kept), len(pairs), int(group_sizes.max()), "dpo-pairs"):
+        print(f"trl-causal: warning: {warning}", file=sys.stderr)
     lines = dpo_rows([all_rows[i] for i in kept], pairs, scores, args.text_column, observations.rows[kept])
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +190,8 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
         + ")"
     )
     dropped = f"; {count_rows(observations.dropped)} with a missing or non-finite value dropped" if observations.dropped else ""
+    alone = int((group_sizes == 1).sum())
+    alone = f"; {count_rows(alone)} alone in {for_count(alone, 'its', 'their')} group, which {for_count(alone, 'makes', 'make')} no pair" if alone else ""
     merged = len(all_rows) - len(kept)
     merged = (
         f"; {count_rows(merged)} that {for_count(merged, 'repeats', 'repeat')} an answer of "
@@ -179,7 +199,7 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
     )
     print(
         f"trl-causal: wrote {len(lines)} DPO pairs from {len(rows)} rows ranked by the {ranked_by} to {path}"
-        f"{dropped}{merged}"
+        f"{dropped}{alone}{merged}"
     )
     return len(lines)
 

@@ -204,7 +204,12 @@ def _as_float_matrix(values: Any, what: str, n_rows: int | None) -> np.ndarray:
     try:
         matrix = np.asarray(values, dtype=float)
     except (TypeError, ValueError) as error:
-        raise DataError(f"The {what} must be numeric: {error}.") from None
+        text = [str(name) for name in getattr(values, "columns", []) if not _holds_numbers(values[name])]
+        where = f" (columns {text} hold text)" if text else ""
+        raise DataError(
+            f"The {what} must be numeric{where}: {error}. One-hot encode categorical columns, e.g. with "
+            "trl_causal.deconfound.build_confounder_matrix(columns, numeric=[...], categorical=[...])."
+        ) from None
     if matrix.ndim == 1:
         matrix = matrix[:, None]
     if matrix.ndim != 2:
@@ -212,6 +217,14 @@ def _as_float_matrix(values: Any, what: str, n_rows: int | None) -> np.ndarray:
     if n_rows is not None and len(matrix) != n_rows:
         raise DataError(f"The {what} has {len(matrix)} rows but the outcome has {n_rows}.")
     return matrix
+
+
+def _holds_numbers(values: Any) -> bool:
+    try:
+        np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _outcome_vector(y: Any) -> np.ndarray:
@@ -271,9 +284,14 @@ def _check_learners(learners: Sequence[str | RegressorMixin], features: Any, see
 def _named_finite_matrix(
     values: Any, what: str, n_rows: int, names: Sequence[str] | None, names_argument: str
 ) -> tuple[np.ndarray, list[str]]:
-    """A float matrix with one name per column (default ``<what's first word>_<j>``), checked for NaN/inf."""
+    """A float matrix with one name per column (default: a DataFrame's column names, a Series' name, else
+    ``<what's first word>_<j>``), checked for NaN/inf."""
     matrix = _as_float_matrix(values, what, n_rows)
     columns = matrix.shape[1]
+    if names is None and hasattr(values, "columns"):
+        names = [str(name) for name in values.columns]
+    elif names is None and columns == 1 and getattr(values, "name", None) is not None:
+        names = [str(values.name)]
     names = list(names) if names is not None else [f"{what.split()[0]}_{j}" for j in range(columns)]
     if len(names) != columns:
         raise DataError(f"{names_argument} has {len(names)} names but the {what} has {columns} columns.")

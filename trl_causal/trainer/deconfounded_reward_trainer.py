@@ -48,7 +48,7 @@ from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.partial_out import check_design, group_codes
 from ..deconfound.confounders import POOLED_LEVEL, describe_invalid_columns, is_missing, one_hot_levels, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
-from ..deconfound.pairs import check_pair_groups, preference_pairs
+from ..deconfound.pairs import check_pair_groups, many_pairs_warning, preference_pairs
 from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
 from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
@@ -59,7 +59,6 @@ logger = logging.get_logger(__name__)
 
 REPORT_FILE = "deconfounding_report.json"
 CONFOUNDER_MODES = ("covariate", "invariance")  # the modes whose loss reads the confounders
-MANY_PAIRS_PER_ROW = 10  # more within-group pairs per row than this (groups of about 20 rows or more) is warned about
 
 
 def text_column_sets(args: DeconfoundedRewardConfig) -> tuple[tuple[str, ...], ...]:
@@ -602,8 +601,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             instruments(train, args)  # enough instruments, before the feature pass
         if args.objective == "pairwise":
             for split, obs in observations.items():
+                dropped = f" once {count_rows(obs.dropped)} with a missing value {for_count(obs.dropped, 'was', 'were')} dropped (drop_invalid)" if obs.dropped else ""
                 check_pair_groups(
-                    obs.groups, f"objective='pairwise', {split} split, group_column {args.group_column!r}", obs.rows
+                    obs.groups, f"objective='pairwise', {split} split, group_column {args.group_column!r}{dropped}", obs.rows
                 )
         if peft_config is not None and peft_config.task_type != "SEQ_CLS":
             # SEQ_CLS trains the `score` head too (PEFT's modules_to_save); a copy leaves the caller's config as it was
@@ -746,12 +746,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 f"{single} {split} {for_count(single, 'group has', 'groups have')} one row left after dropping the "
                 f"rows longer than max_length={args.max_length}; they give no pair. Raise max_length to keep them."
             )
-        if len(pairs) > MANY_PAIRS_PER_ROW * len(input_ids) and args.process_index == 0:
-            logger.warning(
-                f"The {split} split's {len(input_ids)} rows give {len(pairs)} within-group pairs (largest group: "
-                f"{group_sizes.max()} rows): pairs grow with the square of a group's size, and each is a training "
-                "example. A finer group_column, or a larger min_pair_gap, gives fewer."
-            )
+        warning = many_pairs_warning(len(input_ids), len(pairs), int(group_sizes.max()), f"The {split} split")
+        if warning and args.process_index == 0:
+            logger.warning(f"{warning} Each pair is a training example.")
         columns = {"chosen_ids": [input_ids[i] for i in pairs[:, 0]], "rejected_ids": [input_ids[j] for j in pairs[:, 1]]}
         if confounders is not None:
             columns |= {"chosen_confounders": confounders[pairs[:, 0]], "rejected_confounders": confounders[pairs[:, 1]]}
