@@ -155,6 +155,25 @@ def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_p
         other_sizes.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1"))
 
 
+def test_the_adapters_view_is_the_base_model_without_dropout(tiny_model, tmp_path):
+    """With LoRA, R0 comes from the model with its adapters disabled, in eval mode like the reference copy: under
+    train mode the base model's dropout made R0 differ from call to call (up to 2.6 on this model)."""
+    dropped = tmp_path / "dropout"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attention_dropout=0.5)
+    model.save_pretrained(dropped)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(dropped)
+    trainer = make_trainer(dropped, tmp_path / "out", peft_config=LoraConfig(**LORA))
+    tokenizer = trainer.processing_class
+    inputs = dict(tokenizer(["the food was good", "the service was bad"], return_tensors="pt", padding=True))
+    trainer.model.train()
+    first, second = (trainer._frozen_last_hidden(trainer.model, inputs) for _ in range(2))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert trainer.model.training  # restored for the training forward
+    base = AutoModelForCausalLM.from_pretrained(dropped).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(first, base(**inputs, output_hidden_states=True).hidden_states[-1])
+
+
 def test_resume_with_lora_restores_the_adapters_and_the_heads(tiny_model, tmp_path):
     settings = dict(max_steps=2, save_strategy="steps", save_steps=1)
     rows = shift_rows(16)

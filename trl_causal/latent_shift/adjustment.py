@@ -8,7 +8,10 @@ model being fine-tuned with ``output_hidden_states=True`` and one no-grad forwar
 - ``hidden_states[low_layer]`` (default 0: embeddings)  -> patch features f -> Phi = MLP(f),
 
 and this module computes
-    q0 = softmax(g(R0)),  q1 = softmax(g(R1)),   L_C = mean ||q0 - q1||^2 - H(q0) - H(q1),
+    q0 = softmax(g(R0)),  q1 = softmax(g(R1)),   L_C = mean ||q0 - q1||^2 - H(q0) - H(q1)
+                                                  (METHODS' form, ``entropy_mode: per_example``; the default
+                                                  ``mutual_information`` takes the entropies as in
+                                                  ``causal_alignment_loss``),
     L_adj = CE(h([q1, Phi[perm]]), y)            (perm: a derangement of the batch),
     p(y | do(x)) ~= 1/K sum_k softmax(h([q1(x), Phi'_k]))   (Phi'_k drawn independently of x).
 
@@ -342,7 +345,9 @@ class LatentShiftHeads(nn.Module):
     """The trainable parts of ``latent_shift``: causal head g, low-level encoder (Phi) and adjusted head h, plus the memory bank.
 
     The bank stores patch features f (the encoder's input), not Phi: Phi' = encoder(f') is recomputed
-    with the current encoder whenever it is drawn, so the bank never holds stale Phi. The heads
+    with the current encoder whenever it is drawn, so the bank never holds a stale encoder's Phi (the f themselves
+    come from the model as it was when their rows were seen: they drift where the embeddings, or with
+    ``low_level_layer`` > 0 the layers below it, train). The heads
     compute in their own dtype (float32 unless cast); hidden states are cast to it.
     ``config`` holds the constructor arguments: ``LatentShiftHeads.from_config(heads.config)``
     rebuilds the same architecture before ``load_state_dict``.

@@ -406,12 +406,20 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         return torch.tensor([self.class_of_label[str(value)] for value in values], device=device)
 
     def _frozen_last_hidden(self, model, inputs: dict[str, Any]) -> Tensor:
-        """The last hidden layer of the frozen view, without grad (only the last position's logits are computed)."""
+        """The last hidden layer of the frozen view, without grad (only the last position's logits are computed). The
+        adapters view runs the base model in eval mode, as the reference copy is: without dropout (BERT, GPT-2 and OPT
+        have some), R0 is the same for the same row, as the frozen pretrained model's is."""
         with torch.no_grad():
             if self.reference_model is not None:
                 return self.reference_model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
-            with self.accelerator.unwrap_model(model).disable_adapter():
-                return model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            unwrapped = self.accelerator.unwrap_model(model)
+            training = unwrapped.training
+            unwrapped.eval()
+            try:
+                with unwrapped.disable_adapter():
+                    return model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            finally:
+                unwrapped.train(training)
 
     def _no_prompt_tokens(self, rows: str) -> DataError:
         """The error for ``rows`` ("rows [2, 5] of the batch") whose first token is already supervised."""
