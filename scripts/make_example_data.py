@@ -1,4 +1,6 @@
-"""Write the example datasets shipped under example_configs/data (deterministic: re-running gives the same files).
+"""Write example_configs/data/prontoqa_train.jsonl, the capt and sft example configs' training rows (deterministic:
+re-running gives the same file). The other files under example_configs/data come from the commands in the headers of
+the example configs that read them.
 
     .venv/bin/python scripts/make_example_data.py
 """

@@ -158,7 +158,7 @@ def test_prompt_completion_rows_use_the_verbalizer():
 
 
 def test_command_line_writes_every_split(tmp_path, capsys):
-    assert cli.main(["shift-data", "--out", str(tmp_path), "--kind", "stopword", "--n-train", "20", "--n-test", "10"]) == 0
+    assert cli.main(["shift-data", "--out", str(tmp_path), "--kind", "stopword", "--n_train", "20", "--n-test", "10"]) == 0
     files = sorted(path.name for path in tmp_path.iterdir())
     assert files == ["test_10.jsonl", "test_30.jsonl", "test_50.jsonl", "test_70.jsonl", "test_90.jsonl", "train.jsonl"]
     first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
@@ -170,7 +170,7 @@ def test_command_line_writes_every_split(tmp_path, capsys):
     assert "invalid choice: 'stopwords'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["shift-data", "--out", str(tmp_path), "--n-test", "-1"])
-    assert "argument --n-test: must be a whole number of at least 1, not '-1'" in capsys.readouterr().err
+    assert "argument --n_test/--n-test: must be a whole number of at least 1, not '-1'" in capsys.readouterr().err
     assert cli.main(["shift-data", "--out", str(tmp_path / "train.jsonl")]) == 2
     assert f"--out {tmp_path / 'train.jsonl'} is a file; the split files go into a directory" in capsys.readouterr().err
     older = subprocess.run(  # the older spelling still writes the splits

@@ -626,14 +626,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="platform",
         help="the spurious feature: platform (a tag such as amazon.xxx) or stopword (an inserted stop word)",
     )
-    shift.add_argument("--n-train", type=_at_least_one, default=2000, help="training rows (default: 2000)")
-    shift.add_argument("--n-test", type=_at_least_one, default=500, help="rows per test split (default: 500)")
+    shift.add_argument("--n_train", "--n-train", type=_at_least_one, default=2000, help="training rows (default: 2000)")
+    shift.add_argument("--n_test", "--n-test", type=_at_least_one, default=500, help="rows per test split (default: 500)")
     shift.add_argument("--seed", type=int, default=0)
     shift.add_argument("--ambiguous", type=float, default=0.0, help="fraction of rows with mixed text, where only the spurious feature tells the label (default: 0)")
     shift.add_argument("--conversational", action="store_true", help="chat messages instead of plain strings")
     download = commands.add_parser("download-model", help="fetch and convert an embedded model; prints its path")
     download.add_argument("name", help="embedded model name, e.g. smollm2-135m-instruct")
-    download.add_argument("--cache-dir", help="where to keep converted models (default: $TRL_CAUSAL_CACHE/models, else ~/.cache/trl_causal/models)")
+    download.add_argument("--cache_dir", "--cache-dir", help="where to keep converted models (default: $TRL_CAUSAL_CACHE/models, else ~/.cache/trl_causal/models)")
     return parser
 
 
