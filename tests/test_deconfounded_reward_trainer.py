@@ -147,6 +147,7 @@ def test_modes_and_objectives_train_and_save_a_plain_checkpoint(mode, objective,
         feature_cache_dir=str(tmp_path / "features"),
         gradient_accumulation_steps=2,
         **({"margin_scale": 0.5} if objective == "pairwise" else {}),
+        **({"per_device_train_batch_size": 3} if mode == "invariance" else {}),  # its correlation needs 3 rows
     )
     columns = trainer.train_dataset.column_names
     assert ("chosen_ids" in columns and "margin" in columns) if objective == "pairwise" else ("target" in columns)
@@ -499,7 +500,10 @@ def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model
     with pytest.raises(DataError, match=r"3 of 120 rows .*'group': 1 \(row 9\)"):
         build_trainer(tiny_model, tmp_path, rows)  # a missing group id is not a group of its own
     trainer = build_trainer(tiny_model, tmp_path, rows, drop_invalid=True)
-    assert trainer.report["rows"] == {"used": 117, "dropped_invalid": 3, "dropped_longer_than_max_length": 0, "trained": 117}
+    assert trainer.report["rows"] == {
+        "used": 117, "dropped_invalid": 3, "dropped_invalid_by_column": {"outcome": 1, "confounder": 1, "group": 1},
+        "dropped_longer_than_max_length": 0, "trained": 117,
+    }
     # evaluation rows are counted too, per split
     held_out = observational_rows(n=40, seed=5)
     held_out[1]["outcome"] = None
@@ -510,7 +514,9 @@ def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model
         eval_dataset={"held_out": Dataset.from_list(held_out)},
     )
     assert len(with_eval.eval_dataset["held_out"]) == 39
-    assert with_eval.report["eval_rows"] == {"held_out": {"used": 39, "dropped_invalid": 1, "dropped_longer_than_max_length": 0}}
+    assert with_eval.report["eval_rows"] == {
+        "held_out": {"used": 39, "dropped_invalid": 1, "dropped_invalid_by_column": {"outcome": 1}, "dropped_longer_than_max_length": 0}
+    }
     assert "eval_rows" not in trainer.report  # no evaluation split
 
 

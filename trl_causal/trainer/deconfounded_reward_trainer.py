@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import datasets
@@ -160,7 +160,8 @@ def _numeric_column(dataset: datasets.Dataset, column: str, what: str, split: st
 @dataclass
 class Observations:
     """Checked columns of one split: ``rows``, the indices of the kept rows in the split; Y [n]; C [n, k] with
-    ``confounder_names``; Z [n, m] or None; group codes [n] or None; ``dropped``, the invalid rows dropped."""
+    ``confounder_names``; Z [n, m] or None; group codes [n] or None; ``dropped``, the invalid rows dropped, and
+    ``dropped_by_column``, how many of them each column made invalid (a row can count in several)."""
 
     rows: np.ndarray
     outcome: np.ndarray
@@ -169,6 +170,7 @@ class Observations:
     instrument: np.ndarray | None
     groups: np.ndarray | None
     dropped: int = 0
+    dropped_by_column: dict[str, int] = field(default_factory=dict)
 
     def select(self, keep: np.ndarray) -> Observations:
         """The observations of the rows where ``keep`` is true."""
@@ -180,6 +182,7 @@ class Observations:
             None if self.instrument is None else self.instrument[keep],
             None if self.groups is None else self.groups[keep],
             self.dropped,
+            self.dropped_by_column,
         )
 
 
@@ -251,6 +254,7 @@ def read_observations(
             outcome[rows],
             None if instrument is None else instrument[rows],
             int(invalid.sum()),
+            {column: int(mask.sum()) for column, mask in problems.items() if mask.any()},
         )
 
     columns = {column: [value for part in parts.values() for value in part[0][column]] for column in confounder_columns}
@@ -264,13 +268,18 @@ def read_observations(
         min_level_rows=args.min_level_rows,
     )
     observations, start = {}, 0
-    for split, (kept, rows, outcome, instrument, dropped) in parts.items():
+    for split, (kept, rows, outcome, instrument, dropped, by_column) in parts.items():
         groups = None if args.group_column is None else group_codes(kept[args.group_column], len(kept))
         observations[split] = Observations(
-            rows, outcome, confounders[start : start + len(rows)], names, instrument, groups, dropped
+            rows, outcome, confounders[start : start + len(rows)], names, instrument, groups, dropped, by_column
         )
         start += len(rows)
     return observations
+
+
+def dropped_by_column(observations: Observations) -> dict[str, dict[str, int]]:
+    """The report's ``dropped_invalid_by_column`` where rows were dropped: {column: rows it made invalid}."""
+    return {"dropped_invalid_by_column": observations.dropped_by_column} if observations.dropped else {}
 
 
 def confounder_column_of(name: str, args: DeconfoundedRewardConfig) -> str:
@@ -399,7 +408,7 @@ def reward_targets(
         "objective": args.objective,
         "outcome_column": args.outcome_column,
         "feature_source": args.feature_source if result is not None else None,
-        "rows": {"used": len(observations.rows), "dropped_invalid": observations.dropped},
+        "rows": {"used": len(observations.rows), "dropped_invalid": observations.dropped, **dropped_by_column(observations)},
         "target": {"mean": mean, "std": std},  # the reward model learns t = (s - mean) / std
         "deconfounding": None if result is None else exogenous_marked(result.to_report()),
         "seconds": seconds,
@@ -656,6 +665,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             split: {
                 "used": len(observations[split].rows),
                 "dropped_invalid": observations[split].dropped,
+                **dropped_by_column(observations[split]),
                 "dropped_longer_than_max_length": long_rows,
             }
             for split, (_, long_rows) in prepared.items()
