@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import base_config, cpu_training_args, run_cli, write_config, write_jsonl
 from trl_causal import cli
-from trl_causal.configuration import parse_run_config
+from trl_causal.configuration import parse_run_config, read_yaml
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.evaluation import LMPredictor
 from trl_causal.latent_shift import generate_shift_dataset, to_prompt_completion
@@ -50,12 +50,18 @@ def step_logs(trainer) -> list[dict]:
 @pytest.mark.slow
 def test_cli_trains_with_lora_on_two_processes_saves_the_heads_and_evaluates(tiny_model, tmp_path):
     """`trl-causal train` with 2-process DDP over gloo: the frozen forward (adapters disabled, no grad) and the heads
-    run through the wrapped model; the checkpoints hold the heads; `trl-causal eval` uses the adjusted predictor."""
-    data = write_jsonl(tmp_path / "train.jsonl", shift_rows(16))
+    run through the wrapped model; the checkpoints hold the heads; `trl-causal eval` uses the adjusted predictor.
+    Evaluation with uneven batches (3 rows, 2 per batch, `even_batches: false`) gives one process a batch of one row,
+    which has no L_adj: it still joins the other's gathers (they fell out of step and failed)."""
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "train.jsonl", shift_rows(16))
+    write_jsonl(tmp_path / "data" / "test.jsonl", shift_rows(3, seed=2))
     test = write_jsonl(tmp_path / "test.jsonl", shift_rows(6, agreement=0.1, seed=1))
     out = tmp_path / "out"
     settings = base_config(
-        tiny_model, data, out, save_strategy="steps", save_steps=1, num_processes=2, multi_gpu=True, main_process_port=29533
+        tiny_model, tmp_path / "data", out, save_strategy="steps", save_steps=1, num_processes=2, multi_gpu=True,
+        main_process_port=29533, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=2,
+        accelerator_config={"even_batches": False},
     )
     lora = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
     config = write_config(tmp_path / "cfg.yaml", {"trainer": "latent_shift", **settings, **lora, "n_patches": 4})
@@ -63,6 +69,8 @@ def test_cli_trains_with_lora_on_two_processes_saves_the_heads_and_evaluates(tin
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["world_size"] == 2
+    evaluation = [entry for entry in json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"] if "eval_loss" in entry]
+    assert evaluation and math.isfinite(evaluation[0]["eval_loss_adj"])  # from the process whose batch had 2 rows
     for directory in (out / "checkpoint-1", out):
         assert set(load_file(directory / HEADS_FILE)) >= {"memory_bank.vectors", "adjusted_head.mlp.0.weight"}
         assert json.loads((directory / LATENT_SHIFT_FILE).read_text())["verbalizer"] == dict(zip(ANSWERS, ANSWERS))
@@ -73,6 +81,11 @@ def test_cli_trains_with_lora_on_two_processes_saves_the_heads_and_evaluates(tin
     assert cli.main(["eval", "--config", str(config), "--split", f"shift_10={test}", "--answer_column", "label"]) == 0
     report = json.loads((out / "eval_results.json").read_text())
     assert report["results"]["latent_shift:adjusted"]["splits"]["shift_10"]["n"] == 6
+    # split_batches shares per_device_train_batch_size among the processes: 2 rows make 1 per process, which trained
+    # L_SFT alone, then failed in DDP's backward; it is refused before training
+    split = write_config(tmp_path / "split.yaml", {**read_yaml(config), "accelerator_config": {"split_batches": True}, "eval_strategy": "no"})
+    result = run_cli("train", "--config", str(split))
+    assert result.returncode != 0 and "split_batches divides per_device_train_batch_size=2 among the 2 processes" in result.stderr
 
 
 def weight_deltas_after_one_sgd_step(tiny_model, output_dir, batch_size, accumulation) -> dict[str, torch.Tensor]:
@@ -569,6 +582,12 @@ def test_predictor_is_deterministic_and_predicts_one_row_at_a_time_from_the_bank
     torch.testing.assert_close(predictor.adjusted_probabilities(rows), probabilities)
     other_seed = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out), seed=1)
     assert not torch.equal(other_seed.adjusted_probabilities(rows), probabilities)
+    # a row's Phi' draws are its own: alone, or after other rows, it gets the same probabilities (the draws of one
+    # generator per call gave row i those after the rows before it: eval's accuracy was not one-at-a-time serving's)
+    predictor.batch_size = 16
+    alone = torch.cat([predictor.adjusted_probabilities([row]) for row in rows])
+    torch.testing.assert_close(alone, probabilities)
+    torch.testing.assert_close(predictor.adjusted_probabilities(rows[::-1]), probabilities.flip(0))
 
     adjusted, plain = predictor.predict_both(rows)
     assert adjusted == [ANSWERS[i] for i in probabilities.argmax(1).tolist()]

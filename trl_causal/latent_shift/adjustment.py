@@ -297,14 +297,15 @@ def adjusted_predict(
     q1: Tensor,
     phi_candidates: Tensor,
     k: int = 20,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     exclude_self: bool = False,
 ) -> Tensor:
     """p_b = 1/K sum_{j=1..K} softmax(h([q1_b, Phi'_{b,j}])), each Phi'_{b,j} drawn uniformly (with replacement) from ``phi_candidates`` [M, d_phi].
 
     ``exclude_self=True`` is for candidates that are the batch's own Phi (M = B): row b then never
     draws its own Phi (needs B >= 2; with one row use the memory bank). Deterministic given a
-    seeded ``generator``. Returns probabilities [B, n_labels].
+    seeded ``generator``; a sequence of generators, one per row, draws each row's K from its own, so that a row's
+    draws do not depend on the rows before it. Returns probabilities [B, n_labels].
     """
     _check_size("k (number of Phi' draws)", k, 1)
     if q1.dim() != 2 or phi_candidates.dim() != 2:
@@ -323,8 +324,16 @@ def adjusted_predict(
             f"{n_candidates} Phi candidate(s) leave nothing to draw for the adjusted prediction"
             + (" after excluding each row's own Phi; with batch size 1 draw from the memory bank." if exclude_self else ".")
         )
-    generator_device = generator.device if generator is not None else "cpu"
-    index = torch.randint(n_candidates - int(exclude_self), (n_rows, k), generator=generator, device=generator_device)
+    choices = n_candidates - int(exclude_self)
+    if isinstance(generator, Sequence):
+        if len(generator) != n_rows:
+            raise DataError(f"{len(generator)} generators for {n_rows} rows: give one per row, or one for all.")
+        generator_device = generator[0].device if n_rows else "cpu"
+        rows = [torch.randint(choices, (k,), generator=row_generator, device=generator_device) for row_generator in generator]
+        index = torch.stack(rows) if rows else torch.empty(0, k, dtype=torch.long)
+    else:
+        generator_device = generator.device if generator is not None else "cpu"
+        index = torch.randint(choices, (n_rows, k), generator=generator, device=generator_device)
     if exclude_self:
         index += index >= torch.arange(n_rows, device=generator_device).unsqueeze(1)
     drawn_phi = phi_candidates[index.to(phi_candidates.device)]  # [B, K, d_phi]
@@ -447,7 +456,7 @@ class LatentShiftHeads(nn.Module):
         low_hidden: Tensor | None = None,
         k: int = 20,
         source: PhiSource = "bank",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """Adjusted prediction [B, n_labels]: 1/K sum_k softmax(h([q1, Phi'_k])).
 

@@ -252,6 +252,12 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return reference.requires_grad_(False).eval()
 
 
+def seeded_generator(entropy: Sequence[int]) -> torch.Generator:
+    """A torch generator seeded from non-negative integers by numpy's SeedSequence (distinct entropies, unrelated
+    streams)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([value % 2**63 for value in entropy]).generate_state(1)[0]))
+
+
 class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrainer):
     """``trl.SFTTrainer`` plus the causal head, the low-level encoder and the adjusted head of latent-shift SFT.
 
@@ -294,6 +300,13 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
         with smoothing_own_logits():
             super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        processes = self.accelerator.num_processes
+        if self.accelerator.split_batches and args.per_device_train_batch_size < 2 * processes:
+            raise ConfigError(
+                f"split_batches divides per_device_train_batch_size={args.per_device_train_batch_size} among the "
+                f"{processes} processes, but latent_shift needs 2 rows per process (the shuffle pairs each row with "
+                f"another row's Phi): set per_device_train_batch_size to {2 * processes} or more."
+            )
         check_answer_tokens(getattr(self.processing_class, "tokenizer", self.processing_class), self.verbalizer, prefix)
         loaded = named_splits(train_dataset, eval_dataset)
         for name, prepared in named_splits(self.train_dataset, self.eval_dataset).items():
@@ -304,7 +317,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         self.attach_heads(self._new_heads())
         self._patch_fallback_rows = {"train": 0, "eval": 0}  # rows so far: of the run, and of the current evaluation
         self._warned_patch_fallback = False
-        self._eval_generator = torch.Generator().manual_seed(args.latent_shift_seed_value)  # `predict` shuffles from it too
+        self._eval_generator = torch.Generator().manual_seed(args.latent_shift_seed_value)  # evaluate's and predict's shuffles
         self._shuffle_step, self._micro_batch = -1, 0  # where the last training shuffle was drawn
         if eval_dataset is not None and args.per_device_eval_batch_size < 2:
             logger.warning(
@@ -342,9 +355,19 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """``SFTTrainer.evaluate``; raw rows passed here get their labels like the evaluation rows given at init. The
         shuffles of L_adj restart from ``latent_shift_seed`` on every call, so the same model scores the same."""
+        self._restart_evaluation()
+        return super().evaluate(self._labelled_eval(eval_dataset), ignore_keys, metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test"):
+        """``SFTTrainer.predict``, whose test_loss, like eval_loss, draws its shuffles afresh from ``latent_shift_seed``."""
+        self._restart_evaluation()
+        return super().predict(test_dataset, ignore_keys, metric_key_prefix)
+
+    def _restart_evaluation(self) -> None:
+        """The shuffles of L_adj restart from ``latent_shift_seed`` and the fallback count from 0: the same model and
+        rows score the same, however often they are scored."""
         self._eval_generator = torch.Generator().manual_seed(self.args.latent_shift_seed_value)
         self._patch_fallback_rows["eval"] = 0
-        return super().evaluate(self._labelled_eval(eval_dataset), ignore_keys, metric_key_prefix)
 
     def _frozen_reference(self) -> torch.nn.Module:
         """A frozen copy of the model as it is before training, placed like DPO's reference model (under ZeRO-3,
@@ -467,9 +490,15 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels, self.args.label_smoothing_factor)
         loss = self.token_mean(token_losses.sum(), token_mask.sum(), num_items_in_batch)
         self._log_token_metrics(mode, outputs.logits, labels, inputs["attention_mask"])
+        # L_SFT's share of the logged loss, so that its mean over a step's micro-batches and processes is the token
+        # mean over the whole accumulated batch, as TRL logs `loss` (each micro-batch's own mean was not)
+        loss_sft = loss.detach() * (self.current_gradient_accumulation_steps if self._training() else 1)
         if sft_only:
             if mode == "train":
-                self._warn_one_row_batch()
+                self._one_row_training_batch()
+            elif self.accelerator.num_processes > 1:  # the other processes gather their batches' losses: join in
+                none = torch.tensor(float("nan"), device=loss.device)
+                self._log_losses(mode, loss_sft, LatentShiftLosses(none, none, 0))
             return (loss, outputs) if return_outputs else loss
         auxiliary = self.heads.losses(
             outputs.hidden_states[-1],
@@ -482,9 +511,6 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             generator=self._training_shuffle_generator() if mode == "train" else self._eval_generator,
             gather=self.accelerator.gather if self.accelerator.num_processes > 1 else None,
         )
-        # L_SFT's share of the logged loss, so that its mean over a step's micro-batches and processes is the token
-        # mean over the whole accumulated batch, as TRL logs `loss` (each micro-batch's own mean was not)
-        loss_sft = loss.detach() * (self.current_gradient_accumulation_steps if self._training() else 1)
         loss = loss + self.example_mean(self.args.lambda_causal * auxiliary.causal + self.args.lambda_adj * auxiliary.adjusted)
         self._log_losses(mode, loss_sft, auxiliary)
         return (loss, outputs) if return_outputs else loss
@@ -496,10 +522,18 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         step = self.state.global_step
         self._micro_batch = self._micro_batch + 1 if step == self._shuffle_step else 0
         self._shuffle_step = step
-        entropy = [self.args.latent_shift_seed_value % 2**63, step, self._micro_batch, self.accelerator.process_index]
-        return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        return seeded_generator([self.args.latent_shift_seed_value, step, self._micro_batch, self.accelerator.process_index])
 
-    def _warn_one_row_batch(self) -> None:
+    def _one_row_training_batch(self) -> None:
+        """Warn (once) that a training batch of one row trains L_SFT alone; under DDP it is an error, since the
+        other processes' heads wait in backward for gradients this one does not give."""
+        if self.accelerator.num_processes > 1:
+            raise DataError(
+                f"A training batch of one row on process {self.accelerator.process_index}: latent_shift shuffles Phi "
+                "between rows, and under DDP every process must train the heads. "
+                + ("split_batches divides per_device_train_batch_size among the processes; raise it to 2 per process."
+                   if self.accelerator.split_batches else "Keep `dataloader_drop_last: true` (the default).")
+            )
         if not self._warned_one_row_batch:
             self._warned_one_row_batch = True
             cause = (
@@ -544,7 +578,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
         metrics = self._metrics[mode]
         for name, value in (("loss_sft", loss_sft), ("loss_causal", auxiliary.causal), ("loss_adj", auxiliary.adjusted)):
-            metrics[name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+            # nanmean: a process whose evaluation batch had one row has no auxiliary losses (NaN)
+            metrics[name].append(self.accelerator.gather_for_metrics(value.detach()).nanmean().item())
         fallback = torch.tensor(auxiliary.n_patch_fallback, device=loss_sft.device)
         n_fallback = int(self.accelerator.gather_for_metrics(fallback).sum().item())
         if n_fallback and not self._warned_patch_fallback:
@@ -727,7 +762,6 @@ class LatentShiftPredictor(LMPredictor):
                 "is 1); or draw from the memory bank (trl-causal eval: --setting phi_source=bank)."
             )
         token_ids = self.pooled_prompt_ids(rows)
-        generator = torch.Generator().manual_seed(self.seed)
         probabilities = []
         with torch.no_grad():
             # Phi' from the batch needs another row in it: a last batch of one joins the one before.
@@ -745,7 +779,8 @@ class LatentShiftPredictor(LMPredictor):
                         low_hidden=hidden_states[self.low_level_layer],
                         k=self.phi_samples,
                         source=self.phi_source,
-                        generator=generator,
+                        # each row's Phi' draws from (seed, its prompt tokens): the same whatever rows precede it
+                        generator=[seeded_generator([self.seed, len(ids), *ids]) for ids in batch],
                     ).cpu()
                 )
         return torch.cat(probabilities)
