@@ -156,12 +156,28 @@ def test_values_of_few_rows_are_pooled_into_one_level():
     _, kept = build_confounder_matrix({"country": country}, categorical=["country"], min_level_rows=1)
     assert len(kept) == 7
     few = ["AT"] + country[:-5] + ["BE"]  # 2 rare values, 2 rows: the reference DE, not AT (which sorts first)
-    with pytest.warns(UserWarning, match=r"2 values .* \('AT', 'BE'\) are counted as the reference level 'DE' \(together they hold fewer than 5\)"):
+    with pytest.warns(UserWarning, match=r"2 values .* \('AT', 'BE'\) are counted as the reference level 'DE' \(together fewer than 5 rows\)"):
         matrix, names = build_confounder_matrix({"country": few}, categorical=["country"])
     assert names == ["country=FR", "country=US"] and matrix[0].tolist() == matrix[-1].tolist() == [0, 0]
     assert one_hot_levels({"country": few}, ["country"])["country"]["pooled_into"] == "DE"
-    _, small = build_confounder_matrix({"country": ["a", "b", "c", "a"]}, categorical=["country"])  # no value is frequent
-    assert small == ["country=b", "country=c"]
+
+
+def test_pooling_never_leaves_a_block_without_variance_nor_takes_a_name_the_data_has():
+    """A log of 28 January days and one in February: pooling February into the reference would leave month no
+    variance (an error where the column trained before), so a lone rare value stays a level of its own. A value
+    named '(other)' in the data keeps its name; the pooled level takes another. Where every value is rare nothing
+    can be pooled, and the warning says so."""
+    days = [f"2024-01-{day:02d}" for day in range(1, 29)] + ["2024-02-01"]
+    with pytest.warns(UserWarning, match=r"'month' feature .*: a value held by fewer than 5 training rows \('Feb'\) is kept as a level of its own, the only one beside 'Jan'"):
+        _, names = build_confounder_matrix({"t": days}, timestamps=["t"], timestamp_features=["month"])
+    assert names == ["t=Feb"]
+    named = {"c": [1] * 40 + ["(other)"] * 40 + [2, 3, 4] * 2}
+    with pytest.warns(UserWarning, match=r"pooled into one level c=\(\(other\)\)"):
+        _, names = build_confounder_matrix(named, categorical=["c"])
+    assert names == ["c=(other)", "c=((other))"]  # levels 1 (the reference), the data's '(other)', the pooled 2, 3, 4
+    with pytest.warns(UserWarning, match=r"'c': every value is rare, 100 values held by fewer than 5 training rows each"):
+        _, names = build_confounder_matrix({"c": [f"v{i % 100}" for i in range(400)]}, categorical=["c"])
+    assert len(names) == 99
 
 
 def test_a_whole_number_float_is_the_level_of_its_integer():
@@ -189,3 +205,5 @@ def test_calendar_features_of_one_moment_agree_in_every_format():
     assert names == ["t=Fri"] and matrix[:, 0].tolist() == [1, 1, 1, 1, 0]
     with pytest.raises(DataError, match=r"divide epoch milliseconds by 1000"):
         build_confounder_matrix({"t": ["2024-03-26", "1711674000000.5x"]}, timestamps=["t"])
+    with pytest.raises(DataError, match=r"'202403290100'"):  # 12 digits: a compact minute, not seconds in the year 8383
+        build_confounder_matrix({"t": ["2024-03-26", "202403290100"]}, timestamps=["t"])

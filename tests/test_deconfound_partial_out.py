@@ -310,7 +310,7 @@ def test_groups_that_one_group_dominates_warn_like_few_groups():
     groups = [0] * 300 + list(range(1, 101))
     features, confounder = rng.normal(size=(400, 5)), rng.normal(size=400)
     outcome = features[:, 0] + confounder + rng.normal(size=400)
-    with pytest.warns(UserWarning, match=r"The 101 groups weigh as 1\.8 groups of one size .*largest group holds 300 of 400 rows\)"):
+    with pytest.warns(UserWarning, match=r"The 101 groups weigh as 1\.78 groups of one size .*largest group holds 300 of 400 rows\)"):
         result = partial_out(outcome, confounder, features, groups=groups, progress=False)
     assert result.to_report()["effective_groups"] == 1.78 and result.n_groups == 101
     with warnings.catch_warnings():
@@ -337,6 +337,8 @@ def test_group_ids_are_checked_and_told_apart_by_their_repr(small):
         partial_out(outcome, confounder, features, groups=[None if i in (3, 7) else g for i, g in enumerate(ids)], progress=False)
     mixed = partial_out(outcome, confounder, features, groups=[str(g) if i >= 100 else g for i, g in enumerate(ids)], progress=False)
     assert mixed.n_groups == 80
+    numbers = [float(g) if i >= 100 else np.int64(g) for i, g in enumerate(ids)]  # 3 and 3.0 are one id, as np.unique had it
+    assert partial_out(outcome, confounder, features, groups=numbers, progress=False).n_groups == 40
 
 
 def test_fewer_groups_than_folds(small):

@@ -635,9 +635,9 @@ def test_a_long_tail_of_category_values_is_pooled_and_reported(tiny_model, tmp_p
         trainer = build_trainer(tiny_model, tmp_path, rows, categorical_confounders=["country", "hour"], feature_source="tfidf")
     effects = trainer.report["deconfounding"]["effects"]
     assert [name for name in effects if name != "confounder"] == ["country=FR", "country=US", "country=(other)", "hour=1"]
-    assert trainer.report["pooled_levels"] == {"country": sorted(f"C{i}" for i in range(7, 240, 8))}
+    assert trainer.report["pooled_levels"] == {"country": {"values": sorted(f"C{i}" for i in range(7, 240, 8)), "pooled_into": "(other)"}}
     assert trainer.report["reference_levels"] == {"country": "DE", "hour": "0"}
-    assert "country: 30 values of fewer than 5 training rows each pooled into (other)" in capsys.readouterr().out
+    assert "country: 30 values of fewer than 5 training rows counted as the level (other)" in capsys.readouterr().out
     with pytest.raises(ConfigError, match=r"min_level_rows=0 must be at least 1"):
         reward_args(tmp_path, min_level_rows=0)
 

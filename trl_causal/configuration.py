@@ -521,11 +521,11 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     if dataset_args.datasets and script_args.dataset_name:
         config_note(f"{source} sets both `datasets` and `dataset_name`: the `datasets` mixture is loaded and "
                     f"dataset_name {script_args.dataset_name!r} is ignored, as TRL does.")
+    if not dataset_args.datasets and not script_args.dataset_name:
+        raise ConfigError(f"No data: set `dataset_name` in {source} (a hub id, a directory saved by `datasets`, or a .json/.jsonl/.csv/.parquet file).")
     if dataset_args.streaming and not dataset_args.datasets and not script_args.dataset_streaming:
         config_note(f"{source} sets `streaming: true`, which streams a `datasets:` mixture only, so {script_args.dataset_name!r} "
                     "is loaded whole, as TRL does; `dataset_streaming: true` streams dataset_name.")
-    if not dataset_args.datasets and not script_args.dataset_name:
-        raise ConfigError(f"No data: set `dataset_name` in {source} (a hub id, a directory saved by `datasets`, or a .json/.jsonl/.csv/.parquet file).")
     return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)
 
 

@@ -8,6 +8,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Literal, overload
 
@@ -22,7 +23,7 @@ SECONDS_PER_DAY = 86_400.0
 MIN_LEVEL_ROWS = 5  # levels of fewer training rows are pooled into one (``min_level_rows``)
 POOLED_LEVEL = "(other)"  # the name of the pooled level: x=(other)
 _POOLED = object()  # its code, which no value of a column can equal
-EPOCH_SECONDS = re.compile(r"[+-]?\d{9,}(\.\d*)?")  # epoch seconds as text (after 1973); 8 digits are a date, 20240506
+EPOCH_SECONDS = re.compile(r"[+-]?\d{9,10}(\.\d*)?")  # epoch seconds as text, 1973-2286: 8 digits are a date (20240506), 12 a minute
 # calendar feature -> (level code of a datetime, level names)
 CALENDAR_FEATURES = {
     "weekday": (datetime.weekday, dict(enumerate(WEEKDAY_NAMES))),
@@ -150,17 +151,59 @@ def _epoch_seconds(moment: datetime) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _fit_levels(fit_codes: Sequence[Any], min_rows: int) -> tuple[list[Any], set[Any]]:
-    """The levels of the fit rows in order, the reference first, and the set of rare values (held by fewer than
-    ``min_rows`` fit rows each), which are pooled: into one level ``_POOLED``, the last, where together they hold
-    ``min_rows`` fit rows or more, else into the reference level. Where no value is frequent (a few rows in all),
-    nothing is pooled."""
+@dataclass
+class _Levels:
+    """The one-hot levels of a block, from its fit rows: ``order`` (the reference first), the ``rare`` values (held by
+    fewer than ``min_level_rows`` fit rows each), the level they count as (``pooled_into``: ``_POOLED``, a rare value
+    kept alone, the reference, or None where nothing is pooled) and the names of all (``names``, with ``_POOLED``'s)."""
+
+    order: list[Any]
+    rare: set[Any]
+    pooled_into: Any
+    names: dict[Any, str]
+
+    def code(self, code: Any) -> Any:
+        """The level a row's value counts as (an unknown one, as any value outside ``order``, is the reference)."""
+        return self.pooled_into if self.pooled_into is not None and code in self.rare else code
+
+    def note(self, subject: str, min_rows: int, column: str) -> str | None:
+        """The warning about the rare values (``column``: the name the one-hot columns start with), or None."""
+        if not self.rare:
+            return None
+        many = len(self.rare) > 1
+        listed = ", ".join(repr(self.names[code]) for code in _sorted_levels(self.rare)[:5]) + (", ..." if len(self.rare) > 5 else "")
+        held = f"{f'{len(self.rare)} values' if many else 'a value'} held by fewer than {min_rows} training rows{' each' if many else ''} ({listed})"
+        if self.pooled_into is None:
+            what = f"{subject}: every value is rare, {held}: each one's effect is mostly its rows' noise"
+        elif self.pooled_into is _POOLED:
+            what = f"{subject}: {held} are pooled into one level {column}={self.names[_POOLED]}: a value's effect over a few rows is mostly their noise"
+        elif self.pooled_into in self.rare:
+            what = f"{subject}: {held} is kept as a level of its own, the only one beside {self.names[self.order[0]]!r}: its effect is mostly its rows' noise"
+        else:
+            what = (f"{subject}: {held} {'are' if many else 'is'} counted as the reference level {self.names[self.order[0]]!r} "
+                    f"(together fewer than {min_rows} rows): a value's effect over a few rows is mostly their noise")
+        return what + ", with a standard error that understates it. `min_level_rows` sets the threshold (1 keeps every value)."
+
+
+def _fit_levels(fit_codes: Sequence[Any], min_rows: int, level_names: Mapping[Any, str]) -> _Levels:
+    """The levels of the fit rows: values of ``min_rows`` fit rows or more each are levels of their own; the rarer
+    ones form one more level (``(other)``; a single one keeps its name) where together they hold ``min_rows`` rows or
+    the block would have no other level, else they count as the reference. Where every value is rare, nothing is
+    pooled (``note`` warns)."""
     counts = Counter(fit_codes)
     rare = {code for code, count in counts.items() if count < min_rows}
-    if len(rare) == len(counts):
-        rare = set()
-    pooled = [_POOLED] if sum(counts[code] for code in rare) >= min_rows else []
-    return _sorted_levels([code for code in counts if code not in rare]) + pooled, rare
+    frequent = _sorted_levels([code for code in counts if code not in rare])
+    names = dict(level_names)
+    pooled_name = POOLED_LEVEL
+    while pooled_name in {names[code] for code in counts}:  # a value of the data already has that name
+        pooled_name = f"({pooled_name})"
+    names[_POOLED] = pooled_name
+    if not rare or not frequent:
+        return _Levels(_sorted_levels(list(counts)), rare, None, names)
+    if sum(counts[code] for code in rare) >= min_rows or len(frequent) == 1:
+        alone = next(iter(rare)) if len(rare) == 1 else _POOLED
+        return _Levels(frequent + [alone], rare, alone, names)
+    return _Levels(frequent, rare, frequent[0], names)
 
 
 def _one_hot(
@@ -173,42 +216,30 @@ def _one_hot(
     min_rows: int,
 ) -> tuple[np.ndarray, list[str]]:
     """One-hot columns of the levels present in the ``fit`` rows but the first (the reference level, absorbed by the
-    intercept). Levels of fewer than ``min_rows`` fit rows are pooled into one, ``name=(other)``, with a warning:
-    the theta of a level of one row absorbs that row's outcome, with a standard error near 0. A level seen only
-    outside the ``fit`` rows counts as the reference level, with a warning."""
-    levels, rare = _fit_levels([code for code, in_fit in zip(codes, fit) if in_fit], min_rows)
-    if rare:
-        listed = ", ".join(repr(level_names[code]) for code in _sorted_levels(rare)[:5]) + (", ..." if len(rare) > 5 else "")
-        into = (
-            f"pooled into one level {name}={POOLED_LEVEL}" if _POOLED in levels
-            else f"counted as the reference level {level_names[levels[0]]!r} (together they hold fewer than {min_rows})"
-        )
-        warnings.warn(
-            f"{subject}: {for_count(len(rare), 'a value', f'{len(rare)} values')} held by fewer than {min_rows} training "
-            f"rows each ({listed}) {for_count(len(rare), 'is', 'are')} {into}: the effect of a value of a few rows is "
-            "mostly their noise, with a standard error that understates it. `min_level_rows` sets the threshold (1 keeps "
-            "every value).",
-            stacklevel=4,
-        )
-        codes = [_POOLED if code in rare else code for code in codes]  # not a level: the reference's position
-        level_names = {**level_names, _POOLED: POOLED_LEVEL}
-    unseen = sorted({level_names[code] for code in codes if code is not _POOLED} - {level_names[level] for level in levels})
+    intercept). Values of fewer than ``min_rows`` fit rows are pooled (``_fit_levels``), with a warning: the theta of
+    a level of one row absorbs that row's outcome, with a standard error near 0. A value seen only outside the ``fit``
+    rows counts as the reference level, with a warning."""
+    levels = _fit_levels([code for code, in_fit in zip(codes, fit) if in_fit], min_rows, level_names)
+    if note := levels.note(subject, min_rows, name):
+        warnings.warn(note, stacklevel=4)
+    level_names = levels.names
+    known = set(levels.order) | levels.rare
+    unseen = sorted({level_names[code] for code in codes if code not in known})
     if unseen:
         warnings.warn(
             f"{subject} has values that only rows outside the training rows hold ({', '.join(map(repr, unseen))}); "
-            f"their rows count as the reference level {level_names[levels[0]]!r}.",
+            f"their rows count as the reference level {level_names[levels.order[0]]!r}.",
             stacklevel=4,
         )
-    if len(levels) < 2:
-        pooled = f" once the values of fewer than {min_rows} training rows are pooled (lower `min_level_rows`)" if rare else ""
+    if len(levels.order) < 2:
         raise DataError(
-            f"{subject} has a single value ({level_names[levels[0]]!r}) in all used rows{pooled}, "
+            f"{subject} has a single value ({level_names[levels.order[0]]!r}) in all used rows, "
             f"so it has no variance and its effect cannot be estimated; {fix}."
         )
-    index = {level: position for position, level in enumerate(levels)}
-    positions = np.fromiter((index.get(code, 0) for code in codes), dtype=int, count=len(codes))
-    matrix = (positions[:, None] == np.arange(1, len(levels))[None, :]).astype(float)
-    return matrix, [f"{name}={level_names[level]}" for level in levels[1:]]
+    index = {level: position for position, level in enumerate(levels.order)}
+    positions = np.fromiter((index.get(levels.code(code), 0) for code in codes), dtype=int, count=len(codes))
+    matrix = (positions[:, None] == np.arange(1, len(levels.order))[None, :]).astype(float)
+    return matrix, [f"{name}={level_names[level]}" for level in levels.order[1:]]
 
 
 def _timestamp_features(
@@ -249,16 +280,15 @@ def one_hot_levels(
             if feature in CALENDAR_FEATURES:
                 code_of, level_names = CALENDAR_FEATURES[feature]
                 blocks[f"{name} {feature}"] = ([code_of(moment) for moment in moments], level_names)
-    levels = {}
+    summary = {}
     for block, (codes, level_names) in blocks.items():
-        ordered, rare = _fit_levels(codes, min_level_rows)
-        text = {**(level_names or {code: code for code in codes}), _POOLED: POOLED_LEVEL}
-        levels[block] = {
-            "reference": text[ordered[0]],
-            "pooled": [text[code] for code in _sorted_levels(rare)],
-            **({"pooled_into": text[_POOLED if _POOLED in ordered else ordered[0]]} if rare else {}),
+        levels = _fit_levels(codes, min_level_rows, level_names or {code: code for code in codes})
+        summary[block] = {
+            "reference": levels.names[levels.order[0]],
+            "pooled": [levels.names[code] for code in _sorted_levels(levels.rare)] if levels.pooled_into is not None else [],
+            **({"pooled_into": levels.names[levels.pooled_into]} if levels.pooled_into is not None else {}),
         }
-    return levels
+    return summary
 
 
 @overload
@@ -319,7 +349,7 @@ def build_confounder_matrix(
     categorical and calendar levels and the reference level; a level the others alone hold counts as the reference
     level (a warning names it). Default: all rows.
     """
-    if not isinstance(min_level_rows, int) or min_level_rows < 1:
+    if not isinstance(min_level_rows, numbers.Integral) or isinstance(min_level_rows, bool) or min_level_rows < 1:
         raise DataError(f"min_level_rows must be a whole number of at least 1 (1 keeps every value); got {min_level_rows!r}.")
     kinds = {"numeric": list(numeric), "categorical": list(categorical), "timestamps": list(timestamps)}
     _check_column_names(columns, kinds, timestamp_features)

@@ -571,11 +571,11 @@ def _robust_fit(
 
 def group_codes(groups: Sequence[Any] | np.ndarray, n_rows: int) -> np.ndarray:
     """Integer codes [n] of the group ids, one per row, in order of first appearance; ids are told apart by their
-    repr, so 1 and "1" are two groups (as two files' ids would be). A missing id (None, NaN, blank) is an error
+    repr, so 1 and "1" are two groups (as two files' ids would be), while 1, 1.0 and np.int64(1) are one. A missing id (None, NaN, blank) is an error
     naming its rows: it would put unrelated rows into one cluster."""
     ids = list(groups.tolist() if hasattr(groups, "tolist") else groups)
     if len(ids) != n_rows or any(isinstance(value, (list, tuple, np.ndarray)) for value in ids):
-        raise DataError(f"groups must hold one id per row ({n_rows}); got shape {np.shape(groups)}.")
+        raise DataError(f"groups must hold one id per row ({n_rows} rows); got {len(ids)} entries, or lists among them.")
     missing = [row for row, value in enumerate(ids) if is_missing(value)]
     if missing:
         raise DataError(
@@ -583,7 +583,14 @@ def group_codes(groups: Sequence[Any] | np.ndarray, n_rows: int) -> np.ndarray:
             "rows into one cluster. Give those rows an id of their own, or drop them."
         )
     codes: dict[str, int] = {}
-    return np.array([codes.setdefault(repr(value), len(codes)) for value in ids], dtype=int)
+    return np.array([codes.setdefault(repr(_plain_number(value)), len(codes)) for value in ids], dtype=int)
+
+
+def _plain_number(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds, a whole-number float as its int (1.0 and np.int64(1) are the id
+    1, as a column read with a missing cell gives floats); anything else as it is."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def effective_groups(groups: np.ndarray) -> float:
@@ -664,8 +671,8 @@ def partial_out(
     group_ids = None if groups is None else group_codes(groups, n)
     if group_ids is not None and (effective := effective_groups(group_ids)) < FEW_GROUPS:
         largest = int(np.unique(group_ids, return_counts=True)[1].max())
-        few = f"Only {n_units} groups" if round(effective, 1) == n_units else (
-            f"The {n_units} groups weigh as {effective:.1f} groups of one size (n^2 / sum of squared group sizes; the "
+        few = f"Only {n_units} groups" if n_units < FEW_GROUPS else (
+            f"The {n_units} groups weigh as {effective:.2f} groups of one size (n^2 / sum of squared group sizes; the "
             f"largest group holds {largest} of {n} rows)"
         )
         warnings.warn(

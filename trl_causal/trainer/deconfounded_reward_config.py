@@ -69,8 +69,10 @@ class DeconfoundedRewardConfig(RewardConfig):
         default=MIN_LEVEL_ROWS,
         metadata={
             "help": "Values of a categorical confounder (and weekdays, months) held by fewer training rows than this "
-            "are pooled into one level `column=(other)`, with a warning and `pooled_levels` in the report: the effect "
-            "of a value of one row is that row's noise, with a standard error near 0. 1 keeps every value."
+            "are pooled, with a warning and `pooled_levels` in the report: into one level `column=(other)`, or, where "
+            "together they hold fewer rows than this, into the reference level (a lone rare value that is the only "
+            "other level stays itself; where every value is rare, none is pooled). The effect of a value of one row "
+            "is that row's noise, with a standard error near 0. 1 keeps every value."
         },
     )
     timestamp_features: list[str] = field(

@@ -46,7 +46,7 @@ from trl.trainer.utils import global_then_local_main_first, pad
 from ..data import check_split_types, named_splits
 from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
 from ..deconfound.partial_out import check_design, group_codes
-from ..deconfound.confounders import POOLED_LEVEL, describe_invalid_columns, is_missing, one_hot_levels, parse_numbers
+from ..deconfound.confounders import describe_invalid_columns, is_missing, one_hot_levels, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, many_pairs_warning, preference_pairs
 from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
@@ -697,7 +697,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 args.min_level_rows,
             )
             self.report["reference_levels"] = {block: level["reference"] for block, level in levels.items()}
-            self.report["pooled_levels"] = {block: level["pooled"] for block, level in levels.items() if level["pooled"]}
+            self.report["pooled_levels"] = {
+                block: {"values": level["pooled"], "pooled_into": level["pooled_into"]} for block, level in levels.items() if level["pooled"]
+            }
         if self.report["feature_source"] == "model":
             model_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
             self.report["feature_precision"] = feature_precision(args, self.model) or model_dtype
@@ -784,7 +786,11 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 f"{block}={level}" for block, level in report["reference_levels"].items()
             )
         for block, pooled in report.get("pooled_levels", {}).items():
-            line += f"\n  {block}: {len(pooled)} values of fewer than {self.args.min_level_rows} training rows each pooled into {POOLED_LEVEL}"
+            count = len(pooled["values"])
+            line += (
+                f"\n  {block}: {count} {for_count(count, 'value', 'values')} of fewer than {self.args.min_level_rows} training "
+                f"rows counted as the level {pooled['pooled_into']}"
+            )
         if "instruments" in deconfounding:
             line += f"\n  partialling-out IV (2SLS), instruments: {', '.join(deconfounding['instruments'])}"
         for name, effect in deconfounding.get("effects", {}).items():

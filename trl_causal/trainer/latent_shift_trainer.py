@@ -578,8 +578,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
         metrics = self._metrics[mode]
         for name, value in (("loss_sft", loss_sft), ("loss_causal", auxiliary.causal), ("loss_adj", auxiliary.adjusted)):
-            # nanmean: a process whose evaluation batch had one row has no auxiliary losses (NaN)
-            metrics[name].append(self.accelerator.gather_for_metrics(value.detach()).nanmean().item())
+            gathered = self.accelerator.gather_for_metrics(value.detach())
+            # in evaluation a process whose batch had one row has no auxiliary losses (NaN); in training a NaN shows
+            metrics[name].append((gathered.nanmean() if mode == "eval" else gathered.mean()).item())
         fallback = torch.tensor(auxiliary.n_patch_fallback, device=loss_sft.device)
         n_fallback = int(self.accelerator.gather_for_metrics(fallback).sum().item())
         if n_fallback and not self._warned_patch_fallback:
