@@ -202,6 +202,29 @@ def test_lora_without_target_modules_on_a_model_type_peft_has_no_default_for_nam
     assert build_trainer(run, *datasets).model.peft_config["default"].target_modules
 
 
+def test_lora_module_names_and_task_type_are_checked_before_the_model_loads(config_for, tiny_model, tmp_path):
+    """A module name no module has was PEFT's traceback after the model loaded (lora_target_modules), or nothing at all
+    (lora_modules_to_save: trained, saving no module); an unknown lora_task_type, a traceback. A one-name list, which
+    TRL turns into a regular expression of the whole module path that PEFT then finds nowhere, trains that module."""
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.errors import ConfigError
+    from trl_causal.train import build_trainer, load_run_datasets
+
+    def build(**settings):
+        run = parse_run_config([], str(config_for(model_name_or_path=str(tiny_model), use_peft=True, **settings)))
+        return build_trainer(run, *load_run_datasets(run.script_args, run.dataset_args, need_eval=False))
+
+    with pytest.raises(ConfigError, match=r"lora_target_modules names \['qq_proj'\], which no module of .* has; its modules are named: .*q_proj"):
+        build(lora_target_modules=["qq_proj", "v_proj"])
+    with pytest.raises(ConfigError, match=r"lora_modules_to_save names \['head'\], which no module"):
+        build(lora_target_modules=["q_proj", "v_proj"], lora_modules_to_save=["head"])
+    with pytest.raises(ConfigError, match=r"PEFT refused the LoRA settings \(use_peft, lora_\*\): Invalid task type: 'FOO'"):
+        build(lora_task_type="FOO")
+    trainer = build(lora_target_modules=["q_proj"])
+    assert trainer.model.peft_config["default"].target_modules == {"q_proj"}
+    assert any("q_proj.lora_A" in name for name, _ in trainer.model.named_parameters())
+
+
 def test_conversations_with_a_tokenizer_without_a_chat_template_name_chat_template_path(config_for, tiny_model, tmp_path):
     import shutil
 

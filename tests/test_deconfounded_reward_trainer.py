@@ -11,7 +11,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from conftest import base_config, run_cli, write_config, write_jsonl
+from conftest import base_config, cpu_training_args, run_cli, write_config, write_jsonl
 from trl_causal import DeconfoundedRewardConfig, DeconfoundedRewardTrainer, cli, train
 from trl_causal.deconfound import WeakInstrumentWarning, partial_out, simulate_observational_texts
 from trl_causal.deconfound import hidden_state_features, tfidf_features
@@ -53,6 +53,48 @@ def test_a_causal_lm_peft_config_trains_the_classifier_and_stays_as_the_caller_m
     assert trainer.model.peft_config["default"].task_type == "SEQ_CLS"  # the score head trains with the adapters
     assert any("score" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
     assert lora.task_type == "CAUSAL_LM"
+
+
+@pytest.mark.parametrize("adapter", ["ia3", "lora_with_trainable_tokens"])
+def test_the_final_save_merges_any_weight_adapter_into_a_plain_classifier(tiny_model, tmp_path, adapter):
+    """The merged save renamed LoRA's keys only: IA3 (and LoHa, LoKr) left adapter tensors in model.safetensors, and
+    trainable tokens lost embed_tokens, which then loaded as random weights. Every adapter now saves a classifier
+    that loads with no missing or unexpected key and scores as the trained model."""
+    from peft import IA3Config, LoraConfig
+    from transformers import AutoModelForSequenceClassification
+
+    config = (
+        IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
+        if adapter == "ia3" else LoraConfig(r=4, target_modules=["q_proj", "v_proj"], trainable_token_indices=[5, 6, 7])
+    )
+    trainer = DeconfoundedRewardTrainer(
+        model=str(tiny_model), args=reward_args(tmp_path, max_steps=2, learning_rate=0.05), peft_config=config,
+        train_dataset=Dataset.from_list(observational_rows()),
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved", output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys")), info
+    batch = trainer.processing_class(["the service was bad", "great food"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        trainer.model.eval()
+        torch.testing.assert_close(reloaded.eval()(**batch).logits, trainer.model(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_learning_adapters_are_refused_before_any_work(tmp_path):
+    """Prompt tuning trained, then crashed at the final save (nothing to merge); latent_shift failed in its loss."""
+    from peft import PromptTuningConfig
+
+    from trl_causal.trainer.latent_shift_config import LatentShiftConfig
+    from trl_causal.trainer.latent_shift_trainer import LatentShiftTrainer
+
+    prompt_tuning = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    with pytest.raises(ConfigError, match=r"deconfounded_reward trainer cannot train a PROMPT_TUNING adapter: its final save merges"):
+        DeconfoundedRewardTrainer(model=str(tmp_path / "no-model"), args=reward_args(tmp_path), peft_config=prompt_tuning,
+                                  train_dataset=Dataset.from_list(observational_rows()))
+    args = LatentShiftConfig(**cpu_training_args(tmp_path / "ls", label_column="label"))
+    with pytest.raises(ConfigError, match=r"latent_shift trainer cannot train a PROMPT_TUNING adapter: its virtual tokens"):
+        LatentShiftTrainer(model=str(tmp_path / "no-model"), args=args, peft_config=prompt_tuning, train_dataset=Dataset.from_list([{"prompt": "a", "completion": " b", "label": "b"}]))
 
 
 def cli_config(tmp_path, tiny_model, rows, **overrides) -> Path:

@@ -487,3 +487,23 @@ def test_a_results_file_that_cannot_be_written_fails_before_any_model_loads(tiny
     assert f"Cannot make the folder of the results file {blocked / 'eval.json'}" in err and "scored before the stop" not in err
     assert cli.main(["eval", "--config", config, "--split", "test", "--output", str(tmp_path)]) == 2
     assert f"--output {tmp_path} is a folder; eval writes one JSON file" in capsys.readouterr().err
+
+
+def test_a_prompt_tuning_checkpoint_is_scored_on_its_own_tokens_positions(tiny_model):
+    """A prompt-tuning adapter puts its virtual tokens before the row's: the logits of token j sit at position
+    n_virtual + j, where eval read position j (the argmax changed on 11 of 16 rows in a review). Reference: the base
+    model run on the virtual embeddings followed by the tokens' own."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    sequences = [tokenizer("Every cat is a mammal. True")["input_ids"], tokenizer("Sally is a cat.")["input_ids"]]
+    scored = list(LMPredictor(model, tokenizer, ["True", "False"])._logprobs(sequences, "scoring"))
+    with torch.no_grad():
+        virtual = model.get_prompt(batch_size=1)
+        for ids, logprobs in zip(sequences, scored):
+            embeds = torch.cat([virtual, base.get_input_embeddings()(torch.tensor([ids]))], dim=1)
+            reference = base(inputs_embeds=embeds).logits[0, 4:].log_softmax(-1)
+            torch.testing.assert_close(logprobs, reference, atol=1e-5, rtol=1e-5)

@@ -294,8 +294,9 @@ class LMPredictor:
                     input_ids[i, : len(ids)] = torch.tensor(ids)
                     attention[i, : len(ids)] = 1
                 logits = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+                virtual = logits.shape[1] - length  # positions a prompt-tuning adapter puts before the tokens
                 for i, ids in enumerate(batch):
-                    yield logits[i, : len(ids)].float().log_softmax(-1).cpu()
+                    yield logits[i, virtual : virtual + len(ids)].float().log_softmax(-1).cpu()
 
     def generate(self, prompts: Sequence[Prompt], template_kwargs: Sequence[dict[str, Any]] | None = None) -> list[str]:
         """Greedy continuations (new text only); ``template_kwargs`` as in ``score``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ REQUESTED_PROCESSES_ENV = "TRL_CAUSAL_NUM_PROCESSES"
 
 def build_trainer(run: RunConfig, train_dataset, eval_dataset):
     """Instantiate the registered trainer with the same keyword arguments TRL's scripts pass."""
-    from trl import get_peft_config, get_quantization_config
+    from trl import get_quantization_config
 
     from .embedded import resolve_model_name_or_path
 
@@ -48,10 +49,10 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config_of(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    check_lora_targets(kwargs["model"], kwargs["peft_config"], model_init_kwargs)
+    check_lora_targets(kwargs["model"], kwargs["peft_config"], model_init_kwargs, run.trainer.kind)
     check_chat_template(kwargs["model"], training_args, train_dataset, model_init_kwargs)
     try:
         return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
@@ -65,21 +66,59 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         raise TrlCausalError(f"TRL refused the settings or data: {error}{hint}") from error
 
 
-def check_lora_targets(model: str, peft_config, model_init_kwargs: dict) -> None:
-    """``use_peft`` without ``lora_target_modules`` takes PEFT's default LoRA targets for the model's type: for a type
-    PEFT has none for (e.g. phi3, whose attention is one fused qkv_proj), fail in one line naming the key, before the
-    model loads (PEFT's own error is a traceback after it)."""
-    if peft_config is None or peft_config.target_modules is not None or getattr(peft_config, "target_parameters", None):
+def peft_config_of(model_args):
+    """TRL's ``get_peft_config``, with PEFT's refusal of a setting (e.g. an unknown ``lora_task_type``) as one line."""
+    from trl import get_peft_config
+
+    try:
+        return get_peft_config(model_args)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"PEFT refused the LoRA settings (use_peft, lora_*): {error}") from error
+
+
+def check_lora_targets(model: str, peft_config, model_init_kwargs: dict, kind: str = "sft") -> None:
+    """Fail in one line naming the key, before the model loads (PEFT's own errors are tracebacks after it, or none):
+    ``use_peft`` without ``lora_target_modules`` on a model type PEFT has no default targets for (e.g. phi3, whose
+    attention is one fused qkv_proj); a name in ``lora_target_modules`` or ``lora_modules_to_save`` that no module of
+    the model has (checked on the model built on the meta device: no weights load)."""
+    if peft_config is None:
         return
+    import torch
     import transformers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
 
     config = _load_or_none(transformers.AutoConfig, model, model_init_kwargs)
-    if config is not None and config.model_type not in DEFAULT_TARGETS:
+    if config is None:
+        return
+    targets = peft_config.target_modules
+    if targets is None and not getattr(peft_config, "target_parameters", None) and config.model_type not in DEFAULT_TARGETS:
         raise ConfigError(
             f"use_peft: PEFT has no default LoRA target modules for model_type {config.model_type!r}. Set lora_target_modules: "
             "`all-linear` (every linear layer but the output head), or the names of the model's projections."
         )
+    auto_class = transformers.AutoModelForSequenceClassification if kind == "reward" else transformers.AutoModelForCausalLM
+    try:
+        with torch.device("meta"):
+            names = [name for name, _ in auto_class.from_config(config, trust_remote_code=model_init_kwargs.get("trust_remote_code", False)).named_modules()]
+    except (ValueError, TypeError, OSError):  # a model class auto_class does not know: loading it later says so
+        return
+    if isinstance(targets, str) and targets != "all-linear" and not any(re.fullmatch(targets, name) for name in names):
+        if not targets.isidentifier():
+            raise ConfigError(
+                f"lora_target_modules {targets!r}, one entry, is a regular expression that PEFT matches against whole "
+                f"module paths, and no module of {model} matches it; give the module names as a list of two or more, "
+                "or a pattern such as '.*q_proj'."
+            )
+        # TRL turns a one-name list ([q_proj]) into that string, a regular expression of the whole path, which PEFT
+        # then finds nowhere: the name is what was meant
+        peft_config.target_modules = targets = {targets}
+    listed = {"lora_target_modules": targets, "lora_modules_to_save": peft_config.modules_to_save}
+    for key, wanted in listed.items():
+        wanted = [] if wanted is None or wanted == "all-linear" else [wanted] if isinstance(wanted, str) else wanted
+        unknown = [target for target in wanted if not any(name == target or name.endswith(f".{target}") for name in names)]
+        if unknown:
+            leaves = sorted({name.rsplit(".", 1)[-1] for name in names if name and not name.rsplit(".", 1)[-1].isdigit()})
+            raise ConfigError(f"{key} names {unknown}, which no module of {model} has; its modules are named: {', '.join(leaves)}.")
 
 
 def _load_or_none(auto_class, model: str, model_init_kwargs: dict):

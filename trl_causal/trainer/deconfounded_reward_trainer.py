@@ -49,10 +49,10 @@ from ..deconfound.partial_out import check_design, group_codes
 from ..deconfound.confounders import describe_invalid_columns, is_missing, one_hot_levels, parse_numbers
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, many_pairs_warning, preference_pairs
-from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
+from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
 from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
-from .mixins import CausalLossMixin, HeadsMixin, log_num_tokens
+from .mixins import CausalLossMixin, HeadsMixin, log_num_tokens, prompt_learning_type, refuse_adapter
 from .zero3 import full_parameters
 
 logger = logging.get_logger(__name__)
@@ -524,19 +524,43 @@ class MergedAdapterSaveMixin:
         model = self.accelerator.unwrap_model(self.model)
         if not (self.merge_adapters_on_save and is_peft_model(model) and state_dict is None):
             return super()._save(output_dir, state_dict=state_dict)
-        adapter = model.active_adapter
         model.merge_adapter()
         peft_model, self.model = self.model, model.get_base_model()
         try:
-            merged = {}
-            for key, value in self.model.state_dict().items():
-                if "lora_" in key or ".original_module." in key:
-                    continue
-                merged[key.replace(".base_layer.", ".").replace(f".modules_to_save.{adapter}.", ".")] = value
-            super()._save(output_dir, state_dict=merged)
+            super()._save(output_dir, state_dict=plain_state_dict(self.model, model.active_adapter))
         finally:
             self.model = peft_model
             model.unmerge_adapter()
+
+
+def plain_state_dict(merged: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """The weights of a PEFT model's base model whose adapters are merged, under the names of the plain model:
+    each tensor of a tuner layer's ``base_layer``, of ``modules_to_save`` and of a ``token_adapter`` (trainable
+    tokens) under its module's own name; the adapters' own tensors (LoRA, IA3, LoHa, LoKr, token deltas) and the
+    original copies of saved modules left out. Every weight the plain model has must be there: a missing one would
+    load as random weights, so it is an error."""
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        plain = AutoModelForSequenceClassification.from_config(merged.config)
+    expected = set(plain.state_dict())
+    wrappers = (f".modules_to_save.{adapter}.", ".token_adapter.", ".base_layer.")
+    state = {}
+    for key, value in merged.state_dict().items():
+        if ".original_module." in key:
+            continue
+        name = key
+        for wrapper in wrappers:
+            name = name.replace(wrapper, ".")
+        if name in expected:
+            state[name] = value
+    missing = sorted(expected - set(state))
+    if missing:
+        raise TrlCausalError(
+            f"Cannot write the merged reward model: the adapters' model gives no weight for {missing[:5]}. Save the "
+            "adapter instead (trainer.save_model with a PeftModel's save_pretrained), or train with LoRA."
+        )
+    return state
 
 
 def refuse_raw_rows(dataset, method: str) -> None:
@@ -593,6 +617,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 "DeconfoundedRewardTrainer needs a DeconfoundedRewardConfig naming the outcome and confounder columns, "
                 f"not {type(args).__name__}."
             )
+        if adapter := prompt_learning_type(model, peft_config):  # before the feature pass, not at the final save
+            raise refuse_adapter(adapter, "deconfounded_reward", "its final save merges the adapters into a plain reward "
+                                 "model, and a prompt-learning adapter changes no weight to merge")
         splits = named_splits(train_dataset, eval_dataset)
         check_split_types(splits, "deconfounded_reward", " (it deconfounds all rows before training)")
         observations = read_observations(splits, args)  # bad data fails here, before the model loads

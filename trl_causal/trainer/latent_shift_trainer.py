@@ -46,6 +46,8 @@ from .mixins import (
     HeadsMixin,
     causal_lm_token_losses,
     log_num_tokens,
+    prompt_learning_type,
+    refuse_adapter,
     smoothing_own_logits,
 )
 from .zero3 import reload_pretrained
@@ -279,6 +281,10 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             raise TypeError(f"LatentShiftTrainer needs a LatentShiftConfig, got {type(args).__name__}.")
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
+        adapter = prompt_learning_type(model, kwargs.get("peft_config"))
+        if adapter is not None and adapter != "PREFIX_TUNING":
+            raise refuse_adapter(adapter, "latent_shift", "its virtual tokens come before each row's tokens, where the "
+                                 "trainer pools the prompt's hidden states (prefix tuning adds none)")
         uses_peft = kwargs.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
         frozen_view = args.frozen_view if args.frozen_view != "auto" else ("adapters" if uses_peft else "reference")
         if frozen_view == "adapters" and not uses_peft:

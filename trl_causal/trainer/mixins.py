@@ -113,6 +113,22 @@ def log_num_tokens(trainer: Any, mode: str, attention_mask: torch.Tensor) -> Non
     trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
 
 
+def prompt_learning_type(model: Any, peft_config: Any) -> str | None:
+    """The PEFT type of a prompt-learning adapter (``PREFIX_TUNING``, ``PROMPT_TUNING``, ``P_TUNING``, ...) given as
+    ``peft_config`` or already on ``model``, else None: such adapters change no weight (nothing to merge), and all but
+    prefix tuning put virtual tokens before each row's tokens."""
+    config = peft_config if peft_config is not None else getattr(model, "active_peft_config", None)
+    return str(getattr(config.peft_type, "value", config.peft_type)) if getattr(config, "is_prompt_learning", False) else None
+
+
+def refuse_adapter(adapter: str, trainer: str, why: str) -> ConfigError:
+    """The error for a PEFT adapter type ``trainer`` cannot train, saying ``why`` and what to use instead."""
+    return ConfigError(
+        f"The {trainer} trainer cannot train a {adapter} adapter: {why}. Use LoRA (use_peft: true), or another adapter "
+        "that changes the model's weights (DoRA, IA3, LoHa)."
+    )
+
+
 class CausalLossMixin:
     """Loss reductions that are exact under gradient accumulation and DDP.
 
