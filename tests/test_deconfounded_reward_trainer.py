@@ -55,6 +55,23 @@ def test_a_causal_lm_peft_config_trains_the_classifier_and_stays_as_the_caller_m
     assert lora.task_type == "CAUSAL_LM"
 
 
+def test_a_peft_model_whose_score_head_does_not_train_is_warned_about(tiny_model, tmp_path, caplog):
+    """A PeftModel built without task_type='SEQ_CLS' freezes the random `score` head: the reward would be a random
+    projection of the adapted features. Plain RewardTrainer says nothing; this trainer warns."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    def wrapped(task_type):
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+        return get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type=task_type))
+
+    for task_type, warned in ((None, True), ("SEQ_CLS", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            DeconfoundedRewardTrainer(model=wrapped(task_type), args=reward_args(tmp_path), train_dataset=Dataset.from_list(observational_rows()))
+        assert ("does not train its `score` head" in caplog.text) == warned, task_type
+
+
 @pytest.mark.parametrize("adapter", ["ia3", "lora_with_trainable_tokens"])
 def test_the_final_save_merges_any_weight_adapter_into_a_plain_classifier(tiny_model, tmp_path, adapter):
     """The merged save renamed LoRA's keys only: IA3 (and LoHa, LoKr) left adapter tensors in model.safetensors, and

@@ -652,6 +652,12 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             peft_config=peft_config,
             **kwargs,
         )
+        if not isinstance(model, str) and is_peft_model(model) and not any("score" in n for n, p in self.model.named_parameters() if p.requires_grad):
+            logger.warning(
+                "deconfounded_reward: the PEFT model passed in does not train its `score` head, which stays at its "
+                "random initialisation: build it with task_type='SEQ_CLS' (or modules_to_save=['score']), or pass the "
+                "plain model and peft_config, which this trainer sets up so."
+            )
         if kwargs.get("data_collator") is None:
             self.data_collator = DataCollatorForObservationalRewards(
                 self.processing_class.pad_token_id, args.pad_to_multiple_of
