@@ -218,11 +218,15 @@ def test_lora_module_names_and_task_type_are_checked_before_the_model_loads(conf
         build(lora_target_modules=["qq_proj", "v_proj"])
     with pytest.raises(ConfigError, match=r"lora_modules_to_save names \['head'\], which no module"):
         build(lora_target_modules=["q_proj", "v_proj"], lora_modules_to_save=["head"])
-    with pytest.raises(ConfigError, match=r"PEFT refused the LoRA settings \(use_peft, lora_\*\): Invalid task type: 'FOO'"):
+    with pytest.raises(ConfigError, match=r"PEFT refused the LoRA settings \(use_peft, lora_r, lora_task_type, ...\): Invalid task type: 'FOO'"):
         build(lora_task_type="FOO")
     trainer = build(lora_target_modules=["q_proj"])
     assert trainer.model.peft_config["default"].target_modules == {"q_proj"}
     assert any("q_proj.lora_A" in name for name, _ in trainer.model.named_parameters())
+    pattern = build(lora_target_modules=[r".*\.(q_proj|v_proj)"])  # a regular expression that matches stays one
+    assert {name.split(".")[-4] for name, _ in pattern.model.named_parameters() if "lora_A" in name} == {"q_proj", "v_proj"}
+    with pytest.raises(ConfigError, match=r"qq_proj', one entry, is a regular expression that PEFT matches against whole module paths, and no module of"):
+        build(lora_target_modules=[r".*\.qq_proj"])
 
 
 def test_conversations_with_a_tokenizer_without_a_chat_template_name_chat_template_path(config_for, tiny_model, tmp_path):

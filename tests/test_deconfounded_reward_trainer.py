@@ -69,7 +69,7 @@ def test_a_peft_model_whose_score_head_does_not_train_is_warned_about(tiny_model
         caplog.clear()
         with caplog.at_level("WARNING"):
             DeconfoundedRewardTrainer(model=wrapped(task_type), args=reward_args(tmp_path), train_dataset=Dataset.from_list(observational_rows()))
-        assert ("does not train its `score` head" in caplog.text) == warned, task_type
+        assert ("does not train its classification head" in caplog.text) == warned, task_type
 
 
 @pytest.mark.parametrize("adapter", ["ia3", "lora_with_trainable_tokens"])

@@ -52,7 +52,7 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         peft_config=peft_config_of(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    check_lora_targets(kwargs["model"], kwargs["peft_config"], model_init_kwargs, run.trainer.kind)
+    check_lora_targets(kwargs["model"], kwargs["peft_config"], model_init_kwargs, run.trainer.kind, model_args.model_name_or_path)
     check_chat_template(kwargs["model"], training_args, train_dataset, model_init_kwargs)
     try:
         return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
@@ -73,19 +73,20 @@ def peft_config_of(model_args):
     try:
         return get_peft_config(model_args)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"PEFT refused the LoRA settings (use_peft, lora_*): {error}") from error
+        raise ConfigError(f"PEFT refused the LoRA settings (use_peft, lora_r, lora_task_type, ...): {error}") from error
 
 
-def check_lora_targets(model: str, peft_config, model_init_kwargs: dict, kind: str = "sft") -> None:
+def check_lora_targets(model: str, peft_config, model_init_kwargs: dict, kind: str = "sft", shown_name: str | None = None) -> None:
     """Fail in one line naming the key, before the model loads (PEFT's own errors are tracebacks after it, or none):
     ``use_peft`` without ``lora_target_modules`` on a model type PEFT has no default targets for (e.g. phi3, whose
     attention is one fused qkv_proj); a name in ``lora_target_modules`` or ``lora_modules_to_save`` that no module of
     the model has (checked on the model built on the meta device: no weights load)."""
     if peft_config is None:
         return
-    import torch
     import transformers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
+
+    shown_name = shown_name or model
 
     config = _load_or_none(transformers.AutoConfig, model, model_init_kwargs)
     if config is None:
@@ -96,29 +97,52 @@ def check_lora_targets(model: str, peft_config, model_init_kwargs: dict, kind: s
             f"use_peft: PEFT has no default LoRA target modules for model_type {config.model_type!r}. Set lora_target_modules: "
             "`all-linear` (every linear layer but the output head), or the names of the model's projections."
         )
-    auto_class = transformers.AutoModelForSequenceClassification if kind == "reward" else transformers.AutoModelForCausalLM
-    try:
-        with torch.device("meta"):
-            names = [name for name, _ in auto_class.from_config(config, trust_remote_code=model_init_kwargs.get("trust_remote_code", False)).named_modules()]
-    except (ValueError, TypeError, OSError):  # a model class auto_class does not know: loading it later says so
+    names = _module_names(config, kind, model_init_kwargs.get("trust_remote_code", False))
+    if names is None:  # a model this check cannot build on the meta device: loading it says what is wrong
         return
-    if isinstance(targets, str) and targets != "all-linear" and not any(re.fullmatch(targets, name) for name in names):
-        if not targets.isidentifier():
+    built = f"the sequence classifier built from {shown_name}" if kind == "reward" else shown_name
+    if isinstance(targets, str) and targets != "all-linear":
+        if any(re.fullmatch(targets, name) for name in names):
+            targets = None  # a regular expression of whole module paths (PEFT's reading of one string) that matches
+        elif not targets.isidentifier():
             raise ConfigError(
                 f"lora_target_modules {targets!r}, one entry, is a regular expression that PEFT matches against whole "
-                f"module paths, and no module of {model} matches it; give the module names as a list of two or more, "
+                f"module paths, and no module of {built} matches it; give the module names as a list of two or more, "
                 "or a pattern such as '.*q_proj'."
             )
-        # TRL turns a one-name list ([q_proj]) into that string, a regular expression of the whole path, which PEFT
-        # then finds nowhere: the name is what was meant
-        peft_config.target_modules = targets = {targets}
+        else:  # TRL turns a one-name list ([q_proj]) into that string, which PEFT then finds nowhere: the name is meant
+            peft_config.target_modules = targets = {targets}
     listed = {"lora_target_modules": targets, "lora_modules_to_save": peft_config.modules_to_save}
     for key, wanted in listed.items():
         wanted = [] if wanted is None or wanted == "all-linear" else [wanted] if isinstance(wanted, str) else wanted
         unknown = [target for target in wanted if not any(name == target or name.endswith(f".{target}") for name in names)]
         if unknown:
             leaves = sorted({name.rsplit(".", 1)[-1] for name in names if name and not name.rsplit(".", 1)[-1].isdigit()})
-            raise ConfigError(f"{key} names {unknown}, which no module of {model} has; its modules are named: {', '.join(leaves)}.")
+            raise ConfigError(f"{key} names {unknown}, which no module of {built} has; its modules are named: {', '.join(leaves)}.")
+
+
+def _module_names(config, kind: str, trust_remote_code: bool) -> list[str] | None:
+    """The module names of the model a trainer of ``kind`` trains, built on the meta device (no weights): the class of
+    ``config.architectures[0]``, as TRL loads it, else AutoModelForCausalLM; AutoModelForSequenceClassification for a
+    reward model. None where it cannot be built so (remote code that needs real tensors, an unknown class)."""
+    import torch
+    import transformers
+
+    if kind == "reward":
+        model_class = transformers.AutoModelForSequenceClassification
+    else:
+        architecture = (getattr(config, "architectures", None) or [None])[0]
+        model_class = getattr(transformers, architecture or "", None) or transformers.AutoModelForCausalLM
+    safe_ops = getattr(getattr(transformers, "initialization", None), "meta_device_safe_creation_ops", contextlib.nullcontext)
+    try:
+        with safe_ops(), torch.device("meta"):
+            if model_class.__name__.startswith("Auto"):
+                model = model_class.from_config(config, trust_remote_code=trust_remote_code)
+            else:
+                model = model_class._from_config(config)
+    except Exception:  # any failure only means the check cannot run
+        return None
+    return [name for name, _ in model.named_modules()]
 
 
 def _load_or_none(auto_class, model: str, model_init_kwargs: dict):

@@ -558,7 +558,7 @@ def plain_state_dict(merged: nn.Module, adapter: str) -> dict[str, torch.Tensor]
     if missing:
         raise TrlCausalError(
             f"Cannot write the merged reward model: the adapters' model gives no weight for {missing[:5]}. Save the "
-            "adapter instead (trainer.save_model with a PeftModel's save_pretrained), or train with LoRA."
+            "adapter instead (trainer.model.save_pretrained(directory)), or train with LoRA."
         )
     return state
 
@@ -652,11 +652,14 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             peft_config=peft_config,
             **kwargs,
         )
-        if not isinstance(model, str) and is_peft_model(model) and not any("score" in n for n, p in self.model.named_parameters() if p.requires_grad):
+        # PEFT's SEQ_CLS task type trains the head (score, classifier, ...) through a modules_to_save copy
+        if not isinstance(model, str) and is_peft_model(model) and not any(
+            ".modules_to_save." in n for n, p in self.model.named_parameters() if p.requires_grad
+        ):
             logger.warning(
-                "deconfounded_reward: the PEFT model passed in does not train its `score` head, which stays at its "
-                "random initialisation: build it with task_type='SEQ_CLS' (or modules_to_save=['score']), or pass the "
-                "plain model and peft_config, which this trainer sets up so."
+                "deconfounded_reward: the PEFT model passed in does not train its classification head, which stays at "
+                "its random initialisation: build it with task_type='SEQ_CLS' (or modules_to_save=['score']), or pass "
+                "the plain model and peft_config, which this trainer sets up so."
             )
         if kwargs.get("data_collator") is None:
             self.data_collator = DataCollatorForObservationalRewards(

@@ -284,7 +284,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         adapter = prompt_learning_type(model, kwargs.get("peft_config"))
         if adapter is not None and adapter != "PREFIX_TUNING":
             raise refuse_adapter(adapter, "latent_shift", "its virtual tokens come before each row's tokens, where the "
-                                 "trainer pools the prompt's hidden states (prefix tuning adds none)")
+                                 "trainer pools the prompt's hidden states", "prefix tuning, which adds no token, or another adapter")
         uses_peft = kwargs.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
         frozen_view = args.frozen_view if args.frozen_view != "auto" else ("adapters" if uses_peft else "reference")
         if frozen_view == "adapters" and not uses_peft:

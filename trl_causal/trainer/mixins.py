@@ -121,12 +121,9 @@ def prompt_learning_type(model: Any, peft_config: Any) -> str | None:
     return str(getattr(config.peft_type, "value", config.peft_type)) if getattr(config, "is_prompt_learning", False) else None
 
 
-def refuse_adapter(adapter: str, trainer: str, why: str) -> ConfigError:
-    """The error for a PEFT adapter type ``trainer`` cannot train, saying ``why`` and what to use instead."""
-    return ConfigError(
-        f"The {trainer} trainer cannot train a {adapter} adapter: {why}. Use LoRA (use_peft: true), or another adapter "
-        "that changes the model's weights (DoRA, IA3, LoHa)."
-    )
+def refuse_adapter(adapter: str, trainer: str, why: str, instead: str = "another adapter that changes the model's weights (DoRA, IA3, LoHa)") -> ConfigError:
+    """The error for a PEFT adapter type ``trainer`` cannot train, saying ``why`` and what to use ``instead``."""
+    return ConfigError(f"The {trainer} trainer cannot train a {adapter} adapter: {why}. Use LoRA (use_peft: true), or {instead}.")
 
 
 class CausalLossMixin:
