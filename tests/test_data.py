@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from datasets import Dataset, DatasetDict
 
-from conftest import sft_rows, write_jsonl
+from conftest import REPO, sft_rows, write_jsonl
 from trl_causal.data import check_columns, load_any_dataset
 from trl_causal.errors import DataError
 
@@ -154,3 +157,15 @@ def test_a_trainer_given_a_list_or_a_datasetdict_says_how_to_pass_a_split(traine
     if trainer != "latent_shift":  # it streams
         with pytest.raises(DataError, match=r"needs the train rows as a map-style datasets.Dataset \(it .* before training\), not IterableDataset\. Load it without streaming: remove `dataset_streaming: true`"):
             trainer_cls("no-model-here", config, train_dataset=rows.to_iterable_dataset())
+
+
+def test_the_shipped_example_data_is_what_make_example_data_writes(tmp_path):
+    """Every file under example_configs/data (but the dpo-pairs output) comes from scripts/make_example_data.py, byte
+    for byte: the example configs' headers point there, where they gave multi-line commands that failed when copied."""
+    shipped = REPO / "example_configs" / "data"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "make_example_data.py"), str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == sorted(path.name for path in shipped.iterdir() if path.name != "observational_pairs_naive.jsonl")
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
