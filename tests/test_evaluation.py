@@ -507,3 +507,24 @@ def test_a_prompt_tuning_checkpoint_is_scored_on_its_own_tokens_positions(tiny_m
             embeds = torch.cat([virtual, base.get_input_embeddings()(torch.tensor([ids]))], dim=1)
             reference = base(inputs_embeds=embeds).logits[0, 4:].log_softmax(-1)
             torch.testing.assert_close(logprobs, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_a_plain_checkpoint_without_a_run_record_is_scored_as_sft_under_a_method_config(tiny_model, tmp_path, capsys):
+    """A baseline that Axolotl or a TRL script trained has no trl-causal run record, and eval took its trainer from
+    --config: under the capt YAML it was scored through capt's pipeline (as 'capt'), under latent_shift's it failed.
+    Without that trainer's own files it is now a plain model, with a note."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from conftest import cpu_training_args
+
+    rows = [{"prompt": "Every cat is a mammal. Sally is a cat. True or false: Sally is a mammal.", "completion": " True"}] * 4
+    baseline = tmp_path / "baseline"
+    SFTTrainer(model=str(tiny_model), args=SFTConfig(**cpu_training_args(baseline, max_steps=1)), train_dataset=Dataset.from_list(rows)).save_model(str(baseline))
+    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": row["prompt"], "answer": "True"} for row in rows])
+    for trainer in ("capt", "latent_shift"):
+        config = write_config(tmp_path / f"{trainer}.yaml", {"trainer": trainer, **base_config(tiny_model, test, tmp_path / "unused")})
+        output = tmp_path / f"{trainer}.json"
+        assert cli.main(["eval", "--config", str(config), "--checkpoint", str(baseline), "--split", f"test={test}", "--answers", "True,False", "--output", str(output)]) == 0
+        assert f"none of the files the {trainer} trainer saves: it is scored as a plain model (trainer 'sft')" in capsys.readouterr().err
+        assert list(json.loads(output.read_text())["results"]) == ["sft"]

@@ -392,7 +392,7 @@ def _eval_checkpoints(args: argparse.Namespace, run) -> tuple[list[str], list[di
                 + (f"Pass one of its checkpoints, e.g. --checkpoint {saved[0]}, or train again." if saved else "Train first.")
             )
     records = [read_run_record(checkpoint) for checkpoint in checkpoints]
-    trainer_names = [record.get("trainer", run.trainer.name) for record in records]
+    trainer_names = [record.get("trainer") or _unrecorded_trainer(checkpoint, run) for checkpoint, record in zip(checkpoints, records)]
     for checkpoint, trainer_name, record in zip(checkpoints, trainer_names, records):
         spec = get_plugin_manager().get_trainer(trainer_name)
         if spec.kind == "reward":
@@ -405,6 +405,20 @@ def _eval_checkpoints(args: argparse.Namespace, run) -> tuple[list[str], list[di
         if "settings" not in record and hasattr(spec.trainer_class, "checkpoint_settings"):  # trained from a TRL script, Axolotl
             record.update(settings=spec.trainer_class.checkpoint_settings(checkpoint), checkpoint=checkpoint)
     return checkpoints, records, trainer_names
+
+
+def _unrecorded_trainer(checkpoint: str, run) -> str:
+    """The trainer of a checkpoint without a run record (trained by Axolotl or a TRL script): the config's, unless that
+    trainer saves files of its own (``saved_in``) and the checkpoint lacks them; it is then a plain model, ``sft``."""
+    saved_in = getattr(run.trainer.trainer_class, "saved_in", None)
+    if saved_in is None or saved_in(checkpoint):
+        return run.trainer.name
+    print(
+        f"trl-causal: note: {checkpoint} has no trl-causal run record and none of the files the {run.trainer.name} "
+        "trainer saves: it is scored as a plain model (trainer 'sft'), as Axolotl's or TRL's SFT trains one.",
+        file=sys.stderr,
+    )
+    return "sft"
 
 
 def _eval_answer_set(

@@ -596,6 +596,11 @@ class CAPTTrainer(SFTTrainer):
             save_prediction_files(output_dir or self.args.output_dir, self.args, self.symbol_pool, self.answer_prefix)
 
     @classmethod
+    def saved_in(cls, checkpoint_dir: str | os.PathLike) -> bool:
+        """Whether this trainer saved the checkpoint: its ``PREDICTION_FILE`` is there (every save writes it)."""
+        return os.path.isfile(os.path.join(checkpoint_dir, PREDICTION_FILE))
+
+    @classmethod
     def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:
         """The method settings saved with the model (estimator, symbol pool, seed, ...): what eval uses for a
         checkpoint without a run record (trained from a TRL script or Axolotl)."""

@@ -619,6 +619,11 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             write_checkpoint_file(output_dir or self.args.output_dir, LATENT_SHIFT_FILE, description)
 
     @classmethod
+    def saved_in(cls, checkpoint_dir: str | os.PathLike) -> bool:
+        """Whether this trainer saved the checkpoint: its ``LATENT_SHIFT_FILE`` is there (every save writes it)."""
+        return os.path.isfile(os.path.join(checkpoint_dir, LATENT_SHIFT_FILE))
+
+    @classmethod
     def checkpoint_answers(cls, checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
         """The classes a checkpoint predicts: (labels, verbalizer answers) saved with its heads; None without them."""
         description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE)
