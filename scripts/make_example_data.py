@@ -1,4 +1,5 @@
-"""Write every data file under example_configs/data, deterministically (re-running gives the same bytes):
+"""Write the data files under example_configs/data, deterministically (re-running gives the same bytes), all but
+the dpo-pairs output:
 
 - ``prontoqa_train.jsonl`` (100 rows) and ``prontoqa_{id,anti,nonsense}.jsonl`` (60 each): PrOntoQA-style chat rows
   for the sft and capt configs; ``prontoqa_train_messages.jsonl``: the training rows as ``messages`` (Axolotl);

@@ -522,8 +522,9 @@ def test_a_plain_checkpoint_without_a_run_record_is_scored_as_sft_under_a_method
     baseline = tmp_path / "baseline"
     SFTTrainer(model=str(tiny_model), args=SFTConfig(**cpu_training_args(baseline, max_steps=1)), train_dataset=Dataset.from_list(rows)).save_model(str(baseline))
     test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": row["prompt"], "answer": "True"} for row in rows])
-    for trainer in ("capt", "latent_shift"):
-        config = write_config(tmp_path / f"{trainer}.yaml", {"trainer": trainer, **base_config(tiny_model, test, tmp_path / "unused")})
+    method_keys = {"capt": {}, "latent_shift": {}, "deconfounded_reward": {"numeric_confounders": ["c"]}}
+    for trainer, keys in method_keys.items():  # under the reward config it was "trained by a reward trainer"
+        config = write_config(tmp_path / f"{trainer}.yaml", {"trainer": trainer, **base_config(tiny_model, test, tmp_path / "unused"), **keys})
         output = tmp_path / f"{trainer}.json"
         assert cli.main(["eval", "--config", str(config), "--checkpoint", str(baseline), "--split", f"test={test}", "--answers", "True,False", "--output", str(output)]) == 0
         assert f"none of the files the {trainer} trainer saves: it is scored as a plain model (trainer 'sft')" in capsys.readouterr().err

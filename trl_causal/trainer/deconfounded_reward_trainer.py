@@ -917,6 +917,11 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if self.args.should_save:
             self.save_report(output_dir or self.args.output_dir)
 
+    @classmethod
+    def saved_in(cls, checkpoint_dir: str | os.PathLike) -> bool:
+        """Whether this trainer saved the checkpoint: its ``REPORT_FILE`` is there (every save writes it)."""
+        return os.path.isfile(os.path.join(checkpoint_dir, REPORT_FILE))
+
     def save_report(self, output_dir: str) -> None:
         """``deconfounding_report.json``: theta, se, CI per confounder, rows used and dropped, target scale; in
         covariate mode also the learnt weight of each standardised confounder in the training-time reward."""
