@@ -409,9 +409,10 @@ def _eval_checkpoints(args: argparse.Namespace, run) -> tuple[list[str], list[di
 
 def _unrecorded_trainer(checkpoint: str, run) -> str:
     """The trainer of a checkpoint without a run record (trained by Axolotl or a TRL script): the config's, unless that
-    trainer saves files of its own (``saved_in``) and the checkpoint lacks them; it is then a plain model, ``sft``."""
-    saved_in = getattr(run.trainer.trainer_class, "saved_in", None)
-    if saved_in is None or saved_in(checkpoint):
+    trainer writes a file of its own at every save (``saved_file``) and the checkpoint lacks it; it is then a plain
+    model, ``sft``."""
+    saved_file = getattr(run.trainer.trainer_class, "saved_file", None)
+    if saved_file is None or Path(checkpoint, saved_file).is_file():
         return run.trainer.name
     print(
         f"trl-causal: note: {checkpoint} has no trl-causal run record and none of the files the {run.trainer.name} "

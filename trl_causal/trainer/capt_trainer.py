@@ -432,6 +432,7 @@ class CAPTTrainer(SFTTrainer):
     _tag_names = ["trl", "sft", "trl-causal", "capt"]
     _name = "CAPT"
     loss_is_scaled_for_ga = True
+    saved_file = PREDICTION_FILE  # every save writes it: eval knows a checkpoint of this trainer without a run record by it
 
     def __init__(self, model, args: CAPTConfig | None = None, *, train_dataset=None, eval_dataset=None, **kwargs):
         args = self._capt_config(model, args)
@@ -594,11 +595,6 @@ class CAPTTrainer(SFTTrainer):
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             save_prediction_files(output_dir or self.args.output_dir, self.args, self.symbol_pool, self.answer_prefix)
-
-    @classmethod
-    def saved_in(cls, checkpoint_dir: str | os.PathLike) -> bool:
-        """Whether this trainer saved the checkpoint: its ``PREDICTION_FILE`` is there (every save writes it)."""
-        return os.path.isfile(os.path.join(checkpoint_dir, PREDICTION_FILE))
 
     @classmethod
     def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:

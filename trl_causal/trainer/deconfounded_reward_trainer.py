@@ -586,6 +586,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
 
     _tag_names = ["trl", "reward-trainer", "trl-causal", "deconfounded-reward"]
     _name = "DeconfoundedReward"
+    saved_file = REPORT_FILE  # every save writes it: eval knows a checkpoint of this trainer without a run record by it
 
     @staticmethod
     def required_columns(args: DeconfoundedRewardConfig) -> tuple[str, ...]:
@@ -916,11 +917,6 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             self.merge_adapters_on_save = False
         if self.args.should_save:
             self.save_report(output_dir or self.args.output_dir)
-
-    @classmethod
-    def saved_in(cls, checkpoint_dir: str | os.PathLike) -> bool:
-        """Whether this trainer saved the checkpoint: its ``REPORT_FILE`` is there (every save writes it)."""
-        return os.path.isfile(os.path.join(checkpoint_dir, REPORT_FILE))
 
     def save_report(self, output_dir: str) -> None:
         """``deconfounding_report.json``: theta, se, CI per confounder, rows used and dropped, target scale; in

@@ -268,6 +268,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     the memory bank and the verbalizer are saved in every checkpoint and restored on resume.
     """
 
+    saved_file = LATENT_SHIFT_FILE  # every save writes it: eval knows a checkpoint of this trainer without a run record by it
     # what the saved heads fix: eval's --setting cannot change them
     settings_fixed_by_checkpoint = (
         "n_causal", "d_phi", "n_patches", "memory_bank_size", "causal_hidden_sizes", "encoder_hidden_sizes",
@@ -617,11 +618,6 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 },
             }
             write_checkpoint_file(output_dir or self.args.output_dir, LATENT_SHIFT_FILE, description)
-
-    @classmethod
-    def saved_in(cls, checkpoint_dir: str | os.PathLike) -> bool:
-        """Whether this trainer saved the checkpoint: its ``LATENT_SHIFT_FILE`` is there (every save writes it)."""
-        return os.path.isfile(os.path.join(checkpoint_dir, LATENT_SHIFT_FILE))
 
     @classmethod
     def checkpoint_answers(cls, checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
