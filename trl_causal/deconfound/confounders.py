@@ -51,12 +51,18 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, numbers.Real) and not math.isfinite(value))
 
 
-def level_text(value: Any) -> str:
-    """A categorical level as text, so that one value reads the same from every file: a whole-number float as its
-    integer (an int column with an empty cell reads as floats: 16.0 is the level "16"), anything else ``str``."""
+def plain_number(value: Any) -> Any:
+    """A whole-number int or float, Python's or numpy's, as a Python int (an int column with an empty cell reads as
+    floats: 16.0 is 16); anything else as it is."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
+        return int(value)
+    return value
+
+
+def level_text(value: Any) -> str:
+    """A categorical level as text, so that one value reads the same from every file (``plain_number``: 16.0 is the
+    level "16")."""
+    return str(plain_number(value))
 
 
 def _sorted_levels(values: Sequence[Any]) -> list[Any]:

@@ -27,7 +27,7 @@ from sklearn.utils import get_tags
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, describe_rows, for_count
-from .confounders import is_missing
+from .confounders import is_missing, plain_number
 
 LEARNER_NAMES = ("ridge", "lasso", "random_forest", "gradient_boosting", "linear")
 RIDGE_ALPHAS = np.logspace(-2, 5, 8)
@@ -571,8 +571,8 @@ def _robust_fit(
 
 def group_codes(groups: Sequence[Any] | np.ndarray, n_rows: int) -> np.ndarray:
     """Integer codes [n] of the group ids, one per row, in order of first appearance; ids are told apart by their
-    repr, so 1 and "1" are two groups (as two files' ids would be), while 1, 1.0 and np.int64(1) are one. A missing id (None, NaN, blank) is an error
-    naming its rows: it would put unrelated rows into one cluster."""
+    repr, so 1 and "1" are two groups (as two files' ids would be), while 1, 1.0 and np.int64(1) are one. A missing
+    id (None, NaN, blank) is an error naming its rows: it would put unrelated rows into one cluster."""
     ids = list(groups.tolist() if hasattr(groups, "tolist") else groups)
     if len(ids) != n_rows or any(isinstance(value, (list, tuple, np.ndarray)) for value in ids):
         raise DataError(f"groups must hold one id per row ({n_rows} rows); got {len(ids)} entries, or lists among them.")
@@ -583,14 +583,9 @@ def group_codes(groups: Sequence[Any] | np.ndarray, n_rows: int) -> np.ndarray:
             "rows into one cluster. Give those rows an id of their own, or drop them."
         )
     codes: dict[str, int] = {}
-    return np.array([codes.setdefault(repr(_plain_number(value)), len(codes)) for value in ids], dtype=int)
-
-
-def _plain_number(value: Any) -> Any:
-    """A numpy scalar as the Python number it holds, a whole-number float as its int (1.0 and np.int64(1) are the id
-    1, as a column read with a missing cell gives floats); anything else as it is."""
-    value = value.item() if isinstance(value, np.generic) else value
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    # a numpy scalar as the Python value it holds, a whole number as its int: 1, 1.0 and np.int64(1) are one id
+    plain = (plain_number(value.item() if isinstance(value, np.generic) else value) for value in ids)
+    return np.array([codes.setdefault(repr(value), len(codes)) for value in plain], dtype=int)
 
 
 def effective_groups(groups: np.ndarray) -> float:
