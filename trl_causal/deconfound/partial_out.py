@@ -108,7 +108,7 @@ class DeconfoundResult:
     ``outcome_residual_r2`` the same share for the outcome. Out-of-fold fits can predict worse than the mean, so a
     share can exceed 1 where the text predicts none of the variance. ``first_stage_f`` (IV only) is the first-stage F
     statistic of each confounder (Sanderson-Windmeijer conditional F when k > 1). With groups, ``effective_groups`` is
-    n^2 / sum_g n_g^2 (``effective_groups``), the count the cluster-robust standard errors rest on.
+    n^2 / sum_g n_g^2, the count of equal-sized groups the cluster-robust standard errors rest on.
     """
 
     theta: np.ndarray
@@ -664,8 +664,9 @@ def partial_out(
     n_units = check_design(confounder_matrix, names, n_folds, groups)
     features = _check_features(features, n)
     group_ids = None if groups is None else group_codes(groups, n)
-    if group_ids is not None and (effective := effective_groups(group_ids)) < FEW_GROUPS:
-        largest = int(np.unique(group_ids, return_counts=True)[1].max())
+    effective = None if group_ids is None else effective_groups(group_ids)
+    if effective is not None and effective < FEW_GROUPS:
+        largest = int(np.bincount(group_ids).max())
         few = f"Only {n_units} groups" if n_units < FEW_GROUPS else (
             f"The {n_units} groups weigh as {effective:.2f} groups of one size (n^2 / sum of squared group sizes; the "
             f"largest group holds {largest} of {n} rows)"
@@ -726,5 +727,5 @@ def partial_out(
         confounder_learner=_learner_label(confounder_learner),
         n_groups=None if group_ids is None else n_units,
         instrument_names=None if instrument is None else list(z_names),
-        effective_groups=None if group_ids is None else round(effective_groups(group_ids), 2),
+        effective_groups=None if effective is None else round(effective, 2),
     )
