@@ -450,7 +450,7 @@ class CAPTTrainer(SFTTrainer):
         with args.main_process_first(desc="event estimation"), whole_model_loading():
             train_estimated = self._estimate(args, train_dataset, "training", show_progress, require_events=True)
             self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
-            train_interventions, first_draw = self._interventions(args, train_estimated, "training", show_progress)
+            train_interventions, first_draw = self._interventions(args, train_estimated, "training", show_progress, stream=0)
             eval_plans = {
                 key: self._plan_eval(args, rows, f"evaluation {key!r}", show_progress) for key, rows in splits.items() if key != "train"
             }
@@ -533,11 +533,10 @@ class CAPTTrainer(SFTTrainer):
             raise type(error)(f"In the {split} split: {error}") from error
 
     def _interventions(
-        self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool
+        self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool, stream: int
     ) -> tuple[RowInterventions, list[InterventionResult]]:
-        """The rows' interventions, and their draw-0 results (checked: the pool serves every row). Evaluation rows
-        draw from the held-out stream, as prediction does."""
-        stream = 0 if split == "training" else HELD_OUT_STREAM
+        """The rows' interventions in ``stream`` (0 for training rows; evaluation rows draw from ``HELD_OUT_STREAM``,
+        as prediction does), and their draw-0 results (checked: the pool serves every row)."""
         interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value, stream)
         return interventions, check_interventions(interventions, estimated.row_indices, progress, split)
 
@@ -552,7 +551,7 @@ class CAPTTrainer(SFTTrainer):
                 f"{for_count(len(estimated.no_events), 'has', 'have')} no events ({describe_rows(estimated.no_events)}); "
                 "they are evaluated unchanged."
             )
-        return estimated, self._interventions(args, estimated, split, progress)[0]
+        return estimated, self._interventions(args, estimated, split, progress, HELD_OUT_STREAM)[0]
 
     def _intervention_dataset(self, rows, estimated: EstimatedRows, interventions: RowInterventions):
         return InterventionDataset(rows, estimated, interventions, self.row_tokenizer, self.args.dataset_text_field)
