@@ -322,9 +322,9 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         self.class_of_label = {label: index for index, label in enumerate(self.verbalizer)}
         self.reference_model = self._frozen_reference() if frozen_view == "reference" else None
         self.attach_heads(self._new_heads())
-        self._patch_fallback_rows = {"train": 0, "eval": 0}  # rows so far: of the run, and of the current evaluation
+        self._patch_fallback_rows = {"train": 0}  # rows so far: of the run, and ("eval") of the current evaluation
         self._warned_patch_fallback = False
-        self._eval_generator = torch.Generator().manual_seed(args.latent_shift_seed_value)  # evaluate's and predict's shuffles
+        self._restart_evaluation()  # the generator of evaluate's and predict's shuffles, and the eval count
         self._shuffle_step, self._micro_batch = -1, 0  # where the last training shuffle was drawn
         if eval_dataset is not None and args.per_device_eval_batch_size < 2:
             logger.warning(
@@ -534,21 +534,19 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     def _one_row_training_batch(self) -> None:
         """Warn (once) that a training batch of one row trains L_SFT alone; under DDP it is an error, since the
         other processes' heads wait in backward for gradients this one does not give."""
-        if self.accelerator.num_processes > 1:
+        cause = (
+            "the end of a streamed dataset; a stream whose length is a multiple of per_device_train_batch_size "
+            "avoids it"
+            if isinstance(self.train_dataset, IterableDataset)
+            else "the last batch of an epoch under `dataloader_drop_last: false`; the default, true, drops it"
+        )
+        if self.accelerator.num_processes > 1:  # split_batches with too few rows per process is refused at init
             raise DataError(
-                f"A training batch of one row on process {self.accelerator.process_index}: latent_shift shuffles Phi "
-                "between rows, and under DDP every process must train the heads. "
-                + ("split_batches divides per_device_train_batch_size among the processes; raise it to 2 per process."
-                   if self.accelerator.split_batches else "Keep `dataloader_drop_last: true` (the default).")
+                f"A training batch of one row on process {self.accelerator.process_index} ({cause}): latent_shift "
+                "shuffles Phi between rows, and under DDP every process must train the heads."
             )
         if not self._warned_one_row_batch:
             self._warned_one_row_batch = True
-            cause = (
-                "the end of a streamed dataset; a stream whose length is a multiple of per_device_train_batch_size "
-                "avoids it"
-                if isinstance(self.train_dataset, IterableDataset)
-                else "the last batch of an epoch under `dataloader_drop_last: false`; the default, true, drops it"
-            )
             logger.warning(
                 f"latent_shift: a training batch of one row trains L_SFT alone, since the shuffle of Phi needs another "
                 f"row ({cause}). Said once per run."
