@@ -52,7 +52,6 @@ def _command_list(args: argparse.Namespace) -> int:
 
 
 def _command_download_model(args: argparse.Namespace) -> int:
-
     from .embedded import ensure_embedded_model
 
     print(ensure_embedded_model(args.name, Path(args.cache_dir) if args.cache_dir else None))
@@ -170,7 +169,6 @@ MODEL_FILES = ("config.json", "adapter_config.json")  # a full checkpoint's, a P
 
 def holds_model(directory: str) -> bool:
     """Whether ``directory`` holds a saved model: a full checkpoint or a PEFT adapter (``MODEL_FILES``)."""
-
     return any(Path(directory, name).is_file() for name in MODEL_FILES)
 
 
