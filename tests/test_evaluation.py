@@ -203,6 +203,43 @@ def test_score_uses_the_answer_tokens_that_training_supervises(tiny_model, conve
         assert LMPredictor(model, tokenizer, answers, answer_prefix="").answer_prefixes(rows) == ["", ""]
 
 
+@pytest.mark.parametrize("template", ["tiny", "qwen3"])
+@pytest.mark.parametrize("space", ["", " "], ids=["bare", "spaced"])
+def test_a_chat_answer_is_scored_where_training_puts_it_in_the_assistant_turn(tiny_model, template, space):
+    """TRL trains a chat row on prompt + assistant message rendered together: Qwen3's template writes an empty think
+    block before the message, and a message " positive" keeps its space. The scored answer tokens must be those of
+    TRL's training sequence, with all before them as context."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    if template == "qwen3":
+        import trl
+
+        tokenizer.chat_template = (Path(trl.__file__).parent / "chat_templates" / "qwen3.jinja").read_text()
+    prompt = [{"role": "user", "content": "The food was bad. Sentiment?"}]
+    rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": space + label}]} for label in ("negative", "positive")]
+    args = SFTConfig(output_dir="unused", report_to="none", use_cpu=True, bf16=False, max_length=None)
+    trained = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer).train_dataset
+    predictor = LMPredictor(model, tokenizer, ["negative", "positive"])
+    assert predictor.answer_prefixes(rows) == [space, space]
+    if template == "qwen3":
+        assert "<think>" in tokenizer.decode(trained[0]["input_ids"])
+    for (context, answer), example, label in zip(predictor.answer_tokens(prompt, space), trained, ("negative", "positive")):
+        ids, labels = example["input_ids"], example["labels"]
+        assert ids[: len(context) + len(answer)] == context + answer  # the training sequence, not another one
+        assert all(label_id == -100 for label_id in labels[: next(t for t, v in enumerate(labels) if v != -100)])
+        assert len(context) >= labels.index(next(v for v in labels if v != -100))  # the prompt is context
+        assert tokenizer.decode(answer) == space + label
+    scores = predictor.score([prompt, prompt], predictor.answer_prefixes(rows))
+    with torch.no_grad():
+        logprobs = model(torch.tensor([trained[1]["input_ids"]])).logits.log_softmax(-1)[0]
+    context, answer = predictor.answer_tokens(prompt, space)[1]
+    manual = sum(logprobs[t - 1, trained[1]["input_ids"][t]].item() for t in range(len(context), len(context) + len(answer)))
+    assert scores[1, 1].item() == pytest.approx(manual, abs=1e-4)
+
+
 def test_a_conversational_answer_column_gives_the_answer_texts():
     rows = [{"completion": [{"role": "assistant", "content": "yes"}]}, {"completion": [{"role": "assistant", "content": " no"}]}]
     assert gold_answers(rows, "completion", "test") == ["yes", "no"]  # not the repr of the message list

@@ -655,11 +655,18 @@ def test_rows_without_prompt_tokens_fail_before_training_naming_the_rows(tiny_mo
         make_trainer(tiny_model, tmp_path, rows, max_length=64)  # numbered as in the data, not as TRL kept them
 
 
+@pytest.mark.parametrize("conversational", [False, True], ids=["prompt-completion", "chat"])
 @pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
-def test_prediction_pools_the_prompt_tokens_training_pooled_under_max_length(tiny_model, tmp_path, truncation_mode):
-    rows = shift_rows(16)
+def test_prediction_pools_the_prompt_tokens_training_pooled_under_max_length(tiny_model, tmp_path, truncation_mode, conversational):
+    """keep_end keeps the last max_length tokens of prompt + completion, and a chat's completion ends in the template's
+    end-of-turn (two tokens here, "<|im_end|>" and a newline), a plain text's in the EOS TRL appends."""
+    rows = to_prompt_completion(generate_shift_dataset(16, 0.9, seed=0), instruction="{text}\nSentiment:", conversational=conversational)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    lengths = sorted(len(tokenizer(row["prompt"])["input_ids"]) for row in rows)
+
+    def prompt_ids(prompt):
+        return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] if conversational else tokenizer(prompt)["input_ids"]
+
+    lengths = sorted(len(prompt_ids(row["prompt"])) for row in rows)
     max_length = lengths[len(lengths) // 2]  # keep_start drops the longer half, keep_end cuts it
     trainer = make_trainer(tiny_model, tmp_path, rows=rows, max_length=max_length, truncation_mode=truncation_mode)
     trainer.train()
@@ -668,18 +675,20 @@ def test_prediction_pools_the_prompt_tokens_training_pooled_under_max_length(tin
     assert (predictor.max_length, predictor.truncation_mode) == (max_length, truncation_mode)  # read from the checkpoint
 
     trained = trainer.train_dataset  # as TRL prepared it: truncated, rows left without completion dropped
-    pooled = {tuple(row["prompt"]): [t for t, label in zip(row["input_ids"], row["labels"]) if label == -100] for row in trained}
-    by_prompt = {row["prompt"]: row for row in rows}
-    longest = max(ANSWERS, key=lambda answer: len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"]))
+    key = json.dumps
+    pooled = {key(row["prompt"]): [t for t, label in zip(row["input_ids"], row["labels"]) if label == -100] for row in trained}
+    by_prompt = {key(row["prompt"]): row for row in rows}
+    space = "" if conversational else " "
+    longest = max(ANSWERS, key=lambda answer: len(tokenizer(space + answer, add_special_tokens=False)["input_ids"]))
     assert len(trained) < len(rows) if truncation_mode == "keep_start" else len(trained) == len(rows)
-    for prompt_text, row in ((row["prompt"], row) for row in trained):
-        predicted = predictor.pooled_prompt_ids([by_prompt[prompt_text]])[0]
-        training = pooled[tuple(prompt_text)]
+    for row in trained:
+        predicted = predictor.pooled_prompt_ids([by_prompt[key(row["prompt"])]])[0]
+        training = pooled[key(row["prompt"])]
         if truncation_mode == "keep_start" or row["label"] == longest:
             assert predicted == training
         else:  # keep_end cut a shorter answer's prompt a little later: the prediction keeps a suffix of it
             assert training[len(training) - len(predicted) :] == predicted and len(predicted) >= len(training) - 2
-    too_long = [row for row in rows if row["prompt"] not in {r["prompt"] for r in trained}] or rows
+    too_long = [row for row in rows if key(row["prompt"]) not in {key(r["prompt"]) for r in trained}] or rows
     assert all(len(ids) < max_length for ids in predictor.pooled_prompt_ids(too_long))
 
 

@@ -60,18 +60,31 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
 
 
 def answer_prefix(completion: str | list[dict[str, Any]] | None) -> str:
-    """What precedes the answer in a completion: the leading whitespace of a string, nothing in a message list."""
+    """What precedes the answer in a completion: the leading whitespace of a string, or of the content of a message
+    list's last message (" positive" -> " ")."""
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        completion = completion[-1].get("content")
     return completion[: len(completion) - len(completion.lstrip())] if isinstance(completion, str) else ""
 
 
 def training_answer_prefix(dataset) -> str | None:
-    """What the training rows put between a plain-text prompt and its answer: the leading whitespace of the first
-    row's string ``completion`` (" positive" -> " "); None for other rows (chats take no prefix)."""
+    """What the training rows put before an answer (after a plain-text prompt, or at the start of the assistant
+    message): the leading whitespace of the first row's ``completion`` (" positive" -> " "); None for rows without a
+    completion (``messages`` rows: predictors read each row's own)."""
     names = dataset.column_names
     if names is not None and "completion" not in names:
         return None
     completion = next(iter(dataset), {}).get("completion")
-    return answer_prefix(completion) if isinstance(completion, str) else None
+    return answer_prefix(completion) if isinstance(completion, (str, list)) else None
+
+
+def row_completion(row: dict[str, Any], prompt_column: str = "prompt") -> str | list[dict[str, Any]] | None:
+    """A row's completion: its ``completion``, or in a conversational ``messages`` row the final assistant message
+    (the part ``row_prompt`` leaves out); None without one."""
+    if row.get("completion") is not None or prompt_column != "prompt" or row.get(prompt_column) is not None:
+        return row.get("completion")
+    messages = row.get("messages")
+    return messages[-1:] if messages and messages[-1].get("role") == "assistant" else None
 
 
 def row_prompt(row: dict[str, Any], index: int, prompt_column: str = "prompt", where: str = "") -> Prompt:
@@ -102,10 +115,10 @@ class LMPredictor:
     as training tokenizes the completion after the prompt (see ``answer_tokens``).
     ``mode="generate"``: greedy decoding, then ``parse_answer``.
 
-    ``answer_prefix``: the text between a plain-text prompt and the answer. ``None`` (default) reads it per row from
-    the leading whitespace of the row's string ``completion`` (" positive" -> " "), i.e. from how the data renders
-    the answer for training; rows without a string completion get "". Chat prompts never take a prefix: the answer
-    is the assistant message's content after the template's generation prompt.
+    ``answer_prefix``: the text before the answer, between a plain-text prompt and the answer, or at the start of the
+    assistant message after a chat prompt. ``None`` (default) reads it per row from the leading whitespace of the
+    row's completion (" positive" -> " "; a chat's assistant message, also the last one of a ``messages`` row), i.e.
+    from how the data writes the answer for training; rows without one get "".
 
     A row's ``tools`` / ``chat_template_kwargs`` reach ``prompt_text``, ``score`` and ``generate`` as
     ``template_kwargs``, passed only where some row has them: a subclass that overrides them should accept
@@ -169,11 +182,11 @@ class LMPredictor:
         return self.prepare_prompts(rows), None
 
     def answer_prefixes(self, rows: Sequence[dict[str, Any]]) -> list[str]:
-        """Per row, the text training puts between a plain-text prompt and the answer: ``answer_prefix`` if set, else
-        the leading whitespace of the row's string ``completion`` ("" without one)."""
+        """Per row, the text training puts before the answer: ``answer_prefix`` if set, else the leading whitespace of
+        the row's completion ("" without one)."""
         if self.answer_prefix is not None:
             return [self.answer_prefix] * len(rows)
-        return [answer_prefix(row.get("completion")) for row in self.as_rows(rows)]
+        return [answer_prefix(row_completion(row, self.prompt_column)) for row in self.as_rows(rows)]
 
     def template_kwargs(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[dict[str, Any]]:
         """Per row, what its chat prompt hands the chat template besides the messages (``chat_template_kwargs``), as
@@ -187,31 +200,65 @@ class LMPredictor:
         answers: Sequence[str] | None = None,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[tuple[list[int], list[int]]]:
-        """Per answer, (context ids, answer ids) as TRL tokenizes a prompt/completion row for training: the prompt alone
-        and prompt + completion are tokenized (plain text with the tokenizer's special tokens, chats through the
-        template), and the completion starts where the two diverge. A plain-text completion is ``prefix + answer``
-        (an answer that already starts with whitespace is used as is); a chat answer follows the generation prompt.
-        The chat's end-of-turn tokens are not scored. ``answers``: how this row writes the answers (default: as given);
-        ``template_kwargs``: the row's tools etc. for the chat template."""
+        """Per answer, (context ids, answer ids): the answer's tokens in the training sequence of ``completion_tokens``
+        and all that precedes them."""
+        return [(ids[:start], ids[start:end]) for ids, _, start, end in self.completion_tokens(prompt, prefix, answers, template_kwargs)]
+
+    def completion_tokens(
+        self,
+        prompt: Prompt,
+        prefix: str = "",
+        answers: Sequence[str] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[tuple[list[int], int, int, int]]:
+        """Per answer, (ids, prompt length, answer start, answer end) as TRL tokenizes the prompt/completion row for
+        training: ``ids`` is prompt + completion, tokenized whole (plain text with the tokenizer's special tokens, a
+        chat by its template), its completion starts where it and the prompt tokenized alone diverge (the prompt
+        length), and the answer is ``ids[answer start:answer end]``.
+
+        The completion is ``prefix + answer`` (an answer that already starts with whitespace is used as is): after a
+        plain-text prompt as text, after a chat prompt as the assistant message, rendered with the whole conversation.
+        What a chat template writes around the message in the assistant turn is not the answer: what comes before it
+        (e.g. an empty ``<think></think>`` block) is context, the end-of-turn after it is not scored.
+        ``answers``: how this row writes the answers (default: as given); ``template_kwargs``: the row's tools etc.
+        for the chat template."""
         answers = self.answers if answers is None else list(answers)
-        if isinstance(prompt, str):
-            text, special = prompt, True
-            completions = [answer if answer[:1].isspace() else prefix + answer for answer in answers]
-        else:
-            text, special = self.row_prompt_text(prompt, template_kwargs), False  # the template writes the special tokens
-            completions = list(answers)
-        prompt_ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
-        pairs = []
-        for answer, completion in zip(answers, completions):
-            full = self.tokenizer(text + completion, add_special_tokens=special)["input_ids"]
-            start = common_prefix_length(prompt_ids, full)
-            if start == 0 or start == len(full):
+        chat = not isinstance(prompt, str)
+        prompt_text = self.row_prompt_text(prompt, template_kwargs) if chat else prompt
+
+        def tokenize(text: str) -> list[int]:  # a chat template writes its own special tokens
+            return self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
+
+        prompt_ids = tokenize(prompt_text)
+        splits = []
+        for answer in answers:
+            completion = answer if answer[:1].isspace() else prefix + answer
+            if not chat:
+                ids = tokenize(prompt_text + completion)
+                start = answer_start = common_prefix_length(prompt_ids, ids)
+                answer_end = len(ids)
+            else:
+                text = self.tokenizer.apply_chat_template(
+                    [*prompt, {"role": "assistant", "content": completion}], tokenize=False, **(template_kwargs or {})
+                )
+                ids = tokenize(text)
+                start = common_prefix_length(prompt_ids, ids)
+                answer_start, answer_end = start, len(ids)
+                after_prompt = len(os.path.commonprefix([prompt_text, text]))
+                written = completion if completion in text[after_prompt:] else completion.strip()  # templates may trim
+                found = text.find(written, after_prompt)
+                if found >= 0:
+                    answer_start = max(start, common_prefix_length(tokenize(text[:found]), ids))
+                    answer_end = common_prefix_length(tokenize(text[: found + len(written)]), ids)
+                    if answer_end <= answer_start:  # the answer's last token merges with what follows it
+                        answer_end = len(ids)
+            if start == 0 or answer_start >= answer_end:
                 raise DataError(
                     f"Cannot score the answer {answer!r}: after the prompt it tokenizes to "
                     + ("no tokens." if start else "tokens that change the prompt's first token.")
                 )
-            pairs.append((full[:start], full[start:]))
-        return pairs
+            splits.append((ids, start, answer_start, answer_end))
+        return splits
 
     def prompt_text(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> str:
         """Conversational prompts go through the chat template with the generation prompt and ``template_kwargs``

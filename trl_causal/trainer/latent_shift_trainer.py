@@ -740,21 +740,22 @@ class LatentShiftPredictor(LMPredictor):
 
     def pooled_prompt_ids(self, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
         """Per row, the prompt tokens that training pooled for such a row: tokenized as TRL tokenizes training rows
-        (plain text with the tokenizer's special tokens, chats by template), up to where the prompt and prompt + answer
-        diverge (a prompt ending in a space that merges into the answer's first token loses it, as in training; the
-        shortest such context over the answers), and cut as TRL cuts prompt + completion to ``max_length``.
-        ``keep_start`` keeps the prompt whole (TRL drops a row whose prompt fills max_length; a longer prompt keeps its
-        first max_length - 1 tokens); ``keep_end`` keeps the prompt's last max_length - n tokens, n the tokens of the
-        longest answer after it plus one for the end-of-sequence (or end-of-turn) token."""
+        (``completion_tokens``), up to where the prompt and prompt + completion diverge (a prompt ending in a space
+        that merges into the answer's first token loses it, as in training; the shortest such prompt over the
+        answers), and cut as TRL cuts prompt + completion to ``max_length``. ``keep_start`` keeps the prompt whole (TRL
+        drops a row whose prompt fills max_length; a longer prompt keeps its first max_length - 1 tokens);
+        ``keep_end`` keeps the prompt's last max_length - n tokens, n the tokens of the longest completion after it
+        (with the end-of-sequence token TRL appends to a plain-text one)."""
         pooled = []
         for prompt, prefix, kwargs in zip(self.prepare_prompts(rows), self.answer_prefixes(rows), self.template_kwargs(rows)):
-            answers = self.answer_tokens(prompt, prefix, self.written_answers, kwargs)
-            ids = min((context for context, _ in answers), key=len)
+            splits = self.completion_tokens(prompt, prefix, self.written_answers, kwargs)
+            ids, start = min(((ids, start) for ids, start, _, _ in splits), key=lambda split: split[1])
+            ids = ids[:start]
             if self.max_length is not None and self.truncation_mode == "keep_start":
                 ids = ids[: self.max_length - 1]
             elif self.max_length is not None:
-                answer_length = max(len(answer) for _, answer in answers) + 1
-                ids = ids[-max(self.max_length - answer_length, 1) :]
+                completion_length = max(len(full) - begin for full, begin, _, _ in splits) + isinstance(prompt, str)
+                ids = ids[-max(self.max_length - completion_length, 1) :]
             pooled.append(ids)
         return pooled
 
