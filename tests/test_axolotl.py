@@ -175,6 +175,7 @@ def test_axolotl_train_with_capt(workdir):
     path = config(workdir, "capt", plugins=[PLUGIN], trainer="capt", output_dir=str(out))
     log = axolotl_train(path, workdir)
     assert "trl-causal capt (axolotl): events estimated with 'prontoqa' on 8 training rows, 0 without events" in log
+    assert "`trainer: capt` with no `seed:` in the Axolotl YAML" in log  # unseeded rows and LoRA: not an A/B test
     assert "capt_rows_intervened" in log  # our counter in Axolotl's training log
     assert (out / "model.safetensors").is_file()
     summary = json.loads((out / "trl_causal_axolotl_run.json").read_text())

@@ -261,6 +261,14 @@ class CausalTrainerPlugin(BasePlugin):
                 f"not of `trainer: {spec.name}` (Axolotl's own trainer).",
                 file=sys.stderr,
             )
+        if spec is not None and cfg.get("seed") is None:
+            print(
+                f"trl-causal: note: `trainer: {spec.name}` with no `seed:` in the Axolotl YAML: Axolotl then shuffles "
+                "the rows and initialises LoRA from fresh randomness, so two runs (say this one and its baseline) "
+                "differ from the first step. Add `seed: 42` for a comparison, and delete `dataset_prepared_path`'s "
+                "folder once: rows prepared without a seed keep their random order.",
+                file=sys.stderr,
+            )
         if spec is None or spec.name not in CHECKS:
             return
         import importlib
@@ -270,7 +278,7 @@ class CausalTrainerPlugin(BasePlugin):
         module.check_config(
             trainer_values(cfg, spec.name, self.explicit_nulls),
             cfg.get("output_dir") or "./outputs",
-            cfg.get("seed") or 42,
+            42 if cfg.get("seed") is None else cfg.get("seed"),
             per_device_train_batch_size=effective_micro_batch_size(cfg),
             dataloader_num_workers=cfg.get("dataloader_num_workers"),
             dataloader_persistent_workers=cfg.get("dataloader_persistent_workers"),
