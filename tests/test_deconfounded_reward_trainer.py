@@ -98,6 +98,23 @@ def test_the_final_save_merges_any_weight_adapter_into_a_plain_classifier(tiny_m
         torch.testing.assert_close(reloaded.eval()(**batch).logits, trainer.model(**batch).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_the_merged_save_leaves_a_bf16_models_weights_as_they_were(tiny_model, tmp_path):
+    """The merge adds LoRA's delta to the base weights in place and the unmerge subtracts it, which in bf16 moved
+    about a quarter of the adapted weights by an ulp: evaluation or training after save_model saw other weights."""
+    from peft import LoraConfig
+
+    trainer = DeconfoundedRewardTrainer(
+        model=str(tiny_model), args=reward_args(tmp_path, max_steps=2, learning_rate=0.05, model_init_kwargs={"dtype": "bfloat16"}),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), train_dataset=Dataset.from_list(observational_rows()),
+    )
+    trainer.train()
+    before = {name: weight.detach().clone() for name, weight in trainer.model.named_parameters()}
+    assert before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"].dtype == torch.bfloat16
+    trainer.save_model(str(tmp_path / "saved"))
+    for name, weight in trainer.model.named_parameters():
+        assert torch.equal(weight, before[name]), name
+
+
 def test_prompt_learning_adapters_are_refused_before_any_work(tmp_path):
     """Prompt tuning trained, then crashed at the final save (nothing to merge); latent_shift failed in its loss."""
     from peft import PromptTuningConfig

@@ -166,6 +166,27 @@ def test_deepspeed_zero3_deconfounded_reward_features_give_the_theta_of_one_proc
     assert zero3["se"] == pytest.approx(expected["se"], rel=1e-6)
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_lora_deconfounded_reward_saves_the_merged_classifier(tmp_path, tiny_model, stage):
+    """Under DeepSpeed the trainer hands its save a state dict gathered from the engine (under ZeRO-3 with PEFT the
+    adapters' alone), and the final save wrote the unmerged adapter, not the plain single-logit classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    launch = {"accelerate_config": str(REPO / "example_configs" / "accelerate" / f"deepspeed_zero{stage}.yaml"), "mixed_precision": "no"}
+    lora = {"use_peft": True, "lora_r": 4, "lora_target_modules": ["q_proj", "v_proj"], "learning_rate": 0.05}
+    data = write_jsonl(tmp_path / "train.jsonl", observational_rows())
+    summary = train_on_two_processes(tmp_path, "deconfounded_reward", tiny_model, data, launch, 29565 + stage, **DECONFOUND, **lora)
+    assert summary["distributed"] == f"DEEPSPEED ZeRO-{stage}"
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_model.safetensors").exists()
+    merged, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys")), info
+    assert merged.config.num_labels == 1
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[name], base.state_dict()[name])  # the adapters are in it
+
+
 def cache_valid_answers(estimator_options: dict, rows: list[dict]) -> None:
     """Put into the llm estimator's cache, for each row, the template the prontoqa estimator gives it, as an answer."""
     from trl_causal.capt import ProntoQAEstimator

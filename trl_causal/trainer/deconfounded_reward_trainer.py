@@ -53,7 +53,7 @@ from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describ
 from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
 from .mixins import CausalLossMixin, HeadsMixin, log_num_tokens, prompt_learning_type, refuse_adapter
-from .zero3 import full_parameters
+from .zero3 import full_parameters, whole_model_loading
 
 logger = logging.get_logger(__name__)
 
@@ -520,10 +520,26 @@ class MergedAdapterSaveMixin:
 
     merge_adapters_on_save = False
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Under DeepSpeed, ``Trainer.save_model`` hands ``_save`` a state dict gathered from the engine (under ZeRO-3
+        with PEFT, the adapters' alone), which a merge cannot use: each rank gathers the whole model (ZeRO-3), and the
+        main rank merges and writes it."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not (self.merge_adapters_on_save and self.is_deepspeed_enabled and is_peft_model(model)):
+            return super().save_model(output_dir, _internal_call)
+        with full_parameters(model):
+            if self.args.should_save:
+                with whole_model_loading():  # the model plain_state_dict builds is this rank's alone: not partitioned
+                    self._save(output_dir)
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         model = self.accelerator.unwrap_model(self.model)
         if not (self.merge_adapters_on_save and is_peft_model(model) and state_dict is None):
             return super()._save(output_dir, state_dict=state_dict)
+        # Merging adds each adapter's delta to its base weights in place and unmerging subtracts it, which in bf16
+        # does not give the weights back: they are restored from a copy.
+        base_weights = {name: weight.detach().to("cpu", copy=True) for name, weight in model.named_parameters() if ".base_layer." in name}
         model.merge_adapter()
         peft_model, self.model = self.model, model.get_base_model()
         try:
@@ -531,6 +547,10 @@ class MergedAdapterSaveMixin:
         finally:
             self.model = peft_model
             model.unmerge_adapter()
+            with torch.no_grad():
+                for name, weight in model.named_parameters():
+                    if name in base_weights:
+                        weight.copy_(base_weights[name])
 
 
 def plain_state_dict(merged: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
