@@ -4,6 +4,7 @@ server, the on-disk cache, retries, and the local transformers backend on the ti
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -55,6 +56,8 @@ class StandInEndpoint(ThreadingHTTPServer):
         self.delays: list[float] = []  # seconds to wait before answering each chat request, in order
         self.retry_after: str | None = None  # a Retry-After header on error answers
         self.drops = 0  # chat requests to answer by closing the connection without a reply
+        self.broken: list[str] = []  # replies to send first, in order: "incomplete" (the body cut off), "bad status"
+        # (a status line that is no HTTP), "events" (a stream of server-sent events)
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
 
     def handle_error(self, request, client_address):
@@ -77,6 +80,20 @@ class StandInHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _send_broken(self, kind: str) -> None:
+        self.close_connection = True
+        if kind == "bad status":
+            self.wfile.write(b"HTTP/1.1 2OO OK\r\n\r\n")
+            return
+        body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}}]})
+        if kind == "events":
+            body = f"data: {body}\n\ndata: [DONE]\n\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream" if kind == "events" else "application/json")
+        self.send_header("Content-Length", str(len(body) + (100 if kind == "incomplete" else 0)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
     def do_GET(self):
         self.server.headers_seen.append(dict(self.headers))
         if self.path == "/v1/models":
@@ -95,6 +112,8 @@ class StandInHandler(BaseHTTPRequestHandler):
             self.server.drops -= 1
             self.close_connection = True
             return
+        if self.server.broken:
+            return self._send_broken(self.server.broken.pop(0))
         if self.server.fail_after is not None and len(self.server.chat_requests) >= self.server.fail_after:
             return self._send(self.server.fail_status, {"error": "refused"})
         if self.server.statuses:
@@ -290,7 +309,8 @@ def test_answers_are_cached_as_they_arrive_and_an_error_names_its_row(endpoint, 
     server = endpoint(answers)
     server.fail_after = 2  # the third row's request is refused (HTTP 401)
     estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, batch_size=8)
-    with pytest.raises(EndpointError, match=r"^Row 2: The LLM endpoint .*answered HTTP 401"):
+    # the endpoint refuses every request from then on: the error blames it, not the row, and says where it stopped
+    with pytest.raises(EndpointError, match=r"^The LLM endpoint .*answered HTTP 401.*\(The 'llm' estimator stopped at row 2\.\)$"):
         estimate_rows(estimator, rows)
     assert len(list(tmp_path.iterdir())) == 2  # rows 0 and 1 answered before the failure: not asked again
     server.fail_after = None
@@ -306,7 +326,7 @@ def test_timeouts_are_retried_and_a_row_the_endpoint_refuses_counts_as_failed(en
     estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, timeout=0.5)
     with caplog.at_level("WARNING"):
         assert estimator.estimate(**rows[0]).names["e3"] == "Sally"
-    assert "did not answer within 0.5 s" in caplog.text and "(retry 1 of 2)" in caplog.text
+    assert "sent nothing for 0.5 s" in caplog.text and "(retry 1 of 2)" in caplog.text
     server.fail_after, server.fail_status = 0, 400  # e.g. a row too long for the server's context
     result = estimate_rows(estimator, rows)  # row 0 is cached; the endpoint refuses row 1
     assert result.failed == [1] and result.no_events == [1] and result.templates[0].names["e3"] == "Sally"
@@ -319,6 +339,71 @@ def test_timeouts_are_retried_and_a_row_the_endpoint_refuses_counts_as_failed(en
     with caplog.at_level("WARNING"):
         assert estimator.estimate(**rows[1]).names["e3"] == "Max"
     assert "HTTP 429" in caplog.text
+
+
+def test_an_answer_broken_off_is_retried_and_named_by_its_url(endpoint, tmp_path, monkeypatch, caplog):
+    """A body cut short (http.client.IncompleteRead) or a status line that is no HTTP (BadStatusLine) are no OSError:
+    they went through as raw tracebacks, never retried."""
+    monkeypatch.setattr(llm_estimator, "TRANSIENT_RETRY_DELAYS", (0.0, 0.0))
+    server = endpoint([fenced(VALID_ANSWER)])
+    server.broken = ["incomplete", "bad status"]
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path)
+    with caplog.at_level("WARNING"):
+        assert estimator.estimate(PROMPT, COMPLETION) == EXPECTED
+    url = f"{server.base_url}/chat/completions"
+    assert f"The LLM endpoint {url} broke its answer off (IncompleteRead(" in caplog.text
+    assert "broke its answer off (BadStatusLine(" in caplog.text and "(retry 2 of 2)" in caplog.text
+    server.broken = ["incomplete"] * 3
+    with pytest.raises(EndpointError, match=f"^The LLM endpoint {url} broke its answer off"):
+        LLMEstimator(model="stand-in", base_url=server.base_url, use_cache=False).estimate(PROMPT, COMPLETION)
+
+
+def test_a_stream_of_events_is_named_as_such(endpoint, tmp_path):
+    server = endpoint([fenced(VALID_ANSWER)])
+    server.broken = ["events"]
+    with pytest.raises(EndpointError, match="answered with a stream of server-sent events .*\"stream\": false"):
+        LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path).estimate(PROMPT, COMPLETION)
+    LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path).estimate(PROMPT, COMPLETION)
+    assert server.chat_requests[-1]["stream"] is False
+
+
+def test_api_key_is_stripped_and_one_no_header_can_carry_fails_without_showing_it(endpoint, tmp_path, monkeypatch):
+    """A key read from a secret file ends with a line break: http.client refused the header in a ValueError that
+    printed the key."""
+    server = endpoint([fenced(VALID_ANSWER)])
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY + "\r\n")
+    assert LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path).estimate(PROMPT, COMPLETION) == EXPECTED
+    assert server.headers_seen[-1]["Authorization"] == f"Bearer {API_KEY}"
+    rows = [{"prompt": PROMPT, "completion": COMPLETION}]
+    refusals = {  # a line break inside the key; a character that a header cannot encode
+        API_KEY + "\n" + API_KEY: "The API key in the environment variable OPENAI_API_KEY holds a control character",
+        API_KEY + "\u2019": f"Cannot send the request to the LLM endpoint {server.base_url}/chat/completions: 'latin-1'",
+    }
+    for key, message in refusals.items():
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}") as error:
+            estimate_rows(LLMEstimator(model="stand-in", base_url=server.base_url, use_cache=False), rows)
+        assert API_KEY not in str(error.value)
+
+
+def test_an_answer_that_makes_an_answer_label_an_event_is_invalid(endpoint, tmp_path):
+    """"True" of "True or false:" and of the completion " True" made an event: training would learn a random
+    symbol as the answer. The shipped prompt's rule 3 keeps logical words and answer labels as written."""
+    prompt = "Every wumpus is fruity. Sally is a wumpus.\nTrue or false: Sally is fruity."
+    label_event = {
+        "prompt_template": "Every {e1} is {e2}. {e3} is a {e1}.\n{e4} or false: {e3} is {e2}.",
+        "completion_template": " {e4}",
+        "events": {"e1": "wumpus", "e2": "fruity", "e3": "Sally", "e4": "True"},
+    }
+    with pytest.raises(TemplateError, match=r"makes e4 \('True'\) an event: logical words and answer labels"):
+        template_from_answer(label_event, prompt, " True")
+    negation = {"prompt_template": "{e1} is {e2} {e3}.", "completion_template": None, "events": {"e1": "Sally", "e2": "not", "e3": "fruity"}}
+    with pytest.raises(TemplateError, match=r"e2 \('not'\)"):
+        template_from_answer(negation, "Sally is not fruity.", None)
+    server = endpoint([json.dumps(label_event)])
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, max_retries=1)
+    assert estimate_rows(estimator, [{"prompt": prompt, "completion": " True"}]).failed == [0]
+    assert len(server.chat_requests) == 2 and "'True'" in server.chat_requests[1]["messages"][-1]["content"]
 
 
 def test_a_training_set_without_any_event_is_an_error(endpoint, tmp_path):

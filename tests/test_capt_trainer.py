@@ -7,7 +7,9 @@ import dataclasses
 import json
 import re
 import shutil
+import threading
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import datasets
 import pytest
@@ -257,6 +259,7 @@ def test_a_checkpoint_saved_from_a_trl_script_predicts_as_trained(tiny_model, tm
     assert cli.main(["eval", "--config", str(config), "--checkpoint", checkpoint, "--split", f"plain={plain}", "--output", str(output)]) == 0
     assert "capt: 1 row of 5 in split 'plain' has no event its estimator recognises; it was scored unchanged" in capsys.readouterr().err
     assert json.loads(output.read_text())["results"]["capt"]["splits"]["plain"]["rows_without_events"] == 1
+    assert json.loads(output.read_text())["results"]["capt"]["splits"]["plain"]["rows_failed"] == 0  # none failed: not an llm
 
 
 def test_eval_checks_the_llm_endpoint_before_loading_a_model(tiny_model, tmp_path, capsys):
@@ -291,17 +294,67 @@ def test_ctrl_c_while_preparing_the_data_is_one_line(tiny_model, tmp_path, capsy
     assert "Traceback" not in err
 
 
+class ChangingEndpoint(ThreadingHTTPServer):
+    """PROTOCOL-LEVEL STAND-IN for an OpenAI-compatible endpoint on loopback: it answers each row with its prontoqa
+    template, except the first ask of a row that holds ``unsure``, which gets no JSON: asked again, it answers
+    otherwise, as a sampling LLM may."""
+
+    def __init__(self, unsure: str):
+        super().__init__(("127.0.0.1", 0), ChangingEndpointHandler)
+        self.unsure = unsure
+        self.asked: list[str] = []  # the prompts asked about, in order
+        self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class ChangingEndpointHandler(BaseHTTPRequestHandler):
+    server: ChangingEndpoint
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        from trl_causal.capt import ProntoQAEstimator
+
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        row = json.loads(request["messages"][-1]["content"])
+        if self.server.unsure in row["prompt"] and row["prompt"] not in self.server.asked:
+            answer = "I am not sure."
+        else:
+            template = ProntoQAEstimator().estimate(row["prompt"], row["completion"])
+            answer = json.dumps({"prompt_template": template.prompt, "completion_template": template.completion, "events": template.names})
+        self.server.asked.append(row["prompt"])
+        body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @pytest.mark.slow
-def test_cli_trains_on_two_processes_with_the_main_process_estimating_first(tiny_model, tmp_path):
-    """2-process DDP over gloo: rank 0 estimates before the others (a barrier each way), both ranks train."""
+def test_cli_trains_on_two_processes_with_the_rows_the_main_process_estimated(tiny_model, tmp_path):
+    """2-process DDP over gloo: rank 0 estimates and sends the other rank its templates, both ranks train. The ranks
+    estimated one after the other and the llm cache keeps valid answers only, so the other rank asked the endpoint
+    again for a row rank 0 had failed on, got a valid answer and trained on other rows than rank 0 (under
+    on_no_events: drop a different number of them, and DDP hung)."""
+    server = ChangingEndpoint(unsure="Problem 1.")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     data = write_jsonl(tmp_path / "train.jsonl", prontoqa_rows(8, "conversational"))
     settings = base_config(tiny_model, data, tmp_path / "out", num_processes=2, multi_gpu=True, main_process_port=29541)
-    path = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **settings, "event_estimator": "prontoqa"})
-    result = run_cli("train", "--config", str(path))
+    estimator = {"model": "stand-in", "base_url": server.base_url, "max_retries": 0, "cache_dir": str(tmp_path / "llm-cache")}
+    path = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **settings, "event_estimator": "llm", "event_estimator_kwargs": estimator})
+    try:
+        result = run_cli("train", "--config", str(path), timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("events estimated with 'prontoqa' on 8 training rows") == 1  # reported by rank 0
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
+    # reported by rank 0, and only rank 0 asked: once per row
+    report = "events estimated with 'llm' on 8 training rows, 1 without events (kept unchanged, 1 of them because the estimator failed)"
+    assert result.stdout.count(report) == 1, result.stdout[-3000:]
+    assert len(server.asked) == 8 and len(set(server.asked)) == 8
 
 
 def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model, tmp_path):
@@ -337,6 +390,58 @@ def test_held_out_rows_draw_symbols_of_their_own_and_evaluation_draws_as_predict
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
     predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), model, tokenizer, ["True", "False"])
     assert predictor.prepare_prompts(rows) == [held_out.render(k)[0] for k in range(8)]
+
+
+def test_a_held_out_rows_symbols_follow_from_its_prompt_not_its_place(tiny_model, tmp_path):
+    """Held-out row k drew draw 0 of the held-out stream for position k, so a split's accuracy changed when its file
+    was reordered or filtered. A row's symbols now follow from the seed and its prompt: alone, in a batch and in
+    reversed order it is scored on the same intervened prompt, with the same scores."""
+    rows = prontoqa_rows(6)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), model, tokenizer, ["True", "False"], batch_size=4)
+
+    def scored(batch: list[dict]) -> dict[str, tuple[str, list[float]]]:
+        prompts, written = predictor.prepare(batch)
+        scores = predictor.score(prompts, predictor.answer_prefixes(batch), written)
+        return {PROBLEM_ID.search(prompt)[1]: (prompt, row_scores) for prompt, row_scores in zip(prompts, scores.tolist())}
+
+    together, backwards = scored(rows), scored(rows[::-1])
+    alone = {problem: result for row in rows for problem, result in scored([row]).items()}
+    assert len(together) == 6 and len({prompt for prompt, _ in together.values()}) == 6
+    for problem, (prompt, scores) in together.items():
+        for other in (backwards, alone):
+            assert other[problem][0] == prompt
+            assert other[problem][1] == pytest.approx(scores, abs=1e-5)
+    # the trainer's evaluation rows too, and a training row keeps the symbols of its position and epoch
+    trainer = CAPTTrainer(
+        model=str(tiny_model), args=capt_args(tmp_path), train_dataset=datasets.Dataset.from_list(rows),
+        eval_dataset={"all": datasets.Dataset.from_list(rows), "some": datasets.Dataset.from_list(rows[::-2])},
+    )
+    every, some = trainer.eval_dataset["all"], trainer.eval_dataset["some"]
+    assert [some.render(k) for k in range(3)] == [every.render(k) for k in (5, 3, 1)]
+    assert [every.render(k)[0] for k in range(6)] == [together[str(k)][0] for k in range(6)]
+    assert trainer.train_dataset.interventions.rng(2, 1).integers(2**32) == np.random.default_rng([0, 1, 2]).integers(2**32)
+
+
+def test_prediction_counts_the_rows_its_estimator_failed_on_and_shows_the_estimation_progress(tiny_model, tmp_path, capsys):
+    """Eval reported a row the estimator failed on (an llm without a valid answer) as one without events: the
+    predictor now keeps them apart (``rows_failed``), as training does; its estimation shows a progress bar."""
+    from trl_causal.capt import EstimationFailed, ProntoQAEstimator
+    from trl_causal.trainer.capt_trainer import CAPTPredictor
+
+    class Unsure(ProntoQAEstimator):
+        def estimate(self, prompt, completion=None, *, row=None):
+            if "Problem 1." in prompt:
+                raise EstimationFailed("no valid template within the retries")
+            return super().estimate(prompt, completion, row=row)
+
+    rows = prontoqa_rows(3) + [{"prompt": "Hello there.", "completion": " Hi."}]
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    predictor = CAPTPredictor(model, tokenizer, ["True", "False"], estimator=Unsure())
+    capsys.readouterr()
+    predictor.predict(rows)
+    assert predictor.rows_without_events == [1, 3] and predictor.rows_failed == [1]
+    assert "Estimating events" in capsys.readouterr().err
 
 
 def test_an_answer_that_names_an_event_is_written_with_the_rows_symbol(tiny_model, tmp_path):

@@ -52,6 +52,11 @@ class EstimationFailed(NoEventsFound):
     as a row without events (``on_no_events``), and reported apart from the rows that have none."""
 
 
+class EstimatorUnavailable(ConfigError):
+    """The estimator cannot estimate any row (e.g. the ``llm`` estimator's endpoint refuses its key, or its model does
+    not load): no fault of the row it was at."""
+
+
 class TemplateError(DataError):
     """A template is inconsistent: unknown placeholders, completion placeholders the prompt lacks, or an
     original name left in the text."""
@@ -612,6 +617,9 @@ def estimate_rows(
             items.append((row[prompt_column], row.get(completion_column) if completion_column is not None else None, row))
         try:
             outcomes = estimator.estimate_many(items)
+        except EstimatorUnavailable as error:
+            where = f"row {chunk[0][0]}" if len(chunk) == 1 else f"rows {chunk[0][0]}-{chunk[-1][0]}"
+            raise type(error)(f"{error} (The {estimator.name!r} estimator stopped at {where}.)") from error
         except (DataError, ConfigError) as error:  # e.g. a CLadder variable name that cannot be matched as words
             where = f"Row {chunk[0][0]}" if len(chunk) == 1 else f"Rows {chunk[0][0]}-{chunk[-1][0]}"
             raise type(error)(f"{where}: {error}") from error

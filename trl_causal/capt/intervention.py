@@ -3,12 +3,15 @@
 ``intervene(template, pool, rng)`` draws one distinct symbol per event and renders prompt and completion
 with that one mapping. ``RowInterventions`` makes the draws reproducible without copying the dataset:
 row i at draw d (e.g. the epoch) uses ``numpy.random.default_rng([seed, d, i])``, so memory stays O(rows),
-every draw sees new symbols, and the same (seed, draw, row) always gives the same text.
+every draw sees new symbols, and the same (seed, draw, row) always gives the same text. Held-out rows (evaluation,
+prediction) are known by their content instead of their position, so a row gets its symbols wherever it stands.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import string
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -176,30 +179,43 @@ def _check_index(value: int, what: str) -> None:
 HELD_OUT_STREAM = 1  # ``stream`` of evaluation and prediction rows: symbols of their own, not training row i's
 
 
+def content_key(template: EventTemplate) -> int:
+    """A number that identifies a row by its prompt: a hash of the template's prompt and name table (not of its
+    completion, which prediction does not see)."""
+    text = json.dumps([template.prompt, template.names], sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:16], "big")
+
+
 class RowInterventions:
     """Reproducible fresh symbols for a fixed list of templates: row ``i`` at draw ``d`` is intervened with
     ``numpy.random.default_rng([seed, d, i])`` (training, ``stream`` 0), or ``[seed, d, i, stream]`` for another
     stream of rows (``HELD_OUT_STREAM``: evaluation and prediction rows, whose row i would otherwise get the symbols
-    training row i had in the first epoch). Use the epoch (or any draw counter) as ``d``: each draw gets new
-    symbols, the same (seed, d, i) the same text, and nothing but the templates is stored."""
+    training row i had in the first epoch). With ``by_content`` a row is known by its ``content_key`` instead of
+    its position ``i`` (held-out rows: a row's symbols do not change when its split is reordered or filtered, or the
+    row is predicted alone). Use the epoch (or any draw counter) as ``d``: each draw gets new symbols, the same
+    (seed, d, i) the same text, and nothing but the templates is stored."""
 
-    def __init__(self, templates: Sequence[EventTemplate], pool: SymbolPool, seed: int = 0, stream: int = 0):
+    def __init__(
+        self, templates: Sequence[EventTemplate], pool: SymbolPool, seed: int = 0, stream: int = 0, by_content: bool = False
+    ):
         _check_index(seed, "seed")
         _check_index(stream, "stream")
         self.templates = templates
         self.pool = pool
         self.seed = seed
         self.stream = stream
+        self.by_content = by_content
 
     def __len__(self) -> int:
         return len(self.templates)
 
     def rng(self, row_index: int, draw: int) -> np.random.Generator:
-        """The generator of row ``row_index`` at draw ``draw``: ``default_rng([seed, draw, row_index])``, with
-        ``stream`` appended where it is not 0."""
+        """The generator of row ``row_index`` at draw ``draw``: ``default_rng([seed, draw, row_index])`` (the row's
+        ``content_key`` in place of ``row_index`` with ``by_content``), with ``stream`` appended where it is not 0."""
         _check_index(row_index, "row_index")
         _check_index(draw, "draw")
-        return np.random.default_rng([self.seed, int(draw), int(row_index)] + ([int(self.stream)] if self.stream else []))
+        row = content_key(self.templates[row_index]) if self.by_content else int(row_index)
+        return np.random.default_rng([self.seed, int(draw), row] + ([int(self.stream)] if self.stream else []))
 
     def intervene(self, row_index: int, draw: int) -> InterventionResult:
         """Row ``row_index`` with the symbols of draw ``draw``."""

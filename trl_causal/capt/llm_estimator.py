@@ -8,8 +8,10 @@ template, filled with its names, must give back the row's text) and, if invalid,
 fed back, at most ``max_retries`` times. A row that still fails, or that the endpoint refuses (HTTP 400, 413, 422:
 e.g. too long for its context), raises ``EventEstimationFailed``, a ``NoEventsFound``, so ``estimate_rows`` counts it
 under ``on_no_events``. Valid answers are cached on disk as each arrives (the HTTP backend asks one row at a time), so
-an interrupted or failed run loses none. Timeouts, dropped connections, 429 and 5xx answers are retried with growing
-waits (a Retry-After header wins), each retry logged.
+an interrupted or failed run loses none. Timeouts, dropped or broken-off connections, 429 and 5xx answers are retried
+with growing waits (a Retry-After header wins), each retry logged. ``timeout`` bounds each wait for the endpoint (to
+connect, and for each further piece of its answer), not a whole request: a server that keeps sending holds a request
+longer.
 
 Importing this module imports neither torch nor transformers; the local backend loads them on first use.
 """
@@ -17,6 +19,7 @@ Importing this module imports neither torch nor transformers; the local backend 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -35,6 +38,7 @@ from ..errors import ConfigError
 from ..paths import cache_root
 from .events import (
     EstimationFailed,
+    EstimatorUnavailable,
     EventEstimator,
     EventTemplate,
     NoEventsFound,
@@ -50,7 +54,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_PROMPT_FILE = "event_estimation.json"
 # Waits (seconds) before re-sending a chat request that timed out, lost its connection, or got HTTP 429 or a 5xx answer:
-# about a minute of waiting in all, besides up to `timeout` for each of the 7 attempts.
+# about a minute of waiting in all, besides the 7 attempts themselves.
 TRANSIENT_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 MAX_RETRY_AFTER = 120.0  # the longest Retry-After wait honoured (seconds)
 _TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
@@ -58,11 +62,14 @@ _TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
 _ROW_REFUSED_STATUSES = {400, 413, 422}
 _PLACEHOLDER_USE = re.compile(r"\{(e[1-9][0-9]*)\}(s\b)?")
 _CODE_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+# Words the shipped prompt's rule 3 keeps as written: logical words and answer labels. An answer that makes one an
+# event ("{e4} or false", completion " {e4}") would train the answer as a random symbol.
+NOT_EVENTS = frozenset({"every", "each", "not", "is", "are", "true", "false", "yes", "no"})
 
 Conversation = list[dict[str, str]]
 
 
-class EndpointError(ConfigError):
+class EndpointError(EstimatorUnavailable):
     """The LLM endpoint cannot be reached, rejects the request, or answers something that is not a chat reply.
     ``status`` is the HTTP status of an error answer, None when there was none; ``transient``: worth asking again
     (a timeout, a dropped connection, 429, 5xx); ``retry_after``: the wait in seconds the server asked for, if any."""
@@ -195,6 +202,12 @@ def template_from_answer(answer: Mapping[str, Any], prompt: str, completion: str
         raise TemplateError(f'"events" must map e1, e2, ... to the original names ({error})') from error
     template = EventTemplate(prompt_template, completion_template, names)
     template.validate()
+    not_events = [f"{key} ({name!r})" for key, name in names.items() if name.strip().lower() in NOT_EVENTS]
+    if not_events:
+        raise TemplateError(
+            f'"events" makes {", ".join(not_events)} an event: logical words and answer labels (every, each, not, is, '
+            "are, true, false, yes, no) are no events; keep them as written"
+        )
     unused = [key for key in names if key not in placeholders_in(prompt_template + "\n" + (completion_template or ""))]
     if unused:
         raise TemplateError(f'"events" lists {", ".join(unused)}, which no template uses; list only the placeholders you wrote')
@@ -247,10 +260,18 @@ class OpenAIChatBackend:
         self.identity = f"openai-compatible {self.base_url} {model}"
 
     def _api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) or None
+        """The API key from the environment, without the whitespace around it (a secret file's final line break);
+        ``EstimatorUnavailable`` if a control character is left inside, which no HTTP header may carry."""
+        key = os.environ.get(self.api_key_env, "").strip()
+        if any(ord(char) < 32 or ord(char) == 127 for char in key):
+            raise EstimatorUnavailable(
+                f"The API key in the environment variable {self.api_key_env} holds a control character (a line break "
+                "inside it?); set it to the key alone."
+            )
+        return key or None
 
     def _redact(self, text: str) -> str:
-        key = self._api_key()
+        key = os.environ.get(self.api_key_env, "").strip()
         return text.replace(key, "***") if key else text
 
     def _request(self, path: str, payload: dict[str, Any] | None, timeout: float) -> Any:
@@ -263,8 +284,8 @@ class OpenAIChatBackend:
         if payload is not None:
             data = json.dumps(payload).encode()
             headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
         try:
+            request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as error:
@@ -279,8 +300,8 @@ class OpenAIChatBackend:
             reason = getattr(error, "reason", error)
             if isinstance(reason, TimeoutError):
                 raise EndpointError(
-                    f"The LLM endpoint {url} did not answer within {timeout:g} s (the llm estimator's `timeout`; raise "
-                    "it for a slow server).",
+                    f"The LLM endpoint {url} sent nothing for {timeout:g} s (the llm estimator's `timeout`; raise it "
+                    "for a slow server).",
                     transient=True,
                 ) from None
             if isinstance(reason, ConnectionResetError):  # also http.client.RemoteDisconnected: the server went away
@@ -292,10 +313,25 @@ class OpenAIChatBackend:
                 f"Cannot reach the LLM endpoint {url}: {self._redact(str(reason))}. Check the llm estimator's base_url "
                 "and that the server is running."
             ) from None
+        except http.client.InvalidURL as error:
+            raise EndpointError(f"The llm estimator's base_url gives the invalid URL {url}: {error}.") from None
+        except http.client.HTTPException as error:  # IncompleteRead, BadStatusLine: the answer broke off
+            raise EndpointError(
+                f"The LLM endpoint {url} broke its answer off ({self._redact(repr(error))[:200]}).",
+                transient=True,
+            ) from None
+        except ValueError as error:  # a request urllib cannot send (a header value it refuses, ...)
+            raise EndpointError(f"Cannot send the request to the LLM endpoint {url}: {self._redact(str(error))}.") from None
         try:
             return json.loads(body)
         except json.JSONDecodeError:
             snippet = self._redact(body[:200].decode(errors="replace"))
+            if snippet.lstrip().startswith("data:"):  # server-sent events
+                raise EndpointError(
+                    f"The LLM endpoint {url} answered with a stream of server-sent events ({snippet[:80]!r}) where it was "
+                    'asked for one JSON answer ("stream": false); the llm estimator reads no streams: use an endpoint '
+                    "that serves non-streaming requests."
+                ) from None
             raise EndpointError(f"The LLM endpoint {url} answered something that is not JSON: {snippet!r}.") from None
 
     def check_available(self) -> None:
@@ -315,7 +351,9 @@ class OpenAIChatBackend:
         return [self._chat(conversation) for conversation in conversations]
 
     def _chat(self, conversation: Conversation) -> str:
-        payload = {"model": self.model, "messages": conversation, "temperature": 0, "max_tokens": self.max_tokens}
+        payload = {
+            "model": self.model, "messages": conversation, "temperature": 0, "max_tokens": self.max_tokens, "stream": False,
+        }
         delays = TRANSIENT_RETRY_DELAYS
         for attempt, delay in enumerate((*delays, None), start=1):
             try:
@@ -360,13 +398,13 @@ class TransformersChatBackend:
     def check_available(self) -> None:
         """The model resolves: an existing directory, or a hub id in the local cache (or downloadable)."""
         if self.model_id.startswith(("/", "./", "../", "~")) and not Path(self.model_id).expanduser().is_dir():
-            raise ConfigError(f"The llm estimator's model directory {self.model_id!r} does not exist.")
+            raise EstimatorUnavailable(f"The llm estimator's model directory {self.model_id!r} does not exist.")
         from transformers import AutoConfig
 
         try:
             AutoConfig.from_pretrained(self.model_id)
         except (OSError, ValueError) as error:
-            raise ConfigError(
+            raise EstimatorUnavailable(
                 f"The llm estimator's model {self.model_id!r} is neither a model directory nor a loadable hub id: "
                 f"{error}"
             ) from error
@@ -379,7 +417,7 @@ class TransformersChatBackend:
 
             tokenizer = AutoTokenizer.from_pretrained(self.model_id, padding_side="left")
             if not tokenizer.chat_template:
-                raise ConfigError(
+                raise EstimatorUnavailable(
                     f"The llm estimator's model {self.model_id!r} has no chat template; use an instruction-tuned model."
                 )
             if tokenizer.pad_token is None:
@@ -461,7 +499,8 @@ class LLMEstimator(EventEstimator):
     ``model``: a local directory or hub id (transformers backend), or the model name served at ``base_url``
     (an OpenAI-compatible endpoint such as ``http://localhost:8000/v1``; the API key comes from the
     environment variable named ``api_key_env``). ``max_retries``: extra attempts after an invalid answer.
-    ``batch_size`` and ``device``: local backend only; ``timeout`` (seconds): HTTP backend only.
+    ``batch_size`` and ``device``: local backend only; ``timeout`` (seconds): HTTP backend only, the longest wait to
+    connect and for each further piece of an answer (per socket read, not per request).
     ``cache_dir``: default ``default_cache_dir()``; ``use_cache=False`` turns the cache off. ``prompt_file``:
     few-shot prompt of your own (shape of ``prompts/event_estimation.json``).
     """

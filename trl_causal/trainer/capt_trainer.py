@@ -17,6 +17,7 @@ from typing import Any
 
 import datasets
 import torch
+from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.utils import logging
 from trl import SFTTrainer
@@ -444,17 +445,16 @@ class CAPTTrainer(SFTTrainer):
         splits = named_splits(train_dataset, eval_dataset)
         check_split_types(splits, "capt", " (it estimates every row before training)")
         # Everything about the data is settled before the model loads, so bad rows fail fast. Under DDP the main
-        # process estimates first: an `llm` estimator's disk cache then serves the other ranks.
+        # process estimates the rows and the others receive its templates (``_estimate``).
         self.event_estimator = args.build_event_estimator()
         show_progress = args.process_index == 0 and not args.disable_tqdm
-        with args.main_process_first(desc="event estimation"), whole_model_loading():
-            train_estimated = self._estimate(args, train_dataset, "training", show_progress, require_events=True)
-            self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
-            train_interventions, first_draw = self._interventions(args, train_estimated, "training", show_progress, stream=0)
-            eval_plans = {
-                key: self._plan_eval(args, rows, f"evaluation {key!r}", show_progress) for key, rows in splits.items() if key != "train"
-            }
-            self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
+        train_estimated = self._estimate(args, train_dataset, "training", show_progress, require_events=True)
+        self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
+        train_interventions, first_draw = self._interventions(args, train_estimated, "training", show_progress, stream=0)
+        eval_plans = {
+            key: self._plan_eval(args, rows, f"evaluation {key!r}", show_progress) for key, rows in splits.items() if key != "train"
+        }
+        self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
 
         self.answer_prefix = training_answer_prefix(train_dataset)
         # TRL refuses padding_free with a max_length it would not enforce without packing; capt's RowTokenizer cuts
@@ -516,28 +516,42 @@ class CAPTTrainer(SFTTrainer):
         on_no_events: str | None = None,
     ):
         """``estimate_dataset`` under ``on_no_events`` (default: the config's); an error in an evaluation split says
-        which split it is in."""
-        try:
-            return estimate_dataset(
-                self.event_estimator,
-                rows,
-                on_no_events=on_no_events or args.on_no_events,
-                text_field=args.dataset_text_field,
-                desc=f"Estimating events ({split} rows, {args.event_estimator!r})",
-                disable_progress=not progress,
-                require_events=require_events,
-            )
-        except (DataError, ConfigError) as error:
-            if split == "training":
-                raise
-            raise type(error)(f"In the {split} split: {error}") from error
+        which split it is in. Under DDP only the main process estimates, and the others receive its templates (or its
+        error): every rank keeps the same rows, also with an estimator that may answer otherwise when asked again (an
+        ``llm`` endpoint)."""
+        outcome: list[EstimatedRows | DataError | ConfigError | None] = [None]
+        if args.process_index == 0:
+            try:
+                with whole_model_loading():  # under ZeRO-3 a model that only this rank loads must load whole
+                    outcome = [
+                        estimate_dataset(
+                            self.event_estimator,
+                            rows,
+                            on_no_events=on_no_events or args.on_no_events,
+                            text_field=args.dataset_text_field,
+                            desc=f"Estimating events ({split} rows, {args.event_estimator!r})",
+                            disable_progress=not progress,
+                            require_events=require_events,
+                        )
+                    ]
+            except (DataError, ConfigError) as error:
+                outcome = [error]
+                if split != "training":
+                    outcome = [type(error)(f"In the {split} split: {error}")]
+                    outcome[0].__cause__ = error
+        [estimated] = broadcast_object_list(outcome)
+        if isinstance(estimated, Exception):
+            raise estimated
+        return estimated
 
     def _interventions(
         self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool, stream: int
     ) -> tuple[RowInterventions, list[InterventionResult]]:
         """The rows' interventions in ``stream`` (0 for training rows; evaluation rows draw from ``HELD_OUT_STREAM``,
-        as prediction does), and their draw-0 results (checked: the pool serves every row)."""
-        interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value, stream)
+        each by its content, as prediction does), and their draw-0 results (checked: the pool serves every row)."""
+        interventions = RowInterventions(
+            estimated.templates, self.symbol_pool, args.intervention_seed_value, stream, by_content=stream == HELD_OUT_STREAM
+        )
         return interventions, check_interventions(interventions, estimated.row_indices, progress, split)
 
     def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
@@ -642,8 +656,9 @@ class CAPTTrainer(SFTTrainer):
 
 class CAPTPredictor(LMPredictor):
     """``LMPredictor`` with CAPT's inference pipeline: events are estimated on each prompt alone and replaced by
-    symbols (seeded: row ``k`` of a ``predict`` call uses draw 0 of ``RowInterventions(seed, stream=HELD_OUT_STREAM)``,
-    as the trainer's evaluation rows do), then decoded.
+    symbols (seeded by the row's content: draw 0 of ``RowInterventions(seed, stream=HELD_OUT_STREAM, by_content=True)``,
+    as the trainer's evaluation rows are, so a row gets the same symbols alone, in any batch and at any position),
+    then decoded.
 
     ``symbol_pool="pool"`` takes the names of the other rows of the same call; ``CAPTTrainer.build_predictor``
     passes the training rows' names instead when the checkpoint has them. A prompt without events is kept
@@ -669,6 +684,7 @@ class CAPTPredictor(LMPredictor):
         self.seed = seed
         self.on_no_events = on_no_events
         self.rows_without_events: list[int] = []  # of the last `prepare`: their prompts went to the model unchanged
+        self.rows_failed: list[int] = []  # those of them the estimator failed on (e.g. no valid llm answer)
 
     def prepare_prompts(self, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
         """Each row's prompt, in its own format, with its events (estimated on the prompt alone) replaced by symbols."""
@@ -677,20 +693,25 @@ class CAPTPredictor(LMPredictor):
     def prepare(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Prompt], list[list[str]]]:
         """The intervened prompts, and per row the answers written with the row's symbols: an answer that names an
         event of the prompt ("Alice") is written as training writes it in a completion ("V")."""
+        from tqdm.auto import tqdm
+
         prompts = self.row_prompts(rows)
-        estimated = estimate_rows(
-            self.estimator,
-            ({**row, "prompt": part_text(prompt)} for row, prompt in zip(self.as_rows(rows), prompts)),
-            completion_column=None,
-            on_no_events=evaluation_policy(self.on_no_events),
-        )
+        with tqdm(total=len(prompts), desc="Estimating events", disable=len(prompts) < 2, leave=False) as bar:
+            estimated = estimate_rows(
+                self.estimator,
+                ({**row, "prompt": part_text(prompt)} for row, prompt in zip(self.as_rows(rows), prompts)),
+                completion_column=None,
+                on_no_events=evaluation_policy(self.on_no_events),
+                progress=bar.update,
+            )
         self.rows_without_events = estimated.no_events
+        self.rows_failed = estimated.failed
         for row_index, (template, prompt) in enumerate(zip(estimated.templates, prompts)):
             check_message_parts(template, (message_roles(prompt), None), row_index, self.estimator.name)
             # a chat prompt's answer is a message of its own, as training renders chat completions
             estimated.templates[row_index] = dataclasses.replace(template, completion_is_message=message_roles(prompt) is not None)
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
-        interventions = RowInterventions(estimated.templates, pool, self.seed, HELD_OUT_STREAM)
+        interventions = RowInterventions(estimated.templates, pool, self.seed, HELD_OUT_STREAM, by_content=True)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
         written = [
             [render_names(answer, template, result.mapping) for answer in self.answers]
