@@ -265,3 +265,61 @@ def test_conversations_with_a_tokenizer_without_a_chat_template_name_chat_templa
     (plain / "chat_template.json").write_text(json.dumps({"chat_template": AutoTokenizer.from_pretrained(tiny_model).chat_template}))
     assert AutoTokenizer.from_pretrained(plain).chat_template is None and AutoProcessor.from_pretrained(plain).chat_template
     check_chat_template(str(plain), SimpleNamespace(chat_template_path=None), datasets[0], {})  # passes
+
+
+def test_report_to_null_means_no_reporting_as_transformers_default_none_does(config_for):
+    from trl_causal.configuration import parse_run_config
+
+    # TrainingArguments read None as the name of an integration ([None]) and failed once the model was built
+    assert parse_run_config(["--report_to", "null"], str(config_for())).training_args.report_to == []
+    assert parse_run_config([], str(config_for(report_to=None))).training_args.report_to == []
+
+
+def test_a_string_or_list_field_takes_several_values_and_none_stands_alone(capsys, config_for):
+    # `--report_to a b` is a list, as for a list field (argparse read one string and left `b` over, "not used")
+    fails_with(capsys, ["train", "--config", str(config_for()), "--report_to", "swanlab", "trackio"], "names swanlab, trackio")
+    fails_with(capsys, ["train", "--config", str(config_for()), "--report_to", "none", "swanlab"], "report_to in the command line names 'none' beside 'swanlab'")
+
+
+def test_no_key_is_refused_for_a_setting_that_defaults_to_false_with_the_fix(capsys, config_for):
+    err = fails_with(capsys, ["train", "--config", str(config_for()), "--no_packing"], "--no_packing: packing defaults to false", "give `--packing false`")
+    assert "Invalid settings in" not in err
+
+
+def test_the_command_line_checkpointing_setting_wins_over_the_yamls_under_either_name(config_for):
+    from trl_causal.configuration import parse_run_config
+
+    # every example config has `activation_checkpointing: false`, which transformers let win over the older name
+    config = str(config_for(activation_checkpointing=False))
+    args = parse_run_config(["--gradient_checkpointing", "true"], config).training_args
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+    assert parse_run_config(["--no_gradient_checkpointing"], str(config_for(activation_checkpointing=True))).training_args.activation_checkpointing is False
+    config = str(config_for(activation_checkpointing_kwargs={"use_reentrant": True}))
+    args = parse_run_config(["--gradient_checkpointing_kwargs", '{"use_reentrant": false}'], config).training_args
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_accelerate_config_files_are_checked_before_the_data_and_take_a_home_path(capsys, config_for, tmp_path, monkeypatch):
+    from trl_causal.configuration import parse_run_config
+
+    fails_with(capsys, ["train", "--config", str(config_for(config_file="missing.yaml"))], "config_file 'missing.yaml' in", "is not a file")
+    fails_with(capsys, ["train", "--config", str(config_for()), "--deepspeed_config_file", "ds.json"], "deepspeed_config_file 'ds.json' in the command line is not a file")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "acc.yaml").write_text("num_processes: 1\n")
+    for key in ("config_file", "accelerate_config"):
+        launch_args = parse_run_config([], str(config_for(**{key: "~/acc.yaml"}))).launch_args
+        assert launch_args == ["--config_file", str(tmp_path / "acc.yaml")], launch_args
+    assert parse_run_config([], "~/cfg.yaml").trainer.name == "sft"  # config_for wrote tmp_path/cfg.yaml
+
+
+def test_an_upper_case_key_suggests_its_lower_case_name(capsys, config_for):
+    fails_with(capsys, ["train", "--config", str(config_for(TRAINER="capt"))], "Unknown key 'TRAINER'", "Did you mean 'trainer'")
+
+
+def test_outputs_that_cannot_be_written_fail_before_any_work(capsys, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    # before the config is read, so before the deconfounding stage
+    fails_with(capsys, ["dpo-pairs", "--config", str(tmp_path / "nope.yaml"), "--output", str(blocked / "pairs.jsonl")], f"Cannot make the folder of the pairs file {blocked / 'pairs.jsonl'}")
+    fails_with(capsys, ["shift-data", "--out", str(blocked / "splits"), "--n_train", "4", "--n_test", "4"], f"--out {blocked / 'splits'} cannot be written")
+    fails_with(capsys, ["eval", "--config", str(tmp_path / "nope.yaml"), "--output", "-"], "--output -: eval writes its JSON to a file")

@@ -495,3 +495,65 @@ def test_activation_checkpointing_is_read_as_gradient_checkpointing_where_transf
     assert with_checkpointing_name(pairs, {**older, "activation_checkpointing": bool}) == pairs
     both = [("activation_checkpointing", False), ("gradient_checkpointing", True)]  # the newer name wins, on any version
     assert with_checkpointing_name(both, older) == [("gradient_checkpointing", False)]
+    kwargs = [("activation_checkpointing_kwargs", {"use_reentrant": False})]  # and so is the `_kwargs` setting
+    assert with_checkpointing_name(kwargs, {**older, "gradient_checkpointing_kwargs": dict}) == [("gradient_checkpointing_kwargs", {"use_reentrant": False})]
+
+
+def test_a_training_process_killed_by_a_signal_is_named_with_the_shells_exit_code(tmp_path, tiny_model, monkeypatch, capsys):
+    import signal
+    import subprocess
+
+    import accelerate.commands.launch
+
+    from trl_causal import cli
+
+    def killed(launch_args):  # as the kernel's OOM killer ends the training process
+        raise subprocess.CalledProcessError(-signal.SIGKILL, ["python", "-m", "trl_causal.train"])
+
+    monkeypatch.setattr(accelerate.commands.launch, "launch_command", killed)
+    data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, tmp_path / "out")})
+    assert cli.main(["train", "--config", str(config)]) == 128 + signal.SIGKILL
+    assert "trl-causal: the training process was killed by SIGKILL (out of memory?" in capsys.readouterr().err
+
+
+def test_train_without_a_config_takes_the_trainer_in_either_form_and_defaults_to_sft(tmp_path, capsys):
+    from trl_causal import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "--trainer=capt", "--help"])
+    assert exited.value.code == 0 and "--event_estimator" in capsys.readouterr().out
+    # `trl sft`'s form: the settings alone, trainer sft (it printed the usage and exited 2, with no error)
+    data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
+    assert cli.main(["train", "--model_name_or_path", str(tmp_path / "no-model"), "--dataset_name", str(data), "--bf16", "false"]) == 2
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'no-model'}' is neither a local directory" in err and out == ""
+    assert cli.main(["train"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: trl-causal train [--config CONFIG] [--trainer NAME]" in err and "error: give --config" in err
+    assert cli.main(["train", "--help"]) == 0 and "--trainer NAME" in capsys.readouterr().out
+
+
+def test_eval_paths_given_with_a_quoted_home_are_expanded(tmp_path, monkeypatch):
+    from trl_causal import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = cli.build_parser().parse_args(
+        ["eval", "--config", "c.yaml", "--split", "t2=~/my data/rows.jsonl", "--split", "test", "--checkpoint", "~/ck", "--compare", "~/other", "--output", "~/r.json"]
+    )
+    assert args.split == [f"t2={tmp_path}/my data/rows.jsonl", "test"]
+    assert (args.checkpoint, args.compare, args.output) == (f"{tmp_path}/ck", [f"{tmp_path}/other"], f"{tmp_path}/r.json")
+
+
+def test_version_and_the_plugin_warnings_of_list_go_where_they_belong(monkeypatch, capsys):
+    from trl_causal import __version__, cli, plugins
+
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"trl-causal {__version__}"
+    manager = PluginManager(autoload=False)
+    monkeypatch.setattr(plugins, "_manager", manager)
+    monkeypatch.setattr(manager, "warnings", ["plugin 'x' registers a name twice"], raising=False)
+    assert cli.main(["list"]) == 0
+    out, err = capsys.readouterr()
+    assert "sft" in out and "warning: plugin 'x' registers a name twice" in err and "warning" not in out

@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .errors import TrlCausalError, count_rows, for_count
 
 _python_format_warning = warnings.formatwarning
@@ -21,6 +22,8 @@ TRAIN_EPILOG = """\
 Any field of the trainer's config, of ModelConfig or ScriptArguments can be set in the YAML or as
 `--key value` (the command line wins). Accelerate keys (num_processes, config_file or
 accelerate_config, mixed_precision, ...) launch through `accelerate launch`, as with `trl sft`.
+Without --config, the trainer is --trainer NAME (default: sft) and the settings are --key value alone, as with
+`trl sft`: trl-causal train --model_name_or_path M --dataset_name D
 Show a trainer's fields with: trl-causal train --trainer NAME --help
 """
 
@@ -43,11 +46,11 @@ def _command_list(args: argparse.Namespace) -> int:
         for entry in estimators:
             print(f"  {entry.name:<{width}}  {entry.distribution:<{widths[2]}}  {entry.description}")
     for failure in manager.failures:
-        print(f"\nwarning: plugin {failure.entry_point!r} from {failure.distribution!r} failed to load: {failure.error}")
+        print(f"\nwarning: plugin {failure.entry_point!r} from {failure.distribution!r} failed to load: {failure.error}", file=sys.stderr)
     for warning in manager.warnings:
-        print(f"\nwarning: {warning}")
+        print(f"\nwarning: {warning}", file=sys.stderr)
     if manager.autoload_note:
-        print(f"\n{manager.autoload_note}")
+        print(f"\n{manager.autoload_note}", file=sys.stderr)
     return 0
 
 
@@ -103,18 +106,17 @@ def _one_process_launcher():
         accelerate_launch.simple_launcher = simple_launcher
 
 
-def check_output_dir(output_dir: str) -> None:
-    """``output_dir`` exists or can be made, and takes files (else the run fails after loading the model)."""
-    import tempfile
-
+def _signal_exit(returncode: int) -> int:
+    """The exit code of a training process that a signal killed (``returncode`` -N), as a shell gives it (128 + N),
+    after a line naming the signal: the process had no chance to print an error of its own."""
+    number = -returncode
     try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as error:
-        raise TrlCausalError(
-            f"output_dir {output_dir} cannot be written ({error.strerror or error}): give a directory you can write to."
-        ) from None
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    likely = " (out of memory? the kernel's OOM killer sends SIGKILL)" if number == signal.SIGKILL else ""
+    print(f"trl-causal: the training process was killed by {name}{likely}.", file=sys.stderr)
+    return 128 + number
 
 
 def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
@@ -125,6 +127,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
     from .configuration import parse_run_config
     from .data import load_run_datasets
     from .embedded import check_model_source
+    from .paths import check_writable_dir
     from .plugins import CONFIG_REPORTED_ENV
     from .train import INTERRUPTED_EXIT_CODE, REQUESTED_PROCESSES_ENV, check_run_columns
 
@@ -137,7 +140,7 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         run.model_args.model_revision,
         getattr(run.training_args, "trust_remote_code", False),  # as train.build_trainer loads it
     )
-    check_output_dir(run.training_args.output_dir)
+    check_writable_dir(run.training_args.output_dir, "output_dir")
 
     script_args = ["--trainer", run.trainer.name] + (["--config", args.config] if args.config else []) + run.script_argv
     launch_args = launch_command_parser().parse_args(run.launch_args + ["--module", "trl_causal.train"] + script_args)
@@ -151,8 +154,8 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         return INTERRUPTED_EXIT_CODE
     except SignalException:  # Ctrl-C under torchrun: its agent stopped the training processes, which said what was saved
         return INTERRUPTED_EXIT_CODE
-    except subprocess.CalledProcessError as error:  # the training process already printed its error
-        return error.returncode or 1
+    except subprocess.CalledProcessError as error:  # the training process already printed its error, unless killed
+        return _signal_exit(error.returncode) if error.returncode < 0 else error.returncode
     except ChildFailedError as error:  # several processes (torchrun): each printed its own error above
         codes = sorted({failure.exitcode for failure in error.failures.values()})
         print(f"trl-causal: {len(error.failures)} training process(es) failed (exit code {', '.join(map(str, codes))}); "
@@ -305,15 +308,11 @@ def _notes_shown():
 
 def _writable_results_file(output: Path) -> Path:
     """``output``, its folder made, once it is a file eval can write: before any model loads, not after the scoring."""
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TrlCausalError(f"Cannot make the folder of the results file {output}: {error}. Pass --output FILE in a folder you can write to.") from None
+    from .paths import writable_output_file
+
     if output.is_dir():
         raise TrlCausalError(f"--output {output} is a folder; eval writes one JSON file: name it, e.g. --output {output / 'eval_results.json'}.")
-    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise TrlCausalError(f"Cannot write the results file {output} (read-only). Pass --output FILE in a folder you can write to.")
-    return output
+    return writable_output_file(output, "the results file")
 
 
 def _command_eval(args: argparse.Namespace) -> int:
@@ -322,6 +321,11 @@ def _command_eval(args: argparse.Namespace) -> int:
     from .configuration import parse_run_config
     from .evaluation import row_prompt
 
+    if args.output == "-":
+        raise TrlCausalError(
+            "--output -: eval writes its JSON to a file, after every split scored (the table goes to the terminal); "
+            "name a file, e.g. --output results.json."
+        )
     run = parse_run_config([], args.config)
     checkpoints, records, trainer_names = _eval_checkpoints(args, run)
     requested = args.split or [run.script_args.dataset_test_split]
@@ -513,12 +517,15 @@ def _score_splits(
     for name, rows in splits:
         print(f"trl-causal: {label}: split {name!r}, {count_rows(len(rows))}", file=sys.stderr)  # above its progress bar
         predictions = predictor.predict_both(rows) if kinds != (None,) else (predictor.predict(rows),)
-        unchanged = getattr(predictor, "rows_without_events", None)  # capt: prompts it found no event in
+        unchanged = getattr(predictor, "rows_without_events", None)  # capt: prompts it found no event in, or failed on
+        failed = getattr(predictor, "rows_failed", [])  # capt: those of them its estimator failed on (llm: no valid answer)
         if unchanged:
+            failures = f" ({len(failed)} of them because the estimator failed; it logs why)" if failed else ""
             print(
                 f"trl-causal: note: {label}: {count_rows(len(unchanged))} of {len(rows)} in split {name!r} "
-                f"{for_count(len(unchanged), 'has', 'have')} no event its estimator recognises; "
-                f"{for_count(len(unchanged), 'it was', 'they were')} scored unchanged (rows_without_events in the JSON).",
+                f"{for_count(len(unchanged), 'has', 'have')} no event its estimator recognises{failures}; "
+                f"{for_count(len(unchanged), 'it was', 'they were')} scored unchanged (rows_without_events and "
+                "rows_failed in the JSON).",
                 file=sys.stderr,
             )
         for column, predicted in zip(labels.values(), predictions):
@@ -526,6 +533,7 @@ def _score_splits(
             results[column]["splits"][name] = accuracy_report(predicted, gold[name])
             if unchanged is not None:
                 results[column]["splits"][name]["rows_without_events"] = len(unchanged)
+                results[column]["splits"][name]["rows_failed"] = len(failed)
         output.write_text(json.dumps(report, indent=2))  # a finished split survives a later failure or Ctrl-C
 
 
@@ -583,8 +591,16 @@ def _at_least_one(value: str) -> int:
     return number
 
 
+def _split_argument(value: str) -> str:
+    """An argparse type: eval's ``--split NAME`` or ``NAME=FILE``, with ``~`` in FILE expanded (the shell leaves a
+    quoted one), as the paths of a config are."""
+    name, eq, path = value.partition("=")
+    return f"{name}={os.path.expanduser(path)}" if eq else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trl-causal", description="Causal fine-tuning trainers for TRL.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = commands.add_parser(
         "train",
@@ -594,14 +610,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", help="YAML config of the kind `trl sft --config` reads, plus `trainer: NAME`")
+    train.add_argument(
+        "--trainer", metavar="NAME", help="the registered trainer to run (default: the config's `trainer:`, else sft); `trl-causal list` names them"
+    )
     listing = commands.add_parser("list", help="list the registered trainers")
     listing.add_argument("--estimators", action="store_true", help="also list the event estimators")
     parser.train_parser = train
     evaluate = commands.add_parser("eval", help="accuracy per evaluation split, optionally for several checkpoints side by side")
     evaluate.add_argument("--config", required=True, help="the YAML the model was trained with")
-    evaluate.add_argument("--checkpoint", help="checkpoint directory (default: the config's output_dir)")
-    evaluate.add_argument("--compare", action="append", metavar="DIR", help="another checkpoint to evaluate side by side (repeatable)")
-    evaluate.add_argument("--split", action="append", metavar="NAME[=FILE]", help="split of the config's dataset, or NAME=FILE (repeatable; default: dataset_test_split)")
+    evaluate.add_argument("--checkpoint", type=os.path.expanduser, help="checkpoint directory (default: the config's output_dir)")
+    evaluate.add_argument(
+        "--compare", action="append", type=os.path.expanduser, metavar="DIR", help="another checkpoint to evaluate side by side (repeatable)"
+    )
+    evaluate.add_argument("--split", action="append", type=_split_argument, metavar="NAME[=FILE]", help="split of the config's dataset, or NAME=FILE (repeatable; default: dataset_test_split)")
     evaluate.add_argument("--answers", help="comma-separated answer set (default: the distinct gold answers)")
     evaluate.add_argument(
         "--answer_column", help="column with the gold answer (default: answer, else completion, else a messages row's last turn)"
@@ -619,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--max_rows", type=_at_least_one, help="evaluate at most this many rows per split")
     evaluate.add_argument("--batch_size", type=_at_least_one, default=16, help="prompts per forward pass (default: 16)")
-    evaluate.add_argument("--output", help="JSON results file (default: CHECKPOINT/eval_results.json)")
+    evaluate.add_argument("--output", type=os.path.expanduser, help="JSON results file (default: CHECKPOINT/eval_results.json)")
     pairs = commands.add_parser(
         "dpo-pairs",
         help="DPO preference pairs (prompt/chosen/rejected) ranked by the deconfounded outcome, within groups",
@@ -627,12 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ranks by the raw outcome.",
     )
     pairs.add_argument("--config", required=True, help="YAML of the deconfounded_reward trainer (data, columns, group_column)")
-    pairs.add_argument("--output", required=True, help="JSON lines file to write")
+    pairs.add_argument("--output", required=True, type=os.path.expanduser, help="JSON lines file to write")
     shift = commands.add_parser(
         "shift-data",
         help="write the latent_shift benchmark data: train.jsonl (spurious agreement 90%%) and test_90 ... test_10.jsonl",
     )
-    shift.add_argument("--out", required=True, help="directory for the split files")
+    shift.add_argument("--out", required=True, type=os.path.expanduser, help="directory for the split files")
     shift.add_argument(
         "--kind",
         choices=SPURIOUS_KINDS,
@@ -646,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     shift.add_argument("--conversational", action="store_true", help="chat messages instead of plain strings")
     download = commands.add_parser("download-model", help="fetch and convert an embedded model; prints its path")
     download.add_argument("name", help="embedded model name, e.g. smollm2-135m-instruct")
-    download.add_argument("--cache_dir", "--cache-dir", help="where to keep converted models (default: $TRL_CAUSAL_CACHE/models, else ~/.cache/trl_causal/models)")
+    download.add_argument("--cache_dir", "--cache-dir", type=os.path.expanduser, help="where to keep converted models (default: $TRL_CAUSAL_CACHE/models, else ~/.cache/trl_causal/models)")
     return parser
 
 
@@ -666,10 +687,15 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         if args.command == "train":
-            if not args.config and "--trainer" not in rest:
-                print(parser.train_parser.format_help())
-                return 0 if ("--help" in rest or "-h" in rest) else 2
-            return _command_train(args, rest)
+            if not args.config and not args.trainer and set(rest) <= {"--help", "-h"}:
+                if rest:
+                    print(parser.train_parser.format_help())
+                    return 0
+                parser.train_parser.print_usage(sys.stderr)
+                print("trl-causal train: error: give --config CONFIG.yaml, or the settings as --key value "
+                      "(`--help` says more).", file=sys.stderr)
+                return 2
+            return _command_train(args, (["--trainer", args.trainer] if args.trainer else []) + rest)
         if args.command == "dpo-pairs":
             from .deconfound.pairs import write_dpo_pairs
 

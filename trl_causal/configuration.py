@@ -55,7 +55,7 @@ class RunConfig:
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Load a YAML mapping; malformed YAML is reported with file, line and column."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path} (resolved to {path.resolve()}).")
     text = path.read_text()
@@ -162,6 +162,17 @@ def _is_list_type(annotation: Any) -> bool:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return any(_is_list_type(arg) for arg in typing.get_args(annotation))
     return annotation is list or typing.get_origin(annotation) is list
+
+
+def _is_string_or_list_type(annotation: Any) -> bool:
+    """``str | list[str]``, optionally ``| None`` (``report_to``): HfArgumentParser reads such a field as one string."""
+    members = union_members(annotation)
+    return str in members and any(_is_list_type(member) for member in members)
+
+
+def negatable_fields(classes: tuple[type, ...]) -> set[str]:
+    """The boolean fields of ``classes`` that default to true: HfArgumentParser takes ``--no_KEY`` for those alone."""
+    return {f.name for cls in classes for f in dataclasses.fields(cls) if f.init and f.default is True}
 
 
 def _is_dict_type(annotation: Any) -> bool:
@@ -321,7 +332,7 @@ def _unknown_key_error(key: str, source: str, spec: TrainerSpec, known: set[str]
             "the trl_causal plugin (plugins/axolotl)."
         )
     else:
-        close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(key.lower(), sorted(known), n=3, cutoff=0.6)  # `TRAINER:` is `trainer`
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return ConfigError(
         f"Unknown key {key!r} in {source}: it is not a field of {spec.config_class.__name__} (trainer "
@@ -390,9 +401,9 @@ def _cli_launch_value(key: str, values: list[str]) -> Any:
 
 
 def resolve_accelerate_config(value: str) -> str:
-    """A path to an accelerate config file, or the name of one TRL ships (``zero3``, ``multi_gpu``, ...)."""
-    if Path(value).is_file():
-        return value
+    """A path to an accelerate config file (``~`` expanded), or the name of one TRL ships (``zero3``, ``multi_gpu``, ...)."""
+    if Path(value).expanduser().is_file():
+        return os.path.expanduser(value)
     import importlib.resources
 
     candidate = importlib.resources.files("trl.accelerate_configs").joinpath(f"{value}.yaml")
@@ -404,15 +415,50 @@ def resolve_accelerate_config(value: str) -> str:
     return str(candidate)
 
 
+LAUNCH_FILE_KEYS = ("config_file", "deepspeed_config_file")  # accelerate launch settings that name a file
+
+
+def existing_launch_file(key: str, value: str, source: str) -> str:
+    """The file an ``accelerate launch`` setting names, ``~`` expanded, once it is there: checked before the data,
+    where accelerate fails with a traceback after the data checks."""
+    path = Path(value).expanduser()
+    if not path.is_file():
+        fix = (
+            "give an accelerate config file (`accelerate config` writes one), or `accelerate_config: NAME` for one TRL ships"
+            if key == "config_file" else "give a DeepSpeed JSON config file"
+        )
+        raise ConfigError(f"{key} {value!r} in {source} is not a file (resolved to {path.resolve()}): {fix}.")
+    return str(path)
+
+
+CHECKPOINTING_NAMES = {  # transformers' older names of the checkpointing settings -> the names of recent releases
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
 def with_checkpointing_name(pairs: list[tuple[str, Any]], field_types: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(key, value) pairs with ``activation_checkpointing`` (the name of recent transformers 5 releases, which the
-    example configs use) as ``gradient_checkpointing`` where the installed transformers has only that older name
-    (5.20, the oldest this package admits)."""
+    """(key, value) pairs with ``activation_checkpointing`` and ``activation_checkpointing_kwargs`` (the names of recent
+    transformers 5 releases, which the example configs use) as ``gradient_checkpointing`` and
+    ``gradient_checkpointing_kwargs`` where the installed transformers has only the older names (5.20, the oldest this
+    package admits)."""
     if "activation_checkpointing" in field_types or "gradient_checkpointing" not in field_types:
         return pairs
-    if any(key == "activation_checkpointing" for key, _ in pairs):  # the new name wins, as in newer transformers
-        pairs = [(key, value) for key, value in pairs if key != "gradient_checkpointing"]
-    return [("gradient_checkpointing" if key == "activation_checkpointing" else key, value) for key, value in pairs]
+    for old, new in CHECKPOINTING_NAMES.items():
+        if any(key == new for key, _ in pairs):  # the new name wins, as in newer transformers
+            pairs = [(key, value) for key, value in pairs if key != old]
+    older = {new: old for old, new in CHECKPOINTING_NAMES.items()}
+    return [(older.get(key, key), value) for key, value in pairs]
+
+
+def without_checkpointing_set_otherwise(yaml_values: dict[str, Any], cli_keys: list[str]) -> dict[str, Any]:
+    """The YAML's values without a checkpointing setting that the command line gives under its other name
+    (``--gradient_checkpointing true`` over ``activation_checkpointing: false``): transformers reads the older name only
+    where the newer one is unset, so the YAML's would win over the command line."""
+    other_name = {**CHECKPOINTING_NAMES, **{new: old for old, new in CHECKPOINTING_NAMES.items()}}
+    given = {key.removeprefix("no_") for key in cli_keys} | set(cli_keys)  # `--no_gradient_checkpointing` sets it too
+    replaced = {other_name[key] for key in given if key in other_name}
+    return {key: value for key, value in yaml_values.items() if key not in replaced}
 
 
 def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConfig:
@@ -443,6 +489,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
 
     classes = dataclass_types(spec)
     field_types = config_field_types(classes)
+    yaml_values = without_checkpointing_set_otherwise(yaml_values, [key for key, _ in cli])
     yaml_values = dict(with_checkpointing_name(list(yaml_values.items()), field_types))
     cli = with_checkpointing_name(cli, field_types)
     launch_keys = accelerate_launch_keys() - set(field_types)
@@ -452,10 +499,17 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     for key in yaml_values:
         if key not in known:
             raise _unknown_key_error(key, source, spec, known)
+    negatable = negatable_fields(classes)
     for key, _ in cli:
         negated = key.removeprefix("no_")  # `--no_KEY` sets a boolean field that defaults to true to false, as in --help
-        if key not in known and key != "help" and not (negated != key and field_types.get(negated) is bool):
-            raise _unknown_key_error(key, "the command line", spec, known)
+        if key in known or key == "help" or (negated != key and negated in negatable):
+            continue
+        if negated != key and bool in union_members(field_types.get(negated)):
+            raise ConfigError(
+                f"--{key}: {negated} defaults to false, and --no_KEY is only for a setting that defaults to true; "
+                f"give `--{negated} false` (e.g. over the YAML's `{negated}: true`)."
+            )
+        raise _unknown_key_error(key, "the command line", spec, known)
     yaml_values = checked_values(yaml_values, field_types, source)
 
     # the command line overrides the YAML's launch settings key by key (`--multi_gpu false` undoes `multi_gpu: true`)
@@ -466,9 +520,12 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
             launch_values[key] = _cli_launch_value(key, values)
         elif key != TRAINER_KEY:
             script_argv += [f"--{key}", *values]
+    last = dict(cli)
+    for key in LAUNCH_FILE_KEYS:
+        if isinstance(launch_values.get(key), str):
+            launch_values[key] = existing_launch_file(key, launch_values[key], "the command line" if key in last else source)
     launch_args = [arg for key, value in launch_values.items() for arg in _launch_arg(key, value)]
     # `--text_column null` unsets a field as `text_column: null` does, which argparse cannot: the last setting counts
-    last = dict(cli)
     nulls = {key: None for key, values in last.items() if len(values) == 1 and values[0] in NULL_WORDS and key in field_types}
     # a list field that takes no None refuses null, as in the YAML, where argparse would read a list of the word
     checked_values({key: None for key in nulls if _is_list_type(field_types[key])}, field_types, "the command line")
@@ -487,6 +544,13 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
         and len(values) == 1 and values[0].lstrip().startswith("[")
     }
     preset.update(checked_values(json_lists, field_types, "the command line"))
+    # and so does a `str | list[str]` field, which argparse would read as one string: `--report_to none tensorboard`
+    several = {
+        key: values
+        for key, values in last.items()
+        if key not in preset and key in field_types and _is_string_or_list_type(field_types[key]) and len(values) > 1
+    }
+    preset.update(checked_values(several, field_types, "the command line"))
     parsed_argv = script_argv
     for key in preset:
         parsed_argv = _without_option(parsed_argv, key)
@@ -501,7 +565,7 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
         raise ConfigError(f"{message} (on the command line). Run `trl-causal train --trainer {spec.name} --help` for the fields.")
 
     parser.error = one_line_error
-    parser.set_defaults_with_config(**{**{k: v for k, v in yaml_values.items() if k in field_types}, **preset})
+    parser.set_defaults_with_config(**_null_reporting_as_none({**{k: v for k, v in yaml_values.items() if k in field_types}, **preset}))
     try:
         with warnings.catch_warnings():
             if not any("gradient_checkpointing" in key for key in [*yaml_values, *last]):
@@ -529,6 +593,12 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)
 
 
+def _null_reporting_as_none(values: dict[str, Any]) -> dict[str, Any]:
+    """``report_to: null`` (or ``--report_to null``) as ``"none"``, transformers' default: no reporting, where
+    TrainingArguments would take the null for an integration's name and fail once the model is built."""
+    return {**values, "report_to": "none"} if "report_to" in values and values["report_to"] is None else values
+
+
 REPORTING_PACKAGES = {  # report_to integrations that transformers finds by their package alone, and its pip name
     # (azure_ml and dagshub depend on mlflow as well, comet_ml on its configuration, kubeflow on an environment
     # variable: they are left to transformers)
@@ -538,11 +608,17 @@ REPORTING_PACKAGES = {  # report_to integrations that transformers finds by thei
 
 
 def check_reporting_packages(report_to: list[str] | str | None, source: str) -> None:
-    """A ``report_to`` integration whose package is missing is one line before launch, where transformers fails with a
-    traceback once the data is loaded and the model built."""
+    """A ``report_to`` integration whose package is missing, or ``none`` / ``all`` beside other names, is one line before
+    launch, where transformers fails with a traceback once the data is loaded and the model built."""
     from transformers.integrations import get_available_reporting_integrations
 
     named = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    words = [name for name in named if name in ("none", "all")]
+    if words and len(named) > 1:
+        raise ConfigError(
+            f"report_to in {source} names {words[0]!r} beside {', '.join(repr(n) for n in named if n != words[0])}: "
+            f"{words[0]!r} stands alone (`report_to: {words[0]}`), or name the integrations alone."
+        )
     missing = [name for name in named if name in REPORTING_PACKAGES and name not in get_available_reporting_integrations()]
     if missing:
         packages = " ".join(REPORTING_PACKAGES[name] for name in missing)

@@ -1,8 +1,11 @@
-"""Where trl_causal keeps downloaded and computed files."""
+"""Where trl_causal keeps downloaded and computed files, and the checks that a place it is told to write to takes files."""
 
 import json
 import os
+import tempfile
 from pathlib import Path
+
+from .errors import ConfigError
 
 CACHE_ENV = "TRL_CAUSAL_CACHE"
 
@@ -36,3 +39,26 @@ def write_checkpoint_file(directory: str | os.PathLike, name: str, content: dict
     finally:
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")
+
+
+def check_writable_dir(directory: str | os.PathLike, key: str) -> None:
+    """``directory`` (the setting ``key``) exists or can be made, and takes files: checked before the work whose files
+    go there, which would otherwise fail at its end."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{key} {directory} cannot be written ({error.strerror or error}): give a directory you can write to.") from None
+
+
+def writable_output_file(output: Path, what: str) -> Path:
+    """``--output``, its folder made, once it is a file that can be written (``what`` names it in the errors, e.g. "the
+    results file"): checked before the work whose result it holds, not after."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"Cannot make the folder of {what} {output}: {error}. Pass --output FILE in a folder you can write to.") from None
+    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise ConfigError(f"Cannot write {what} {output} (read-only). Pass --output FILE in a folder you can write to.")
+    return output

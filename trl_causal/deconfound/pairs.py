@@ -132,10 +132,12 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
     """
     from ..configuration import parse_run_config, read_yaml
     from ..data import check_split_types, load_run_datasets
+    from ..paths import writable_output_file
     from ..trainer.deconfounded_reward_trainer import read_observations, reward_targets, text_features
 
     if Path(output).is_dir():
         raise ConfigError(f"--output {output} is a directory; dpo-pairs writes one JSON lines file: name the file, e.g. {Path(output) / 'pairs.jsonl'}.")
+    path = writable_output_file(Path(output), "the pairs file")  # before the deconfounding, not after it
     try:
         run = parse_run_config(["--trainer", "deconfounded_reward", *overrides], config_path)
     except TrlCausalError as error:
@@ -178,8 +180,6 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
     if warning := many_pairs_warning(len(kept), len(pairs), int(group_sizes.max()), "dpo-pairs"):
         print(f"trl-causal: warning: {warning}", file=sys.stderr)
     lines = dpo_rows([all_rows[i] for i in kept], pairs, scores, args.text_column, observations.rows[kept])
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     effects = (targets.report["deconfounding"] or {}).get("effects", {})
     ranked_by = (

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from ..errors import ConfigError, DataError
+from ..paths import check_writable_dir
 
 SpuriousKind = Literal["platform", "stopword"]
 LABELS: tuple[str, str] = ("positive", "negative")
@@ -363,6 +364,7 @@ def write_splits(
     """Write ``out/train.jsonl`` and ``out/test_XX.jsonl`` of ``make_splits`` as prompt/completion SFT rows; returns {split: path}."""
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file; the split files go into a directory: name a new or existing one.")
+    check_writable_dir(out, "--out")
     return {
         name: write_jsonl(to_prompt_completion(rows, conversational=conversational), Path(out) / f"{name}.jsonl")
         for name, rows in make_splits(n_train, n_test, kind, seed, ambiguous=ambiguous).items()
