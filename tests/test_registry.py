@@ -190,3 +190,12 @@ def test_an_estimator_plugin_without_a_name_attribute_is_named_as_registered(tmp
     with pytest.raises(RegistryError, match=r"'notone' \(from distribution 'estimator-plugin'\) registers estimator <class 'collections.OrderedDict'>, "
                        r"which is not a subclass of trl_causal.capt.EventEstimator"):
         CAPTConfig(**cpu_training_args(tmp_path), event_estimator="notone")
+
+
+@pytest.mark.parametrize("name", ["capt", "deconfounded_reward", "latent_shift"])
+def test_each_causal_trainer_names_its_method_in_the_model_card(name):
+    """TRL's model card says "trained with {_name}": latent_shift inherited SFTTrainer's "SFT"."""
+    from trl import RewardTrainer, SFTTrainer
+
+    trainer_class = PluginManager(autoload=False).get_trainer(name).trainer_class
+    assert trainer_class._name not in (SFTTrainer._name, RewardTrainer._name)

@@ -401,7 +401,7 @@ def _eval_checkpoints(args: argparse.Namespace, run) -> tuple[list[str], list[di
             raise TrlCausalError(
                 f"{checkpoint} was trained by {trainer_name!r}, a reward trainer: its model gives one score per text, "
                 "not an answer to a prompt, so it has no accuracy to report here. Load it with "
-                "AutoModelForSequenceClassification (as TRL's GRPO, RLOO and PPO trainers do) to score texts; "
+                "AutoModelForSequenceClassification (as TRL's GRPO and RLOO trainers do) to score texts; "
                 "`trl-causal eval` evaluates the answers of sft-kind trainers (sft, capt, latent_shift, ...)."
             )
         if "settings" not in record and hasattr(spec.trainer_class, "checkpoint_settings"):  # trained from a TRL script, Axolotl

@@ -23,7 +23,7 @@ class CAPTConfig(SFTConfig):
 
     Every training row is estimated once before training; each time a row is drawn (every epoch) its events get
     fresh symbols from `symbol_pool`, seeded by (`intervention_seed`, epoch, row). Evaluation rows are intervened
-    the same way with the fixed draw 0. Rows are tokenized when drawn, so `dataset_kwargs.skip_prepare_dataset`
+    once, each from a stream of its own seeded by (`intervention_seed`, its prompt), as prediction does. Rows are tokenized when drawn, so `dataset_kwargs.skip_prepare_dataset`
     is always set and `packing` is not supported.
     """
 

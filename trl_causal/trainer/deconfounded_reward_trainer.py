@@ -443,7 +443,8 @@ def text_features(
 
 def feature_precision(args: DeconfoundedRewardConfig, model: Any) -> str | None:
     """The autocast precision of the model feature pass on ``model``'s device (``feature_autocast``)."""
-    return args.feature_autocast_precision(bf16_native=runs_bf16_natively(next(model.parameters()).device))
+    device = next(model.parameters()).device
+    return args.feature_autocast_precision(bf16_native=runs_bf16_natively(device), cpu=device.type == "cpu")
 
 
 def tokenize_rows(rows: datasets.Dataset, args: DeconfoundedRewardConfig, tokenizer, split: str) -> datasets.Dataset:
@@ -599,7 +600,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
     Takes the same keyword arguments as ``RewardTrainer`` and a ``DeconfoundedRewardConfig``. ``train_dataset`` (and
     ``eval_dataset``) are map-style ``datasets.Dataset`` of rows with the text, outcome and confounder columns named in
     the config; evaluation targets use theta and the standardisation of the training rows. After ``train()``,
-    ``save_model`` writes a single-logit sequence classifier that TRL's GRPO / RLOO / PPO trainers take as a reward
+    ``save_model`` writes a single-logit sequence classifier that TRL's GRPO / RLOO trainers take as a reward
     model, and ``deconfounding_report.json``. With ``objective: regression``, ``compute_metrics`` receives the rewards
     as predictions and the standardised targets t as ``label_ids``.
     """

@@ -275,6 +275,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         "adjusted_hidden_sizes", "low_level_layer", "verbalizer", "label_column", "max_length", "truncation_mode",
     )
     _tag_names = ["trl", "sft", "trl-causal", "latent-shift"]
+    _name = "LatentShift"
 
     def __init__(self, model, args: LatentShiftConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
         args = LatentShiftConfig() if args is None else args
