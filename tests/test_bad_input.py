@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
+import torch
 
 from conftest import base_config, reward_rows, write_config, write_jsonl
 from plugin_helpers import make_distribution, pip_install_target
@@ -323,3 +324,19 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(capsys, tmp_path):
     fails_with(capsys, ["dpo-pairs", "--config", str(tmp_path / "nope.yaml"), "--output", str(blocked / "pairs.jsonl")], f"Cannot make the folder of the pairs file {blocked / 'pairs.jsonl'}")
     fails_with(capsys, ["shift-data", "--out", str(blocked / "splits"), "--n_train", "4", "--n_test", "4"], f"--out {blocked / 'splits'} cannot be written")
     fails_with(capsys, ["eval", "--config", str(tmp_path / "nope.yaml"), "--output", "-"], "--output -: eval writes its JSON to a file")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 without use_cpu is refused only where there is no GPU")
+def test_bf16_on_a_cpu_only_machine_names_both_fixes(capsys, config_for):
+    fails_with(capsys, ["train", "--config", str(config_for(bf16=True, use_cpu=False))], "set `bf16: false`", "or `use_cpu: true` to train in bf16 on the CPU")
+
+
+def test_model_init_kwargs_torch_dtype_loads_the_model_in_that_dtype(config_for, tiny_model):
+    """transformers' old name `torch_dtype` in model_init_kwargs was silently beaten by the `dtype` (default float32)
+    that the launcher passes: the run trained and saved in float32."""
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.train import build_trainer, load_run_datasets
+
+    run = parse_run_config([], str(config_for(model_name_or_path=str(tiny_model), model_init_kwargs={"torch_dtype": "bfloat16"})))
+    trainer = build_trainer(run, *load_run_datasets(run.script_args, run.dataset_args, need_eval=False))
+    assert next(trainer.model.parameters()).dtype == torch.bfloat16

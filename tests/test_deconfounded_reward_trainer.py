@@ -310,19 +310,21 @@ def test_model_features_under_bf16_autocast_are_close_and_cached_apart(tiny_mode
 
 
 @pytest.mark.parametrize(
-    "setting, flags, native, expected",
+    "setting, flags, native, cpu, expected",
     [
-        ("auto", {}, False, None),
-        ("auto", {}, True, "bf16"),
-        ("auto", {"bf16": True}, False, "bf16"),
-        ("auto", {"fp16": True}, True, "fp16"),
-        ("none", {"bf16": True}, True, None),
-        ("bf16", {}, False, "bf16"),
+        ("auto", {}, False, False, None),
+        ("auto", {}, True, False, "bf16"),
+        ("auto", {"bf16": True}, False, False, "bf16"),
+        ("auto", {"fp16": True}, True, False, "fp16"),
+        ("auto", {"fp16": True}, True, True, "bf16"),  # training ignores fp16 on a CPU; emulated fp16 was 4x slower
+        ("auto", {"fp16": True}, False, True, None),
+        ("none", {"bf16": True}, True, False, None),
+        ("bf16", {}, False, False, "bf16"),
     ],
 )
-def test_feature_autocast_follows_training_then_the_hardware_unless_set(tmp_path, setting, flags, native, expected):
+def test_feature_autocast_follows_training_then_the_hardware_unless_set(tmp_path, setting, flags, native, cpu, expected):
     args = reward_args(tmp_path, feature_autocast=setting, **flags)
-    assert args.feature_autocast_precision(bf16_native=native) == expected
+    assert args.feature_autocast_precision(bf16_native=native, cpu=cpu) == expected
 
 
 def test_bf16_is_native_only_on_devices_with_bf16_units():

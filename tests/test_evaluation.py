@@ -102,6 +102,8 @@ def test_generate_mode_parses_or_reports_none(tiny_model):
     generated = predictor.generate([row["prompt"] for row in ROWS])
     assert len(generated) == 3 and all(isinstance(text, str) for text in generated)
     assert predictor.predict(ROWS) == [parse_answer(text, ["True", "False"]) for text in generated]
+    tokenizer.pad_token = None  # a tokenizer without a pad token (as many base models ship) generates a batch too
+    assert predictor.generate([row["prompt"] for row in ROWS]) == generated and tokenizer.pad_token is None
 
 
 def test_generate_mode_starts_a_plain_text_prompt_with_the_bos_that_training_puts_there(tiny_model):

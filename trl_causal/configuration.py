@@ -576,7 +576,10 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:  # a config's __post_init__ on a combination of values; a `datasets:` entry's unknown key
-        hint = " TRL turns bf16 on by default: on a CPU-only machine set `bf16: false`." if "bf16" in str(error) else ""
+        hint = (
+            " On a CPU-only machine set `bf16: false` (float32; TRL's configs turn bf16 on by default), or `use_cpu: "
+            "true` to train in bf16 on the CPU." if "bf16" in str(error) else ""
+        )
         where = f"{source} and the command line" if config_path and script_argv else source
         raise ConfigError(f"Invalid settings in {where}: {error}{hint}") from error
     check_reporting_packages(training_args.report_to, "the command line" if "report_to" in last else source)

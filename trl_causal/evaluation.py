@@ -358,8 +358,10 @@ class LMPredictor:
         # template writes its own.
         special = all(isinstance(p, str) for p in prompts)
         outputs: list[str] = []
-        side = self.tokenizer.padding_side
+        side, pad = self.tokenizer.padding_side, self.tokenizer.pad_token
         self.tokenizer.padding_side = "left"
+        if pad is None:  # a tokenizer without one pads a batch with its end-of-sequence token, as training does
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         try:
             with torch.no_grad():
                 for batch in self._batches(texts, "generating"):
@@ -370,7 +372,7 @@ class LMPredictor:
                     new_tokens = generated[:, encoded["input_ids"].shape[1] :]
                     outputs += self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         finally:
-            self.tokenizer.padding_side = side
+            self.tokenizer.padding_side, self.tokenizer.pad_token = side, pad
         return outputs
 
     def predict(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[str | None]:

@@ -42,7 +42,10 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         dtype=model_args.dtype,
     )
     if getattr(training_args, "model_init_kwargs", None):
-        model_init_kwargs.update(training_args.model_init_kwargs)
+        given = dict(training_args.model_init_kwargs)
+        if "torch_dtype" in given and "dtype" not in given:  # transformers' old name, which the dtype above would beat
+            given["dtype"] = given.pop("torch_dtype")
+        model_init_kwargs.update(given)
     training_args.model_init_kwargs = model_init_kwargs
     kwargs = dict(
         model=resolve_model_name_or_path(model_args.model_name_or_path),

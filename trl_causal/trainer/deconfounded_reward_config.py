@@ -128,7 +128,8 @@ class DeconfoundedRewardConfig(RewardConfig):
     feature_autocast: str = field(
         default="auto",
         metadata={
-            "help": "Precision of the model feature pass: auto (bf16 when `bf16` is on, fp16 when `fp16` is; else "
+            "help": "Precision of the model feature pass: auto (bf16 when `bf16` is on, fp16 when `fp16` is, off a CPU, "
+            "where training ignores `fp16`; else "
             "bf16 where the device has bf16 matrix units (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), otherwise the "
             "model's own dtype), none (the model's own dtype), bf16 or fp16 (torch.autocast). The features only "
             "feed the nuisance regressions: bf16 moved theta by 1e-5 in the benchmark and cut the time of the pass by 40 percent on CPU.",
@@ -283,9 +284,11 @@ class DeconfoundedRewardConfig(RewardConfig):
                 "does not widen the micro-batch)."
             )
 
-    def feature_autocast_precision(self, bf16_native: bool = False) -> str | None:
+    def feature_autocast_precision(self, bf16_native: bool = False, cpu: bool = False) -> str | None:
         """The autocast precision of the model feature pass: "bf16", "fp16", or None (the model's own dtype).
-        ``bf16_native``: the pass runs on a device with bf16 matrix units (``runs_bf16_natively``)."""
+        ``bf16_native``: the pass runs on a device with bf16 matrix units (``runs_bf16_natively``); ``cpu``: on a
+        CPU, where accelerate has no fp16 autocast, so that training with ``fp16`` runs in fp32."""
         if self.feature_autocast == "auto":
-            return "bf16" if self.bf16 else "fp16" if self.fp16 else "bf16" if bf16_native else None
+            fp16 = self.fp16 and not cpu
+            return "bf16" if self.bf16 else "fp16" if fp16 else "bf16" if bf16_native else None
         return None if self.feature_autocast == "none" else self.feature_autocast
