@@ -585,3 +585,130 @@ def test_axolotl_val_set_size_keeps_groups_whole(workdir):
     train, validation, plain = json.loads(lines[-1].removeprefix("RESULT"))
     assert not set(train) & set(validation) and len(validation) == 32 and plain == 30  # 8 of 30 groups; 25% of rows
     assert all(train.count(group) == 4 for group in train) and all(validation.count(group) == 4 for group in validation)
+
+
+# The plugin's capt trainer built on tokenized PrOntoQA rows, in the Axolotl venv, with only its own part of __init__
+# (AxolotlTrainer's, which loads the model and the Accelerator, is skipped). `held_out`: the evaluation split in two
+# orders; `rank1`: the trainer as DDP rank 1, which receives the main rank's templates.
+CAPT_TRAINER = r"""
+import json, sys, types
+from transformers import AutoTokenizer, TrainingArguments
+from datasets import Dataset
+from axolotl.core.trainers.base import AxolotlTrainer
+from trl_causal.capt import EstimatedRows, ProntoQAEstimator, estimate_rows, generate_prontoqa
+from trl_causal.trainer import capt_trainer
+from trl_causal.trainer.capt_config import CAPTConfig
+from trl_causal_axolotl.capt import AxolotlCAPTTrainer, TokenRowCodec
+
+def bare_init(self, *args, **kwargs):
+    self.args = kwargs["args"]
+    self.accelerator = types.SimpleNamespace(is_main_process=False)
+
+AxolotlTrainer.__init__ = bare_init
+AxolotlTrainer.add_callback = lambda self, callback: None
+mode, tiny, output_dir = sys.argv[1:]
+tokenizer = AutoTokenizer.from_pretrained(tiny)
+
+def tokenized(rows):
+    items = []
+    for row in rows:
+        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(" " + row["completion"], add_special_tokens=False)["input_ids"]
+        items.append({"input_ids": prompt_ids + answer_ids, "labels": [-100] * len(prompt_ids) + answer_ids})
+    return Dataset.from_list(items)
+
+def trainer(train, held_out=None):
+    values = {"on_no_events": "drop", "symbol_pool": "nonsense"}
+    trainer_class = type("AxolotlCAPTTrainer", (AxolotlCAPTTrainer,), {"trl_causal_values": values})
+    args = TrainingArguments(output_dir=output_dir, report_to="none", bf16=False, seed=0)
+    return trainer_class(args=args, processing_class=tokenizer, train_dataset=train, eval_dataset=held_out)
+
+def texts(dataset):
+    return [tokenizer.decode(dataset[index]["input_ids"]) for index in range(len(dataset))]
+
+rows = generate_prontoqa(6, "id", seed=0)
+train = tokenized(rows)
+if mode == "held_out":
+    held_out = tokenized(rows + [{"prompt": "Say hello.", "completion": "Hello."}])  # the last row has no event
+    reordered = held_out.select(range(len(held_out) - 1, -1, -1))
+    first, second = trainer(train, held_out), trainer(train, reordered)
+    result = {
+        "train": texts(first.train_dataset),
+        "eval": texts(first.eval_dataset),
+        "reordered": texts(second.eval_dataset)[::-1],
+        "raw": texts(held_out),
+    }
+else:
+    main_rank_rows = [0, 2, 4]  # e.g. an llm endpoint failed on the others (on_no_events: drop)
+    codec = TokenRowCodec(tokenizer)
+    templates = estimate_rows(ProntoQAEstimator(), (codec.estimation_row(train[i]) for i in main_rank_rows)).templates
+    sent, estimated = [], []
+    TrainingArguments.process_index = property(lambda self: 1)
+
+    def broadcast_object_list(objects):
+        sent.append(list(objects))
+        return [EstimatedRows(templates, main_rank_rows, [1, 3, 5], [1, 3, 5])]
+
+    def counting(build):
+        def build_event_estimator(self):
+            estimator = build(self)
+            estimate_many = estimator.estimate_many
+            estimator.estimate_many = lambda items: estimated.append(len(items)) or estimate_many(items)
+            return estimator
+        return build_event_estimator
+
+    capt_trainer.broadcast_object_list = broadcast_object_list
+    CAPTConfig.build_event_estimator = counting(CAPTConfig.build_event_estimator)
+    rank1 = trainer(train)
+    result = {"estimated": estimated, "sent": sent, "rows": rank1.train_dataset.row_indices, "failed": rank1.train_dataset.failed}
+print("RESULT" + json.dumps(result))
+"""
+
+
+def run_capt_trainer(workdir: Path, mode: str) -> dict:
+    run = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", CAPT_TRAINER, mode, str(workdir / "tiny"), str(workdir / f"out-capt-{mode}")],
+        cwd=workdir, env=axolotl_env(), capture_output=True, text=True, timeout=300,
+    )
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
+    assert run.returncode == 0 and lines, (run.stdout + run.stderr)[-4000:]
+    return json.loads(lines[-1].removeprefix("RESULT"))
+
+
+def test_axolotl_capt_evaluation_rows_get_symbols_of_their_own(workdir):
+    """An evaluation row's symbols follow from its prompt (the same in any order of the split), not from its place:
+    evaluation row k used to get training row k's first-epoch symbols. Evaluation rows without events are kept
+    unchanged under `on_no_events: drop`, as by `trl-causal train`."""
+    result = run_capt_trainer(workdir, "held_out")
+    train, evaluated = result["train"], result["eval"]
+    assert evaluated == result["reordered"]
+    assert len(evaluated) == 7 and evaluated[6] == result["raw"][6]
+    assert all(evaluated[k] not in (train[k], result["raw"][k]) for k in range(6))
+
+
+def test_axolotl_capt_estimates_on_the_main_process_only(workdir):
+    """Under DDP a rank other than the main one estimates nothing and trains on the main rank's rows (with an llm
+    estimator ranks that estimated for themselves got other answers, kept other rows, and hung under drop)."""
+    result = run_capt_trainer(workdir, "rank1")
+    assert result["estimated"] == [] and result["sent"] == [[None]]
+    assert result["rows"] == [0, 2, 4] and result["failed"] == [1, 3, 5]
+
+
+def test_axolotl_capt_evaluates(workdir):
+    """`trainer: capt` with an evaluation split: its rows are estimated and intervened as held-out rows, and
+    Axolotl's evaluation logs eval_loss."""
+    path = config(
+        workdir,
+        "capt_eval",
+        plugins=[PLUGIN],
+        trainer="capt",
+        dataset_prepared_path=str(workdir / "prepared-capt-eval"),
+        val_set_size=0.25,
+        eval_steps=1,
+        num_epochs=1,
+        max_steps=2,
+        output_dir=str(workdir / "out-capt-eval"),
+    )
+    log = axolotl_train(path, workdir)
+    assert "trl-causal capt (axolotl): events estimated with 'prontoqa' on 6 training rows, 0 without events" in log
+    assert "'eval_loss'" in log

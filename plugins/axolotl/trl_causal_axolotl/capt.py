@@ -8,7 +8,9 @@ the trained pieces as the completion (joined by trl_causal's message separator).
 events get the symbols of ``RowInterventions(seed).intervene(row, epoch)`` (the same estimator, symbol pools and
 seeding as ``trainer: capt`` in trl-causal), and each piece whose text changed is tokenized again; unchanged
 pieces and special tokens keep Axolotl's token ids and labels. The masking Axolotl chose (train on inputs or not,
-which turns are trained) is kept piece by piece.
+which turns are trained) is kept piece by piece. Estimation and the evaluation rows' symbols are ``CAPTTrainer``'s
+own steps: under DDP the main process estimates and the other ranks receive its templates, and an evaluation row's
+symbols follow from its prompt, not its place in the split.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from typing import Any
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from transformers.utils import logging
-from trl_causal.capt import EstimatedRows, RowInterventions, build_symbol_pool, estimate_rows
+from trl_causal.capt import EstimatedRows, RowInterventions, build_symbol_pool
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.paths import write_checkpoint_file
 from trl_causal.trainer.capt_config import CAPTConfig
 from trl_causal.trainer.capt_trainer import (
     MESSAGE_SEPARATOR,
+    CAPTTrainer,
     InterventionEpochCallback,
     InterventionRows,
-    check_interventions,
     estimation_report,
     report_cut_completions,
     save_prediction_files,
@@ -81,14 +83,15 @@ class TokenRowCodec:
         return pieces, [self.decode(input_ids[p.start : p.end]) for p in pieces]
 
     def estimation_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """``{"prompt", "completion"}``: the untrained text pieces, and the trained ones (None when there are none)."""
+        """``{"prompt", "completion"}``: the untrained text pieces, and the trained ones (a row without trained text
+        has no ``completion``, as a TRL prompt-only row)."""
         pieces, texts = self.texts(row)
         prompt = [t for p, t in zip(pieces, texts) if not p.special and not p.trained]
         completion = [t for p, t in zip(pieces, texts) if not p.special and p.trained]
-        return {
-            "prompt": MESSAGE_SEPARATOR.join(prompt),
-            "completion": MESSAGE_SEPARATOR.join(completion) if completion else None,
-        }
+        row = {"prompt": MESSAGE_SEPARATOR.join(prompt)}
+        if completion:
+            row["completion"] = MESSAGE_SEPARATOR.join(completion)
+        return row
 
     def rebuild(self, row: dict[str, Any], prompt: str, completion: str | None) -> dict[str, list[int]]:
         """The row with its text pieces replaced by the rendered ``prompt`` / ``completion`` pieces."""
@@ -124,6 +127,21 @@ class TokenRowCodec:
         if "position_ids" in row:
             item["position_ids"] = list(range(len(out_ids)))
         return item
+
+
+class EstimationRows:
+    """Axolotl's tokenized rows as the text rows that trl_causal estimates (``TokenRowCodec.estimation_row``),
+    decoded as they are read: under DDP only the main process, which estimates, decodes them."""
+
+    def __init__(self, rows, codec: TokenRowCodec):
+        self.rows = rows
+        self.codec = codec
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return (self.codec.estimation_row(row) for row in self.rows)
 
 
 class TokenInterventionDataset(InterventionRows):
@@ -238,16 +256,17 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             dataloader_persistent_workers=training_args.dataloader_persistent_workers,
         )
         self.codec = TokenRowCodec(tokenizer, getattr(training_args, "max_seq_length", None))
-        self.event_estimator = self.capt_args.build_event_estimator()
-        with training_args.main_process_first(desc="event estimation"):
-            train_estimated = self._estimate(train_dataset, require_events=True)
-            self.symbol_pool = build_symbol_pool(self.capt_args.symbol_pool, train_estimated.templates)
-            train_interventions = self._interventions(train_estimated)
-            eval_plan = None
-            if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
-                eval_estimated = self._estimate(eval_dataset)
-                eval_plan = (eval_estimated, self._interventions(eval_estimated))
-            self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
+        # Under DDP the main process estimates the rows and the others receive its templates (``_estimate``).
+        capt_args = self.capt_args
+        self.event_estimator = capt_args.build_event_estimator()
+        progress = training_args.process_index == 0 and not training_args.disable_tqdm
+        train_estimated = self._estimate(capt_args, train_dataset, "training", progress, require_events=True)
+        self.symbol_pool = build_symbol_pool(capt_args.symbol_pool, train_estimated.templates)
+        train_interventions, _ = self._interventions(capt_args, train_estimated, "training", progress, stream=0)
+        eval_plan = None
+        if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
+            eval_plan = self._plan_eval(capt_args, eval_dataset, "evaluation", progress)
+        self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
         super().__init__(*args, **kwargs)
         self.train_dataset = TokenInterventionDataset(train_dataset, train_estimated, train_interventions, self.codec)
         if eval_plan is not None:
@@ -272,19 +291,24 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         )
         report_cut_completions(cut, len(dataset), f"sequence_len={self.codec.max_length} after the intervention", fix, warn=main)
 
-    def _estimate(self, rows, require_events: bool = False) -> EstimatedRows:
-        args = self.capt_args
-        return estimate_rows(
-            self.event_estimator,
-            (self.codec.estimation_row(row) for row in rows),
-            on_no_events=args.on_no_events,
-            require_events=require_events,
-        )
+    def _estimate(
+        self,
+        args: CAPTConfig,
+        rows,
+        split: str,
+        progress: bool = False,
+        require_events: bool = False,
+        on_no_events: str | None = None,
+    ) -> EstimatedRows:
+        """``CAPTTrainer._estimate`` on the tokenized rows' texts: under DDP only the main process estimates, and the
+        others receive its templates (or its error), so every rank trains on the same rows."""
+        texts = EstimationRows(rows, self.codec)
+        return CAPTTrainer._estimate(self, args, texts, split, progress, require_events, on_no_events)
 
-    def _interventions(self, estimated: EstimatedRows) -> RowInterventions:
-        interventions = RowInterventions(estimated.templates, self.symbol_pool, self.capt_args.intervention_seed_value)
-        check_interventions(interventions, estimated.row_indices)
-        return interventions
+    # CAPTTrainer's steps, on this trainer's ``_estimate`` and ``symbol_pool``: training rows draw from stream 0, and
+    # the evaluation rows (all kept, none dropped) from ``HELD_OUT_STREAM``, each by its content.
+    _interventions = CAPTTrainer._interventions
+    _plan_eval = CAPTTrainer._plan_eval
 
     def _report(self, rows: int, examples: int = 2) -> None:
         dataset = self.train_dataset
