@@ -242,6 +242,25 @@ def test_a_chat_answer_is_scored_where_training_puts_it_in_the_assistant_turn(ti
     assert scores[1, 1].item() == pytest.approx(manual, abs=1e-4)
 
 
+def test_a_chat_answer_is_found_in_the_assistant_turn_or_every_answer_is_scored_alike(tiny_model):
+    """A template that renders the prompt alone otherwise (a system line only before a final user turn) made the
+    prompt's own copy of an answer the scored tokens; one that rewrites the content (lower-cases it) left one answer
+    unfound and scored it with its end-of-turn, the other without."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    turns = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] CONTENT }}<|im_end|>\n{% endfor %}"
+    generation = "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    system = "{% if messages[-1]['role'] == 'user' %}<|im_start|>system\nReply.<|im_end|>\n{% endif %}"
+    prompt = [{"role": "user", "content": "The food was bad. positive or negative?"}]
+    predictor = LMPredictor(model, tokenizer, ["Positive", "negative"])
+
+    tokenizer.chat_template = system + turns.replace("CONTENT", "") + generation
+    for (context, answer), written in zip(predictor.answer_tokens(prompt), ["Positive", "negative"]):
+        assert tokenizer.decode(answer) == written and tokenizer.decode(context).endswith("<|im_start|>assistant\n")
+    tokenizer.chat_template = turns.replace("CONTENT", "| lower") + generation
+    assert [tokenizer.decode(answer) for _, answer in predictor.answer_tokens(prompt)] == ["positive<|im_end|>\n", "negative<|im_end|>\n"]
+
+
 def test_a_conversational_answer_column_gives_the_answer_texts():
     rows = [{"completion": [{"role": "assistant", "content": "yes"}]}, {"completion": [{"role": "assistant", "content": " no"}]}]
     assert gold_answers(rows, "completion", "test") == ["yes", "no"]  # not the repr of the message list

@@ -230,7 +230,7 @@ class LMPredictor:
             return self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
         prompt_ids = tokenize(prompt_text)
-        splits = []
+        splits, located = [], []
         for answer in answers:
             completion = answer if answer[:1].isspace() else prefix + answer
             if not chat:
@@ -246,7 +246,8 @@ class LMPredictor:
                 answer_start, answer_end = start, len(ids)
                 after_prompt = len(os.path.commonprefix([prompt_text, text]))
                 written = completion if completion in text[after_prompt:] else completion.strip()  # templates may trim
-                found = text.find(written, after_prompt)
+                found = text.rfind(written, after_prompt)  # the assistant message is the last: not the prompt's copy
+                located.append(found >= 0)
                 if found >= 0:
                     answer_start = max(start, common_prefix_length(tokenize(text[:found]), ids))
                     answer_end = common_prefix_length(tokenize(text[: found + len(written)]), ids)
@@ -258,6 +259,8 @@ class LMPredictor:
                     + ("no tokens." if start else "tokens that change the prompt's first token.")
                 )
             splits.append((ids, start, answer_start, answer_end))
+        if not all(located):  # a template that rewrites some answer: every answer is scored with the whole completion
+            splits = [(ids, start, start, len(ids)) for ids, start, _, _ in splits]
         return splits
 
     def prompt_text(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> str:
