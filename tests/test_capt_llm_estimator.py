@@ -400,6 +400,10 @@ def test_an_answer_that_makes_an_answer_label_an_event_is_invalid(endpoint, tmp_
     negation = {"prompt_template": "{e1} is {e2} {e3}.", "completion_template": None, "events": {"e1": "Sally", "e2": "not", "e3": "fruity"}}
     with pytest.raises(TemplateError, match=r"e2 \('not'\)"):
         template_from_answer(negation, "Sally is not fruity.", None)
+    named_no = {"prompt_template": "{e1} is a {e2}.", "completion_template": " True", "events": {"e1": "No", "e2": "wumpus"}}
+    assert template_from_answer(named_no, "No is a wumpus.", " True").names == {"e1": "No", "e2": "wumpus"}  # a name
+    with pytest.raises(TemplateError, match=r"e1 \('No'\)"):  # the answer itself
+        template_from_answer({**named_no, "completion_template": " {e1}"}, "No is a wumpus.", " No")
     server = endpoint([json.dumps(label_event)])
     estimator = LLMEstimator(model="stand-in", base_url=server.base_url, cache_dir=tmp_path, max_retries=1)
     assert estimate_rows(estimator, [{"prompt": prompt, "completion": " True"}]).failed == [0]

@@ -357,6 +357,24 @@ def test_cli_trains_on_two_processes_with_the_rows_the_main_process_estimated(ti
     assert len(server.asked) == 8 and len(set(server.asked)) == 8
 
 
+def test_an_unexpected_estimation_error_of_the_main_process_stops_the_other_with_one_line(tiny_model, tmp_path):
+    """Rank 0 failing with an error other than a DataError/ConfigError (here the llm estimator's corrupt weights)
+    left rank 1 in the broadcast, to die of the lost connection (NCCL: to wait until killed)."""
+    import shutil
+
+    corrupt = tmp_path / "corrupt-llm"
+    shutil.copytree(tiny_model, corrupt)
+    for weights in corrupt.glob("*.safetensors"):
+        weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    data = write_jsonl(tmp_path / "train.jsonl", prontoqa_rows(4, "conversational"))
+    settings = base_config(tiny_model, data, tmp_path / "out", num_processes=2, multi_gpu=True, main_process_port=29543)
+    estimator = {"model": str(corrupt), "max_retries": 0, "cache_dir": str(tmp_path / "llm-cache")}
+    path = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **settings, "event_estimator": "llm", "event_estimator_kwargs": estimator})
+    result = run_cli("train", "--config", str(path), timeout=300)
+    assert result.returncode != 0
+    assert "The main process failed to estimate events" in result.stderr and "Connection closed by peer" not in result.stderr
+
+
 def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model, tmp_path):
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
     rows = prontoqa_rows(2, "text") + prontoqa_rows(2, "conversational")

@@ -186,6 +186,16 @@ def _text_pattern(template_text: str, names: Mapping[str, str]) -> re.Pattern[st
     return re.compile("".join(pieces))
 
 
+def used_as_logical_word(name: str, completion: str | None) -> bool:
+    """Whether an event's name is one of ``NOT_EVENTS`` used as such: written in lower case ("every", "not"), an
+    answer label True / False, or the row's answer itself; not a capitalised name such as an individual called "No"."""
+    word = name.strip()
+    if word.lower() not in NOT_EVENTS:
+        return False
+    answer = (completion or "").strip().rstrip(".").lower()
+    return word == word.lower() or word.lower() in ("true", "false") or word.lower() == answer
+
+
 def template_from_answer(answer: Mapping[str, Any], prompt: str, completion: str | None) -> EventTemplate:
     """The validated template of an answer for the row (``prompt``, ``completion``). Raises ``TemplateError``
     (the reason is what the LLM is told on a retry), or ``NoEventsFound`` for a valid answer without events."""
@@ -202,7 +212,7 @@ def template_from_answer(answer: Mapping[str, Any], prompt: str, completion: str
         raise TemplateError(f'"events" must map e1, e2, ... to the original names ({error})') from error
     template = EventTemplate(prompt_template, completion_template, names)
     template.validate()
-    not_events = [f"{key} ({name!r})" for key, name in names.items() if name.strip().lower() in NOT_EVENTS]
+    not_events = [f"{key} ({name!r})" for key, name in names.items() if used_as_logical_word(name, completion)]
     if not_events:
         raise TemplateError(
             f'"events" makes {", ".join(not_events)} an event: logical words and answer labels (every, each, not, is, '

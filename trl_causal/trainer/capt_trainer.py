@@ -37,7 +37,7 @@ from ..capt import (
 from ..capt.intervention import HELD_OUT_STREAM
 from ..configuration import method_settings
 from ..data import check_split_types, named_splits
-from ..errors import ConfigError, DataError, describe_rows, for_count
+from ..errors import ConfigError, DataError, TrlCausalError, describe_rows, for_count
 from ..evaluation import LMPredictor, Prompt, chat_template_kwargs, common_prefix_length, training_answer_prefix, warn_unlike_training
 from ..paths import read_checkpoint_file, write_checkpoint_file
 from .capt_config import CAPTConfig
@@ -539,6 +539,9 @@ class CAPTTrainer(SFTTrainer):
                 if split != "training":
                     outcome = [type(error)(f"In the {split} split: {error}")]
                     outcome[0].__cause__ = error
+            except Exception as error:  # this rank raises it as it is, and the others that it happened
+                broadcast_object_list([TrlCausalError(f"The main process failed to estimate events: {type(error).__name__}: {error}")])
+                raise
         [estimated] = broadcast_object_list(outcome)
         if isinstance(estimated, Exception):
             raise estimated
