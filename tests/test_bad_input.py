@@ -282,9 +282,13 @@ def test_a_string_or_list_field_takes_several_values_and_none_stands_alone(capsy
     fails_with(capsys, ["train", "--config", str(config_for()), "--report_to", "none", "swanlab"], "report_to in the command line names 'none' beside 'swanlab'")
 
 
-def test_no_key_is_refused_for_a_setting_that_defaults_to_false_with_the_fix(capsys, config_for):
-    err = fails_with(capsys, ["train", "--config", str(config_for()), "--no_packing"], "--no_packing: packing defaults to false", "give `--packing false`")
-    assert "Invalid settings in" not in err
+def test_no_key_sets_any_boolean_setting_false(config_for):
+    """HfArgumentParser reads --no_KEY only for a boolean that defaults to true: --no_packing was "not used by the
+    HfArgumentParser", and --no_bf16 (default None, which TRL turns on) too, the flag a CPU user reaches for."""
+    from trl_causal.configuration import parse_run_config
+
+    args = parse_run_config(["--no_packing", "--no_bf16"], str(config_for(packing=True, bf16=True))).training_args
+    assert args.packing is False and args.bf16 is False
 
 
 def test_the_command_line_checkpointing_setting_wins_over_the_yamls_under_either_name(config_for):
@@ -317,11 +321,14 @@ def test_an_upper_case_key_suggests_its_lower_case_name(capsys, config_for):
     fails_with(capsys, ["train", "--config", str(config_for(TRAINER="capt"))], "Unknown key 'TRAINER'", "Did you mean 'trainer'")
 
 
-def test_outputs_that_cannot_be_written_fail_before_any_work(capsys, tmp_path):
+def test_outputs_that_cannot_be_written_fail_before_any_work(capsys, tmp_path, config_for):
     blocked = tmp_path / "a-file"
     blocked.write_text("")
-    # before the config is read, so before the deconfounding stage
-    fails_with(capsys, ["dpo-pairs", "--config", str(tmp_path / "nope.yaml"), "--output", str(blocked / "pairs.jsonl")], f"Cannot make the folder of the pairs file {blocked / 'pairs.jsonl'}")
+    # once the config is read (a bad one makes no folder), before the data and the deconfounding stage
+    config = str(config_for(trainer="deconfounded_reward", numeric_confounders=["confounder"], dataset_name=str(tmp_path / "no-data.jsonl")))
+    fails_with(capsys, ["dpo-pairs", "--config", config, "--output", str(blocked / "pairs.jsonl")], f"Cannot make the folder of the pairs file {blocked / 'pairs.jsonl'}")
+    fails_with(capsys, ["dpo-pairs", "--config", str(tmp_path / "nope.yaml"), "--output", str(tmp_path / "new" / "pairs.jsonl")], "Config file not found")
+    assert not (tmp_path / "new").exists()
     fails_with(capsys, ["shift-data", "--out", str(blocked / "splits"), "--n_train", "4", "--n_test", "4"], f"--out {blocked / 'splits'} cannot be written")
     fails_with(capsys, ["eval", "--config", str(tmp_path / "nope.yaml"), "--output", "-"], "--output -: eval writes its JSON to a file")
 

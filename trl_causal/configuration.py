@@ -489,6 +489,15 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
 
     classes = dataclass_types(spec)
     field_types = config_field_types(classes)
+    negatable = negatable_fields(classes)
+    # `--no_KEY` is `--KEY false`: HfArgumentParser reads it for the booleans that default to true, this for the others
+    # (`--no_packing`, `--no_bf16`, whose default None TRL resolves)
+    cli = [
+        (key[3:], ["false"])
+        if key.startswith("no_") and not values and key[3:] not in negatable and bool in union_members(field_types.get(key[3:]))
+        else (key, values)
+        for key, values in cli
+    ]
     yaml_values = without_checkpointing_set_otherwise(yaml_values, [key for key, _ in cli])
     yaml_values = dict(with_checkpointing_name(list(yaml_values.items()), field_types))
     cli = with_checkpointing_name(cli, field_types)
@@ -499,16 +508,10 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     for key in yaml_values:
         if key not in known:
             raise _unknown_key_error(key, source, spec, known)
-    negatable = negatable_fields(classes)
     for key, _ in cli:
         negated = key.removeprefix("no_")  # `--no_KEY` sets a boolean field that defaults to true to false, as in --help
         if key in known or key == "help" or (negated != key and negated in negatable):
             continue
-        if negated != key and bool in union_members(field_types.get(negated)):
-            raise ConfigError(
-                f"--{key}: {negated} defaults to false, and --no_KEY is only for a setting that defaults to true; "
-                f"give `--{negated} false` (e.g. over the YAML's `{negated}: true`)."
-            )
         raise _unknown_key_error(key, "the command line", spec, known)
     yaml_values = checked_values(yaml_values, field_types, source)
 

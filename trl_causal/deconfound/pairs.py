@@ -137,7 +137,6 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
 
     if Path(output).is_dir():
         raise ConfigError(f"--output {output} is a directory; dpo-pairs writes one JSON lines file: name the file, e.g. {Path(output) / 'pairs.jsonl'}.")
-    path = writable_output_file(Path(output), "the pairs file")  # before the deconfounding, not after it
     try:
         run = parse_run_config(["--trainer", "deconfounded_reward", *overrides], config_path)
     except TrlCausalError as error:
@@ -148,6 +147,7 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
             f"{error} ({config_path} is a config of trainer {trainer!r}; dpo-pairs reads a deconfounded_reward config: "
             "outcome and confounder columns, group_column.)"
         ) from error
+    path = writable_output_file(Path(output), "the pairs file")  # before the deconfounding, not after it
     args = run.training_args
     if args.mode not in ("deconfounded", "naive"):
         raise ConfigError(

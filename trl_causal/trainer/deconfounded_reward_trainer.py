@@ -533,6 +533,8 @@ class MergedAdapterSaveMixin:
                 with whole_model_loading():  # the model plain_state_dict builds is this rank's alone: not partitioned
                     self._save(output_dir)
         self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model ends
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         model = self.accelerator.unwrap_model(self.model)
