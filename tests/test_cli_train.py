@@ -557,3 +557,24 @@ def test_version_and_the_plugin_warnings_of_list_go_where_they_belong(monkeypatc
     assert cli.main(["list"]) == 0
     out, err = capsys.readouterr()
     assert "sft" in out and "warning: plugin 'x' registers a name twice" in err and "warning" not in out
+
+
+def test_processes_killed_by_signals_under_torchrun_are_named_with_the_shells_exit_code(tmp_path, tiny_model, monkeypatch, capsys):
+    """torchrun's ChildFailedError said "exit code -15, -9" and exited 1: the SIGKILLed process prints nothing."""
+    import signal
+
+    import accelerate.commands.launch
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from trl_causal import cli
+
+    def killed(launch_args):  # rank 1 killed by the OOM killer, rank 0 stopped by the launcher
+        failures = {rank: ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=code, error_file=str(tmp_path / "none"))
+                    for rank, code in ((0, -signal.SIGTERM), (1, -signal.SIGKILL))}
+        raise ChildFailedError("trl_causal.train", failures)
+
+    monkeypatch.setattr(accelerate.commands.launch, "launch_command", killed)
+    data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, tmp_path / "out")})
+    assert cli.main(["train", "--config", str(config)]) == 128 + signal.SIGKILL
+    assert "exit code -15 (SIGTERM), -9 (SIGKILL (out of memory?" in capsys.readouterr().err

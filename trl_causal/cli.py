@@ -106,17 +106,20 @@ def _one_process_launcher():
         accelerate_launch.simple_launcher = simple_launcher
 
 
+def _signal_name(returncode: int) -> str:
+    """The signal that ended a process with ``returncode`` -N: "SIGKILL", with a likely cause for that one."""
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return name + (" (out of memory? the kernel's OOM killer sends SIGKILL)" if -returncode == signal.SIGKILL else "")
+
+
 def _signal_exit(returncode: int) -> int:
     """The exit code of a training process that a signal killed (``returncode`` -N), as a shell gives it (128 + N),
     after a line naming the signal: the process had no chance to print an error of its own."""
-    number = -returncode
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        name = f"signal {number}"
-    likely = " (out of memory? the kernel's OOM killer sends SIGKILL)" if number == signal.SIGKILL else ""
-    print(f"trl-causal: the training process was killed by {name}{likely}.", file=sys.stderr)
-    return 128 + number
+    print(f"trl-causal: the training process was killed by {_signal_name(returncode)}.", file=sys.stderr)
+    return 128 - returncode
 
 
 def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
@@ -158,9 +161,15 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         return _signal_exit(error.returncode) if error.returncode < 0 else error.returncode
     except ChildFailedError as error:  # several processes (torchrun): each printed its own error above
         codes = sorted({failure.exitcode for failure in error.failures.values()})
-        print(f"trl-causal: {len(error.failures)} training process(es) failed (exit code {', '.join(map(str, codes))}); "
-              "their errors are above.", file=sys.stderr)
-        return next((code for code in codes if code > 0), 1)  # -15: a process the launcher stopped
+        killed = [f"{code} ({_signal_name(code)})" for code in codes if code < 0]
+        print(f"trl-causal: {len(error.failures)} training process(es) failed (exit code "
+              f"{', '.join([*map(str, (code for code in codes if code >= 0)), *killed])}); their errors are above, "
+              "except from a process killed by a signal.", file=sys.stderr)
+        if own := [code for code in codes if code > 0]:
+            return own[0]
+        if signals := [code for code in codes if code < 0]:  # as a shell gives it; SIGTERM: the launcher stopping the rest
+            return 128 - next((code for code in signals if code != -signal.SIGTERM), signals[0])
+        return 1
     finally:
         os.environ.pop(REQUESTED_PROCESSES_ENV, None)
         os.environ.pop(CONFIG_REPORTED_ENV, None)
