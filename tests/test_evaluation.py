@@ -536,6 +536,26 @@ def test_a_lora_checkpoint_whose_base_moved_loads_onto_the_configs_model(tiny_mo
     assert "Traceback" not in err
 
 
+def test_a_lora_checkpoints_base_loads_in_the_dtype_training_loaded_it(tiny_model, tmp_path):
+    """Eval loaded a LoRA's base in its on-disk dtype: a run trained with `dtype: bfloat16` on a float32 base was
+    scored on a float32 base (scores off by about 1e-3)."""
+    from peft import LoraConfig, get_peft_model
+
+    from trl_causal.configuration import parse_run_config
+    from trl_causal.train import model_init_kwargs_of
+
+    checkpoint = tmp_path / "adapter"
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora).save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(checkpoint)
+    config, _ = eval_config(tiny_model, tmp_path, ROWS, model_init_kwargs={"torch_dtype": "bfloat16"})
+    run = parse_run_config([], config)
+    dtype = model_init_kwargs_of(run.model_args, run.training_args)["dtype"]
+    model, _ = load_checkpoint(checkpoint, dtype=dtype)
+    assert dtype == "bfloat16" and model.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
+    assert load_checkpoint(checkpoint)[0].get_base_model().model.embed_tokens.weight.dtype == torch.float32
+
+
 def test_a_results_file_that_cannot_be_written_fails_before_any_model_loads(tiny_model, tmp_path, capsys):
     config, _ = eval_config(tiny_model, tmp_path, ROWS)
     blocked = tmp_path / "a-file"

@@ -478,8 +478,10 @@ def _eval_answer_set(
 def _eval_predictor(args: argparse.Namespace, run, training_args, checkpoint: str, record: dict, answers: list[str]):
     """The checkpoint's model and tokenizer in its trainer's predictor, with the settings it predicts by."""
     from .evaluation import UnlikeTrainingWarning, build_predictor, load_checkpoint
+    from .train import model_init_kwargs_of
 
-    model, tokenizer = load_checkpoint(checkpoint, run.model_args.model_name_or_path)
+    dtype = model_init_kwargs_of(run.model_args, training_args).get("dtype")  # a LoRA's base, as training loaded it
+    model, tokenizer = load_checkpoint(checkpoint, run.model_args.model_name_or_path, dtype)
     with warnings.catch_warnings():  # its settings are the checkpoint's, but for --setting, said by _checkpoint_args
         warnings.simplefilter("ignore", UnlikeTrainingWarning)
         predictor = build_predictor(run.trainer.trainer_class, training_args, model, tokenizer, answers, args.mode, checkpoint)

@@ -457,9 +457,10 @@ def adapter_base(checkpoint: Path, fallback: str | None = None) -> str:
     )
 
 
-def load_checkpoint(checkpoint: str | Path, base_model: str | None = None):
+def load_checkpoint(checkpoint: str | Path, base_model: str | None = None, dtype: str | None = None):
     """Model (in eval mode, on the GPU when there is one) and tokenizer from a full checkpoint or a PEFT adapter
-    directory (loaded onto ``adapter_base``; ``base_model``: the config's model, where the recorded base is gone)."""
+    directory (loaded onto ``adapter_base``; ``base_model``: the config's model, where the recorded base is gone;
+    ``dtype``: the base's, as training loaded it; a full checkpoint loads as saved)."""
     import torch
     import transformers
 
@@ -472,7 +473,7 @@ def load_checkpoint(checkpoint: str | Path, base_model: str | None = None):
         if adapter:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base), str(checkpoint))
+            model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(checkpoint))
         else:
             model = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint))
     except Exception as error:  # a truncated weights file (an interrupted copy) gives safetensors' or torch's own error

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 
 from .configuration import RunConfig, is_first_process, method_settings, parse_run_config
 from .data import check_columns, check_streamed_steps, load_run_datasets
@@ -28,6 +29,21 @@ INTERRUPTED_EXIT_CODE = 130  # as a shell reports a command stopped by Ctrl-C (1
 REQUESTED_PROCESSES_ENV = "TRL_CAUSAL_NUM_PROCESSES"
 
 
+def model_init_kwargs_of(model_args, training_args) -> dict[str, Any]:
+    """The keyword arguments the model loads with, as TRL's scripts pass them: ``ModelConfig``'s, then the config's
+    ``model_init_kwargs`` (with transformers' old name ``torch_dtype`` read as ``dtype``, which would lose to it)."""
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=getattr(training_args, "trust_remote_code", False),
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    given = dict(getattr(training_args, "model_init_kwargs", None) or {})
+    if "torch_dtype" in given and "dtype" not in given:
+        given["dtype"] = given.pop("torch_dtype")
+    return {**model_init_kwargs, **given}
+
+
 def build_trainer(run: RunConfig, train_dataset, eval_dataset):
     """Instantiate the registered trainer with the same keyword arguments TRL's scripts pass."""
     from trl import get_quantization_config
@@ -35,18 +51,7 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
     from .embedded import resolve_model_name_or_path
 
     model_args, training_args = run.model_args, run.training_args
-    model_init_kwargs = dict(
-        revision=model_args.model_revision,
-        trust_remote_code=getattr(training_args, "trust_remote_code", False),
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    )
-    if getattr(training_args, "model_init_kwargs", None):
-        given = dict(training_args.model_init_kwargs)
-        if "torch_dtype" in given and "dtype" not in given:  # transformers' old name, which the dtype above would beat
-            given["dtype"] = given.pop("torch_dtype")
-        model_init_kwargs.update(given)
-    training_args.model_init_kwargs = model_init_kwargs
+    model_init_kwargs = training_args.model_init_kwargs = model_init_kwargs_of(model_args, training_args)
     kwargs = dict(
         model=resolve_model_name_or_path(model_args.model_name_or_path),
         args=training_args,
