@@ -272,6 +272,23 @@ def test_model_features_are_masked_means_cached_by_backbone_and_tokens(tiny_mode
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
 
+def test_model_features_of_a_long_text_are_those_of_its_first_tokens(tiny_model, tmp_path):
+    """Rows that training drops as longer than max_length still feed the nuisance regressions, and were pooled
+    whole: past a model's position table (GPT-2's n_positions) an IndexError deep in torch."""
+    from transformers import GPT2Config, GPT2Model
+
+    from trl_causal.trainer.deconfounded_reward_trainer import text_features
+
+    gpt2 = GPT2Model(GPT2Config(vocab_size=64, n_positions=8, n_embd=16, n_layer=1, n_head=2)).eval()
+    sequences = [list(range(3, 23)), [5, 6, 7]]
+    args = reward_args(tmp_path, feature_source="model", max_length=None, feature_layers=[-1], feature_autocast="none")
+    cut = hidden_state_features(gpt2, [ids[:8] for ids in sequences], 0, cache_dir=None, progress=False, layers=[-1])
+    np.testing.assert_array_equal(text_features(args, None, sequences, gpt2, 0, progress=False), cut)
+    args = reward_args(tmp_path, feature_source="model", max_length=4, feature_layers=[-1], feature_autocast="none")
+    cut = hidden_state_features(gpt2, [ids[:4] for ids in sequences], 0, cache_dir=None, progress=False, layers=[-1])
+    np.testing.assert_array_equal(text_features(args, None, sequences, gpt2, 0, progress=False), cut)
+
+
 def test_model_features_concatenate_the_pooled_layers(tiny_model, tmp_path):
     from transformers import AutoModel
 

@@ -556,6 +556,22 @@ def test_a_lora_checkpoints_base_loads_in_the_dtype_training_loaded_it(tiny_mode
     assert load_checkpoint(checkpoint)[0].get_base_model().model.embed_tokens.weight.dtype == torch.float32
 
 
+def test_a_prompt_longer_than_the_models_positions_is_named(tiny_model):
+    """Past GPT-2's position table the scoring and generation failed with an IndexError deep in torch."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
+    prompts = ["Is it?", "Every cat is a mammal. Sally is a cat. " * 4 + "True or false: Sally is a mammal."]
+    for mode in ("score", "generate"):
+        predictor = LMPredictor(gpt2, tokenizer, ["True", "False"], mode=mode, max_new_tokens=2)
+        with pytest.raises(DataError, match=r"Row 1 is longer than the 16 positions the model takes \(row 1: \d+ tokens with"):
+            predictor.predict(prompts)
+        assert len(predictor.predict(prompts[:1])) == 1
+    with pytest.raises(DataError, match=r"Cannot score answers after an empty prompt \(''\)"):
+        LMPredictor(gpt2, tokenizer, ["True", "False"]).predict([""])
+
+
 def test_a_results_file_that_cannot_be_written_fails_before_any_model_loads(tiny_model, tmp_path, capsys):
     config, _ = eval_config(tiny_model, tmp_path, ROWS)
     blocked = tmp_path / "a-file"

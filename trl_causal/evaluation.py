@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError, describe_rows
+from .errors import ConfigError, DataError, describe_rows, for_count
 
 Prompt = str | list[dict[str, str]]
 
@@ -230,6 +230,8 @@ class LMPredictor:
             return self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
         prompt_ids = tokenize(prompt_text)
+        if not prompt_ids:
+            raise DataError(f"Cannot score answers after an empty prompt ({prompt!r}): give every row its prompt, or drop the row.")
         splits, located = [], []
         for answer in answers:
             completion = answer if answer[:1].isspace() else prefix + answer
@@ -277,6 +279,17 @@ class LMPredictor:
         subclass written against ``prompt_text(prompt)`` keeps working."""
         return self.prompt_text(prompt, template_kwargs) if template_kwargs else self.prompt_text(prompt)
 
+    def check_positions(self, lengths: Sequence[int], what: str) -> None:
+        """``DataError`` naming the prompts whose ``lengths`` (in tokens, ``what`` they hold besides the prompt) pass
+        the model's positions (``position_limit``): past them a position table fails deep in torch, and a rotary model
+        reads positions it never learned."""
+        limit = position_limit(self.model)
+        if limit is not None and (over := [i for i, length in enumerate(lengths) if length > limit]):
+            raise DataError(
+                f"{describe_rows(over).capitalize()} {for_count(len(over), 'is', 'are')} longer than the {limit} positions "
+                f"the model takes (row {over[0]}: {lengths[over[0]]} tokens {what}). Shorten those prompts, or leave them out."
+            )
+
     def _batches(self, items: list, desc: str, min_last: int = 1):
         """``items`` in batches of ``batch_size``, with a progress bar; a last batch of fewer than ``min_last`` items
         joins the one before it."""
@@ -315,13 +328,16 @@ class LMPredictor:
                 f"template settings for {len(prompts)} prompts."
             )
         jobs: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (sequence, [(answer start, answer ids)])
+        lengths = []
         for prompt, prefix, answers, kwargs in zip(prompts, prefixes, written, template_kwargs):
             pairs = self.answer_tokens(prompt, prefix, answers, kwargs)
+            lengths.append(max(len(ctx) + len(ids) for ctx, ids in pairs))
             context = pairs[0][0]
             if all(len(ids) == 1 and ctx == context for ctx, ids in pairs):
                 jobs.append((context, [(len(context), ids) for _, ids in pairs]))
             else:
                 jobs += [(ctx + ids, [(len(ctx), ids)]) for ctx, ids in pairs]
+        self.check_positions(lengths, "with its longest answer")
         scores = [
             logprobs[torch.arange(start - 1, start - 1 + len(ids)), torch.tensor(ids)].sum()
             for (_, targets), logprobs in zip(jobs, self._logprobs([sequence for sequence, _ in jobs], "scoring"))
@@ -360,6 +376,8 @@ class LMPredictor:
         # Plain text takes the tokenizer's special tokens (a BOS), as training and score() tokenize it; a chat
         # template writes its own.
         special = all(isinstance(p, str) for p in prompts)
+        lengths = [len(self.tokenizer(text, add_special_tokens=special)["input_ids"]) + self.max_new_tokens for text in texts]
+        self.check_positions(lengths, f"with max_new_tokens={self.max_new_tokens}")
         outputs: list[str] = []
         side, pad = self.tokenizer.padding_side, self.tokenizer.pad_token
         self.tokenizer.padding_side = "left"
@@ -393,6 +411,14 @@ class LMPredictor:
         generated = self.generate(prompts, *settings)
         parsed = [parse_answer(text, answers) for text, answers in zip(generated, written)]
         return [None if found is None else self.answers[answers.index(found)] for found, answers in zip(parsed, written)]
+
+
+def position_limit(model) -> int | None:
+    """The most tokens ``model`` takes: its config's ``max_position_embeddings`` (or GPT-2's ``n_positions``); None
+    where it declares none."""
+    config = model.config.get_text_config()
+    limits = [getattr(config, key, None) for key in ("max_position_embeddings", "n_positions")]
+    return min((limit for limit in limits if isinstance(limit, int) and limit > 0), default=None)
 
 
 def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:

@@ -50,6 +50,7 @@ from ..deconfound.confounders import describe_invalid_columns, is_missing, one_h
 from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
 from ..deconfound.pairs import check_pair_groups, many_pairs_warning, preference_pairs
 from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
+from ..evaluation import position_limit
 from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
 from .mixins import CausalLossMixin, HeadsMixin, log_num_tokens, prompt_learning_type, refuse_adapter
@@ -425,9 +426,13 @@ def text_features(
     progress: bool = True,
 ):
     """phi of the rows: TF-IDF of the scored texts, or the mean-pooled hidden states ``feature_layers`` of the frozen
-    model (with PEFT: the adapters disabled) on the token ids ``sequences``, in the precision of ``feature_autocast``."""
+    model (with PEFT: the adapters disabled) on the token ids ``sequences``, in the precision of ``feature_autocast``.
+    A sequence longer than ``max_length`` (a row training drops) or than the model's positions gives the features of
+    its first tokens."""
     if args.feature_source == "tfidf":
         return tfidf_features([scored_text(row, args.text_column) for row in rows])
+    if limits := [limit for limit in (args.max_length, position_limit(model)) if limit]:
+        sequences = [ids[: min(limits)] for ids in sequences]
     with model.disable_adapter() if is_peft_model(model) else nullcontext():
         return hidden_state_features(
             model,

@@ -770,6 +770,7 @@ class LatentShiftPredictor(LMPredictor):
                 "is 1); or draw from the memory bank (trl-causal eval: --setting phi_source=bank)."
             )
         token_ids = self.pooled_prompt_ids(rows)
+        self.check_positions([len(ids) for ids in token_ids], "as pooled")
         probabilities = []
         with torch.no_grad():
             # Phi' from the batch needs another row in it: a last batch of one joins the one before.
