@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 
 import pytest
@@ -300,6 +301,25 @@ def test_evaluating_during_training_leaves_the_training_losses_as_they_were(tiny
     for log, evaluated_log in zip(step_logs(quiet), step_logs(evaluated), strict=True):
         for key in ("loss", "loss_adj", "loss_causal"):
             assert evaluated_log[key] == pytest.approx(log[key], rel=1e-6), (log["step"], key)
+
+
+def test_the_best_model_reloads_with_its_heads_and_no_warning_that_they_are_missing(tiny_model, tmp_path, monkeypatch):
+    """load_best_model_at_end loaded the checkpoint with the heads on the model: transformers listed every head
+    weight as missing from the checkpoint, just before load_heads restored them from their own file."""
+    from transformers import Trainer
+
+    missing = []
+    monkeypatch.setattr(Trainer, "_issue_warnings_after_load", lambda self, result: missing.extend(result.missing_keys))
+    held_out = Dataset.from_list(shift_rows(4, seed=1))
+    trainer = make_trainer(
+        tiny_model, tmp_path, rows=shift_rows(16), max_steps=2, eval_strategy="steps", eval_steps=1, save_strategy="steps",
+        save_steps=1, load_best_model_at_end=True, metric_for_best_model="loss_adj", trainer_kwargs={"eval_dataset": held_out},
+    )
+    trainer.train()
+    assert not [key for key in missing if "trl_causal_heads" in key], missing
+    best = load_file(os.path.join(trainer.state.best_model_checkpoint, HEADS_FILE))
+    for name, value in trainer.heads.state_dict().items():
+        torch.testing.assert_close(value, best[name])
 
 
 def test_streamed_rows_are_checked_against_the_verbalizer_as_they_are_drawn(tiny_model, tmp_path):

@@ -235,20 +235,27 @@ class HeadsMixin:
             os.makedirs(output_dir, exist_ok=True)
             save_file({k: v.detach().contiguous().cpu() for k, v in heads_state.items()}, os.path.join(output_dir, HEADS_FILE))
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+    @contextlib.contextmanager
+    def _without_heads(self, model=None):
+        """The model without its heads for the duration: its checkpoint is saved without them (``_save``), so
+        transformers would warn, loading it, that the heads' keys are missing, just before ``load_heads`` restores
+        them from their own file."""
         owner = self.accelerator.unwrap_model(model if model is not None else self.model)
-        # the model's checkpoint is saved without the heads (``_save``): load it so, or transformers warns that the
-        # heads' keys are missing, just before ``load_heads`` restores them from their own file
         heads = None if self.is_deepspeed_enabled else owner._modules.pop(HEADS_ATTR, None)
         try:
-            super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+            yield
         finally:
             if heads is not None:
                 owner.add_module(HEADS_ATTR, heads)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with self._without_heads(model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         self.load_heads(resume_from_checkpoint)
 
     def _load_best_model(self):
-        super()._load_best_model()
+        with self._without_heads():
+            super()._load_best_model()
         self.load_heads(self.state.best_model_checkpoint)
 
     def load_heads(self, checkpoint_dir: str) -> None:
