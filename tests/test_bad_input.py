@@ -347,3 +347,7 @@ def test_model_init_kwargs_torch_dtype_loads_the_model_in_that_dtype(config_for,
     run = parse_run_config([], str(config_for(model_name_or_path=str(tiny_model), model_init_kwargs={"torch_dtype": "bfloat16"})))
     trainer = build_trainer(run, *load_run_datasets(run.script_args, run.dataset_args, need_eval=False))
     assert next(trainer.model.parameters()).dtype == torch.bfloat16
+
+
+def test_a_setting_transformers_replaced_names_its_replacement(capsys, config_for):
+    fails_with(capsys, ["train", "--config", str(config_for(group_by_length=True))], "Unknown key 'group_by_length'", "set `train_sampling_strategy: group_by_length`")

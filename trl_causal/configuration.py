@@ -322,10 +322,16 @@ AXOLOTL_KEYS = {
 }
 
 
+# Settings that transformers 5 took away, and what replaced them (a key that transformers only renamed is mapped).
+REPLACED_SETTINGS = {"group_by_length": "train_sampling_strategy: group_by_length"}
+
+
 def _unknown_key_error(key: str, source: str, spec: TrainerSpec, known: set[str]) -> ConfigError:
     owner = _fields_of_other_trainers(spec).get(key)
     if owner is not None:
         hint = f" It configures trainer {owner!r}: add `--trainer {owner}` (or `trainer: {owner}`)."
+    elif key in REPLACED_SETTINGS and REPLACED_SETTINGS[key].partition(":")[0] in known:
+        hint = f" transformers replaced it: set `{REPLACED_SETTINGS[key]}`."
     elif key in AXOLOTL_KEYS:
         hint = (
             f" {key!r} is Axolotl's name: here it is {AXOLOTL_KEYS[key]!r}. For an Axolotl YAML, run Axolotl with "
