@@ -355,6 +355,16 @@ def test_unknown_feature_autocast_is_named(tmp_path):
         reward_args(tmp_path, feature_autocast=False)
 
 
+def test_a_best_model_metric_the_objective_does_not_log_is_refused_before_training(tmp_path):
+    """metric_for_best_model: accuracy, as RewardTrainer users set it, failed with transformers' KeyError at the
+    first evaluation under the regression objective (which logs no accuracy), before any checkpoint was saved."""
+    with pytest.raises(ConfigError, match=r"metric_for_best_model: eval_accuracy is logged with objective: pairwise only"):
+        reward_args(tmp_path, metric_for_best_model="eval_accuracy", eval_strategy="steps", load_best_model_at_end=True, save_strategy="steps")
+    with pytest.raises(ConfigError, match=r"confounder_corr2 is logged in mode: invariance only"):
+        reward_args(tmp_path, metric_for_best_model="confounder_corr2")
+    assert reward_args(tmp_path, metric_for_best_model="accuracy", objective="pairwise").metric_for_best_model == "accuracy"
+
+
 def test_evaluation_rows_get_targets_from_the_training_theta(tiny_model, tmp_path):
     rows = observational_rows(n=160, seed=2)
     trainer = DeconfoundedRewardTrainer(

@@ -268,6 +268,19 @@ class DeconfoundedRewardConfig(RewardConfig):
                 "objective='pairwise' compares rows that share a context: set group_column (e.g. `group_column: "
                 "prompt`), or use objective: regression."
             )
+        # transformers looks the metric up at the first evaluation, and fails there before any checkpoint is saved
+        metric = (self.metric_for_best_model or "").removeprefix("eval_")
+        if metric in ("accuracy", "margin") and self.objective == "regression":
+            raise ConfigError(
+                f"metric_for_best_model: {self.metric_for_best_model} is logged with objective: pairwise only (it "
+                "compares the rewards of a pair); objective: regression logs loss, min_reward, mean_reward and "
+                "max_reward: use `metric_for_best_model: loss`, or set objective: pairwise."
+            )
+        if metric == "confounder_corr2" and self.mode != "invariance":
+            raise ConfigError(
+                f"metric_for_best_model: {self.metric_for_best_model} is logged in mode: invariance only (mode is "
+                f"{self.mode!r}); use `metric_for_best_model: loss`."
+            )
         if self.objective == "regression" and self.margin_scale is not None:
             raise ConfigError("margin_scale applies to objective: pairwise; remove it or set objective: pairwise.")
         if self.objective == "regression" and self.center_rewards_coefficient is not None:

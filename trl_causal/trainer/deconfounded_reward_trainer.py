@@ -915,8 +915,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         return (loss, outputs) if return_outputs else loss
 
     def _log_reward_metrics(self, mode: str, rewards: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        """The metrics TRL's RewardTrainer logs besides accuracy and margin, so that dashboards and
-        ``metric_for_best_model`` carry over: ``min_reward`` / ``mean_reward`` / ``max_reward`` of the model's rewards
+        """The metrics TRL's RewardTrainer logs besides accuracy and margin (which ``compute_loss`` logs with
+        ``objective: pairwise``), so that dashboards and ``metric_for_best_model`` carry over: ``min_reward`` / ``mean_reward`` / ``max_reward`` of the model's rewards
         over all processes, and ``num_tokens``, the tokens trained on so far."""
         log_num_tokens(self, mode, attention_mask)
         metrics = self._metrics[mode]
