@@ -176,7 +176,7 @@ def _check_index(value: int, what: str) -> None:
         raise ValueError(f"{what} must be a non-negative integer, not {value!r}.")
 
 
-HELD_OUT_STREAM = 1  # ``stream`` of evaluation and prediction rows: symbols of their own, not training row i's
+HELD_OUT_STREAM = 1  # appended to the seed of held-out rows: symbols of their own, never training row i's
 
 
 def content_key(template: EventTemplate) -> int:
@@ -187,35 +187,31 @@ def content_key(template: EventTemplate) -> int:
 
 
 class RowInterventions:
-    """Reproducible fresh symbols for a fixed list of templates: row ``i`` at draw ``d`` is intervened with
-    ``numpy.random.default_rng([seed, d, i])`` (training, ``stream`` 0), or ``[seed, d, i, stream]`` for another
-    stream of rows (``HELD_OUT_STREAM``: evaluation and prediction rows, whose row i would otherwise get the symbols
-    training row i had in the first epoch). With ``by_content`` a row is known by its ``content_key`` instead of
-    its position ``i`` (held-out rows: a row's symbols do not change when its split is reordered or filtered, or the
-    row is predicted alone). Use the epoch (or any draw counter) as ``d``: each draw gets new symbols, the same
-    (seed, d, i) the same text, and nothing but the templates is stored."""
+    """Reproducible fresh symbols for a fixed list of templates: training row ``i`` at draw ``d`` is intervened with
+    ``numpy.random.default_rng([seed, d, i])``. ``held_out`` rows (evaluation, prediction) use
+    ``[seed, d, content_key, HELD_OUT_STREAM]``: known by their prompt, not their position, so a row's symbols do not
+    change when its split is reordered or filtered, or the row is predicted alone, and never repeat those training
+    row i had. Use the epoch (or any draw counter) as ``d``: each draw gets new symbols, the same (seed, d, row) the
+    same text, and nothing but the templates is stored."""
 
-    def __init__(
-        self, templates: Sequence[EventTemplate], pool: SymbolPool, seed: int = 0, stream: int = 0, by_content: bool = False
-    ):
+    def __init__(self, templates: Sequence[EventTemplate], pool: SymbolPool, seed: int = 0, held_out: bool = False):
         _check_index(seed, "seed")
-        _check_index(stream, "stream")
         self.templates = templates
         self.pool = pool
         self.seed = seed
-        self.stream = stream
-        self.by_content = by_content
+        self.held_out = held_out
 
     def __len__(self) -> int:
         return len(self.templates)
 
     def rng(self, row_index: int, draw: int) -> np.random.Generator:
-        """The generator of row ``row_index`` at draw ``draw``: ``default_rng([seed, draw, row_index])`` (the row's
-        ``content_key`` in place of ``row_index`` with ``by_content``), with ``stream`` appended where it is not 0."""
+        """The generator of row ``row_index`` at draw ``draw``: ``default_rng([seed, draw, row_index])``, or for
+        ``held_out`` rows ``default_rng([seed, draw, content_key, HELD_OUT_STREAM])``."""
         _check_index(row_index, "row_index")
         _check_index(draw, "draw")
-        row = content_key(self.templates[row_index]) if self.by_content else int(row_index)
-        return np.random.default_rng([self.seed, int(draw), row] + ([int(self.stream)] if self.stream else []))
+        if self.held_out:
+            return np.random.default_rng([self.seed, int(draw), content_key(self.templates[row_index]), HELD_OUT_STREAM])
+        return np.random.default_rng([self.seed, int(draw), int(row_index)])
 
     def intervene(self, row_index: int, draw: int) -> InterventionResult:
         """Row ``row_index`` with the symbols of draw ``draw``."""

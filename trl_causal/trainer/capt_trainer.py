@@ -34,7 +34,6 @@ from ..capt import (
     estimate_rows,
     render_names,
 )
-from ..capt.intervention import HELD_OUT_STREAM
 from ..configuration import method_settings
 from ..data import check_split_types, named_splits
 from ..errors import ConfigError, DataError, TrlCausalError, describe_rows, for_count
@@ -450,7 +449,7 @@ class CAPTTrainer(SFTTrainer):
         show_progress = args.process_index == 0 and not args.disable_tqdm
         train_estimated = self._estimate(args, train_dataset, "training", show_progress, require_events=True)
         self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
-        train_interventions, first_draw = self._interventions(args, train_estimated, "training", show_progress, stream=0)
+        train_interventions, first_draw = self._interventions(args, train_estimated, "training", show_progress)
         eval_plans = {
             key: self._plan_eval(args, rows, f"evaluation {key!r}", show_progress) for key, rows in splits.items() if key != "train"
         }
@@ -548,13 +547,11 @@ class CAPTTrainer(SFTTrainer):
         return estimated
 
     def _interventions(
-        self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool, stream: int
+        self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool, held_out: bool = False
     ) -> tuple[RowInterventions, list[InterventionResult]]:
-        """The rows' interventions in ``stream`` (0 for training rows; evaluation rows draw from ``HELD_OUT_STREAM``,
-        each by its content, as prediction does), and their draw-0 results (checked: the pool serves every row)."""
-        interventions = RowInterventions(
-            estimated.templates, self.symbol_pool, args.intervention_seed_value, stream, by_content=stream == HELD_OUT_STREAM
-        )
+        """The rows' interventions (evaluation rows ``held_out``, each drawn by its content, as prediction does), and
+        their draw-0 results (checked: the pool serves every row)."""
+        interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value, held_out)
         return interventions, check_interventions(interventions, estimated.row_indices, progress, split)
 
     def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
@@ -568,7 +565,7 @@ class CAPTTrainer(SFTTrainer):
                 f"{for_count(len(estimated.no_events), 'has', 'have')} no events ({describe_rows(estimated.no_events)}); "
                 "they are evaluated unchanged."
             )
-        return estimated, self._interventions(args, estimated, split, progress, HELD_OUT_STREAM)[0]
+        return estimated, self._interventions(args, estimated, split, progress, held_out=True)[0]
 
     def _intervention_dataset(self, rows, estimated: EstimatedRows, interventions: RowInterventions):
         return InterventionDataset(rows, estimated, interventions, self.row_tokenizer, self.args.dataset_text_field)
@@ -659,7 +656,7 @@ class CAPTTrainer(SFTTrainer):
 
 class CAPTPredictor(LMPredictor):
     """``LMPredictor`` with CAPT's inference pipeline: events are estimated on each prompt alone and replaced by
-    symbols (seeded by the row's content: draw 0 of ``RowInterventions(seed, stream=HELD_OUT_STREAM, by_content=True)``,
+    symbols (seeded by the row's content: draw 0 of ``RowInterventions(seed, held_out=True)``,
     as the trainer's evaluation rows are, so a row gets the same symbols alone, in any batch and at any position),
     then decoded.
 
@@ -714,7 +711,7 @@ class CAPTPredictor(LMPredictor):
             # a chat prompt's answer is a message of its own, as training renders chat completions
             estimated.templates[row_index] = dataclasses.replace(template, completion_is_message=message_roles(prompt) is not None)
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
-        interventions = RowInterventions(estimated.templates, pool, self.seed, HELD_OUT_STREAM, by_content=True)
+        interventions = RowInterventions(estimated.templates, pool, self.seed, held_out=True)
         results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
         written = [
             [render_names(answer, template, result.mapping) for answer in self.answers]

@@ -262,7 +262,7 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         progress = training_args.process_index == 0 and not training_args.disable_tqdm
         train_estimated = self._estimate(capt_args, train_dataset, "training", progress, require_events=True)
         self.symbol_pool = build_symbol_pool(capt_args.symbol_pool, train_estimated.templates)
-        train_interventions, _ = self._interventions(capt_args, train_estimated, "training", progress, stream=0)
+        train_interventions, _ = self._interventions(capt_args, train_estimated, "training", progress)
         eval_plan = None
         if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
             eval_plan = self._plan_eval(capt_args, eval_dataset, "evaluation", progress)
@@ -305,8 +305,8 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
         texts = EstimationRows(rows, self.codec)
         return CAPTTrainer._estimate(self, args, texts, split, progress, require_events, on_no_events)
 
-    # CAPTTrainer's steps, on this trainer's ``_estimate`` and ``symbol_pool``: training rows draw from stream 0, and
-    # the evaluation rows (all kept, none dropped) from ``HELD_OUT_STREAM``, each by its content.
+    # CAPTTrainer's steps, on this trainer's ``_estimate`` and ``symbol_pool``: training rows draw by their position,
+    # the evaluation rows (all kept, none dropped) as held-out rows, each by its content.
     _interventions = CAPTTrainer._interventions
     _plan_eval = CAPTTrainer._plan_eval
 
