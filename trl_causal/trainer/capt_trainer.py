@@ -29,6 +29,7 @@ from ..capt import (
     InterventionResult,
     PoolExhaustedError,
     RowInterventions,
+    SymbolPool,
     TemplateError,
     build_symbol_pool,
     estimate_rows,
@@ -349,6 +350,80 @@ def check_interventions(
     return results
 
 
+class InterventionPlanner:
+    """Estimates the rows of each split once and draws their interventions, alike on every rank: under DDP only the
+    main process estimates, and the others receive its templates (or its error), so every rank keeps the same rows,
+    also with an estimator that may answer otherwise when asked again (an ``llm`` endpoint).
+
+    ``texts`` turns a split into what the estimator reads (default: the rows themselves). The training split's plan
+    sets ``symbol_pool`` (``pool`` takes the names of the training rows), which every later plan draws from.
+    """
+
+    def __init__(self, args: CAPTConfig, progress: bool = False, texts=None):
+        self.args = args
+        self.progress = progress
+        self.texts = texts or (lambda rows: rows)
+        self.event_estimator = args.build_event_estimator()
+        self.symbol_pool: SymbolPool | None = None
+
+    def estimate(self, rows, split: str, require_events: bool = False, on_no_events: str | None = None) -> EstimatedRows:
+        """``estimate_dataset`` under ``on_no_events`` (default: the config's); an error in an evaluation split says
+        which split it is in."""
+        args = self.args
+        outcome: list[EstimatedRows | DataError | ConfigError | None] = [None]
+        if args.process_index == 0:
+            try:
+                with whole_model_loading():  # under ZeRO-3 a model that only this rank loads must load whole
+                    outcome = [
+                        estimate_dataset(
+                            self.event_estimator,
+                            self.texts(rows),
+                            on_no_events=on_no_events or args.on_no_events,
+                            text_field=args.dataset_text_field,
+                            desc=f"Estimating events ({split} rows, {args.event_estimator!r})",
+                            disable_progress=not self.progress,
+                            require_events=require_events,
+                        )
+                    ]
+            except (DataError, ConfigError) as error:
+                outcome = [error]
+                if split != "training":
+                    outcome = [type(error)(f"In the {split} split: {error}")]
+                    outcome[0].__cause__ = error
+            except Exception as error:  # this rank raises it as it is, and the others that it happened
+                broadcast_object_list([TrlCausalError(f"The main process failed to estimate events: {type(error).__name__}: {error}")])
+                raise
+        [estimated] = broadcast_object_list(outcome)
+        if isinstance(estimated, Exception):
+            raise estimated
+        return estimated
+
+    def _interventions(self, estimated: EstimatedRows, split: str, held_out: bool) -> tuple[RowInterventions, list[InterventionResult]]:
+        """The rows' interventions and their draw-0 results (checked: the pool serves every row)."""
+        interventions = RowInterventions(estimated.templates, self.symbol_pool, self.args.intervention_seed_value, held_out)
+        return interventions, check_interventions(interventions, estimated.row_indices, self.progress, split)
+
+    def training_plan(self, rows) -> tuple[EstimatedRows, RowInterventions, list[InterventionResult]]:
+        """Estimate the training rows (a split without events is an error), build the symbol pool from them, and
+        return the estimates, the interventions (each row drawn by its position) and their draw-0 results."""
+        estimated = self.estimate(rows, "training", require_events=True)
+        self.symbol_pool = build_symbol_pool(self.args.symbol_pool, estimated.templates)
+        return estimated, *self._interventions(estimated, "training", held_out=False)
+
+    def evaluation_plan(self, rows, split: str) -> tuple[EstimatedRows, RowInterventions]:
+        """Estimate the rows of an evaluation split and check that the training rows' pool serves them; each row is
+        held out (drawn by its content, as prediction does). Every evaluation row is evaluated, as with plain SFT:
+        ``on_no_events: drop`` keeps rows without events unchanged (``error`` still fails), and a count is logged."""
+        estimated = self.estimate(rows, split, on_no_events=evaluation_policy(self.args.on_no_events))
+        if estimated.no_events and self.args.process_index == 0:
+            logger.warning(
+                f"capt: {len(estimated.no_events)} of {len(rows)} rows of the {split} split "
+                f"{for_count(len(estimated.no_events), 'has', 'have')} no events ({describe_rows(estimated.no_events)}); "
+                "they are evaluated unchanged."
+            )
+        return estimated, self._interventions(estimated, split, held_out=True)[0]
+
+
 ADDED_TOKENS_MARGIN = 8  # tokens a tokenizer may add to a text beyond one per byte (BOS, ...)
 
 
@@ -444,16 +519,15 @@ class CAPTTrainer(SFTTrainer):
         splits = named_splits(train_dataset, eval_dataset)
         check_split_types(splits, "capt", " (it estimates every row before training)")
         # Everything about the data is settled before the model loads, so bad rows fail fast. Under DDP the main
-        # process estimates the rows and the others receive its templates (``_estimate``).
-        self.event_estimator = args.build_event_estimator()
+        # process estimates the rows and the others receive its templates (``InterventionPlanner``).
         show_progress = args.process_index == 0 and not args.disable_tqdm
-        train_estimated = self._estimate(args, train_dataset, "training", show_progress, require_events=True)
-        self.symbol_pool = build_symbol_pool(args.symbol_pool, train_estimated.templates)
-        train_interventions, first_draw = self._interventions(args, train_estimated, "training", show_progress)
+        self.planner = InterventionPlanner(args, show_progress)
+        train_estimated, train_interventions, first_draw = self.planner.training_plan(train_dataset)
+        self.symbol_pool = self.planner.symbol_pool
         eval_plans = {
-            key: self._plan_eval(args, rows, f"evaluation {key!r}", show_progress) for key, rows in splits.items() if key != "train"
+            key: self.planner.evaluation_plan(rows, f"evaluation {key!r}") for key, rows in splits.items() if key != "train"
         }
-        self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
+        self.planner.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
 
         self.answer_prefix = training_answer_prefix(train_dataset)
         # TRL refuses padding_free with a max_length it would not enforce without packing; capt's RowTokenizer cuts
@@ -505,68 +579,6 @@ class CAPTTrainer(SFTTrainer):
         )
         return converted
 
-    def _estimate(
-        self,
-        args: CAPTConfig,
-        rows: datasets.Dataset,
-        split: str,
-        progress: bool = False,
-        require_events: bool = False,
-        on_no_events: str | None = None,
-    ):
-        """``estimate_dataset`` under ``on_no_events`` (default: the config's); an error in an evaluation split says
-        which split it is in. Under DDP only the main process estimates, and the others receive its templates (or its
-        error): every rank keeps the same rows, also with an estimator that may answer otherwise when asked again (an
-        ``llm`` endpoint)."""
-        outcome: list[EstimatedRows | DataError | ConfigError | None] = [None]
-        if args.process_index == 0:
-            try:
-                with whole_model_loading():  # under ZeRO-3 a model that only this rank loads must load whole
-                    outcome = [
-                        estimate_dataset(
-                            self.event_estimator,
-                            rows,
-                            on_no_events=on_no_events or args.on_no_events,
-                            text_field=args.dataset_text_field,
-                            desc=f"Estimating events ({split} rows, {args.event_estimator!r})",
-                            disable_progress=not progress,
-                            require_events=require_events,
-                        )
-                    ]
-            except (DataError, ConfigError) as error:
-                outcome = [error]
-                if split != "training":
-                    outcome = [type(error)(f"In the {split} split: {error}")]
-                    outcome[0].__cause__ = error
-            except Exception as error:  # this rank raises it as it is, and the others that it happened
-                broadcast_object_list([TrlCausalError(f"The main process failed to estimate events: {type(error).__name__}: {error}")])
-                raise
-        [estimated] = broadcast_object_list(outcome)
-        if isinstance(estimated, Exception):
-            raise estimated
-        return estimated
-
-    def _interventions(
-        self, args: CAPTConfig, estimated: EstimatedRows, split: str, progress: bool, held_out: bool = False
-    ) -> tuple[RowInterventions, list[InterventionResult]]:
-        """The rows' interventions (evaluation rows ``held_out``, each drawn by its content, as prediction does), and
-        their draw-0 results (checked: the pool serves every row)."""
-        interventions = RowInterventions(estimated.templates, self.symbol_pool, args.intervention_seed_value, held_out)
-        return interventions, check_interventions(interventions, estimated.row_indices, progress, split)
-
-    def _plan_eval(self, args: CAPTConfig, rows: datasets.Dataset, split: str, progress: bool = False):
-        """Estimate the rows of an evaluation split and check that the (training rows') pool serves them. Every
-        evaluation row is evaluated, as with plain SFT: ``on_no_events: drop`` keeps evaluation rows without events
-        unchanged (``error`` still fails), and a count of them is logged."""
-        estimated = self._estimate(args, rows, split, progress, on_no_events=evaluation_policy(args.on_no_events))
-        if estimated.no_events and args.process_index == 0:
-            logger.warning(
-                f"capt: {len(estimated.no_events)} of {len(rows)} rows of the {split} split "
-                f"{for_count(len(estimated.no_events), 'has', 'have')} no events ({describe_rows(estimated.no_events)}); "
-                "they are evaluated unchanged."
-            )
-        return estimated, self._interventions(args, estimated, split, progress, held_out=True)[0]
-
     def _intervention_dataset(self, rows, estimated: EstimatedRows, interventions: RowInterventions):
         return InterventionDataset(rows, estimated, interventions, self.row_tokenizer, self.args.dataset_text_field)
 
@@ -576,7 +588,7 @@ class CAPTTrainer(SFTTrainer):
             return {key: self._intervene_eval(dataset) for key, dataset in eval_dataset.items()}
         if not isinstance(eval_dataset, datasets.Dataset):  # None, a name, or already intervened
             return eval_dataset
-        return self._intervention_dataset(eval_dataset, *self._plan_eval(self.args, eval_dataset, "evaluation"))
+        return self._intervention_dataset(eval_dataset, *self.planner.evaluation_plan(eval_dataset, "evaluation"))
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """``SFTTrainer.evaluate``; raw rows passed here are intervened like the evaluation rows given at init."""

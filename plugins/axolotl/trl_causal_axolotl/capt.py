@@ -8,9 +8,9 @@ the trained pieces as the completion (joined by trl_causal's message separator).
 events get the symbols of ``RowInterventions(seed).intervene(row, epoch)`` (the same estimator, symbol pools and
 seeding as ``trainer: capt`` in trl-causal), and each piece whose text changed is tokenized again; unchanged
 pieces and special tokens keep Axolotl's token ids and labels. The masking Axolotl chose (train on inputs or not,
-which turns are trained) is kept piece by piece. Estimation and the evaluation rows' symbols are ``CAPTTrainer``'s
-own steps: under DDP the main process estimates and the other ranks receive its templates, and an evaluation row's
-symbols follow from its prompt, not its place in the split.
+which turns are trained) is kept piece by piece. Estimation and the evaluation rows' symbols are ``trainer: capt``'s
+own (``InterventionPlanner``): under DDP the main process estimates and the other ranks receive its templates, and
+an evaluation row's symbols follow from its prompt, not its place in the split.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from transformers.utils import logging
-from trl_causal.capt import EstimatedRows, RowInterventions, build_symbol_pool
+from trl_causal.capt import EstimatedRows, RowInterventions
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.paths import write_checkpoint_file
 from trl_causal.trainer.capt_config import CAPTConfig
 from trl_causal.trainer.capt_trainer import (
     MESSAGE_SEPARATOR,
-    CAPTTrainer,
     InterventionEpochCallback,
+    InterventionPlanner,
     InterventionRows,
     estimation_report,
     report_cut_completions,
@@ -256,17 +256,15 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             dataloader_persistent_workers=training_args.dataloader_persistent_workers,
         )
         self.codec = TokenRowCodec(tokenizer, getattr(training_args, "max_seq_length", None))
-        # Under DDP the main process estimates the rows and the others receive its templates (``_estimate``).
-        capt_args = self.capt_args
-        self.event_estimator = capt_args.build_event_estimator()
+        # Under DDP the main process estimates the rows and the others receive its templates (``InterventionPlanner``).
         progress = training_args.process_index == 0 and not training_args.disable_tqdm
-        train_estimated = self._estimate(capt_args, train_dataset, "training", progress, require_events=True)
-        self.symbol_pool = build_symbol_pool(capt_args.symbol_pool, train_estimated.templates)
-        train_interventions, _ = self._interventions(capt_args, train_estimated, "training", progress)
+        planner = InterventionPlanner(self.capt_args, progress, texts=lambda rows: EstimationRows(rows, self.codec))
+        train_estimated, train_interventions, _ = planner.training_plan(train_dataset)
+        self.symbol_pool = planner.symbol_pool
         eval_plan = None
         if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
-            eval_plan = self._plan_eval(capt_args, eval_dataset, "evaluation", progress)
-        self.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
+            eval_plan = planner.evaluation_plan(eval_dataset, "evaluation")
+        planner.event_estimator.release()  # e.g. the llm estimator's model, which training has no use for
         super().__init__(*args, **kwargs)
         self.train_dataset = TokenInterventionDataset(train_dataset, train_estimated, train_interventions, self.codec)
         if eval_plan is not None:
@@ -290,25 +288,6 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             "letters`); other draws may cut other rows"
         )
         report_cut_completions(cut, len(dataset), f"sequence_len={self.codec.max_length} after the intervention", fix, warn=main)
-
-    def _estimate(
-        self,
-        args: CAPTConfig,
-        rows,
-        split: str,
-        progress: bool = False,
-        require_events: bool = False,
-        on_no_events: str | None = None,
-    ) -> EstimatedRows:
-        """``CAPTTrainer._estimate`` on the tokenized rows' texts: under DDP only the main process estimates, and the
-        others receive its templates (or its error), so every rank trains on the same rows."""
-        texts = EstimationRows(rows, self.codec)
-        return CAPTTrainer._estimate(self, args, texts, split, progress, require_events, on_no_events)
-
-    # CAPTTrainer's steps, on this trainer's ``_estimate`` and ``symbol_pool``: training rows draw by their position,
-    # the evaluation rows (all kept, none dropped) as held-out rows, each by its content.
-    _interventions = CAPTTrainer._interventions
-    _plan_eval = CAPTTrainer._plan_eval
 
     def _report(self, rows: int, examples: int = 2) -> None:
         dataset = self.train_dataset
