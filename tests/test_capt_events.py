@@ -10,9 +10,9 @@ import pytest
 
 from trl_causal.capt import (
     render_names,
-    BUILTIN_ESTIMATORS,
     CLadderEstimator,
     EventTemplate,
+    LLMEstimator,
     NoEventsFound,
     ProntoQAEstimator,
     TemplateError,
@@ -346,15 +346,15 @@ def test_estimate_rows_policies():
 
 def test_plugin_manager_registers_every_builtin_estimator():
     manager = PluginManager(autoload=False)
-    assert {e.name for e in manager.event_estimators} == set(BUILTIN_ESTIMATORS) | {"llm"}
-    assert set(BUILTIN_ESTIMATORS) == {"template", "vocabulary", "prontoqa", "cladder"}
-    for name, cls in BUILTIN_ESTIMATORS.items():
-        assert manager.get_event_estimator(name) is cls
-        assert manager.event_estimators.get(name).distribution == "trl-causal"
+    builtin = (TemplateEstimator, VocabularyEstimator, ProntoQAEstimator, CLadderEstimator, LLMEstimator)
+    assert {e.name for e in manager.event_estimators} == {"template", "vocabulary", "prontoqa", "cladder", "llm"}
+    for cls in builtin:  # registered under the name its messages use
+        assert manager.get_event_estimator(cls.name) is cls
+        assert manager.event_estimators.get(cls.name).distribution == "trl-causal"
 
 
 def test_capt_modules_import_no_torch_or_trl():
-    code = "import sys, trl_causal.capt; print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    code = "import sys, trl_causal.capt, trl_causal.capt.sft_rows; print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -144,3 +144,9 @@ def test_build_symbol_pool_errors():
         build_symbol_pool("pool")
     with pytest.raises(ConfigError, match="empty"):
         build_symbol_pool([" ", ""])
+
+
+def test_a_list_of_one_symbol_is_a_pool_and_the_unknown_name_error_asks_for_no_more():
+    assert build_symbol_pool(["Q"]).symbols == ["Q"]
+    with pytest.raises(ConfigError, match=r"Use one of letters, nonsense, pool, or a list of symbols\.$"):
+        build_symbol_pool("leters")

@@ -12,14 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from trl_causal.capt import EventTemplate, LLMEstimator, NoEventsFound, TemplateError, estimate_rows
+from trl_causal.capt import EstimationFailed, EventTemplate, LLMEstimator, NoEventsFound, TemplateError, estimate_rows
 from trl_causal.capt import llm_estimator
 from trl_causal.capt.llm_estimator import (
     EndpointError,
-    EventEstimationFailed,
     FewShotPrompt,
     default_cache_dir,
-    parse_answer,
+    parse_template_reply,
     template_from_answer,
 )
 from trl_causal.errors import ConfigError
@@ -155,13 +154,13 @@ def fenced(answer: dict) -> str:
 # --- parsing and validation ------------------------------------------------------------------------------------
 
 
-def test_parse_answer_finds_the_json_in_fences_and_prose():
-    assert parse_answer(fenced(VALID_ANSWER)) == VALID_ANSWER
-    assert parse_answer("Sure! " + json.dumps(VALID_ANSWER) + " {trailing} text") == VALID_ANSWER
-    assert parse_answer('{"note": 1} then ' + json.dumps(VALID_ANSWER)) == VALID_ANSWER
+def test_parse_template_reply_finds_the_json_in_fences_and_prose():
+    assert parse_template_reply(fenced(VALID_ANSWER)) == VALID_ANSWER
+    assert parse_template_reply("Sure! " + json.dumps(VALID_ANSWER) + " {trailing} text") == VALID_ANSWER
+    assert parse_template_reply('{"note": 1} then ' + json.dumps(VALID_ANSWER)) == VALID_ANSWER
     for garbage in ("", "no json here", '{"prompt_template": "cut off', '{"other": 1}'):
         with pytest.raises(TemplateError, match="no JSON object"):
-            parse_answer(garbage)
+            parse_template_reply(garbage)
 
 
 def test_shipped_few_shot_examples_are_valid_answers():
@@ -275,7 +274,7 @@ def test_invalid_answer_is_retried_with_the_problem_then_counted(endpoint, tmp_p
         estimate_rows(estimator, rows, on_no_events="drop")
     with pytest.raises(NoEventsFound, match=r"Row 0: The LLM gave no valid event template in 3 attempts; .*'Sally'"):
         estimate_rows(estimator, rows, on_no_events="error")
-    with pytest.raises(EventEstimationFailed):
+    with pytest.raises(EstimationFailed):
         LLMEstimator(model="stand-in", base_url=server.base_url, use_cache=False, max_retries=0).estimate(PROMPT)
 
 

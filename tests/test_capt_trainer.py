@@ -21,10 +21,11 @@ from trl import SFTConfig, SFTTrainer
 from conftest import base_config, cpu_training_args, run_cli, write_config, write_jsonl
 from trl_causal import CAPTConfig, CAPTTrainer, cli
 from trl_causal.capt import NoEventsFound, PoolExhaustedError, generate_prontoqa
+from trl_causal.capt.sft_rows import part_text
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.configuration import parse_run_config
 from trl_causal.train import SUMMARY_FILE, check_prepared_rows, read_run_record
-from trl_causal.trainer.capt_trainer import InterventionEpochCallback, RowTokenizer, part_text
+from trl_causal.trainer.capt_trainer import InterventionEpochCallback, RowTokenizer
 
 PROBLEM_ID = re.compile(r"Problem (\d+)\.")
 
@@ -519,6 +520,8 @@ def test_unknown_estimator_suggests_the_closest_registered_one(tmp_path, capsys)
         ({"event_estimator_kwargs": '["not", "a", "mapping"]'}, "event_estimator_kwargs must be a mapping"),
         ({"symbol_pool": "leters"}, "symbol_pool: Unknown symbol pool 'leters'. Did you mean 'letters'"),
         ({"symbol_pool": ["nonsens"]}, "Unknown symbol pool 'nonsens'. Did you mean 'nonsense'"),  # --symbol_pool nonsens
+        # a config's one-item list is read as a pool's name (`--symbol_pool Q`)
+        ({"symbol_pool": ["Q"]}, "or a list of symbols. A list holds two or more symbols (one alone is read as a pool's name)"),
         ({"on_no_events": "skip"}, "on_no_events is 'skip'"),
         ({"completion_only_loss": False}, "contradicts capt_prompt_loss=False"),
         ({"packing": True}, "packing=True is not supported"),

@@ -191,7 +191,7 @@ def cache_valid_answers(estimator_options: dict, rows: list[dict]) -> None:
     """Put into the llm estimator's cache, for each row, the template the prontoqa estimator gives it, as an answer."""
     from trl_causal.capt import ProntoQAEstimator
     from trl_causal.capt.llm_estimator import LLMEstimator
-    from trl_causal.trainer.capt_trainer import part_text, split_row
+    from trl_causal.capt.sft_rows import part_text, split_row
 
     estimator = LLMEstimator(**estimator_options)
     for row in rows:

@@ -177,7 +177,7 @@ def test_an_estimator_plugin_without_a_name_attribute_is_named_as_registered(tmp
     from trl_causal import plugins
     from trl_causal.capt.events import NoEventsFound
     from trl_causal.trainer.capt_config import CAPTConfig
-    from trl_causal.trainer.capt_trainer import estimate_dataset
+    from trl_causal.capt.sft_rows import estimate_dataset
 
     install(tmp_path, monkeypatch, "estimator-plugin", "estimator_plugin_mod", REGISTERS_ESTIMATORS)
     monkeypatch.setattr(plugins, "_manager", PluginManager())

@@ -15,7 +15,7 @@ from .cladder import (
     parse_step0,
 )
 from .events import (
-    BUILTIN_ESTIMATORS,
+    NO_EVENTS_POLICIES,
     CLadderEstimator,
     EstimatedRows,
     EstimationFailed,
@@ -56,11 +56,13 @@ from .prontoqa import (
     load_prontoqa_file,
     prontoqa_event_terms,
 )
+from .rows import MESSAGE_SEPARATOR
 
 __all__ = [
-    "BUILTIN_ESTIMATORS",
     "CLADDER_HUB_ID",
     "LETTERS",
+    "MESSAGE_SEPARATOR",
+    "NO_EVENTS_POLICIES",
     "SPLITS",
     "SYMBOL_POOLS",
     "CLadderEstimator",

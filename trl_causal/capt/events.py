@@ -20,13 +20,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from ..errors import ConfigError, DataError, count_rows, describe_rows
 from .cladder import cladder_variables
 from .morphology import plural_forms, pluralize
 from .prontoqa import prontoqa_event_terms
-from .rows import decode_json
+from .rows import MESSAGE_BOUNDARY, decode_json
 
 PLACEHOLDER_PATTERN = re.compile(r"\{(e[1-9][0-9]*)\}")
 # A placeholder with the indefinite article before it, if any, which rendering makes agree with the symbol.
@@ -303,7 +303,7 @@ class TermMatcher:
         while i < len(words):
             for j in range(min(len(words), i + self._max_words) - 1, i - 1, -1):
                 span = text[words[i][0] : words[j][1]]
-                if "\x1e" in span:  # a term never spans two messages of a conversation (joined with \x1e)
+                if MESSAGE_BOUNDARY in span:  # a term never spans two messages of a conversation
                     continue
                 found = self._forms.get(self._key(span))
                 if found is not None:
@@ -570,12 +570,9 @@ class CLadderEstimator(EventEstimator):
         return template_from_matcher(prompt, completion, TermMatcher(terms, ignore_case=True))
 
 
-BUILTIN_ESTIMATORS: dict[str, type[EventEstimator]] = {
-    estimator.name: estimator
-    for estimator in (TemplateEstimator, VocabularyEstimator, ProntoQAEstimator, CLadderEstimator)
-}
-
+# What becomes of a row without events (``estimate_rows``'s and the config's ``on_no_events``).
 NoEventsPolicy = Literal["error", "keep", "drop"]
+NO_EVENTS_POLICIES: tuple[str, ...] = get_args(NoEventsPolicy)
 
 
 @dataclass
@@ -604,8 +601,8 @@ def estimate_rows(
     as an empty template (rendered unchanged), ``drop``-ped, or an ``error`` naming the row index. With
     ``require_events`` (training rows) no row with an event at all is an error: CAPT would change nothing.
     ``progress(n)`` is called as each ``n`` rows are estimated."""
-    if on_no_events not in ("error", "keep", "drop"):
-        raise ConfigError(f"on_no_events is {on_no_events!r}; use 'error', 'keep' or 'drop'.")
+    if on_no_events not in NO_EVENTS_POLICIES:
+        raise ConfigError(f"on_no_events is {on_no_events!r}; use one of {', '.join(NO_EVENTS_POLICIES)}.")
     result = EstimatedRows([], [], [])
     first_missing: tuple[int, NoEventsFound] | None = None  # under "error": the first row without events
     numbered = enumerate(rows)

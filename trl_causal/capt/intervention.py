@@ -130,7 +130,7 @@ def build_symbol_pool(spec: str | Sequence[str], templates: Sequence[EventTempla
     close = difflib.get_close_matches(spec, SYMBOL_POOLS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(
-        f"Unknown symbol pool {spec!r}.{hint} Use one of {', '.join(SYMBOL_POOLS)}, or a list of two or more symbols."
+        f"Unknown symbol pool {spec!r}.{hint} Use one of {', '.join(SYMBOL_POOLS)}, or a list of symbols."
     )
 
 

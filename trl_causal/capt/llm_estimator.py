@@ -6,7 +6,7 @@ named by ``api_key_env`` and never logged, cached or put in an error message). T
 ``prompts/event_estimation.json``. Every answer is parsed, validated (``EventTemplate.validate`` plus: the
 template, filled with its names, must give back the row's text) and, if invalid, asked again with the problem
 fed back, at most ``max_retries`` times. A row that still fails, or that the endpoint refuses (HTTP 400, 413, 422:
-e.g. too long for its context), raises ``EventEstimationFailed``, a ``NoEventsFound``, so ``estimate_rows`` counts it
+e.g. too long for its context), raises ``EstimationFailed``, a ``NoEventsFound``, so ``estimate_rows`` counts it
 under ``on_no_events``. Valid answers are cached on disk as each arrives (the HTTP backend asks one row at a time), so
 an interrupted or failed run loses none. Timeouts, dropped or broken-off connections, 429 and 5xx answers are retried
 with growing waits (a Retry-After header wins), each retry logged. ``timeout`` bounds each wait for the endpoint (to
@@ -48,6 +48,7 @@ from .events import (
     surviving_names,
 )
 from .morphology import plural_forms
+from .rows import MESSAGE_BOUNDARY
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +80,6 @@ class EndpointError(EstimatorUnavailable):
         self.status = status
         self.transient = transient or status in _TRANSIENT_STATUSES
         self.retry_after = retry_after
-
-
-class EventEstimationFailed(EstimationFailed, TemplateError):
-    """The LLM gave no valid template for a row within its retries. A ``NoEventsFound``, so ``estimate_rows``
-    counts the row (``on_no_events``) instead of keeping a wrong template."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -144,7 +140,7 @@ def row_message(prompt: str, completion: str | None) -> str:
     return json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False)
 
 
-def parse_answer(text: str) -> dict[str, Any]:
+def parse_template_reply(text: str) -> dict[str, Any]:
     """The first JSON object with a "prompt_template" key in an answer, inside a code fence or not, with any
     text around it. ``TemplateError`` if there is none."""
     decoder = json.JSONDecoder()
@@ -164,13 +160,13 @@ def parse_answer(text: str) -> dict[str, Any]:
 def _text_pattern(template_text: str, names: Mapping[str, str]) -> re.Pattern[str]:
     """A pattern of the texts that ``template_text`` stands for: each placeholder is its name in any case (``{eN}s`` a
     plural of it); runs of whitespace and the article a/an are free; all other text is the row's own, case included,
-    and the separator between messages (a run holding \\x1e) stays as it is."""
+    and the separator between messages (a run holding ``MESSAGE_BOUNDARY``) stays as it is."""
     pieces, last = [], 0
 
     def literal(text: str) -> str:
         tokens = re.split(r"(\s+)", text)
         return "".join(
-            r"[^\S\x1e]+" if token.isspace() and "\x1e" not in token  # whitespace, never across a message boundary
+            rf"[^\S{MESSAGE_BOUNDARY}]+" if token.isspace() and MESSAGE_BOUNDARY not in token  # never across messages
             else "(?i:an?)" if token.lower() in ("a", "an")
             else re.escape(token)
             for token in tokens
@@ -575,7 +571,7 @@ class LLMEstimator(EventEstimator):
     def estimate_batch(
         self, prompts: Sequence[str], completions: Sequence[str | None] | None = None
     ) -> list[EventTemplate | NoEventsFound]:
-        """Per row, its template or the ``NoEventsFound`` it fails with (``EventEstimationFailed`` when no
+        """Per row, its template or the ``NoEventsFound`` it fails with (``EstimationFailed`` when no
         valid answer came within the retries). The rows still to answer go to the model together each round."""
         completions = list(completions) if completions is not None else [None] * len(prompts)
         keys = [self.cache_key(prompt, completion) for prompt, completion in zip(prompts, completions)]
@@ -601,14 +597,14 @@ class LLMEstimator(EventEstimator):
                 if error.status not in _ROW_REFUSED_STATUSES or len(pending) > 1:
                     raise
                 [index] = pending  # the endpoint refuses this row (e.g. too long for its context): the row fails
-                outcomes[index] = EventEstimationFailed(f"{error} Prompt: {prompts[index][:200]!r}")
+                outcomes[index] = EstimationFailed(f"{error} Prompt: {prompts[index][:200]!r}")
                 logger.warning("%s", outcomes[index])
                 pending = []
                 break
             retry = []
             for index, reply in zip(pending, replies):
                 try:
-                    answer = parse_answer(reply)
+                    answer = parse_template_reply(reply)
                     outcomes[index] = _outcome(answer, prompts[index], completions[index])
                 except TemplateError as error:
                     problems[index] = (str(error), reply)
@@ -625,7 +621,7 @@ class LLMEstimator(EventEstimator):
         for index in pending:
             attempts = 1 + self.max_retries
             problem, reply = problems[index]
-            outcomes[index] = EventEstimationFailed(
+            outcomes[index] = EstimationFailed(
                 f"The LLM gave no valid event template in {attempts} attempt{'s' * (attempts > 1)}; last problem: "
                 f"{problem}. Prompt: {prompts[index][:200]!r}. Last answer: {reply[:200]!r}"
             )

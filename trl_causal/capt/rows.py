@@ -1,4 +1,5 @@
-"""Helpers shared by the data converters and estimators: the completion target, JSON values and row files."""
+"""Helpers shared by the data converters and estimators: the completion target, the message separator, JSON values
+and row files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from ..errors import ConfigError, DataError
 
 Target = Literal["answer", "reasoning"]
 TARGETS: tuple[str, ...] = ("answer", "reasoning")
+
+# The character that marks where one message of a conversation ends and the next begins (ASCII record separator).
+MESSAGE_BOUNDARY = "\x1e"
+# Joins the contents of a message list into one text for estimation; splits the rendered text back.
+MESSAGE_SEPARATOR = f"\n{MESSAGE_BOUNDARY}\n"
 
 
 def check_target(target: str) -> None:

@@ -8,11 +8,9 @@ from typing import Any
 
 from trl import SFTConfig
 
-from ..capt import EventEstimator, build_symbol_pool
+from ..capt import NO_EVENTS_POLICIES, EventEstimator, build_symbol_pool
 from ..errors import ConfigError, RegistryError
 from ..plugins import get_plugin_manager
-
-NO_EVENTS_POLICIES = ("error", "keep", "drop")
 
 
 @dataclass
@@ -102,8 +100,9 @@ class CAPTConfig(SFTConfig):
                 build_symbol_pool(self.symbol_pool)
             except ConfigError as error:
                 how = (
-                    " A list is a YAML list, or on the command line `--symbol_pool A B C` or "
-                    "`--symbol_pool '[\"A\", \"B\", \"C\"]'`." if isinstance(self.symbol_pool, str) else ""
+                    " A list holds two or more symbols (one alone is read as a pool's name): a YAML list, or on the "
+                    "command line `--symbol_pool A B C` or `--symbol_pool '[\"A\", \"B\", \"C\"]'`."
+                    if isinstance(self.symbol_pool, str) else ""
                 )
                 raise ConfigError(f"symbol_pool: {error}{how}") from error
         if self.intervention_seed is not None and self.intervention_seed < 0:

@@ -21,17 +21,15 @@ from typing import Any
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from transformers.utils import logging
-from trl_causal.capt import EstimatedRows, RowInterventions
+from trl_causal.capt import MESSAGE_SEPARATOR, EstimatedRows, RowInterventions
+from trl_causal.capt.sft_rows import estimation_report, report_cut_completions
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.paths import write_checkpoint_file
 from trl_causal.trainer.capt_config import CAPTConfig
 from trl_causal.trainer.capt_trainer import (
-    MESSAGE_SEPARATOR,
     InterventionEpochCallback,
     InterventionPlanner,
     InterventionRows,
-    estimation_report,
-    report_cut_completions,
     save_prediction_files,
 )
 
@@ -79,7 +77,7 @@ class TokenRowCodec:
 
     def texts(self, row: dict[str, Any]) -> tuple[list[Piece], list[str]]:
         input_ids, labels = list(row["input_ids"]), list(row["labels"])
-        pieces = [p for p in row_pieces(input_ids, labels, self.special_ids)]
+        pieces = row_pieces(input_ids, labels, self.special_ids)
         return pieces, [self.decode(input_ids[p.start : p.end]) for p in pieces]
 
     def estimation_row(self, row: dict[str, Any]) -> dict[str, Any]:
