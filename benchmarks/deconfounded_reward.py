@@ -75,16 +75,12 @@ from torch import nn
 
 from common import smaller_than_committed, train_in_process, write_results
 from trl_causal.deconfound import add_marker, has_marker, remove_marker, simulate_observational_texts
+from trl_causal.deconfound.observations import Observations, read_observations
 from trl_causal.deconfound.pairs import dpo_rows, preference_pairs
+from trl_causal.deconfound.targets import reward_targets
+from trl_causal.deconfound.texts import text_features, tokenize_rows
 from trl_causal.trainer.deconfounded_reward_config import DeconfoundedRewardConfig
-from trl_causal.trainer.deconfounded_reward_trainer import (
-    DeconfoundedRewardTrainer,
-    Observations,
-    read_observations,
-    reward_targets,
-    text_features,
-    tokenize_rows,
-)
+from trl_causal.trainer.deconfounded_reward_trainer import DeconfoundedRewardTrainer
 from trl_causal.trainer.mixins import CausalLossMixin
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ def test_timestamp_feature_subset():
 
 
 def test_non_numeric_value_in_numeric_column_names_column_and_rows():
-    with pytest.raises(DataError, match=r"'price' has non-numeric values at row 2 \(e.g. 'cheap'\)"):
+    with pytest.raises(DataError, match=r"numeric confounder column 'price' must be numeric; it has non-numbers at row 2 \(e.g. row 2: 'cheap'\)"):
         build_confounder_matrix({"price": [1, 2, "cheap", 4]}, numeric=["price"])
 
 

@@ -57,7 +57,7 @@ def test_deconfounded_outcome_drops_the_confounder_effect_and_keeps_the_text_eff
     assert abs(coefficients[1] - 1) < 0.1 and abs(coefficients[2]) < 0.1
     assert np.corrcoef(deconfounded, f)[0, 1] > 0.7
     np.testing.assert_allclose(result.deconfound(outcome, confounder), deconfounded)
-    np.testing.assert_allclose(result.deconfound(outcome, confounder, result.feature_names), deconfounded)
+    np.testing.assert_allclose(result.deconfound(outcome, confounder, result.confounder_names), deconfounded)
     with pytest.raises(DataError, match=r"not estimated \['channel=web'\], absent \['confounder_0'\]"):
         result.deconfound(outcome, confounder, ["channel=web"])
     with pytest.raises(DataError, match=r"The new rows have 2 confounder columns; theta has 1 \(confounder_0\)"):
@@ -79,7 +79,7 @@ def test_report_is_json_and_has_no_per_row_arrays():
     effect = report["effects"]["confounder_0"]
     assert report["method"] == "partialling_out" and report["n"] == N_ROWS and report["n_folds"] == 5
     assert effect["ci_low"] < effect["theta"] < effect["ci_high"] and effect["se"] > 0
-    assert 0 < effect["residual_r2"] < 1 and 0 < report["outcome_residual_r2"] < 1
+    assert 0 < effect["residual_share"] < 1 and 0 < report["outcome_residual_share"] < 1
     assert "first_stage_f" not in effect
     assert len(json.dumps(report)) < 2000
 
@@ -161,14 +161,14 @@ def test_with_groups_the_nuisance_penalty_is_chosen_on_whole_clusters_and_finds_
     for seed in (1, 2, 3):  # a word of the text keeps 10-18% of its variance (ridge shrinks): warned in every log
         outcome, confounders, features, groups = campaign_log(seed)
         with pytest.warns(TextDeterminedWarning, match=r"The text nearly determines the confounder 'has_free' \(\d+\.\d% left\): its theta"):
-            partial_out(outcome, confounders, features, n_folds=3, groups=groups, progress=False, feature_names=["budget", "has_free"])
+            partial_out(outcome, confounders, features, n_folds=3, groups=groups, progress=False, confounder_names=["budget", "has_free"])
     outcome, confounders, features, groups = campaign_log()
     with pytest.warns(TextDeterminedWarning, match="'has_free'") as caught:
-        result = partial_out(outcome, confounders, features, n_folds=3, groups=groups, progress=False, feature_names=["budget", "has_free"])
+        result = partial_out(outcome, confounders, features, n_folds=3, groups=groups, progress=False, confounder_names=["budget", "has_free"])
     assert "'budget'" not in str(caught[0].message)
     # leave-one-out on standardised TF-IDF chose the smallest penalty, fitted each campaign's id and left 29% of
     # has_free's variance here (126% on a reviewer's log): a word of the text looked partly free of the text
-    assert result.residual_r2[1] < 0.2 and result.residual_r2[0] > 0.9
+    assert result.residual_share[1] < 0.2 and result.residual_share[0] > 0.9
     learner = with_group_folds(make_learner("ridge", sparse=True), groups[:120])
     assert all(not set(groups[train]) & set(groups[test]) for train, test in learner.cv)  # folds of whole campaigns
     assert make_learner("ridge", sparse=True).cv is None  # a new learner, the named one unchanged
@@ -324,8 +324,8 @@ def test_a_dataframe_of_confounders_gives_its_column_names_or_names_its_text_col
     frame = pd.DataFrame({"hour": confounder, "device": ["mobile", "desktop"] * 100})
     with pytest.raises(DataError, match=r"must be numeric \(columns \['device'\] hold text\).*build_confounder_matrix"):
         partial_out(outcome, frame, features, progress=False)
-    assert partial_out(outcome, frame[["hour"]], features, progress=False).feature_names == ["hour"]  # not confounder_0
-    assert partial_out(outcome, frame["hour"], features, progress=False).feature_names == ["hour"]
+    assert partial_out(outcome, frame[["hour"]], features, progress=False).confounder_names == ["hour"]  # not confounder_0
+    assert partial_out(outcome, frame["hour"], features, progress=False).confounder_names == ["hour"]
 
 
 def test_group_ids_are_checked_and_told_apart_by_their_repr(small):
@@ -351,7 +351,7 @@ def test_confounder_that_is_a_function_of_the_text_is_an_error_suggesting_an_ins
     outcome, _, features = small
     text_made_confounder = features @ [1.0, -2.0, 0.5, 0.0, 1.0] + 1e-3 * np.random.default_rng(1).normal(size=200)
     with pytest.raises(DataError, match=r"'price' \(0\.\d\d% left\) is \(almost\) a function of the text.*instrument"):
-        partial_out(outcome, text_made_confounder, features, feature_names=["price"], progress=False)
+        partial_out(outcome, text_made_confounder, features, confounder_names=["price"], progress=False)
 
 
 def test_nan_in_outcome_is_counted(small):
@@ -383,16 +383,16 @@ def test_constant_and_collinear_confounders(small):
     outcome, confounder, features = small
     constant = np.column_stack([confounder, np.ones(200)])
     with pytest.raises(DataError, match=r"\['season'\] have the same value in every row"):
-        partial_out(outcome, constant, features, feature_names=["c", "season"], progress=False)
+        partial_out(outcome, constant, features, confounder_names=["c", "season"], progress=False)
     collinear = np.column_stack([confounder, 2 * confounder])
     with pytest.raises(DataError, match=r"columns \['c2'\] are .*linear combinations"):
-        partial_out(outcome, collinear, features, feature_names=["c", "c2"], progress=False)
+        partial_out(outcome, collinear, features, confounder_names=["c", "c2"], progress=False)
     rng = np.random.default_rng(3)
     a, b, c = rng.normal(size=(3, 200))  # each column that the ones before it span is named, however many there are
     several = np.column_stack([a, b, a - 0.5 * b, c, b + c, 3 * c])
     with pytest.raises(DataError, match=r"columns \['a-b/2', 'b\+c', '3c'\] are .*linear combinations"):
         partial_out(  # least squares keeps the columns' linear relations in their residuals (ridge's own penalties need not)
-            outcome, several, features, confounder_learner="linear", feature_names=["a", "b", "a-b/2", "c", "b+c", "3c"], progress=False
+            outcome, several, features, confounder_learner="linear", confounder_names=["a", "b", "a-b/2", "c", "b+c", "3c"], progress=False
         )
 
 

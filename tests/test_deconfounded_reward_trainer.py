@@ -277,7 +277,7 @@ def test_model_features_of_a_long_text_are_those_of_its_first_tokens(tiny_model,
     whole: past a model's position table (GPT-2's n_positions) an IndexError deep in torch."""
     from transformers import GPT2Config, GPT2Model
 
-    from trl_causal.trainer.deconfounded_reward_trainer import text_features
+    from trl_causal.deconfound.texts import text_features
 
     gpt2 = GPT2Model(GPT2Config(vocab_size=64, n_positions=8, n_embd=16, n_layer=1, n_head=2)).eval()
     sequences = [list(range(3, 23)), [5, 6, 7]]
@@ -471,20 +471,20 @@ def test_dpo_pairs_load_the_model_in_the_dtype_training_loads_it(tiny_model, tmp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_causal.configuration import parse_run_config
+    from trl_causal.deconfound import texts
     from trl_causal.deconfound.pairs import _model_features
-    from trl_causal.trainer import deconfounded_reward_trainer as trainer_module
 
     bf16 = tmp_path / "tiny-bf16"
     AutoModelForCausalLM.from_pretrained(tiny_model).to(torch.bfloat16).save_pretrained(bf16)
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(bf16)
     config = cli_config(tmp_path, bf16, observational_rows(), feature_source="model", dtype="auto")
-    features, seen = trainer_module.text_features, []
+    features, seen = texts.text_features, []
 
     def spy(args, rows, sequences, model=None, *rest):
         seen.append(next(model.parameters()).dtype)
         return features(args, rows, sequences, model, *rest)
 
-    monkeypatch.setattr(trainer_module, "text_features", spy)
+    monkeypatch.setattr(texts, "text_features", spy)
     _model_features(parse_run_config([], str(config)), Dataset.from_list(observational_rows()[:8]))
     assert seen == [torch.bfloat16]  # `dtype: auto` is the checkpoint's dtype, as TRL loads the reward model
 
@@ -757,7 +757,8 @@ def test_rows_that_repeat_an_earlier_row_are_counted(tiny_model, tmp_path, caplo
 
 
 def test_an_outcome_of_one_value_fails_before_the_model_loads_in_every_mode(tmp_path):
-    from trl_causal.trainer.deconfounded_reward_trainer import Observations, reward_targets
+    from trl_causal.deconfound.observations import Observations
+    from trl_causal.deconfound.targets import reward_targets
 
     rows = [dict(row, outcome=1.0) for row in observational_rows()]
     for mode in ("deconfounded", "naive"):

@@ -5,7 +5,9 @@ effect theta by cross-fitted partialling out (or partialling-out IV) and returns
 r~ = Y - theta'(C - mean C) from text features (``tfidf_features``, or a model's pooled hidden states:
 ``hidden_state_features``); ``preference_pairs`` ranks rows within groups by it; ``simulate_observational_texts``
 makes data with a known truth.
-No torch / transformers / TRL imports here.
+The ``deconfounded_reward`` trainer reads its rows with ``observations`` and computes its targets with ``targets``;
+``texts`` (tokens and model features of the scored texts) imports TRL and ``losses`` (its loss terms) torch: neither
+is imported here, and nothing imported here imports torch, transformers or TRL.
 """
 
 from .confounders import build_confounder_matrix

@@ -97,17 +97,32 @@ def parse_numbers(values: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
     return out, bad_rows
 
 
-def _numeric_column(name: str, values: Sequence[Any]) -> np.ndarray:
-    """Floats (``parse_numbers``); anything non-numeric is an error."""
+def numeric_column(name: str, values: Sequence[Any], what: str = "numeric confounder", where: str = "") -> np.ndarray:
+    """Floats of a column (``parse_numbers``: a missing value -> NaN); a non-numeric value is an error naming the rows.
+    ``what``: the column's role, ``where``: the rows' place (" of the train split"), both for the message."""
     out, bad_rows = parse_numbers(values)
     if bad_rows:
-        example = values[bad_rows[0]]
         raise DataError(
-            f"Numeric confounder column {name!r} has non-numeric values at {describe_rows(bad_rows)} "
-            f"(e.g. {example!r}). Convert them to numbers, or make {name!r} a categorical confounder "
-            "(`categorical_confounders` in the trainer's config)."
+            f"The {what} column {name!r}{where} must be numeric; it has non-numbers at {describe_rows(bad_rows)} (e.g. "
+            f"row {bad_rows[0]}: {values[bad_rows[0]]!r}). Convert them to numbers; a missing value may be left empty or "
+            "written NA, and is then counted as missing (`drop_invalid`)"
+            + (", or make it a categorical confounder (`categorical_confounders`)." if what == "numeric confounder" else ".")
         )
     return out
+
+
+def invalid_confounder_rows(
+    columns: Mapping[str, Sequence[Any]],
+    numeric_values: Mapping[str, np.ndarray],
+    categorical: Sequence[str],
+    timestamps: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """Confounder column -> mask of its rows with a missing or non-finite value: NaN / inf of the parsed numeric columns
+    ``numeric_values`` (``numeric_column``), an ``is_missing`` value of the categorical and timestamp ``columns``."""
+    masks = {name: ~np.isfinite(values) for name, values in numeric_values.items()}
+    for name in (*categorical, *timestamps):
+        masks[name] = np.array([is_missing(value) for value in columns[name]], dtype=bool)
+    return masks
 
 
 def _parse_timestamp(value: Any) -> datetime:
@@ -341,6 +356,8 @@ def build_confounder_matrix(
       since sum_l 1[x=l] = 1 is collinear with the intercept); a whole-number float is the level of its integer
       (16.0 is "16"); the values of fewer than ``min_level_rows`` fit rows each are pooled (with a warning) into
       one level ``x=(other)``, the last, or, where together they hold fewer rows than that, into the reference level;
+      but where the reference is the only value of ``min_level_rows`` fit rows or more, they form the last level
+      however few (``x=(other)``, or a single one under its own name), and where every value is rare none is pooled;
     - timestamp column ``t`` (ISO string, datetime or epoch seconds; weekday and month in UTC where the timestamp
       has an offset, else as written): for each of ``timestamp_features``,
       ``weekday`` -> one-hot ``t=Tue`` ..., ``month`` -> one-hot ``t=Feb`` ..., ``trend`` -> ``t_trend_days``
@@ -362,13 +379,9 @@ def build_confounder_matrix(
     names_in_order = [name for kind in kinds.values() for name in kind]
     n_rows = len(columns[names_in_order[0]])
 
-    numeric_values = {name: _numeric_column(name, columns[name]) for name in kinds["numeric"]}
+    numeric_values = {name: numeric_column(name, columns[name]) for name in kinds["numeric"]}
     timestamp_values = {name: _timestamp_column(name, columns[name]) for name in kinds["timestamps"]}
-    invalid_by_column = {name: ~np.isfinite(values) for name, values in numeric_values.items()}
-    for name in kinds["categorical"]:
-        invalid_by_column[name] = np.array([is_missing(value) for value in columns[name]])
-    for name, moments in timestamp_values.items():
-        invalid_by_column[name] = np.array([moment is None for moment in moments])
+    invalid_by_column = invalid_confounder_rows(columns, numeric_values, kinds["categorical"], kinds["timestamps"])
     invalid = np.zeros(n_rows, dtype=bool)
     for column_invalid in invalid_by_column.values():
         invalid |= column_invalid
@@ -385,7 +398,7 @@ def build_confounder_matrix(
     fit = kept_indices < (n_rows if fit_rows is None else fit_rows)  # the kept rows that define the levels
 
     blocks: list[np.ndarray] = []
-    feature_names: list[str] = []
+    confounder_names: list[str] = []
     for name in kinds["numeric"]:
         values = numeric_values[name][kept_rows]
         if np.ptp(values) == 0:
@@ -394,7 +407,7 @@ def build_confounder_matrix(
                 "no variance and its effect cannot be estimated; remove it from the confounders."
             )
         blocks.append(values[:, None])
-        feature_names.append(name)
+        confounder_names.append(name)
     for name in kinds["categorical"]:
         values = [level_text(columns[name][row]) for row in kept_indices]  # a level is its text: 2 in one file is "2" in another
         block, block_names = _one_hot(
@@ -407,7 +420,7 @@ def build_confounder_matrix(
             min_level_rows,
         )
         blocks.append(block)
-        feature_names.extend(block_names)
+        confounder_names.extend(block_names)
     for name in kinds["timestamps"]:
         moments = [timestamp_values[name][row] for row in kept_indices]
         if len({_epoch_seconds(moment) for moment in moments}) < 2:
@@ -417,11 +430,11 @@ def build_confounder_matrix(
             )
         time_blocks, time_names = _timestamp_features(name, moments, timestamp_features, fit, min_level_rows)
         blocks.extend(time_blocks)
-        feature_names.extend(time_names)
+        confounder_names.extend(time_names)
     matrix = np.hstack(blocks)
     if drop_invalid:
-        return matrix, feature_names, kept_rows, int(invalid.sum())
-    return matrix, feature_names
+        return matrix, confounder_names, kept_rows, int(invalid.sum())
+    return matrix, confounder_names
 
 
 def _check_column_names(

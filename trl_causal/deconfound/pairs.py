@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
+from .observations import read_observations
 from .partial_out import group_codes
+from .targets import reward_targets
 
 
 MANY_PAIRS_PER_ROW = 10  # more within-group pairs per row than this (groups of about 20 rows or more) is warned about
@@ -133,7 +135,7 @@ def write_dpo_pairs(config_path: str, output: str, overrides: Sequence[str] = ()
     from ..configuration import parse_run_config, read_yaml
     from ..data import check_split_types, load_run_datasets
     from ..paths import writable_output_file
-    from ..trainer.deconfounded_reward_trainer import read_observations, reward_targets, text_features
+    from .texts import text_features
 
     if Path(output).is_dir():
         raise ConfigError(f"--output {output} is a directory; dpo-pairs writes one JSON lines file: name the file, e.g. {Path(output) / 'pairs.jsonl'}.")
@@ -210,7 +212,7 @@ def _model_features(run, rows):
     from transformers import AutoModel, AutoTokenizer
 
     from ..embedded import check_model_source, resolve_model_name_or_path
-    from ..trainer.deconfounded_reward_trainer import text_features, tokenize_rows
+    from .texts import text_features, tokenize_rows
 
     args = run.training_args
     check_model_source(run.model_args.model_name_or_path, run.model_args.model_revision, args.trust_remote_code)

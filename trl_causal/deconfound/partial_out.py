@@ -53,9 +53,9 @@ def make_learner(learner: str | RegressorMixin, seed: int = 0, sparse: bool = Fa
     ``sparse`` features (TF-IDF, whose rows are already on one scale), on the features as they are: scaling each
     column by its spread blows rare terms (a campaign's id in its prompt) up into what an L2 fit leans on;
     ``lasso``: LassoCV (3-fold) on standardised features, sparse ones too (L1 selects terms rather than spreading
-    weight over them, and behaved on the logs where the scaled ridge did not); ``random_forest``: RandomForestRegressor (200 trees,
-    leaves >= 5 rows); ``gradient_boosting``: HistGradientBoostingRegressor (dense features only);
-    ``linear``: LinearRegression. An estimator instance is cloned (unfitted copy), never modified.
+    weight over them, so scaled-up rare terms do not take over its fit as they take over an L2 fit);
+    ``random_forest``: RandomForestRegressor (200 trees, leaves >= 5 rows); ``gradient_boosting``:
+    HistGradientBoostingRegressor (dense features only); ``linear``: LinearRegression. An estimator instance is cloned (unfitted copy), never modified.
     """
     if not isinstance(learner, str):
         if not (hasattr(learner, "fit") and hasattr(learner, "predict")):
@@ -103,9 +103,9 @@ def remove_confounder_effect(
 class DeconfoundResult:
     """Estimated causal effects theta of the confounders on the outcome, and the deconfounded outcome.
 
-    Arrays indexed by confounder have length k = len(feature_names). ``residual_r2[j]`` is the share of the
+    Arrays indexed by confounder have length k = len(confounder_names). ``residual_share[j]`` is the share of the
     variance of confounder j left after partialling out the text, sum (C_j - E[C_j|phi])^2 / sum (C_j - mean C_j)^2;
-    ``outcome_residual_r2`` the same share for the outcome. Out-of-fold fits can predict worse than the mean, so a
+    ``outcome_residual_share`` the same share for the outcome. Out-of-fold fits can predict worse than the mean, so a
     share can exceed 1 where the text predicts none of the variance. ``first_stage_f`` (IV only) is the first-stage F
     statistic of each confounder (Sanderson-Windmeijer conditional F when k > 1). With groups, ``effective_groups`` is
     n^2 / sum_g n_g^2, the count of equal-sized groups the cluster-robust standard errors rest on.
@@ -115,11 +115,11 @@ class DeconfoundResult:
     se: np.ndarray
     ci_low: np.ndarray
     ci_high: np.ndarray
-    feature_names: list[str]
+    confounder_names: list[str]
     n: int
     n_folds: int
-    residual_r2: np.ndarray
-    outcome_residual_r2: float
+    residual_share: np.ndarray
+    outcome_residual_share: float
     confounder_mean: np.ndarray
     deconfounded_outcome: np.ndarray
     first_stage_f: np.ndarray | None
@@ -137,28 +137,29 @@ class DeconfoundResult:
         return np.array([2.0 * (1.0 - normal.cdf(abs(t / s))) for t, s in zip(self.theta, self.se)])
 
     def deconfound(
-        self, y: Sequence[float] | np.ndarray, confounders: np.ndarray, feature_names: Sequence[str] | None = None
+        self, y: Sequence[float] | np.ndarray, confounders: np.ndarray, confounder_names: Sequence[str] | None = None
     ) -> np.ndarray:
         """r~ = y - theta'(C - mean C) for new rows, mean C taken over the rows theta was estimated on.
 
-        ``feature_names``: the names of the columns of ``confounders``; they must be ``self.feature_names`` (in any
+        ``confounder_names``: the names of the columns of ``confounders``; they must be ``self.confounder_names`` (in any
         order). New rows built alone may one-hot other levels: build C over the estimation rows and the new rows
         together (``build_confounder_matrix(..., fit_rows=n_estimation_rows)``) so that the columns agree.
         """
         confounders = _as_float_matrix(confounders, "confounder matrix", len(_outcome_vector(y)))
-        if feature_names is not None:
-            added, missing = sorted(set(feature_names) - set(self.feature_names)), sorted(set(self.feature_names) - set(feature_names))
-            if added or missing or len(feature_names) != confounders.shape[1]:
+        if confounder_names is not None:
+            added = sorted(set(confounder_names) - set(self.confounder_names))
+            missing = sorted(set(self.confounder_names) - set(confounder_names))
+            if added or missing or len(confounder_names) != confounders.shape[1]:
                 raise DataError(
                     f"The new rows' confounder columns differ from those theta was estimated on: not estimated {added}, "
                     f"absent {missing}. Build C over the estimation rows and the new rows together "
                     "(build_confounder_matrix(..., fit_rows=n_estimation_rows))."
                 )
-            confounders = confounders[:, [list(feature_names).index(name) for name in self.feature_names]]
-        elif confounders.shape[1] != len(self.feature_names):
+            confounders = confounders[:, [list(confounder_names).index(name) for name in self.confounder_names]]
+        elif confounders.shape[1] != len(self.confounder_names):
             raise DataError(
-                f"The new rows have {confounders.shape[1]} confounder columns; theta has {len(self.feature_names)} "
-                f"({', '.join(self.feature_names)})."
+                f"The new rows have {confounders.shape[1]} confounder columns; theta has {len(self.confounder_names)} "
+                f"({', '.join(self.confounder_names)})."
             )
         return remove_confounder_effect(y, confounders, self.theta, self.confounder_mean)
 
@@ -172,7 +173,7 @@ class DeconfoundResult:
                 "ci_low": float(self.ci_low[j]),
                 "ci_high": float(self.ci_high[j]),
                 "p_value": float(p_values[j]),
-                "residual_r2": float(self.residual_r2[j]),
+                "residual_share": float(self.residual_share[j]),
                 "mean": float(self.confounder_mean[j]),
                 **(
                     {"first_stage_f": float(self.first_stage_f[j]), "weak_instrument": bool(self.first_stage_f[j] < WEAK_INSTRUMENT_F)}
@@ -180,7 +181,7 @@ class DeconfoundResult:
                     else {}
                 ),
             }
-            for j, name in enumerate(self.feature_names)
+            for j, name in enumerate(self.confounder_names)
         }
         return {
             "method": "partialling_out_iv" if self.first_stage_f is not None else "partialling_out",
@@ -193,7 +194,7 @@ class DeconfoundResult:
             "standard_errors": "cluster_robust_CR1" if self.n_groups is not None else "heteroskedasticity_robust_HC1",
             "outcome_learner": self.outcome_learner,
             "confounder_learner": self.confounder_learner,
-            "outcome_residual_r2": float(self.outcome_residual_r2),
+            "outcome_residual_share": float(self.outcome_residual_share),
             "effects": effects,
         }
 
@@ -413,8 +414,8 @@ def with_group_folds(learner: RegressorMixin, groups: np.ndarray) -> RegressorMi
     """``learner`` choosing its penalty by folds that keep the clusters ``groups`` whole, as the cross-fitting folds
     do, where RidgeCV (leave-one-out) and LassoCV (k-fold) split rows: rows of one cluster share a prompt, so a held-out
     row's cluster mates vouch for a penalty that fits the clusters' own words and misses on new clusters. RidgeCV
-    becomes a GroupFoldRidgeCV over its alphas (a penalty per target, as before). Other learners, and fewer than 2
-    clusters, are left as they are."""
+    becomes a GroupFoldRidgeCV over its alphas, which also chooses a penalty per target. Other learners, and fewer than
+    2 clusters, are left as they are."""
     n_groups = len(np.unique(groups))
     final_step = _final_step(learner)
     if type(final_step) not in (RidgeCV, LassoCV) or n_groups < 2:
@@ -628,7 +629,7 @@ def partial_out(
     confounder_learner: str | RegressorMixin = "ridge",
     instrument: np.ndarray | None = None,
     seed: int = 0,
-    feature_names: Sequence[str] | None = None,
+    confounder_names: Sequence[str] | None = None,
     progress: bool = True,
     *,
     instrument_names: Sequence[str] | None = None,
@@ -660,7 +661,7 @@ def partial_out(
         raise ConfigError(f"ci_level={ci_level!r} must be a probability between 0 and 1, e.g. 0.95 for 95% intervals.")
     outcome = _outcome_vector(y)[:, None]
     n = len(outcome)
-    confounder_matrix, names = _named_finite_matrix(confounders, "confounder matrix", n, feature_names, "feature_names")
+    confounder_matrix, names = _named_finite_matrix(confounders, "confounder matrix", n, confounder_names, "confounder_names")
     n_units = check_design(confounder_matrix, names, n_folds, groups)
     features = _check_features(features, n)
     group_ids = None if groups is None else group_codes(groups, n)
@@ -714,11 +715,11 @@ def partial_out(
         se=se,
         ci_low=theta - z_value * se,
         ci_high=theta + z_value * se,
-        feature_names=names,
+        confounder_names=names,
         n=n,
         n_folds=n_folds,
-        residual_r2=residual_share,
-        outcome_residual_r2=float(_residual_share(y_res[:, None], outcome)[0]),
+        residual_share=residual_share,
+        outcome_residual_share=float(_residual_share(y_res[:, None], outcome)[0]),
         confounder_mean=confounder_mean,
         deconfounded_outcome=remove_confounder_effect(outcome[:, 0], confounder_matrix, theta, confounder_mean),
         first_stage_f=first_stage_f,

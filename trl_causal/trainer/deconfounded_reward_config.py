@@ -70,9 +70,10 @@ class DeconfoundedRewardConfig(RewardConfig):
         metadata={
             "help": "Values of a categorical confounder (and weekdays, months) held by fewer training rows than this "
             "are pooled, with a warning and `pooled_levels` in the report: into one level `column=(other)`, or, where "
-            "together they hold fewer rows than this, into the reference level (a lone rare value that is the only "
-            "other level stays itself; where every value is rare, none is pooled). The effect of a value of one row "
-            "is that row's noise, with a standard error near 0. 1 keeps every value."
+            "together they hold fewer rows than this, into the reference level. Where the reference is the only value "
+            "held by this many rows, they form the other level however few (`column=(other)`, or a lone rare value "
+            "under its own name); where every value is rare, none is pooled. The effect of a value of one row is that "
+            "row's noise, with a standard error near 0. 1 keeps every value."
         },
     )
     timestamp_features: list[str] = field(
@@ -132,7 +133,7 @@ class DeconfoundedRewardConfig(RewardConfig):
             "where training ignores `fp16`; else "
             "bf16 where the device has bf16 matrix units (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), otherwise the "
             "model's own dtype), none (the model's own dtype), bf16 or fp16 (torch.autocast). The features only "
-            "feed the nuisance regressions: bf16 moved theta by 1e-5 in the benchmark and cut the time of the pass by 40 percent on CPU.",
+            "feed the nuisance regressions, so their precision barely moves theta.",
             "choices": list(FEATURE_AUTOCAST),
         },
     )

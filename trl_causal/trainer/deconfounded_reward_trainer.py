@@ -1,4 +1,5 @@
-"""The ``deconfounded_reward`` trainer (DeconfoundLM, METHODS.md section 2; the math is in ``trl_causal.deconfound``).
+"""The ``deconfounded_reward`` trainer (DeconfoundLM, METHODS.md section 2; the data checks, the targets and the loss
+terms are in ``trl_causal.deconfound``: ``observations``, ``targets``, ``texts``, ``losses``).
 
 Rows are observations (text, outcome Y, confounders C), not preference pairs. Before training:
 
@@ -24,12 +25,9 @@ keep the adapters, for resuming).
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import datasets
@@ -40,17 +38,24 @@ from torch import nn
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.utils import logging
 from trl import RewardTrainer
-from trl.data_utils import _tokenize, is_conversational
-from trl.trainer.utils import global_then_local_main_first, pad
+from trl.trainer.utils import pad
 
 from ..data import check_split_types, named_splits
-from ..deconfound import DeconfoundResult, build_confounder_matrix, partial_out
-from ..deconfound.partial_out import check_design, group_codes
-from ..deconfound.confounders import describe_invalid_columns, is_missing, one_hot_levels, parse_numbers
-from ..deconfound.features import hidden_state_features, runs_bf16_natively, tfidf_features
+from ..deconfound.confounders import one_hot_levels
+from ..deconfound.losses import centering_penalties, pairwise_losses, regression_losses, squared_correlations
+from ..deconfound.observations import (
+    Observations,
+    dropped_by_column_entry,
+    observation_columns,
+    read_observations,
+    repeated_rows,
+    text_column_sets,
+)
 from ..deconfound.pairs import check_pair_groups, many_pairs_warning, preference_pairs
+from ..deconfound.partial_out import check_design
+from ..deconfound.targets import RewardTargets, check_outcome_varies, instruments, reward_targets
+from ..deconfound.texts import check_lengths, feature_precision, text_features, tokenize_rows
 from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
-from ..evaluation import position_limit
 from ..paths import write_checkpoint_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
 from .mixins import CausalLossMixin, HeadsMixin, log_num_tokens, prompt_learning_type, refuse_adapter
@@ -60,431 +65,6 @@ logger = logging.get_logger(__name__)
 
 REPORT_FILE = "deconfounding_report.json"
 CONFOUNDER_MODES = ("covariate", "invariance")  # the modes whose loss reads the confounders
-
-
-def text_column_sets(args: DeconfoundedRewardConfig) -> tuple[tuple[str, ...], ...]:
-    """The columns holding the scored text: ``text_column``, or TRL's ``prompt`` + ``completion``."""
-    return ((args.text_column,),) if args.text_column is not None else (("prompt", "completion"),)
-
-
-def observation_columns(args: DeconfoundedRewardConfig) -> tuple[str, ...]:
-    """Outcome, confounder, instrument and group columns named in the config."""
-    columns = [
-        args.outcome_column,
-        *args.numeric_confounders,
-        *args.categorical_confounders,
-        *args.timestamp_confounders,
-    ]
-    columns += [*args.instrument_columns, *([args.group_column] if args.group_column else [])]
-    return tuple(columns)
-
-
-def repeated_rows(dataset: datasets.Dataset, args: DeconfoundedRewardConfig) -> list[int]:
-    """The rows that repeat an earlier row in every column the trainer reads (text, outcome, confounders, instrument,
-    group): a log that holds an event twice, which then weighs twice in the partialling out, its standard errors and
-    the pairs."""
-    columns = [*text_column_sets(args)[0], *observation_columns(args)]
-    seen: set[str] = set()
-    repeated = []
-    for index, values in enumerate(zip(*(dataset[column] for column in columns))):
-        key = json.dumps(values, default=str)
-        if key in seen:
-            repeated.append(index)
-        seen.add(key)
-    return repeated
-
-
-def scored_input(row: Mapping[str, Any], text_column: str | None, eos_token: str) -> str | list[dict[str, Any]]:
-    """What the reward model reads, as TRL's ``RewardTrainer`` builds it: ``text + eos``, ``prompt + completion + eos``,
-    or the message list ``prompt + completion`` (tokenized with the chat template)."""
-    if text_column is None and is_conversational(row):
-        return row["prompt"] + row["completion"]
-    text = row[text_column] if text_column is not None else row["prompt"] + row["completion"]
-    return text if text.endswith(eos_token) else text + eos_token
-
-
-def scored_text(row: Mapping[str, Any], text_column: str | None) -> str:
-    """The scored text as one string (message contents joined by newlines), for TF-IDF."""
-    if text_column is not None:
-        return row[text_column]
-    if is_conversational(row):
-        return "\n".join(str(message["content"]) for message in row["prompt"] + row["completion"])
-    return row["prompt"] + row["completion"]
-
-
-def _valid_text(row: Mapping[str, Any], text_column: str | None) -> bool:
-    """A string, or a prompt and a completion that are both strings or both message lists."""
-    if text_column is not None:
-        return isinstance(row[text_column], str)
-    return isinstance(row["prompt"], type(row["completion"])) and isinstance(row["prompt"], (str, list))
-
-
-def check_text_types(dataset: datasets.Dataset, args: DeconfoundedRewardConfig, split: str) -> None:
-    """The scored texts are strings (``prompt`` / ``completion`` may also be message lists); a null counts as a missing
-    text (``drop_invalid``), a number or any other value is an error naming the rows."""
-    if args.text_column is not None:
-        lists = [row for row, value in enumerate(dataset[args.text_column]) if isinstance(value, list)]
-        if lists:
-            raise DataError(
-                f"text_column {args.text_column!r} of the {split} split holds message lists (e.g. row {lists[0]}), "
-                "not strings. For chat data, give the prompt and the answer as message lists in `prompt` and "
-                "`completion` and set `text_column: null`; they are then scored through the chat template."
-            )
-    allowed = str if args.text_column is not None else (str, list)
-    for column in text_column_sets(args)[0]:
-        values = dataset[column]
-        wrong = [row for row, value in enumerate(values) if value is not None and not isinstance(value, allowed)]
-        if wrong:
-            value = values[wrong[0]]
-            raise DataError(
-                f"Column {column!r} of the {split} split holds the scored text, but it has {type(value).__name__} "
-                f"values at {describe_rows(wrong)} (e.g. row {wrong[0]}: {value!r}), not "
-                + ("strings. Is text_column the column of the texts?" if args.text_column is not None
-                   else "strings or message lists. Convert them to strings.")
-            )
-
-
-def _numeric_column(dataset: datasets.Dataset, column: str, what: str, split: str) -> np.ndarray:
-    """Floats of a column (``parse_numbers``: None -> NaN); a non-numeric value is an error naming the rows."""
-    values = dataset[column]
-    out, bad_rows = parse_numbers(values)
-    if bad_rows:
-        raise DataError(
-            f"The {what} column {column!r} of the {split} split must be numeric; it has non-numbers at "
-            f"{describe_rows(bad_rows)} (e.g. row {bad_rows[0]}: {values[bad_rows[0]]!r}). Convert them to numbers; a "
-            "missing value may be left empty or written NA, and is then counted as missing (`drop_invalid`)"
-            + (", or make it a categorical confounder (`categorical_confounders`)." if what == "numeric confounder" else ".")
-        )
-    return out
-
-
-@dataclass
-class Observations:
-    """Checked columns of one split: ``rows``, the indices of the kept rows in the split; Y [n]; C [n, k] with
-    ``confounder_names``; Z [n, m] or None; group codes [n] or None; ``dropped``, the invalid rows dropped, and
-    ``dropped_by_column``, how many of them each column made invalid (a row can count in several)."""
-
-    rows: np.ndarray
-    outcome: np.ndarray
-    confounders: np.ndarray
-    confounder_names: list[str]
-    instrument: np.ndarray | None
-    groups: np.ndarray | None
-    dropped: int = 0
-    dropped_by_column: dict[str, int] = field(default_factory=dict)
-
-    def select(self, keep: np.ndarray) -> Observations:
-        """The observations of the rows where ``keep`` is true."""
-        return Observations(
-            self.rows[keep],
-            self.outcome[keep],
-            self.confounders[keep],
-            self.confounder_names,
-            None if self.instrument is None else self.instrument[keep],
-            None if self.groups is None else self.groups[keep],
-            self.dropped,
-            self.dropped_by_column,
-        )
-
-
-def _invalid_rows(
-    dataset: datasets.Dataset, args: DeconfoundedRewardConfig, outcome: np.ndarray, instrument, split: str
-) -> dict[str, np.ndarray]:
-    """Column -> rows with no text, or a missing / non-finite outcome, instrument, confounder or group value (a
-    numeric confounder's "NaN" string included)."""
-    text_columns = text_column_sets(args)[0]
-    texts = dataset.select_columns(list(text_columns))
-    problems: dict[str, np.ndarray] = {}
-
-    def add(column: str, mask: np.ndarray) -> None:  # a column in two roles (the text and the group) keeps both masks
-        problems[column] = problems[column] | mask if column in problems else mask
-
-    add(args.outcome_column, ~np.isfinite(outcome))
-    add("+".join(text_columns), ~np.array([_valid_text(row, args.text_column) for row in texts], dtype=bool))
-    for j, column in enumerate(args.instrument_columns):
-        add(column, ~np.isfinite(instrument[:, j]))
-    # a missing group id would put unrelated rows into one group (and one cluster)
-    groups = [args.group_column] if args.group_column is not None else []
-    for column in args.numeric_confounders:
-        add(column, ~np.isfinite(_numeric_column(dataset, column, "numeric confounder", split)))
-    for column in (*args.categorical_confounders, *args.timestamp_confounders, *groups):
-        add(column, np.array([is_missing(value) for value in dataset[column]], dtype=bool))
-    return problems
-
-
-def read_observations(
-    splits: Mapping[str, datasets.Dataset], args: DeconfoundedRewardConfig
-) -> dict[str, Observations]:
-    """Observations of each split, checked; C is built over all splits together, so columns and trend agree, with the
-    levels of the first split (the training rows): a level only the other splits hold counts as the reference level.
-
-    A row with no text or a missing / non-finite outcome, instrument or confounder is an error that counts such rows
-    per column, or, with ``drop_invalid``, is dropped and counted.
-    """
-    confounder_columns = (*args.numeric_confounders, *args.categorical_confounders, *args.timestamp_confounders)
-    parts = {}
-    for split, dataset in splits.items():
-        missing = [c for c in (*observation_columns(args), *text_column_sets(args)[0]) if c not in dataset.column_names]
-        if missing:
-            raise DataError(
-                f"The {split} split lacks the columns {missing} named in the config; it has: "
-                f"{', '.join(sorted(dataset.column_names))}."
-            )
-        check_text_types(dataset, args, split)
-        outcome = _numeric_column(dataset, args.outcome_column, "outcome", split)
-        instrument = None
-        if args.instrument_columns:
-            instrument = np.column_stack(
-                [_numeric_column(dataset, c, "instrument", split) for c in args.instrument_columns]
-            )
-        problems = _invalid_rows(dataset, args, outcome, instrument, split)
-        invalid = np.logical_or.reduce(list(problems.values()))
-        if invalid.any() and not args.drop_invalid:
-            listed = describe_invalid_columns(problems)
-            raise DataError(
-                f"{int(invalid.sum())} of {len(dataset)} rows of the {split} split "
-                f"{for_count(int(invalid.sum()), 'has', 'have')} a missing or non-finite value "
-                f"(NaN/inf/None, or no text) - {listed}. Fix the data, or set `drop_invalid: true` to drop these rows."
-            )
-        rows = np.flatnonzero(~invalid)
-        if not len(rows):
-            raise DataError(f"All {len(dataset)} rows of the {split} split have a missing or non-finite value.")
-        parts[split] = (
-            dataset.select(rows),
-            rows,
-            outcome[rows],
-            None if instrument is None else instrument[rows],
-            int(invalid.sum()),
-            {column: int(mask.sum()) for column, mask in problems.items() if mask.any()},
-        )
-
-    columns = {column: [value for part in parts.values() for value in part[0][column]] for column in confounder_columns}
-    confounders, names = build_confounder_matrix(
-        columns,
-        args.numeric_confounders,
-        args.categorical_confounders,
-        args.timestamp_confounders,
-        args.timestamp_features,
-        fit_rows=len(next(iter(parts.values()))[1]),
-        min_level_rows=args.min_level_rows,
-    )
-    observations, start = {}, 0
-    for split, (kept, rows, outcome, instrument, dropped, by_column) in parts.items():
-        groups = None if args.group_column is None else group_codes(kept[args.group_column], len(kept))
-        observations[split] = Observations(
-            rows, outcome, confounders[start : start + len(rows)], names, instrument, groups, dropped, by_column
-        )
-        start += len(rows)
-    return observations
-
-
-def dropped_by_column(observations: Observations) -> dict[str, dict[str, int]]:
-    """The report's ``dropped_invalid_by_column`` where rows were dropped: {column: rows it made invalid}."""
-    return {"dropped_invalid_by_column": observations.dropped_by_column} if observations.dropped else {}
-
-
-def confounder_column_of(name: str, args: DeconfoundedRewardConfig) -> str:
-    """The config column a confounder-matrix column comes from: itself (numeric), ``column=level`` (categorical, and a
-    timestamp's weekday / month) or ``column_trend_days``."""
-    for column in (*args.categorical_confounders, *args.timestamp_confounders):
-        if name.startswith(f"{column}=") or name == f"{column}_trend_days":
-            return column
-    return name
-
-
-def instruments(observations: Observations, args: DeconfoundedRewardConfig) -> tuple[np.ndarray | None, list[str] | None]:
-    """The instrument matrix of the 2SLS and its column names: Z, and beside it the columns of the confounders not in
-    ``endogenous_confounders`` (exogenous: their own instruments); (None, None) without instruments. Fewer instruments
-    than endogenous columns is an error naming those columns and the fix."""
-    if observations.instrument is None:
-        return None, None
-    names = observations.confounder_names
-    endogenous = args.endogenous_confounders or {confounder_column_of(name, args) for name in names}
-    exogenous = [j for j, name in enumerate(names) if confounder_column_of(name, args) not in endogenous]
-    moved = [name for j, name in enumerate(names) if j not in exogenous]
-    if len(args.instrument_columns) < len(moved):
-        fix = (
-            "Name the confounders the instruments move in `endogenous_confounders`: the others then serve as their "
-            "own instruments."
-            if not args.endogenous_confounders
-            else "Add instruments, or move fewer confounders into `endogenous_confounders`."
-        )
-        raise DataError(
-            f"{len(args.instrument_columns)} instrument column(s) for {len(moved)} endogenous confounder-matrix columns "
-            f"({', '.join(moved)}): 2SLS needs at least one instrument per such column. {fix}"
-        )
-    matrix = np.hstack([observations.instrument, observations.confounders[:, exogenous]])
-    return matrix, [*args.instrument_columns, *(names[j] for j in exogenous)]
-
-
-@dataclass
-class RewardTargets:
-    """t = (s - mean) / std with s = r~ = Y - theta'(C - mean C) (``result`` given) or s = Y (baselines)."""
-
-    result: DeconfoundResult | None
-    mean: float
-    std: float
-    report: dict[str, Any]
-
-    def of(self, observations: Observations) -> np.ndarray:
-        """Targets of any split: its r~ uses theta and mean C of the training rows."""
-        scores = (
-            observations.outcome
-            if self.result is None
-            else self.result.deconfound(observations.outcome, observations.confounders, observations.confounder_names)
-        )
-        return (scores - self.mean) / self.std
-
-
-def varies(values: np.ndarray, scale: np.ndarray | None = None) -> bool:
-    """Whether ``values`` spread beyond rounding: sd above 1000 float eps of the largest magnitude of ``scale`` (default
-    ``values``: the numbers they were computed from)."""
-    scale = values if scale is None else scale
-    return bool(values.std() > 1e3 * np.finfo(float).eps * float(np.abs(scale).max()))
-
-
-def exogenous_marked(deconfounding: dict[str, Any]) -> dict[str, Any]:
-    """The deconfounding report with each confounder that is its own instrument marked ``exogenous`` in place of its
-    first-stage F (the F of a column regressed on itself means nothing)."""
-    for name in deconfounding.get("instruments", []):
-        if name in deconfounding["effects"]:
-            effect = deconfounding["effects"][name]
-            effect.pop("first_stage_f", None)
-            effect["exogenous"] = True
-    return deconfounding
-
-
-def check_outcome_varies(observations: Observations, args: DeconfoundedRewardConfig) -> None:
-    """An outcome with one value in every training row (up to rounding) is an error: there is nothing to learn."""
-    if not varies(observations.outcome):
-        raise DataError(
-            f"The outcome column {args.outcome_column!r} has the same value in every training row (sd "
-            f"{observations.outcome.std():.2g}): nothing to learn."
-        )
-
-
-def reward_targets(
-    observations: Observations, args: DeconfoundedRewardConfig, features: Callable[[], Any], progress: bool = True
-) -> RewardTargets:
-    """Deconfound the training rows (``features()`` is called only in deconfounded mode) and standardise the target.
-    The data alone decides an outcome of one value and too few instruments: both fail before ``features()``."""
-    check_outcome_varies(observations, args)
-    seconds: dict[str, float] = {}
-    result = None
-    scores = observations.outcome
-    if args.mode == "deconfounded":
-        instrument, instrument_names = instruments(observations, args)
-        start = time.perf_counter()
-        phi = features()
-        seconds["features"] = round(time.perf_counter() - start, 3)
-        start = time.perf_counter()
-        result = partial_out(
-            observations.outcome,
-            observations.confounders,
-            phi,
-            n_folds=args.n_folds,
-            outcome_learner=args.outcome_learner,
-            confounder_learner=args.confounder_learner,
-            instrument=instrument,
-            seed=args.seed,
-            feature_names=observations.confounder_names,
-            progress=progress,
-            instrument_names=instrument_names,
-            groups=observations.groups,
-        )
-        seconds["partial_out"] = round(time.perf_counter() - start, 3)
-        scores = result.deconfounded_outcome
-    std = float(scores.std())
-    # zero up to rounding; the outcome varies (checked above), so only partialling out can have made it so
-    if not varies(scores, scale=observations.outcome):
-        raise DataError(
-            f"The confounders explain all of the outcome {args.outcome_column!r}: after partialling them out "
-            f"r~ = Y - theta'(C - mean C) is the same in every training row (sd {std:.2g}, against sd(Y) = "
-            f"{observations.outcome.std():.3g}), so nothing is left to learn. Check that no confounder is the outcome "
-            "or a function of it."
-        )
-    mean = float(scores.mean())
-    report = {
-        "mode": args.mode,
-        "objective": args.objective,
-        "outcome_column": args.outcome_column,
-        "feature_source": args.feature_source if result is not None else None,
-        "rows": {"used": len(observations.rows), "dropped_invalid": observations.dropped, **dropped_by_column(observations)},
-        "target": {"mean": mean, "std": std},  # the reward model learns t = (s - mean) / std
-        "deconfounding": None if result is None else exogenous_marked(result.to_report()),
-        "seconds": seconds,
-    }
-    return RewardTargets(result, mean, std, report)
-
-
-def text_features(
-    args: DeconfoundedRewardConfig,
-    rows: datasets.Dataset,
-    sequences: list[list[int]],
-    model: Any = None,
-    pad_token_id: int | None = None,
-    progress: bool = True,
-):
-    """phi of the rows: TF-IDF of the scored texts, or the mean-pooled hidden states ``feature_layers`` of the frozen
-    model (with PEFT: the adapters disabled) on the token ids ``sequences``, in the precision of ``feature_autocast``.
-    A sequence longer than ``max_length`` (a row training drops) or than the model's positions gives the features of
-    its first tokens."""
-    if args.feature_source == "tfidf":
-        return tfidf_features([scored_text(row, args.text_column) for row in rows])
-    if limits := [limit for limit in (args.max_length, position_limit(model)) if limit]:
-        sequences = [ids[: min(limits)] for ids in sequences]
-    with model.disable_adapter() if is_peft_model(model) else nullcontext():
-        return hidden_state_features(
-            model,
-            sequences,
-            pad_token_id,
-            args.feature_batch_size,
-            args.feature_cache_dir,
-            progress,
-            autocast=feature_precision(args, model),
-            layers=args.feature_layers,
-        )
-
-
-def feature_precision(args: DeconfoundedRewardConfig, model: Any) -> str | None:
-    """The autocast precision of the model feature pass on ``model``'s device (``feature_autocast``)."""
-    device = next(model.parameters()).device
-    return args.feature_autocast_precision(bf16_native=runs_bf16_natively(device), cpu=device.type == "cpu")
-
-
-def tokenize_rows(rows: datasets.Dataset, args: DeconfoundedRewardConfig, tokenizer, split: str) -> datasets.Dataset:
-    """``input_ids`` of ``scored_input`` for every row (the other columns are dropped)."""
-    with global_then_local_main_first():
-        return rows.map(
-            lambda row: {
-                "input_ids": _tokenize(tokenizer, scored_input(row, args.text_column, tokenizer.eos_token))["input_ids"]
-            },
-            remove_columns=rows.column_names,
-            num_proc=args.dataset_num_proc,
-            desc=f"Tokenizing {split} rows",
-        )
-
-
-def check_lengths(tokenized: Mapping[str, datasets.Dataset], max_length: int | None) -> None:
-    """Fail on a split whose every row is longer than ``max_length`` tokens: training drops such rows."""
-    if max_length is None:
-        return
-    for split, rows in tokenized.items():
-        shortest = min(len(ids) for ids in rows["input_ids"])
-        if shortest > max_length:
-            raise DataError(
-                f"All {len(rows)} rows of the {split} split are longer than max_length={max_length} tokens (the "
-                f"shortest has {shortest}), and rows over max_length are dropped: nothing would be left. Raise "
-                "`max_length` or shorten the texts."
-            )
-
-
-def squared_correlations(rewards: torch.Tensor, confounders: torch.Tensor) -> torch.Tensor:
-    """corr(r, C_j)^2 over the batch for each confounder j [k] (0 for a column that is constant in the batch)."""
-    r = rewards - rewards.mean()
-    c = confounders - confounders.mean(dim=0)
-    covariance = (r[:, None] * c).sum(dim=0)
-    return covariance**2 / ((r**2).sum() * (c**2).sum(dim=0)).clamp(min=1e-12)
 
 
 @dataclass
@@ -650,26 +230,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             raise refuse_adapter(adapter, "deconfounded_reward", "its final save merges the adapters into a plain reward "
                                  "model, and a prompt-learning adapter changes no weight to merge")
         splits = named_splits(train_dataset, eval_dataset)
-        check_split_types(splits, "deconfounded_reward", " (it deconfounds all rows before training)")
-        observations = read_observations(splits, args)  # bad data fails here, before the model loads
-        check_outcome_varies(observations["train"], args)
-        if (repeated := repeated_rows(train_dataset, args)) and args.process_index == 0:
-            logger.warning(
-                f"{count_rows(len(repeated))} of the {len(train_dataset)} training rows "
-                f"{for_count(len(repeated), 'repeats', 'repeat')} an earlier row in every column the trainer reads "
-                f"({describe_rows(repeated)}): each copy weighs in the partialling out and its pairs. If the log holds "
-                "events twice by mistake, drop the copies."
-            )
-        if args.mode == "deconfounded":
-            train = observations["train"]
-            check_design(train.confounders, train.confounder_names, args.n_folds, train.groups)
-            instruments(train, args)  # enough instruments, before the feature pass
-        if args.objective == "pairwise":
-            for split, obs in observations.items():
-                dropped = f" once {count_rows(obs.dropped)} with a missing value {for_count(obs.dropped, 'was', 'were')} dropped (drop_invalid)" if obs.dropped else ""
-                check_pair_groups(
-                    obs.groups, f"objective='pairwise', {split} split, group_column {args.group_column!r}{dropped}", obs.rows
-                )
+        observations = self._check_observations(splits, args)  # bad data fails here, before the model loads
         if peft_config is not None and peft_config.task_type != "SEQ_CLS":
             # SEQ_CLS trains the `score` head too (PEFT's modules_to_save); a copy leaves the caller's config as it was
             peft_config = replace(peft_config, task_type="SEQ_CLS")
@@ -697,27 +258,73 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if args.objective == "regression":  # compute_metrics gets the rewards and their targets t as label_ids
             self.label_names = ["target"]
 
-        main = self.accelerator.is_main_process
         rows = {split: splits[split].select(obs.rows) for split, obs in observations.items()}
         tokenized = {split: tokenize_rows(rows[split], args, self.processing_class, split) for split in rows}
         check_lengths(tokenized, args.max_length)  # before the feature pass and the partialling out
+        self.targets: RewardTargets = self._compute_targets(rows["train"], tokenized["train"], observations["train"])
+        too_long, eval_rows = self._prepare_splits(tokenized, observations, eval_dataset)
+        self.report = self._build_report(rows["train"], too_long, eval_rows)
+        if args.mode == "covariate":
+            self.attach_heads(nn.Linear(len(self.confounder_names), 1, bias=False))
+            nn.init.zeros_(self.heads.weight)
+        if self.accelerator.is_main_process:
+            self.save_report(args.output_dir)
+            self._print_summary()
+
+    @staticmethod
+    def _check_observations(splits: dict[str, datasets.Dataset], args: DeconfoundedRewardConfig) -> dict[str, Observations]:
+        """The observations of each split, checked before the model loads: the columns and values, an outcome that
+        varies, rows repeated in every column (a warning), the design and instruments of the partialling out, and the
+        groups of the pairs."""
+        check_split_types(splits, "deconfounded_reward", " (it deconfounds all rows before training)")
+        observations = read_observations(splits, args)
+        check_outcome_varies(observations["train"], args)
+        train_dataset = splits["train"]
+        if (repeated := repeated_rows(train_dataset, args)) and args.process_index == 0:
+            logger.warning(
+                f"{count_rows(len(repeated))} of the {len(train_dataset)} training rows "
+                f"{for_count(len(repeated), 'repeats', 'repeat')} an earlier row in every column the trainer reads "
+                f"({describe_rows(repeated)}): each copy weighs in the partialling out and its pairs. If the log holds "
+                "events twice by mistake, drop the copies."
+            )
+        if args.mode == "deconfounded":
+            train = observations["train"]
+            check_design(train.confounders, train.confounder_names, args.n_folds, train.groups)
+            instruments(train, args)  # enough instruments, before the feature pass
+        if args.objective == "pairwise":
+            for split, obs in observations.items():
+                dropped = f" once {count_rows(obs.dropped)} with a missing value {for_count(obs.dropped, 'was', 'were')} dropped (drop_invalid)" if obs.dropped else ""
+                check_pair_groups(
+                    obs.groups, f"objective='pairwise', {split} split, group_column {args.group_column!r}{dropped}", obs.rows
+                )
+        return observations
+
+    def _compute_targets(
+        self, rows: datasets.Dataset, tokenized: datasets.Dataset, observations: Observations
+    ) -> RewardTargets:
+        """The targets of the training rows, computed on the main process (one feature pass) and broadcast, so that
+        every rank trains on the same ones; under ZeRO-3 every rank takes part in gathering the weights the feature
+        pass needs."""
+        args = self.args
         targets = [None]
         network = self.accelerator.unwrap_model(self.model)
-        # the other ranks receive the targets: one feature pass, identical targets everywhere (under ZeRO-3 every rank
-        # takes part in gathering the weights the pass needs)
         with full_parameters(network) if args.feature_source == "model" else nullcontext():
-            if main:
+            if self.accelerator.is_main_process:
                 progress = not args.disable_tqdm
                 pad_token_id = self.processing_class.pad_token_id
 
                 def features():
-                    return text_features(
-                        args, rows["train"], tokenized["train"]["input_ids"], network, pad_token_id, progress
-                    )
+                    return text_features(args, rows, tokenized["input_ids"], network, pad_token_id, progress)
 
-                targets = [reward_targets(observations["train"], args, features, progress)]
-        self.targets: RewardTargets = broadcast_object_list(targets)[0]
+                targets = [reward_targets(observations, args, features, progress)]
+        return broadcast_object_list(targets)[0]
 
+    def _prepare_splits(
+        self, tokenized: dict[str, datasets.Dataset], observations: dict[str, Observations], eval_dataset
+    ) -> tuple[int, dict[str, dict[str, Any]]]:
+        """Sets the confounders' training moments, ``train_dataset`` and ``eval_dataset`` to the prepared rows
+        (``_training_rows``); returns the training rows longer than ``max_length`` and the row counts of each
+        evaluation split."""
         confounders = observations["train"].confounders
         self.confounder_names = observations["train"].confounder_names
         self.confounder_scale = (
@@ -730,19 +337,27 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             split: {
                 "used": len(observations[split].rows),
                 "dropped_invalid": observations[split].dropped,
-                **dropped_by_column(observations[split]),
+                **dropped_by_column_entry(observations[split]),
                 "dropped_longer_than_max_length": long_rows,
             }
             for split, (_, long_rows) in prepared.items()
         }
         for split, counts in eval_rows.items():
-            if counts["dropped_invalid"] and main:
+            if counts["dropped_invalid"] and self.accelerator.is_main_process:
                 logger.warning(f"{counts['dropped_invalid']} {split} rows with a missing or non-finite value are dropped (drop_invalid).")
         if eval_dataset is not None:
             self.eval_dataset = {split: dataset for split, (dataset, _) in prepared.items()}
             if not isinstance(eval_dataset, dict):
                 self.eval_dataset = self.eval_dataset["eval"]
-        self.report = {
+        return too_long, eval_rows
+
+    def _build_report(
+        self, train_rows: datasets.Dataset, too_long: int, eval_rows: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The report: the targets' (theta, rows, target scale), the rows trained on and the pairs, the evaluation rows,
+        the reference and pooled levels of the one-hot confounders, and the precision of the model feature pass."""
+        args = self.args
+        report = {
             **self.targets.report,
             "rows": {
                 **self.targets.report["rows"],
@@ -753,7 +368,6 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             **({"eval_rows": eval_rows} if eval_rows else {}),
         }
         if args.categorical_confounders or args.timestamp_confounders:  # what each one-hot theta is measured from
-            train_rows = rows["train"]
             levels = one_hot_levels(
                 {column: train_rows[column] for column in (*args.categorical_confounders, *args.timestamp_confounders)},
                 args.categorical_confounders,
@@ -761,19 +375,14 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 args.timestamp_features,
                 args.min_level_rows,
             )
-            self.report["reference_levels"] = {block: level["reference"] for block, level in levels.items()}
-            self.report["pooled_levels"] = {
+            report["reference_levels"] = {block: level["reference"] for block, level in levels.items()}
+            report["pooled_levels"] = {
                 block: {"values": level["pooled"], "pooled_into": level["pooled_into"]} for block, level in levels.items() if level["pooled"]
             }
-        if self.report["feature_source"] == "model":
+        if report["feature_source"] == "model":
             model_dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-            self.report["feature_precision"] = feature_precision(args, self.model) or model_dtype
-        if args.mode == "covariate":
-            self.attach_heads(nn.Linear(confounders.shape[1], 1, bias=False))
-            nn.init.zeros_(self.heads.weight)
-        if main:
-            self.save_report(args.output_dir)
-            self._print_summary()
+            report["feature_precision"] = feature_precision(args, self.model) or model_dtype
+        return report
 
     @property
     def trained_rows(self) -> int:
@@ -862,7 +471,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
             line += (
                 f"\n  theta[{name}] = {effect['theta']:.4g} (se {effect['se']:.3g}, "
                 f"{deconfounding['ci_level']:.0%} CI [{effect['ci_low']:.4g}, {effect['ci_high']:.4g}], "
-                f"text-free variance share {min(effect['residual_r2'], 1.0):.2f}"  # over 1: the text predicts none
+                f"text-free variance share {min(effect['residual_share'], 1.0):.2f}"  # over 1: the text predicts none
                 + (
                     f", first-stage F {effect['first_stage_f']:.3g})" if "first_stage_f" in effect
                     else ", exogenous: its own instrument)" if effect.get("exogenous") else ")"
@@ -893,14 +502,12 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         fitted = rewards + self.heads(confounders).squeeze(-1) if self.args.mode == "covariate" else rewards
         metrics = self._metrics[mode]
         if "target" in inputs:
-            losses = (fitted - inputs["target"]) ** 2
+            losses = regression_losses(fitted, inputs["target"])
         else:
             chosen, rejected = fitted.chunk(2)
-            losses = -nn.functional.logsigmoid(chosen - rejected - inputs.get("margin", 0.0))
-            if (
-                self.args.center_rewards_coefficient is not None
-            ):  # as RewardTrainer: coefficient * (r_chosen + r_rejected)^2
-                losses = losses + self.args.center_rewards_coefficient * rewards.view(2, -1).sum(dim=0) ** 2
+            losses = pairwise_losses(chosen, rejected, inputs.get("margin", 0.0))
+            if self.args.center_rewards_coefficient is not None:  # as RewardTrainer
+                losses = losses + self.args.center_rewards_coefficient * centering_penalties(rewards)
             accuracy = (chosen > rejected).float().mean()
             metrics["accuracy"].append(self.accelerator.gather_for_metrics(accuracy).mean().item())
             margin = (chosen - rejected).detach().mean()
