@@ -218,6 +218,9 @@ class TrainerStandIn:
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.accelerator = SimpleNamespace(gather_for_metrics=lambda value: value, num_processes=1)
 
+    def _log_reward_metrics(self, mode: str, rewards: torch.Tensor, attention_mask) -> None:
+        """RewardTrainer's reward and token metrics: a head trained outside a Trainer logs none."""
+
 
 def train_head(
     phi: np.ndarray, target: np.ndarray, confounders: np.ndarray, args: DeconfoundedRewardConfig, epochs: int, lr: float

@@ -23,3 +23,24 @@ def test_a_smaller_run_than_the_committed_one_is_a_smoke_run(tmp_path, monkeypat
     # no committed file: only the issue's sizes (floor) count
     assert common.smaller_than_committed("new", {"seeds": [0]}, ("seeds",), floor={"seeds": 3})
     assert not common.smaller_than_committed("new", {"seeds": [0, 1, 2]}, ("seeds",), floor={"seeds": 3})
+
+
+def test_the_reward_benchmark_trains_its_heads_with_the_trainer_loss_in_every_mode(tmp_path):
+    """benchmarks/deconfounded_reward.py trains its frozen-feature heads with ``DeconfoundedRewardTrainer.compute_loss``
+    on a stand-in trainer: every mode's loss must run there and move the head."""
+    import numpy as np
+    import torch
+
+    import deconfounded_reward as bench
+
+    generator = np.random.default_rng(0)
+    phi = generator.normal(size=(64, 8)).astype(np.float32)
+    confounders = generator.normal(size=(64, 1)).astype(np.float32)
+    target = phi[:, 0] + confounders[:, 0]
+    for mode in bench.MODES:
+        args = bench.reward_config(mode, 0, str(tmp_path), per_device_train_batch_size=16)
+        torch.manual_seed(0)
+        untrained = bench.FrozenFeatureHead(phi.shape[1]).state_dict()
+        head = bench.train_head(phi, target, confounders, args, epochs=2, lr=1e-2)
+        assert not head.training
+        assert any(not torch.equal(untrained[key], value) for key, value in head.state_dict().items()), mode
