@@ -244,7 +244,7 @@ def test_compute_metrics_gets_the_labels(tiny_model, tmp_path):
 
 
 def test_the_pooled_prompt_of_a_conversation_is_everything_before_its_last_trained_answer():
-    from trl_causal.trainer.latent_shift_trainer import prompt_token_mask
+    from trl_causal.latent_shift import prompt_token_mask
 
     ignored = -100  # user "Hi" | assistant "Sure" (trained) | user <review> | assistant "positive" (trained) | padding
     labels = torch.tensor([[ignored, ignored, 5, 6, ignored, ignored, 7, 8, ignored], [ignored, ignored, ignored, 4, 4, ignored, ignored, ignored, ignored]])
@@ -429,7 +429,7 @@ def test_answers_that_share_only_their_first_tokens_train_and_are_told_apart(tin
 
 
 def test_a_boolean_label_column_takes_a_yaml_boolean_verbalizer_and_says_how_labels_compare(tmp_path):
-    from trl_causal.trainer.latent_shift_trainer import check_labels
+    from trl_causal.latent_shift.labels import check_labels
 
     rows = Dataset.from_list([{"is_positive": row["label"] == "positive", "completion": " " + row["label"]} for row in shift_rows()])
     verbalizer = LatentShiftConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, verbalizer={True: "positive", False: "negative"}).verbalizer

@@ -13,9 +13,12 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, DataError, describe_rows, for_count
+
+if TYPE_CHECKING:
+    import torch
 
 Prompt = str | list[dict[str, str]]
 
@@ -345,22 +348,27 @@ class LMPredictor:
         ]
         return torch.stack(scores).view(len(prompts), len(self.answers)).cpu()
 
-    def _logprobs(self, sequences: list[list[int]], desc: str):
-        """Yield each sequence's next-token log-probabilities [length, vocab], batched with right padding."""
+    def right_padded(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` [rows, longest] of token id lists, on the model's device: each row
+        right-padded with the pad token (0 without one) to the longest."""
         import torch
 
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        length = max(map(len, batch))
+        input_ids = torch.tensor([list(ids) + [pad] * (length - len(ids)) for ids in batch], dtype=torch.long, device=device)
+        attention_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in batch], dtype=torch.long, device=device)
+        return input_ids, attention_mask
+
+    def _logprobs(self, sequences: list[list[int]], desc: str):
+        """Yield each sequence's next-token log-probabilities [length, vocab], batched with right padding."""
+        import torch
+
         with torch.no_grad():
             for batch in self._batches(sequences, desc):
-                length = max(len(ids) for ids in batch)
-                input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
-                attention = torch.zeros_like(input_ids)
-                for i, ids in enumerate(batch):
-                    input_ids[i, : len(ids)] = torch.tensor(ids)
-                    attention[i, : len(ids)] = 1
-                logits = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-                virtual = logits.shape[1] - length  # positions a prompt-tuning adapter puts before the tokens
+                input_ids, attention_mask = self.right_padded(batch)
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+                virtual = logits.shape[1] - input_ids.shape[1]  # positions a prompt-tuning adapter puts before the tokens
                 for i, ids in enumerate(batch):
                     yield logits[i, virtual : virtual + len(ids)].float().log_softmax(-1).cpu()
 

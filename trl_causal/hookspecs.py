@@ -10,9 +10,20 @@ entry-point group::
 Hooks are registrar-style (as in Simon Willison's ``llm``): each receives a ``register`` callable
 and calls it once per thing it provides. Registration must stay cheap: pass classes as
 ``"module:Attr"`` strings so that listing trainers imports neither torch nor the plugin's code.
+
+A registered trainer class may also define the optional attributes listed by ``OptionalTrainerAttributes``.
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
 import pluggy
+
+if TYPE_CHECKING:
+    from .evaluation import LMPredictor
 
 hookspec = pluggy.HookspecMarker("trl_causal")
 hookimpl = pluggy.HookimplMarker("trl_causal")
@@ -49,3 +60,59 @@ def register_event_estimators(register):
       ``trl_causal.capt.NoEventsFound`` for a row without events. ``completion`` is None at inference.
     - ``description``: one line shown by ``trl-causal list --estimators``.
     """
+
+
+class OptionalTrainerAttributes(Protocol):
+    """What ``trl-causal train`` and ``trl-causal eval`` read from a registered trainer class, or from the trainer,
+    where it is defined (each one is looked up with ``getattr`` / ``hasattr``): define those that apply, none is
+    required. ``args`` is the trainer's config. Documentation only: nothing subclasses or checks it."""
+
+    saved_file: ClassVar[str]
+    """A file every save of the trainer writes. eval scores a checkpoint that has no run record (trained by Axolotl
+    or a TRL script) and lacks this file as a plain model (trainer ``sft``), not as one of this trainer."""
+
+    settings_fixed_by_checkpoint: ClassVar[Sequence[str]]
+    """Config fields that what the checkpoint saved fixes (e.g. the sizes of its heads): eval's ``--setting`` refuses
+    them."""
+
+    trained_rows: int | None
+    """On the trainer: how many training rows train, for a trainer that builds its own items from the rows (``capt``
+    after ``on_no_events``, ``deconfounded_reward`` after ``max_length``); the run summary reports it."""
+
+    @staticmethod
+    def required_columns(args: Any) -> Sequence[str]:
+        """Columns every split must have: a missing one is an error before the model loads."""
+
+    @staticmethod
+    def column_sets(args: Any) -> Sequence[Sequence[str]]:
+        """Sets of columns of which a split must hold one, in place of the trainer kind's text columns (e.g.
+        ``[["text"], ["prompt", "completion"]]``)."""
+
+    @staticmethod
+    def columns_hint(args: Any) -> str:
+        """A sentence on how to fix missing columns, added to that error."""
+
+    @classmethod
+    def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
+        """The settings saved in the checkpoint, as config fields: what eval predicts with for a checkpoint that
+        has no run record."""
+
+    @classmethod
+    def checkpoint_answers(cls, checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
+        """(labels, answer texts) the checkpoint predicts, None if it did not save them: eval's answer set. A trainer
+        that defines it gets the gold answers as they are (labels too) for its predictor to map, where another
+        trainer's predictor gets each label's answer text."""
+
+    @classmethod
+    def check_predictor(cls, args: Any) -> None:
+        """Called by eval before any model loads: raise if the predictor cannot run (e.g. an endpoint is down)."""
+
+    @classmethod
+    def build_predictor(
+        cls, args: Any, model: Any, tokenizer: Any, answers: Sequence[str], mode: str = "score", checkpoint_dir=None, **kwargs
+    ) -> LMPredictor:
+        """The predictor eval scores the checkpoint with, in place of the plain ``LMPredictor`` (``kwargs``: its
+        options, e.g. ``batch_size``)."""
+
+    def end(self) -> None:
+        """On the trainer, on every process, after training, the final save and the final evaluation."""

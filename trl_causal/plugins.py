@@ -30,6 +30,12 @@ OWN_DISTRIBUTION = "trl-causal"
 TRAINER_KINDS = ("sft", "reward")
 
 
+def import_target(path: str) -> Any:
+    """The object a ``"module:Attr"`` import path names (ImportError or AttributeError where there is none)."""
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 class PluginWarning(UserWarning):
     """A plugin that failed to load, or a name two plugins register (``trl-causal`` prints it as one line)."""
 
@@ -58,9 +64,8 @@ class Registered:
         if role not in self._resolved:
             target = self.targets[role]
             if isinstance(target, str):
-                module_name, _, attr = target.partition(":")
                 try:
-                    target = getattr(importlib.import_module(module_name), attr)
+                    target = import_target(target)
                 except (ImportError, AttributeError) as error:
                     raise RegistryError(
                         f"{self.name!r} (from distribution {self.distribution!r}) registers {role} {self.targets[role]!r}, "

@@ -1,4 +1,5 @@
-"""Latent-shift adjusted SFT (METHODS.md section 3): the math in plain torch and the shift benchmark data."""
+"""Latent-shift adjusted SFT (METHODS.md section 3): the math in plain torch, the checks of the rows' labels
+(``labels``) and the shift benchmark data."""
 
 from .adjustment import (
     ADJUSTMENTS,
@@ -17,6 +18,7 @@ from .adjustment import (
     entropy,
     masked_mean_pool,
     patch_features,
+    prompt_token_mask,
 )
 from .data import (
     DEFAULT_INSTRUCTION,
@@ -55,6 +57,7 @@ __all__ = [
     "make_splits",
     "masked_mean_pool",
     "patch_features",
+    "prompt_token_mask",
     "split_name",
     "to_prompt_completion",
     "write_jsonl",

@@ -5,7 +5,7 @@ model being fine-tuned with ``output_hidden_states=True`` and one no-grad forwar
 
 - ``hidden_states[-1]`` of the model being fine-tuned  -> R1 = masked mean over prompt tokens,
 - ``hidden_states[-1]`` of the frozen view             -> R0 (same pooling),
-- ``hidden_states[low_layer]`` (default 0: embeddings)  -> patch features f -> Phi = MLP(f),
+- ``hidden_states[low_layer]`` (default 0: embeddings)  -> patch features f -> Phi = MLP(LayerNorm(f)),
 
 and this module computes
     q0 = softmax(g(R0)),  q1 = softmax(g(R1)),   L_C = mean ||q0 - q1||^2 - H(q0) - H(q1)
@@ -74,6 +74,18 @@ def _masked_mean(hidden: Tensor, token_mask: Tensor, count: Tensor) -> Tensor:
     precise = torch.promote_types(hidden.dtype, torch.float32)
     summed = hidden.masked_fill(~token_mask.unsqueeze(-1), 0).sum(1, dtype=precise)
     return summed / count.to(precise).unsqueeze(1)
+
+
+def prompt_token_mask(labels: Tensor, attention_mask: Tensor) -> Tensor:
+    """[B, T] bool: the tokens before the start of each row's last supervised span (label != -100), i.e. its prompt:
+    in a conversation whose assistant turns are all trained (assistant_only_loss), everything before the final
+    answer, which the label belongs to, as prediction pools it."""
+    supervised = labels.ne(-100)
+    starts = supervised & ~F.pad(supervised[:, :-1], (1, 0), value=False)
+    positions = torch.arange(labels.shape[1], device=labels.device)
+    last_start = torch.where(starts, positions, -1).amax(dim=1, keepdim=True)
+    last_start = torch.where(last_start < 0, labels.shape[1], last_start)  # no supervised token: every token
+    return (positions < last_start) & attention_mask.bool()
 
 
 def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:

@@ -65,7 +65,7 @@ class LatentShiftConfig(SFTConfig):
             so a resumed run draws the same ones) and of the test-time draws; `None` uses `seed`.
 
     Defaults that differ from [`~trl.SFTConfig`]: `dataloader_drop_last=True` (the shuffle needs 2 rows per batch,
-    so a last batch of one row is dropped) and `ddp_find_unused_parameters=False` (the heads run after the model's
+    so a last batch of one row is dropped) and `ddp_find_unused_parameters=False` (the heads run outside the model's
     DDP forward, so DDP must not search that forward's graph for unused parameters).
     """
 
@@ -177,8 +177,9 @@ class LatentShiftConfig(SFTConfig):
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={
-            "help": "Must stay False here: the heads run after the model's DDP forward, and DDP's search for unused "
-            "parameters would mark them unused before their gradients arrive."
+            "help": "Must stay False here: the heads run outside the model's DDP forward, so DDP's search for unused "
+            "parameters would mark them ready (unused) when that forward ends and again when their gradients arrive "
+            "in backward, which fails."
         },
     )
 
@@ -248,8 +249,9 @@ class LatentShiftConfig(SFTConfig):
             )
         if self.ddp_find_unused_parameters:
             raise ConfigError(
-                "ddp_find_unused_parameters=True: the heads run after the model's DDP forward, and DDP would mark them "
-                "unused before their gradients arrive; leave it False."
+                "ddp_find_unused_parameters=True: the heads run outside the model's DDP forward, so DDP would mark "
+                "them ready (unused) when that forward ends and again when their gradients arrive in backward, which "
+                "fails; leave it False."
             )
         if self.loss_type != "nll":
             raise ConfigError(f"loss_type={self.loss_type!r}: latent_shift computes the 'nll' SFT loss itself.")

@@ -16,7 +16,6 @@ row is its tokens before its last supervised span (the answer the label belongs 
 from __future__ import annotations
 
 import copy
-import itertools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -35,9 +34,18 @@ from trl.trainer.utils import entropy_from_logits
 
 from ..data import check_columns, check_split_types, named_splits
 from ..errors import ConfigError, DataError, count_rows, describe_rows
-from ..evaluation import LMPredictor, Prompt, completion_text, training_answer_prefix, warn_unlike_training
+from ..evaluation import LMPredictor, Prompt, training_answer_prefix, warn_unlike_training
+from ..latent_shift import LatentShiftHeads, LatentShiftLosses, prompt_token_mask
+from ..latent_shift.labels import (
+    COMPLETION_LABEL_COLUMN,
+    check_answer_tokens,
+    check_completion_column,
+    labels_checked,
+    loaded_row_numbers,
+    verbalizer_from_data,
+    with_completion_labels,
+)
 from ..paths import read_checkpoint_file, write_checkpoint_file
-from ..latent_shift import LatentShiftHeads, LatentShiftLosses
 from .latent_shift_config import LatentShiftConfig
 from .mixins import (
     HEADS_FILE,
@@ -55,164 +63,6 @@ from .zero3 import reload_pretrained
 logger = logging.get_logger(__name__)
 
 LATENT_SHIFT_FILE = "trl_causal_latent_shift.json"
-COMPLETION_LABEL_COLUMN = "completion_label"  # added when `label_column` is None: the completion text
-
-
-def answer_of(completion: Prompt, row: int, split: str) -> str:
-    """``completion_text``, naming the row whose completion is neither a text nor messages."""
-    try:
-        return completion_text(completion)
-    except DataError as error:
-        raise DataError(f"Row {row} of the {split} rows: {error}") from None
-
-
-def with_completion_labels(dataset, args: LatentShiftConfig, split: str):
-    """The rows with a ``completion_label`` column, the label whose verbalizer answer is the row's completion (read
-    before TRL appends EOS), when ``label_column`` is None; otherwise the rows unchanged."""
-    if args.label_column is not None:
-        return dataset
-    check_completion_column(dataset.column_names, split)
-    label_of_answer = {answer: label for label, answer in (args.verbalizer or {}).items()}
-
-    def add_label(row, index):
-        answer = answer_of(row["completion"], index, split)
-        return {COMPLETION_LABEL_COLUMN: label_of_answer.get(answer, answer)}
-
-    return dataset.map(add_label, with_indices=True)
-
-
-def check_completion_column(columns: Sequence[str] | None, split: str) -> None:
-    """With ``label_column`` None each row's label is its completion: fail on rows without one."""
-    if columns is not None and "completion" not in columns:
-        raise ConfigError(
-            f"The {split} rows have no 'completion' column (columns: {', '.join(columns)}), and latent_shift reads "
-            "each row's label from its completion unless `label_column` names the column that holds it: set "
-            "label_column (messages rows need one)."
-        )
-
-
-def prompt_token_mask(labels: Tensor, attention_mask: Tensor) -> Tensor:
-    """[B, T] bool: the tokens before the start of each row's last supervised span (label != -100), i.e. its prompt:
-    in a conversation whose assistant turns are all trained (assistant_only_loss), everything before the final
-    answer, which the label belongs to, as prediction pools it."""
-    supervised = labels.ne(-100)
-    starts = supervised & ~torch.nn.functional.pad(supervised[:, :-1], (1, 0), value=False)
-    positions = torch.arange(labels.shape[1], device=labels.device)
-    last_start = torch.where(starts, positions, -1).amax(dim=1, keepdim=True)
-    last_start = torch.where(last_start < 0, labels.shape[1], last_start)  # no supervised token: every token
-    return (positions < last_start) & attention_mask.bool()
-
-
-def verbalizer_from_data(dataset: Dataset, label_column: str) -> dict[str, str]:
-    """{label: completion text} read from the rows, labels sorted; a label with two different completions is an error."""
-    if "completion" not in dataset.column_names:
-        raise ConfigError(
-            f"verbalizer is not set and the data has no `completion` column to read the answers from; set "
-            f"`verbalizer` (label -> answer text). Columns: {', '.join(dataset.column_names)}."
-        )
-    answers: dict[str, str] = {}
-    for row, (label, completion) in enumerate(zip(dataset[label_column], dataset["completion"])):
-        answer = answer_of(completion, row, "training")
-        if answers.setdefault(str(label), answer) != answer:
-            raise DataError(
-                f"Cannot read the verbalizer from the data: label {label!r} has the completion {answers[str(label)]!r} "
-                f"and, in row {row}, {answer!r}. Set `verbalizer` (label -> answer text)."
-            )
-    if len(answers) < 2:
-        raise DataError(f"The training data holds {len(answers)} label(s) {sorted(answers)}; latent_shift needs 2 or more.")
-    return dict(sorted(answers.items()))
-
-
-def loaded_row_numbers(prepared: Dataset, loaded) -> list[int] | None:
-    """For each row of ``prepared`` (the split after TRL's preparation, which keeps the rows' order and drops some),
-    its number in ``loaded`` (the split as given), matched in order by the prompt (TRL adds EOS to the completion);
-    None where they cannot be matched."""
-    if not isinstance(loaded, Dataset):
-        return None
-    if len(loaded) == len(prepared):
-        return list(range(len(prepared)))
-    key = next((column for column in ("prompt", "messages") if column in prepared.column_names and column in loaded.column_names), None)
-    if key is None:
-        return None
-    given = loaded[key]
-    numbers, position = [], 0
-    for row in prepared[key]:
-        while position < len(given) and given[position] != row:
-            position += 1
-        if position == len(given):
-            return None
-        numbers.append(position)
-        position += 1
-    return numbers
-
-
-def check_labels(dataset: Dataset, label_column: str, verbalizer: dict[str, str], split: str, first_row: int = 0) -> None:
-    """Fail on the rows whose label is not a key of the verbalizer, or whose completion is not its label's
-    verbalizer answer (SFT would learn one answer, L_adj another class), naming the rows (``dataset`` holds the rows
-    from number ``first_row`` on) and the first one's label."""
-    # the answer SFT learns: the completion, or a messages row's last turn
-    answer_column = next((c for c in ("completion", "messages") if c in dataset.column_names), None)
-    completions = dataset[answer_column] if answer_column else None
-    labels = dict(enumerate(dataset[label_column], start=first_row))
-    unknown = [row for row, label in labels.items() if str(label) not in verbalizer]
-    if unknown:
-        row, label = unknown[0], labels[unknown[0]]
-        source = "its completion" if label_column == COMPLETION_LABEL_COLUMN else f"column {label_column!r}"
-        same_text = [key for key in verbalizer if key.lower() == str(label).lower()]
-        hint = (
-            f" Labels compare as text: write {str(label)!r}, not {same_text[0]!r}."
-            if same_text
-            else " (YAML reads unquoted yes/no/true/false labels as booleans, named 'True'/'False': quote them.)"
-            if {"True", "False"} & set(verbalizer)
-            else ""
-        )
-        raise DataError(
-            f"The {split} split has labels that are not in the verbalizer (labels: {', '.join(map(repr, verbalizer))}) "
-            f"in {count_rows(len(unknown))} ({describe_rows(unknown)}); row {row} has {label!r} ({source}). Add it to "
-            f"`verbalizer` or fix the rows.{hint}"
-        )
-    if completions is None:
-        return
-    answered = {row: answer_of(completion, row, split) for row, completion in enumerate(completions, start=first_row)}
-    mismatched = [row for row, label in labels.items() if answered[row] != verbalizer[str(label)]]
-    if mismatched:
-        row, label = mismatched[0], labels[mismatched[0]]
-        raise DataError(
-            f"In {count_rows(len(mismatched))} of the {split} split ({describe_rows(mismatched)}) the "
-            f"{'completion' if answer_column == 'completion' else 'last message'} is not the label's verbalizer "
-            f"answer: row {row} has label {label!r} (column {label_column!r}) and {answered[row]!r}, but the "
-            f"verbalizer answers {str(label)!r} with {verbalizer[str(label)]!r}. Fix the rows or the verbalizer."
-        )
-
-
-def labels_checked(dataset, label_column: str, verbalizer: dict[str, str], split: str):
-    """The split, its labels checked by ``check_labels``: a map-style one now, a streamed one (which cannot be checked
-    up front) row by row as it is drawn."""
-    if isinstance(dataset, Dataset):
-        check_labels(dataset, label_column, verbalizer, split)
-        return dataset
-
-    def check(row, index):
-        check_labels(Dataset.from_list([row]), label_column, verbalizer, split, first_row=index)
-        return {}
-
-    return dataset.map(check, with_indices=True)
-
-
-def check_answer_tokens(tokenizer, verbalizer: dict[str, str], prefix: str = "") -> None:
-    """Fail when two answers' tokens (of ``prefix + answer``, as they follow the prompt) collide: one sequence is a
-    prefix of the other (or equal to it). Answers that only share their first tokens ("very positive" / "very
-    negative") are fine: the LM head's prediction sums log-probabilities over all of an answer's tokens."""
-    token_ids = {answer: tokenizer(prefix + answer, add_special_tokens=False)["input_ids"] for answer in verbalizer.values()}
-    for (first, first_ids), (second, second_ids) in itertools.combinations(token_ids.items(), 2):
-        (short, short_ids), (long, long_ids) = sorted(((first, first_ids), (second, second_ids)), key=lambda item: len(item[1]))
-        if long_ids[: len(short_ids)] == short_ids:
-            raise ConfigError(
-                f"verbalizer answers {first!r} and {second!r} collide when tokenized after the prompt (as "
-                f"{prefix + first!r} / {prefix + second!r}): the tokens of {short!r} {short_ids} are a prefix of those "
-                f"of {long!r} {long_ids}, so the LM head cannot tell them apart (every sequence that says {long!r} "
-                f"starts by saying {short!r}). Choose answers where neither is the other's start."
-            )
 
 
 def build_heads(
@@ -336,7 +186,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
     def _settle_labels(self, args: LatentShiftConfig, train_dataset, eval_dataset):
         """Add the completion-label column if needed, set ``self.verbalizer`` and check every row's label against it."""
-        train_dataset = with_completion_labels(train_dataset, args, "training")
+        train_dataset = with_completion_labels(train_dataset, args.label_column, args.verbalizer, "training")
         label_column = self.extra_columns(args)[0]
         if args.verbalizer is None and not isinstance(train_dataset, Dataset):
             raise ConfigError("verbalizer must be set for streamed (iterable) training data: it cannot be read up front.")
@@ -357,7 +207,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         columns = eval_dataset.column_names or []
         if "input_ids" in columns and self.extra_columns(args)[0] in columns:
             return eval_dataset
-        eval_dataset = with_completion_labels(eval_dataset, args, f"evaluation {name!r}")
+        eval_dataset = with_completion_labels(eval_dataset, args.label_column, args.verbalizer, f"evaluation {name!r}")
         return labels_checked(eval_dataset, self.extra_columns(args)[0], self.verbalizer, f"evaluation {name!r}")
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -498,8 +348,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels, self.args.label_smoothing_factor)
         loss = self.token_mean(token_losses.sum(), token_mask.sum(), num_items_in_batch)
         self._log_token_metrics(mode, outputs.logits, labels, inputs["attention_mask"])
-        # L_SFT's share of the logged loss, so that its mean over a step's micro-batches and processes is the token
-        # mean over the whole accumulated batch, as TRL logs `loss` (each micro-batch's own mean was not)
+        # L_SFT's share of the logged loss, scaled so that its mean over a step's micro-batches and processes is the
+        # token mean over the whole accumulated batch, as TRL logs `loss`
         loss_sft = loss.detach() * (self.current_gradient_accumulation_steps if self._training() else 1)
         if sft_only:
             if mode == "train":
@@ -525,8 +375,8 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
 
     def _training_shuffle_generator(self) -> torch.Generator:
         """The generator of this micro-batch's shuffle, seeded from (``latent_shift_seed``, optimizer step, micro-batch
-        within the step, process): the training shuffles depend on nothing else that draws random numbers (an
-        evaluation's data loader turned on mid-run changed them), and a resumed run draws the same ones again."""
+        within the step, process) alone: the training shuffles are the same whatever else draws random numbers (an
+        evaluation's data loader too), and a resumed run draws the same ones again."""
         step = self.state.global_step
         self._micro_batch = self._micro_batch + 1 if step == self._shuffle_step else 0
         self._shuffle_step = step
@@ -667,9 +517,11 @@ class LatentShiftPredictor(LMPredictor):
     """The adjusted prediction argmax_y 1/K sum_k softmax(h([q1(x), Phi'_k]))_y, with the plain LM-head one beside it.
 
     Phi' is drawn from the memory bank saved with the heads (``phi_source="bank"``, any batch size) or from the
-    other rows of the batch (``"batch"``). The draws restart from ``seed`` on every call, so the same rows in the
-    same batches give the same predictions. ``predict`` returns the adjusted answers; ``predict_both`` returns
-    (adjusted, plain), the plain ones from ``LMPredictor`` (``mode`` "score" or "generate").
+    other rows of the batch (``"batch"``). Each row's draws come from a generator seeded by (``seed``, its pooled
+    prompt tokens), so with the bank a row gets the same prediction on every call, whatever rows share its batch
+    (with ``"batch"`` its draws pick among the other rows, so the batch matters). ``predict`` returns the adjusted
+    answers; ``predict_both`` returns (adjusted, plain), the plain ones from ``LMPredictor`` (``mode`` "score" or
+    "generate").
     """
 
     def __init__(
@@ -762,8 +614,6 @@ class LatentShiftPredictor(LMPredictor):
 
     def adjusted_probabilities(self, rows: Sequence[dict[str, Any]]) -> Tensor:
         """p(y | do(x)) per row over the verbalizer's labels: a [rows, labels] tensor."""
-        device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         if self.phi_source == "batch" and self.batch_size < 2 and len(rows) > 1:
             raise ConfigError(
                 "phi_source='batch' draws Phi' from the other rows of each batch, so batch_size must be 2 or more (it "
@@ -775,9 +625,7 @@ class LatentShiftPredictor(LMPredictor):
         with torch.no_grad():
             # Phi' from the batch needs another row in it: a last batch of one joins the one before.
             for batch in self._batches(token_ids, "adjusted prediction", min_last=2 if self.phi_source == "batch" else 1):
-                length = max(map(len, batch))
-                input_ids = torch.tensor([ids + [pad] * (length - len(ids)) for ids in batch], device=device)
-                prompt_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in batch], device=device)
+                input_ids, prompt_mask = self.right_padded(batch)
                 hidden_states = self.model(
                     input_ids=input_ids, attention_mask=prompt_mask, output_hidden_states=True, logits_to_keep=1
                 ).hidden_states

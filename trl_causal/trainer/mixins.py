@@ -131,8 +131,10 @@ class CausalLossMixin:
 
     The trainer says its loss is already scaled (``loss_is_scaled_for_ga = True``), so:
 
-    - ``token_mean``: ``sum_t l_t / N`` with ``N`` the loss tokens of the whole accumulated batch over
-      all ranks (``num_items_in_batch``), times the number of processes (DDP averages gradients);
+    - ``token_mean``: ``sum_t l_t / N`` with ``N`` the loss tokens of the whole accumulated batch
+      (``num_items_in_batch``). With ``average_tokens_across_devices`` (transformers' default) ``N`` counts them over
+      all ranks and the loss is multiplied by the number of processes (DDP averages gradients); without it, ``N`` is
+      this rank's count and the loss is not scaled;
     - ``example_mean``: ``mean_i l_i / G`` over the ``G`` accumulation steps (exact when every
       micro-batch has the same number of rows, which the Trainer's samplers give).
 
@@ -169,8 +171,9 @@ class HeadsMixin:
     """
 
     def _build_accelerator_args(self, **kwargs):
-        # The heads run after the model's DDP forward. With DDP's unused-parameter search (transformers turns it
-        # on without gradient checkpointing or for PEFT models) they would be marked ready twice in backward.
+        # The heads run outside the model's DDP forward. DDP's search for unused parameters (transformers turns it on
+        # without gradient checkpointing or for PEFT models) would mark them ready (unused) when that forward ends and
+        # again when their gradients arrive in backward, which fails.
         if self.args.ddp_find_unused_parameters is None:
             self.args.ddp_find_unused_parameters = False
         return super()._build_accelerator_args(**kwargs)
@@ -224,24 +227,26 @@ class HeadsMixin:
             state_dict = {k: v for k, v in state_dict.items() if prefix not in k}
         else:
             heads_state = heads.state_dict()
-        owner = self.accelerator.unwrap_model(self.model)
-        del owner._modules[HEADS_ATTR]  # keep the model's own checkpoint standard
-        try:
+        with self._without_heads():  # keep the model's own checkpoint standard
             super()._save(output_dir, state_dict=state_dict)
-        finally:
-            owner.add_module(HEADS_ATTR, heads)
         # An empty state_dict is DeepSpeed's without gathered weights: the heads live in its checkpoint, as the model does.
         if self.args.should_save and heads_state:
             os.makedirs(output_dir, exist_ok=True)
             save_file({k: v.detach().contiguous().cpu() for k, v in heads_state.items()}, os.path.join(output_dir, HEADS_FILE))
 
+    def detach_heads(self, model=None) -> nn.Module | None:
+        """Take the heads off the (unwrapped) model, the trainer's by default, and return them (None if it has none):
+        a later ``save_pretrained`` of the model leaves them out."""
+        return self.accelerator.unwrap_model(model if model is not None else self.model)._modules.pop(HEADS_ATTR, None)
+
     @contextlib.contextmanager
-    def _without_heads(self, model=None):
-        """The model without its heads for the duration: its checkpoint is saved without them (``_save``), so
-        transformers would warn, loading it, that the heads' keys are missing, just before ``load_heads`` restores
-        them from their own file."""
+    def _without_heads(self, model=None, keep_under_deepspeed: bool = False):
+        """The model without its heads for the duration: its checkpoint is saved without them (``_save``), and loading
+        one with them on would make transformers warn that the heads' keys are missing, just before ``load_heads``
+        restores them from their own file. With ``keep_under_deepspeed`` they stay under DeepSpeed, whose engine
+        loads them with the model."""
         owner = self.accelerator.unwrap_model(model if model is not None else self.model)
-        heads = None if self.is_deepspeed_enabled else owner._modules.pop(HEADS_ATTR, None)
+        heads = None if keep_under_deepspeed and self.is_deepspeed_enabled else self.detach_heads(owner)
         try:
             yield
         finally:
@@ -249,12 +254,12 @@ class HeadsMixin:
                 owner.add_module(HEADS_ATTR, heads)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        with self._without_heads(model):
+        with self._without_heads(model, keep_under_deepspeed=True):
             super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         self.load_heads(resume_from_checkpoint)
 
     def _load_best_model(self):
-        with self._without_heads():
+        with self._without_heads(keep_under_deepspeed=True):
             super()._load_best_model()
         self.load_heads(self.state.best_model_checkpoint)
 

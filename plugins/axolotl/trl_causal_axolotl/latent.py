@@ -28,7 +28,6 @@ from axolotl.core.training_args_base import AxolotlTrainingMixins
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.trainer.latent_shift_config import LatentShiftConfig
 from trl_causal.trainer.latent_shift_trainer import LATENT_SHIFT_FILE, LatentShiftTrainer
-from trl_causal.trainer.mixins import HEADS_ATTR
 
 from .args import check_values, prompt_trained_setting, rebuilt_args
 
@@ -167,13 +166,8 @@ class AxolotlLatentShiftTrainer(
         ``trl_causal_latent_shift.json``) beside it, as ``trl-causal train`` saves them. The heads are then taken off
         the model, so that Axolotl's own final save (``model.save_pretrained``) writes a plain checkpoint."""
         self.save_model(output_dir)
-        detach_heads(self)
+        self.detach_heads()
         return None
-
-
-def detach_heads(trainer) -> None:
-    """Take trl_causal's heads off the (trained) model: a later ``save_pretrained`` of the model leaves them out."""
-    trainer.accelerator.unwrap_model(trainer.model)._modules.pop(HEADS_ATTR, None)
 
 
 __all__ = [
@@ -182,6 +176,5 @@ __all__ = [
     "AxolotlLatentShiftTrainer",
     "check_axolotl_cfg",
     "check_config",
-    "detach_heads",
     "latent_shift_config_from",
 ]

@@ -30,8 +30,6 @@ AXOLOTL_TRAINERS: dict[str, str | None] = {
     "deconfounded_reward": "trl_causal_axolotl.reward:AxolotlDeconfoundedRewardTrainer",
     "latent_shift": "trl_causal_axolotl.latent:AxolotlLatentShiftTrainer",
 }
-# Trainers registered with trl_causal that have no Axolotl trainer yet: why, and what to use instead.
-NOT_ON_AXOLOTL: dict[str, str] = {}
 # Built-in trainers' modules, whose check_axolotl_cfg(cfg) and check_config(values, output_dir, seed, **training)
 # run in register().
 CHECKS = {"capt": ".capt", "latent_shift": ".latent", "deconfounded_reward": ".reward"}
@@ -130,10 +128,10 @@ def selected_trainer(cfg):
     try:
         axolotl_trainer_path(name)
     except KeyError:
-        reason = NOT_ON_AXOLOTL.get(name, f"distribution {spec.distribution!r} provides no Axolotl trainer for it")
         supported = ", ".join(sorted(n for n in AXOLOTL_TRAINERS if n not in ("sft", "reward")))
         raise ConfigError(
-            f"`trainer: {name}` is not supported on Axolotl yet: {reason}. Train it with trl-causal's own launcher "
+            f"`trainer: {name}` is not supported on Axolotl yet: distribution {spec.distribution!r} provides no "
+            f"Axolotl trainer for it. Train it with trl-causal's own launcher "
             f"(`trl-causal train --config cfg.yaml` with `trainer: {name}`), or use a trainer that runs on Axolotl: "
             f"{supported}."
         ) from None
@@ -318,9 +316,8 @@ class CausalTrainerPlugin(BasePlugin):
         path = axolotl_trainer_path(spec.name)
         if path is None:  # the baselines: Axolotl's own trainer
             return None
-        import importlib
+        from trl_causal.plugins import import_target
 
-        module, _, attr = path.partition(":")
-        base = getattr(importlib.import_module(module), attr)
+        base = import_target(path)
         values = trainer_values(cfg, spec.name, getattr(self, "explicit_nulls", ()))
         return type(base.__name__, (base,), {"trl_causal_values": values, "__module__": base.__module__})

@@ -28,7 +28,6 @@ from trl_causal.trainer.deconfounded_reward_config import DeconfoundedRewardConf
 from trl_causal.trainer.deconfounded_reward_trainer import REPORT_FILE, DeconfoundedRewardTrainer
 
 from .args import check_values, rebuilt_args
-from .latent import detach_heads
 
 TRAINER = "deconfounded_reward"
 MERGED_DIR = "merged"  # where `axolotl merge-lora` writes too
@@ -177,7 +176,7 @@ class AxolotlDeconfoundedRewardTrainer(
             self.save_model(merged)
         else:
             self.save_model(output_dir)
-        detach_heads(self)
+        self.detach_heads()
         return merged
 
 
