@@ -261,7 +261,7 @@ def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_
     (tmp_path / "trainer_state.json").write_text(json_module.dumps({"global_step": 10}))
     with pytest.raises(TrlCausalError, match="was saved by trainer 'capt'; resume it with `trainer: capt`, not 'sft'"):
         check_resumed_run(str(tmp_path), "sft", {})
-    check_resumed_run(str(tmp_path), "capt", {"symbol_pool": "letters"}, max_steps=12)
+    assert check_resumed_run(str(tmp_path), "capt", {"symbol_pool": "letters"}, max_steps=12) == (10, {})
     assert "trained with symbol_pool='nonsense' (now 'letters')" in capsys.readouterr().err
     # a finished run resumed with the same max_steps: transformers would train an 11th step
     with pytest.raises(TrlCausalError, match=r"is at step 10 and max_steps is 10: nothing is left to train.*Raise max_steps"):
@@ -274,6 +274,29 @@ def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_
     check_resumed_run(str(tmp_path), "capt", {}, max_steps=12, num_train_epochs=2)
     (tmp_path / "trainer_state.json").write_text(json_module.dumps({"global_step": 5, "max_steps": 10, "epoch": 1.0}))
     check_resumed_run(str(tmp_path), "capt", {}, num_train_epochs=2)  # stopped halfway: goes on
+
+
+def test_resuming_refuses_settings_the_checkpoint_fixes_and_keeps_its_class_order(tmp_path, capsys):
+    """A setting the saved heads or memory bank were built with, or a rate the restored optimizer keeps, cannot
+    change on resume; a verbalizer unset or reordered takes the checkpoint's (its order is the heads' classes)."""
+    import json as json_module
+
+    from trl_causal.errors import TrlCausalError
+    from trl_causal.train import check_resumed_run
+
+    verbalizer = {"positive": "good", "negative": "bad"}
+    recorded = {"verbalizer": verbalizer, "low_level_layer": 0, "heads_learning_rate": 0.001, "lambda_adj": 1.0}
+    (tmp_path / SUMMARY_FILE).write_text(json_module.dumps({"trainer": "latent_shift", "settings": recorded}))
+    fixed = ("verbalizer", "low_level_layer")
+    for key, value in (("low_level_layer", 1), ("heads_learning_rate", 0.1), ("verbalizer", {"positive": "yes", "negative": "no"})):
+        with pytest.raises(TrlCausalError, match=rf"trained with {key}=.* and this run sets .*Resume with {key}: "):
+            check_resumed_run(str(tmp_path), "latent_shift", {**recorded, key: value}, fixed=fixed)
+    reordered = {"negative": "bad", "positive": "good"}
+    for now in (reordered, None):
+        step, taken = check_resumed_run(str(tmp_path), "latent_shift", {**recorded, "verbalizer": now, "lambda_adj": 0.5}, fixed=fixed)
+        assert list(taken["verbalizer"].items()) == list(verbalizer.items())
+    assert "lambda_adj=1.0 (now 0.5)" in capsys.readouterr().err  # a loss weight may change
+    assert check_resumed_run(str(tmp_path), "latent_shift", recorded, fixed=fixed) == (0, {})
 
 
 def test_installed_third_party_plugin_trains_by_name_and_a_broken_one_is_reported_once(tmp_path, tiny_model):

@@ -143,12 +143,21 @@ def test_heads_are_trained_saved_apart_and_restored_on_resume(tiny_model, tmp_pa
     torch.testing.assert_close(resumed.heads.linear.weight, straight.heads.linear.weight)
 
 
-def test_resume_from_a_checkpoint_without_heads_fails_clearly(tiny_model, tmp_path):
+def test_resume_from_a_checkpoint_without_heads_or_with_other_optimizer_groups_fails_clearly(tiny_model, tmp_path):
     trainer = head_trainer(tiny_model, tmp_path / "a", max_steps=1)
     trainer.train()
-    os.remove(tmp_path / "a" / "checkpoint-1" / HEADS_FILE)
-    with pytest.raises(ConfigError, match=rf"checkpoint-1 holds no {HEADS_FILE}, which this trainer saves with every checkpoint"):
-        head_trainer(tiny_model, tmp_path / "b").train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-1"))
+    checkpoint = tmp_path / "a" / "checkpoint-1"
+    heads = (checkpoint / HEADS_FILE).read_bytes()
+    os.remove(checkpoint / HEADS_FILE)
+    with pytest.raises(ConfigError, match=rf"checkpoint-1 holds no {HEADS_FILE}, .* trained with settings that build none"):
+        head_trainer(tiny_model, tmp_path / "b").train(resume_from_checkpoint=str(checkpoint))
+    # an optimizer saved with other parameter groups (e.g. deconfounded_reward's mode: covariate adds its head's)
+    (checkpoint / HEADS_FILE).write_bytes(heads)
+    optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    optimizer["param_groups"][0]["params"].pop()
+    torch.save(optimizer, checkpoint / "optimizer.pt")
+    with pytest.raises(ConfigError, match=r"optimizer saved in .*checkpoint-1 has other parameter groups than this run's"):
+        head_trainer(tiny_model, tmp_path / "c").train(resume_from_checkpoint=str(checkpoint))
 
 
 def test_a_save_without_gathered_weights_writes_no_empty_heads_file(tiny_model, tmp_path):

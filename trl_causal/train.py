@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 from .configuration import RunConfig, is_first_process, method_settings, parse_run_config
@@ -266,12 +268,20 @@ def check_output_dir_holds_no_other_run(output_dir: str, trainer_name: str) -> N
 
 
 def check_resumed_run(
-    checkpoint: str, trainer_name: str, settings: dict, max_steps: int = -1, num_train_epochs: float = 3.0
-) -> int:
+    checkpoint: str,
+    trainer_name: str,
+    settings: dict,
+    max_steps: int = -1,
+    num_train_epochs: float = 3.0,
+    fixed: Sequence[str] = (),
+) -> tuple[int, dict]:
     """Before any model loads: a checkpoint another trainer saved, or one that already finished what this run asks
-    for (``max_steps``; without max_steps, the last step of ``num_train_epochs`` epochs), is an error; recorded
-    method settings that this run sets otherwise are named in a note (the heads' sizes must match; weights, draws
-    and rates may change). Returns the checkpoint's step."""
+    for (``max_steps``; without max_steps, the last step of ``num_train_epochs`` epochs), is an error; so is a
+    recorded method setting this run changes where the checkpoint fixes it (``fixed``: what its heads and memory bank
+    were built with; a ``*learning_rate``, which the restored optimizer and scheduler keep). Other changed settings
+    (weights, draws, ...) are named in a note. A ``fixed`` verbalizer that is unset, or the same mapping in another
+    order, takes the checkpoint's (its order is the heads' classes). Returns the checkpoint's step and the settings
+    taken from the checkpoint."""
     state = read_checkpoint_file(checkpoint, TRAINER_STATE_FILE) or {}
     step = state.get("global_step", 0)
     if 0 < max_steps <= step:
@@ -292,14 +302,28 @@ def check_resumed_run(
             f"{checkpoint} was saved by trainer {record['trainer']!r}; resume it with `trainer: {record['trainer']}`, "
             f"not {trainer_name!r}."
         )
-    changed = {key: value for key, value in record.get("settings", {}).items() if key in settings and settings[key] != value}
-    if changed and is_first_process():
-        print(
-            f"trl-causal: note: resuming {checkpoint}, trained with "
-            + ", ".join(f"{key}={value!r} (now {settings[key]!r})" for key, value in changed.items()),
-            file=sys.stderr,
-        )
-    return step
+    recorded = {key: value for key, value in record.get("settings", {}).items() if key in settings}
+    taken = {
+        key: value for key, value in recorded.items()
+        if key == "verbalizer" and key in fixed and isinstance(value, dict) and settings[key] in (None, value)
+        and list(value) != list(settings[key] or ())
+    }
+    changed = {key: value for key, value in recorded.items() if settings[key] != value and key not in taken}
+    for key, value in changed.items():
+        if key in fixed or key.endswith("learning_rate"):
+            why = (
+                "the checkpoint's optimizer and scheduler keep the rate it was trained with" if key.endswith("learning_rate")
+                else "the heads and memory bank it saved were built with it"
+            )
+            raise TrlCausalError(
+                f"{checkpoint} was trained with {key}={value!r} and this run sets {settings[key]!r}: {why}. Resume "
+                f"with {key}: {json.dumps(value)}, or start a new run (another output_dir, or no resume_from_checkpoint)."
+            )
+    if (changed or taken) and is_first_process():
+        notes = [f"{key}={value!r} (now {settings[key]!r})" for key, value in changed.items()]
+        notes += [f"{key}={value!r} (taken from it: its order is the heads' classes)" for key, value in taken.items()]
+        print(f"trl-causal: note: resuming {checkpoint}, trained with " + ", ".join(notes), file=sys.stderr)
+    return step, taken
 
 
 def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | None = None, **setup):
@@ -537,9 +561,17 @@ def main(run: RunConfig) -> dict:
     settings = method_settings(training_args)
     first_step = 0
     if resume_from is not None:
-        first_step = check_resumed_run(
-            resume_from, run.trainer.name, settings, training_args.max_steps, training_args.num_train_epochs
+        first_step, taken = check_resumed_run(
+            resume_from,
+            run.trainer.name,
+            settings,
+            training_args.max_steps,
+            training_args.num_train_epochs,
+            getattr(run.trainer.trainer_class, "settings_fixed_by_checkpoint", ()),
         )
+        for key, value in taken.items():
+            setattr(training_args, key, value)
+        settings.update(taken)
     else:
         check_output_dir_holds_no_other_run(training_args.output_dir, run.trainer.name)
     try:

@@ -258,6 +258,19 @@ class HeadsMixin:
             super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         self.load_heads(resume_from_checkpoint)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except ValueError as error:  # torch's, from Optimizer.load_state_dict
+            if "parameter group" not in str(error):
+                raise
+            raise ConfigError(
+                f"The optimizer saved in {checkpoint} has other parameter groups than this run's ({error}): a setting "
+                "that adds or removes trained parameters changed (deconfounded_reward's mode to or from covariate, "
+                "heads_learning_rate set or unset, use_peft or its target modules). Resume with the settings the "
+                "checkpoint was trained with (its trl_causal_run.json lists them), or start a new run."
+            ) from None
+
     def _load_best_model(self):
         with self._without_heads(keep_under_deepspeed=True):
             super()._load_best_model()
@@ -275,9 +288,11 @@ class HeadsMixin:
             if self.is_deepspeed_enabled:
                 return  # saved without gathered weights: DeepSpeed's engine restored the heads with the model
             raise ConfigError(
-                f"{checkpoint_dir} holds no {HEADS_FILE}, which this trainer saves with every checkpoint: the checkpoint "
-                "is incomplete (a file removed, or a save that did not finish). Resume from another checkpoint-N, or "
-                "train without resume_from_checkpoint."
+                f"{checkpoint_dir} holds no {HEADS_FILE}, which this trainer saves with every checkpoint that has heads: "
+                "the checkpoint was trained with settings that build none (deconfounded_reward: a mode other than "
+                "covariate), or is incomplete (a file removed, or a save that did not finish). Resume with the settings "
+                "it was trained with (its trl_causal_run.json lists them), from another checkpoint-N, or train without "
+                "resume_from_checkpoint."
             )
         try:
             heads.load_state_dict(load_file(path, device=str(next(heads.parameters()).device)))
