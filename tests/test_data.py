@@ -94,6 +94,22 @@ def test_a_file_or_folder_without_rows_is_one_line_naming_it(tmp_path):
             load_any_dataset(str(tmp_path / name))
 
 
+def test_a_mixture_entry_may_be_a_local_file_and_entries_of_other_column_types_are_named(tmp_path):
+    from trl import DatasetMixtureConfig
+    from trl.scripts.utils import DatasetConfig
+
+    from trl_causal.data import load_mixture
+
+    rows = sft_rows()
+    first, second = write_jsonl(tmp_path / "a.jsonl", rows[:3]), write_jsonl(tmp_path / "b.jsonl", rows[3:5])
+    mixture = load_mixture(DatasetMixtureConfig(datasets=[DatasetConfig(path=str(first)), DatasetConfig(path=str(second))]))
+    assert mixture["train"]["prompt"] == [row["prompt"] for row in rows[:5]]
+    Dataset.from_list(rows[:2]).to_csv(tmp_path / "c.csv", index=False)
+    entries = [DatasetConfig(path=str(first)), DatasetConfig(path=str(tmp_path / "c.csv"))]
+    with pytest.raises(DataError, match=r"give the column\(s\) completion, prompt other types \(.*a.jsonl: completion Value\('string'\)"):
+        load_mixture(DatasetMixtureConfig(datasets=entries))
+
+
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("hello")

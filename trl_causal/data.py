@@ -155,12 +155,51 @@ def load_any_dataset(name: str, config: str | None = None, streaming: bool = Fal
 STREAMING_KEYS = "`dataset_streaming: true`, or `streaming: true` beside `datasets:`"  # TRL's two ways to stream
 
 
+def load_mixture(dataset_args: Any):
+    """TRL's ``get_dataset`` on the ``datasets:`` entries. An entry whose ``path`` is a local data file is read with
+    its format's builder (``path: json, data_files: rows.jsonl``), as `datasets` takes no file as a path; entries
+    whose columns have other types, which `datasets` cannot join, are one error naming them."""
+    import datasets
+    from trl import get_dataset
+
+    for entry in dataset_args.datasets:
+        path = Path(entry.path).expanduser()
+        if entry.data_files is None and path.is_file():
+            builder = file_builder(path)
+            if builder is None:
+                raise DataError(
+                    f"datasets entry path: {entry.path!r} is a file of a format `datasets` does not read by its suffix; "
+                    f"use a file ending in {', '.join(sorted(FILE_BUILDERS))}."
+                )
+            entry.path, entry.data_files = builder, str(path)
+    try:
+        return get_dataset(dataset_args)
+    except ValueError as error:  # datasets.concatenate_datasets: "The features can't be aligned ..."
+        if "can't be aligned" not in str(error):
+            raise
+        features = {}
+        for entry in dataset_args.datasets:
+            loaded = datasets.load_dataset(entry.path, entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split)
+            if entry.columns is not None:
+                loaded = loaded.select_columns(entry.columns)
+            features[str(entry.data_files or entry.path)] = {name: str(feature) for name, feature in loaded.features.items()}
+        columns = sorted({name for entry in features.values() for name in entry})
+        differing = [name for name in columns if len({entry.get(name, "(none)") for entry in features.values()}) > 1]
+        described = "; ".join(
+            f"{source}: " + ", ".join(f"{name} {entry.get(name, '(none)')}" for name in differing) for source, entry in features.items()
+        )
+        raise DataError(
+            f"The `datasets:` entries give the column(s) {', '.join(differing)} other types ({described}), which "
+            "`datasets` cannot join into one split. Give every entry the same columns with the same types (e.g. write "
+            "them in one file format: string and large_string come from different formats), or pick the columns with "
+            "`columns:`."
+        ) from None
+
+
 def load_run_datasets(script_args: Any, dataset_args: Any, need_eval: bool):
     """The train split and (if ``need_eval``) the test split named in the config."""
     if dataset_args.datasets:
-        from trl import get_dataset
-
-        dataset = get_dataset(dataset_args)
+        dataset = load_mixture(dataset_args)
     else:
         dataset = load_any_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
     source = script_args.dataset_name or "datasets"
