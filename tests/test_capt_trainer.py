@@ -394,6 +394,23 @@ def test_predictor_estimates_and_intervenes_prompts_deterministically(tiny_model
         small_pool.prepare_prompts(rows)
 
 
+
+def test_predictor_runs_without_dropout_takes_any_iterable_of_rows_and_none(tiny_model, tmp_path):
+    """A predictor built right after trainer.train() got the model in train mode: dropout made the scores of the
+    same rows differ from call to call. No rows crashed in torch.stack; a generator of rows had no len()."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attention_dropout=0.5).train()
+    predictor = CAPTTrainer.build_predictor(capt_args(tmp_path), model, tokenizer, ["True", "False"])
+    reference = CAPTTrainer.build_predictor(capt_args(tmp_path), AutoModelForCausalLM.from_pretrained(tiny_model).eval(), tokenizer, ["True", "False"])
+    rows = prontoqa_rows(2, "text") + prontoqa_rows(2, "conversational")
+    prompts, written = predictor.prepare(rows)
+    scores = predictor.score(prompts, predictor.answer_prefixes(rows), written)
+    torch.testing.assert_close(scores, reference.score(prompts, reference.answer_prefixes(rows), written))
+    assert model.training
+    assert predictor.predict([]) == [] and predictor.predict(row for row in rows) == predictor.predict(rows)
+    with pytest.raises(DataError, match=r"^Row 1: 'prompt' must be a text or a list of messages .*; this row has int "):
+        predictor.predict([rows[0], 123])
+
 def test_held_out_rows_draw_symbols_of_their_own_and_evaluation_draws_as_prediction(tiny_model, tmp_path):
     """Evaluation and prediction row k used the seed sequence of training row k's first epoch, so a held-out row with
     as many events got the very symbols training row k had. They now draw from a stream of their own, the same one."""

@@ -16,7 +16,7 @@ from conftest import base_config, write_config, write_jsonl
 from trl_causal import cli
 from trl_causal.configuration import read_yaml
 from trl_causal.errors import DataError
-from trl_causal.evaluation import LMPredictor, gold_answers, load_checkpoint, parse_answer
+from trl_causal.evaluation import LMPredictor, eval_mode, gold_answers, load_checkpoint, parse_answer
 from trl_causal.train import SUMMARY_FILE
 
 ROWS = [
@@ -594,13 +594,14 @@ def test_a_prompt_tuning_checkpoint_is_scored_on_its_own_tokens_positions(tiny_m
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
     sequences = [tokenizer("Every cat is a mammal. True")["input_ids"], tokenizer("Sally is a cat.")["input_ids"]]
-    scored = list(LMPredictor(model, tokenizer, ["True", "False"])._logprobs(sequences, "scoring"))
+    # every token after the first, as one answer
+    scored = LMPredictor(model, tokenizer, ["True", "False"])._answer_logprobs([(ids, [(1, ids[1:])]) for ids in sequences], "scoring")
     with torch.no_grad():
         virtual = model.get_prompt(batch_size=1)
-        for ids, logprobs in zip(sequences, scored):
+        for ids, logprob in zip(sequences, scored):
             embeds = torch.cat([virtual, base.get_input_embeddings()(torch.tensor([ids]))], dim=1)
             reference = base(inputs_embeds=embeds).logits[0, 4:].log_softmax(-1)
-            torch.testing.assert_close(logprobs, reference, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(logprob, reference[torch.arange(len(ids) - 1), ids[1:]].sum(), atol=1e-5, rtol=1e-5)
 
 
 def test_a_plain_checkpoint_without_a_run_record_is_scored_as_sft_under_a_method_config(tiny_model, tmp_path, capsys):
@@ -623,3 +624,49 @@ def test_a_plain_checkpoint_without_a_run_record_is_scored_as_sft_under_a_method
         assert cli.main(["eval", "--config", str(config), "--checkpoint", str(baseline), "--split", f"test={test}", "--answers", "True,False", "--output", str(output)]) == 0
         assert f"none of the files the {trainer} trainer saves: it is scored as a plain model (trainer 'sft')" in capsys.readouterr().err
         assert list(json.loads(output.read_text())["results"]) == ["sft"]
+
+
+def test_predictions_run_without_dropout_and_give_the_model_its_mode_back(tiny_model):
+    """A predictor built right after trainer.train() (the README's TRL script) got the model in train mode: dropout
+    made the scores of the same rows differ from call to call."""
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attention_dropout=0.5).train()
+    model.model.layers[0].eval()  # a part in a mode of its own keeps it
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [row["prompt"] for row in ROWS]
+    scores = LMPredictor(model, tokenizer, ["True", "False"]).score(prompts)
+    torch.testing.assert_close(scores, LMPredictor(reference, tokenizer, ["True", "False"]).score(prompts))
+    generating = LMPredictor(model, tokenizer, ["True", "False"], mode="generate", max_new_tokens=8)
+    assert generating.generate(prompts) == LMPredictor(reference, tokenizer, ["True", "False"], mode="generate", max_new_tokens=8).generate(prompts)
+    assert model.training and not model.model.layers[0].training and model.model.layers[1].training
+    with eval_mode(model):
+        with eval_mode(model):  # blocks that overlap (threads) restore the mode when the last one ends
+            pass
+        assert not model.training
+    assert model.training and not model.model.layers[0].training
+
+
+def test_generate_pads_its_batches_itself_and_leaves_the_shared_tokenizer_alone(tiny_model):
+    """generate set the tokenizer's padding side and pad token for its call: calls from other threads saw them."""
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.pad_token = None  # a batch is padded with the end-of-sequence token
+    seen = []
+    generate = model.generate
+    model.generate = lambda **kwargs: seen.append((tokenizer.padding_side, tokenizer.pad_token)) or generate(**kwargs)
+    prompts = ["Sally is a cat.", "Every cat is a mammal. Every mammal is an animal. Sally is a cat. True or false:", "Happy Monday!"]
+    predictor = LMPredictor(model, tokenizer, ["True", "False"], mode="generate", max_new_tokens=6)
+    batched = predictor.generate(prompts)
+    assert batched == [predictor.generate([prompt])[0] for prompt in prompts]
+    assert seen == [("right", None)] * 4 and (tokenizer.padding_side, tokenizer.pad_token) == ("right", None)
+
+
+def test_predict_takes_any_iterable_of_rows_none_and_names_a_prompt_of_the_wrong_type(tiny_model):
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    for mode in ("score", "generate"):
+        predictor = LMPredictor(model, tokenizer, ["True", "False"], mode=mode, max_new_tokens=2)
+        assert predictor.predict([]) == [] and predictor.predict(row for row in []) == []
+        assert predictor.predict(row for row in ROWS) == predictor.predict(ROWS)
+    assert predictor.score([]).shape == (0, 2)
+    for prompt, kind in ((123, "int"), (["not", "messages"], "list"), (b"bytes", "bytes")):
+        with pytest.raises(DataError, match=rf"^Row 1: 'prompt' must be a text or a list of messages .*; this row has {kind} "):
+            predictor.predict([ROWS[0], prompt])

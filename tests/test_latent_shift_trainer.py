@@ -614,6 +614,51 @@ def test_predictor_is_deterministic_and_predicts_one_row_at_a_time_from_the_bank
     assert plain == LMPredictor(model, tokenizer, ANSWERS).predict(rows)
 
 
+
+def test_predictor_runs_without_dropout_and_gives_the_model_and_heads_their_modes_back(trained_checkpoint):
+    """A predictor built right after trainer.train() got the model in train mode: dropout made the adjusted
+    probabilities of the same rows differ from call to call."""
+    args, out = trained_checkpoint
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, attention_dropout=0.5).train()
+    predictor = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out))
+    predictor.heads.train()
+    rows = shift_rows(6, agreement=0.1, seed=3)
+    reference = LatentShiftTrainer.build_predictor(args, AutoModelForCausalLM.from_pretrained(out).eval(), tokenizer, ANSWERS, checkpoint_dir=str(out))
+    torch.testing.assert_close(predictor.adjusted_probabilities(rows), reference.adjusted_probabilities(rows))
+    assert predictor.predict_both(rows) == reference.predict_both(rows)
+    assert model.training and predictor.heads.training
+
+
+def test_predictor_takes_any_iterable_of_rows_none_and_names_a_prompt_of_the_wrong_type(trained_checkpoint):
+    args, out = trained_checkpoint
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    predictor = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out))
+    assert predictor.predict([]) == [] and predictor.predict_both([]) == ([], [])
+    assert predictor.adjusted_probabilities([]).shape == (0, 2)
+    rows = shift_rows(3, agreement=0.1, seed=3)
+    assert predictor.predict_both(row for row in rows) == predictor.predict_both(rows)
+    for prompt, kind in ((123, "int"), (["not", "messages"], "list"), (b"bytes", "bytes")):
+        with pytest.raises(DataError, match=rf"^Row 1: 'prompt' must be a text or a list of messages .*; this row has {kind} "):
+            predictor.predict([rows[0], prompt])
+
+
+def test_the_heads_follow_the_model_to_another_dtype_or_device_after_the_predictor_is_built(trained_checkpoint):
+    """The heads went to the model's device once, when the predictor was built: a model moved later (e.g. to the GPU)
+    met them on the old one. They keep their own dtype (they cast the hidden states to it)."""
+    args, out = trained_checkpoint
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    predictor = LatentShiftTrainer.build_predictor(args, model, tokenizer, ANSWERS, checkpoint_dir=str(out))
+    rows = shift_rows(4, agreement=0.1, seed=3)
+    probabilities = predictor.adjusted_probabilities(rows)
+    model.to(torch.float64)
+    torch.testing.assert_close(predictor.adjusted_probabilities(rows), probabilities, atol=1e-5, rtol=1e-4)
+    assert predictor.heads.dtype == torch.float32
+    if torch.cuda.is_available():
+        model.to("cuda")
+        torch.testing.assert_close(predictor.adjusted_probabilities(rows), probabilities, atol=1e-4, rtol=1e-3)
+        assert next(predictor.heads.parameters()).is_cuda
+
 def test_answers_given_as_labels_are_scored_as_the_texts_the_lm_head_learned(tiny_model, tmp_path):
     rows = [{**row, "label": ANSWERS.index(row["label"])} for row in shift_rows()]  # labels 0/1 answered " negative"/" positive"
     trainer = make_trainer(tiny_model, tmp_path, rows=rows, max_steps=2)

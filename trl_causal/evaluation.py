@@ -11,7 +11,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,11 +92,21 @@ def row_completion(row: dict[str, Any], prompt_column: str = "prompt") -> str | 
     return messages[-1:] if messages and messages[-1].get("role") == "assistant" else None
 
 
+def check_part(part: Any, what: str = "a prompt or completion") -> None:
+    """A prompt or completion is a text or a list of messages (dicts)."""
+    if not isinstance(part, str) and not (isinstance(part, list) and all(isinstance(message, dict) for message in part)):
+        raise DataError(
+            f"{what} must be a text or a list of messages ({{'role': ..., 'content': ...}}); this row has "
+            f"{type(part).__name__} {str(part)[:80]!r}."
+        )
+
+
 def row_prompt(row: dict[str, Any], index: int, prompt_column: str = "prompt", where: str = "") -> Prompt:
-    """The prompt of one row as the data holds it: its ``prompt_column``, or, in a conversational ``messages`` row, the
-    messages before the final assistant answer (all of them when the last is not the assistant's). ``where`` names the
-    rows in the error, e.g. " of split 'test'"."""
+    """The prompt of one row as the data holds it: its ``prompt_column`` (a text or a list of messages), or, in a
+    conversational ``messages`` row, the messages before the final assistant answer (all of them when the last is not
+    the assistant's). ``where`` names the rows in the error, e.g. " of split 'test'"."""
     if row.get(prompt_column) is not None:
+        check_part(row[prompt_column], f"Row {index}{where}: {prompt_column!r}")
         return row[prompt_column]
     if prompt_column == "prompt" and row.get("messages"):
         messages = row["messages"]
@@ -109,6 +121,34 @@ def row_prompt(row: dict[str, Any], index: int, prompt_column: str = "prompt", w
         f"Row {index}{where} has no prompt column {prompt_column!r}{no_messages}; it has: {', '.join(sorted(row))}. "
         "Name the prompt column with --prompt_column."
     )
+
+
+_modes_lock = threading.Lock()
+_held_modes: dict[int, tuple[int, list[tuple[Any, bool]]]] = {}  # id(module) -> (blocks inside, (submodule, mode) before)
+
+
+@contextmanager
+def eval_mode(*modules):
+    """Run the block with ``modules`` in eval mode (no dropout) and give every submodule its own mode back after it.
+    Blocks that overlap on a module (predictions from several threads) restore it when the last of them ends."""
+    with _modes_lock:
+        for module in modules:
+            inside, modes = _held_modes.get(id(module), (0, []))
+            if not inside:
+                modes = [(submodule, submodule.training) for submodule in module.modules()]
+                module.eval()
+            _held_modes[id(module)] = (inside + 1, modes)
+    try:
+        yield
+    finally:
+        with _modes_lock:
+            for module in modules:
+                inside, modes = _held_modes.pop(id(module))
+                if inside > 1:
+                    _held_modes[id(module)] = (inside - 1, modes)
+                    continue
+                for submodule, training in modes:  # parents before children: each ends in its own mode
+                    submodule.train(training)
 
 
 class LMPredictor:
@@ -159,15 +199,16 @@ class LMPredictor:
         self.prompt_column = prompt_column
         self.answer_prefix = answer_prefix
 
-    def as_rows(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[dict[str, Any]]:
-        """Rows as mappings: a raw prompt (a string, or a list of messages) is the row ``{prompt_column: prompt}``. A
-        single row or prompt where the list of them belongs is an error (a string would be read letter by letter, a
-        chat's messages as rows)."""
-        one_chat = len(rows) > 0 and all(isinstance(row, dict) and "role" in row and self.prompt_column not in row for row in rows)
-        if isinstance(rows, (str, dict)) or one_chat:
+    def as_rows(self, rows: Iterable[dict[str, Any] | Prompt]) -> list[dict[str, Any]]:
+        """Rows as a list of mappings (any iterable of them, read once): a raw prompt (a string, or a list of
+        messages) is the row ``{prompt_column: prompt}``. A single row or prompt where the list of them belongs is an
+        error (a string would be read letter by letter, a chat's messages as rows)."""
+        single = isinstance(rows, (str, dict))
+        rows = rows if single else list(rows)
+        if single or rows and all(isinstance(row, dict) and "role" in row and self.prompt_column not in row for row in rows):
             raise DataError(
                 "Give a list of rows or prompts (one prompt is [prompt]; one chat is [[{'role': ..., 'content': ...}]]), "
-                f"not one {'chat' if not isinstance(rows, (str, dict)) else type(rows).__name__}."
+                f"not one {type(rows).__name__ if single else 'chat'}."
             )
         return [row if isinstance(row, dict) else {self.prompt_column: row} for row in rows]
 
@@ -341,42 +382,54 @@ class LMPredictor:
             else:
                 jobs += [(ctx + ids, [(len(ctx), ids)]) for ctx, ids in pairs]
         self.check_positions(lengths, "with its longest answer")
-        scores = [
-            logprobs[torch.arange(start - 1, start - 1 + len(ids)), torch.tensor(ids)].sum()
-            for (_, targets), logprobs in zip(jobs, self._logprobs([sequence for sequence, _ in jobs], "scoring"))
-            for start, ids in targets
-        ]
-        return torch.stack(scores).view(len(prompts), len(self.answers)).cpu()
+        return self._answer_logprobs(jobs, "scoring").view(len(prompts), len(self.answers)).cpu()
 
-    def right_padded(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def pad_token_id(self) -> int:
+        """What a batch is padded with: the tokenizer's pad token, else its end-of-sequence token (as training pads a
+        batch), else 0."""
+        return next((token for token in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if token is not None), 0)
+
+    def padded(self, batch: Sequence[Sequence[int]], side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` [rows, longest] of token id lists, on the model's device: each row
-        right-padded with the pad token (0 without one) to the longest."""
+        padded with ``pad_token_id`` to the longest, on the right (scoring) or on the left (generation)."""
         import torch
 
         device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        length = max(map(len, batch))
-        input_ids = torch.tensor([list(ids) + [pad] * (length - len(ids)) for ids in batch], dtype=torch.long, device=device)
-        attention_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in batch], dtype=torch.long, device=device)
+        length, pad_token_id = max(map(len, batch)), self.pad_token_id
+
+        def pad(values: list[int], filler: int) -> list[int]:
+            padding = [filler] * (length - len(values))
+            return padding + values if side == "left" else values + padding
+
+        input_ids = torch.tensor([pad(list(ids), pad_token_id) for ids in batch], dtype=torch.long, device=device)
+        attention_mask = torch.tensor([pad([1] * len(ids), 0) for ids in batch], dtype=torch.long, device=device)
         return input_ids, attention_mask
 
-    def _logprobs(self, sequences: list[list[int]], desc: str):
-        """Yield each sequence's next-token log-probabilities [length, vocab], batched with right padding."""
+    def _answer_logprobs(self, jobs: list[tuple[list[int], list[tuple[int, list[int]]]]], desc: str) -> torch.Tensor:
+        """Per job (a token sequence, and answers in it as (start, ids)), per answer, sum_t log p(ids[t] | the
+        sequence before start + t): a flat tensor on the model's device, batched with right padding. Only the answers'
+        positions are normalized over the vocabulary."""
         import torch
 
-        with torch.no_grad():
-            for batch in self._batches(sequences, desc):
-                input_ids, attention_mask = self.right_padded(batch)
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        sums = []
+        with eval_mode(self.model), torch.no_grad():
+            for batch in self._batches(jobs, desc):
+                input_ids, attention_mask = self.padded([sequence for sequence, _ in batch])
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
                 virtual = logits.shape[1] - input_ids.shape[1]  # positions a prompt-tuning adapter puts before the tokens
-                for i, ids in enumerate(batch):
-                    yield logits[i, virtual : virtual + len(ids)].float().log_softmax(-1).cpu()
+                for row, (_, answers) in enumerate(batch):
+                    # the token at position p is predicted by the logits at position p - 1
+                    positions = [virtual + start - 1 + offset for start, ids in answers for offset in range(len(ids))]
+                    tokens = torch.tensor([token for _, ids in answers for token in ids], device=logits.device)
+                    logprobs = logits[row, positions].float().log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+                    sums += [answer.sum() for answer in logprobs.split([len(ids) for _, ids in answers])]
+        return torch.stack(sums) if sums else torch.zeros(0)
 
     def generate(self, prompts: Sequence[Prompt], template_kwargs: Sequence[dict[str, Any]] | None = None) -> list[str]:
         """Greedy continuations (new text only); ``template_kwargs`` as in ``score``."""
         import torch
 
-        device = next(self.model.parameters()).device
         template_kwargs = [{}] * len(prompts) if template_kwargs is None else template_kwargs
         if len(template_kwargs) != len(prompts):
             raise DataError(f"{len(template_kwargs)} chat template settings for {len(prompts)} prompts.")
@@ -384,29 +437,29 @@ class LMPredictor:
         # Plain text takes the tokenizer's special tokens (a BOS), as training and score() tokenize it; a chat
         # template writes its own.
         special = all(isinstance(p, str) for p in prompts)
-        lengths = [len(self.tokenizer(text, add_special_tokens=special)["input_ids"]) + self.max_new_tokens for text in texts]
-        self.check_positions(lengths, f"with max_new_tokens={self.max_new_tokens}")
+        prompt_ids = [self.tokenizer(text, add_special_tokens=special)["input_ids"] for text in texts]
+        self.check_positions([len(ids) + self.max_new_tokens for ids in prompt_ids], f"with max_new_tokens={self.max_new_tokens}")
         outputs: list[str] = []
-        side, pad = self.tokenizer.padding_side, self.tokenizer.pad_token
-        self.tokenizer.padding_side = "left"
-        if pad is None:  # a tokenizer without one pads a batch with its end-of-sequence token, as training does
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        try:
-            with torch.no_grad():
-                for batch in self._batches(texts, "generating"):
-                    encoded = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=special).to(device)
-                    generated = self.model.generate(
-                        **encoded, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
-                    )
-                    new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-                    outputs += self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        finally:
-            self.tokenizer.padding_side, self.tokenizer.pad_token = side, pad
+        with eval_mode(self.model), torch.no_grad():
+            for batch in self._batches(prompt_ids, "generating"):
+                # padded here, not by the tokenizer: its padding side and pad token are shared with every other caller
+                input_ids, attention_mask = self.padded(batch, side="left")
+                generated = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.pad_token_id,
+                )
+                outputs += self.tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
         return outputs
 
-    def predict(self, rows: Sequence[dict[str, Any] | Prompt]) -> list[str | None]:
+    def predict(self, rows: Iterable[dict[str, Any] | Prompt]) -> list[str | None]:
         """One answer per row (a data row, or a raw prompt: a string or a list of messages); None when a generation
         names none of the answers."""
+        rows = self.as_rows(rows)
+        if not rows:
+            return []
         prompts, written = self.prepare(rows)
         written = [self.answers] * len(prompts) if written is None else written
         # the rows' chat template settings only where some row has them: a subclass written against

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, describe_rows, for_count
+from ..evaluation import check_part
 from .events import EstimatedRows, EventEstimator, EventTemplate, TemplateError, estimate_rows
 from .intervention import InterventionResult, PoolExhaustedError, RowInterventions
 from .rows import MESSAGE_SEPARATOR
@@ -59,15 +60,6 @@ def split_row(row: dict[str, Any], text_field: str = "text") -> tuple[Prompt, Pr
     raise DataError(
         f"The row has none of prompt+completion, messages or {text_field!r}; it has: {', '.join(sorted(row))}."
     )
-
-
-def check_part(part: Any, what: str = "a prompt or completion") -> None:
-    """A prompt or completion is a text or a list of messages (dicts)."""
-    if not isinstance(part, str) and not (isinstance(part, list) and all(isinstance(message, dict) for message in part)):
-        raise DataError(
-            f"{what} must be a text or a list of messages ({{'role': ..., 'content': ...}}); this row has "
-            f"{type(part).__name__} {str(part)[:80]!r}."
-        )
 
 
 def part_text(part: Prompt) -> str:

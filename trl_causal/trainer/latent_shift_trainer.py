@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from trl.trainer.utils import entropy_from_logits
 
 from ..data import check_columns, check_split_types, named_splits
 from ..errors import ConfigError, DataError, count_rows, describe_rows
-from ..evaluation import LMPredictor, Prompt, training_answer_prefix, warn_unlike_training
+from ..evaluation import LMPredictor, Prompt, eval_mode, training_answer_prefix, warn_unlike_training
 from ..latent_shift import LatentShiftHeads, LatentShiftLosses, prompt_token_mask
 from ..latent_shift.labels import (
     COMPLETION_LABEL_COLUMN,
@@ -547,7 +547,7 @@ class LatentShiftPredictor(LMPredictor):
             raise ConfigError(
                 f"The heads predict {heads.config['n_labels']} labels but the verbalizer has {len(verbalizer)}."
             )
-        self.heads = heads.to(next(model.parameters()).device).eval()
+        self.heads = heads
         self.answer_of_class = answers_of_classes(verbalizer, self.answers)
         # The LM head learned the verbalizer's texts: score (or parse) those, also when the answers are the labels.
         text_of = dict(zip(self.answer_of_class, verbalizer.values()))
@@ -612,8 +612,11 @@ class LatentShiftPredictor(LMPredictor):
             pooled.append(ids)
         return pooled
 
-    def adjusted_probabilities(self, rows: Sequence[dict[str, Any]]) -> Tensor:
+    def adjusted_probabilities(self, rows: Iterable[dict[str, Any] | Prompt]) -> Tensor:
         """p(y | do(x)) per row over the verbalizer's labels: a [rows, labels] tensor."""
+        rows = self.as_rows(rows)
+        if not rows:
+            return torch.zeros(0, len(self.answer_of_class))
         if self.phi_source == "batch" and self.batch_size < 2 and len(rows) > 1:
             raise ConfigError(
                 "phi_source='batch' draws Phi' from the other rows of each batch, so batch_size must be 2 or more (it "
@@ -621,13 +624,16 @@ class LatentShiftPredictor(LMPredictor):
             )
         token_ids = self.pooled_prompt_ids(rows)
         self.check_positions([len(ids) for ids in token_ids], "as pooled")
+        device = next(self.model.parameters()).device
+        if next(self.heads.parameters()).device != device:  # the model moved since (the heads keep their own dtype)
+            self.heads.to(device)
         probabilities = []
-        with torch.no_grad():
+        with eval_mode(self.model, self.heads), torch.no_grad():
             # Phi' from the batch needs another row in it: a last batch of one joins the one before.
             for batch in self._batches(token_ids, "adjusted prediction", min_last=2 if self.phi_source == "batch" else 1):
-                input_ids, prompt_mask = self.right_padded(batch)
+                input_ids, prompt_mask = self.padded(batch)
                 hidden_states = self.model(
-                    input_ids=input_ids, attention_mask=prompt_mask, output_hidden_states=True, logits_to_keep=1
+                    input_ids=input_ids, attention_mask=prompt_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False
                 ).hidden_states
                 probabilities.append(
                     self.heads.predict(
@@ -642,10 +648,11 @@ class LatentShiftPredictor(LMPredictor):
                 )
         return torch.cat(probabilities)
 
-    def predict(self, rows: Sequence[dict[str, Any]]) -> list[str | None]:
+    def predict(self, rows: Iterable[dict[str, Any] | Prompt]) -> list[str | None]:
         """The adjusted answer per row."""
         return [self.answer_of_class[i] for i in self.adjusted_probabilities(rows).argmax(dim=1).tolist()]
 
-    def predict_both(self, rows: Sequence[dict[str, Any]]) -> tuple[list[str | None], list[str | None]]:
+    def predict_both(self, rows: Iterable[dict[str, Any] | Prompt]) -> tuple[list[str | None], list[str | None]]:
         """(adjusted answers, plain LM-head answers)."""
+        rows = self.as_rows(rows)
         return self.predict(rows), super().predict(rows)
