@@ -167,6 +167,11 @@ def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_p
     other_sizes = make_trainer(tiny_model, tmp_path / "other", rows=rows, d_phi=16, **settings)  # the config changed
     with pytest.raises(ConfigError, match=r"heads saved in .*checkpoint-1 do not fit the heads this config builds \(size mismatch"):
         other_sizes.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1"))
+    reordered = dict(reversed(list(straight.verbalizer.items())))  # the same mapping: classes swapped without the check
+    with pytest.raises(ConfigError, match=r"checkpoint-1 was trained with the verbalizer .* \(the same labels in another order\)"):
+        make_trainer(tiny_model, tmp_path / "reordered", rows=rows, verbalizer=reordered, **settings).train(
+            resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1")
+        )
 
 
 def test_the_adapters_view_is_the_base_model_without_dropout(tiny_model, tmp_path):

@@ -16,6 +16,7 @@ row is its tokens before its last supervised span (the answer the label belongs 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -467,6 +468,18 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 },
             }
             write_checkpoint_file(output_dir or self.args.output_dir, LATENT_SHIFT_FILE, description)
+
+    def load_heads(self, checkpoint_dir: str) -> None:
+        """``HeadsMixin.load_heads``, once the checkpoint's verbalizer is found to be this run's in the same order
+        (the heads' classes are its labels in that order)."""
+        saved = (read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE) or {}).get("verbalizer")
+        if saved is not None and list(saved.items()) != list(self.verbalizer.items()):
+            order = " (the same labels in another order)" if saved == self.verbalizer else ""
+            raise ConfigError(
+                f"{checkpoint_dir} was trained with the verbalizer {saved} and this run's is {self.verbalizer}{order}: "
+                f"the heads' classes are its labels in that order. Set verbalizer to {json.dumps(saved)} to resume."
+            )
+        super().load_heads(checkpoint_dir)
 
     @classmethod
     def checkpoint_answers(cls, checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
