@@ -297,6 +297,9 @@ def test_resuming_refuses_settings_the_checkpoint_fixes_and_keeps_its_class_orde
         assert list(taken["verbalizer"].items()) == list(verbalizer.items())
     assert "lambda_adj=1.0 (now 0.5)" in capsys.readouterr().err  # a loss weight may change
     assert check_resumed_run(str(tmp_path), "latent_shift", recorded, fixed=fixed) == (0, {})
+    # a verbalizer the first run read from the data is checked by the trainer against the one its heads were built with
+    (tmp_path / SUMMARY_FILE).write_text(json_module.dumps({"trainer": "latent_shift", "settings": {**recorded, "verbalizer": None}}))
+    assert check_resumed_run(str(tmp_path), "latent_shift", recorded, fixed=fixed) == (0, {})
 
 
 def test_installed_third_party_plugin_trains_by_name_and_a_broken_one_is_reported_once(tmp_path, tiny_model):

@@ -644,6 +644,9 @@ def test_predictions_run_without_dropout_and_give_the_model_its_mode_back(tiny_m
             pass
         assert not model.training
     assert model.training and not model.model.layers[0].training
+    with eval_mode(model, model.model.layers[1]):  # a module and one of its submodules (latent_shift's attached heads)
+        assert not model.model.layers[1].training
+    assert model.training and model.model.layers[1].training and not model.model.layers[0].training
 
 
 def test_generate_pads_its_batches_itself_and_leaves_the_shared_tokenizer_alone(tiny_model):

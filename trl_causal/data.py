@@ -162,6 +162,7 @@ def load_mixture(dataset_args: Any):
     import datasets
     from trl import get_dataset
 
+    entries = []
     for entry in dataset_args.datasets:
         path = Path(entry.path).expanduser()
         if entry.data_files is None and path.is_file():
@@ -169,9 +170,11 @@ def load_mixture(dataset_args: Any):
             if builder is None:
                 raise DataError(
                     f"datasets entry path: {entry.path!r} is a file of a format `datasets` does not read by its suffix; "
-                    f"use a file ending in {', '.join(sorted(FILE_BUILDERS))}."
+                    f"use a file ending in {', '.join(sorted(FILE_BUILDERS))} (JSON and CSV also compressed, e.g. .jsonl.gz)."
                 )
-            entry.path, entry.data_files = builder, str(path)
+            entry = dataclasses.replace(entry, path=builder, data_files=str(path))
+        entries.append(entry)
+    dataset_args = dataclasses.replace(dataset_args, datasets=entries)
     try:
         return get_dataset(dataset_args)
     except ValueError as error:  # datasets.concatenate_datasets: "The features can't be aligned ..."
@@ -179,10 +182,13 @@ def load_mixture(dataset_args: Any):
             raise
         features = {}
         for entry in dataset_args.datasets:
-            loaded = datasets.load_dataset(entry.path, entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split)
+            loaded = datasets.load_dataset(
+                entry.path, entry.name, data_dir=entry.data_dir, data_files=entry.data_files, split=entry.split,
+                streaming=dataset_args.streaming,
+            )
             if entry.columns is not None:
                 loaded = loaded.select_columns(entry.columns)
-            features[str(entry.data_files or entry.path)] = {name: str(feature) for name, feature in loaded.features.items()}
+            features[str(entry.data_files or entry.path)] = {name: str(feature) for name, feature in (loaded.features or {}).items()}
         columns = sorted({name for entry in features.values() for name in entry})
         differing = [name for name in columns if len({entry.get(name, "(none)") for entry in features.values()}) > 1]
         described = "; ".join(

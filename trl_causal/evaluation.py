@@ -132,17 +132,20 @@ def eval_mode(*modules):
     """Run the block with ``modules`` in eval mode (no dropout) and give every submodule its own mode back after it.
     Blocks that overlap on a module (predictions from several threads) restore it when the last of them ends."""
     with _modes_lock:
+        entering = []  # every mode is read before any module is switched: one may be a submodule of another
         for module in modules:
             inside, modes = _held_modes.get(id(module), (0, []))
             if not inside:
                 modes = [(submodule, submodule.training) for submodule in module.modules()]
-                module.eval()
+                entering.append(module)
             _held_modes[id(module)] = (inside + 1, modes)
+        for module in entering:
+            module.eval()
     try:
         yield
     finally:
         with _modes_lock:
-            for module in modules:
+            for module in reversed(modules):
                 inside, modes = _held_modes.pop(id(module))
                 if inside > 1:
                     _held_modes[id(module)] = (inside - 1, modes)

@@ -310,6 +310,8 @@ def check_resumed_run(
     }
     changed = {key: value for key, value in recorded.items() if settings[key] != value and key not in taken}
     for key, value in changed.items():
+        if key == "verbalizer" and value is None:
+            continue  # read from the data: the trainer checks the mapping its heads were built with as they load
         if key in fixed or key.endswith("learning_rate"):
             why = (
                 "the checkpoint's optimizer and scheduler keep the rate it was trained with" if key.endswith("learning_rate")

@@ -173,7 +173,8 @@ class InterventionPlanner:
     also with an estimator that may answer otherwise when asked again (an ``llm`` endpoint).
 
     ``texts`` turns a split into what the estimator reads (default: the rows themselves). The training split's plan
-    sets ``symbol_pool`` (``pool`` takes the names of the training rows), which every later plan draws from.
+    sets ``symbol_pool`` (the config's ``symbol_pool: pool`` takes the training rows' names), which every later plan
+    draws from.
     """
 
     def __init__(self, args: CAPTConfig, progress: bool = False, texts=None):
