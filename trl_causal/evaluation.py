@@ -364,8 +364,6 @@ class LMPredictor:
         A prompt whose answers are single tokens after one shared context takes one forward; otherwise each
         (prompt, answer) pair takes one.
         """
-        import torch
-
         prefixes = [""] * len(prompts) if prefixes is None else list(prefixes)
         written = [self.answers] * len(prompts) if written is None else list(written)
         template_kwargs = [{}] * len(prompts) if template_kwargs is None else list(template_kwargs)
