@@ -486,6 +486,26 @@ def test_each_split_finds_its_own_gold_column_and_splits_of_other_answers_get_a_
     assert "splits 'test' and 'names', 'other' and 'names' share no gold answer, yet every split chooses from one answer set" in capsys.readouterr().err
 
 
+def test_a_report_that_cannot_be_written_leaves_the_previous_file_and_says_so(tiny_model, tmp_path, capsys, monkeypatch):
+    """The report was written in place: a full disk left half a JSON file where the previous one was, and a traceback."""
+    from trl_causal import paths
+
+    config, _ = eval_config(tiny_model, tmp_path, ROWS)
+    output = tmp_path / "eval.json"
+    output.write_text('{"previous": true}')
+
+    def full_disk(content, handle, **kwargs):
+        handle.write(json.dumps(content)[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(paths.json, "dump", full_disk)
+    assert cli.main(["eval", "--config", config, "--split", "test", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"Could not write {output} ([Errno 28] No space left on device); the file there, if any, is left" in err
+    assert "Traceback" not in err and "the splits scored before the stop are in" not in err
+    assert json.loads(output.read_text()) == {"previous": True}
+
+
 def test_a_stop_midway_keeps_the_splits_already_scored_and_bad_rows_fail_before_any_scoring(tiny_model, tmp_path, capsys):
     config, checkpoint = eval_config(tiny_model, tmp_path, ROWS)
     broken = tmp_path / "broken"  # a copy cut short: its weights file is truncated

@@ -325,8 +325,6 @@ def _writable_results_file(output: Path) -> Path:
 
 
 def _command_eval(args: argparse.Namespace) -> int:
-    import json
-
     from .configuration import parse_run_config
     from .evaluation import row_prompt
 
@@ -370,13 +368,14 @@ def _command_eval(args: argparse.Namespace) -> int:
             scored = [texts[answer] for answer in answers] if texts else answers
             predictor = _eval_predictor(args, runs[checkpoint], checkpoint_args[checkpoint], checkpoint, record, scored)
             _score_splits(predictor, trainer_name, checkpoint, splits, gold, {text: label for label, text in texts.items()}, report, output)
-    except BaseException:
-        if output.is_file() and any(result["splits"] for result in report["results"].values()):
+    except BaseException as error:
+        written = not isinstance(error, ReportNotWritten) and output.is_file()
+        if written and any(result["splits"] for result in report["results"].values()):
             print(f"trl-causal: the splits scored before the stop are in {output} (\"complete\": false).", file=sys.stderr)
         raise
     report["complete"] = True
     _print_eval_table(report["results"], splits)
-    output.write_text(json.dumps(report, indent=2))
+    _write_report(output, report)
     print(f"\ntrl-causal: wrote {output}")
     return 0
 
@@ -504,8 +503,6 @@ def _score_splits(
     """Every split's accuracy for one checkpoint into ``report["results"]``, under a label that names it apart from
     the others (the trainer's name, else with the checkpoint's folder), written to ``output`` after each split.
     ``label_of`` reads a predicted answer text back as its label."""
-    import json
-
     from .evaluation import accuracy_report
 
     results = report["results"]
@@ -545,7 +542,24 @@ def _score_splits(
             if unchanged is not None:
                 results[column]["splits"][name]["rows_without_events"] = len(unchanged)
                 results[column]["splits"][name]["rows_failed"] = len(failed)
-        output.write_text(json.dumps(report, indent=2))  # a finished split survives a later failure or Ctrl-C
+        _write_report(output, report)  # a finished split survives a later failure or Ctrl-C
+
+
+class ReportNotWritten(TrlCausalError):
+    """The evaluation report could not be written (a full disk, a quota)."""
+
+
+def _write_report(output: Path, report: dict) -> None:
+    """``report`` as the JSON file ``output``, whole or not at all: a failed write leaves the file as it was."""
+    from .paths import write_checkpoint_file
+
+    try:
+        write_checkpoint_file(output.parent, output.name, report)
+    except OSError as error:
+        raise ReportNotWritten(
+            f"Could not write {output} ({error}); the file there, if any, is left as it was (an earlier split's "
+            "results of this run, or an earlier run's)."
+        ) from None
 
 
 def _print_eval_table(results: dict, splits: list[tuple[str, list[dict]]]) -> None:

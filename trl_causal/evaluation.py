@@ -337,6 +337,13 @@ class LMPredictor:
                 f"the model takes (row {over[0]}: {lengths[over[0]]} tokens {what}). Shorten those prompts, or leave them out."
             )
 
+    def _rows(self, items: Sequence, desc: str):
+        """``items`` one by one, with a progress bar where they fill more than one batch (the per-row work before
+        the model runs: tokenizing, drawing symbols)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=desc, disable=len(items) <= self.batch_size, leave=False)
+
     def _batches(self, items: list, desc: str, min_last: int = 1):
         """``items`` in batches of ``batch_size``, with a progress bar; a last batch of fewer than ``min_last`` items
         joins the one before it."""
@@ -374,7 +381,7 @@ class LMPredictor:
             )
         jobs: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (sequence, [(answer start, answer ids)])
         lengths = []
-        for prompt, prefix, answers, kwargs in zip(prompts, prefixes, written, template_kwargs):
+        for prompt, prefix, answers, kwargs in self._rows(list(zip(prompts, prefixes, written, template_kwargs)), "tokenizing"):
             pairs = self.answer_tokens(prompt, prefix, answers, kwargs)
             lengths.append(max(len(ctx) + len(ids) for ctx, ids in pairs))
             context = pairs[0][0]
@@ -409,8 +416,8 @@ class LMPredictor:
 
     def _answer_logprobs(self, jobs: list[tuple[list[int], list[tuple[int, list[int]]]]], desc: str) -> torch.Tensor:
         """Per job (a token sequence, and answers in it as (start, ids)), per answer, sum_t log p(ids[t] | the
-        sequence before start + t): a flat tensor on the model's device, batched with right padding. Only the answers'
-        positions are normalized over the vocabulary."""
+        sequence before start + t): a flat CPU tensor, batched with right padding. Only the answers' positions are
+        normalized over the vocabulary; each batch's sums come back as one tensor (no tensor per answer is kept)."""
         import torch
 
         sums = []
@@ -419,13 +426,15 @@ class LMPredictor:
                 input_ids, attention_mask = self.padded([sequence for sequence, _ in batch])
                 logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
                 virtual = logits.shape[1] - input_ids.shape[1]  # positions a prompt-tuning adapter puts before the tokens
+                batch_sums = []
                 for row, (_, answers) in enumerate(batch):
                     # the token at position p is predicted by the logits at position p - 1
                     positions = [virtual + start - 1 + offset for start, ids in answers for offset in range(len(ids))]
                     tokens = torch.tensor([token for _, ids in answers for token in ids], device=logits.device)
                     logprobs = logits[row, positions].float().log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
-                    sums += [answer.sum() for answer in logprobs.split([len(ids) for _, ids in answers])]
-        return torch.stack(sums) if sums else torch.zeros(0)
+                    batch_sums += [answer.sum() for answer in logprobs.split([len(ids) for _, ids in answers])]
+                sums.append(torch.stack(batch_sums).cpu())
+        return torch.cat(sums) if sums else torch.zeros(0)
 
     def generate(self, prompts: Sequence[Prompt], template_kwargs: Sequence[dict[str, Any]] | None = None) -> list[str]:
         """Greedy continuations (new text only); ``template_kwargs`` as in ``score``."""

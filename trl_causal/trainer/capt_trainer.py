@@ -527,10 +527,11 @@ class CAPTPredictor(LMPredictor):
             estimated.templates[row_index] = dataclasses.replace(template, completion_is_message=message_roles(prompt) is not None)
         pool = build_symbol_pool(self.symbol_pool, estimated.templates)
         interventions = RowInterventions(estimated.templates, pool, self.seed, held_out=True)
-        results = check_interventions(interventions, range(len(prompts)))  # a row the pool cannot serve is named
+        # a row the pool cannot serve is named
+        results = check_interventions(interventions, range(len(prompts)), len(prompts) > self.batch_size, "prediction")
         written = [
             [render_names(answer, template, result.mapping) for answer in self.answers]
-            for template, result in zip(estimated.templates, results)
+            for template, result in zip(estimated.templates, self._rows(results, "writing the answers"))
         ]
         return [with_text(prompt, result.prompt) for prompt, result in zip(prompts, results)], written
 

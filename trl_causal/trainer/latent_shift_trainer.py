@@ -613,7 +613,8 @@ class LatentShiftPredictor(LMPredictor):
         ``keep_end`` keeps the prompt's last max_length - n tokens, n the tokens of the longest completion after it
         (with the end-of-sequence token TRL appends to a plain-text one)."""
         pooled = []
-        for prompt, prefix, kwargs in zip(self.prepare_prompts(rows), self.answer_prefixes(rows), self.template_kwargs(rows)):
+        prompts = list(zip(self.prepare_prompts(rows), self.answer_prefixes(rows), self.template_kwargs(rows)))
+        for prompt, prefix, kwargs in self._rows(prompts, "tokenizing prompts"):
             splits = self.completion_tokens(prompt, prefix, self.written_answers, kwargs)
             ids, start = min(((ids, start) for ids, start, _, _ in splits), key=lambda split: split[1])
             ids = ids[:start]
