@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 
 import pytest
 import torch
@@ -351,3 +352,50 @@ def test_model_init_kwargs_torch_dtype_loads_the_model_in_that_dtype(config_for,
 
 def test_a_setting_transformers_replaced_names_its_replacement(capsys, config_for):
     fails_with(capsys, ["train", "--config", str(config_for(group_by_length=True))], "Unknown key 'group_by_length'", "set `train_sampling_strategy: group_by_length`")
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({"numeric_confounders": [1, 2]}, r"Key 'numeric_confounders' .* got \[1, 2\] \(list\)\. Its items must be str: 1 is int"),
+        ({"numeric_confounders": [None]}, r"Key 'numeric_confounders' .* Its items must be str: None is NoneType"),
+        ({"numeric_confounders": [["a"]]}, r"Key 'numeric_confounders' .* Its items must be str: \['a'\] is list"),
+        ({"outcome_column": 7}, r"Key 'outcome_column' .* expects str, got 7 \(int\)"),
+        ({"outcome_column": None}, r"Key 'outcome_column' .* expects str, got None \(NoneType\)"),
+        ({"group_column": True}, r"Key 'group_column' .* got True \(bool\)\. YAML reads unquoted yes/no/true/false/on/off as a boolean: quote the word"),
+        ({"feature_layers": ["a"]}, r"Key 'feature_layers' .* Its items must be int: 'a' is str"),
+        ({"feature_layers": [1.5]}, r"Key 'feature_layers' .* Its items must be int: 1.5 is float"),
+        ({"feature_layers": [True]}, r"Key 'feature_layers' .* Its items must be int: True is bool"),
+    ],
+)
+def test_values_and_list_items_of_the_wrong_type_name_the_key(capsys, config_for, settings, expected):
+    """A number where a column name goes, or a list item of the wrong type, ended in a traceback inside the data
+    checks or torch; it is one line naming the key, the value and the type it takes."""
+    config = config_for(trainer="deconfounded_reward", **{"outcome_column": "y", "numeric_confounders": ["c"], **settings})
+    code = cli.main(["train", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert re.search(expected, err), err
+
+
+def test_whole_floats_in_an_int_list_are_read_as_ints(config_for):
+    from trl_causal.configuration import parse_run_config
+
+    config = config_for(trainer="latent_shift", encoder_hidden_sizes=[16.0], causal_hidden_sizes=[8])
+    sizes = parse_run_config([], str(config)).training_args.encoder_hidden_sizes
+    assert sizes == [16] and type(sizes[0]) is int  # torch's Linear takes no float size
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({"trainer": "capt", "on_no_events": "Keep"}, "on_no_events is 'Keep'; use one of error, keep, drop. Did you mean 'keep'?"),
+        ({"trainer": "latent_shift", "adjustment": "shuffle-train"}, "Did you mean 'shuffle_train'"),
+        ({"trainer": "deconfounded_reward", "numeric_confounders": ["c"], "objective": "Pairwise"}, "Did you mean 'pairwise'?"),
+        ({"trainer": "weighted_sft", "weight_column": ""}, "weight_column='' holds an empty column name"),
+        ({"trainer": "latent_shift", "lambda_adj": float("nan")}, "lambda_adj=nan must be a finite number >= 0"),
+        ({"save_strategy": False}, "quote the word"),
+    ],
+)
+def test_misspelt_choices_and_bad_values_of_the_trainers_fail_in_one_line(capsys, config_for, settings, expected):
+    fails_with(capsys, ["train", "--config", str(config_for(**settings))], expected)

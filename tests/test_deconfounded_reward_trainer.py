@@ -949,3 +949,28 @@ def test_a_cache_file_that_cannot_be_read_or_has_other_rows_is_computed_again(ti
         with pytest.warns(UserWarning, match=f"The cached text features {cached} (cannot be read|holds an array of shape)"):
             np.testing.assert_array_equal(hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False), phi)
         np.testing.assert_array_equal(np.load(cached), phi)  # replaced by the features computed again
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["invariance_weight", "min_pair_gap", "margin_scale"])
+def test_non_finite_weights_are_refused(tmp_path, name, value):
+    """NaN fails `< 0` as every comparison does, and trained an all-NaN reward model with exit 0."""
+    with pytest.raises(ConfigError, match=rf"{name}={value} must be a finite number >= 0"):
+        reward_args(tmp_path, objective="pairwise", **{name: value})
+
+
+@pytest.mark.parametrize(
+    "name, value, suggested",
+    [("objective", "Pairwise", "pairwise"), ("feature_autocast", "BF16", "bf16"), ("mode", "deconfound", "deconfounded")],
+)
+def test_a_misspelt_choice_suggests_the_close_one(tmp_path, name, value, suggested):
+    with pytest.raises(ConfigError, match=rf"{name}='{value}' is not one of .* Did you mean '{suggested}'"):
+        reward_args(tmp_path, **{name: value})
+
+
+def test_an_empty_column_name_is_refused_or_unset(tmp_path):
+    for name, value in (("outcome_column", ""), ("numeric_confounders", ["confounder", ""]), ("instrument_columns", [""])):
+        with pytest.raises(ConfigError, match=rf"{name}=.* holds an empty column name"):
+            reward_args(tmp_path, **{name: value})
+    args = reward_args(tmp_path, group_column="", text_column="")  # as null, like YAML's empty value
+    assert (args.group_column, args.text_column) == (None, None)

@@ -912,3 +912,24 @@ def test_eval_compares_an_sft_baseline_on_the_verbalizer_texts_of_the_labels(tin
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
     predicted = [str(ANSWERS.index(answer)) for answer in LMPredictor(model, tokenizer, ANSWERS).predict(test_rows)]
     assert baseline["splits"]["t"]["accuracy"] == sum(p == str(r["label"]) for p, r in zip(predicted, test_rows)) / len(test_rows)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["lambda_causal", "lambda_adj", "heads_learning_rate"])
+def test_non_finite_weights_and_rates_are_refused(tmp_path, name, value):
+    """NaN fails `< 0` as every comparison does, and trained an all-NaN checkpoint with exit 0."""
+    with pytest.raises(ConfigError, match=rf"{name}={value} must be a finite number >=? 0"):
+        LatentShiftConfig(**cpu_training_args(tmp_path, per_device_train_batch_size=2, **{name: value}))
+
+
+@pytest.mark.parametrize("name", ["causal_hidden_sizes", "encoder_hidden_sizes", "adjusted_hidden_sizes"])
+@pytest.mark.parametrize("sizes", [[0], [64, -100]])
+def test_hidden_sizes_below_one_are_refused(tmp_path, name, sizes):
+    with pytest.raises(ConfigError, match=rf"{name}=.*each hidden layer size must be an integer >= 1"):
+        LatentShiftConfig(**cpu_training_args(tmp_path, per_device_train_batch_size=2, **{name: sizes}))
+
+
+def test_a_misspelt_adjustment_suggests_the_close_one_and_an_empty_label_column_is_unset(tmp_path):
+    with pytest.raises(ConfigError, match=r"adjustment='shuffle-train' is not one of .* Did you mean 'shuffle_train'"):
+        LatentShiftConfig(**cpu_training_args(tmp_path, per_device_train_batch_size=2, adjustment="shuffle-train"))
+    assert LatentShiftConfig(**cpu_training_args(tmp_path, per_device_train_batch_size=2, label_column="")).label_column is None

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import enum
 import functools
 import json
+import math
 import os
 import sys
 import types
@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .plugins import CONFIG_REPORTED_ENV, TrainerSpec, get_plugin_manager
 
 TRAINER_KEY = "trainer"
@@ -108,8 +108,9 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _conforms(value: Any, annotation: Any) -> bool:
-    """Whether a YAML value fits a field annotation (strings are accepted where argparse converts them)."""
+def _conforms(value: Any, annotation: Any, converted: bool = True) -> bool:
+    """Whether a YAML value fits a field annotation. Where ``converted`` (a field's own value, which argparse converts)
+    a string is accepted for a number or a boolean; not for the items of a list, which are handed over as they are."""
     if annotation is Any or annotation is None:
         return True
     origin = typing.get_origin(annotation)
@@ -118,15 +119,17 @@ def _conforms(value: Any, annotation: Any) -> bool:
         enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
         if enums and isinstance(value, str):  # `SomeEnum | str` fields take the enum's values as strings
             return any(_conforms(value, e) for e in enums)
-        return any(_conforms(value, arg) for arg in args)
+        return any(_conforms(value, arg, converted) for arg in args)
     if origin is typing.Literal:
         return value in typing.get_args(annotation)
     if annotation is type(None):
         return value is None
     if annotation is bool:
-        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"))
+        return isinstance(value, bool) or (
+            converted and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0")
+        )
     if annotation in (int, float):
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and not converted):
             return False
         if isinstance(value, str):
             try:
@@ -138,9 +141,13 @@ def _conforms(value: Any, annotation: Any) -> bool:
             isinstance(value, float) and value.is_integer()
         )
     if annotation is str:
-        return not isinstance(value, (list, dict))
+        return isinstance(value, str)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if isinstance(value, (list, dict)):  # unhashable: no member's value
+            return False
         return value in {member.value for member in annotation} or value in annotation.__members__
+    if origin is list and isinstance(value, list) and typing.get_args(annotation):
+        return all(_conforms(item, typing.get_args(annotation)[0], converted=False) for item in value)
     if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
         return isinstance(value, (list, tuple, str))
     if origin is dict or annotation is dict:
@@ -162,6 +169,12 @@ def _is_list_type(annotation: Any) -> bool:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return any(_is_list_type(arg) for arg in typing.get_args(annotation))
     return annotation is list or typing.get_origin(annotation) is list
+
+
+def _list_item_type(annotation: Any) -> Any:
+    """X of a ``list[X]`` annotation, optionally in a union (``list[str] | str | None``); None for any other."""
+    lists = [member for member in union_members(annotation) if typing.get_origin(member) is list and typing.get_args(member)]
+    return typing.get_args(lists[0])[0] if len(lists) == 1 else None
 
 
 def _is_string_or_list_type(annotation: Any) -> bool:
@@ -208,11 +221,30 @@ NULL_WORDS = ("null", "Null", "NULL", "~")
 
 
 def unset_null_words(config: Any, *names: str) -> None:
-    """Set each of the optional string fields ``names`` of ``config`` that holds a ``NULL_WORDS`` string (or "None")
-    to None: a TRL script's TrlParser hands ``--text_column null`` over as the string "null"."""
+    """Set each of the optional string fields ``names`` of ``config`` that holds a ``NULL_WORDS`` string, "None" or
+    "" to None: a TRL script's TrlParser hands ``--text_column null`` over as the string "null", and an empty name
+    (``--label_column "$UNSET"``) names no column, as YAML's empty value does."""
     for name in names:
-        if getattr(config, name) in (*NULL_WORDS, "None"):
+        if getattr(config, name) in (*NULL_WORDS, "None", ""):
             setattr(config, name, None)
+
+
+def check_column_names(config: Any, *names: str) -> None:
+    """A ConfigError unless each of the fields ``names`` of ``config`` names a column: a non-empty string, or a list of
+    them (an empty name would reach the data checks as a column that no dataset has)."""
+    for name in names:
+        value = getattr(config, name)
+        if "" in (value if isinstance(value, list) else [value]):
+            raise ConfigError(f"{name}={value!r} holds an empty column name: give the column's name.")
+
+
+def check_finite_number(name: str, value: float, minimum: float = 0, above: bool = False, hint: str = "") -> None:
+    """A ConfigError unless ``value`` is a finite number >= ``minimum`` (> where ``above``): NaN fails no comparison,
+    and would train an all-NaN model."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        value <= minimum if above else value < minimum
+    ):
+        raise ConfigError(f"{name}={value!r} must be a finite number {'>' if above else '>='} {minimum}{hint}.")
 
 
 def _numbers_as_lists(values: dict[str, Any], field_types: dict[str, Any]) -> dict[str, Any]:
@@ -234,9 +266,13 @@ def _number_type(annotation: Any) -> type | None:
 
 def _numbers_as_their_type(values: dict[str, Any], field_types: dict[str, Any]) -> dict[str, Any]:
     """Numbers of a checked YAML as their field's type: ``max_steps: 2.0`` or ``1e2`` (a string to YAML) as an int,
-    ``learning_rate: 1e-4`` as a float. argparse would pass the float on to crash inside torch, or fail on the string."""
+    ``learning_rate: 1e-4`` as a float, ``feature_layers: [0, -1.0]`` as ints. argparse would pass the float on to
+    crash inside torch, or fail on the string."""
     converted = dict(values)
     for key, value in values.items():
+        if isinstance(value, list) and _list_item_type(field_types.get(key)) is int:
+            converted[key] = [int(item) if isinstance(item, float) and item.is_integer() else item for item in value]
+            continue
         kind = _number_type(field_types.get(key))
         if kind is None or isinstance(value, bool) or not isinstance(value, (int, float, str)) or (kind is int and isinstance(value, int)):
             continue
@@ -262,8 +298,14 @@ def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], sour
         if not _conforms(value, annotation):
             choices = _enum_values(annotation)
             hint = f" Choose one of: {', '.join(map(str, choices))}." if choices else ""
+            if isinstance(value, bool) and (choices or str in union_members(annotation)):
+                hint += " YAML reads unquoted yes/no/true/false/on/off as a boolean: quote the word."
             if value is None and _is_list_type(annotation):
                 hint = " For none, give the empty list []" + (f" (--{key} '[]')." if source == "the command line" else ".")
+            item_type = _list_item_type(annotation)
+            if isinstance(value, list) and item_type is not None:
+                bad = next(item for item in value if not _conforms(item, item_type, converted=False))
+                hint = f" Its items must be {_type_name(item_type)}: {bad!r} is {type(bad).__name__}."
             raise ConfigError(
                 f"Key {key!r} in {source} expects {_type_name(annotation)}, got {value!r} "
                 f"({type(value).__name__}).{hint}"
@@ -338,8 +380,7 @@ def _unknown_key_error(key: str, source: str, spec: TrainerSpec, known: set[str]
             "the trl_causal plugin (plugins/axolotl)."
         )
     else:
-        close = difflib.get_close_matches(key.lower(), sorted(known), n=3, cutoff=0.6)  # `TRAINER:` is `trainer`
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(key, sorted(known))  # `TRAINER:` is `trainer`
     return ConfigError(
         f"Unknown key {key!r} in {source}: it is not a field of {spec.config_class.__name__} (trainer "
         f"{spec.name!r}), ModelConfig, ScriptArguments or DatasetMixtureConfig, nor an accelerate launch "

@@ -1,5 +1,7 @@
 """Errors that the CLI reports as one clear line, without a traceback."""
 
+import difflib
+
 
 class TrlCausalError(ValueError):
     """Base class of user-facing errors: bad config, bad data, bad plugin."""
@@ -20,6 +22,14 @@ def describe_rows(rows, shown: int = 5) -> str:
         return f"row {rows[0]}"
     more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
     return f"rows {rows[:shown]}{more}"
+
+
+def did_you_mean(word, choices, n: int = 3, cutoff: float = 0.6) -> str:
+    """' Did you mean 'a' or 'b'?' naming the ``choices`` closest to ``word`` in any case (`Pairwise` is `pairwise`),
+    or '' when none is close."""
+    by_lower = {str(choice).lower(): choice for choice in choices}
+    close = [by_lower[match] for match in difflib.get_close_matches(str(word).lower(), list(by_lower), n=n, cutoff=cutoff)]
+    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
 def for_count(n: int, one: str, many: str) -> str:

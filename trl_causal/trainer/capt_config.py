@@ -9,7 +9,7 @@ from typing import Any
 from trl import SFTConfig
 
 from ..capt import NO_EVENTS_POLICIES, EventEstimator, build_symbol_pool
-from ..errors import ConfigError, RegistryError
+from ..errors import ConfigError, RegistryError, did_you_mean
 from ..plugins import get_plugin_manager
 
 
@@ -108,7 +108,10 @@ class CAPTConfig(SFTConfig):
         if self.intervention_seed is not None and self.intervention_seed < 0:
             raise ConfigError(f"intervention_seed must be a non-negative integer, not {self.intervention_seed}.")
         if self.on_no_events not in NO_EVENTS_POLICIES:
-            raise ConfigError(f"on_no_events is {self.on_no_events!r}; use one of {', '.join(NO_EVENTS_POLICIES)}.")
+            raise ConfigError(
+                f"on_no_events is {self.on_no_events!r}; use one of {', '.join(NO_EVENTS_POLICIES)}."
+                f"{did_you_mean(self.on_no_events, NO_EVENTS_POLICIES)}"
+            )
         if self.completion_only_loss is not None and self.completion_only_loss == self.capt_prompt_loss:
             raise ConfigError(
                 f"completion_only_loss={self.completion_only_loss} contradicts "

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig
 
-from ..configuration import unset_null_words
+from ..configuration import check_column_names, check_finite_number, unset_null_words
 from ..deconfound.confounders import MIN_LEVEL_ROWS, TIMESTAMP_FEATURES
 from ..deconfound.partial_out import LEARNER_NAMES
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 MODES = ("deconfounded", "naive", "covariate", "invariance")
 OBJECTIVES = ("regression", "pairwise")
@@ -205,6 +205,7 @@ class DeconfoundedRewardConfig(RewardConfig):
         for name in _LIST_FIELDS:
             if isinstance(getattr(self, name), str):  # `instrument_columns: z` in a YAML
                 setattr(self, name, [getattr(self, name)])
+        check_column_names(self, "outcome_column", *(name for name in _LIST_FIELDS if name != "timestamp_features"))
         if isinstance(self.feature_layers, int):  # `feature_layers: -1` in a YAML
             self.feature_layers = [self.feature_layers]
         if not self.feature_layers:
@@ -218,7 +219,10 @@ class DeconfoundedRewardConfig(RewardConfig):
             ("confounder_learner", LEARNER_NAMES),
         ):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}.")
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}."
+                    f"{did_you_mean(getattr(self, name), choices)}"
+                )
         if self.objective == "pairwise" and getattr(self, "train_sampling_strategy", None) == "group_by_length":
             raise ConfigError(
                 "train_sampling_strategy: group_by_length sorts rows by their input_ids, and the pairwise objective "
@@ -262,8 +266,8 @@ class DeconfoundedRewardConfig(RewardConfig):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least {minimum}.")
         for name in ("invariance_weight", "min_pair_gap", "margin_scale"):
-            if (getattr(self, name) or 0) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be non-negative.")
+            if getattr(self, name) is not None:
+                check_finite_number(name, getattr(self, name))
         if self.objective == "pairwise" and self.group_column is None:
             raise ConfigError(
                 "objective='pairwise' compares rows that share a context: set group_column (e.g. `group_column: "

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from ..configuration import unset_null_words
-from ..errors import ConfigError
+from ..configuration import check_finite_number, unset_null_words
+from ..errors import ConfigError, did_you_mean
 from ..latent_shift import ADJUSTMENTS, ENTROPY_MODES, PHI_SOURCES
 
 FROZEN_VIEWS = ("auto", "adapters", "reference")
@@ -207,7 +207,10 @@ class LatentShiftConfig(SFTConfig):
             ("frozen_view", FROZEN_VIEWS),
         ):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}.")
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}."
+                    f"{did_you_mean(getattr(self, name), choices)}"
+                )
         for name, minimum in (
             ("n_patches", 1),
             ("n_causal", 2),
@@ -218,11 +221,14 @@ class LatentShiftConfig(SFTConfig):
         ):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least {minimum}.")
+        for name in ("causal_hidden_sizes", "encoder_hidden_sizes", "adjusted_hidden_sizes"):
+            sizes = getattr(self, name)
+            if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):
+                raise ConfigError(f"{name}={sizes!r}: each hidden layer size must be an integer >= 1.")
         for name in ("lambda_causal", "lambda_adj"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be non-negative.")
-        if self.heads_learning_rate is not None and self.heads_learning_rate <= 0:
-            raise ConfigError(f"heads_learning_rate={self.heads_learning_rate} must be positive, or null for learning_rate.")
+            check_finite_number(name, getattr(self, name))
+        if self.heads_learning_rate is not None:
+            check_finite_number("heads_learning_rate", self.heads_learning_rate, above=True, hint=", or null for learning_rate")
         if self.per_device_train_batch_size < 2:
             raise ConfigError(
                 f"per_device_train_batch_size={self.per_device_train_batch_size}: latent_shift needs at least 2 rows "

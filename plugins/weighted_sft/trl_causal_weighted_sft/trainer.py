@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from trl_causal.configuration import check_column_names
 from trl_causal.errors import DataError
 from trl_causal.trainer import CausalLossMixin, ExtraColumnsMixin, causal_lm_token_losses, smoothing_own_logits
 
@@ -19,6 +20,10 @@ class WeightedSFTConfig(SFTConfig):
         default="weight",
         metadata={"help": "Dataset column with a non-negative number per row; that row's token losses are scaled by it."},
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_column_names(self, "weight_column")
 
 
 def check_weights(dataset: Dataset, column: str) -> None:
