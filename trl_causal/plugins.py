@@ -7,7 +7,6 @@ Nothing here imports torch: classes are resolved from their ``"module:Attr"`` pa
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
@@ -19,7 +18,7 @@ from typing import Any, Sequence
 import pluggy
 
 from . import hookspecs
-from .errors import RegistryError
+from .errors import RegistryError, did_you_mean
 
 ENTRY_POINT_GROUP = "trl_causal"
 DISABLE_AUTOLOAD_ENV = "TRL_CAUSAL_DISABLE_PLUGIN_AUTOLOAD"
@@ -144,11 +143,7 @@ class Registry:
             return self.entries[name]
         if name in self.clashes:
             raise RegistryError(self.clash_message(name))
-        by_lower = {entry.lower(): entry for entry in self.entries}  # `CAPT` is close to `capt`
-        close = [by_lower[match] for match in difflib.get_close_matches(str(name).lower(), list(by_lower), n=3, cutoff=0.5)]
-        message = f"Unknown {self.what} {name!r}."
-        if close:
-            message += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+        message = f"Unknown {self.what} {name!r}.{did_you_mean(name, self.entries, cutoff=0.5)}"  # `CAPT` is close to `capt`
         message += f" Registered: {', '.join(sorted(self.entries))}."
         for failure in failures:
             message += (
