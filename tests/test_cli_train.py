@@ -316,7 +316,7 @@ def test_installed_third_party_plugin_trains_by_name_and_a_broken_one_is_reporte
     assert "trl-causal: warning: trl_causal plugin 'broken_plugin_mod'" in result.stderr  # one line, no source line
     negative = write_jsonl(tmp_path / "negative.jsonl", [dict(row, weight=-1.0 if i == 3 else 1.0) for i, row in enumerate(sft_rows())])
     failed = run_cli("train", "--config", str(tmp_path / "cfg.yaml"), "--dataset_name", str(negative), env=env)
-    assert failed.returncode == 2 and "Row 3 has weight=-1.0: every row needs a finite number >= 0" in failed.stderr, failed.stderr[-2000:]
+    assert failed.returncode == 2 and "Row 3 has weight=-1.0: every row needs a finite number >= 0 as its loss weight (weight_column: weight)" in failed.stderr, failed.stderr[-2000:]
 
 
 def test_keys_of_another_trainer_are_set_aside_so_one_yaml_serves_both(tmp_path, tiny_model, capsys):

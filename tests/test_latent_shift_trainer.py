@@ -933,3 +933,14 @@ def test_a_misspelt_adjustment_suggests_the_close_one_and_an_empty_label_column_
     with pytest.raises(ConfigError, match=r"adjustment='shuffle-train' is not one of .* Did you mean 'shuffle_train'"):
         LatentShiftConfig(**cpu_training_args(tmp_path, per_device_train_batch_size=2, adjustment="shuffle-train"))
     assert LatentShiftConfig(**cpu_training_args(tmp_path, per_device_train_batch_size=2, label_column="")).label_column is None
+
+
+def test_a_negative_latent_shift_seed_is_refused_as_capt_refuses_a_negative_intervention_seed(tmp_path):
+    with pytest.raises(ConfigError, match=r"latent_shift_seed must be a non-negative integer \(or null for seed\), not -1"):
+        LatentShiftConfig(**cpu_training_args(tmp_path, per_device_train_batch_size=2, latent_shift_seed=-1))
+
+
+def test_a_verbalizer_label_without_training_rows_is_warned_about(tiny_model, tmp_path, caplog):
+    verbalizer = {**dict(zip(ANSWERS, ANSWERS)), "mixed": "mixed"}
+    make_trainer(tiny_model, tmp_path, verbalizer=verbalizer)
+    assert "the verbalizer's label(s) 'mixed' have no training row" in caplog.text

@@ -221,6 +221,8 @@ class LatentShiftConfig(SFTConfig):
         ):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least {minimum}.")
+        if self.latent_shift_seed is not None and self.latent_shift_seed < 0:
+            raise ConfigError(f"latent_shift_seed must be a non-negative integer (or null for seed), not {self.latent_shift_seed}.")
         for name in ("causal_hidden_sizes", "encoder_hidden_sizes", "adjusted_hidden_sizes"):
             sizes = getattr(self, name)
             if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in sizes):

@@ -193,6 +193,15 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             raise ConfigError("verbalizer must be set for streamed (iterable) training data: it cannot be read up front.")
         self.verbalizer: dict[str, str] = args.verbalizer or verbalizer_from_data(train_dataset, label_column)
         train_dataset = labels_checked(train_dataset, label_column, self.verbalizer, "training")
+        if isinstance(train_dataset, Dataset) and args.process_index == 0:
+            seen = {str(label) for label in train_dataset[label_column]}
+            unseen = [label for label in self.verbalizer if label not in seen]
+            if unseen:
+                logger.warning(
+                    f"latent_shift: the verbalizer's label(s) {', '.join(map(repr, unseen))} have no training row: the "
+                    "heads get a class that no row trains, and prediction may still choose it. Drop them from the "
+                    "verbalizer, or add rows with them."
+                )
         return train_dataset, self._labelled_eval(eval_dataset, args)
 
     def _labelled_eval(self, eval_dataset, args: LatentShiftConfig | None = None, name: str = "eval"):

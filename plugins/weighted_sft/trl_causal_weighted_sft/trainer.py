@@ -31,7 +31,8 @@ def check_weights(dataset: Dataset, column: str) -> None:
     for index, value in enumerate(dataset[column]):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
             raise DataError(
-                f"Row {index} has {column}={value!r}: every row needs a finite number >= 0 as its loss weight."
+                f"Row {index} has {column}={value!r}: every row needs a finite number >= 0 as its loss weight "
+                f"(weight_column: {column})."
             )
 
 
