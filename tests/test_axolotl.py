@@ -236,6 +236,9 @@ def test_axolotl_train_with_latent_shift(workdir):
     assert description["heads"]["n_labels"] == 2
 
 
+EVALUATED_RUN = dict(val_set_size=0.25, eval_steps=1, num_epochs=1, max_steps=2)  # a quarter held out, evaluated every step
+
+
 def test_axolotl_latent_shift_evaluates(workdir):
     """`trainer: latent_shift` with an evaluation split: the evaluation rows get their labels too, so Axolotl's
     evaluation runs and logs eval_loss (it used to fail with KeyError 'completion_label')."""
@@ -248,10 +251,7 @@ def test_axolotl_latent_shift_evaluates(workdir):
         n_patches=4,
         datasets=[{"path": str(workdir / "shift.jsonl"), "ds_type": "json", "type": "chat_template"}],
         dataset_prepared_path=str(workdir / "prepared-eval"),
-        val_set_size=0.25,
-        eval_steps=1,
-        num_epochs=1,
-        max_steps=2,
+        **EVALUATED_RUN,
         output_dir=str(workdir / "out-latent-shift-eval"),
     )
     log = axolotl_train(path, workdir)
@@ -703,10 +703,7 @@ def test_axolotl_capt_evaluates(workdir):
         plugins=[PLUGIN],
         trainer="capt",
         dataset_prepared_path=str(workdir / "prepared-capt-eval"),
-        val_set_size=0.25,
-        eval_steps=1,
-        num_epochs=1,
-        max_steps=2,
+        **EVALUATED_RUN,
         output_dir=str(workdir / "out-capt-eval"),
     )
     log = axolotl_train(path, workdir)
