@@ -165,8 +165,18 @@ def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_p
     for name, value in straight.heads.state_dict().items():
         torch.testing.assert_close(resumed_state[name], value, msg=name)
     other_sizes = make_trainer(tiny_model, tmp_path / "other", rows=rows, d_phi=16, **settings)  # the config changed
-    with pytest.raises(ConfigError, match=r"heads saved in .*checkpoint-1 do not fit the heads this config builds \(size mismatch"):
+    with pytest.raises(ConfigError, match=r"checkpoint-1 was trained with d_phi 32 \(now 16\): its heads and memory bank"):
         other_sizes.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1"))
+    # settings that fit the saved tensors but would mix other patch features into the memory bank
+    for changed, message in (
+        (dict(n_patches=3), r"n_patches 4 \(now 3\)"),
+        (dict(low_level_layer=1), r"low_level_layer 0 \(now 1\)"),
+        (dict(memory_bank_size=16), r"memory_bank_size 1024 \(now 16\)"),
+    ):
+        with pytest.raises(ConfigError, match=rf"checkpoint-1 was trained with {message}"):
+            make_trainer(tiny_model, tmp_path / "changed", rows=rows, **changed, **settings).train(
+                resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1")
+            )
     reordered = dict(reversed(list(straight.verbalizer.items())))  # the same mapping: classes swapped without the check
     with pytest.raises(ConfigError, match=r"checkpoint-1 was trained with the verbalizer .* \(the same labels in another order\)"):
         make_trainer(tiny_model, tmp_path / "reordered", rows=rows, verbalizer=reordered, **settings).train(

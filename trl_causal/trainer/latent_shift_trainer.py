@@ -479,14 +479,27 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             write_checkpoint_file(output_dir or self.args.output_dir, LATENT_SHIFT_FILE, description)
 
     def load_heads(self, checkpoint_dir: str) -> None:
-        """``HeadsMixin.load_heads``, once the checkpoint's verbalizer is found to be this run's in the same order
-        (the heads' classes are its labels in that order)."""
-        saved = (read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE) or {}).get("verbalizer")
+        """``HeadsMixin.load_heads``, once the checkpoint is found to fix what this run sets: its verbalizer in the same
+        order (the heads' classes are its labels in that order), and the low-level layer and head settings its heads
+        and memory bank were built with (a changed ``n_patches`` or ``low_level_layer`` fits the saved tensors, yet
+        mixes other features into the bank)."""
+        description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE) or {}
+        saved = description.get("verbalizer")
         if saved is not None and list(saved.items()) != list(self.verbalizer.items()):
             order = " (the same labels in another order)" if saved == self.verbalizer else ""
             raise ConfigError(
                 f"{checkpoint_dir} was trained with the verbalizer {saved} and this run's is {self.verbalizer}{order}: "
                 f"the heads' classes are its labels in that order. Set verbalizer to {json.dumps(saved)} to resume."
+            )
+        built = {"low_level_layer": self.args.low_level_layer, **self.heads.config}
+        saved_built = {"low_level_layer": description.get("low_level_layer"), **description.get("heads", {})}
+        if changed := [key for key, value in built.items() if saved_built.get(key, value) != value]:
+            setting = {"bank_size": "memory_bank_size", "hidden_size": "the model's hidden size",
+                       "low_level_size": "the low-level layer's width", "n_labels": "the number of labels"}
+            listed = ", ".join(f"{setting.get(key, key)} {saved_built[key]} (now {built[key]})" for key in changed)
+            raise ConfigError(
+                f"{checkpoint_dir} was trained with {listed}: its heads and memory bank were built with them. Resume "
+                "with the settings it was trained with, or train without resume_from_checkpoint."
             )
         super().load_heads(checkpoint_dir)
 
