@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import base_config, reward_rows, write_config, write_jsonl
+from conftest import base_config, reward_rows, sft_rows, write_config, write_jsonl
 from plugin_helpers import make_distribution, pip_install_target
 from test_registry import REGISTERS_TRAINER
 from trl_causal import cli, plugins
@@ -399,3 +399,28 @@ def test_whole_floats_in_an_int_list_are_read_as_ints(config_for):
 )
 def test_misspelt_choices_and_bad_values_of_the_trainers_fail_in_one_line(capsys, config_for, settings, expected):
     fails_with(capsys, ["train", "--config", str(config_for(**settings))], expected)
+
+
+def test_a_layer_index_past_the_models_last_layer_fails_before_the_weights_load(capfd, tmp_path, tiny_model):
+    """low_level_layer (latent_shift) and feature_layers (deconfounded_reward) are checked on the model's config:
+    the model directory here holds only config.json and the tokenizer, so loading weights would fail otherwise."""
+    import shutil
+
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    for file in tiny_model.iterdir():
+        if not file.name.endswith(".safetensors"):
+            shutil.copy(file, config_only / file.name)
+    rows = [
+        {**row, "label": row["completion"].strip(), "outcome": float(i % 3), "confounder": float(i % 2)}
+        for i, row in enumerate(sft_rows())
+    ]
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    settings = base_config(config_only, data, tmp_path / "out")
+    latent_shift = {"trainer": "latent_shift", "label_column": "label", "low_level_layer": 5}
+    fails_with(capfd, ["train", "--config", str(write_config(tmp_path / "ls.yaml", {**settings, **latent_shift}))],
+               "low_level_layer=5, but the model's hidden_states run from 0 (embeddings) to 2.")
+    reward = {"trainer": "deconfounded_reward", "text_column": None, "outcome_column": "outcome", "numeric_confounders": ["confounder"],
+              "n_folds": 2, "feature_layers": [0, 7]}
+    fails_with(capfd, ["train", "--config", str(write_config(tmp_path / "dr.yaml", {**settings, **reward}))],
+               "Hidden-state layer(s) [7] out of range: the model returns 3 hidden states")

@@ -84,6 +84,11 @@ class OptionalTrainerAttributes(Protocol):
         """Columns every split must have: a missing one is an error before the model loads."""
 
     @staticmethod
+    def check_model_config(args: Any, model_config: Any) -> None:
+        """Called by train with the model's ``PretrainedConfig`` before the model loads: raise where a method setting
+        does not fit the model (e.g. a layer index past its last layer)."""
+
+    @staticmethod
     def column_sets(args: Any) -> Sequence[Sequence[str]]:
         """Sets of columns of which a split must hold one, in place of the trainer kind's text columns (e.g.
         ``[["text"], ["prompt", "completion"]]``)."""

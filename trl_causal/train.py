@@ -64,6 +64,7 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
     )
     check_lora_targets(kwargs["model"], kwargs["peft_config"], model_init_kwargs, run.trainer.kind, model_args.model_name_or_path)
     check_chat_template(kwargs["model"], training_args, train_dataset, model_init_kwargs)
+    check_model_settings(run.trainer.trainer_class, training_args, kwargs["model"], model_init_kwargs)
     try:
         return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
     except ValueError as error:
@@ -153,6 +154,17 @@ def _module_names(config, kind: str, trust_remote_code: bool) -> list[str] | Non
     except Exception:  # any failure only means the check cannot run
         return None
     return [name for name, _ in model.named_modules()]
+
+
+def check_model_settings(trainer_class, training_args, model: str, model_init_kwargs: dict) -> None:
+    """The trainer's ``check_model_config`` on the model's config, before the model loads (a layer index past the
+    model's last layer fails in one line there, not after the weights, the tokenizing and, for deconfounded_reward,
+    part of the feature pass)."""
+    import transformers
+
+    check = getattr(trainer_class, "check_model_config", None)
+    if check is not None and (config := _load_or_none(transformers.AutoConfig, model, model_init_kwargs)) is not None:
+        check(training_args, config)
 
 
 def _load_or_none(auto_class, model: str, model_init_kwargs: dict):

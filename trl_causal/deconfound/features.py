@@ -125,7 +125,7 @@ def hidden_state_features(
         )
     cache = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
     layers = [int(layer) for layer in layers]
-    _check_layers(layers, model.config.get_text_config().num_hidden_layers + 1)
+    check_layers(layers, model.config)
     precision = "" if autocast is None else f"|autocast-{autocast}"
     pooled_layers = "mean-last" if layers == [-1] else "mean-layers-" + ",".join(map(str, layers))
     key = f"{pooled_layers}|{model_fingerprint(model)}|{_sequences_hash(sequences)}{precision}"
@@ -198,8 +198,10 @@ def _cached_features(path: Path, n_rows: int) -> np.ndarray | None:
     return None
 
 
-def _check_layers(layers: Sequence[int], n_states: int) -> None:
-    """``layers`` index the model's ``n_states`` hidden states (embeddings + one per layer), and there is one."""
+def check_layers(layers: Sequence[int], model_config: Any) -> None:
+    """``layers`` index the ``n_states`` hidden states (embeddings + one per layer) of the model ``model_config``
+    describes, and there is one."""
+    n_states = model_config.get_text_config().num_hidden_layers + 1
     if not layers:
         raise ConfigError("No hidden-state layers to pool: give at least one index (0 embeddings, -1 last layer).")
     bad = [layer for layer in layers if not -n_states <= layer < n_states]

@@ -42,6 +42,7 @@ from trl.trainer.utils import pad
 
 from ..data import check_split_types, named_splits
 from ..deconfound.confounders import one_hot_levels
+from ..deconfound.features import check_layers
 from ..deconfound.losses import centering_penalties, pairwise_losses, regression_losses, squared_correlations
 from ..deconfound.observations import (
     Observations,
@@ -195,6 +196,13 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
     _tag_names = ["trl", "reward-trainer", "trl-causal", "deconfounded-reward"]
     _name = "DeconfoundedReward"
     saved_file = REPORT_FILE  # every save writes it: eval knows a checkpoint of this trainer without a run record by it
+
+    @staticmethod
+    def check_model_config(args: DeconfoundedRewardConfig, model_config) -> None:
+        """With ``feature_source: model``, ``feature_layers`` index the model's hidden states (train calls this before
+        the model loads; the feature pass checks it again)."""
+        if args.feature_source == "model":
+            check_layers(args.feature_layers, model_config)
 
     @staticmethod
     def required_columns(args: DeconfoundedRewardConfig) -> tuple[str, ...]:

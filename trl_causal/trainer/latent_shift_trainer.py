@@ -254,13 +254,19 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     def _new_heads(self) -> LatentShiftHeads:
         """The heads, initialised from ``latent_shift_seed`` without touching the global RNG."""
         args, text_config = self.args, self.model.config.get_text_config()
-        if args.low_level_layer > text_config.num_hidden_layers:
-            raise ConfigError(
-                f"low_level_layer={args.low_level_layer}, but the model's hidden_states run from 0 (embeddings) to "
-                f"{text_config.num_hidden_layers}."
-            )
+        self.check_model_config(args, self.model.config)
         last, low_level = hidden_state_widths(self.model, text_config.hidden_size, args.low_level_layer, text_config.num_hidden_layers)
         return build_heads(args, last, len(self.verbalizer), args.latent_shift_seed_value, low_level_size=low_level)
+
+    @staticmethod
+    def check_model_config(args: LatentShiftConfig, model_config) -> None:
+        """``low_level_layer`` is one of the model's hidden states (train calls this before the model loads)."""
+        n_layers = model_config.get_text_config().num_hidden_layers
+        if args.low_level_layer > n_layers:
+            raise ConfigError(
+                f"low_level_layer={args.low_level_layer}, but the model's hidden_states run from 0 (embeddings) to "
+                f"{n_layers}."
+            )
 
     @staticmethod
     def required_columns(args: LatentShiftConfig) -> tuple[str, ...]:
