@@ -228,23 +228,23 @@ def test_the_run_record_holds_the_fields_a_config_adds_to_its_base():
 
 
 def test_a_checkpoint_file_whose_writing_fails_keeps_the_previous_one_whole(tmp_path):
-    from trl_causal.paths import read_checkpoint_file, write_checkpoint_file
+    from trl_causal.paths import read_json_file, write_json_file
 
-    write_checkpoint_file(tmp_path / "checkpoint-5", SUMMARY_FILE, {"trainer": "capt", "steps": 5})
+    write_json_file(tmp_path / "checkpoint-5", SUMMARY_FILE, {"trainer": "capt", "steps": 5})
     with pytest.raises(TypeError):  # json.dump fails after it has written the first key
-        write_checkpoint_file(tmp_path / "checkpoint-5", SUMMARY_FILE, {"trainer": "capt", "steps": object()})
-    assert read_checkpoint_file(tmp_path / "checkpoint-5", SUMMARY_FILE) == {"trainer": "capt", "steps": 5}
+        write_json_file(tmp_path / "checkpoint-5", SUMMARY_FILE, {"trainer": "capt", "steps": object()})
+    assert read_json_file(tmp_path / "checkpoint-5", SUMMARY_FILE) == {"trainer": "capt", "steps": 5}
     assert sorted(path.name for path in (tmp_path / "checkpoint-5").iterdir()) == [SUMMARY_FILE]
 
 
 def test_a_fresh_run_into_another_trainers_output_dir_fails_naming_its_files(tmp_path):
     from trl_causal.errors import TrlCausalError
-    from trl_causal.paths import write_checkpoint_file
+    from trl_causal.paths import write_json_file
     from trl_causal.train import check_output_dir_holds_no_other_run
 
     check_output_dir_holds_no_other_run(str(tmp_path / "new"), "capt")  # no such folder yet
     for folder in (tmp_path, tmp_path / "checkpoint-1", tmp_path / "checkpoint-3"):
-        write_checkpoint_file(folder, SUMMARY_FILE, {"trainer": "latent_shift"})
+        write_json_file(folder, SUMMARY_FILE, {"trainer": "latent_shift"})
     check_output_dir_holds_no_other_run(str(tmp_path), "latent_shift")  # a rerun of the same trainer: TRL's way
     message = r"holds a run of trainer 'latent_shift' \(the final model, checkpoint-3, checkpoint-1\)\. A 'capt' run there would mix"
     with pytest.raises(TrlCausalError, match=message):

@@ -551,10 +551,10 @@ class ReportNotWritten(TrlCausalError):
 
 def _write_report(output: Path, report: dict) -> None:
     """``report`` as the JSON file ``output``, whole or not at all: a failed write leaves the file as it was."""
-    from .paths import write_checkpoint_file
+    from .paths import write_json_file
 
     try:
-        write_checkpoint_file(output.parent, output.name, report)
+        write_json_file(output.parent, output.name, report)
     except OSError as error:
         raise ReportNotWritten(
             f"Could not write {output} ({error}); the file there, if any, is left as it was (an earlier split's "

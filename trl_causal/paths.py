@@ -16,18 +16,19 @@ def cache_root() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "trl_causal"
 
 
-def read_checkpoint_file(checkpoint_dir: str | os.PathLike | None, name: str) -> dict | None:
-    """The JSON object saved as ``name`` in ``checkpoint_dir`` (a run record, a trainer's prediction settings); None
-    when there is no such file (or no directory)."""
-    path = None if checkpoint_dir is None else os.path.join(checkpoint_dir, name)
+def read_json_file(directory: str | os.PathLike | None, name: str) -> dict | None:
+    """The JSON object saved as ``name`` in ``directory`` (a checkpoint's run record, a trainer's prediction settings);
+    None when there is no such file (or no directory)."""
+    path = None if directory is None else os.path.join(directory, name)
     if path is None or not os.path.isfile(path):
         return None
     with open(path) as f:
         return json.load(f)
 
 
-def write_checkpoint_file(directory: str | os.PathLike, name: str, content: dict) -> None:
-    """Save ``content`` as the JSON file ``name`` in ``directory`` (made if missing), whole or not at all: it is
+def write_json_file(directory: str | os.PathLike, name: str, content: dict) -> None:
+    """Save ``content`` as the JSON file ``name`` in ``directory`` (made if missing; a checkpoint's record, an eval
+    report), whole or not at all: it is
     written beside the target and renamed over it, so a run killed mid-write leaves the previous file, never half
     of one."""
     os.makedirs(directory, exist_ok=True)

@@ -23,7 +23,7 @@ from .configuration import RunConfig, is_first_process, method_settings, parse_r
 from .data import check_columns, check_streamed_steps, load_run_datasets
 from .errors import ConfigError, TrlCausalError, count_rows
 from .evaluation import training_answer_prefix
-from .paths import read_checkpoint_file, write_checkpoint_file
+from .paths import read_json_file, write_json_file
 
 SUMMARY_FILE = "trl_causal_run.json"
 INTERRUPTED_EXIT_CODE = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
@@ -257,7 +257,7 @@ def remove_stale_adapter(output_dir: str, since: float) -> None:
 def read_run_record(checkpoint: str) -> dict:
     """What training recorded in a checkpoint (``SUMMARY_FILE``): its trainer and method settings, with
     ``checkpoint`` added; {} if it has none."""
-    record = read_checkpoint_file(checkpoint, SUMMARY_FILE)
+    record = read_json_file(checkpoint, SUMMARY_FILE)
     return {} if record is None else {**record, "checkpoint": checkpoint}
 
 
@@ -294,7 +294,7 @@ def check_resumed_run(
     (weights, draws, ...) are named in a note. A ``fixed`` verbalizer that is unset, or the same mapping in another
     order, takes the checkpoint's (its order is the heads' classes). Returns the checkpoint's step and the settings
     taken from the checkpoint."""
-    state = read_checkpoint_file(checkpoint, TRAINER_STATE_FILE) or {}
+    state = read_json_file(checkpoint, TRAINER_STATE_FILE) or {}
     step = state.get("global_step", 0)
     if 0 < max_steps <= step:
         raise TrlCausalError(
@@ -351,7 +351,7 @@ def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | 
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if state.is_world_process_zero and os.path.isdir(folder):
                 record = {"trainer": trainer_name, "settings": settings, "answer_prefix": answer_prefix, **setup}
-                write_checkpoint_file(folder, SUMMARY_FILE, record)
+                write_json_file(folder, SUMMARY_FILE, record)
 
     return RunRecord()
 
@@ -616,7 +616,7 @@ def main(run: RunConfig) -> dict:
     if eval_dataset is not None:
         summary["eval"] = final_evaluation(trainer)
     if trainer.accelerator.is_main_process:
-        write_checkpoint_file(training_args.output_dir, SUMMARY_FILE, summary)
+        write_json_file(training_args.output_dir, SUMMARY_FILE, summary)
         setup = "" if summary["distributed"] == "NO" else f", {summary['distributed']}"
         trainer.accelerator.print(
             f"\ntrl-causal: trained {summary['trainer']!r} on "

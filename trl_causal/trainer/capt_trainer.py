@@ -50,7 +50,7 @@ from ..configuration import method_settings
 from ..data import check_split_types, named_splits
 from ..errors import ConfigError, DataError, TrlCausalError, describe_rows, for_count
 from ..evaluation import LMPredictor, Prompt, chat_template_kwargs, common_prefix_length, training_answer_prefix, warn_unlike_training
-from ..paths import read_checkpoint_file, write_checkpoint_file
+from ..paths import read_json_file, write_json_file
 from .capt_config import CAPTConfig
 from .zero3 import whole_model_loading
 
@@ -293,9 +293,9 @@ def save_prediction_files(directory: str, args: CAPTConfig, symbol_pool, answer_
     """What ``build_predictor`` and eval read back from a checkpoint: ``PREDICTION_FILE`` (the method settings and
     the text the training rows put before the answer) and, with ``symbol_pool: pool``, the pool's names
     (``SYMBOL_POOL_FILE``), so that inference draws from the training rows' names too."""
-    write_checkpoint_file(directory, PREDICTION_FILE, {"settings": method_settings(args), "answer_prefix": answer_prefix})
+    write_json_file(directory, PREDICTION_FILE, {"settings": method_settings(args), "answer_prefix": answer_prefix})
     if args.symbol_pool == "pool":
-        write_checkpoint_file(directory, SYMBOL_POOL_FILE, {"symbols": symbol_pool.symbols})
+        write_json_file(directory, SYMBOL_POOL_FILE, {"symbols": symbol_pool.symbols})
 
 
 class CAPTTrainer(SFTTrainer):
@@ -428,7 +428,7 @@ class CAPTTrainer(SFTTrainer):
     def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:
         """The method settings saved with the model (estimator, symbol pool, seed, ...): what eval uses for a
         checkpoint without a run record (trained from a TRL script or Axolotl)."""
-        return (read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}).get("settings", {})
+        return (read_json_file(checkpoint_dir, PREDICTION_FILE) or {}).get("settings", {})
 
     @classmethod
     def check_predictor(cls, args: CAPTConfig) -> None:
@@ -443,7 +443,7 @@ class CAPTTrainer(SFTTrainer):
         ``checkpoint_dir`` by training are the pool (else the names of the rows of each predict call); the checkpoint's
         answer prefix is the predictor's. ``kwargs`` go to ``CAPTPredictor`` (batch_size, max_new_tokens,
         prompt_column, answer_prefix)."""
-        prediction = read_checkpoint_file(checkpoint_dir, PREDICTION_FILE) or {}
+        prediction = read_json_file(checkpoint_dir, PREDICTION_FILE) or {}
         # the settings prediction reads (not capt_prompt_loss; on_no_events as eval reads it)
         saved = prediction.get("settings", {})
         compared = {key: saved[key] for key in PREDICTION_SETTINGS if key in saved}
@@ -453,7 +453,7 @@ class CAPTTrainer(SFTTrainer):
         symbol_pool = args.symbol_pool
         if "answer_prefix" not in kwargs:  # rows without a completion: their answers follow what training put first
             kwargs["answer_prefix"] = prediction.get("answer_prefix")
-        saved_pool = read_checkpoint_file(checkpoint_dir, SYMBOL_POOL_FILE) if symbol_pool == "pool" else None
+        saved_pool = read_json_file(checkpoint_dir, SYMBOL_POOL_FILE) if symbol_pool == "pool" else None
         if saved_pool is not None:
             symbol_pool = saved_pool["symbols"]
         return CAPTPredictor(

@@ -57,7 +57,7 @@ from ..deconfound.partial_out import check_design
 from ..deconfound.targets import RewardTargets, check_outcome_varies, instruments, reward_targets
 from ..deconfound.texts import check_lengths, feature_precision, text_features, tokenize_rows
 from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
-from ..paths import write_checkpoint_file
+from ..paths import write_json_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
 from .mixins import CausalLossMixin, HeadsMixin, log_num_tokens, prompt_learning_type, refuse_adapter
 from .zero3 import full_parameters, whole_model_loading
@@ -568,4 +568,4 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if self.args.mode == "covariate":
             weights = self.heads.weight.detach().float().cpu().view(-1).tolist()
             report["covariate_head"] = dict(zip(self.confounder_names, weights, strict=True))
-        write_checkpoint_file(output_dir, REPORT_FILE, report)
+        write_json_file(output_dir, REPORT_FILE, report)

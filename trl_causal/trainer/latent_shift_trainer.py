@@ -46,7 +46,7 @@ from ..latent_shift.labels import (
     verbalizer_from_data,
     with_completion_labels,
 )
-from ..paths import read_checkpoint_file, write_checkpoint_file
+from ..paths import read_json_file, write_json_file
 from .latent_shift_config import LatentShiftConfig
 from .mixins import (
     HEADS_FILE,
@@ -482,14 +482,14 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                     "truncation_mode": getattr(self.args, "truncation_mode", "keep_start"),
                 },
             }
-            write_checkpoint_file(output_dir or self.args.output_dir, LATENT_SHIFT_FILE, description)
+            write_json_file(output_dir or self.args.output_dir, LATENT_SHIFT_FILE, description)
 
     def load_heads(self, checkpoint_dir: str) -> None:
         """``HeadsMixin.load_heads``, once the checkpoint is found to fix what this run sets: its verbalizer in the same
         order (the heads' classes are its labels in that order), and the low-level layer and head settings its heads
         and memory bank were built with (a changed ``n_patches`` or ``low_level_layer`` fits the saved tensors, yet
         mixes other features into the bank)."""
-        description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE) or {}
+        description = read_json_file(checkpoint_dir, LATENT_SHIFT_FILE) or {}
         saved = description.get("verbalizer")
         if saved is not None and list(saved.items()) != list(self.verbalizer.items()):
             order = " (the same labels in another order)" if saved == self.verbalizer else ""
@@ -512,14 +512,14 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
     @classmethod
     def checkpoint_answers(cls, checkpoint_dir: str | os.PathLike) -> tuple[list[str], list[str]] | None:
         """The classes a checkpoint predicts: (labels, verbalizer answers) saved with its heads; None without them."""
-        description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE)
+        description = read_json_file(checkpoint_dir, LATENT_SHIFT_FILE)
         return None if description is None else (list(description["verbalizer"]), list(description["verbalizer"].values()))
 
     @classmethod
     def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:
         """The prediction settings saved with the heads, as config fields: what eval uses for a checkpoint without
         a run record (trained from a TRL script or Axolotl)."""
-        predictor = (read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE) or {}).get("predictor", {})
+        predictor = (read_json_file(checkpoint_dir, LATENT_SHIFT_FILE) or {}).get("predictor", {})
         names = {"phi_samples": "phi_samples", "phi_source": "phi_source", "seed": "latent_shift_seed"}
         return {field: predictor[key] for key, field in names.items() if key in predictor}
 
@@ -615,7 +615,7 @@ class LatentShiftPredictor(LMPredictor):
             )
         if missing:
             raise ConfigError(f"{checkpoint_dir} lacks {', '.join(map(os.path.basename, missing))}: it was not saved by the latent_shift trainer.")
-        description = read_checkpoint_file(checkpoint_dir, LATENT_SHIFT_FILE)
+        description = read_json_file(checkpoint_dir, LATENT_SHIFT_FILE)
         heads = LatentShiftHeads.from_config(description["heads"])
         heads.load_state_dict(load_file(paths[1]))
         return cls(

@@ -24,7 +24,7 @@ from transformers.utils import logging
 from trl_causal.capt import MESSAGE_SEPARATOR, EstimatedRows, RowInterventions
 from trl_causal.capt.sft_rows import estimation_report, report_cut_completions
 from trl_causal.errors import ConfigError, DataError
-from trl_causal.paths import write_checkpoint_file
+from trl_causal.paths import write_json_file
 from trl_causal.trainer.capt_config import CAPTConfig
 from trl_causal.trainer.capt_trainer import (
     InterventionEpochCallback,
@@ -328,7 +328,7 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
             "train_loss": result.training_loss,
         }
         if self.args.should_save:
-            write_checkpoint_file(self.args.output_dir, RUN_FILE, summary)
+            write_json_file(self.args.output_dir, RUN_FILE, summary)
         self.accelerator.print(
             f"trl-causal capt (axolotl): {summary['steps']} steps, {summary['rows_intervened']} of "
             f"{summary['rows_drawn']} rows the data loader drew intervened (its workers prefetch: more than trained; "
