@@ -224,6 +224,28 @@ def test_evaluation_keeps_every_row_even_a_last_batch_of_one(tiny_model, tmp_pat
     assert trainer.args.dataloader_drop_last  # training still drops a last batch of one
 
 
+def test_eval_loss_sft_is_sfts_eval_loss_and_the_eval_terms_are_weighted_by_rows(tiny_model, tmp_path, monkeypatch):
+    """On the same weights and rows, eval_loss_sft is SFTTrainer's eval_loss, which weights each batch by its rows
+    and counts a last batch of one row (batches were averaged unweighted, and that row was left out); L_C and L_adj
+    are weighted by rows too."""
+    from trl import SFTConfig, SFTTrainer
+
+    rows = Dataset.from_list(shift_rows(5, seed=1))
+    args = SFTConfig(**cpu_training_args(tmp_path / "sft", per_device_eval_batch_size=2))
+    sft = SFTTrainer(model=str(tiny_model), args=args, train_dataset=Dataset.from_list(shift_rows()))
+    trainer = make_trainer(tiny_model, tmp_path / "ls", per_device_eval_batch_size=2)  # batches of 2, 2 and 1 rows
+    assert trainer.evaluate(rows)["eval_loss_sft"] == pytest.approx(sft.evaluate(rows)["eval_loss"], rel=1e-6)
+    adjusted, log_losses = [], trainer._log_losses
+
+    def recording_log_losses(mode, loss_sft, auxiliary):
+        adjusted.append(auxiliary.adjusted.item())
+        log_losses(mode, loss_sft, auxiliary)
+
+    monkeypatch.setattr(trainer, "_log_losses", recording_log_losses)
+    trainer.args.per_device_eval_batch_size = 3  # batches of 3 and 2 rows
+    assert trainer.evaluate(rows)["eval_loss_adj"] == pytest.approx((3 * adjusted[0] + 2 * adjusted[1]) / 5, rel=1e-6)
+
+
 def test_evaluation_shuffles_the_same_way_every_time(tiny_model, tmp_path):
     rows = Dataset.from_list(shift_rows(8, seed=1))
     trainer = make_trainer(tiny_model, tmp_path, per_device_eval_batch_size=4)
@@ -318,9 +340,10 @@ def test_evaluating_during_training_leaves_the_training_losses_as_they_were(tiny
             assert evaluated_log[key] == pytest.approx(log[key], rel=1e-6), (log["step"], key)
 
 
-def test_the_best_model_reloads_with_its_heads_and_no_warning_that_they_are_missing(tiny_model, tmp_path, monkeypatch):
+def test_the_best_model_has_the_lowest_loss_adj_and_reloads_with_its_heads_and_no_warning_that_they_are_missing(tiny_model, tmp_path, monkeypatch):
     """load_best_model_at_end loaded the checkpoint with the heads on the model: transformers listed every head
-    weight as missing from the checkpoint, just before load_heads restored them from their own file."""
+    weight as missing from the checkpoint, just before load_heads restored them from their own file. The best of
+    `metric_for_best_model: loss_adj` is its lowest (transformers takes a name not ending in "loss" as greater-is-better)."""
     from transformers import Trainer
 
     missing = []
@@ -331,6 +354,9 @@ def test_the_best_model_reloads_with_its_heads_and_no_warning_that_they_are_miss
         save_steps=1, load_best_model_at_end=True, metric_for_best_model="loss_adj", trainer_kwargs={"eval_dataset": held_out},
     )
     trainer.train()
+    evaluated = {log["step"]: log["eval_loss_adj"] for log in trainer.state.log_history if "eval_loss_adj" in log}
+    assert len(set(evaluated.values())) == 2
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{min(evaluated, key=evaluated.get)}"), evaluated
     assert not [key for key in missing if "trl_causal_heads" in key], missing
     best = load_file(os.path.join(trainer.state.best_model_checkpoint, HEADS_FILE))
     for name, value in trainer.heads.state_dict().items():

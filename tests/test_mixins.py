@@ -16,6 +16,8 @@ from trl import SFTConfig, SFTTrainer
 from conftest import REPO, cpu_training_args
 from trl_causal.trainer import CausalLossMixin, HeadsMixin
 from trl_causal.errors import ConfigError
+from trl_causal.trainer.deconfounded_reward_config import DeconfoundedRewardConfig
+from trl_causal.trainer.latent_shift_config import LatentShiftConfig
 from trl_causal.trainer.mixins import HEADS_FILE, CarryColumnsCollator
 
 sys.path.insert(0, str(REPO / "plugins" / "weighted_sft"))
@@ -167,3 +169,26 @@ def test_a_save_without_gathered_weights_writes_no_empty_heads_file(tiny_model, 
     assert not (tmp_path / "ungathered" / HEADS_FILE).exists()
     trainer._save(str(tmp_path / "gathered"))
     assert set(load_file(tmp_path / "gathered" / HEADS_FILE)) == {"linear.weight", "linear.bias"}
+
+
+INVARIANCE = {"mode": "invariance", "numeric_confounders": ["c"], "per_device_train_batch_size": 4}
+
+
+@pytest.mark.parametrize(
+    ("config_class", "settings", "metric", "greater_is_better"),
+    [
+        (LatentShiftConfig, {}, "loss_adj", False),
+        (LatentShiftConfig, {}, "eval_loss_causal", False),
+        (LatentShiftConfig, {}, "loss_sft", False),
+        (LatentShiftConfig, {"greater_is_better": True}, "loss_adj", True),  # the user's own choice stays
+        (LatentShiftConfig, {}, "mean_token_accuracy", True),
+        (DeconfoundedRewardConfig, INVARIANCE, "confounder_corr2", False),
+        (DeconfoundedRewardConfig, INVARIANCE, "eval_confounder_corr2", False),
+        (DeconfoundedRewardConfig, INVARIANCE, "mean_reward", True),
+    ],
+)
+def test_the_best_of_a_lower_is_better_term_is_its_lowest(tmp_path, config_class, settings, metric, greater_is_better):
+    """transformers takes a metric whose name does not end in "loss" as greater-is-better: load_best_model_at_end
+    kept the worst checkpoint by loss_adj or confounder_corr2."""
+    args = config_class(**cpu_training_args(tmp_path, metric_for_best_model=metric, **settings))
+    assert args.greater_is_better is greater_is_better

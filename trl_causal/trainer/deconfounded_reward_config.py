@@ -10,6 +10,7 @@ from ..configuration import check_column_names, check_finite_number, unset_null_
 from ..deconfound.confounders import MIN_LEVEL_ROWS, TIMESTAMP_FEATURES
 from ..deconfound.partial_out import LEARNER_NAMES
 from ..errors import ConfigError, did_you_mean
+from .mixins import lower_is_better_by_default
 
 MODES = ("deconfounded", "naive", "covariate", "invariance")
 OBJECTIVES = ("regression", "pairwise")
@@ -200,6 +201,7 @@ class DeconfoundedRewardConfig(RewardConfig):
     )
 
     def __post_init__(self):
+        lower_is_better_by_default(self, ("confounder_corr2",))
         super().__post_init__()
         unset_null_words(self, "text_column", "group_column", "feature_cache_dir")
         for name in _LIST_FIELDS:

@@ -10,6 +10,7 @@ from trl import SFTConfig
 from ..configuration import check_finite_number, unset_null_words
 from ..errors import ConfigError, did_you_mean
 from ..latent_shift import ADJUSTMENTS, ENTROPY_MODES, PHI_SOURCES
+from .mixins import lower_is_better_by_default
 
 FROZEN_VIEWS = ("auto", "adapters", "reference")
 TRL_COLUMNS = ("labels", "input_ids", "attention_mask", "completion_mask", "assistant_masks", "position_ids")  # TRL's own
@@ -192,6 +193,7 @@ class LatentShiftConfig(SFTConfig):
     def __post_init__(self):
         if self.loss_type is None:  # TRL < 1.16 leaves it unset and would pick "chunked_nll"
             self.loss_type = "nll"
+        lower_is_better_by_default(self, ("loss_sft", "loss_causal", "loss_adj"))
         super().__post_init__()
         unset_null_words(self, "label_column", "verbalizer")
         self.verbalizer = parse_verbalizer(self.verbalizer)

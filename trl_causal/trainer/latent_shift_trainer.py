@@ -370,7 +370,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         if sft_only:
             if mode == "train":
                 self._one_row_training_batch()
-            elif self.accelerator.num_processes > 1:  # the other processes gather their batches' losses: join in
+            else:  # eval_loss counts the row, and so does loss_sft
                 none = torch.tensor(float("nan"), device=loss.device)
                 self._log_losses(mode, loss_sft, LatentShiftLosses(none, none, 0))
             return (loss, outputs) if return_outputs else loss
@@ -448,11 +448,18 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         log_num_tokens(self, mode, attention_mask)
 
     def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
+        """Add the batch's ``loss_sft``, ``loss_causal`` and ``loss_adj`` over all processes to the logged metrics: in
+        training their mean, once per micro-batch (a log averages its window's); in evaluation once per row, weighted
+        as transformers weights eval_loss, leaving out the auxiliary terms of batches of one row (NaN: none)."""
         metrics = self._metrics[mode]
         for name, value in (("loss_sft", loss_sft), ("loss_causal", auxiliary.causal), ("loss_adj", auxiliary.adjusted)):
-            gathered = self.accelerator.gather_for_metrics(value.detach())
-            # in evaluation a process whose batch had one row has no auxiliary losses (NaN); in training a NaN shows
-            metrics[name].append((gathered.nanmean() if mode == "eval" else gathered.mean()).item())
+            if mode == "train":
+                metrics[name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+                continue
+            # as the evaluation loop repeats each batch's loss: gather_for_metrics keeps a last short batch's rows
+            per_row = self.accelerator.gather_for_metrics(value.detach().repeat(self.args.eval_batch_size))
+            if (scored := per_row[~per_row.isnan()]).numel():
+                metrics[name].extend(scored.tolist())
         fallback = torch.tensor(auxiliary.n_patch_fallback, device=loss_sft.device)
         n_fallback = int(self.accelerator.gather_for_metrics(fallback).sum().item())
         if n_fallback and not self._warned_patch_fallback:

@@ -113,6 +113,14 @@ def log_num_tokens(trainer: Any, mode: str, attention_mask: torch.Tensor) -> Non
     trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
 
 
+def lower_is_better_by_default(args: Any, metric_names: Sequence[str]) -> None:
+    """Set ``args.greater_is_better`` False where it is unset and ``metric_for_best_model`` ends with one of
+    ``metric_names`` (lower-is-better terms a trainer logs; with or without ``eval_``). Call it before
+    ``TrainingArguments.__post_init__``, which takes a metric whose name does not end in "loss" as greater-is-better."""
+    if args.greater_is_better is None and (args.metric_for_best_model or "").endswith(tuple(metric_names)):
+        args.greater_is_better = False
+
+
 def prompt_learning_type(model: Any, peft_config: Any) -> str | None:
     """The PEFT type of a prompt-learning adapter (``PREFIX_TUNING``, ``PROMPT_TUNING``, ``P_TUNING``, ...) given as
     ``peft_config`` or already on ``model``, else None: such adapters change no weight (nothing to merge), and all but
