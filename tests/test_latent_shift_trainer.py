@@ -532,6 +532,10 @@ def test_batch_size_one_is_rejected_from_the_yaml(tiny_model, tmp_path):
         ({"verbalizer": {"positive": True, "negative": False}}, "answers with a boolean: YAML reads unquoted yes/no"),
         ({"completion_only_loss": False}, "completion_only_loss=False"),
         ({"neftune_noise_alpha": 5.0}, "neftune_noise_alpha=5.0: NEFTune adds noise to the embedding layer's output"),
+        (  # a batch of one row logs no L_adj: the best-model choice failed with transformers' KeyError at the first eval
+            {"metric_for_best_model": "eval_loss_adj", "per_device_eval_batch_size": 1},
+            "metric_for_best_model: eval_loss_adj is not logged with per_device_eval_batch_size=1",
+        ),
     ],
 )
 def test_bad_settings_name_the_field(tmp_path, overrides, field):

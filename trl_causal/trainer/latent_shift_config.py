@@ -240,6 +240,13 @@ class LatentShiftConfig(SFTConfig):
                 "taken over the batch. Set per_device_train_batch_size to 2 or more (gradient_accumulation_steps keeps "
                 "the effective batch for L_SFT, but the shuffle and L_C's batch entropy stay per micro-batch)."
             )
+        metric = (self.metric_for_best_model or "").removeprefix("eval_")
+        if metric in ("loss_causal", "loss_adj") and self.per_device_eval_batch_size < 2:
+            raise ConfigError(
+                f"metric_for_best_model: {self.metric_for_best_model} is not logged with per_device_eval_batch_size=1 "
+                "(a batch of one row has no other row to shuffle Phi with, so evaluation scores L_SFT alone); set "
+                "per_device_eval_batch_size to 2 or more, or use `metric_for_best_model: loss`."
+            )
         if self.completion_only_loss is False:
             raise ConfigError(
                 "completion_only_loss=False: latent_shift pools over the prompt tokens, which it finds as the tokens "
