@@ -64,11 +64,12 @@ def test_weight_column_reaches_the_loss(tiny_model, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in trainer.model.named_parameters())
 
 
-def test_the_example_plugin_applies_label_smoothing_as_sft_does(tiny_model, tmp_path):
-    """Weights of 1: the weighted loss is SFT's, label smoothing included (it was silently ignored)."""
+def test_the_example_plugin_applies_label_smoothing_and_logs_as_sft_does(tiny_model, tmp_path):
+    """Weights of 1: the weighted loss is SFT's, label smoothing included (it was silently ignored), and so are TRL's
+    token metrics (they were not logged: the plugin's loss replaces SFTTrainer's, which logs them)."""
     rows = Dataset.from_dict(dict(ROWS, weight=[1.0] * 4))
     settings = dict(per_device_train_batch_size=4, label_smoothing_factor=0.5)
-    losses = []
+    losses, logs = [], []
     for cls, trainer_cls in ((WeightedSFTConfig, WeightedSFTTrainer), (SFTConfig, SFTTrainer)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -77,7 +78,10 @@ def test_the_example_plugin_applies_label_smoothing_as_sft_does(tiny_model, tmp_
         assert bool([w for w in caught if "label_smoothing_factor" in str(w.message)]) == (trainer_cls is SFTTrainer)
         trainer.train()
         losses.append(trainer.state.log_history[0]["loss"])
+        logs.append(trainer.state.log_history[0])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for metric in ("entropy", "mean_token_accuracy", "num_tokens"):
+        assert logs[0][metric] == pytest.approx(logs[1][metric], rel=1e-5), metric
 
 
 class ProbeHead(nn.Module):

@@ -31,7 +31,6 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
-from trl.trainer.utils import entropy_from_logits
 
 from ..data import check_columns, check_split_types, named_splits
 from ..errors import ConfigError, DataError, count_rows, describe_rows
@@ -54,7 +53,7 @@ from .mixins import (
     ExtraColumnsMixin,
     HeadsMixin,
     causal_lm_token_losses,
-    log_num_tokens,
+    log_token_metrics,
     prompt_learning_type,
     refuse_adapter,
     smoothing_own_logits,
@@ -363,7 +362,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         outputs = model(**model_inputs, output_hidden_states=True)
         token_losses, token_mask = causal_lm_token_losses(outputs.logits, labels, self.args.label_smoothing_factor)
         loss = self.token_mean(token_losses.sum(), token_mask.sum(), num_items_in_batch)
-        self._log_token_metrics(mode, outputs.logits, labels, inputs["attention_mask"])
+        log_token_metrics(self, mode, outputs.logits, labels, inputs["attention_mask"])
         # L_SFT's share of the logged loss, scaled so that its mean over a step's micro-batches and processes is the
         # token mean over the whole accumulated batch, as TRL logs `loss`
         loss_sft = loss.detach() * (self.current_gradient_accumulation_steps if self._training() else 1)
@@ -429,23 +428,6 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
             )
         finally:
             self.args.dataloader_drop_last = drop_last
-
-    def _log_token_metrics(self, mode: str, logits: Tensor, labels: Tensor, attention_mask: Tensor) -> None:
-        """The metrics TRL's SFTTrainer logs, so that dashboards compare the two: ``entropy`` and
-        ``mean_token_accuracy`` of the next-token predictions on the supervised tokens, and ``num_tokens``, the tokens
-        trained on so far (all processes)."""
-        with torch.no_grad():
-            supervised = labels[:, 1:].ne(-100)
-            predicted = logits[:, :-1][supervised].float()  # [supervised tokens, vocabulary]
-            entropy_sum = entropy_from_logits(predicted).sum()  # TRL's, as SFTTrainer computes it
-            correct = predicted.argmax(-1).eq(labels[:, 1:][supervised]).sum()
-            n_valid, entropy_sum, correct = (
-                self.accelerator.gather_for_metrics(value).sum() for value in (supervised.sum(), entropy_sum, correct)
-            )
-        metrics = self._metrics[mode]
-        metrics["entropy"].append((entropy_sum / n_valid).item() if n_valid > 0 else 0.0)
-        metrics["mean_token_accuracy"].append((correct / n_valid).item() if n_valid > 0 else 0.0)
-        log_num_tokens(self, mode, attention_mask)
 
     def _log_losses(self, mode: str, loss_sft: Tensor, auxiliary: LatentShiftLosses) -> None:
         """Add the batch's ``loss_sft``, ``loss_causal`` and ``loss_adj`` over all processes to the logged metrics: in

@@ -113,6 +113,26 @@ def log_num_tokens(trainer: Any, mode: str, attention_mask: torch.Tensor) -> Non
     trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
 
 
+def log_token_metrics(trainer: Any, mode: str, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """The metrics TRL's SFTTrainer logs, for an SFT trainer that computes its own loss, so that dashboards compare
+    the two: ``entropy`` and ``mean_token_accuracy`` of the next-token predictions on the supervised tokens (``labels``
+    not -100), over all processes, and ``num_tokens`` (``log_num_tokens``)."""
+    from trl.trainer.utils import entropy_from_logits
+
+    with torch.no_grad():
+        supervised = labels[:, 1:].ne(-100)
+        predicted = logits[:, :-1][supervised].float()  # [supervised tokens, vocabulary]
+        entropy_sum = entropy_from_logits(predicted).sum()  # TRL's, as SFTTrainer computes it
+        correct = predicted.argmax(-1).eq(labels[:, 1:][supervised]).sum()
+        n_valid, entropy_sum, correct = (
+            trainer.accelerator.gather_for_metrics(value).sum() for value in (supervised.sum(), entropy_sum, correct)
+        )
+    metrics = trainer._metrics[mode]
+    metrics["entropy"].append((entropy_sum / n_valid).item() if n_valid > 0 else 0.0)
+    metrics["mean_token_accuracy"].append((correct / n_valid).item() if n_valid > 0 else 0.0)
+    log_num_tokens(trainer, mode, attention_mask)
+
+
 def lower_is_better_by_default(args: Any, metric_names: Sequence[str]) -> None:
     """Set ``args.greater_is_better`` False where it is unset and ``metric_for_best_model`` ends with one of
     ``metric_names`` (lower-is-better terms a trainer logs; with or without ``eval_``). Call it before

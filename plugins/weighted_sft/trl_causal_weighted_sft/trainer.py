@@ -4,12 +4,13 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from trl_causal.configuration import check_column_names
 from trl_causal.errors import DataError
-from trl_causal.trainer import CausalLossMixin, ExtraColumnsMixin, causal_lm_token_losses, smoothing_own_logits
+from trl_causal.trainer import CausalLossMixin, ExtraColumnsMixin, causal_lm_token_losses, log_token_metrics, smoothing_own_logits
 
 
 @dataclass
@@ -59,4 +60,6 @@ class WeightedSFTTrainer(CausalLossMixin, ExtraColumnsMixin, SFTTrainer):
         token_losses, mask = causal_lm_token_losses(outputs.logits, labels, self.args.label_smoothing_factor)
         loss_sum = (token_losses.sum(dim=1) * weights.to(token_losses.device)).sum()
         loss = self.token_mean(loss_sum, mask.sum(), num_items_in_batch)
+        mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))  # padding-free rows: every token is real
+        log_token_metrics(self, "train" if model.training else "eval", outputs.logits, labels, mask)
         return (loss, outputs) if return_outputs else loss
