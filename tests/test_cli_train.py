@@ -54,13 +54,38 @@ def test_every_builtin_trainer_trains_and_saves_a_reloadable_checkpoint(spec, tm
 
 
 def test_command_line_overrides_win_over_the_yaml_and_the_configs_notes_show_once(tmp_path, tiny_model):
+    import accelerate
+    import datasets
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    from trl_causal import __version__
+
     mixture = [{"path": "json", "data_files": str(tmp_path / "data.jsonl")}]  # beside dataset_name, which TRL then ignores
+    secret = "hf_secret_not_recorded"
     summary, result = train(
-        tmp_path, tiny_model, "sft", sft_rows(), "--max_steps", "1", "--trainer", "sft", max_steps=3, symbol_pool="letters", datasets=mixture
+        tmp_path, tiny_model, "sft", sft_rows(), "--max_steps", "1", "--trainer", "sft", "--hub_token", secret,
+        max_steps=3, symbol_pool="letters", datasets=mixture, data_seed=7, model_init_kwargs={"token": secret},
     )
-    assert summary["steps"] == 1
+    assert summary["steps"] == 1 and "trained 'sft' on 16 rows for 1 step (world size 1)" in result.stdout
     assert result.stderr.count("note: ignoring 'symbol_pool'") == 1  # the launcher's, not again the training process's
     assert result.stderr.count("sets both `datasets` and `dataset_name`: the `datasets` mixture is loaded") == 1
+    # the record says how to run it again: the config as the run used it (the command line's values won), secrets hidden
+    reproduce = summary["reproduce"]
+    assert reproduce["config_file"] == str(tmp_path / "cfg.yaml")
+    config = reproduce["config"]
+    assert {key: config[key] for key in ("trainer", "max_steps", "seed", "data_seed", "model_name_or_path", "dataset_name")} == {
+        "trainer": "sft", "max_steps": 1, "seed": 0, "data_seed": 7, "model_name_or_path": str(tiny_model), "dataset_name": str(tmp_path / "data.jsonl"),
+    }
+    assert config["datasets"][0]["path"] == "json" and config["datasets"][0]["data_files"] == str(tmp_path / "data.jsonl")
+    assert (config["learning_rate"], config["per_device_train_batch_size"], config["gradient_accumulation_steps"]) == (1e-3, 2, 1)
+    assert "symbol_pool" not in config and "use_peft" not in config  # a key the run ignored; no LoRA
+    assert config["hub_token"] == "<hidden>" and config["model_init_kwargs"] == {"token": "<hidden>"}
+    assert secret not in (tmp_path / "out" / SUMMARY_FILE).read_text()
+    modules = (trl, transformers, torch, peft, accelerate, datasets)
+    assert reproduce["versions"] == {"trl_causal": __version__, **{module.__name__: module.__version__ for module in modules}}
 
 
 def test_null_on_the_command_line_unsets_a_yaml_setting(tmp_path, tiny_model):
@@ -145,20 +170,20 @@ def test_rows_that_truncation_drops_are_counted_and_none_left_is_an_error(tmp_pa
     assert json.loads((tmp_path / "packed" / SUMMARY_FILE).read_text())["train_rows"] == 8
 
     pairs = reward_rows(8)
-    for row in pairs[:3]:
+    for row in pairs[:1]:
         row["chosen"] *= 12  # longer than max_length: TRL's RewardTrainer drops the pair
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     settings = base_config(tiny_model, data, tmp_path / "out-reward", max_length=60, max_steps=1)
     config = write_config(tmp_path / "reward.yaml", {"trainer": "reward", **settings})
     assert train_module.cli(["--config", str(config)]) == 0
     out = capsys.readouterr()
-    assert "3 of 8 training rows were dropped (TRL's RewardTrainer drops the pairs whose chosen or rejected" in out.err
-    assert "trained 'reward' on 5 rows" in out.out
-    assert json.loads((tmp_path / "out-reward" / SUMMARY_FILE).read_text())["train_rows"] == 5
+    assert "1 of 8 training rows was dropped (TRL's RewardTrainer drops the pairs whose chosen or rejected" in out.err
+    assert "trained 'reward' on 7 rows" in out.out
+    assert json.loads((tmp_path / "out-reward" / SUMMARY_FILE).read_text())["train_rows"] == 7
 
     streamed = write_config(tmp_path / "streamed.yaml", {"trainer": "sft", **settings, "dataset_name": str(tmp_path / "data.jsonl"), "output_dir": str(tmp_path / "out-streamed"), "dataset_streaming": True})
     assert train_module.cli(["--config", str(streamed)]) == 0
-    assert "trained 'sft' on streamed rows for 1 steps" in capsys.readouterr().out
+    assert "trained 'sft' on streamed rows for 1 step (" in capsys.readouterr().out
     from trl_causal.configuration import read_yaml
 
     unbounded = write_config(tmp_path / "unbounded.yaml", {**read_yaml(streamed), "max_steps": -1, "num_train_epochs": 1})
@@ -198,8 +223,10 @@ def test_full_weights_saved_over_an_earlier_lora_run_remove_its_adapter(tmp_path
 
     from trl_causal.evaluation import load_checkpoint
 
-    train(tmp_path, tiny_model, "sft", sft_rows(), use_peft=True, lora_r=4, lora_alpha=8)
+    summary, _ = train(tmp_path, tiny_model, "sft", sft_rows(), use_peft=True, lora_r=4, lora_alpha=8)
     assert (tmp_path / "out" / "adapter_config.json").is_file()
+    lora = {key: summary["reproduce"]["config"][key] for key in ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+    assert lora == {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.05, "lora_target_modules": None}  # defaults too
     _, result = train(tmp_path, tiny_model, "sft", sft_rows())  # the same output_dir, full fine-tuning
     assert "removed the LoRA adapter an earlier run left" in result.stderr
     assert not any((tmp_path / "out" / name).exists() for name in ("adapter_config.json", "adapter_model.safetensors"))
@@ -438,7 +465,8 @@ def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path,
     step, checkpoint = int(saved[1]), Path(saved[2])
     assert (checkpoint / "optimizer.pt").is_file()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
-    assert json.loads((checkpoint / SUMMARY_FILE).read_text())["trainer"] == "sft"  # eval tells its trainer
+    record = json.loads((checkpoint / SUMMARY_FILE).read_text())
+    assert record["trainer"] == "sft" and record["reproduce"]["config"]["max_steps"] == 100_000  # eval tells its trainer
     resumed = run_cli("train", "--config", str(config), "--max_steps", str(step + 2), "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((out / SUMMARY_FILE).read_text())

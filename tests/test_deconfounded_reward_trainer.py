@@ -599,7 +599,7 @@ def test_missing_values_through_trl_causal_train_are_counted_in_one_line(tmp_pat
         assert fragment in error[0]
 
 
-def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model, tmp_path):
+def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model, tmp_path, caplog):
     rows = observational_rows()
     rows[2]["outcome"], rows[5]["confounder"], rows[9]["group"] = float("inf"), float("nan"), None
     with pytest.raises(DataError, match=r"3 of 120 rows .*'group': 1 \(row 9\)"):
@@ -612,13 +612,15 @@ def test_drop_invalid_drops_and_counts_nan_inf_and_missing_group_rows(tiny_model
     # evaluation rows are counted too, per split
     held_out = observational_rows(n=40, seed=5)
     held_out[1]["outcome"] = None
-    with_eval = DeconfoundedRewardTrainer(
-        model=str(tiny_model),
-        args=reward_args(tmp_path, drop_invalid=True),
-        train_dataset=Dataset.from_list(rows),
-        eval_dataset={"held_out": Dataset.from_list(held_out)},
-    )
+    with caplog.at_level("WARNING"):
+        with_eval = DeconfoundedRewardTrainer(
+            model=str(tiny_model),
+            args=reward_args(tmp_path, drop_invalid=True),
+            train_dataset=Dataset.from_list(rows),
+            eval_dataset={"held_out": Dataset.from_list(held_out)},
+        )
     assert len(with_eval.eval_dataset["held_out"]) == 39
+    assert "1 held_out row with a missing or non-finite value is dropped (drop_invalid)." in caplog.text
     assert with_eval.report["eval_rows"] == {
         "held_out": {"used": 39, "dropped_invalid": 1, "dropped_invalid_by_column": {"outcome": 1}, "dropped_longer_than_max_length": 0}
     }
@@ -829,8 +831,10 @@ def test_singleton_groups_under_pairwise(tmp_path, tiny_model, capsys):
     )
 
 
-def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_model, tmp_path, caplog, capsys):
+def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_model, tmp_path, caplog, capsys, monkeypatch):
     from transformers import AutoTokenizer
+
+    from trl_causal.trainer import deconfounded_reward_trainer
 
     rows = [dict(row, group=i // 2) for i, row in enumerate(observational_rows(n=40))]
     for row in rows[0:10:2]:  # the first row of groups 0-4
@@ -846,10 +850,27 @@ def test_pairwise_groups_that_max_length_leaves_with_one_row_give_no_pair(tiny_m
     assert trainer.report["rows"] == {"used": 40, "dropped_invalid": 0, "dropped_longer_than_max_length": 5, "trained": 35, "pairs": pairs}
     assert f"35 training rows in {pairs} within-group pairs (0 invalid and 5 longer than max_length dropped" in capsys.readouterr().out
     assert train.check_prepared_rows(trainer, rows, "reward") == 35  # the run summary's train_rows
-    for row in rows[1:40:2]:  # now every group loses a row
-        row["text"] = row["text"] * 30
+    assert "5 train rows are longer than max_length" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_trainer(tiny_model, tmp_path, rows[8:], objective="pairwise", max_length=max_length)  # row 8 is long
+    assert f"1 train row is longer than max_length={max_length} tokens and is dropped." in caplog.text
+
+    def no_feature_pass(*args, **kwargs):
+        raise AssertionError("the features and the partialling out ran before the rows were checked")
+
+    # a split whose every group loses a row fails before the feature pass and the partialling out, in words for its use
+    monkeypatch.setattr(deconfounded_reward_trainer, "reward_targets", no_feature_pass)
+    every_group_long = [dict(row, text=row["text"] * 30) if i % 2 else row for i, row in enumerate(rows)]
+    with pytest.raises(DataError, match="Dropping the eval rows longer than max_length=.* leaves every group with one row, so there is no pair to evaluate: raise max_length"):
+        DeconfoundedRewardTrainer(
+            model=str(tiny_model),
+            args=reward_args(tmp_path, objective="pairwise", max_length=max_length),
+            train_dataset=Dataset.from_list(rows[10:]),
+            eval_dataset=Dataset.from_list(every_group_long),
+        )
     with pytest.raises(DataError, match="leaves every group with one row, so there is no pair to train on: raise max_length"):
-        build_trainer(tiny_model, tmp_path, rows, objective="pairwise", max_length=max_length)
+        build_trainer(tiny_model, tmp_path, every_group_long, objective="pairwise", max_length=max_length)
 
 
 def test_pairwise_counts_its_pairs_and_warns_when_large_groups_make_many(tiny_model, tmp_path, caplog, capsys):

@@ -51,6 +51,8 @@ class RunConfig:
     dataset_args: Any
     launch_args: list[str]
     script_argv: list[str]
+    config_path: str | None = None
+    given_fields: tuple[str, ...] = ()  # the dataclass fields that the YAML and the command line set
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -643,7 +645,15 @@ def parse_run_config(argv: list[str], config_path: str | None = None) -> RunConf
     if dataset_args.streaming and not dataset_args.datasets and not script_args.dataset_streaming:
         config_note(f"{source} sets `streaming: true`, which streams a `datasets:` mixture only, so {script_args.dataset_name!r} "
                     "is loaded whole, as TRL does; `dataset_streaming: true` streams dataset_name.")
-    return RunConfig(spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv)
+    given = [key for key in yaml_values if key in field_types]
+    given += [
+        key if key in field_types else key.removeprefix("no_")
+        for key, _ in cli
+        if key in field_types or key.removeprefix("no_") in negatable
+    ]
+    return RunConfig(
+        spec, script_args, training_args, model_args, dataset_args, launch_args, script_argv, config_path, tuple(dict.fromkeys(given))
+    )
 
 
 def _null_reporting_as_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -682,8 +692,39 @@ def check_reporting_packages(report_to: list[str] | str | None, source: str) -> 
 
 
 def recorded_form(value: Any) -> Any:
-    """A setting as the run record stores it (JSON: tuples as lists, enums as their values)."""
-    return json.loads(json.dumps(value, default=lambda item: getattr(item, "value", str(item))))
+    """A setting as the run record stores it (JSON: tuples as lists, enums as their values, dataclasses (a `datasets:`
+    entry) as mappings of their fields)."""
+
+    def as_json(item):
+        return dataclasses.asdict(item) if dataclasses.is_dataclass(item) else getattr(item, "value", str(item))
+
+    return json.loads(json.dumps(value, default=as_json))
+
+
+HIDDEN_SETTINGS = ("hub_token", "token", "use_auth_token", "api_key")  # secrets a setting may hold, at any depth
+
+
+def hidden_secrets(value: Any) -> Any:
+    """``value`` with what a mapping in it holds under a ``HIDDEN_SETTINGS`` key as "<hidden>" (e.g. a Hub token in
+    ``model_init_kwargs``)."""
+    if isinstance(value, dict):
+        return {
+            key: "<hidden>" if key in HIDDEN_SETTINGS and item is not None else hidden_secrets(item) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [hidden_secrets(item) for item in value]
+    return value
+
+
+def given_settings(run: RunConfig, always: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The trainer and the settings the run's YAML and command line gave (``run.given_fields``), and those of
+    ``always``, with the values the run uses, as JSON and with secrets hidden (``hidden_secrets``): a config that runs
+    it again. The YAML's ``env`` and the accelerate launch settings are not among them."""
+    values: dict[str, Any] = {}
+    for args in (run.dataset_args, run.model_args, run.training_args, run.script_args):  # the first class of a field wins
+        values.update((f.name, getattr(args, f.name)) for f in dataclasses.fields(args) if f.init)
+    keys = dict.fromkeys([*run.given_fields, *always])
+    return hidden_secrets(recorded_form({TRAINER_KEY: run.trainer.name, **{key: values[key] for key in keys}}))
 
 
 def settings_differing(args: Any, recorded: dict[str, Any]) -> dict[str, Any]:

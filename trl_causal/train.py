@@ -19,9 +19,9 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from .configuration import RunConfig, is_first_process, method_settings, parse_run_config
+from .configuration import RunConfig, given_settings, is_first_process, method_settings, parse_run_config
 from .data import check_columns, check_streamed_steps, load_run_datasets
-from .errors import ConfigError, TrlCausalError, count_rows
+from .errors import ConfigError, TrlCausalError, count_rows, for_count
 from .evaluation import training_answer_prefix
 from .paths import read_json_file, write_json_file
 
@@ -340,10 +340,41 @@ def check_resumed_run(
     return step, taken
 
 
+# settings the run record's `reproduce` holds even where the config leaves them at their defaults
+REPRODUCED_SETTINGS = (
+    "seed", "learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps"
+)
+LORA_SETTINGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")  # with use_peft
+
+
+def reproduction(run: RunConfig) -> dict:
+    """The run record's ``reproduce``, what runs the training again: ``config_file``, the YAML the run read (absolute;
+    None without one); ``config``, a config that reruns it (``given_settings``: the trainer and the settings of the YAML
+    and the command line as the run used them, secrets hidden), with ``REPRODUCED_SETTINGS`` and, with use_peft,
+    ``LORA_SETTINGS``; ``versions``, those of trl_causal and the packages it trains with. ``world_size`` and
+    ``distributed`` record the launch."""
+    import accelerate
+    import datasets
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    from . import __version__
+
+    always = REPRODUCED_SETTINGS + (LORA_SETTINGS if run.model_args.use_peft else ())
+    return {
+        "config_file": os.path.abspath(run.config_path) if run.config_path else None,
+        "config": given_settings(run, always),
+        "versions": {"trl_causal": __version__}
+        | {module.__name__: module.__version__ for module in (trl, transformers, torch, peft, accelerate, datasets)},
+    }
+
+
 def run_record_callback(trainer_name: str, settings: dict, answer_prefix: str | None = None, **setup):
     """A callback that writes ``{"trainer", "settings", "answer_prefix", **setup}`` (``setup``: e.g. world_size,
-    distributed) as ``SUMMARY_FILE`` into every ``checkpoint-N`` the run saves, so that eval tells a checkpoint's
-    trainer and settings, and a reader how it was trained, without the final summary."""
+    distributed, reproduce) as ``SUMMARY_FILE`` into every ``checkpoint-N`` the run saves, so that eval tells a
+    checkpoint's trainer and settings, and a reader how it was trained, without the final summary."""
     from transformers import TrainerCallback
 
     class RunRecord(TrainerCallback):
@@ -538,8 +569,9 @@ def check_prepared_rows(trainer, loaded, kind: str) -> int | None:
     if kept == 0:
         raise TrlCausalError(f"No training row is left of the {len(loaded)} loaded: {cause}. {fix}")
     if kept < len(loaded) and trainer.accelerator.is_main_process:
-        print(f"trl-causal: {len(loaded) - kept} of {len(loaded)} training rows were dropped ({cause}); {kept} train.",
-              file=sys.stderr)
+        dropped = len(loaded) - kept
+        print(f"trl-causal: {dropped} of {len(loaded)} training rows {for_count(dropped, 'was', 'were')} dropped ({cause}); "
+              f"{kept} train.", file=sys.stderr)
     return kept
 
 
@@ -588,6 +620,7 @@ def main(run: RunConfig) -> dict:
         settings.update(taken)
     else:
         check_output_dir_holds_no_other_run(training_args.output_dir, run.trainer.name)
+    reproduce = reproduction(run)  # before build_trainer sets model_init_kwargs
     try:
         trainer = build_trainer(run, train_dataset, eval_dataset)
     except KeyboardInterrupt:  # e.g. during capt's event estimation (the llm estimator has cached its answers so far)
@@ -595,7 +628,7 @@ def main(run: RunConfig) -> dict:
     train_rows = check_prepared_rows(trainer, train_dataset, run.trainer.kind)
     prefix = training_answer_prefix(train_dataset)
     setup = {"world_size": trainer.accelerator.num_processes, "distributed": distributed_setup(trainer.accelerator)}
-    trainer.add_callback(run_record_callback(run.trainer.name, settings, prefix, **setup))
+    trainer.add_callback(run_record_callback(run.trainer.name, settings, prefix, **setup, reproduce=reproduce))
     result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
@@ -612,16 +645,18 @@ def main(run: RunConfig) -> dict:
         "output_dir": os.path.abspath(training_args.output_dir),
         "settings": settings,
         "answer_prefix": prefix,
+        "reproduce": reproduce,
     }
     if eval_dataset is not None:
         summary["eval"] = final_evaluation(trainer)
     if trainer.accelerator.is_main_process:
         write_json_file(training_args.output_dir, SUMMARY_FILE, summary)
         setup = "" if summary["distributed"] == "NO" else f", {summary['distributed']}"
+        trained_steps = summary["steps"] - first_step
         trainer.accelerator.print(
             f"\ntrl-causal: trained {summary['trainer']!r} on "
             + ("streamed rows" if summary["train_rows"] is None else count_rows(summary["train_rows"]))
-            + f" for {summary['steps'] - first_step} steps ("
+            + f" for {trained_steps} {for_count(trained_steps, 'step', 'steps')} ("
             + (f"resumed at step {first_step}, {summary['steps']} in all; " if resume_from is not None else "")
             + f"world size {summary['world_size']}{setup}) in {summary['seconds']} s; mean train loss "
             f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"

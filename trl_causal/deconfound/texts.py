@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from accelerate.utils import is_peft_model
 from trl.data_utils import _tokenize, is_conversational
 from trl.trainer.utils import global_then_local_main_first
@@ -89,15 +90,29 @@ def tokenize_rows(rows: datasets.Dataset, args: Any, tokenizer, split: str) -> d
         )
 
 
-def check_lengths(tokenized: Mapping[str, datasets.Dataset], max_length: int | None) -> None:
-    """Fail on a split whose every row is longer than ``max_length`` tokens: training drops such rows."""
+def check_lengths(
+    tokenized: Mapping[str, datasets.Dataset], max_length: int | None, groups: Mapping[str, np.ndarray] | None = None
+) -> None:
+    """Fail on a split that dropping the rows longer than ``max_length`` tokens leaves without an example: one whose
+    every row is longer, or, for pairs (``groups``: the group ids of each split's rows), one whose every group is left
+    with one row."""
     if max_length is None:
         return
     for split, rows in tokenized.items():
-        shortest = min(len(ids) for ids in rows["input_ids"])
-        if shortest > max_length:
+        lengths = np.array([len(ids) for ids in rows["input_ids"]])
+        if lengths.min() > max_length:
             raise DataError(
                 f"All {len(rows)} rows of the {split} split are longer than max_length={max_length} tokens (the "
-                f"shortest has {shortest}), and rows over max_length are dropped: nothing would be left. Raise "
+                f"shortest has {lengths.min()}), and rows over max_length are dropped: nothing would be left. Raise "
                 "`max_length` or shorten the texts."
+            )
+        kept = lengths <= max_length
+        if groups is None or kept.all():
+            continue
+        _, group_sizes = np.unique(groups[split][kept], return_counts=True)
+        if (group_sizes == 1).all():
+            use = "train on" if split == "train" else "evaluate"
+            raise DataError(
+                f"Dropping the {split} rows longer than max_length={max_length} leaves every group with one row, so "
+                f"there is no pair to {use}: raise max_length."
             )

@@ -268,7 +268,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
 
         rows = {split: splits[split].select(obs.rows) for split, obs in observations.items()}
         tokenized = {split: tokenize_rows(rows[split], args, self.processing_class, split) for split in rows}
-        check_lengths(tokenized, args.max_length)  # before the feature pass and the partialling out
+        pair_groups = {split: obs.groups for split, obs in observations.items()} if args.objective == "pairwise" else None
+        check_lengths(tokenized, args.max_length, pair_groups)  # before the feature pass and the partialling out
         self.targets: RewardTargets = self._compute_targets(rows["train"], tokenized["train"], observations["train"])
         too_long, eval_rows = self._prepare_splits(tokenized, observations, eval_dataset)
         self.report = self._build_report(rows["train"], too_long, eval_rows)
@@ -352,7 +353,11 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         }
         for split, counts in eval_rows.items():
             if counts["dropped_invalid"] and self.accelerator.is_main_process:
-                logger.warning(f"{counts['dropped_invalid']} {split} rows with a missing or non-finite value are dropped (drop_invalid).")
+                dropped = counts["dropped_invalid"]
+                logger.warning(
+                    f"{dropped} {split} {for_count(dropped, 'row', 'rows')} with a missing or non-finite value "
+                    f"{for_count(dropped, 'is', 'are')} dropped (drop_invalid)."
+                )
         if eval_dataset is not None:
             self.eval_dataset = {split: dataset for split, (dataset, _) in prepared.items()}
             if not isinstance(eval_dataset, dict):
@@ -413,7 +418,8 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         too_long = int((~keep).sum())
         if too_long:
             logger.warning(
-                f"{too_long} {split} rows are longer than max_length={args.max_length} tokens and are dropped."
+                f"{too_long} {split} {for_count(too_long, 'row is', 'rows are')} longer than max_length={args.max_length} "
+                f"tokens and {for_count(too_long, 'is', 'are')} dropped."
             )
         observations = observations.select(keep)
         input_ids = [ids for ids, kept in zip(tokenized["input_ids"], keep, strict=True) if kept]
@@ -424,13 +430,9 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
         if args.objective == "regression":
             columns = {"input_ids": input_ids, "target": target.tolist()}
             return datasets.Dataset.from_dict(columns | ({} if confounders is None else {"confounders": confounders})), too_long
-        # a group that dropping long rows leaves with one row gives no pair (a group of one in the data is an error)
+        # a group left with one row by dropping long rows gives no pair (check_lengths refused a split whose every
+        # group is left so; a group of one in the data is an error)
         _, group_sizes = np.unique(observations.groups, return_counts=True)
-        if too_long and (group_sizes == 1).all():
-            raise DataError(
-                f"Dropping the {split} rows longer than max_length={args.max_length} leaves every group with one row, "
-                "so there is no pair to train on: raise max_length."
-            )
         pairs = preference_pairs(
             target, observations.groups, args.min_pair_gap, f"{split} split (after dropping rows over max_length)",
             single_row_groups=bool(too_long),
