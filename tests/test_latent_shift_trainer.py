@@ -984,3 +984,23 @@ def test_a_verbalizer_label_without_training_rows_is_warned_about(tiny_model, tm
     verbalizer = {**dict(zip(ANSWERS, ANSWERS)), "mixed": "mixed"}
     make_trainer(tiny_model, tmp_path, verbalizer=verbalizer)
     assert "the verbalizer's label(s) 'mixed' have no training row" in caplog.text
+
+
+def test_the_trainers_warnings_follow_log_level(tiny_model, tmp_path, caplog):
+    """The project's loggers are outside transformers' hierarchy, which the Trainer sets from log_level: its warnings
+    printed under `log_level: error` (and on every rank with `log_level_replica: error`)."""
+    import logging
+
+    import transformers
+
+    rows = Dataset.from_list(shift_rows(4))
+    project_level = logging.getLogger("trl_causal").level
+    try:  # passive: transformers' verbosity (warning), which a Trainer with a log_level sets for the whole process
+        for log_level, shown in (("passive", True), ("error", False)):
+            caplog.clear()
+            make_trainer(tiny_model, tmp_path / log_level, per_device_eval_batch_size=1, log_level=log_level,
+                         trainer_kwargs={"eval_dataset": rows})
+            assert ("per_device_eval_batch_size=1 scores every evaluation row" in caplog.text) is shown, log_level
+    finally:
+        transformers.logging.set_verbosity_warning()
+        logging.getLogger("trl_causal").setLevel(project_level)

@@ -52,6 +52,7 @@ from ..errors import ConfigError, DataError, TrlCausalError, describe_rows, for_
 from ..evaluation import LMPredictor, Prompt, chat_template_kwargs, common_prefix_length, training_answer_prefix, warn_unlike_training
 from ..paths import read_json_file, write_json_file
 from .capt_config import CAPTConfig
+from .mixins import follow_log_level
 from .zero3 import whole_model_loading
 
 logger = logging.get_logger(__name__)
@@ -314,6 +315,7 @@ class CAPTTrainer(SFTTrainer):
 
     def __init__(self, model, args: CAPTConfig | None = None, *, train_dataset=None, eval_dataset=None, **kwargs):
         args = self._capt_config(model, args)
+        follow_log_level(args)
         if kwargs.get("formatting_func") is not None:
             raise ConfigError(
                 "The capt trainer renders rows itself and takes no formatting_func; pass prompt/completion, messages "

@@ -59,7 +59,7 @@ from ..deconfound.texts import check_lengths, feature_precision, text_features, 
 from ..errors import ConfigError, DataError, TrlCausalError, count_rows, describe_rows, for_count
 from ..paths import write_json_file
 from .deconfounded_reward_config import DeconfoundedRewardConfig
-from .mixins import CausalLossMixin, HeadsMixin, log_num_tokens, prompt_learning_type, refuse_adapter
+from .mixins import CausalLossMixin, HeadsMixin, follow_log_level, log_num_tokens, prompt_learning_type, refuse_adapter
 from .zero3 import full_parameters, whole_model_loading
 
 logger = logging.get_logger(__name__)
@@ -234,6 +234,7 @@ class DeconfoundedRewardTrainer(CausalLossMixin, HeadsMixin, MergedAdapterSaveMi
                 "DeconfoundedRewardTrainer needs a DeconfoundedRewardConfig naming the outcome and confounder columns, "
                 f"not {type(args).__name__}."
             )
+        follow_log_level(args)
         if adapter := prompt_learning_type(model, peft_config):  # before the feature pass, not at the final save
             raise refuse_adapter(adapter, "deconfounded_reward", "its final save merges the adapters into a plain reward "
                                  "model, and a prompt-learning adapter changes no weight to merge")

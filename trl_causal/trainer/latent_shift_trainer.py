@@ -53,6 +53,7 @@ from .mixins import (
     ExtraColumnsMixin,
     HeadsMixin,
     causal_lm_token_losses,
+    follow_log_level,
     log_token_metrics,
     prompt_learning_type,
     refuse_adapter,
@@ -131,6 +132,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
         args = LatentShiftConfig() if args is None else args
         if not isinstance(args, LatentShiftConfig):
             raise TypeError(f"LatentShiftTrainer needs a LatentShiftConfig, got {type(args).__name__}.")
+        follow_log_level(args)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
         adapter = prompt_learning_type(model, kwargs.get("peft_config"))

@@ -133,6 +133,18 @@ def log_token_metrics(trainer: Any, mode: str, logits: torch.Tensor, labels: tor
     log_num_tokens(trainer, mode, attention_mask)
 
 
+def follow_log_level(args: Any, loggers: Sequence[str] = ("trl_causal",)) -> None:
+    """Give the ``loggers`` (and the loggers below them) the level transformers' Trainer gives its own on this process:
+    ``log_level`` on the main process, ``log_level_replica`` on the others, transformers' verbosity where they are
+    ``passive`` (``TRANSFORMERS_VERBOSITY``). trl_causal's loggers are outside the ``transformers`` hierarchy, which
+    the Trainer sets."""
+    import logging
+
+    level = args.get_process_log_level()
+    for name in loggers:
+        logging.getLogger(name).setLevel(level)
+
+
 def lower_is_better_by_default(args: Any, metric_names: Sequence[str]) -> None:
     """Set ``args.greater_is_better`` False where it is unset and ``metric_for_best_model`` ends with one of
     ``metric_names`` (lower-is-better terms a trainer logs; with or without ``eval_``). Call it before

@@ -26,6 +26,7 @@ from trl_causal.capt.sft_rows import estimation_report, report_cut_completions
 from trl_causal.errors import ConfigError, DataError
 from trl_causal.paths import write_json_file
 from trl_causal.trainer.capt_config import CAPTConfig
+from trl_causal.trainer.mixins import follow_log_level
 from trl_causal.trainer.capt_trainer import (
     InterventionEpochCallback,
     InterventionPlanner,
@@ -236,6 +237,7 @@ class AxolotlCAPTTrainer(AxolotlTrainer):
 
     def __init__(self, *args, **kwargs):
         training_args = kwargs["args"]
+        follow_log_level(training_args, ("trl_causal", "trl_causal_axolotl"))
         tokenizer = kwargs.get("processing_class")
         train_dataset, eval_dataset = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
         if train_dataset is None or not hasattr(train_dataset, "column_names"):
