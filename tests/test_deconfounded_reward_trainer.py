@@ -995,3 +995,23 @@ def test_an_empty_column_name_is_refused_or_unset(tmp_path):
             reward_args(tmp_path, **{name: value})
     args = reward_args(tmp_path, group_column="", text_column="")  # as null, like YAML's empty value
     assert (args.group_column, args.text_column) == (None, None)
+
+
+def test_deconfound_seed_alone_sets_the_folds_and_is_reported(tmp_path):
+    """The folds followed the training `seed`: a seed sweep of the reward model moved theta too."""
+    from trl_causal.deconfound.observations import Observations
+    from trl_causal.deconfound.targets import reward_targets
+
+    rng = np.random.default_rng(0)
+    confounder, phi = rng.normal(size=(80, 1)), rng.normal(size=(80, 3))
+    outcome = confounder[:, 0] + phi @ [1.0, -1.0, 0.5] + rng.normal(size=80)
+    observations = Observations(np.arange(80), outcome, confounder, ["confounder"], None, None)
+
+    def effect(**settings):
+        args = reward_args(tmp_path, group_column=None, **settings)
+        deconfounding = reward_targets(observations, args, lambda: phi, progress=False).report["deconfounding"]
+        return deconfounding["seed"], deconfounding["effects"]["confounder"]["theta"]
+
+    assert effect(seed=1)[1] != effect(seed=2)[1]  # deconfound_seed unset: the training seed
+    assert effect(seed=1, deconfound_seed=7)[1] == effect(seed=2, deconfound_seed=7)[1]
+    assert effect(seed=2, deconfound_seed=7)[0] == 7

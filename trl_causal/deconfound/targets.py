@@ -121,7 +121,7 @@ def reward_targets(
             outcome_learner=args.outcome_learner,
             confounder_learner=args.confounder_learner,
             instrument=instrument,
-            seed=args.seed,
+            seed=args.deconfound_seed_value,
             confounder_names=observations.confounder_names,
             progress=progress,
             instrument_names=instrument_names,
@@ -146,7 +146,7 @@ def reward_targets(
         "feature_source": args.feature_source if result is not None else None,
         "rows": {"used": len(observations.rows), "dropped_invalid": observations.dropped, **dropped_by_column_entry(observations)},
         "target": {"mean": mean, "std": std},  # the reward model learns t = (s - mean) / std
-        "deconfounding": None if result is None else exogenous_marked(result.to_report()),
+        "deconfounding": None if result is None else {"seed": args.deconfound_seed_value, **exogenous_marked(result.to_report())},
         "seconds": seconds,
     }
     return RewardTargets(result, mean, std, report)

@@ -147,6 +147,13 @@ class DeconfoundedRewardConfig(RewardConfig):
         },
     )
     n_folds: int = field(default=5, metadata={"help": "Cross-fitting folds K of the partialling out."})
+    deconfound_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of the cross-fitting folds and of the random learners (forest, boosting), so of theta and "
+            "the targets; recorded in the report. Defaults to `seed`: set it to vary the training seed alone."
+        },
+    )
     outcome_learner: str = field(
         default="ridge",
         metadata={
@@ -264,6 +271,8 @@ class DeconfoundedRewardConfig(RewardConfig):
                 f"timestamp_features={self.timestamp_features} must be a non-empty subset of "
                 f"{list(TIMESTAMP_FEATURES)}."
             )
+        if self.deconfound_seed is not None and self.deconfound_seed < 0:
+            raise ConfigError(f"deconfound_seed must be a non-negative integer (or null for seed), not {self.deconfound_seed}.")
         for name, minimum in (("n_folds", 2), ("feature_batch_size", 1), ("min_level_rows", 1)):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least {minimum}.")
@@ -303,6 +312,11 @@ class DeconfoundedRewardConfig(RewardConfig):
                 f"or more {rows}: set per_device_train_batch_size to {minimum} or more (gradient_accumulation_steps "
                 "does not widen the micro-batch)."
             )
+
+    @property
+    def deconfound_seed_value(self) -> int:
+        """The seed of the folds and learners: ``deconfound_seed``, or ``seed`` when that is None."""
+        return self.seed if self.deconfound_seed is None else self.deconfound_seed
 
     def feature_autocast_precision(self, bf16_native: bool = False, cpu: bool = False) -> str | None:
         """The autocast precision of the model feature pass: "bf16", "fp16", or None (the model's own dtype).
