@@ -74,7 +74,7 @@ def test_command_line_overrides_win_over_the_yaml_and_the_configs_notes_show_onc
     assert result.stderr.count("sets both `datasets` and `dataset_name`: the `datasets` mixture is loaded") == 1
     # the record says how to run it again: the config as the run used it (the command line's values won), secrets hidden
     reproduce = summary["reproduce"]
-    assert reproduce["config_file"] == str(tmp_path / "cfg.yaml")
+    assert reproduce["config_file"] == str(tmp_path / "cfg.yaml") and reproduce["cwd"] == os.getcwd()
     config = reproduce["config"]
     assert {key: config[key] for key in ("trainer", "max_steps", "seed", "data_seed", "model_name_or_path", "dataset_name")} == {
         "trainer": "sft", "max_steps": 1, "seed": 0, "data_seed": 7, "model_name_or_path": str(tiny_model), "dataset_name": str(tmp_path / "data.jsonl"),

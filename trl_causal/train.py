@@ -348,8 +348,8 @@ LORA_SETTINGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_targe
 
 
 def reproduction(run: RunConfig) -> dict:
-    """The run record's ``reproduce``, what runs the training again: ``config_file``, the YAML the run read (absolute;
-    None without one); ``config``, a config that reruns it (``given_settings``: the trainer and the settings of the YAML
+    """The run record's ``reproduce``, what runs the training again: ``cwd``, the directory it ran from (relative paths
+    in the config are as given); ``config_file``, the YAML the run read (absolute; None without one); ``config``, a config that reruns it (``given_settings``: the trainer and the settings of the YAML
     and the command line as the run used them, secrets hidden), with ``REPRODUCED_SETTINGS`` and, with use_peft,
     ``LORA_SETTINGS``; ``versions``, those of trl_causal and the packages it trains with. ``world_size`` and
     ``distributed`` record the launch."""
@@ -364,6 +364,7 @@ def reproduction(run: RunConfig) -> dict:
 
     always = REPRODUCED_SETTINGS + (LORA_SETTINGS if run.model_args.use_peft else ())
     return {
+        "cwd": os.getcwd(),
         "config_file": os.path.abspath(run.config_path) if run.config_path else None,
         "config": given_settings(run, always),
         "versions": {"trl_causal": __version__}
