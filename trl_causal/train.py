@@ -158,8 +158,7 @@ def _module_names(config, kind: str, trust_remote_code: bool) -> list[str] | Non
 
 def check_model_settings(trainer_class, training_args, model: str, model_init_kwargs: dict) -> None:
     """The trainer's ``check_model_config`` on the model's config, before the model loads (a layer index past the
-    model's last layer fails in one line there, not after the weights, the tokenizing and, for deconfounded_reward,
-    part of the feature pass)."""
+    model's last layer fails there, not once the weights have loaded and the rows are tokenized)."""
     import transformers
 
     check = getattr(trainer_class, "check_model_config", None)
