@@ -57,6 +57,8 @@ class StandInEndpoint(ThreadingHTTPServer):
         self.drops = 0  # chat requests to answer by closing the connection without a reply
         self.broken: list[str] = []  # replies to send first, in order: "incomplete" (the body cut off), "bad status"
         # (a status line that is no HTTP), "events" (a stream of server-sent events)
+        self.echo_prefix = ""  # text before the Authorization header that error answers echo
+        self.queries: list[str] = []  # the query string of each request
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
 
     def handle_error(self, request, client_address):
@@ -95,14 +97,18 @@ class StandInHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.server.headers_seen.append(dict(self.headers))
-        if self.path == "/v1/models":
+        path, _, query = self.path.partition("?")
+        self.server.queries.append(query)
+        if path == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
         else:
             self._send(404, {"error": "not found"})
 
     def do_POST(self):
         self.server.headers_seen.append(dict(self.headers))
-        if self.path != "/v1/chat/completions":
+        path, _, query = self.path.partition("?")
+        self.server.queries.append(query)
+        if path != "/v1/chat/completions":
             return self._send(404, {"error": "not found"})
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.server.delays:
@@ -116,7 +122,7 @@ class StandInHandler(BaseHTTPRequestHandler):
         if self.server.fail_after is not None and len(self.server.chat_requests) >= self.server.fail_after:
             return self._send(self.server.fail_status, {"error": "refused"})
         if self.server.statuses:
-            return self._send(self.server.statuses.pop(0), {"error": f"echo {self.headers.get('Authorization')}"})
+            return self._send(self.server.statuses.pop(0), {"error": f"{self.server.echo_prefix}echo {self.headers.get('Authorization')}"})
         self.server.chat_requests.append(request)
         index = min(len(self.server.chat_requests), len(self.server.replies)) - 1
         message = {"role": "assistant", "content": self.server.replies[index]}
@@ -294,6 +300,49 @@ def test_http_errors_are_clear_redacted_and_transient_ones_retried(endpoint, tmp
     with pytest.raises(EndpointError, match="HTTP 401.*environment variable OPENAI_API_KEY, which is set") as error:
         estimator.estimate("Another row.", None)
     assert API_KEY not in str(error.value) and "Bearer ***" in str(error.value)
+
+
+def test_an_echoed_key_is_redacted_before_the_message_is_cut_and_a_short_key_garbles_nothing(endpoint, tmp_path, monkeypatch):
+    """The answer was cut to 300 characters before the key was redacted, so a key echoed across the cut showed its
+    first characters ("Bearer sk-te"); a one-letter key was replaced everywhere ("Conn***ction r***fus***d")."""
+    server = endpoint([fenced(VALID_ANSWER)], status=[401])
+    server.echo_prefix = "x" * 267  # the key starts 10 characters before the cut: {"error": "xx...x echo Bearer sk-...
+    estimator = LLMEstimator(model="stand-in", base_url=server.base_url, use_cache=False)
+    with pytest.raises(EndpointError, match=r"HTTP 401: .*echo Bearer \*\*\*") as error:
+        estimator.estimate(PROMPT, COMPLETION)
+    assert API_KEY[:3] not in str(error.value)
+    monkeypatch.setenv("OPENAI_API_KEY", "e")
+    server.statuses, server.echo_prefix = [401], ""
+    with pytest.raises(EndpointError, match=r"'\{\"error\": \"echo Bearer \*\*\*\"\}'") as error:
+        estimator.estimate(PROMPT, COMPLETION)
+    assert "environment variable OPENAI_API_KEY, which is set" in str(error.value)
+    closed = LLMEstimator(model="stand-in", base_url=f"http://127.0.0.1:{closed_port()}/v1", use_cache=False, timeout=5)
+    with pytest.raises(EndpointError, match="Connection refused"):
+        closed.check_available()
+
+
+def test_a_base_url_with_credentials_is_refused_and_its_query_string_is_sent_but_never_shown_or_cached(endpoint, tmp_path):
+    """A password in base_url reached an error message ("alice:PASS@127.0.0.1: Name or service not known"); a query
+    string went before the path (/v1?api-version=1/chat/completions) and, with a key in it, into every cache file."""
+    with pytest.raises(ConfigError, match=r"base_url 'http://<hidden>@127.0.0.1:1/v1' holds a user name or password: .*api_key_env") as error:
+        LLMEstimator(model="m", base_url="http://alice:PASS1234@127.0.0.1:1/v1")
+    assert "PASS1234" not in str(error.value)
+    with pytest.raises(ConfigError, match="base_url 'localhost:8000/v1' is no http:// or https:// URL"):
+        LLMEstimator(model="m", base_url="localhost:8000/v1")
+    server = endpoint([fenced(VALID_ANSWER)])
+    base_url = server.base_url + "?api-version=2024-06-01&api-key=QUERY-SECRET-9"
+    estimator = LLMEstimator(model="stand-in", base_url=base_url, cache_dir=tmp_path)
+    estimator.check_available()
+    assert estimator.estimate(PROMPT, COMPLETION) == EXPECTED
+    assert server.queries == ["api-version=2024-06-01&api-key=QUERY-SECRET-9"] * 2  # GET /v1/models, POST .../chat/completions
+    [cached] = tmp_path.iterdir()
+    assert "QUERY-SECRET-9" not in cached.read_text()
+    # the cache is the endpoint's and the model's: another key in the query string reads the same answers
+    assert estimator.cache_key(PROMPT, COMPLETION) == LLMEstimator(model="stand-in", base_url=server.base_url).cache_key(PROMPT, COMPLETION)
+    server.statuses = [401]
+    with pytest.raises(EndpointError, match=r"/v1/chat/completions\?api-version=<hidden>&api-key=<hidden> answered HTTP 401") as error:
+        LLMEstimator(model="stand-in", base_url=base_url, use_cache=False).estimate(PROMPT, COMPLETION)
+    assert "QUERY-SECRET-9" not in str(error.value)
 
 
 def named_rows(names: list[str]) -> tuple[list[dict], list[str]]:

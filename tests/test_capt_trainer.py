@@ -275,9 +275,55 @@ def test_eval_checks_the_llm_endpoint_before_loading_a_model(tiny_model, tmp_pat
     settings = {"event_estimator": "llm", "event_estimator_kwargs": {"model": "m", "base_url": base_url, "timeout": 5}}
     (checkpoint / SUMMARY_FILE).write_text(json.dumps({"trainer": "capt", "settings": settings}))
     test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "Is Sally a cat?", "answer": "True"}])
-    config = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **base_config(tiny_model, test, tmp_path / "out")})
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **base_config(tiny_model, test, tmp_path / "out"), **settings})
     assert cli.main(["eval", "--config", str(config), "--checkpoint", str(checkpoint), "--split", f"test={test}", "--answers", "True,False"]) == 2
     assert f"Cannot reach the LLM endpoint {base_url}/models" in capsys.readouterr().err
+
+
+def test_eval_takes_the_estimators_endpoint_key_and_paths_from_the_yaml_never_from_the_checkpoint(tiny_model, tmp_path, capsys, monkeypatch):
+    """A run record (or the prediction file saved with the model) edited to name the llm estimator, its base_url and
+    api_key_env: AWS_SECRET_ACCESS_KEY made eval send that variable and the prompts to that host, whatever the YAML
+    said: the checkpoint's settings won over the YAML's."""
+    import socket
+
+    from trl_causal.trainer.capt_trainer import PREDICTION_FILE, save_prediction_files
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"  # closed once the block ends
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "AKIA-VICTIM-SECRET")
+    crafted = {"event_estimator": "llm", "event_estimator_kwargs": {"model": "m", "base_url": base_url, "api_key_env": "AWS_SECRET_ACCESS_KEY"}}
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    shutil.copy(tiny_model / "config.json", checkpoint)
+    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "Is Sally a cat?", "answer": "True"}])
+    yaml_settings = {"trainer": "capt", **base_config(tiny_model, test, tmp_path / "out")}
+    config = write_config(tmp_path / "cfg.yaml", {**yaml_settings, "event_estimator": "prontoqa"})
+    refused = f"was trained with event_estimator_kwargs={crafted['event_estimator_kwargs']!r}, which eval never takes from a checkpoint"
+    for saved in (SUMMARY_FILE, PREDICTION_FILE):  # a run record; a checkpoint without one (a TRL script's, Axolotl's)
+        (checkpoint / saved).write_text(json.dumps({"trainer": "capt", "settings": crafted}))
+        assert cli.main(["eval", "--config", str(config), "--checkpoint", str(checkpoint), "--split", f"test={test}", "--answers", "True,False"]) == 2
+        err = capsys.readouterr().err
+        assert refused in err and f"{config} does not set it: set `event_estimator_kwargs` in the YAML" in err
+        assert "Cannot reach the LLM endpoint" not in err  # nothing was sent
+        (checkpoint / saved).unlink()
+    record = {"checkpoint": "ckpt", "settings": crafted}
+    run = parse_run_config(["--trainer", "capt"], str(config))
+    own = {"model": "mine", "base_url": "http://127.0.0.1:1/v1"}  # the YAML's or --setting's endpoint is the one used
+    assert cli._checkpoint_args(run, record, {"event_estimator_kwargs": own}).event_estimator_kwargs == own
+    mine = write_config(tmp_path / "mine.yaml", {**yaml_settings, "event_estimator": "llm", "event_estimator_kwargs": own})
+    args = cli._checkpoint_args(parse_run_config([], str(mine)), record)
+    assert (args.event_estimator, args.event_estimator_kwargs) == ("llm", own)
+    assert "eval uses the YAML's {'model': 'mine', 'base_url': 'http://127.0.0.1:1/v1'} (it never takes" in capsys.readouterr().err
+    # an honest record: a secret in the URL was hidden, and is the YAML's; the rest is as the YAML says: no note
+    keyed = {"model": "m", "base_url": "http://127.0.0.1:1/v1?api-key=QUERY-SECRET"}
+    honest = write_config(tmp_path / "honest.yaml", {**yaml_settings, "event_estimator": "llm", "event_estimator_kwargs": keyed})
+    honest_run = parse_run_config([], str(honest))
+    save_prediction_files(str(checkpoint), honest_run.training_args, None, None)
+    assert "QUERY-SECRET" not in (checkpoint / PREDICTION_FILE).read_text()
+    recorded = {"checkpoint": "ckpt", "settings": CAPTTrainer.checkpoint_settings(checkpoint)}
+    assert cli._checkpoint_args(honest_run, recorded).event_estimator_kwargs == keyed
+    assert capsys.readouterr().err == ""
 
 
 def test_ctrl_c_while_preparing_the_data_is_one_line(tiny_model, tmp_path, capsys, monkeypatch):
@@ -337,12 +383,14 @@ def test_cli_trains_on_two_processes_with_the_rows_the_main_process_estimated(ti
     """2-process DDP over gloo: rank 0 estimates and sends the other rank its templates, both ranks train. The ranks
     estimated one after the other and the llm cache keeps valid answers only, so the other rank asked the endpoint
     again for a row rank 0 had failed on, got a valid answer and trained on other rows than rank 0 (under
-    on_no_events: drop a different number of them, and DDP hung)."""
+    on_no_events: drop a different number of them, and DDP hung). A key in base_url's query string stays out of the run
+    record and the cache."""
     server = ChangingEndpoint(unsure="Problem 1.")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     data = write_jsonl(tmp_path / "train.jsonl", prontoqa_rows(8, "conversational"))
     settings = base_config(tiny_model, data, tmp_path / "out", num_processes=2, multi_gpu=True, main_process_port=29541)
-    estimator = {"model": "stand-in", "base_url": server.base_url, "max_retries": 0, "cache_dir": str(tmp_path / "llm-cache")}
+    base_url = server.base_url + "?api-key=QUERY-SECRET"
+    estimator = {"model": "stand-in", "base_url": base_url, "max_retries": 0, "cache_dir": str(tmp_path / "llm-cache")}
     path = write_config(tmp_path / "cfg.yaml", {"trainer": "capt", **settings, "event_estimator": "llm", "event_estimator_kwargs": estimator})
     try:
         result = run_cli("train", "--config", str(path), timeout=300)
@@ -356,6 +404,8 @@ def test_cli_trains_on_two_processes_with_the_rows_the_main_process_estimated(ti
     report = "events estimated with 'llm' on 8 training rows, 1 without events (kept unchanged, 1 of them because the estimator failed)"
     assert result.stdout.count(report) == 1, result.stdout[-3000:]
     assert len(server.asked) == 8 and len(set(server.asked)) == 8
+    assert summary["settings"]["event_estimator_kwargs"]["base_url"] == server.base_url + "?api-key=<hidden>"
+    assert [path for path in tmp_path.rglob("*.json") if "QUERY-SECRET" in path.read_text()] == []
 
 
 def test_an_unexpected_estimation_error_of_the_main_process_stops_the_other_with_one_line(tiny_model, tmp_path):

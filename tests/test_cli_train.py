@@ -303,6 +303,68 @@ def test_resuming_checks_the_checkpoints_trainer_and_notes_changed_settings(tmp_
     check_resumed_run(str(tmp_path), "capt", {}, num_train_epochs=2)  # stopped halfway: goes on
 
 
+def test_secrets_are_hidden_by_their_names_and_a_hidden_one_is_never_a_change_nor_a_value(tmp_path, capsys):
+    """HIDDEN_SETTINGS missed password, secret*, *_token and *_key, so a plugin estimator's keys went into the run
+    record, the prediction file and eval's notes in clear. A recorded "<hidden>" is the current secret, not a change."""
+    from trl_causal.configuration import HIDDEN, hidden_secrets, is_secret_name, settings_differing, with_current_secrets
+    from trl_causal.train import check_resumed_run
+    from trl_causal.trainer.capt_config import CAPTConfig
+
+    secrets = ["token", "hub_token", "use_auth_token", "password", "passwd", "secret", "client_secret", "secret_key",
+               "aws_secret_access_key", "api_key", "apiKey", "api-key", "apikey", "access_token", "private_key",
+               "credentials", "auth", "Authorization"]
+    harmless = ["api_key_env", "max_tokens", "num_tokens", "max_new_tokens", "keys", "pad_token", "eos_token", "author", "model"]
+    assert [name for name in secrets if not is_secret_name(name)] == [] and [name for name in harmless if is_secret_name(name)] == []
+    kwargs = {"api_key": "sk-1", "token": "t-2", "password": "p-3", "secret_key": "s-4", "api_key_env": "MY_KEY",
+              "max_tokens": 9, "base_url": "http://bob:pw-5@host/v1?api-version=1&key=q-6"}
+    assert hidden_secrets([{"event_estimator_kwargs": kwargs}]) == [{"event_estimator_kwargs": {
+        "api_key": HIDDEN, "token": HIDDEN, "password": HIDDEN, "secret_key": HIDDEN, "api_key_env": "MY_KEY",
+        "max_tokens": 9, "base_url": "http://<hidden>@host/v1?api-version=<hidden>&key=<hidden>"}}]
+    # a hidden value is this run's secret where it has one there; else the setting counts as not recorded
+    recorded = {"kwargs": {"api_key": HIDDEN, "model": "m"}, "seed": 1}
+    assert with_current_secrets(recorded, {"kwargs": {"api_key": "sk-now", "model": "n"}}) == {"kwargs": {"api_key": "sk-now", "model": "m"}, "seed": 1}
+    assert with_current_secrets(recorded, {"kwargs": {"model": "m"}}) == {"seed": 1}
+    # a verbalizer's keys are class labels, not setting names: a label "token" is kept, and its change is a change
+    labels = {"verbalizer": {"token": "yes", "auth": "no"}}
+    assert hidden_secrets(labels) == labels and with_current_secrets(labels, {"verbalizer": {"token": "no", "auth": "yes"}}) == labels
+
+    url = "http://127.0.0.1:1/v1?api-key="
+    args = CAPTConfig(**cpu_training_args(tmp_path), event_estimator="llm", event_estimator_kwargs={"model": "m", "base_url": url + "now-7"})
+    assert settings_differing(args, {"event_estimator_kwargs": {"model": "m", "base_url": url + HIDDEN}}) == {}
+    assert settings_differing(args, {"event_estimator_kwargs": {"model": "old", "base_url": url + HIDDEN}}) == {
+        "event_estimator_kwargs": {"model": "old", "base_url": url + HIDDEN}}
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps({"trainer": "capt", "settings": {"event_estimator_kwargs": {"api_key": HIDDEN, "model": "m"}}}))
+    assert check_resumed_run(str(tmp_path), "capt", {"event_estimator_kwargs": {"api_key": "sk-now", "model": "m"}}) == (0, {})
+    assert capsys.readouterr().err == ""
+    check_resumed_run(str(tmp_path), "capt", {"event_estimator_kwargs": {"api_key": "sk-now", "model": "n"}})
+    err = capsys.readouterr().err
+    assert "trained with event_estimator_kwargs={'api_key': '<hidden>', 'model': 'm'} (now {'api_key': '<hidden>', 'model': 'n'})" in err
+
+
+def test_the_training_processes_import_nothing_from_the_current_directory(tmp_path, tiny_model, monkeypatch):
+    """`accelerate launch --module` runs `python -m trl_causal.train`, which puts the current directory first on
+    sys.path: a torch.py or a plugin's dist-info folder there loaded in the training processes (not in trl-causal)."""
+    import accelerate.commands.launch
+
+    from trl_causal import cli
+
+    prepare = accelerate.commands.launch.prepare_simple_launcher_cmd_env
+
+    def probe(launch_args):  # the training process's command, environment and directory, with a probe to run
+        command, env = prepare(launch_args)
+        assert command[1:3] == ["-m", "trl_causal.train"]
+        return [command[0], "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('shadowing') is not None)"], env
+
+    monkeypatch.setattr(accelerate.commands.launch, "prepare_simple_launcher_cmd_env", probe)
+    (tmp_path / "shadowing.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, tmp_path / "out")})
+    before = os.environ.get("PYTHONSAFEPATH")
+    assert cli.main(["train", "--config", str(config)]) == 0
+    assert os.environ.get("PYTHONSAFEPATH") == before
+
+
 def test_resuming_refuses_settings_the_checkpoint_fixes_and_keeps_its_class_order(tmp_path, capsys):
     """A setting the saved heads or memory bank were built with, or a rate the restored optimizer keeps, cannot
     change on resume; a verbalizer unset or reordered takes the checkpoint's (its order is the heads' classes)."""

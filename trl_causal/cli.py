@@ -17,6 +17,7 @@ from .errors import TrlCausalError, count_rows, for_count
 
 _python_format_warning = warnings.formatwarning
 SPURIOUS_KINDS = ("platform", "stopword")  # trl_causal.latent_shift.data.SPURIOUS_VALUES, without importing torch
+SAFE_PATH_ENV = "PYTHONSAFEPATH"  # set: Python (>= 3.11) leaves the current directory off sys.path
 
 TRAIN_EPILOG = """\
 Any field of the trainer's config, of ModelConfig or ScriptArguments can be set in the YAML or as
@@ -151,7 +152,9 @@ def _command_train(args: argparse.Namespace, rest: list[str]) -> int:
         os.environ[REQUESTED_PROCESSES_ENV] = str(launch_args.num_processes)
     os.environ[CONFIG_REPORTED_ENV] = "1"  # the config's notes, and plugins that failed to load, were shown above
     try:
-        with _one_process_launcher():
+        # `python -m trl_causal.train` would put the current directory first on the training processes' sys.path: a
+        # torch.py or a plugin's dist-info folder there would load in them, where this process loads none of them
+        with _one_process_launcher(), _environment(SAFE_PATH_ENV, "1"):
             launch_command(launch_args)
     except KeyboardInterrupt:  # one process: it saved and stopped (see _run_training_process)
         return INTERRUPTED_EXIT_CODE
@@ -277,19 +280,44 @@ def _check_eval_setting(pair: str, key: str, run) -> None:
 def _checkpoint_args(run, record: dict, overrides: dict | None = None):
     """The config's training arguments with the checkpoint's recorded method settings in place of the YAML's: a capt
     checkpoint intervenes with the estimator and pool it was trained with, whatever the YAML of this eval says.
-    ``overrides`` (eval's ``--setting``) win over both."""
+    ``overrides`` (eval's ``--setting``) win over both. Never taken from the record: a secret (``with_current_secrets``)
+    and the trainer's ``settings_not_from_checkpoint`` (capt's event_estimator_kwargs), which may name a host, an API
+    key's variable, a path or a model to load. Those are the YAML's; one the checkpoint was trained with otherwise is
+    an error where the YAML does not set it."""
     import dataclasses
 
-    from .configuration import settings_differing
+    from .configuration import hidden_secrets, recorded_form, settings_differing, with_current_secrets
 
-    recorded = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
-    settings = {**recorded, **(overrides or {})}
-    differing = {key: value for key, value in settings_differing(run.training_args, recorded).items() if key not in (overrides or {})}
+    overrides = overrides or {}
+    checkpoint = record.get("checkpoint", "the checkpoint")
+    saved = {key: value for key, value in record.get("settings", {}).items() if hasattr(run.training_args, key)}
+    current = recorded_form({key: getattr(run.training_args, key) for key in saved})
+    recorded = with_current_secrets(saved, current)
+    from_config = [key for key in getattr(run.trainer.trainer_class, "settings_not_from_checkpoint", ()) if key in saved]
+    from_config_differing = {}
+    for key in from_config:
+        value = recorded.pop(key, saved[key])
+        if key not in overrides and hidden_secrets(value) != hidden_secrets(current[key]):
+            from_config_differing[key] = hidden_secrets(value)
+    settings = {**recorded, **overrides}
+    differing = {key: value for key, value in settings_differing(run.training_args, recorded).items() if key not in overrides}
     if differing:
         print(
-            f"trl-causal: note: {record.get('checkpoint', 'the checkpoint')} was trained with "
+            f"trl-causal: note: {checkpoint} was trained with "
             + ", ".join(f"{key}={value!r}" for key, value in differing.items())
             + ", which the YAML sets otherwise; it predicts as trained (--setting KEY=VALUE overrides one).",
+            file=sys.stderr,
+        )
+    for key, value in from_config_differing.items():
+        if key not in run.given_fields:
+            raise TrlCausalError(
+                f"{checkpoint} was trained with {key}={value!r}, which eval never takes from a checkpoint (it may name "
+                f"a host, an API key's variable, a path or a model to load), and {run.config_path} does not set it: set "
+                f"`{key}` in the YAML as training did, or pass --setting {key}='{{...}}'."
+            )
+        print(
+            f"trl-causal: note: {checkpoint} was trained with {key}={value!r}; eval uses the YAML's "
+            f"{hidden_secrets(current[key])!r} (it never takes {key} from a checkpoint).",
             file=sys.stderr,
         )
     if not settings:
@@ -297,22 +325,29 @@ def _checkpoint_args(run, record: dict, overrides: dict | None = None):
     try:  # replace() runs the config's checks on the new values
         return dataclasses.replace(run.training_args, **settings)
     except (TrlCausalError, ValueError, TypeError) as error:
-        given = f" and --setting {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
+        given = f" and --setting {', '.join(f'{k}={v!r}' for k, v in hidden_secrets(overrides).items())}" if overrides else ""
         raise TrlCausalError(f"{str(error).rstrip('.')} (prediction uses the settings the checkpoint recorded{given}).") from error
 
 
 @contextlib.contextmanager
+def _environment(name: str, value: str):
+    """Within: the environment variable ``name`` is ``value``; after, as it was."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def _notes_shown():
     """Within: the config's notes count as shown (``config_note`` says nothing)."""
     from .plugins import CONFIG_REPORTED_ENV
 
-    shown = os.environ.get(CONFIG_REPORTED_ENV)
-    os.environ[CONFIG_REPORTED_ENV] = "1"
-    try:
-        yield
-    finally:
-        if shown is None:
-            os.environ.pop(CONFIG_REPORTED_ENV, None)
+    return _environment(CONFIG_REPORTED_ENV, "1")
 
 
 def _writable_results_file(output: Path) -> Path:

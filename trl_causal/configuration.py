@@ -20,9 +20,11 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import types
 import typing
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -701,19 +703,87 @@ def recorded_form(value: Any) -> Any:
     return json.loads(json.dumps(value, default=as_json))
 
 
-HIDDEN_SETTINGS = ("hub_token", "token", "use_auth_token", "api_key")  # secrets a setting may hold, at any depth
+HIDDEN = "<hidden>"  # what a record or a message shows in place of a secret
+# Words of a setting's name that say its value is a secret (``hub_token``, ``api_key``, ``aws_secret_access_key``,
+# ``password``, ``Authorization``), and the names that only name one (``api_key_env``: a variable) or are no secret
+# (``max_tokens``, ``pad_token``: a tokenizer's special token).
+_SECRET_WORDS = re.compile(r"(^|_)(token|password|passwd|secrets?|credentials?|auth|authorization|apikey|(api|access|private)_key)(_|$)")
+_NOT_SECRET_NAMES = re.compile(r"(_env|_tokens|^(pad|eos|bos|unk|sep|cls|mask)_token)$")
+DATA_KEYED_SETTINGS = frozenset({"verbalizer"})  # mappings whose keys are data (class labels), not names of settings
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting (or a URL's query parameter) named ``name`` holds a secret: its name has a word such as token,
+    password, secret, credential(s), auth, api_key or access_key, in any case and with ``-`` or camelCase between words;
+    not ``api_key_env`` (it names the variable), ``max_tokens`` or ``pad_token``."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower().replace("-", "_")
+    return bool(_SECRET_WORDS.search(words)) and not _NOT_SECRET_NAMES.search(words)
+
+
+def hidden_url(url: str) -> str:
+    """``url`` with a user name and password in it, and every value of its query string, as ``HIDDEN``: a query
+    string may carry a key under any name (``key=``, ``code=``, ``sig=``). A string without a scheme and host is
+    returned as is."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed "[" (of an IPv6 address): what follows the scheme is hidden whole
+        return f"{url.partition('://')[0]}://{HIDDEN}"
+    if not (parts.scheme and parts.netloc):
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{HIDDEN}@{host}" if "@" in parts.netloc else host
+    query = "&".join(f"{name}={HIDDEN}" if eq else name for name, eq, _ in (pair.partition("=") for pair in parts.query.split("&")))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def hidden_secrets(value: Any) -> Any:
-    """``value`` with what a mapping in it holds under a ``HIDDEN_SETTINGS`` key as "<hidden>" (e.g. a Hub token in
-    ``model_init_kwargs``)."""
+    """``value`` with what a mapping in it holds under a secret's name (``is_secret_name``) as ``HIDDEN``, at any depth
+    (a Hub token in ``model_init_kwargs``, an API key in ``event_estimator_kwargs``), and the credentials of a URL
+    (``hidden_url``): what a run record or a message may show of a setting."""
     if isinstance(value, dict):
         return {
-            key: "<hidden>" if key in HIDDEN_SETTINGS and item is not None else hidden_secrets(item) for key, item in value.items()
+            key: item if key in DATA_KEYED_SETTINGS else HIDDEN if is_secret_name(str(key)) and item is not None else hidden_secrets(item)
+            for key, item in value.items()
         }
     if isinstance(value, list):
         return [hidden_secrets(item) for item in value]
+    if isinstance(value, str) and "://" in value:
+        return hidden_url(value)
     return value
+
+
+_NOT_RECORDED = object()
+
+
+def _with_current_secret(recorded: Any, current: Any, secret: bool = False) -> Any:
+    """``recorded`` with each hidden secret in it (under a secret's name, or a string holding ``HIDDEN``) replaced by
+    ``current``'s at the same place; ``_NOT_RECORDED`` where ``current`` (itself ``_NOT_RECORDED`` where absent) has
+    none there, or a URL other than the recorded one."""
+    if secret:
+        return current
+    if isinstance(recorded, str) and HIDDEN in recorded:
+        return current if isinstance(current, str) and hidden_secrets(current) == recorded else _NOT_RECORDED
+    if isinstance(recorded, dict):
+        current = current if isinstance(current, dict) else {}
+        items = {
+            key: item if key in DATA_KEYED_SETTINGS
+            else _with_current_secret(item, current.get(key, _NOT_RECORDED), is_secret_name(str(key)) and item is not None)
+            for key, item in recorded.items()
+        }
+        return _NOT_RECORDED if any(item is _NOT_RECORDED for item in items.values()) else items
+    if isinstance(recorded, list):
+        current = current if isinstance(current, list) and len(current) == len(recorded) else [_NOT_RECORDED] * len(recorded)
+        items = [_with_current_secret(item, other) for item, other in zip(recorded, current)]
+        return _NOT_RECORDED if any(item is _NOT_RECORDED for item in items) else items
+    return recorded
+
+
+def with_current_secrets(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run record (``recorded``, secrets hidden) with each secret in them taken from ``current``
+    (this run's settings, as JSON) at the same place: a secret is never taken from a record. A setting whose secret
+    ``current`` does not hold is left out, as not recorded."""
+    settings = {key: _with_current_secret({key: value}, current) for key, value in recorded.items()}  # each on its own
+    return {key: setting[key] for key, setting in settings.items() if setting is not _NOT_RECORDED}
 
 
 def given_settings(run: RunConfig, always: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -728,10 +798,12 @@ def given_settings(run: RunConfig, always: tuple[str, ...] = ()) -> dict[str, An
 
 
 def settings_differing(args: Any, recorded: dict[str, Any]) -> dict[str, Any]:
-    """The recorded method settings that ``args`` sets otherwise, {key: recorded value}: both as ``method_settings``
-    gives them (a field left None that follows another, ``latent_shift_seed``: ``seed``, as its ``<key>_value``)."""
-    current = method_settings(args)
-    return {key: value for key, value in recorded.items() if key in current and recorded_form(current[key]) != value}
+    """The recorded method settings that ``args`` sets otherwise, {key: recorded value, secrets hidden}: both as
+    ``method_settings`` gives them (a field left None that follows another, ``latent_shift_seed``: ``seed``, as its
+    ``<key>_value``). A recorded secret is this run's (``with_current_secrets``): it never differs."""
+    current = recorded_form(method_settings(args))
+    recorded = with_current_secrets(recorded, current)
+    return {key: hidden_secrets(value) for key, value in recorded.items() if key in current and current[key] != value}
 
 
 def method_settings(args) -> dict:

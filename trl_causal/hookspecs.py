@@ -71,6 +71,11 @@ class OptionalTrainerAttributes(Protocol):
     """A file every save of the trainer writes. eval scores a checkpoint that has no run record (trained by Axolotl
     or a TRL script) and lacks this file as a plain model (trainer ``sft``), not as one of this trainer."""
 
+    settings_not_from_checkpoint: ClassVar[Sequence[str]]
+    """Config fields eval never takes from a checkpoint's record or saved settings, because they may name a host, a
+    credential, a path or a model to load (capt: ``event_estimator_kwargs``): the eval's YAML or ``--setting`` gives
+    them."""
+
     settings_fixed_by_checkpoint: ClassVar[Sequence[str]]
     """Config fields that what the checkpoint saved fixes (e.g. the sizes of its heads): eval's ``--setting`` refuses
     them."""

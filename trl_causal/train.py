@@ -19,7 +19,15 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from .configuration import RunConfig, given_settings, is_first_process, method_settings, parse_run_config
+from .configuration import (
+    RunConfig,
+    given_settings,
+    hidden_secrets,
+    is_first_process,
+    method_settings,
+    parse_run_config,
+    with_current_secrets,
+)
 from .data import check_columns, check_streamed_steps, load_run_datasets
 from .errors import ConfigError, TrlCausalError, count_rows, for_count
 from .evaluation import training_answer_prefix
@@ -290,9 +298,9 @@ def check_resumed_run(
     for (``max_steps``; without max_steps, the last step of ``num_train_epochs`` epochs), is an error; so is a
     recorded method setting this run changes where the checkpoint fixes it (``fixed``: what its heads and memory bank
     were built with; a ``*learning_rate``, which the restored optimizer and scheduler keep). Other changed settings
-    (weights, draws, ...) are named in a note. A ``fixed`` verbalizer that is unset, or the same mapping in another
-    order, takes the checkpoint's (its order is the heads' classes). Returns the checkpoint's step and the settings
-    taken from the checkpoint."""
+    (weights, draws, ...) are named in a note, secrets hidden; a recorded secret is this run's (``with_current_secrets``).
+    A ``fixed`` verbalizer that is unset, or the same mapping in another order, takes the checkpoint's (its order is
+    the heads' classes). Returns the checkpoint's step and the settings taken from the checkpoint."""
     state = read_json_file(checkpoint, TRAINER_STATE_FILE) or {}
     step = state.get("global_step", 0)
     if 0 < max_steps <= step:
@@ -313,7 +321,7 @@ def check_resumed_run(
             f"{checkpoint} was saved by trainer {record['trainer']!r}; resume it with `trainer: {record['trainer']}`, "
             f"not {trainer_name!r}."
         )
-    recorded = {key: value for key, value in record.get("settings", {}).items() if key in settings}
+    recorded = with_current_secrets({key: value for key, value in record.get("settings", {}).items() if key in settings}, settings)
     taken = {
         key: value for key, value in recorded.items()
         if key == "verbalizer" and key in fixed and isinstance(value, dict) and settings[key] in (None, value)
@@ -329,12 +337,13 @@ def check_resumed_run(
                 else "the heads and memory bank it saved were built with it"
             )
             raise TrlCausalError(
-                f"{checkpoint} was trained with {key}={value!r} and this run sets {settings[key]!r}: {why}. Resume "
-                f"with {key}: {json.dumps(value)}, or start a new run (another output_dir, or no resume_from_checkpoint)."
+                f"{checkpoint} was trained with {key}={hidden_secrets(value)!r} and this run sets "
+                f"{hidden_secrets(settings[key])!r}: {why}. Resume with {key}: {json.dumps(hidden_secrets(value))}, or "
+                "start a new run (another output_dir, or no resume_from_checkpoint)."
             )
     if (changed or taken) and is_first_process():
-        notes = [f"{key}={value!r} (now {settings[key]!r})" for key, value in changed.items()]
-        notes += [f"{key}={value!r} (taken from it: its order is the heads' classes)" for key, value in taken.items()]
+        notes = [f"{key}={hidden_secrets(value)!r} (now {hidden_secrets(settings[key])!r})" for key, value in changed.items()]
+        notes += [f"{key}={hidden_secrets(value)!r} (taken from it: its order is the heads' classes)" for key, value in taken.items()]
         print(f"trl-causal: note: resuming {checkpoint}, trained with " + ", ".join(notes), file=sys.stderr)
     return step, taken
 
@@ -628,7 +637,8 @@ def main(run: RunConfig) -> dict:
     train_rows = check_prepared_rows(trainer, train_dataset, run.trainer.kind)
     prefix = training_answer_prefix(train_dataset)
     setup = {"world_size": trainer.accelerator.num_processes, "distributed": distributed_setup(trainer.accelerator)}
-    trainer.add_callback(run_record_callback(run.trainer.name, settings, prefix, **setup, reproduce=reproduce))
+    recorded = hidden_secrets(settings)  # what the run record holds of them
+    trainer.add_callback(run_record_callback(run.trainer.name, recorded, prefix, **setup, reproduce=reproduce))
     result = train_or_save_on_interrupt(trainer, resume_from)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
@@ -643,7 +653,7 @@ def main(run: RunConfig) -> dict:
         **setup,
         "seconds": round(time.time() - start, 1),
         "output_dir": os.path.abspath(training_args.output_dir),
-        "settings": settings,
+        "settings": recorded,
         "answer_prefix": prefix,
         "reproduce": reproduce,
     }

@@ -27,6 +27,7 @@ import re
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..configuration import hidden_url
 from ..errors import ConfigError
 from ..paths import cache_root
 from .events import (
@@ -58,6 +60,8 @@ DEFAULT_PROMPT_FILE = "event_estimation.json"
 # about a minute of waiting in all, besides the 7 attempts themselves.
 TRANSIENT_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 MAX_RETRY_AFTER = 120.0  # the longest Retry-After wait honoured (seconds)
+MIN_REDACTED_KEY = 8  # API keys at least this long are redacted wherever an error message would show them
+MAX_ERROR_BODY = 65536  # bytes of an HTTP error answer read for its message
 _TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
 # answers that refuse one row (too long, unprocessable), not the endpoint: the row counts as failed
 _ROW_REFUSED_STATUSES = {400, 413, 422}
@@ -255,15 +259,39 @@ class ChatBackend(Protocol):
 
 
 class OpenAIChatBackend:
-    """An OpenAI-compatible server: POST ``{base_url}/chat/completions`` at temperature 0."""
+    """An OpenAI-compatible server: POST ``{base_url}/chat/completions`` at temperature 0.
+
+    A query string of ``base_url`` (Azure's ``?api-version=...``) is kept on every request; its values are hidden in
+    messages and left out of the cache identity, as a key in it would be: a credential changes no answer, so a
+    rotated key keeps the cache and no cache file holds it. A user name or password in ``base_url`` is refused: the
+    key goes in the environment variable named by ``api_key_env``."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str, timeout: float, max_tokens: int):
-        self.base_url = base_url.rstrip("/")
+        try:
+            parts = urllib.parse.urlsplit(base_url)
+        except ValueError:  # an unclosed "[" (of an IPv6 address)
+            parts = urllib.parse.urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"The llm estimator's base_url {hidden_url(base_url)!r} is no http:// or https:// URL; give the "
+                "endpoint's address, e.g. http://localhost:8000/v1."
+            )
+        if "@" in parts.netloc:
+            raise ConfigError(
+                f"The llm estimator's base_url {hidden_url(base_url)!r} holds a user name or password: remove it, and "
+                "put the API key in an environment variable named by api_key_env (it is sent as a Bearer token)."
+            )
+        self.base_url = parts._replace(path=parts.path.rstrip("/"))
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.max_tokens = max_tokens
-        self.identity = f"openai-compatible {self.base_url} {model}"
+        self.shown_base_url = hidden_url(self.base_url.geturl())
+        self.identity = f"openai-compatible {self.base_url._replace(query='').geturl()} {model}"
+
+    def _url(self, path: str) -> str:
+        """The URL of ``path`` under ``base_url``, before its query string."""
+        return self.base_url._replace(path=self.base_url.path + path).geturl()
 
     def _api_key(self) -> str | None:
         """The API key from the environment, without the whitespace around it (a secret file's final line break);
@@ -276,13 +304,20 @@ class OpenAIChatBackend:
             )
         return key or None
 
-    def _redact(self, text: str) -> str:
+    def _redact(self, text: str, limit: int | None = None) -> str:
+        """``text`` (e.g. an answer that echoes the request) without the API key, then cut to ``limit`` characters. A
+        key shorter than ``MIN_REDACTED_KEY`` (a stand-in's) is hidden only after "Bearer ": replacing each of its
+        occurrences would garble the message."""
         key = os.environ.get(self.api_key_env, "").strip()
-        return text.replace(key, "***") if key else text
+        if len(key) >= MIN_REDACTED_KEY:
+            text = text.replace(key, "***")
+        elif key:
+            text = text.replace(f"Bearer {key}", "Bearer ***")
+        return text[:limit]
 
     def _request(self, path: str, payload: dict[str, Any] | None, timeout: float) -> Any:
         """The decoded JSON answer of a GET (no payload) or POST to ``{base_url}{path}``."""
-        url = self.base_url + path
+        url, shown_url = self._url(path), hidden_url(self._url(path))
         headers = {"Accept": "application/json"}
         if key := self._api_key():
             headers["Authorization"] = f"Bearer {key}"
@@ -295,50 +330,50 @@ class OpenAIChatBackend:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as error:
-            detail = self._redact(error.read()[:300].decode(errors="replace"))
+            detail = self._redact(error.read(MAX_ERROR_BODY).decode(errors="replace"), 300)
             hint = ""
             if error.code in (401, 403):
                 state = "is set" if self._api_key() else "is not set"
                 hint = f" The API key is read from the environment variable {self.api_key_env}, which {state}."
-            message = f"The LLM endpoint {url} answered HTTP {error.code}: {detail!r}.{hint}"
+            message = f"The LLM endpoint {shown_url} answered HTTP {error.code}: {detail!r}.{hint}"
             raise EndpointError(message, error.code, retry_after=_seconds(error.headers.get("Retry-After"))) from None
         except OSError as error:  # URLError (refused, unknown host), timeouts, resets
             reason = getattr(error, "reason", error)
             if isinstance(reason, TimeoutError):
                 raise EndpointError(
-                    f"The LLM endpoint {url} sent nothing for {timeout:g} s (the llm estimator's `timeout`; raise it "
+                    f"The LLM endpoint {shown_url} sent nothing for {timeout:g} s (the llm estimator's `timeout`; raise it "
                     "for a slow server).",
                     transient=True,
                 ) from None
             if isinstance(reason, ConnectionResetError):  # also http.client.RemoteDisconnected: the server went away
                 raise EndpointError(
-                    f"The LLM endpoint {url} closed the connection without an answer ({self._redact(str(reason))}).",
+                    f"The LLM endpoint {shown_url} closed the connection without an answer ({self._redact(str(reason))}).",
                     transient=True,
                 ) from None
             raise EndpointError(
-                f"Cannot reach the LLM endpoint {url}: {self._redact(str(reason))}. Check the llm estimator's base_url "
+                f"Cannot reach the LLM endpoint {shown_url}: {self._redact(str(reason))}. Check the llm estimator's base_url "
                 "and that the server is running."
             ) from None
         except http.client.InvalidURL as error:
-            raise EndpointError(f"The llm estimator's base_url gives the invalid URL {url}: {error}.") from None
+            raise EndpointError(f"The llm estimator's base_url gives the invalid URL {shown_url}: {error}.") from None
         except http.client.HTTPException as error:  # IncompleteRead, BadStatusLine: the answer broke off
             raise EndpointError(
-                f"The LLM endpoint {url} broke its answer off ({self._redact(repr(error))[:200]}).",
+                f"The LLM endpoint {shown_url} broke its answer off ({self._redact(repr(error), 200)}).",
                 transient=True,
             ) from None
         except ValueError as error:  # a request urllib cannot send (a header value it refuses, ...)
-            raise EndpointError(f"Cannot send the request to the LLM endpoint {url}: {self._redact(str(error))}.") from None
+            raise EndpointError(f"Cannot send the request to the LLM endpoint {shown_url}: {self._redact(str(error))}.") from None
         try:
             return json.loads(body)
         except json.JSONDecodeError:
-            snippet = self._redact(body[:200].decode(errors="replace"))
+            snippet = self._redact(body.decode(errors="replace"), 200)
             if snippet.lstrip().startswith("data:"):  # server-sent events
                 raise EndpointError(
-                    f"The LLM endpoint {url} answered with a stream of server-sent events ({snippet[:80]!r}) where it was "
+                    f"The LLM endpoint {shown_url} answered with a stream of server-sent events ({snippet[:80]!r}) where it was "
                     'asked for one JSON answer ("stream": false); the llm estimator reads no streams: use an endpoint '
                     "that serves non-streaming requests."
                 ) from None
-            raise EndpointError(f"The LLM endpoint {url} answered something that is not JSON: {snippet!r}.") from None
+            raise EndpointError(f"The LLM endpoint {shown_url} answered something that is not JSON: {snippet!r}.") from None
 
     def check_available(self) -> None:
         """GET ``{base_url}/models`` (within ``timeout``); warns if the model is not among those listed."""
@@ -350,7 +385,7 @@ class OpenAIChatBackend:
             raise
         served = [entry.get("id") for entry in listing.get("data", [])] if isinstance(listing, dict) else []
         if served and self.model not in served:
-            logger.warning("The LLM endpoint %s does not list the model %r; it lists: %s", self.base_url, self.model,
+            logger.warning("The LLM endpoint %s does not list the model %r; it lists: %s", self.shown_base_url, self.model,
                            ", ".join(map(str, served[:20])))
 
     def complete(self, conversations: Sequence[Conversation]) -> list[str]:
@@ -376,8 +411,8 @@ class OpenAIChatBackend:
             return reply["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
             raise EndpointError(
-                f"The LLM endpoint {self.base_url}/chat/completions answered without choices[0].message.content: "
-                f"{self._redact(json.dumps(reply)[:200])!r}."
+                f"The LLM endpoint {hidden_url(self._url('/chat/completions'))} answered without choices[0].message.content: "
+                f"{self._redact(json.dumps(reply), 200)!r}."
             ) from None
 
 

@@ -46,7 +46,7 @@ from ..capt.sft_rows import (
     split_row,
     with_text,
 )
-from ..configuration import method_settings
+from ..configuration import hidden_secrets, method_settings
 from ..data import check_split_types, named_splits
 from ..errors import ConfigError, DataError, TrlCausalError, describe_rows, for_count
 from ..evaluation import LMPredictor, Prompt, chat_template_kwargs, common_prefix_length, training_answer_prefix, warn_unlike_training
@@ -291,10 +291,10 @@ PREDICTION_SETTINGS = ("event_estimator", "event_estimator_kwargs", "symbol_pool
 
 
 def save_prediction_files(directory: str, args: CAPTConfig, symbol_pool, answer_prefix: str | None) -> None:
-    """What ``build_predictor`` and eval read back from a checkpoint: ``PREDICTION_FILE`` (the method settings and
-    the text the training rows put before the answer) and, with ``symbol_pool: pool``, the pool's names
+    """What ``build_predictor`` and eval read back from a checkpoint: ``PREDICTION_FILE`` (the method settings, secrets
+    hidden, and the text the training rows put before the answer) and, with ``symbol_pool: pool``, the pool's names
     (``SYMBOL_POOL_FILE``), so that inference draws from the training rows' names too."""
-    write_json_file(directory, PREDICTION_FILE, {"settings": method_settings(args), "answer_prefix": answer_prefix})
+    write_json_file(directory, PREDICTION_FILE, {"settings": hidden_secrets(method_settings(args)), "answer_prefix": answer_prefix})
     if args.symbol_pool == "pool":
         write_json_file(directory, SYMBOL_POOL_FILE, {"symbols": symbol_pool.symbols})
 
@@ -312,6 +312,9 @@ class CAPTTrainer(SFTTrainer):
     _name = "CAPT"
     loss_is_scaled_for_ga = True
     saved_file = PREDICTION_FILE  # every save writes it: eval knows a checkpoint of this trainer without a run record by it
+    # eval never takes these from a checkpoint: the estimator's options may name a host, an API key's variable, a path
+    # or a model to load (the llm estimator's base_url, api_key_env, model, cache_dir, prompt_file)
+    settings_not_from_checkpoint = ("event_estimator_kwargs",)
 
     def __init__(self, model, args: CAPTConfig | None = None, *, train_dataset=None, eval_dataset=None, **kwargs):
         args = self._capt_config(model, args)
@@ -429,7 +432,7 @@ class CAPTTrainer(SFTTrainer):
     @classmethod
     def checkpoint_settings(cls, checkpoint_dir: str | os.PathLike) -> dict:
         """The method settings saved with the model (estimator, symbol pool, seed, ...): what eval uses for a
-        checkpoint without a run record (trained from a TRL script or Axolotl)."""
+        checkpoint without a run record (trained from a TRL script or Axolotl), but for ``settings_not_from_checkpoint``."""
         return (read_json_file(checkpoint_dir, PREDICTION_FILE) or {}).get("settings", {})
 
     @classmethod
