@@ -4,6 +4,7 @@ gradient accumulation, DPO pairs, loading as a reward model in GRPO, and bad inp
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -962,14 +963,23 @@ def test_a_cache_file_that_cannot_be_read_or_has_other_rows_is_computed_again(ti
     sequences = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
     phi = hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False)
     cached, = tmp_path.glob("*.npy")
-    for damage in (cached.read_bytes()[:100], b"", np.zeros((10, phi.shape[1]), dtype=np.float32)):
+    nan = phi.copy()
+    nan[0, 0] = np.nan  # taken as the data's own NaN, the error blamed the rows
+    for damage in (cached.read_bytes()[:100], b"", np.zeros((10, phi.shape[1]), dtype=np.float32), phi.astype(np.float64), nan):
         if isinstance(damage, np.ndarray):
             np.save(cached, damage)
         else:
             cached.write_bytes(damage)
-        with pytest.warns(UserWarning, match=f"The cached text features {cached} (cannot be read|holds an array of shape)"):
+        with pytest.warns(UserWarning, match=f"The cached text features {cached} (cannot be read|holds an array of shape|holds float64 values|holds values that are not finite)"):
             np.testing.assert_array_equal(hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False), phi)
         np.testing.assert_array_equal(np.load(cached), phi)  # replaced by the features computed again
+    # the features are written under a fresh name, then renamed: the old fixed name could be a planted link
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    cached.unlink()
+    cached.with_suffix(f".{os.getpid()}.tmp.npy").symlink_to(victim)
+    np.testing.assert_array_equal(hidden_state_features(backbone, sequences, 0, cache_dir=tmp_path, progress=False), phi)
+    assert victim.read_text() == "keep me" and not cached.is_symlink()
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

@@ -91,20 +91,37 @@ def test_explicit_cache_dir(tmp_path, no_pip):
     assert ensure_embedded_model(NAME, tmp_path / "explicit") == tmp_path / "explicit" / NAME
 
 
-def test_incomplete_checkpoint_is_not_trusted(no_pip, cache):
+def test_a_folder_without_the_marker_is_neither_trusted_nor_deleted(no_pip, cache):
+    """A conversion renames a finished checkpoint into place, so a folder there without the marker is someone else's
+    (an interrupted copy, a user's download under `download-model --cache_dir DIR`): it was deleted and replaced."""
     (cache / NAME).mkdir(parents=True)
-    (cache / NAME / "config.json").write_text("{}")  # e.g. an interrupted copy, no marker
-    with pytest.raises(PipCalled):
+    (cache / NAME / "config.json").write_text("{}")
+    with pytest.raises(TrlCausalError, match=rf"{NAME} exists but is no finished conversion .* move it away or delete it"):
         ensure_embedded_model(NAME)
+    assert (cache / NAME / "config.json").read_text() == "{}"
 
 
 def test_staging_left_by_a_killed_conversion_is_removed(monkeypatch, cache):
     leftover = cache / f".{NAME}-abc123"  # what a SIGTERM during a conversion leaves (no cleanup runs)
     (leftover / "wheel").mkdir(parents=True)
     (leftover / "wheel" / "partial.whl").write_bytes(b"x" * 1000)
+    (leftover / embedded.STAGING_MARKER).touch()
+    users = cache / f".{NAME}-mine"  # a folder of the same prefix that no conversion made stays
+    users.mkdir()
     monkeypatch.setattr(embedded, "_convert", lambda spec, workdir, out: make_complete(out))
     assert ensure_embedded_model(NAME) == cache / NAME
-    assert sorted(p.name for p in cache.iterdir()) == [f".{NAME}.lock", NAME]
+    assert sorted(p.name for p in cache.iterdir()) == [f".{NAME}-mine", f".{NAME}.lock", NAME]
+
+
+def test_the_lock_file_is_no_symbolic_link_to_follow(cache, tmp_path):
+    """The lock was opened with "w": a link planted in a shared cache truncated the file it points to."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / f".{NAME}.lock").symlink_to(victim)
+    with pytest.raises(TrlCausalError, match=r"Cannot open the lock file .*: it must be a plain file"):
+        ensure_embedded_model(NAME)
+    assert victim.read_text() == "keep me"
 
 
 def test_pip_failure_names_package_and_stderr(monkeypatch, cache):
@@ -120,7 +137,7 @@ def test_pip_failure_names_package_and_stderr(monkeypatch, cache):
         ensure_embedded_model(NAME)
     assert "ERROR: no network here" in str(exc.value) and "index-url / find-links" in str(exc.value)
     assert "\n" not in str(exc.value)
-    assert calls[0][:4] == [sys.executable, "-m", "pip", "download"]
+    assert calls[0][:5] == [sys.executable, "-P", "-m", "pip", "download"]  # -P: a ./pip in the current directory is not run
     assert not (cache / NAME).exists()
 
 

