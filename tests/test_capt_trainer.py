@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import threading
@@ -569,6 +570,10 @@ def test_pool_symbols_at_inference_are_the_training_rows_names_saved_with_the_mo
 
     unsaved = CAPTTrainer.build_predictor(trainer.args, model, tokenizer, ["True", "False"])  # no checkpoint: the call's rows
     assert unsaved.symbol_pool == "pool"
+    # a checkpoint that lost its pool (rotated away meanwhile, copied without it) drew from the call's rows silently
+    os.remove(os.path.join(trainer.args.output_dir, "capt_symbol_pool.json"))
+    with pytest.raises(ConfigError, match=r"has no capt_symbol_pool.json, the training rows' names"):
+        CAPTTrainer.build_predictor(trainer.args, model, tokenizer, ["True", "False"], checkpoint_dir=trainer.args.output_dir)
 
 
 def test_unknown_estimator_suggests_the_closest_registered_one(tmp_path, capsys):

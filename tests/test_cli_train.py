@@ -264,6 +264,50 @@ def test_a_checkpoint_file_whose_writing_fails_keeps_the_previous_one_whole(tmp_
     assert sorted(path.name for path in (tmp_path / "checkpoint-5").iterdir()) == [SUMMARY_FILE]
 
 
+def test_processes_that_save_one_json_file_at_once_each_leave_it_whole(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trl_causal.errors import TrlCausalError
+    from trl_causal.paths import read_json_file, write_json_file
+
+    def save_and_read(writer: int) -> dict:  # two evals of one checkpoint write its eval_results.json
+        write_json_file(tmp_path, "eval_results.json", {"writer": writer, "pad": "x" * (100_000 if writer % 2 else 10)})
+        return read_json_file(tmp_path, "eval_results.json")
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(set(saved) == {"writer", "pad"} for saved in pool.map(save_and_read, range(400)))
+    assert os.listdir(tmp_path) == ["eval_results.json"]
+    for cut_short, detail in (('{"writer": 1', "Expecting"), ("[1]", "it holds a JSON list")):
+        (tmp_path / "eval_results.json").write_text(cut_short)
+        with pytest.raises(TrlCausalError, match=rf"^\S+eval_results.json holds no JSON object \({detail}.*save it again"):
+            read_json_file(tmp_path, "eval_results.json")
+
+
+def test_a_run_into_an_output_dir_another_run_writes_fails_before_it_loads_anything(tmp_path, tiny_model, monkeypatch, capsys):
+    from trl_causal import train as train_module
+    from trl_causal.paths import CACHE_ENV, writing_output_dir
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "cfg.yaml", {"trainer": "sft", **base_config(tiny_model, data, out)})
+    (tmp_path / "link").symlink_to(out, target_is_directory=True)  # another name of the same folder
+
+    def load_run_datasets(*args, **kwargs):
+        raise AssertionError("the run loaded its data")
+
+    monkeypatch.setattr(train_module, "load_run_datasets", load_run_datasets)
+    open_files = len(os.listdir("/dev/fd"))
+    with writing_output_dir(out):  # what the other run holds
+        for output_dir in (out, tmp_path / "link"):
+            assert train_module.cli(["--config", str(config), "--output_dir", str(output_dir)]) == 2
+            error = f"another trl-causal run (pid {os.getpid()}) is writing {output_dir}: give this run another output_dir, or wait for it."
+            assert capsys.readouterr().err.splitlines()[-1] == f"trl-causal: error: {error}"
+    assert not out.exists() and len(os.listdir("/dev/fd")) == open_files
+    with pytest.raises(AssertionError, match="loaded its data"):  # released when that run ended
+        train_module.cli(["--config", str(config)])
+
+
 def test_a_fresh_run_into_another_trainers_output_dir_fails_naming_its_files(tmp_path):
     from trl_causal.errors import TrlCausalError
     from trl_causal.paths import write_json_file
@@ -472,13 +516,18 @@ def test_resume_from_checkpoint_true_means_the_last_complete_checkpoint_and_a_ba
     from trl_causal.errors import TrlCausalError
     from trl_causal.train import resume_checkpoint
 
-    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-12", "2024"):  # 2024: a folder of the user's
+    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-11", "checkpoint-12", "2024"):  # 2024: a folder of the user's
         (tmp_path / name).mkdir()
     for name in ("checkpoint-2", "checkpoint-10"):  # checkpoint-12: a save that died (disk full) before the state
         (tmp_path / name / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-11" / "trainer_state.json").write_text('{"global_step": 1')  # one killed as it wrote it
     last = str(tmp_path / "checkpoint-10")
     assert resume_checkpoint(True, str(tmp_path)) == resume_checkpoint("true", str(tmp_path)) == last  # YAML / command line
-    assert "note: checkpoint-12 lack trainer_state.json (a save that did not finish); resuming from" in capsys.readouterr().err
+    note = "note: checkpoint-12, checkpoint-11 lack a whole trainer_state.json (a save that did not finish); resuming from"
+    assert note in capsys.readouterr().err
+    message = r"resume_from_checkpoint: the trainer_state.json of \S+checkpoint-11 holds no JSON object \(a save that did not finish"
+    with pytest.raises(TrlCausalError, match=message):
+        resume_checkpoint(str(tmp_path / "checkpoint-11"), str(tmp_path))
     assert resume_checkpoint(None, str(tmp_path)) is resume_checkpoint("False", str(tmp_path)) is None
     assert resume_checkpoint(str(tmp_path / "checkpoint-2"), str(tmp_path)) == str(tmp_path / "checkpoint-2")
     with pytest.raises(TrlCausalError, match=r"resume_from_checkpoint is true, but .*empty holds no complete checkpoint-N"):
@@ -490,7 +539,7 @@ def test_resume_from_checkpoint_true_means_the_last_complete_checkpoint_and_a_ba
             resume_checkpoint(str(tmp_path / broken), str(tmp_path))
     (tmp_path / "checkpoint-2" / "trainer_state.json").unlink()
     (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
-    with pytest.raises(TrlCausalError, match=r"checkpoint-12, checkpoint-10, checkpoint-2 lack trainer_state.json"):
+    with pytest.raises(TrlCausalError, match=r"checkpoint-12, checkpoint-11, checkpoint-10, checkpoint-2 lack a whole trainer_state.json"):
         resume_checkpoint(True, str(tmp_path))
 
 
@@ -529,8 +578,12 @@ def test_ctrl_c_saves_the_completed_steps_and_resume_goes_on_from_them(tmp_path,
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
     record = json.loads((checkpoint / SUMMARY_FILE).read_text())
     assert record["trainer"] == "sft" and record["reproduce"]["config"]["max_steps"] == 100_000  # eval tells its trainer
+    killed = out / f"checkpoint-{step + 1}"  # a later save killed as the Trainer wrote its state (in place)
+    killed.mkdir()
+    (killed / "trainer_state.json").touch()
     resumed = run_cli("train", "--config", str(config), "--max_steps", str(step + 2), "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"note: {killed.name} lack a whole trainer_state.json (a save that did not finish); resuming from {checkpoint}." in resumed.stderr
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["steps"] == step + 2 and summary["resumed_from_step"] == step
     assert f"for 2 steps (resumed at step {step}, {step + 2} in all; world size 1)" in resumed.stdout  # it said "for {step + 2} steps"

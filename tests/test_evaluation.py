@@ -603,6 +603,67 @@ def test_a_results_file_that_cannot_be_written_fails_before_any_model_loads(tiny
     assert f"--output {tmp_path} is a folder; eval writes one JSON file" in capsys.readouterr().err
 
 
+def deleted_after(monkeypatch, owner, name: str, checkpoint) -> None:
+    """``owner.name`` (a function or method) deletes ``checkpoint`` once it returns, as a training run's
+    save_total_limit rotates a checkpoint out while eval reads or scores it."""
+    original = getattr(owner, name)
+
+    def then_deleted(*args, **kwargs):
+        result = original(*args, **kwargs)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        return result
+
+    monkeypatch.setattr(owner, name, then_deleted)
+
+
+def test_a_checkpoint_deleted_while_eval_scores_it_is_not_made_again_to_hold_the_results(tiny_model, tmp_path, capsys, monkeypatch):
+    """The default report re-made the deleted checkpoint's folder holding the report alone (a checkpoint to
+    save_total_limit), which the next rotation deleted, results and all, after eval said it wrote them."""
+    config, checkpoint = eval_config(tiny_model, tmp_path, ROWS)
+    other = shutil.copytree(tiny_model, tmp_path / "other")
+    deleted_after(monkeypatch, LMPredictor, "predict", checkpoint)
+    assert cli.main(["eval", "--config", config, "--split", "test", "--compare", str(other)]) == 0
+    out, err = capsys.readouterr()
+    moved = tmp_path / "eval_results-checkpoint.json"
+    assert not Path(checkpoint).exists()
+    assert f"{checkpoint} was deleted while eval ran (a training run deletes its older checkpoint-N folders past save_total_limit), so the results go to {moved}" in err
+    assert f"trl-causal: wrote {moved}" in out
+    report = json.loads(moved.read_text())
+    assert report["complete"] is True and {result["checkpoint"] for result in report["results"].values()} == {str(Path(checkpoint).resolve()), str(other)}
+
+
+def test_a_checkpoint_deleted_or_incomplete_when_it_loads_is_named_with_what_is_missing(tiny_model, tmp_path, capsys, monkeypatch):
+    """A checkpoint deleted after its weights loaded failed with "We couldn't connect to 'https://huggingface.co'", a copy
+    without tokenizer.json with a traceback about sentencepiece; one deleted before it loaded (a --compare scored
+    second) said "Train first"; one deleted while its trainer's predictor read its files was scored without them."""
+    from trl_causal import evaluation
+    from trl_causal.errors import ConfigError
+
+    untokenized = shutil.copytree(tiny_model, tmp_path / "untokenized")
+    (untokenized / "tokenizer.json").unlink()
+    with pytest.raises(ConfigError, match=rf"Cannot load the tokenizer of the checkpoint {untokenized}: it has no tokenizer.json \(ValueError: "):
+        load_checkpoint(untokenized)
+    rotated = shutil.copytree(tiny_model, tmp_path / "rotated")
+    with monkeypatch.context() as patched:
+        deleted_after(patched, AutoModelForCausalLM, "from_pretrained", rotated)
+        with pytest.raises(ConfigError, match=f"The checkpoint {rotated} was deleted while it was loaded or evaluated"):
+            load_checkpoint(rotated)
+
+    config, checkpoint = eval_config(tiny_model, tmp_path, ROWS)
+    other = tmp_path / "other"
+    args = ["eval", "--config", config, "--split", "test", "--compare", str(other), "--output", str(tmp_path / "eval.json")]
+    # the --compare deleted while the first checkpoint is scored; the first deleted as its predictor is built
+    for owner, name, deleted in ((LMPredictor, "predict", other), (evaluation, "build_predictor", Path(checkpoint))):
+        for folder in (checkpoint, other):
+            shutil.copytree(tiny_model, folder, dirs_exist_ok=True)
+        with monkeypatch.context() as patched:
+            deleted_after(patched, owner, name, deleted)
+            assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert f"error: The checkpoint {deleted} was deleted while it was loaded or evaluated" in err, name
+        assert "Traceback" not in err and not deleted.exists()
+
+
 def test_a_prompt_tuning_checkpoint_is_scored_on_its_own_tokens_positions(tiny_model):
     """A prompt-tuning adapter puts its virtual tokens before the row's: the logits of token j sit at position
     n_virtual + j, where eval read position j (the argmax changed on 11 of 16 rows in a review). Reference: the base

@@ -355,8 +355,40 @@ def _writable_results_file(output: Path) -> Path:
     from .paths import writable_output_file
 
     if output.is_dir():
-        raise TrlCausalError(f"--output {output} is a folder; eval writes one JSON file: name it, e.g. --output {output / 'eval_results.json'}.")
+        raise TrlCausalError(f"--output {output} is a folder; eval writes one JSON file: name it, e.g. --output {output / RESULTS_FILE}.")
     return writable_output_file(output, "the results file")
+
+
+RESULTS_FILE = "eval_results.json"  # eval's report in the checkpoint it scores first, without --output
+
+
+class _ResultsFile:
+    """Where eval writes its report (``path``): ``--output``, else ``RESULTS_FILE`` in the first checkpoint. Should
+    training delete that checkpoint while eval runs (past its save_total_limit), the report goes beside the
+    checkpoint's folder, as ``eval_results-checkpoint-N.json``, with a warning: written into the folder, it would make
+    the folder again, holding the report alone (counted as a checkpoint), until the next rotation deleted it."""
+
+    def __init__(self, output: str | None, checkpoint: str):
+        from .evaluation import deleted_checkpoint_error
+
+        self.checkpoint = None if output else checkpoint  # the checkpoint that holds the report, while it is there
+        if self.checkpoint is not None and not holds_model(checkpoint):
+            raise deleted_checkpoint_error(checkpoint)
+        self.path = _writable_results_file(Path(output or Path(checkpoint) / RESULTS_FILE))
+
+    def write(self, report: dict) -> None:
+        """``report`` into ``path``; beside the checkpoint that was to hold it, if that is gone (``path`` then moves)."""
+        if self.checkpoint is not None and not holds_model(self.checkpoint):
+            folder = Path(self.checkpoint).parent
+            moved = (folder if folder.is_dir() else Path.cwd()) / f"{Path(RESULTS_FILE).stem}-{Path(self.checkpoint).name}.json"
+            print(
+                f"trl-causal: warning: {self.checkpoint} was deleted while eval ran (a training run deletes its older "
+                f"checkpoint-N folders past save_total_limit), so the results go to {moved} rather than into a re-made "
+                f"{self.checkpoint}; pass --output FILE to choose where.",
+                file=sys.stderr,
+            )
+            self.path, self.checkpoint = moved, None
+        _write_report(self.path, report)
 
 
 def _command_eval(args: argparse.Namespace) -> int:
@@ -391,7 +423,7 @@ def _command_eval(args: argparse.Namespace) -> int:
     for name, rows in splits:  # before any model loads: a bad row of the last split would cost the others' scoring
         for index, row in enumerate(rows):
             row_prompt(row, index, args.prompt_column, f" of split {name!r}")
-    output = _writable_results_file(Path(args.output or Path(checkpoints[0]) / "eval_results.json"))
+    results_file = _ResultsFile(args.output, checkpoints[0])
     sources = {split.partition("=")[0]: split.partition("=")[2] or run.script_args.dataset_name for split in requested}
     report = {"answers": answers, "mode": args.mode, "splits": sources, "complete": False, "results": {}}
     try:
@@ -402,16 +434,16 @@ def _command_eval(args: argparse.Namespace) -> int:
             texts = text_of_label if text_of_label and not own_verbalizer else {}
             scored = [texts[answer] for answer in answers] if texts else answers
             predictor = _eval_predictor(args, runs[checkpoint], checkpoint_args[checkpoint], checkpoint, record, scored)
-            _score_splits(predictor, trainer_name, checkpoint, splits, gold, {text: label for label, text in texts.items()}, report, output)
+            _score_splits(predictor, trainer_name, checkpoint, splits, gold, {text: label for label, text in texts.items()}, report, results_file)
     except BaseException as error:
-        written = not isinstance(error, ReportNotWritten) and output.is_file()
+        written = not isinstance(error, ReportNotWritten) and results_file.path.is_file()
         if written and any(result["splits"] for result in report["results"].values()):
-            print(f"trl-causal: the splits scored before the stop are in {output} (\"complete\": false).", file=sys.stderr)
+            print(f"trl-causal: the splits scored before the stop are in {results_file.path} (\"complete\": false).", file=sys.stderr)
         raise
     report["complete"] = True
     _print_eval_table(report["results"], splits)
-    _write_report(output, report)
-    print(f"\ntrl-causal: wrote {output}")
+    results_file.write(report)
+    print(f"\ntrl-causal: wrote {results_file.path}")
     return 0
 
 
@@ -511,14 +543,18 @@ def _eval_answer_set(
 
 def _eval_predictor(args: argparse.Namespace, run, training_args, checkpoint: str, record: dict, answers: list[str]):
     """The checkpoint's model and tokenizer in its trainer's predictor, with the settings it predicts by."""
-    from .evaluation import UnlikeTrainingWarning, build_predictor, load_checkpoint
+    from .evaluation import UnlikeTrainingWarning, build_predictor, deleted_checkpoint_error, load_checkpoint
     from .train import model_init_kwargs_of
 
     dtype = model_init_kwargs_of(run.model_args, training_args).get("dtype")  # a LoRA's base, as training loaded it
+    if not holds_model(checkpoint):  # it did when eval started; a training run's save_total_limit may delete it since
+        raise deleted_checkpoint_error(checkpoint)
     model, tokenizer = load_checkpoint(checkpoint, run.model_args.model_name_or_path, dtype)
     with warnings.catch_warnings():  # its settings are the checkpoint's, but for --setting, said by _checkpoint_args
         warnings.simplefilter("ignore", UnlikeTrainingWarning)
         predictor = build_predictor(run.trainer.trainer_class, training_args, model, tokenizer, answers, args.mode, checkpoint)
+    if not holds_model(checkpoint):  # the files a trainer's predictor reads from it (capt's symbol pool) went with it
+        raise deleted_checkpoint_error(checkpoint)
     predictor.batch_size, predictor.prompt_column = args.batch_size, args.prompt_column
     if predictor.answer_prefix is None and record.get("answer_prefix") is not None:
         predictor.answer_prefix = record["answer_prefix"]  # rows without a completion: as training wrote answers
@@ -533,10 +569,10 @@ def _score_splits(
     gold: dict[str, list[str]],
     label_of: dict[str, str],
     report: dict,
-    output: Path,
+    results_file: _ResultsFile,
 ) -> None:
     """Every split's accuracy for one checkpoint into ``report["results"]``, under a label that names it apart from
-    the others (the trainer's name, else with the checkpoint's folder), written to ``output`` after each split.
+    the others (the trainer's name, else with the checkpoint's folder), written to ``results_file`` after each split.
     ``label_of`` reads a predicted answer text back as its label."""
     from .evaluation import accuracy_report
 
@@ -577,7 +613,7 @@ def _score_splits(
             if unchanged is not None:
                 results[column]["splits"][name]["rows_without_events"] = len(unchanged)
                 results[column]["splits"][name]["rows_failed"] = len(failed)
-        _write_report(output, report)  # a finished split survives a later failure or Ctrl-C
+        results_file.write(report)  # a finished split survives a later failure or Ctrl-C
 
 
 class ReportNotWritten(TrlCausalError):
@@ -700,7 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--max_rows", type=_at_least_one, help="evaluate at most this many rows per split")
     evaluate.add_argument("--batch_size", type=_at_least_one, default=16, help="prompts per forward pass (default: 16)")
-    evaluate.add_argument("--output", type=os.path.expanduser, help="JSON results file (default: CHECKPOINT/eval_results.json)")
+    evaluate.add_argument(
+        "--output",
+        type=os.path.expanduser,
+        help="JSON results file (default: CHECKPOINT/eval_results.json; eval_results-CHECKPOINT.json beside it if "
+        "training deletes CHECKPOINT meanwhile)",
+    )
     pairs = commands.add_parser(
         "dpo-pairs",
         help="DPO preference pairs (prompt/chosen/rejected) ranked by the deconfounded outcome, within groups",

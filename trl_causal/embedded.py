@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, TrlCausalError
-from .paths import cache_root
+from .paths import cache_root, open_lock_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,7 @@ def ensure_embedded_model(name: str, cache_dir: Path | None = None) -> Path:
         return target
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = cache_dir / f".{name}.lock"
-    try:  # not truncated, and not through a symbolic link someone put in a shared cache
-        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as error:
-        raise TrlCausalError(f"Cannot open the lock file {lock_path} ({error.strerror}): it must be a plain file.") from None
+    lock = open_lock_file(cache_dir / f".{name}.lock")
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -554,6 +554,23 @@ def adapter_base(checkpoint: Path, fallback: str | None = None) -> str:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what training saves of a (fast) tokenizer
+
+
+def error_line(error: BaseException) -> str:
+    """``error`` in one line: its type and the first line of its message (without a colon that announced the next)."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].rstrip(': ')}"
+
+
+def deleted_checkpoint_error(checkpoint: str | os.PathLike) -> ConfigError:
+    """The error for a checkpoint whose folder (or model) vanished while it was read or evaluated, as a training run
+    deletes its older ``checkpoint-N`` folders past ``save_total_limit``."""
+    return ConfigError(
+        f"The checkpoint {checkpoint} was deleted while it was loaded or evaluated (a training run deletes its older "
+        "checkpoint-N folders past save_total_limit as it saves): evaluate a checkpoint that training keeps, or a copy."
+    )
+
+
 def load_checkpoint(checkpoint: str | Path, base_model: str | None = None, dtype: str | None = None):
     """Model (in eval mode, on the GPU when there is one) and tokenizer from a full checkpoint or a PEFT adapter
     directory (loaded onto ``adapter_base``; ``base_model``: the config's model, where the recorded base is gone;
@@ -574,15 +591,27 @@ def load_checkpoint(checkpoint: str | Path, base_model: str | None = None, dtype
         else:
             model = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint))
     except Exception as error:  # a truncated weights file (an interrupted copy) gives safetensors' or torch's own error
-        first_line = (str(error).strip().splitlines() or [""])[0]
+        if not checkpoint.is_dir():
+            raise deleted_checkpoint_error(checkpoint) from error
         loaded = f" (a LoRA adapter on the base model {base})" if adapter else ""
         raise ConfigError(
-            f"Cannot load the checkpoint {checkpoint}{loaded}: {type(error).__name__}: {first_line}. If its files are "
-            "incomplete or corrupt (an interrupted save or copy), save or copy it again."
+            f"Cannot load the checkpoint {checkpoint}{loaded}: {error_line(error)}. If its files are incomplete or "
+            "corrupt (an interrupted save or copy), save or copy it again."
         ) from error
     if torch.cuda.is_available():
         model.to("cuda")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+    except Exception as error:  # a gone folder reads as a hub id: "We couldn't connect to 'https://huggingface.co'"
+        if not checkpoint.is_dir():
+            raise deleted_checkpoint_error(checkpoint) from error
+        missing = [name for name in TOKENIZER_FILES if not (checkpoint / name).is_file()]
+        raise ConfigError(
+            f"Cannot load the tokenizer of the checkpoint {checkpoint}: "
+            + (f"it has no {' nor '.join(missing)} ({error_line(error)})" if missing else error_line(error))
+            + f". Copy the tokenizer files training saved with the model ({', '.join(TOKENIZER_FILES)}) from the run "
+            "or its base model."
+        ) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

@@ -1,11 +1,16 @@
-"""Where trl_causal keeps downloaded and computed files, and the checks that a place it is told to write to takes files."""
+"""Where trl_causal keeps downloaded and computed files, the checks that a place it is told to write to takes files,
+and the lock that keeps two runs from writing one output_dir."""
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, TrlCausalError
 
 CACHE_ENV = "TRL_CAUSAL_CACHE"
 
@@ -18,28 +23,41 @@ def cache_root() -> Path:
 
 def read_json_file(directory: str | os.PathLike | None, name: str) -> dict | None:
     """The JSON object saved as ``name`` in ``directory`` (a checkpoint's run record, a trainer's prediction settings);
-    None when there is no such file (or no directory)."""
+    None when there is no such file (or no directory). A file that holds no JSON object (one cut short by a save that
+    did not finish) is a one-line error naming it."""
     path = None if directory is None else os.path.join(directory, name)
     if path is None or not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except ValueError as error:  # not JSON, or not text
+        content, detail = None, str(error)
+    else:
+        detail = f"it holds a JSON {type(content).__name__}"
+    if not isinstance(content, dict):
+        raise TrlCausalError(
+            f"{path} holds no JSON object ({detail}), as a save that did not finish leaves it: save it again, or give "
+            "another checkpoint."
+        )
+    return content
 
 
 def write_json_file(directory: str | os.PathLike, name: str, content: dict) -> None:
     """Save ``content`` as the JSON file ``name`` in ``directory`` (made if missing; a checkpoint's record, an eval
-    report), whole or not at all: it is
-    written beside the target and renamed over it, so a run killed mid-write leaves the previous file, never half
-    of one."""
+    report), whole or not at all: it is written to a new file of its own beside the target and renamed over it, so a
+    run killed mid-write leaves the previous file, never half of one, and processes that save the same file at once
+    each leave a whole one (the last to finish wins)."""
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name)
+    # a fresh name ("x": made here, never an existing file or link), with the permissions the umask gives
+    partial = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(path + ".tmp", "w") as f:
+        with open(partial, "x", encoding="utf-8") as f:
             json.dump(content, f, indent=2)
-        os.replace(path + ".tmp", path)
+        os.replace(partial, os.path.join(directory, name))
     finally:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def check_writable_dir(directory: str | os.PathLike, key: str) -> None:
@@ -63,3 +81,45 @@ def writable_output_file(output: Path, what: str) -> Path:
     if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise ConfigError(f"Cannot write {what} {output} (read-only). Pass --output FILE in a folder you can write to.")
     return output
+
+
+def open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file ``path`` (made, with its folder, if missing), opened for reading and writing
+    without truncating it or following a symbolic link someone put in a shared cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        raise TrlCausalError(
+            f"Cannot open the lock file {path} ({error.strerror}): it must be a plain file in a folder you can write to "
+            f"(${CACHE_ENV} sets where trl_causal keeps its files)."
+        ) from None
+
+
+def output_dir_lock_file(output_dir: str | os.PathLike) -> Path:
+    """The lock file of ``output_dir``: ``cache_root()/locks/<sha256 of its real path>.lock``, outside it (everything
+    in an output_dir is saved and uploaded with the model)."""
+    digest = hashlib.sha256(os.path.realpath(output_dir).encode()).hexdigest()
+    return cache_root() / "locks" / f"{digest}.lock"
+
+
+@contextlib.contextmanager
+def writing_output_dir(output_dir: str | os.PathLike):
+    """While inside, this process is the one trl-causal run that writes ``output_dir``: it holds an exclusive
+    ``flock`` on ``output_dir_lock_file(output_dir)``, which holds its pid, until the block ends or the process exits.
+    Another process inside already is a one-line error naming its pid."""
+    lock = open_lock_file(output_dir_lock_file(output_dir))
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(lock, 4096, 0).decode(errors="replace").split()
+            pid = f" (pid {holder[0]})" if holder and holder[0].isdigit() else ""
+            raise TrlCausalError(
+                f"another trl-causal run{pid} is writing {output_dir}: give this run another output_dir, or wait for it."
+            ) from None
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()} {os.path.realpath(output_dir)}\n".encode(), 0)
+        yield
+    finally:
+        os.close(lock)

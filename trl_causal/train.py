@@ -31,7 +31,7 @@ from .configuration import (
 from .data import check_columns, check_streamed_steps, load_run_datasets
 from .errors import ConfigError, TrlCausalError, count_rows, for_count
 from .evaluation import training_answer_prefix
-from .paths import read_json_file, write_json_file
+from .paths import read_json_file, write_json_file, writing_output_dir
 
 SUMMARY_FILE = "trl_causal_run.json"
 INTERRUPTED_EXIT_CODE = 130  # as a shell reports a command stopped by Ctrl-C (128 + SIGINT)
@@ -492,12 +492,21 @@ def save_on_interrupt(trainer) -> None:
     ) from None
 
 
-TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last into a checkpoint: present = complete
+TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last into a checkpoint (in place): whole = complete
+
+
+def saved_trainer_state(checkpoint: str) -> dict | None:
+    """The trainer state that ``checkpoint`` holds (``TRAINER_STATE_FILE``); None where a save did not finish: the
+    file is missing, or cut short (the Trainer writes it in place)."""
+    try:
+        return read_json_file(checkpoint, TRAINER_STATE_FILE)
+    except TrlCausalError:
+        return None
 
 
 def checkpoints_in(output_dir: str) -> tuple[list[tuple[int, str]], list[str]]:
     """The ``checkpoint-N`` folders of ``output_dir`` as (N, path), newest first, and the paths of the complete ones
-    (holding ``trainer_state.json``), newest first."""
+    (holding a whole ``trainer_state.json``: ``saved_trainer_state``), newest first."""
     import re
 
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -509,13 +518,13 @@ def checkpoints_in(output_dir: str) -> tuple[list[tuple[int, str]], list[str]]:
             if (match := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name)):
                 found.append((int(match[1]), os.path.join(output_dir, name)))
     found.sort(reverse=True)
-    return found, [path for _, path in found if os.path.isfile(os.path.join(path, TRAINER_STATE_FILE))]
+    return found, [path for _, path in found if saved_trainer_state(path) is not None]
 
 
 def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
     """The checkpoint directory to resume from, checked before any model loads. ``true`` (also as the string that
     ``--resume_from_checkpoint true`` gives) means the last complete ``checkpoint-N`` in ``output_dir`` (one a failed
-    save left without ``trainer_state.json`` is passed over, with a note); ``false`` or unset: none."""
+    save left without a whole ``trainer_state.json`` is passed over, with a note); ``false`` or unset: none."""
     if isinstance(value, str) and value.lower() in ("true", "false"):
         value = value.lower() == "true"
     if not value:
@@ -525,16 +534,16 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
         if not complete:
             raise TrlCausalError(
                 f"resume_from_checkpoint is true, but {output_dir} holds no complete checkpoint-N directory to resume "
-                + (f"from ({', '.join(os.path.basename(path) for _, path in found)} lack {TRAINER_STATE_FILE}: a save "
-                   "that did not finish); " if found else "from; ")
+                + (f"from ({', '.join(os.path.basename(path) for _, path in found)} lack a whole {TRAINER_STATE_FILE}: "
+                   "a save that did not finish); " if found else "from; ")
                 + "name a checkpoint directory, or train without it (checkpoints are written every save_steps)."
             )
         newest = next(step for step, path in found if path == complete[0])
         skipped = [path for step, path in found if step > newest]
         if skipped and is_first_process():
             print(
-                f"trl-causal: note: {', '.join(map(os.path.basename, skipped))} lack {TRAINER_STATE_FILE} (a save that "
-                f"did not finish); resuming from {complete[0]}.",
+                f"trl-causal: note: {', '.join(map(os.path.basename, skipped))} lack a whole {TRAINER_STATE_FILE} (a "
+                f"save that did not finish); resuming from {complete[0]}.",
                 file=sys.stderr,
             )
         return complete[0]
@@ -545,6 +554,12 @@ def resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
             f"resume_from_checkpoint: {value} holds no {TRAINER_STATE_FILE}, so it is no complete checkpoint (a "
             "training run's output_dir holds the final model, its checkpoint-N folders the resumable states; a save "
             "that did not finish leaves none). Give a checkpoint-N directory, or `true` for the last complete one."
+        )
+    if saved_trainer_state(value) is None:
+        raise TrlCausalError(
+            f"resume_from_checkpoint: the {TRAINER_STATE_FILE} of {value} holds no JSON object (a save that did not "
+            "finish cut it short), so it is no complete checkpoint. Give another checkpoint-N directory, or `true` for "
+            "the last complete one."
         )
     return value
 
@@ -599,84 +614,106 @@ def final_evaluation(trainer) -> dict:
     return trainer.evaluate()
 
 
-def main(run: RunConfig) -> dict:
-    """Load data, check it, train, save, and print a short summary; returns the summary.
-    Under a distributed launch (WORLD_SIZE > 1) every rank exits the process here instead, once all have saved."""
-    start = time.time()
-    training_args = run.training_args
-    need_eval = training_args.eval_strategy != "no"
-    train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, need_eval)
-    check_streamed_steps(train_dataset, training_args.max_steps)
-    check_run_columns(run, train_dataset, eval_dataset)
+@contextlib.contextmanager
+def output_dir_held(training_args):
+    """While inside, the launch's main process holds ``writing_output_dir(output_dir)``, so that no other run writes
+    there. Where another run holds it, every process of the launch stops with that error (they learn it from the main
+    process: none goes on to load the model, then to fail as the main process leaves)."""
+    from accelerate.utils import broadcast_object_list
 
-    resume_from = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    training_args.device  # sets up the distributed state that the trainer will use
-    state = training_args.distributed_state
-    check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
-    settings = method_settings(training_args)
-    first_step = 0
-    if resume_from is not None:
-        first_step, taken = check_resumed_run(
-            resume_from,
-            run.trainer.name,
-            settings,
-            training_args.max_steps,
-            training_args.num_train_epochs,
-            getattr(run.trainer.trainer_class, "settings_fixed_by_checkpoint", ()),
-        )
-        for key, value in taken.items():
-            setattr(training_args, key, value)
-        settings.update(taken)
-    else:
-        check_output_dir_holds_no_other_run(training_args.output_dir, run.trainer.name)
-    reproduce = reproduction(run)  # before build_trainer sets model_init_kwargs
-    try:
-        trainer = build_trainer(run, train_dataset, eval_dataset)
-    except KeyboardInterrupt:  # e.g. during capt's event estimation (the llm estimator has cached its answers so far)
-        raise TrainingInterrupted("interrupted while preparing the data and model, before training: nothing was trained.") from None
-    train_rows = check_prepared_rows(trainer, train_dataset, run.trainer.kind)
-    prefix = training_answer_prefix(train_dataset)
-    setup = {"world_size": trainer.accelerator.num_processes, "distributed": distributed_setup(trainer.accelerator)}
-    recorded = hidden_secrets(settings)  # what the run record holds of them
-    trainer.add_callback(run_record_callback(run.trainer.name, recorded, prefix, **setup, reproduce=reproduce))
-    result = train_or_save_on_interrupt(trainer, resume_from)
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        remove_stale_adapter(training_args.output_dir, start)
-    summary = {
-        "trainer": run.trainer.name,
-        "model": run.model_args.model_name_or_path,
-        "train_rows": train_rows,
-        "steps": trainer.state.global_step,
-        **({"resumed_from_step": first_step} if resume_from is not None else {}),
-        "train_loss": result.training_loss,  # the mean over the steps of this run (transformers' training_loss)
-        **setup,
-        "seconds": round(time.time() - start, 1),
-        "output_dir": os.path.abspath(training_args.output_dir),
-        "settings": recorded,
-        "answer_prefix": prefix,
-        "reproduce": reproduce,
-    }
-    if eval_dataset is not None:
-        summary["eval"] = final_evaluation(trainer)
-    if trainer.accelerator.is_main_process:
-        write_json_file(training_args.output_dir, SUMMARY_FILE, summary)
-        setup = "" if summary["distributed"] == "NO" else f", {summary['distributed']}"
-        trained_steps = summary["steps"] - first_step
-        trainer.accelerator.print(
-            f"\ntrl-causal: trained {summary['trainer']!r} on "
-            + ("streamed rows" if summary["train_rows"] is None else count_rows(summary["train_rows"]))
-            + f" for {trained_steps} {for_count(trained_steps, 'step', 'steps')} ("
-            + (f"resumed at step {first_step}, {summary['steps']} in all; " if resume_from is not None else "")
-            + f"world size {summary['world_size']}{setup}) in {summary['seconds']} s; mean train loss "
-            f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"
-        )
-    trainer.accelerator.wait_for_everyone()  # no rank tears the process group down while another still uses it
-    if hasattr(trainer, "end"):
-        trainer.end()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _exit_before_teardown()  # main's frame still holds the trainer (and DDP's reducer with it)
-    return summary
+    training_args.device  # sets up the distributed state (the processes' group) that the trainer will use
+    refusal = [None]
+    with contextlib.ExitStack() as held:
+        if is_first_process():
+            try:
+                held.enter_context(writing_output_dir(training_args.output_dir))
+            except TrlCausalError as error:
+                refusal = [str(error)]
+        broadcast_object_list(refusal)
+        if refusal[0] is not None:
+            raise TrlCausalError(refusal[0])
+        yield
+
+
+def main(run: RunConfig) -> dict:
+    """Load data, check it, train, save, and print a short summary; returns the summary. The main process holds
+    ``output_dir``'s lock throughout (``output_dir_held``): a second run into it fails before it loads anything.
+    Under a distributed launch (WORLD_SIZE > 1) every rank exits the process here instead, once all have saved."""
+    with output_dir_held(run.training_args):
+        start = time.time()
+        training_args = run.training_args
+        need_eval = training_args.eval_strategy != "no"
+        train_dataset, eval_dataset = load_run_datasets(run.script_args, run.dataset_args, need_eval)
+        check_streamed_steps(train_dataset, training_args.max_steps)
+        check_run_columns(run, train_dataset, eval_dataset)
+
+        resume_from = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+        state = training_args.distributed_state
+        check_world_size(training_args.world_size, state.distributed_type.value if state else "NO", training_args.output_dir)
+        settings = method_settings(training_args)
+        first_step = 0
+        if resume_from is not None:
+            first_step, taken = check_resumed_run(
+                resume_from,
+                run.trainer.name,
+                settings,
+                training_args.max_steps,
+                training_args.num_train_epochs,
+                getattr(run.trainer.trainer_class, "settings_fixed_by_checkpoint", ()),
+            )
+            for key, value in taken.items():
+                setattr(training_args, key, value)
+            settings.update(taken)
+        else:
+            check_output_dir_holds_no_other_run(training_args.output_dir, run.trainer.name)
+        reproduce = reproduction(run)  # before build_trainer sets model_init_kwargs
+        try:
+            trainer = build_trainer(run, train_dataset, eval_dataset)
+        except KeyboardInterrupt:  # e.g. during capt's event estimation (the llm estimator has cached its answers so far)
+            raise TrainingInterrupted("interrupted while preparing the data and model, before training: nothing was trained.") from None
+        train_rows = check_prepared_rows(trainer, train_dataset, run.trainer.kind)
+        prefix = training_answer_prefix(train_dataset)
+        setup = {"world_size": trainer.accelerator.num_processes, "distributed": distributed_setup(trainer.accelerator)}
+        recorded = hidden_secrets(settings)  # what the run record holds of them
+        trainer.add_callback(run_record_callback(run.trainer.name, recorded, prefix, **setup, reproduce=reproduce))
+        result = train_or_save_on_interrupt(trainer, resume_from)
+        trainer.save_model(training_args.output_dir)
+        if trainer.accelerator.is_main_process:
+            remove_stale_adapter(training_args.output_dir, start)
+        summary = {
+            "trainer": run.trainer.name,
+            "model": run.model_args.model_name_or_path,
+            "train_rows": train_rows,
+            "steps": trainer.state.global_step,
+            **({"resumed_from_step": first_step} if resume_from is not None else {}),
+            "train_loss": result.training_loss,  # the mean over the steps of this run (transformers' training_loss)
+            **setup,
+            "seconds": round(time.time() - start, 1),
+            "output_dir": os.path.abspath(training_args.output_dir),
+            "settings": recorded,
+            "answer_prefix": prefix,
+            "reproduce": reproduce,
+        }
+        if eval_dataset is not None:
+            summary["eval"] = final_evaluation(trainer)
+        if trainer.accelerator.is_main_process:
+            write_json_file(training_args.output_dir, SUMMARY_FILE, summary)
+            setup = "" if summary["distributed"] == "NO" else f", {summary['distributed']}"
+            trained_steps = summary["steps"] - first_step
+            trainer.accelerator.print(
+                f"\ntrl-causal: trained {summary['trainer']!r} on "
+                + ("streamed rows" if summary["train_rows"] is None else count_rows(summary["train_rows"]))
+                + f" for {trained_steps} {for_count(trained_steps, 'step', 'steps')} ("
+                + (f"resumed at step {first_step}, {summary['steps']} in all; " if resume_from is not None else "")
+                + f"world size {summary['world_size']}{setup}) in {summary['seconds']} s; mean train loss "
+                f"{summary['train_loss']:.4f}.\ntrl-causal: checkpoint saved to {summary['output_dir']}"
+            )
+        trainer.accelerator.wait_for_everyone()  # no rank tears the process group down while another still uses it
+        if hasattr(trainer, "end"):
+            trainer.end()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _exit_before_teardown()  # main's frame still holds the trainer (and DDP's reducer with it)
+        return summary
 
 
 def _exit_before_teardown() -> None:

@@ -459,6 +459,12 @@ class CAPTTrainer(SFTTrainer):
         if "answer_prefix" not in kwargs:  # rows without a completion: their answers follow what training put first
             kwargs["answer_prefix"] = prediction.get("answer_prefix")
         saved_pool = read_json_file(checkpoint_dir, SYMBOL_POOL_FILE) if symbol_pool == "pool" else None
+        if saved_pool is None and symbol_pool == "pool" and saved.get("symbol_pool") == "pool":
+            raise ConfigError(
+                f"{checkpoint_dir} has no {SYMBOL_POOL_FILE}, the training rows' names that `symbol_pool: pool` predicts "
+                "with (training saves it with the model): the checkpoint was deleted meanwhile (save_total_limit) or "
+                "copied without it. Copy it from the run, or pass checkpoint_dir=None to draw from each call's rows."
+            )
         if saved_pool is not None:
             symbol_pool = saved_pool["symbols"]
         return CAPTPredictor(
