@@ -56,6 +56,7 @@ def model_init_kwargs_of(model_args, training_args) -> dict[str, Any]:
 
 def build_trainer(run: RunConfig, train_dataset, eval_dataset):
     """Instantiate the registered trainer with the same keyword arguments TRL's scripts pass."""
+    import transformers
     from trl import get_quantization_config
 
     from .embedded import resolve_model_name_or_path
@@ -70,9 +71,11 @@ def build_trainer(run: RunConfig, train_dataset, eval_dataset):
         peft_config=peft_config_of(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    check_lora_targets(kwargs["model"], kwargs["peft_config"], model_init_kwargs, run.trainer.kind, model_args.model_name_or_path)
+    # the model's config, read once for the checks before the weights load (None: loading the model says what is wrong)
+    model_config = _load_or_none(transformers.AutoConfig, kwargs["model"], model_init_kwargs)
+    check_lora_targets(model_config, kwargs["peft_config"], model_init_kwargs, run.trainer.kind, model_args.model_name_or_path)
     check_chat_template(kwargs["model"], training_args, train_dataset, model_init_kwargs)
-    check_model_settings(run.trainer.trainer_class, training_args, kwargs["model"], model_init_kwargs)
+    check_model_settings(run.trainer.trainer_class, training_args, model_config)
     try:
         return run.trainer.trainer_class(**accepted_kwargs(run.trainer.name, run.trainer.trainer_class, kwargs))
     except ValueError as error:
@@ -95,21 +98,16 @@ def peft_config_of(model_args):
         raise ConfigError(f"PEFT refused the LoRA settings (use_peft, lora_r, lora_task_type, ...): {error}") from error
 
 
-def check_lora_targets(model: str, peft_config, model_init_kwargs: dict, kind: str = "sft", shown_name: str | None = None) -> None:
+def check_lora_targets(config, peft_config, model_init_kwargs: dict, kind: str, shown_name: str) -> None:
     """Fail in one line naming the key, before the model loads (PEFT's own errors are tracebacks after it, or none):
     ``use_peft`` without ``lora_target_modules`` on a model type PEFT has no default targets for (e.g. phi3, whose
     attention is one fused qkv_proj); a name in ``lora_target_modules`` or ``lora_modules_to_save`` that no module of
-    the model has (checked on the model built on the meta device: no weights load)."""
-    if peft_config is None:
+    the model has (checked on the model built on the meta device: no weights load). ``config``: the model's config
+    (None: nothing to check); ``shown_name``: the model as the config names it."""
+    if peft_config is None or config is None:
         return
-    import transformers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
 
-    shown_name = shown_name or model
-
-    config = _load_or_none(transformers.AutoConfig, model, model_init_kwargs)
-    if config is None:
-        return
     targets = peft_config.target_modules
     if targets is None and not getattr(peft_config, "target_parameters", None) and config.model_type not in DEFAULT_TARGETS:
         raise ConfigError(
@@ -164,14 +162,12 @@ def _module_names(config, kind: str, trust_remote_code: bool) -> list[str] | Non
     return [name for name, _ in model.named_modules()]
 
 
-def check_model_settings(trainer_class, training_args, model: str, model_init_kwargs: dict) -> None:
-    """The trainer's ``check_model_config`` on the model's config, before the model loads (a layer index past the
-    model's last layer fails there, not once the weights have loaded and the rows are tokenized)."""
-    import transformers
-
+def check_model_settings(trainer_class, training_args, model_config) -> None:
+    """The trainer's ``check_model_config`` on the model's config (None: nothing to check), before the model loads (a
+    layer index past the model's last layer fails there, not once the weights have loaded and the rows are tokenized)."""
     check = getattr(trainer_class, "check_model_config", None)
-    if check is not None and (config := _load_or_none(transformers.AutoConfig, model, model_init_kwargs)) is not None:
-        check(training_args, config)
+    if check is not None and model_config is not None:
+        check(training_args, model_config)
 
 
 def _load_or_none(auto_class, model: str, model_init_kwargs: dict):
