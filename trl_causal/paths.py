@@ -43,21 +43,30 @@ def read_json_file(directory: str | os.PathLike | None, name: str) -> dict | Non
     return content
 
 
-def write_json_file(directory: str | os.PathLike, name: str, content: dict) -> None:
-    """Save ``content`` as the JSON file ``name`` in ``directory`` (made if missing; a checkpoint's record, an eval
-    report), whole or not at all: it is written to a new file of its own beside the target and renamed over it, so a
-    run killed mid-write leaves the previous file, never half of one, and processes that save the same file at once
-    each leave a whole one (the last to finish wins)."""
-    os.makedirs(directory, exist_ok=True)
-    # a fresh name ("x": made here, never an existing file or link), with the permissions the umask gives
-    partial = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+@contextlib.contextmanager
+def whole_file(path: str | os.PathLike, mode: str = "w"):
+    """A file (``mode`` "w" text, "wb" binary) that writes ``path`` whole or not at all: a new file of its own beside
+    it, renamed over ``path`` when the block ends, removed if the block fails. A writer killed midway leaves the
+    previous file, never half of one, and writers of the same file at once each leave a whole one (the last wins).
+    The new file is made here ("x": never an existing file, nor a link planted in a shared folder), with the
+    permissions the umask gives."""
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
     try:
-        with open(partial, "x", encoding="utf-8") as f:
-            json.dump(content, f, indent=2)
-        os.replace(partial, os.path.join(directory, name))
+        with open(partial, mode.replace("w", "x"), encoding=None if "b" in mode else "utf-8") as file:
+            yield file
+        os.replace(partial, path)
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def write_json_file(directory: str | os.PathLike, name: str, content: dict) -> None:
+    """Save ``content`` as the JSON file ``name`` in ``directory`` (made if missing; a checkpoint's record, an eval
+    report), whole or not at all (``whole_file``)."""
+    os.makedirs(directory, exist_ok=True)
+    with whole_file(os.path.join(directory, name)) as file:
+        json.dump(content, file, indent=2)
 
 
 def check_writable_dir(directory: str | os.PathLike, key: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, count_rows, describe_rows, for_count
-from ..paths import cache_root
+from ..paths import cache_root, whole_file
 
 # autocast precisions of the model feature pass: None runs the model in its own dtype
 AUTOCAST_DTYPES = {None: None, "bf16": "bfloat16", "fp16": "float16"}
@@ -169,18 +168,11 @@ def hidden_state_features(
                 features[rows] = pooled
     finally:
         model.train(was_training)
-    partial = None
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        # a fresh name (a fixed one could be a symbolic link planted in a shared cache), renamed over the entry
-        with tempfile.NamedTemporaryFile(dir=cache, prefix=f".{key}.", suffix=".tmp.npy", delete=False) as file:
-            partial = Path(file.name)
+        with whole_file(path, "wb") as file:  # under a fresh name: a fixed one could be a link planted in the cache
             np.save(file, features)
-        os.replace(partial, path)
     except OSError as error:  # a read-only or full cache costs the cache, never the computed features
-        if partial is not None:
-            with contextlib.suppress(OSError):
-                partial.unlink()
         warnings.warn(f"Could not cache the text features in {cache} ({error}); set feature_cache_dir to a writable "
                       "directory to reuse them.", stacklevel=2)
     return features
