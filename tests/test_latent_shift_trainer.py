@@ -177,6 +177,12 @@ def test_resume_gives_the_same_next_loss_heads_and_memory_bank(tiny_model, tmp_p
             make_trainer(tiny_model, tmp_path / "changed", rows=rows, **changed, **settings).train(
                 resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-1")
             )
+    # a checkpoint without the description (saved settings) is compared on nothing: it read as low_level_layer None
+    import shutil
+
+    bare = shutil.copytree(tmp_path / "straight" / "checkpoint-1", tmp_path / "bare" / "checkpoint-1")
+    (bare / LATENT_SHIFT_FILE).unlink()
+    make_trainer(tiny_model, tmp_path / "from-bare", rows=rows, **settings).train(resume_from_checkpoint=str(bare))
     reordered = dict(reversed(list(straight.verbalizer.items())))  # the same mapping: classes swapped without the check
     with pytest.raises(ConfigError, match=r"checkpoint-1 was trained with the verbalizer .* \(the same labels in another order\)"):
         make_trainer(tiny_model, tmp_path / "reordered", rows=rows, verbalizer=reordered, **settings).train(

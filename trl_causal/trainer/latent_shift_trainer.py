@@ -489,7 +489,7 @@ class LatentShiftTrainer(HeadsMixin, CausalLossMixin, ExtraColumnsMixin, SFTTrai
                 f"the heads' classes are its labels in that order. Set verbalizer to {json.dumps(saved)} to resume."
             )
         built = {"low_level_layer": self.args.low_level_layer, **self.heads.config}
-        saved_built = {"low_level_layer": description.get("low_level_layer"), **description.get("heads", {})}
+        saved_built = {key: description[key] for key in ("low_level_layer",) if key in description} | description.get("heads", {})
         if changed := [key for key, value in built.items() if saved_built.get(key, value) != value]:
             setting = {"bank_size": "memory_bank_size", "hidden_size": "the model's hidden size",
                        "low_level_size": "the low-level layer's width", "n_labels": "the number of labels"}
